@@ -1,0 +1,241 @@
+//! The [`Handle`]: how other threads reach the event loop.
+//!
+//! A handle is `Clone + Send + Sync`. Each call puts one [`Command`] on a
+//! bounded channel and wakes the loop through its `mio::Waker`; a burst of
+//! pushes costs one wake, because only the push that finds no wake pending
+//! makes the syscall. A full channel is an error the caller sees at once:
+//! nothing here blocks without a timeout.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::message::{self, Message};
+use crate::metrics::Shared;
+
+/// How long a query waits for the loop's answer.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Who a pushed message is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// Every chat session.
+    Everyone,
+    /// Every session of one user.
+    User(String),
+    /// Every member of one room.
+    Room(String),
+}
+
+/// What a handle asks the loop to do.
+#[derive(Debug)]
+pub(crate) enum Command {
+    Push {
+        target: Target,
+        json: Vec<u8>,
+        reply: Option<SyncSender<usize>>,
+    },
+    DisconnectUser(String),
+    OnlineUsers(SyncSender<Vec<String>>),
+    Shutdown,
+}
+
+/// Why a handle call failed.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HandleError {
+    /// The command queue is full; the loop is behind. Retry later or drop.
+    QueueFull,
+    /// The server has stopped.
+    Closed,
+    /// The loop did not answer a query in time.
+    Timeout,
+    /// The message is not a JSON object with a non-empty `type`.
+    InvalidMessage(String),
+}
+
+impl fmt::Display for HandleError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HandleError::QueueFull => f.write_str("wshub command queue is full"),
+            HandleError::Closed => f.write_str("wshub server has stopped"),
+            HandleError::Timeout => f.write_str("wshub event loop did not answer in time"),
+            HandleError::InvalidMessage(why) => write!(f, "invalid message: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for HandleError {}
+
+/// The loop's end of the channel.
+pub(crate) struct Inbox {
+    pub(crate) receiver: Receiver<Command>,
+    pub(crate) wake_pending: Arc<AtomicBool>,
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl Inbox {
+    /// Takes the next command, if any. The caller clears the wake flag once
+    /// per pass with [`Inbox::rearm`] before draining.
+    pub(crate) fn next(&self) -> Option<Command> {
+        let command = self.receiver.try_recv().ok()?;
+        self.shared.queued_commands.fetch_sub(1, Ordering::Relaxed);
+        Some(command)
+    }
+
+    /// Lets the next push wake the loop again.
+    pub(crate) fn rearm(&self) {
+        self.wake_pending.store(false, Ordering::SeqCst);
+    }
+}
+
+/// A cloneable, thread-safe way to push to users and query the server.
+#[derive(Clone)]
+pub struct Handle {
+    sender: SyncSender<Command>,
+    waker: Arc<mio::Waker>,
+    wake_pending: Arc<AtomicBool>,
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for Handle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Handle").finish_non_exhaustive()
+    }
+}
+
+/// Creates a connected handle and inbox with room for `capacity` commands.
+pub(crate) fn channel(
+    waker: Arc<mio::Waker>,
+    shared: Arc<Shared>,
+    capacity: usize,
+) -> (Handle, Inbox) {
+    let (sender, receiver) = mpsc::sync_channel(capacity);
+    let wake_pending = Arc::new(AtomicBool::new(false));
+    let handle = Handle {
+        sender,
+        waker,
+        wake_pending: wake_pending.clone(),
+        shared: shared.clone(),
+    };
+    let inbox = Inbox {
+        receiver,
+        wake_pending,
+        shared,
+    };
+    (handle, inbox)
+}
+
+impl Handle {
+    /// Queues `message` to every session of `user`. An offline user is not an
+    /// error: the message simply reaches no one.
+    pub fn send_to_user(&self, user: &str, message: &Message) -> Result<(), HandleError> {
+        self.push(Target::User(user.to_owned()), message.to_json(), None)
+    }
+
+    /// Queues `message` to every open chat session.
+    pub fn broadcast(&self, message: &Message) -> Result<(), HandleError> {
+        self.push(Target::Everyone, message.to_json(), None)
+    }
+
+    /// Queues `message` to every member of `room`.
+    pub fn broadcast_to_room(&self, room: &str, message: &Message) -> Result<(), HandleError> {
+        self.push(Target::Room(room.to_owned()), message.to_json(), None)
+    }
+
+    /// Queues pre-serialized JSON (an object with a non-empty `type`) to
+    /// every session of `user`, sent byte for byte.
+    pub fn send_json_to_user(&self, user: &str, json: Vec<u8>) -> Result<(), HandleError> {
+        check_json(&json)?;
+        self.push(Target::User(user.to_owned()), json, None)
+    }
+
+    /// Queues pre-serialized JSON to every open chat session.
+    pub fn broadcast_json(&self, json: Vec<u8>) -> Result<(), HandleError> {
+        check_json(&json)?;
+        self.push(Target::Everyone, json, None)
+    }
+
+    /// Like [`Handle::send_to_user`], and waits for the loop to say how many
+    /// sessions the message was queued to (0 when the user is offline).
+    pub fn send_to_user_counted(
+        &self,
+        user: &str,
+        message: &Message,
+    ) -> Result<usize, HandleError> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        self.push(
+            Target::User(user.to_owned()),
+            message.to_json(),
+            Some(reply),
+        )?;
+        answer.recv_timeout(REPLY_TIMEOUT).map_err(reply_error)
+    }
+
+    /// Closes every session of `user` (Close 1000).
+    pub fn disconnect_user(&self, user: &str) -> Result<(), HandleError> {
+        self.send(Command::DisconnectUser(user.to_owned()))
+    }
+
+    /// Open chat sessions, anonymous ones included. Answered from a counter
+    /// the loop publishes, without a round trip.
+    pub fn online_count(&self) -> usize {
+        self.shared.online()
+    }
+
+    /// Distinct online user ids, sorted. Asks the loop and waits up to 5 s.
+    pub fn online_users(&self) -> Result<Vec<String>, HandleError> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        self.send(Command::OnlineUsers(reply))?;
+        answer.recv_timeout(REPLY_TIMEOUT).map_err(reply_error)
+    }
+
+    /// Starts a graceful shutdown: Close 1001 to every client, then `run`
+    /// returns once they are gone or `shutdown_timeout` has passed.
+    pub fn shutdown(&self) -> Result<(), HandleError> {
+        self.send(Command::Shutdown)
+    }
+
+    fn push(
+        &self,
+        target: Target,
+        json: Vec<u8>,
+        reply: Option<SyncSender<usize>>,
+    ) -> Result<(), HandleError> {
+        self.send(Command::Push {
+            target,
+            json,
+            reply,
+        })
+    }
+
+    fn send(&self, command: Command) -> Result<(), HandleError> {
+        self.shared.queued_commands.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = self.sender.try_send(command) {
+            self.shared.queued_commands.fetch_sub(1, Ordering::Relaxed);
+            return Err(match e {
+                TrySendError::Full(_) => HandleError::QueueFull,
+                TrySendError::Disconnected(_) => HandleError::Closed,
+            });
+        }
+        if !self.wake_pending.swap(true, Ordering::SeqCst) && self.waker.wake().is_err() {
+            return Err(HandleError::Closed);
+        }
+        Ok(())
+    }
+}
+
+fn check_json(json: &[u8]) -> Result<(), HandleError> {
+    message::parse(json)
+        .map(|_| ())
+        .map_err(|e| HandleError::InvalidMessage(e.to_string()))
+}
+
+fn reply_error(e: mpsc::RecvTimeoutError) -> HandleError {
+    match e {
+        mpsc::RecvTimeoutError::Timeout => HandleError::Timeout,
+        mpsc::RecvTimeoutError::Disconnected => HandleError::Closed,
+    }
+}

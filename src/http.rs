@@ -1,0 +1,432 @@
+//! HTTP/1.1 on the front door: parses one request head with `httparse` out of
+//! a byte buffer, and formats responses.
+//!
+//! Pure functions over bytes: no sockets, no clock. The session feeds it what
+//! it has read so far; a head that is not complete yet is a normal outcome
+//! (`Ok(None)`), not an error. Both REST requests and WebSocket upgrades go
+//! through [`parse_head`].
+
+use std::fmt;
+
+/// Most headers a request may carry; more is treated like an oversized head.
+const MAX_HEADERS: usize = 64;
+
+/// The request methods wshub routes on; anything else is kept by name for 405.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Method {
+    /// `GET`
+    Get,
+    /// `POST`
+    Post,
+    /// Any other method.
+    Other(String),
+}
+
+/// The parts of a request head that wshub acts on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// Request method.
+    pub method: Method,
+    /// Path without the query string.
+    pub path: String,
+    /// Full request target (path and query), for query parameters.
+    pub target: String,
+    /// Bytes of the head, request line through the blank line.
+    pub head_len: usize,
+    /// Declared body length (0 without `Content-Length`).
+    pub content_length: usize,
+    /// Whether the connection stays open after the response.
+    pub keep_alive: bool,
+    /// `Upgrade: websocket` was sent.
+    pub upgrade_websocket: bool,
+    /// `Connection` lists the `upgrade` token.
+    pub connection_upgrade: bool,
+    /// `Sec-WebSocket-Key`, when sent.
+    pub websocket_key: Option<String>,
+    /// `Sec-WebSocket-Version`, when sent.
+    pub websocket_version: Option<String>,
+    /// `Origin`, when sent.
+    pub origin: Option<Vec<u8>>,
+    /// `Authorization`, when sent.
+    pub authorization: Option<Vec<u8>>,
+}
+
+/// Why a request head was refused; each maps to one status code.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HttpError {
+    /// The head is larger than `max_header_bytes` (431).
+    HeadTooLarge,
+    /// The declared body is larger than `max_message_size` (413).
+    BodyTooLarge,
+    /// `Transfer-Encoding` bodies are not accepted (411).
+    LengthRequired,
+    /// The bytes are not an HTTP/1.x request (400).
+    Malformed(String),
+}
+
+impl HttpError {
+    /// The status code this error is answered with.
+    pub fn status(&self) -> u16 {
+        match self {
+            HttpError::HeadTooLarge => 431,
+            HttpError::BodyTooLarge => 413,
+            HttpError::LengthRequired => 411,
+            HttpError::Malformed(_) => 400,
+        }
+    }
+}
+
+impl fmt::Display for HttpError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HttpError::HeadTooLarge => f.write_str("request header fields too large"),
+            HttpError::BodyTooLarge => f.write_str("request body too large"),
+            HttpError::LengthRequired => {
+                f.write_str("chunked bodies are not supported: send Content-Length")
+            }
+            HttpError::Malformed(why) => write!(f, "malformed request: {why}"),
+        }
+    }
+}
+
+/// Index just past the first blank line (`\r\n\r\n`) in `buf`, searching from
+/// `from` so that a head arriving byte by byte is scanned once, not
+/// quadratically.
+pub fn find_head_end(buf: &[u8], from: usize) -> Option<usize> {
+    let start = from.saturating_sub(3);
+    buf.get(start..)?
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|at| start + at + 4)
+}
+
+/// Parses the request head at the start of `buf`.
+///
+/// `Ok(None)`: the head is incomplete and still within `max_head` bytes.
+/// The body is not looked at; the caller waits for `content_length` more bytes.
+pub fn parse_head(
+    buf: &[u8],
+    max_head: usize,
+    max_body: usize,
+) -> Result<Option<Request>, HttpError> {
+    let Some(end) = find_head_end(buf, 0) else {
+        return if buf.len() > max_head {
+            Err(HttpError::HeadTooLarge)
+        } else {
+            Ok(None)
+        };
+    };
+    if end > max_head {
+        return Err(HttpError::HeadTooLarge);
+    }
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut headers);
+    let head_len = match parsed.parse(&buf[..end]) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Err(malformed("incomplete request head")),
+        Err(httparse::Error::TooManyHeaders) => return Err(HttpError::HeadTooLarge),
+        Err(e) => return Err(malformed(&e.to_string())),
+    };
+    let method = match parsed.method {
+        Some("GET") => Method::Get,
+        Some("POST") => Method::Post,
+        Some(other) => Method::Other(other.to_owned()),
+        None => return Err(malformed("missing method")),
+    };
+    let target = parsed.path.ok_or_else(|| malformed("missing target"))?;
+    let minor_version = parsed.version.ok_or_else(|| malformed("missing version"))?;
+    let mut request = Request {
+        method,
+        path: target.split('?').next().unwrap_or_default().to_owned(),
+        target: target.to_owned(),
+        head_len,
+        content_length: 0,
+        keep_alive: minor_version >= 1,
+        upgrade_websocket: false,
+        connection_upgrade: false,
+        websocket_key: None,
+        websocket_version: None,
+        origin: None,
+        authorization: None,
+    };
+    let mut content_length: Option<usize> = None;
+    for header in parsed.headers.iter() {
+        apply_header(&mut request, &mut content_length, header)?;
+    }
+    request.content_length = content_length.unwrap_or(0);
+    if request.content_length > max_body {
+        return Err(HttpError::BodyTooLarge);
+    }
+    Ok(Some(request))
+}
+
+fn apply_header(
+    request: &mut Request,
+    content_length: &mut Option<usize>,
+    header: &httparse::Header<'_>,
+) -> Result<(), HttpError> {
+    let name = header.name;
+    let value = header.value;
+    if name.eq_ignore_ascii_case("content-length") {
+        let text = std::str::from_utf8(value).map_err(|_| malformed("bad Content-Length"))?;
+        let length: usize = text
+            .trim()
+            .parse()
+            .map_err(|_| malformed("bad Content-Length"))?;
+        if content_length.is_some_and(|seen| seen != length) {
+            return Err(malformed("conflicting Content-Length headers"));
+        }
+        *content_length = Some(length);
+    } else if name.eq_ignore_ascii_case("transfer-encoding") {
+        return Err(HttpError::LengthRequired);
+    } else if name.eq_ignore_ascii_case("connection") {
+        for token in value.split(|&b| b == b',') {
+            let token = token.trim_ascii();
+            if token.eq_ignore_ascii_case(b"close") {
+                request.keep_alive = false;
+            } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                request.keep_alive = true;
+            } else if token.eq_ignore_ascii_case(b"upgrade") {
+                request.connection_upgrade = true;
+            }
+        }
+    } else if name.eq_ignore_ascii_case("upgrade") {
+        request.upgrade_websocket = value.trim_ascii().eq_ignore_ascii_case(b"websocket");
+    } else if name.eq_ignore_ascii_case("sec-websocket-key") {
+        request.websocket_key = Some(String::from_utf8_lossy(value.trim_ascii()).into_owned());
+    } else if name.eq_ignore_ascii_case("sec-websocket-version") {
+        request.websocket_version = Some(String::from_utf8_lossy(value.trim_ascii()).into_owned());
+    } else if name.eq_ignore_ascii_case("origin") {
+        request.origin = Some(value.trim_ascii().to_vec());
+    } else if name.eq_ignore_ascii_case("authorization") {
+        request.authorization = Some(value.to_vec());
+    }
+    Ok(())
+}
+
+fn malformed(why: &str) -> HttpError {
+    HttpError::Malformed(why.to_owned())
+}
+
+/// One HTTP response, formatted by [`Response::to_bytes`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    /// Status code.
+    pub status: u16,
+    /// `Content-Type` value.
+    pub content_type: &'static str,
+    /// Extra headers, already validated names and values.
+    pub headers: Vec<(&'static str, String)>,
+    /// Body bytes.
+    pub body: Vec<u8>,
+    /// Close the connection after this response whatever the request asked.
+    pub close: bool,
+}
+
+impl Response {
+    /// A JSON response.
+    pub fn json(status: u16, value: &serde_json::Value) -> Response {
+        Response {
+            status,
+            content_type: "application/json",
+            headers: Vec::new(),
+            body: value.to_string().into_bytes(),
+            close: false,
+        }
+    }
+
+    /// A JSON error `{"error": reason}`.
+    pub fn error(status: u16, reason: &str) -> Response {
+        Response::json(status, &serde_json::json!({ "error": reason }))
+    }
+
+    /// A non-JSON body (the metrics text and the demo page's static files).
+    pub fn raw(status: u16, content_type: &'static str, body: Vec<u8>) -> Response {
+        Response {
+            status,
+            content_type,
+            headers: Vec::new(),
+            body,
+            close: false,
+        }
+    }
+
+    /// Adds a header.
+    pub fn with_header(mut self, name: &'static str, value: String) -> Response {
+        self.headers.push((name, value));
+        self
+    }
+
+    /// Marks the response as the last one on its connection.
+    pub fn closing(mut self) -> Response {
+        self.close = true;
+        self
+    }
+
+    /// Status line, headers and body as sent on the wire.
+    pub fn to_bytes(&self, keep_alive: bool) -> Vec<u8> {
+        use std::io::Write as _;
+        let mut out = Vec::with_capacity(160 + self.body.len());
+        let connection = if keep_alive && !self.close {
+            "keep-alive"
+        } else {
+            "close"
+        };
+        // Writing into a Vec cannot fail.
+        let _ = write!(
+            out,
+            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: {}\r\n",
+            self.status,
+            reason_phrase(self.status),
+            self.content_type,
+            self.body.len(),
+            connection
+        );
+        for (name, value) in &self.headers {
+            let _ = write!(out, "{name}: {value}\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(&self.body);
+        out
+    }
+}
+
+/// The 101 answer to a valid upgrade request.
+pub fn switching_protocols(accept_key: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept_key}\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        411 => "Length Required",
+        413 => "Payload Too Large",
+        426 => "Upgrade Required",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "Unknown",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const UPGRADE: &[u8] = b"GET /api/ws/connect?user_id=u1 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nOrigin: http://a.example\r\n\r\n";
+
+    #[test]
+    fn parses_an_upgrade_request() {
+        let req = parse_head(UPGRADE, 16384, 1024).unwrap().unwrap();
+        assert_eq!(req.method, Method::Get);
+        assert_eq!(req.path, "/api/ws/connect");
+        assert_eq!(req.target, "/api/ws/connect?user_id=u1");
+        assert_eq!(req.head_len, UPGRADE.len());
+        assert!(req.upgrade_websocket && req.connection_upgrade && req.keep_alive);
+        assert_eq!(
+            req.websocket_key.as_deref(),
+            Some("dGhlIHNhbXBsZSBub25jZQ==")
+        );
+        assert_eq!(req.websocket_version.as_deref(), Some("13"));
+        assert_eq!(req.origin.as_deref(), Some(&b"http://a.example"[..]));
+    }
+
+    #[test]
+    fn every_split_of_the_head_is_partial_until_the_blank_line() {
+        for cut in 0..UPGRADE.len() {
+            assert_eq!(parse_head(&UPGRADE[..cut], 16384, 0), Ok(None), "cut {cut}");
+        }
+    }
+
+    #[test]
+    fn head_end_search_resumes_across_splits() {
+        let buf = b"GET / HTTP/1.1\r\n\r\nrest";
+        // `from` is how much was scanned before without finding the end, so
+        // at most the terminator's first three bytes were seen.
+        for from in 0..=17 {
+            assert_eq!(find_head_end(buf, from), Some(18), "from {from}");
+        }
+        assert_eq!(find_head_end(b"GET / HTTP/1.1\r\n\r", 0), None);
+    }
+
+    #[test]
+    fn oversized_heads_are_refused_before_and_after_the_blank_line() {
+        let long = [b"GET / HTTP/1.1\r\nX: ".as_slice(), &[b'a'; 400]].concat();
+        assert_eq!(parse_head(&long, 256, 0), Err(HttpError::HeadTooLarge));
+        let complete = [long.as_slice(), b"\r\n\r\n"].concat();
+        assert_eq!(parse_head(&complete, 256, 0), Err(HttpError::HeadTooLarge));
+        let exact = b"GET / HTTP/1.1\r\n\r\n";
+        assert!(parse_head(exact, exact.len(), 0).unwrap().is_some());
+        assert_eq!(
+            parse_head(exact, exact.len() - 1, 0),
+            Err(HttpError::HeadTooLarge)
+        );
+    }
+
+    #[test]
+    fn bodies_are_bounded_and_chunked_is_refused() {
+        let post = b"POST /api/ws/send HTTP/1.1\r\nContent-Length: 11\r\n\r\n";
+        assert_eq!(
+            parse_head(post, 1024, 11).unwrap().unwrap().content_length,
+            11
+        );
+        assert_eq!(parse_head(post, 1024, 10), Err(HttpError::BodyTooLarge));
+        let chunked = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(
+            parse_head(chunked, 1024, 10),
+            Err(HttpError::LengthRequired)
+        );
+        let conflicting = b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n";
+        assert!(matches!(
+            parse_head(conflicting, 1024, 10),
+            Err(HttpError::Malformed(_))
+        ));
+        let bad = b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n";
+        assert!(matches!(
+            parse_head(bad, 1024, 10),
+            Err(HttpError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn garbage_is_malformed() {
+        let err = parse_head(b"\x16\x03\x01\x02\r\n\r\n", 1024, 0).unwrap_err();
+        assert_eq!(err.status(), 400);
+    }
+
+    #[test]
+    fn keep_alive_follows_version_and_connection() {
+        let h10 = parse_head(b"GET / HTTP/1.0\r\n\r\n", 1024, 0)
+            .unwrap()
+            .unwrap();
+        assert!(!h10.keep_alive);
+        let h10ka = b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n";
+        assert!(parse_head(h10ka, 1024, 0).unwrap().unwrap().keep_alive);
+        let close = b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n";
+        assert!(!parse_head(close, 1024, 0).unwrap().unwrap().keep_alive);
+    }
+
+    #[test]
+    fn responses_carry_length_and_connection() {
+        let text = Response::error(404, "not found").to_bytes(true);
+        let text = String::from_utf8(text).unwrap();
+        assert!(text.starts_with("HTTP/1.1 404 Not Found\r\n"));
+        assert!(text.contains("Content-Length: 21\r\n"));
+        assert!(text.contains("Connection: keep-alive\r\n"));
+        assert!(text.ends_with("\r\n\r\n{\"error\":\"not found\"}"));
+        let closing = Response::error(400, "x").closing().to_bytes(true);
+        assert!(String::from_utf8(closing)
+            .unwrap()
+            .contains("Connection: close\r\n"));
+    }
+}

@@ -1,0 +1,317 @@
+//! One session's outbound queue: frames waiting for the socket, bounded in
+//! count and bytes, with control frames (Pong, Close) ahead of data.
+//!
+//! Holds shared [`Wire`] frames, so a broadcast queued to ten thousand
+//! sessions costs a reference-count increment per session, not a copy.
+//! Writes go out in batches: every pending frame (up to [`MAX_BATCH`]) in one
+//! `writev`. A partial write only moves a cursor. An empty queue holds no
+//! heap memory.
+//!
+//! Touches nothing but the writer it is handed.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Write};
+
+use crate::frame::Wire;
+
+/// Frames gathered into one vectored write.
+pub const MAX_BATCH: usize = 64;
+
+/// Pong replies kept at most; older ones are dropped (RFC 6455 lets an
+/// endpoint answer only the most recent Ping), so a Ping flood cannot grow
+/// the queue.
+const MAX_PENDING_CONTROL: usize = 32;
+
+/// Why a frame was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overflow {
+    /// `message_buffer_size` frames are already waiting.
+    Messages,
+    /// `max_buffered_bytes` would be exceeded.
+    Bytes,
+}
+
+/// How a flush ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flushed {
+    /// Everything was written.
+    Drained,
+    /// The socket would block with frames still pending.
+    Pending,
+}
+
+/// The queue. `in_flight` is the frame the socket has partly taken; it always
+/// completes before anything else starts, so frames are never interleaved.
+#[derive(Debug, Default)]
+pub struct Outbound {
+    in_flight: Option<Wire>,
+    written: usize,
+    control: VecDeque<Wire>,
+    data: VecDeque<Wire>,
+    data_bytes: usize,
+}
+
+impl Outbound {
+    /// Nothing waiting.
+    pub fn is_empty(&self) -> bool {
+        self.in_flight.is_none() && self.control.is_empty() && self.data.is_empty()
+    }
+
+    /// Data frames waiting (not counting the one in flight).
+    pub fn queued_messages(&self) -> usize {
+        self.data.len()
+    }
+
+    /// Bytes of data frames waiting (not counting the one in flight).
+    pub fn queued_bytes(&self) -> usize {
+        self.data_bytes
+    }
+
+    /// Queues a data frame unless that would pass either bound. One frame
+    /// larger than `max_bytes` is still accepted into an empty queue.
+    pub fn push_data(
+        &mut self,
+        frame: Wire,
+        max_messages: usize,
+        max_bytes: usize,
+    ) -> Result<(), Overflow> {
+        if self.data.len() >= max_messages {
+            return Err(Overflow::Messages);
+        }
+        if !self.data.is_empty() && self.data_bytes + frame.len() > max_bytes {
+            return Err(Overflow::Bytes);
+        }
+        self.data_bytes += frame.len();
+        self.data.push_back(frame);
+        Ok(())
+    }
+
+    /// Queues a data frame past the bounds: for a final Close that must
+    /// follow what is already queued, and for HTTP responses.
+    pub fn push_unbounded(&mut self, frame: Wire) {
+        self.data_bytes += frame.len();
+        self.data.push_back(frame);
+    }
+
+    /// Queues a control frame ahead of all data not yet started.
+    pub fn push_control(&mut self, frame: Wire) {
+        if self.control.len() >= MAX_PENDING_CONTROL {
+            self.control.pop_front();
+        }
+        self.control.push_back(frame);
+    }
+
+    /// Drops every frame not yet started (the one in flight still completes).
+    pub fn discard_pending(&mut self) {
+        self.control = VecDeque::new();
+        self.data = VecDeque::new();
+        self.data_bytes = 0;
+    }
+
+    /// Writes as much as the writer takes, in batches of up to [`MAX_BATCH`]
+    /// frames per call, until drained or `WouldBlock`. Returns bytes written.
+    pub fn flush_to(&mut self, writer: &mut impl Write) -> io::Result<(Flushed, usize)> {
+        let mut total = 0;
+        loop {
+            self.promote();
+            let Some(first) = &self.in_flight else {
+                self.release_capacity();
+                return Ok((Flushed::Drained, total));
+            };
+            let mut slices: [IoSlice<'_>; MAX_BATCH] = [IoSlice::new(&[]); MAX_BATCH];
+            slices[0] = IoSlice::new(&first[self.written..]);
+            let mut count = 1;
+            for frame in self.control.iter().chain(self.data.iter()) {
+                if count == MAX_BATCH {
+                    break;
+                }
+                slices[count] = IoSlice::new(frame);
+                count += 1;
+            }
+            match writer.write_vectored(&slices[..count]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    total += n;
+                    self.advance(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return Ok((Flushed::Pending, total))
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Makes the next frame (control first) the one in flight.
+    fn promote(&mut self) {
+        if self.in_flight.is_some() {
+            return;
+        }
+        self.written = 0;
+        if let Some(frame) = self.control.pop_front() {
+            self.in_flight = Some(frame);
+        } else if let Some(frame) = self.data.pop_front() {
+            self.data_bytes -= frame.len();
+            self.in_flight = Some(frame);
+        }
+    }
+
+    /// Moves the cursor over `n` written bytes, in the order they were
+    /// gathered: in flight, then control, then data.
+    fn advance(&mut self, mut n: usize) {
+        while n > 0 {
+            let Some(frame) = &self.in_flight else { return };
+            let left = frame.len() - self.written;
+            if n < left {
+                self.written += n;
+                return;
+            }
+            n -= left;
+            self.in_flight = None;
+            self.promote();
+        }
+    }
+
+    /// An idle session should hold no buffers: give back the deques' memory
+    /// once they have grown, keeping small ones to avoid churn.
+    fn release_capacity(&mut self) {
+        if self.data.capacity() > 8 {
+            self.data = VecDeque::new();
+        }
+        if self.control.capacity() > MAX_PENDING_CONTROL {
+            self.control = VecDeque::new();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::rc::Rc;
+
+    /// A socket that takes at most `budget` bytes per call, then blocks.
+    struct Trickle {
+        out: Vec<u8>,
+        per_call: usize,
+        calls_left: usize,
+    }
+
+    impl Write for Trickle {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.write_vectored(&[IoSlice::new(buf)])
+        }
+        fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            if self.calls_left == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            self.calls_left -= 1;
+            let mut taken = 0;
+            for buf in bufs {
+                let n = buf.len().min(self.per_call - taken);
+                self.out.extend_from_slice(&buf[..n]);
+                taken += n;
+                if taken == self.per_call {
+                    break;
+                }
+            }
+            Ok(taken)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn wire(bytes: &[u8]) -> Wire {
+        Rc::from(bytes)
+    }
+
+    #[test]
+    fn partial_writes_resume_where_they_stopped() {
+        let mut q = Outbound::default();
+        q.push_data(wire(b"aaaa"), 10, 100).unwrap();
+        q.push_data(wire(b"bbbb"), 10, 100).unwrap();
+        let mut sock = Trickle {
+            out: vec![],
+            per_call: 3,
+            calls_left: 2,
+        };
+        assert_eq!(q.flush_to(&mut sock).unwrap(), (Flushed::Pending, 6));
+        sock.calls_left = 10;
+        assert_eq!(q.flush_to(&mut sock).unwrap(), (Flushed::Drained, 2));
+        assert_eq!(sock.out, b"aaaabbbb");
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn control_frames_jump_ahead_of_data_but_not_into_a_started_frame() {
+        let mut q = Outbound::default();
+        q.push_data(wire(b"1111"), 10, 100).unwrap();
+        q.push_data(wire(b"2222"), 10, 100).unwrap();
+        let mut sock = Trickle {
+            out: vec![],
+            per_call: 2,
+            calls_left: 1,
+        };
+        q.flush_to(&mut sock).unwrap();
+        q.push_control(wire(b"PP"));
+        sock.calls_left = 100;
+        q.flush_to(&mut sock).unwrap();
+        assert_eq!(sock.out, b"1111PP2222");
+    }
+
+    #[test]
+    fn bounds_count_messages_and_bytes_behind_the_frame_in_flight() {
+        let mut q = Outbound::default();
+        assert_eq!(
+            q.push_data(wire(&[0; 50]), 2, 10),
+            Ok(()),
+            "one big frame fits an empty queue"
+        );
+        assert_eq!(q.push_data(wire(&[0; 1]), 2, 10), Err(Overflow::Bytes));
+        let mut q = Outbound::default();
+        q.push_data(wire(b"a"), 2, 10).unwrap();
+        q.push_data(wire(b"b"), 2, 10).unwrap();
+        assert_eq!(q.push_data(wire(b"c"), 2, 10), Err(Overflow::Messages));
+        assert_eq!((q.queued_messages(), q.queued_bytes()), (2, 2));
+        q.push_unbounded(wire(b"close"));
+        assert_eq!(q.queued_messages(), 3);
+    }
+
+    #[test]
+    fn ping_floods_keep_only_the_latest_pongs() {
+        let mut q = Outbound::default();
+        for i in 0..40u8 {
+            q.push_control(wire(&[i]));
+        }
+        let mut sock = Trickle {
+            out: vec![],
+            per_call: 100,
+            calls_left: 100,
+        };
+        q.flush_to(&mut sock).unwrap();
+        assert_eq!(sock.out, (8..40u8).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn batches_are_capped_and_everything_arrives_in_order() {
+        let mut q = Outbound::default();
+        let frames: Vec<Wire> = (0..200u8).map(|i| wire(&[i])).collect();
+        for f in &frames {
+            q.push_data(f.clone(), 1000, 10_000).unwrap();
+        }
+        let mut sock = Trickle {
+            out: vec![],
+            per_call: 10_000,
+            calls_left: 10,
+        };
+        assert_eq!(q.flush_to(&mut sock).unwrap(), (Flushed::Drained, 200));
+        assert_eq!(sock.calls_left, 10 - 4, "200 frames in batches of 64");
+        assert_eq!(sock.out, (0..200u8).collect::<Vec<_>>());
+        assert_eq!(
+            Rc::strong_count(&frames[0]),
+            1,
+            "queue released its references"
+        );
+    }
+}

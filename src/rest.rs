@@ -1,0 +1,499 @@
+//! The HTTP endpoints of PROTOCOL.md section 3: decides, for one complete
+//! request, what the loop does — answer, upgrade, or push and then answer.
+//!
+//! Pure: reads the config and the router's indexes, returns an [`Outcome`].
+//! No sockets, no clock (the Unix time for token checks is passed in).
+//! Rejection order for upgrades: method/path → upgrade headers → Origin →
+//! JWT → capacity.
+
+use crate::auth;
+use crate::config::Config;
+use crate::handle::Target;
+use crate::http::{switching_protocols, Method, Request, Response};
+use crate::message::{self, Outgoing};
+use crate::metrics::HandshakeFailure;
+use crate::router::Router;
+
+/// Which port the server was started on, which decides what it serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// `wshub`: the app port; `/api/ws/*` only while `websocket.enable`.
+    Integrated,
+    /// `wshub-standalone`: the WebSocket port; `/api/ws/*` always.
+    Standalone,
+}
+
+/// The WebSocket endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `/api/ws/connect`: routed chat messages.
+    Chat,
+    /// `/api/ws/echo`: every message echoed back.
+    Echo,
+}
+
+/// An accepted upgrade.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upgrade {
+    /// Which endpoint.
+    pub endpoint: Endpoint,
+    /// The session's user id (chat only; `None` is anonymous).
+    pub user: Option<String>,
+    /// The complete 101 response.
+    pub response: Vec<u8>,
+}
+
+/// What the loop does with a request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Send this response.
+    Respond(Response),
+    /// Refuse an upgrade with this response, counted under this reason.
+    Refuse(Response, HandshakeFailure),
+    /// Switch the connection to WebSocket.
+    Upgrade(Upgrade),
+    /// Deliver `json` to `target`, then answer `{"sent": n}`.
+    Push {
+        /// The audience.
+        target: Target,
+        /// The message, serialized once.
+        json: Vec<u8>,
+    },
+    /// Answer with the metrics text (admin already checked).
+    Metrics,
+}
+
+/// What a request may look at.
+#[derive(Debug)]
+pub struct Context<'a> {
+    /// Settings.
+    pub config: &'a Config,
+    /// Integrated or standalone.
+    pub mode: Mode,
+    /// The indexes, for status.
+    pub router: &'a Router,
+    /// Open WebSocket sessions (chat and echo), for `max_connections`.
+    pub open_websockets: usize,
+    /// Seconds since the Unix epoch, for token expiry.
+    pub now_unix: u64,
+}
+
+/// The demo page and its files: `(path, content type, body)`.
+const STATIC_FILES: [(&str, &str, &str); 4] = [
+    (
+        "/",
+        "text/html; charset=utf-8",
+        include_str!("demo/index.html"),
+    ),
+    (
+        "/demo.js",
+        "application/javascript",
+        include_str!("demo/demo.js"),
+    ),
+    ("/demo.css", "text/css", include_str!("demo/demo.css")),
+    (
+        "/wshub.js",
+        "application/javascript",
+        include_str!("../clients/js/wshub.js"),
+    ),
+];
+
+/// Decides what to do with one complete request and its body.
+pub fn handle(request: &Request, body: &[u8], ctx: &Context<'_>) -> Outcome {
+    let ws = &ctx.config.websocket;
+    let api_enabled = ctx.mode == Mode::Standalone || ws.enable;
+    let path = request.path.as_str();
+    let get = request.method == Method::Get;
+    let post = request.method == Method::Post;
+    match path {
+        "/health" if get => ok(serde_json::json!({ "status": "ok" })),
+        "/health" => wrong_method("GET"),
+        "/metrics" if get => admin(request, ctx).unwrap_or(Outcome::Metrics),
+        "/metrics" => wrong_method("GET"),
+        _ if path.starts_with("/api/ws/") && !api_enabled => not_found(),
+        "/api/ws/connect" if get => upgrade(request, ctx, Endpoint::Chat),
+        "/api/ws/echo" if get && ws.echo => upgrade(request, ctx, Endpoint::Echo),
+        "/api/ws/connect" => wrong_method("GET"),
+        "/api/ws/echo" if ws.echo => wrong_method("GET"),
+        "/api/ws/status" if get => admin(request, ctx).unwrap_or_else(|| status(ctx)),
+        "/api/ws/status" => wrong_method("GET"),
+        "/api/ws/broadcast" if post => admin(request, ctx).unwrap_or_else(|| broadcast(body)),
+        "/api/ws/broadcast" => wrong_method("POST"),
+        "/api/ws/send" if post => admin(request, ctx).unwrap_or_else(|| send(body)),
+        "/api/ws/send" => wrong_method("POST"),
+        _ => static_file(path, get, ctx).unwrap_or_else(not_found),
+    }
+}
+
+fn ok(value: serde_json::Value) -> Outcome {
+    Outcome::Respond(Response::json(200, &value))
+}
+
+fn not_found() -> Outcome {
+    Outcome::Respond(Response::error(404, "not found"))
+}
+
+fn wrong_method(allowed: &str) -> Outcome {
+    Outcome::Respond(
+        Response::error(405, "method not allowed").with_header("Allow", allowed.to_owned()),
+    )
+}
+
+fn bad_request(reason: &str) -> Outcome {
+    Outcome::Respond(Response::error(400, reason))
+}
+
+/// `Some(401)` unless the admin token (when configured) was presented.
+fn admin(request: &Request, ctx: &Context<'_>) -> Option<Outcome> {
+    let token = &ctx.config.websocket.admin_token;
+    if auth::admin_allowed(token, request.authorization.as_deref()) {
+        None
+    } else {
+        Some(Outcome::Respond(
+            Response::error(401, "admin token required")
+                .with_header("WWW-Authenticate", "Bearer".to_owned()),
+        ))
+    }
+}
+
+fn static_file(path: &str, get: bool, ctx: &Context<'_>) -> Option<Outcome> {
+    let served = ctx.mode == Mode::Integrated && ctx.config.app.demo && ctx.config.websocket.enable;
+    let (_, content_type, body) = STATIC_FILES.iter().find(|(p, _, _)| *p == path)?;
+    if !served {
+        return None;
+    }
+    if !get {
+        return Some(wrong_method("GET"));
+    }
+    Some(Outcome::Respond(Response::raw(
+        200,
+        content_type,
+        body.as_bytes().to_vec(),
+    )))
+}
+
+fn status(ctx: &Context<'_>) -> Outcome {
+    ok(serde_json::json!({
+        "online_count": ctx.router.online_count(),
+        "online_users": ctx.router.online_users(),
+    }))
+}
+
+fn broadcast(body: &[u8]) -> Outcome {
+    let message = match message::parse(body) {
+        Ok(message) => message,
+        Err(e) => return bad_request(&e.to_string()),
+    };
+    let room = message.room();
+    let outgoing = Outgoing {
+        kind: &message.kind,
+        to: None,
+        from: None,
+        room,
+        content: message.content,
+    };
+    Outcome::Push {
+        target: room.map_or(Target::Everyone, |r| Target::Room(r.to_owned())),
+        json: outgoing.to_json(),
+    }
+}
+
+fn send(body: &[u8]) -> Outcome {
+    let message = match message::parse(body) {
+        Ok(message) => message,
+        Err(e) => return bad_request(&e.to_string()),
+    };
+    let Some(to) = message.to() else {
+        return bad_request("message needs a non-empty string \"to\"");
+    };
+    let outgoing = Outgoing {
+        kind: &message.kind,
+        to: Some(to),
+        from: message.from(),
+        room: None,
+        content: message.content,
+    };
+    Outcome::Push {
+        target: Target::User(to.to_owned()),
+        json: outgoing.to_json(),
+    }
+}
+
+fn refuse(status: u16, reason: &str, why: HandshakeFailure) -> Outcome {
+    Outcome::Refuse(Response::error(status, reason), why)
+}
+
+fn upgrade(request: &Request, ctx: &Context<'_>, endpoint: Endpoint) -> Outcome {
+    let ws = &ctx.config.websocket;
+    if !request.upgrade_websocket || !request.connection_upgrade {
+        return refuse(
+            400,
+            "WebSocket upgrade required",
+            HandshakeFailure::BadRequest,
+        );
+    }
+    if request.websocket_version.as_deref() != Some("13") {
+        return Outcome::Refuse(
+            Response::error(426, "unsupported Sec-WebSocket-Version: use 13")
+                .with_header("Sec-WebSocket-Version", "13".to_owned()),
+            HandshakeFailure::BadRequest,
+        );
+    }
+    let Some(key) = request.websocket_key.as_deref().filter(|k| valid_key(k)) else {
+        return refuse(
+            400,
+            "invalid Sec-WebSocket-Key",
+            HandshakeFailure::BadRequest,
+        );
+    };
+    if !auth::origin_allowed(&ws.allowed_origins, request.origin.as_deref()) {
+        return refuse(403, "origin not allowed", HandshakeFailure::Origin);
+    }
+    let user = match endpoint {
+        Endpoint::Echo => None,
+        Endpoint::Chat => match identity(request, ctx) {
+            Ok(user) => user,
+            Err(outcome) => return outcome,
+        },
+    };
+    if ctx.open_websockets >= ws.max_connections {
+        return refuse(503, "server at capacity", HandshakeFailure::Capacity);
+    }
+    let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+    Outcome::Upgrade(Upgrade {
+        endpoint,
+        user,
+        response: switching_protocols(&accept),
+    })
+}
+
+fn identity(request: &Request, ctx: &Context<'_>) -> Result<Option<String>, Outcome> {
+    let query = |name: &str| {
+        auth::query_param(&request.target, name)
+            .map_err(|e| refuse(400, &e.to_string(), HandshakeFailure::BadRequest))
+    };
+    let user_id = query("user_id")?;
+    let query_token = query("token")?;
+    let jwt = &ctx.config.jwt;
+    auth::connect_identity(
+        &jwt.secret,
+        jwt.required,
+        auth::bearer_token(request.authorization.as_deref()),
+        query_token.as_deref(),
+        user_id.as_deref(),
+        ctx.now_unix,
+    )
+    .map_err(|e| refuse(401, &e.to_string(), HandshakeFailure::Auth))
+}
+
+/// A key is the base64 of 16 bytes: 24 characters ending in "==".
+fn valid_key(key: &str) -> bool {
+    use base64::Engine as _;
+    key.len() == 24
+        && base64::engine::general_purpose::STANDARD
+            .decode(key)
+            .is_ok_and(|raw| raw.len() == 16)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::parse_head;
+    use crate::router::SessionKey;
+    use std::rc::Rc;
+
+    fn request(text: &str) -> Request {
+        parse_head(text.as_bytes(), 16384, 1 << 20)
+            .unwrap()
+            .unwrap()
+    }
+
+    fn run(config: &Config, mode: Mode, text: &str, body: &str) -> Outcome {
+        let mut router = Router::default();
+        router.add_session(
+            SessionKey {
+                index: 0,
+                generation: 1,
+            },
+            Some(&Rc::from("zed")),
+        );
+        router.add_session(
+            SessionKey {
+                index: 1,
+                generation: 1,
+            },
+            Some(&Rc::from("amy")),
+        );
+        let ctx = Context {
+            config,
+            mode,
+            router: &router,
+            open_websockets: 2,
+            now_unix: 1_700_000_000,
+        };
+        handle(&request(text), body.as_bytes(), &ctx)
+    }
+
+    fn status_and_body(outcome: Outcome) -> (u16, String) {
+        match outcome {
+            Outcome::Respond(r) | Outcome::Refuse(r, _) => {
+                (r.status, String::from_utf8(r.body).unwrap())
+            }
+            other => panic!("not a response: {other:?}"),
+        }
+    }
+
+    const UPGRADE: &str = "GET /api/ws/connect?user_id=u1 HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+    #[test]
+    fn upgrade_answers_with_the_rfc_accept_key() {
+        let Outcome::Upgrade(up) = run(&Config::default(), Mode::Integrated, UPGRADE, "") else {
+            panic!("no upgrade")
+        };
+        assert_eq!(up.user.as_deref(), Some("u1"));
+        let text = String::from_utf8(up.response).unwrap();
+        assert!(text.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
+    }
+
+    #[test]
+    fn status_lists_sorted_users() {
+        let out = run(
+            &Config::default(),
+            Mode::Integrated,
+            "GET /api/ws/status HTTP/1.1\r\n\r\n",
+            "",
+        );
+        assert_eq!(
+            status_and_body(out),
+            (
+                200,
+                r#"{"online_count":2,"online_users":["amy","zed"]}"#.into()
+            )
+        );
+    }
+
+    #[test]
+    fn disabled_api_is_404_in_integrated_mode_only() {
+        let mut config = Config::default();
+        config.websocket.enable = false;
+        let out = run(
+            &config,
+            Mode::Integrated,
+            "GET /api/ws/status HTTP/1.1\r\n\r\n",
+            "",
+        );
+        assert_eq!(status_and_body(out).0, 404);
+        let out = run(
+            &config,
+            Mode::Standalone,
+            "GET /api/ws/status HTTP/1.1\r\n\r\n",
+            "",
+        );
+        assert_eq!(status_and_body(out).0, 200);
+        let out = run(
+            &config,
+            Mode::Integrated,
+            "GET /health HTTP/1.1\r\n\r\n",
+            "",
+        );
+        assert_eq!(status_and_body(out), (200, r#"{"status":"ok"}"#.into()));
+    }
+
+    #[test]
+    fn push_bodies_are_validated_and_reshaped() {
+        let config = Config::default();
+        let post = |path: &str, body: &str| {
+            let head = format!(
+                "POST {path} HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            );
+            run(&config, Mode::Integrated, &head, body)
+        };
+        let out = post(
+            "/api/ws/broadcast",
+            r#"{"type":"n","content":"系统维护通知","to":"x","from":"y"}"#,
+        );
+        assert_eq!(
+            out,
+            Outcome::Push {
+                target: Target::Everyone,
+                json: r#"{"type":"n","content":"系统维护通知"}"#.into()
+            }
+        );
+        let out = post("/api/ws/broadcast", r#"{"type":"n","room":"r"}"#);
+        assert_eq!(
+            out,
+            Outcome::Push {
+                target: Target::Room("r".into()),
+                json: r#"{"type":"n","room":"r"}"#.into()
+            }
+        );
+        let out = post(
+            "/api/ws/send",
+            r#"{"type":"pm","to":"u","content":1,"from":"svc"}"#,
+        );
+        assert_eq!(
+            out,
+            Outcome::Push {
+                target: Target::User("u".into()),
+                json: r#"{"type":"pm","to":"u","from":"svc","content":1}"#.into()
+            }
+        );
+        assert_eq!(
+            status_and_body(post("/api/ws/send", r#"{"type":"pm"}"#)),
+            (
+                400,
+                r#"{"error":"message needs a non-empty string \"to\""}"#.into()
+            )
+        );
+        assert_eq!(
+            status_and_body(post("/api/ws/broadcast", "{bad")),
+            (400, r#"{"error":"invalid JSON"}"#.into())
+        );
+        assert_eq!(
+            status_and_body(post("/api/ws/broadcast", r#"{"content":1}"#)).0,
+            400
+        );
+        assert_eq!(status_and_body(post("/api/ws/status", "")).0, 405);
+        assert_eq!(status_and_body(post("/api/ws/nope", "")).0, 404);
+    }
+
+    #[test]
+    fn upgrade_refusals_in_order() {
+        let mut config = Config::default();
+        let plain = run(
+            &config,
+            Mode::Integrated,
+            "GET /api/ws/connect HTTP/1.1\r\n\r\n",
+            "",
+        );
+        assert_eq!(status_and_body(plain).0, 400);
+        let v8 = UPGRADE.replace("Version: 13", "Version: 8");
+        assert_eq!(
+            status_and_body(run(&config, Mode::Integrated, &v8, "")).0,
+            426
+        );
+        let badkey = UPGRADE.replace("dGhlIHNhbXBsZSBub25jZQ==", "short");
+        assert_eq!(
+            status_and_body(run(&config, Mode::Integrated, &badkey, "")).0,
+            400
+        );
+        config.websocket.max_connections = 2;
+        assert_eq!(
+            status_and_body(run(&config, Mode::Integrated, UPGRADE, "")),
+            (503, r#"{"error":"server at capacity"}"#.into())
+        );
+        config.websocket.allowed_origins = vec!["https://app.example".into()];
+        let evil = UPGRADE.replace("\r\n\r\n", "\r\nOrigin: https://evil.example\r\n\r\n");
+        assert_eq!(
+            status_and_body(run(&config, Mode::Integrated, &evil, "")).0,
+            403
+        );
+        let echo = UPGRADE.replace("/api/ws/connect?user_id=u1", "/api/ws/echo");
+        assert_eq!(
+            status_and_body(run(&config, Mode::Integrated, &echo, "")).0,
+            404,
+            "echo off by default"
+        );
+    }
+}

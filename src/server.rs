@@ -1,0 +1,216 @@
+//! The public [`Server`]: binds the listener, hands out [`Handle`]s, and runs
+//! the event loop on the calling thread until a shutdown completes.
+//!
+//! Everything here happens before `run`: building the poll, the waker, the
+//! command channel and (optionally) the signal source. The loop itself lives
+//! in `event_loop`.
+
+use std::fmt;
+use std::io;
+use std::net::{SocketAddr, TcpListener as StdListener, ToSocketAddrs};
+use std::sync::Arc;
+
+use mio::net::TcpListener;
+use mio::{Interest, Poll, Waker};
+
+use crate::config::Config;
+use crate::event_loop::{EventLoop, Parts, LISTENER, SIGNALS, WAKER};
+use crate::handle::{self, Handle, Inbox};
+use crate::hooks::{Hooks, NoHooks};
+use crate::metrics::Shared;
+use crate::rest::Mode;
+
+/// Commands a handle may queue before pushes fail with `QueueFull`.
+pub const COMMAND_QUEUE_CAPACITY: usize = 65_536;
+
+/// Why the server could not start or stopped with an error.
+#[non_exhaustive]
+#[derive(Debug)]
+pub enum ServerError {
+    /// The listen address could not be bound.
+    Bind {
+        /// The address as configured.
+        address: String,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// Setting up or running the event loop failed.
+    Io {
+        /// What was being done.
+        context: &'static str,
+        /// The OS error.
+        source: io::Error,
+    },
+}
+
+impl fmt::Display for ServerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ServerError::Bind { address, source } => {
+                write!(f, "cannot listen on {address}: {source}")
+            }
+            ServerError::Io { context, source } => write!(f, "{context}: {source}"),
+        }
+    }
+}
+
+impl std::error::Error for ServerError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ServerError::Bind { source, .. } | ServerError::Io { source, .. } => Some(source),
+        }
+    }
+}
+
+fn io_error(context: &'static str) -> impl FnOnce(io::Error) -> ServerError {
+    move |source| ServerError::Io { context, source }
+}
+
+/// A bound, not yet running wshub server.
+pub struct Server {
+    poll: Poll,
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    config: Config,
+    mode: Mode,
+    handle: Handle,
+    inbox: Inbox,
+    shared: Arc<Shared>,
+    hooks: Box<dyn Hooks>,
+    signals: Option<signal_hook_mio::v1_0::Signals>,
+}
+
+impl fmt::Debug for Server {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Server")
+            .field("local_addr", &self.local_addr)
+            .field("mode", &self.mode)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// Binds `app.host` on `app.port` (integrated) or `websocket.port` (standalone).
+    pub fn bind(config: Config, mode: Mode) -> Result<Server, ServerError> {
+        let port = match mode {
+            Mode::Integrated => config.app.port,
+            Mode::Standalone => config.websocket.port,
+        };
+        let address = format_address(&config.app.host, port);
+        let bind_error = |source| ServerError::Bind {
+            address: address.clone(),
+            source,
+        };
+        let resolved = address
+            .to_socket_addrs()
+            .map_err(bind_error)?
+            .next()
+            .ok_or_else(|| bind_error(io::ErrorKind::AddrNotAvailable.into()))?;
+        // mio's bind sets SO_REUSEADDR, so a restart does not wait out TIME_WAIT.
+        let listener = TcpListener::bind(resolved).map_err(bind_error)?;
+        Server::with_listener(listener, config, mode)
+    }
+
+    /// Uses an already bound listener (tests bind port 0; supervisors pass sockets).
+    pub fn from_listener(
+        listener: StdListener,
+        config: Config,
+        mode: Mode,
+    ) -> Result<Server, ServerError> {
+        listener
+            .set_nonblocking(true)
+            .map_err(io_error("set listener non-blocking"))?;
+        Server::with_listener(TcpListener::from_std(listener), config, mode)
+    }
+
+    fn with_listener(
+        mut listener: TcpListener,
+        config: Config,
+        mode: Mode,
+    ) -> Result<Server, ServerError> {
+        let local_addr = listener
+            .local_addr()
+            .map_err(io_error("read listener address"))?;
+        let poll = Poll::new().map_err(io_error("create poll"))?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)
+            .map_err(io_error("register listener"))?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(io_error("create waker"))?);
+        let shared = Arc::new(Shared::default());
+        let (handle, inbox) = handle::channel(waker, shared.clone(), COMMAND_QUEUE_CAPACITY);
+        Ok(Server {
+            poll,
+            listener,
+            local_addr,
+            config,
+            mode,
+            handle,
+            inbox,
+            shared,
+            hooks: Box::new(NoHooks),
+            signals: None,
+        })
+    }
+
+    /// The address the server listens on (with the real port when bound to 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// A handle for pushing from other threads; valid before and during `run`.
+    pub fn handle(&self) -> Handle {
+        self.handle.clone()
+    }
+
+    /// Installs application hooks (run on the loop thread).
+    pub fn with_hooks(mut self, hooks: impl Hooks + 'static) -> Server {
+        self.hooks = Box::new(hooks);
+        self
+    }
+
+    /// Shuts down gracefully on SIGINT or SIGTERM; a second signal exits at once.
+    pub fn shutdown_on_signals(mut self) -> Result<Server, ServerError> {
+        use signal_hook::consts::{SIGINT, SIGTERM};
+        let mut signals = signal_hook_mio::v1_0::Signals::new([SIGINT, SIGTERM])
+            .map_err(io_error("install signal handlers"))?;
+        self.poll
+            .registry()
+            .register(&mut signals, SIGNALS, Interest::READABLE)
+            .map_err(io_error("register signals"))?;
+        self.signals = Some(signals);
+        Ok(self)
+    }
+
+    /// Serves until a shutdown (handle or signal) completes.
+    pub fn run(self) -> Result<(), ServerError> {
+        log::info!(
+            "wshub listening on {} ({} mode, max_connections {})",
+            self.local_addr,
+            match self.mode {
+                Mode::Integrated => "integrated",
+                Mode::Standalone => "standalone",
+            },
+            self.config.websocket.max_connections
+        );
+        EventLoop::new(Parts {
+            poll: self.poll,
+            listener: self.listener,
+            config: self.config,
+            mode: self.mode,
+            inbox: self.inbox,
+            shared: self.shared,
+            hooks: self.hooks,
+            signals: self.signals,
+        })
+        .run()
+        .map_err(io_error("event loop"))
+    }
+}
+
+fn format_address(host: &str, port: u16) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
