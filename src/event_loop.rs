@@ -420,6 +420,15 @@ impl EventLoop {
             now_unix,
         };
         let keep_alive = request.keep_alive;
+        if !request.upgrade_websocket {
+            if let Some(response) = self.hooks.on_request(request, body, &mut self.actions) {
+                self.respond(index, &response, keep_alive);
+                return self.apply_actions();
+            }
+        }
+        // A client that asked to upgrade has no use for the connection once
+        // refused: answer and close it.
+        let keep_alive = keep_alive && !request.upgrade_websocket;
         match rest::handle(request, body, &ctx) {
             Outcome::Respond(response) => self.respond(index, &response, keep_alive),
             Outcome::Refuse(response, why) => {
@@ -479,7 +488,7 @@ impl EventLoop {
         let Some(session) = self.sessions.get_mut(index) else {
             return;
         };
-        session.out.push_unbounded(Rc::from(upgrade.response));
+        session.out.push_response(Rc::from(upgrade.response));
         let user: Option<Rc<str>> = upgrade.user.as_deref().map(Rc::from);
         session.phase = match upgrade.endpoint {
             Endpoint::Chat => Phase::Chat { user: user.clone() },
@@ -850,7 +859,7 @@ impl EventLoop {
         self.arm(index, deadline_ms);
     }
 
-    /// A protocol violation: Close with the RFC's code, then wait for theirs.
+    /// A protocol violation: Close with the RFC's code, then half-close.
     fn protocol_close(&mut self, index: usize, error: &DecodeError) {
         debug!("session {index}: {error}");
         let code = error.close_code();
@@ -858,14 +867,15 @@ impl EventLoop {
         let Some(session) = self.sessions.get_mut(index) else {
             return;
         };
-        session.out.discard_pending();
         session.decoder = frame::Decoder::default();
+        // Behind what is already queued (the 101 itself may still be there).
         session
             .out
-            .push_control(frame::encode_close(code, &error.to_string()));
+            .push_unbounded(frame::encode_close(code, &error.to_string()));
         self.metrics.close_sent(code);
-        let peer_already_closed = matches!(error, DecodeError::BadClose(_));
-        self.begin_closing(index, !peer_already_closed);
+        // RFC 6455 7.1.7: after failing the connection, stop processing the
+        // peer's data (its Close included): flush, half-close, drain to EOF.
+        self.begin_closing(index, false);
     }
 
     /// The server ends a session: what is queued goes first, then Close.
@@ -910,13 +920,13 @@ impl EventLoop {
         let Some(session) = self.sessions.get_mut(index) else {
             return;
         };
-        // After a Close no data may follow: what was not started is dropped.
-        session.out.discard_pending();
+        // What was queued before their Close still goes out, then ours;
+        // nothing follows it because the session left every index.
         let reply = match code {
             Some(code) => frame::encode_close(code, ""),
             None => frame::encode(Kind::Close, b""),
         };
-        session.out.push_control(reply);
+        session.out.push_unbounded(reply);
         self.metrics.close_sent(code.unwrap_or(1000));
         self.begin_closing(index, false);
     }

@@ -10,6 +10,7 @@ use std::fmt;
 use std::net::SocketAddr;
 
 use crate::handle::{Command, Target};
+use crate::http::{Request, Response};
 use crate::message::{Incoming, Message};
 use crate::router::SessionKey;
 
@@ -155,6 +156,13 @@ pub trait Hooks: Send {
         _actions: &mut Actions,
     ) -> Verdict {
         Verdict::Relay
+    }
+
+    /// An HTTP request that is not a WebSocket upgrade, before wshub's own
+    /// routes: return a response to serve your own routes next to wshub's
+    /// (integrated mode), or `None` to let wshub answer.
+    fn on_request(&mut self, _request: &Request, _body: &[u8], _actions: &mut Actions) -> Option<Response> {
+        None
     }
 
     /// A chat session left every index.

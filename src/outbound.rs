@@ -49,6 +49,9 @@ pub struct Outbound {
     control: VecDeque<Wire>,
     data: VecDeque<Wire>,
     data_bytes: usize,
+    /// Leading `data` entries that control frames may not overtake: HTTP
+    /// responses (the 101 above all) must reach the peer before any frame.
+    responses_ahead: usize,
 }
 
 impl Outbound {
@@ -93,19 +96,19 @@ impl Outbound {
         self.data.push_back(frame);
     }
 
+    /// Queues an HTTP response: after everything queued so far, and never
+    /// overtaken by a control frame.
+    pub fn push_response(&mut self, bytes: Wire) {
+        self.push_unbounded(bytes);
+        self.responses_ahead = self.data.len();
+    }
+
     /// Queues a control frame ahead of all data not yet started.
     pub fn push_control(&mut self, frame: Wire) {
         if self.control.len() >= MAX_PENDING_CONTROL {
             self.control.pop_front();
         }
         self.control.push_back(frame);
-    }
-
-    /// Drops every frame not yet started (the one in flight still completes).
-    pub fn discard_pending(&mut self) {
-        self.control = VecDeque::new();
-        self.data = VecDeque::new();
-        self.data_bytes = 0;
     }
 
     /// Writes as much as the writer takes, in batches of up to [`MAX_BATCH`]
@@ -121,7 +124,10 @@ impl Outbound {
             let mut slices: [IoSlice<'_>; MAX_BATCH] = [IoSlice::new(&[]); MAX_BATCH];
             slices[0] = IoSlice::new(&first[self.written..]);
             let mut count = 1;
-            for frame in self.control.iter().chain(self.data.iter()) {
+            let (responses, rest) = self.data.as_slices();
+            let (responses, rest) = split_after(responses, rest, self.responses_ahead);
+            let order = responses.chain(self.control.iter()).chain(rest);
+            for frame in order {
                 if count == MAX_BATCH {
                     break;
                 }
@@ -149,6 +155,14 @@ impl Outbound {
             return;
         }
         self.written = 0;
+        if self.responses_ahead > 0 {
+            self.responses_ahead -= 1;
+            if let Some(frame) = self.data.pop_front() {
+                self.data_bytes -= frame.len();
+                self.in_flight = Some(frame);
+                return;
+            }
+        }
         if let Some(frame) = self.control.pop_front() {
             self.in_flight = Some(frame);
         } else if let Some(frame) = self.data.pop_front() {
@@ -183,6 +197,19 @@ impl Outbound {
             self.control = VecDeque::new();
         }
     }
+}
+
+/// The first `n` frames of a deque given as its two slices, and the rest.
+fn split_after<'a>(
+    front: &'a [Wire],
+    back: &'a [Wire],
+    n: usize,
+) -> (
+    impl Iterator<Item = &'a Wire>,
+    impl Iterator<Item = &'a Wire>,
+) {
+    let all = front.iter().chain(back.iter());
+    (all.clone().take(n), all.skip(n))
 }
 
 #[cfg(test)]
@@ -258,6 +285,17 @@ mod tests {
         sock.calls_left = 100;
         q.flush_to(&mut sock).unwrap();
         assert_eq!(sock.out, b"1111PP2222");
+    }
+
+    #[test]
+    fn responses_are_never_overtaken_by_control_frames() {
+        let mut q = Outbound::default();
+        q.push_response(wire(b"HTTP/1.1 101\r\n\r\n"));
+        q.push_data(wire(b"D"), 10, 100).unwrap();
+        q.push_control(wire(b"C"));
+        let mut sock = Trickle { out: vec![], per_call: 3, calls_left: 100 };
+        q.flush_to(&mut sock).unwrap();
+        assert_eq!(sock.out, b"HTTP/1.1 101\r\n\r\nCD");
     }
 
     #[test]

@@ -130,6 +130,7 @@ export class WshubServer {
     try {
       await this.stop();
     } finally {
+      if (process.env.WSHUB_TEST_LOG) process.stderr.write(`--- wshub on port ${this.port} ---\n${this.stderr}`);
       fs.rmSync(this.dir, { recursive: true, force: true });
     }
   }

@@ -22,6 +22,14 @@ after(async () => {
   if (server) await server.dispose();
 }, { timeout: 30000 });
 
+/** wshub_handshake_failures_total{reason="auth"} from GET /metrics. */
+async function authFailures() {
+  const text = await (await fetch(`${server.base}/metrics`)).text();
+  const line = text.split('\n').find((l) => l.startsWith('wshub_handshake_failures_total{reason="auth"} '));
+  assert.ok(line, `no auth handshake-failure counter in /metrics:\n${text}`);
+  return Number(line.split(' ')[1]);
+}
+
 test('an invalid token stops after 3 rejections and stays stopped', { timeout: 40000 }, async () => {
   const page = await openDemo(browser, server, { user: 'mallory', token: 'bad', connect: '1', base: '100', cap: '400' });
   await waitState(page, 'fatal', 15000);
@@ -32,6 +40,8 @@ test('an invalid token stops after 3 rejections and stays stopped', { timeout: 4
   assert.equal(await page.textContent('#attempts'), '3');
   assert.equal(await page.getAttribute('#state', 'data-state'), 'fatal');
   assert.equal(await page.evaluate(() => window.demo.client.stats.attempts), 3);
+  // The server saw the same three refused upgrades, and no more.
+  assert.equal(await authFailures(), 3);
   const status = await server.json('GET', '/api/ws/status');
   assert.equal(status.status, 200);
   assert.equal(status.body.online_count, 0);

@@ -19,14 +19,14 @@ after(async () => {
 }, { timeout: 30000 });
 
 test('both pages reconnect after a server restart and chat again', { timeout: 90000 }, async () => {
-  let server = await WshubServer.start();
-  const port = server.port;
-  cleanup.push(() => server.dispose());
+  const first = await WshubServer.start();
+  const port = first.port;
+  cleanup.push(() => first.dispose());
   const browser = await launchBrowser();
   cleanup.push(() => browser.close());
   const query = { connect: '1', base: String(BASE_MS), cap: String(CAP_MS) };
-  const alice = await openDemo(browser, server, { ...query, user: 'alice' });
-  const bob = await openDemo(browser, server, { ...query, user: 'bob' });
+  const alice = await openDemo(browser, first, { ...query, user: 'alice' });
+  const bob = await openDemo(browser, first, { ...query, user: 'bob' });
   await Promise.all([waitState(alice, 'open'), waitState(bob, 'open')]);
   for (const page of [alice, bob]) {
     await page.fill('#room-name', 'ops');
@@ -34,8 +34,8 @@ test('both pages reconnect after a server restart and chat again', { timeout: 90
     await page.evaluate(() => window.demo.client.flush(5000));
   }
 
-  const exit = await server.stop();
-  assert.deepEqual(exit, { code: 0, signal: null }, `exit after SIGTERM; log:\n${server.stderr}`);
+  const exit = await first.stop();
+  assert.deepEqual(exit, { code: 0, signal: null }, `exit after SIGTERM; log:\n${first.stderr}`);
   for (const page of [alice, bob]) {
     await page.waitForFunction(() => ['connecting', 'reconnecting'].includes(document.querySelector('#state').dataset.state), null, { timeout: 5000 });
     const events = await page.locator('#events li').allTextContents();
@@ -43,9 +43,9 @@ test('both pages reconnect after a server restart and chat again', { timeout: 90
   }
   await sleep(1500); // both pages try (and fail) while the server is down
 
-  server = new WshubServer({ port });
-  cleanup.push(() => server.dispose());
-  await server.start();
+  const second = new WshubServer({ port });
+  cleanup.push(() => second.dispose());
+  await second.start();
   const back = Date.now();
   await Promise.all([waitState(alice, 'open', RECONNECT_BOUND_MS + 5000), waitState(bob, 'open', RECONNECT_BOUND_MS + 5000)]);
   const took = Date.now() - back;
