@@ -433,6 +433,13 @@ impl EventLoop {
             Outcome::Respond(response) => self.respond(index, &response, keep_alive),
             Outcome::Refuse(response, why) => {
                 self.metrics.handshake_failed(why);
+                if let Some(session) = self.sessions.get(index) {
+                    let reason = String::from_utf8_lossy(&response.body);
+                    info!(
+                        "refused {} from {}: {} {reason}",
+                        request.path, session.peer, response.status
+                    );
+                }
                 self.respond(index, &response, keep_alive);
             }
             Outcome::Metrics => {
@@ -771,7 +778,10 @@ impl EventLoop {
         self.shutdown_deadline_ms = Some(self.now_ms + timeout);
         self.accepting = false;
         let _ = self.poll.registry().deregister(&mut self.listener);
-        info!("shutting down: closing {} sessions", self.sessions.len());
+        info!(
+            "shutting down: closing {} WebSocket sessions",
+            self.open_websockets
+        );
         let indexes: Vec<usize> = self.sessions.iter().map(|(i, _)| i).collect();
         for index in indexes {
             match self.sessions.get(index).map(|s| &s.phase) {

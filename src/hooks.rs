@@ -161,7 +161,12 @@ pub trait Hooks: Send {
     /// An HTTP request that is not a WebSocket upgrade, before wshub's own
     /// routes: return a response to serve your own routes next to wshub's
     /// (integrated mode), or `None` to let wshub answer.
-    fn on_request(&mut self, _request: &Request, _body: &[u8], _actions: &mut Actions) -> Option<Response> {
+    fn on_request(
+        &mut self,
+        _request: &Request,
+        _body: &[u8],
+        _actions: &mut Actions,
+    ) -> Option<Response> {
         None
     }
 

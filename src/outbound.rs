@@ -293,7 +293,11 @@ mod tests {
         q.push_response(wire(b"HTTP/1.1 101\r\n\r\n"));
         q.push_data(wire(b"D"), 10, 100).unwrap();
         q.push_control(wire(b"C"));
-        let mut sock = Trickle { out: vec![], per_call: 3, calls_left: 100 };
+        let mut sock = Trickle {
+            out: vec![],
+            per_call: 3,
+            calls_left: 100,
+        };
         q.flush_to(&mut sock).unwrap();
         assert_eq!(sock.out, b"HTTP/1.1 101\r\n\r\nCD");
     }

@@ -13,9 +13,18 @@ use wshub::Mode;
 #[test]
 fn health_and_unknown_paths() {
     let server = TestServer::start(test_config());
-    assert_eq!(http(server.addr, "GET", "/health", &[], ""), (200, r#"{"status":"ok"}"#.into()));
-    assert_eq!(http(server.addr, "GET", "/nope", &[], ""), (404, r#"{"error":"not found"}"#.into()));
-    assert_eq!(http(server.addr, "POST", "/health", &[], ""), (405, r#"{"error":"method not allowed"}"#.into()));
+    assert_eq!(
+        http(server.addr, "GET", "/health", &[], ""),
+        (200, r#"{"status":"ok"}"#.into())
+    );
+    assert_eq!(
+        http(server.addr, "GET", "/nope", &[], ""),
+        (404, r#"{"error":"not found"}"#.into())
+    );
+    assert_eq!(
+        http(server.addr, "POST", "/health", &[], ""),
+        (405, r#"{"error":"method not allowed"}"#.into())
+    );
     assert_eq!(http(server.addr, "GET", "/api/ws/send", &[], "").0, 405);
     assert_eq!(http(server.addr, "POST", "/api/ws/connect", &[], "").0, 405);
 }
@@ -56,8 +65,14 @@ fn broadcast_reaches_every_other_session_including_anonymous() {
     let mut named = server.connect(Some("n"));
     server.wait_online(3);
     sender.send_json(json!({"type": "shout", "content": 1}));
-    assert_eq!(anon.recv_json(), json!({"type": "shout", "from": "s", "content": 1}));
-    assert_eq!(named.recv_json(), json!({"type": "shout", "from": "s", "content": 1}));
+    assert_eq!(
+        anon.recv_json(),
+        json!({"type": "shout", "from": "s", "content": 1})
+    );
+    assert_eq!(
+        named.recv_json(),
+        json!({"type": "shout", "from": "s", "content": 1})
+    );
     assert!(sender.sync().is_empty(), "a broadcast skips its sender");
     // Anonymous senders get no `from`; a message without content has none.
     anon.send_json(json!({"type": "hi"}));
@@ -72,14 +87,20 @@ fn rooms_join_leave_and_membership_errors() {
     let mut c = server.connect(Some("c"));
     server.wait_online(3);
     a.send_json(json!({"type": "say", "room": "r1", "content": "x"}));
-    assert_eq!(a.recv_json(), json!({"type": "error", "content": "not a member of room \"r1\""}));
+    assert_eq!(
+        a.recv_json(),
+        json!({"type": "error", "content": "not a member of room \"r1\""})
+    );
     for client in [&mut a, &mut b] {
         client.send_json(json!({"type": "join", "room": "r1"}));
         assert!(client.sync().is_empty(), "join sends no reply");
     }
     // room wins over to; only other members receive it.
     a.send_json(json!({"type": "say", "room": "r1", "to": "c", "content": "x"}));
-    assert_eq!(b.recv_json(), json!({"type": "say", "to": "c", "from": "a", "room": "r1", "content": "x"}));
+    assert_eq!(
+        b.recv_json(),
+        json!({"type": "say", "to": "c", "from": "a", "room": "r1", "content": "x"})
+    );
     assert!(a.sync().is_empty());
     assert!(c.sync().is_empty());
     b.send_json(json!({"type": "leave", "room": "r1"}));
@@ -88,9 +109,15 @@ fn rooms_join_leave_and_membership_errors() {
     assert!(a.sync().is_empty());
     assert!(b.sync().is_empty(), "left the room");
     a.send_json(json!({"type": "join"}));
-    assert_eq!(a.recv_json(), json!({"type": "error", "content": "join needs a \"room\""}));
+    assert_eq!(
+        a.recv_json(),
+        json!({"type": "error", "content": "join needs a \"room\""})
+    );
     a.send_json(json!({"type": "leave", "room": ""}));
-    assert_eq!(a.recv_json(), json!({"type": "error", "content": "leave needs a \"room\""}));
+    assert_eq!(
+        a.recv_json(),
+        json!({"type": "error", "content": "leave needs a \"room\""})
+    );
 }
 
 #[test]
@@ -121,16 +148,33 @@ fn bad_messages_get_error_replies_and_keep_the_connection() {
         ("{oops", "invalid JSON"),
         ("[1,2,3]", "message must be a JSON object"),
         ("42", "message must be a JSON object"),
-        (r#"{"content":1}"#, "message needs a non-empty string \"type\""),
-        (r#"{"type":""}"#, "message needs a non-empty string \"type\""),
-        (r#"{"type":"x","to":5}"#, "invalid message: invalid type: integer `5`, expected a string"),
+        (
+            r#"{"content":1}"#,
+            "message needs a non-empty string \"type\"",
+        ),
+        (
+            r#"{"type":""}"#,
+            "message needs a non-empty string \"type\"",
+        ),
+        (
+            r#"{"type":"x","to":5}"#,
+            "invalid message: invalid type: integer `5`, expected a string",
+        ),
     ];
     for (input, reason) in cases {
         a.send_text(input);
-        assert_eq!(a.recv_json(), json!({"type": "error", "content": reason}), "input {input}");
+        assert_eq!(
+            a.recv_json(),
+            json!({"type": "error", "content": reason}),
+            "input {input}"
+        );
     }
-    a.ws.send(tungstenite::Message::binary(vec![1, 2, 3])).unwrap();
-    assert_eq!(a.recv_json(), json!({"type": "error", "content": "binary messages are not supported"}));
+    a.ws.send(tungstenite::Message::binary(vec![1, 2, 3]))
+        .unwrap();
+    assert_eq!(
+        a.recv_json(),
+        json!({"type": "error", "content": "binary messages are not supported"})
+    );
     a.send_json(json!({"type": "ping"}));
     assert_eq!(a.recv_json(), json!({"type": "pong"}), "still open");
 }
@@ -150,14 +194,23 @@ fn status_is_exact_across_connects_and_disconnects() {
     let anon = server.connect(None);
     let _echo = server.connect_path("/api/ws/echo");
     server.wait_online(4);
-    assert_eq!(status(), json!({"online_count": 4, "online_users": ["amy", "zed"]}));
+    assert_eq!(
+        status(),
+        json!({"online_count": 4, "online_users": ["amy", "zed"]})
+    );
     amy1.close();
     server.wait_online(3);
-    assert_eq!(status(), json!({"online_count": 3, "online_users": ["amy", "zed"]}));
+    assert_eq!(
+        status(),
+        json!({"online_count": 3, "online_users": ["amy", "zed"]})
+    );
     amy2.close();
     anon.close();
     server.wait_online(1);
-    assert_eq!(status(), json!({"online_count": 1, "online_users": ["zed"]}));
+    assert_eq!(
+        status(),
+        json!({"online_count": 1, "online_users": ["zed"]})
+    );
     drop(zed); // TCP drop without a Close frame
     server.wait_online(0);
 }
@@ -170,20 +223,41 @@ fn rest_broadcast_and_send() {
     let mut anon = server.connect(None);
     server.wait_online(3);
     let body = r#"{"type":"notification","content":"系统维护通知"}"#;
-    assert_eq!(http(server.addr, "POST", "/api/ws/broadcast", &[], body), (200, r#"{"sent":3}"#.into()));
+    assert_eq!(
+        http(server.addr, "POST", "/api/ws/broadcast", &[], body),
+        (200, r#"{"sent":3}"#.into())
+    );
     for client in [&mut a, &mut b, &mut anon] {
-        assert_eq!(client.recv_json(), json!({"type": "notification", "content": "系统维护通知"}));
+        assert_eq!(
+            client.recv_json(),
+            json!({"type": "notification", "content": "系统维护通知"})
+        );
     }
     a.send_json(json!({"type": "join", "room": "ops"}));
     a.sync();
     let room = r#"{"type":"alert","content":1,"room":"ops"}"#;
-    assert_eq!(http(server.addr, "POST", "/api/ws/broadcast", &[], room), (200, r#"{"sent":1}"#.into()));
-    assert_eq!(a.recv_json(), json!({"type": "alert", "room": "ops", "content": 1}));
+    assert_eq!(
+        http(server.addr, "POST", "/api/ws/broadcast", &[], room),
+        (200, r#"{"sent":1}"#.into())
+    );
+    assert_eq!(
+        a.recv_json(),
+        json!({"type": "alert", "room": "ops", "content": 1})
+    );
     let send = r#"{"type":"private_message","to":"b","content":"Hello!","from":"system"}"#;
-    assert_eq!(http(server.addr, "POST", "/api/ws/send", &[], send), (200, r#"{"sent":1}"#.into()));
-    assert_eq!(b.recv_json(), json!({"type": "private_message", "to": "b", "from": "system", "content": "Hello!"}));
+    assert_eq!(
+        http(server.addr, "POST", "/api/ws/send", &[], send),
+        (200, r#"{"sent":1}"#.into())
+    );
+    assert_eq!(
+        b.recv_json(),
+        json!({"type": "private_message", "to": "b", "from": "system", "content": "Hello!"})
+    );
     let offline = r#"{"type":"pm","to":"nobody","content":1}"#;
-    assert_eq!(http(server.addr, "POST", "/api/ws/send", &[], offline), (200, r#"{"sent":0}"#.into()));
+    assert_eq!(
+        http(server.addr, "POST", "/api/ws/send", &[], offline),
+        (200, r#"{"sent":0}"#.into())
+    );
     assert!(anon.sync().is_empty());
 }
 
@@ -193,13 +267,33 @@ fn rest_bad_bodies_get_400_with_reasons() {
     let cases = [
         ("/api/ws/broadcast", "{", r#"{"error":"invalid JSON"}"#),
         ("/api/ws/broadcast", "", r#"{"error":"invalid JSON"}"#),
-        ("/api/ws/broadcast", "[1]", r#"{"error":"message must be a JSON object"}"#),
-        ("/api/ws/broadcast", r#"{"content":1}"#, r#"{"error":"message needs a non-empty string \"type\""}"#),
-        ("/api/ws/send", r#"{"type":"x","content":1}"#, r#"{"error":"message needs a non-empty string \"to\""}"#),
-        ("/api/ws/send", r#"{"type":"x","to":""}"#, r#"{"error":"message needs a non-empty string \"to\""}"#),
+        (
+            "/api/ws/broadcast",
+            "[1]",
+            r#"{"error":"message must be a JSON object"}"#,
+        ),
+        (
+            "/api/ws/broadcast",
+            r#"{"content":1}"#,
+            r#"{"error":"message needs a non-empty string \"type\""}"#,
+        ),
+        (
+            "/api/ws/send",
+            r#"{"type":"x","content":1}"#,
+            r#"{"error":"message needs a non-empty string \"to\""}"#,
+        ),
+        (
+            "/api/ws/send",
+            r#"{"type":"x","to":""}"#,
+            r#"{"error":"message needs a non-empty string \"to\""}"#,
+        ),
     ];
     for (path, body, error) in cases {
-        assert_eq!(http(server.addr, "POST", path, &[], body), (400, error.to_owned()), "{path} {body}");
+        assert_eq!(
+            http(server.addr, "POST", path, &[], body),
+            (400, error.to_owned()),
+            "{path} {body}"
+        );
     }
 }
 
@@ -224,13 +318,22 @@ fn keep_alive_serves_several_requests_and_pipelining() {
     assert!(headers.contains(&("connection".into(), "keep-alive".into())));
     assert!(headers.contains(&("content-type".into(), "application/json".into())));
     assert_eq!(read_response(&mut reader), (200, r#"{"sent":0}"#.into()));
-    assert_eq!(read_response(&mut reader), (200, r#"{"online_count":0,"online_users":[]}"#.into()));
+    assert_eq!(
+        read_response(&mut reader),
+        (200, r#"{"online_count":0,"online_users":[]}"#.into())
+    );
     // Connection: close is honoured.
-    stream.write_all(b"GET /health HTTP/1.1\r\nConnection: close\r\n\r\n").unwrap();
+    stream
+        .write_all(b"GET /health HTTP/1.1\r\nConnection: close\r\n\r\n")
+        .unwrap();
     let (_, headers, _) = read_full_response(&mut reader);
     assert!(headers.contains(&("connection".into(), "close".into())));
     let mut rest = Vec::new();
-    assert_eq!(reader.read_to_end(&mut rest).unwrap(), 0, "server closed after Connection: close");
+    assert_eq!(
+        reader.read_to_end(&mut rest).unwrap(),
+        0,
+        "server closed after Connection: close"
+    );
 }
 
 #[test]
@@ -241,11 +344,21 @@ fn malformed_requests_get_400_and_close() {
     assert!(text.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{text}");
     assert!(text.contains("Connection: close\r\n"));
     assert!(text.contains(r#"{"error":"malformed request: "#));
-    let chunked = raw_exchange(server.addr, b"POST /api/ws/broadcast HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n");
+    let chunked = raw_exchange(
+        server.addr,
+        b"POST /api/ws/broadcast HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    );
     let text = String::from_utf8_lossy(&chunked);
-    assert!(text.starts_with("HTTP/1.1 411 Length Required\r\n"), "{text}");
+    assert!(
+        text.starts_with("HTTP/1.1 411 Length Required\r\n"),
+        "{text}"
+    );
     assert!(text.ends_with(r#"{"error":"chunked bodies are not supported: send Content-Length"}"#));
-    assert_eq!(http(server.addr, "GET", "/health", &[], "").0, 200, "server unaffected");
+    assert_eq!(
+        http(server.addr, "GET", "/health", &[], "").0,
+        200,
+        "server unaffected"
+    );
 }
 
 #[test]
@@ -259,9 +372,13 @@ fn plain_get_on_connect_is_400_and_bad_versions_are_426() {
     let reply = String::from_utf8(raw_exchange(server.addr, v8.as_bytes())).unwrap();
     assert!(reply.starts_with("HTTP/1.1 426 "), "{reply}");
     assert!(reply.contains("Sec-WebSocket-Version: 13\r\n"));
-    let no_key = upgrade_request("/api/ws/connect").replace("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", "");
+    let no_key = upgrade_request("/api/ws/connect")
+        .replace("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", "");
     let reply = String::from_utf8(raw_exchange(server.addr, no_key.as_bytes())).unwrap();
-    assert!(reply.ends_with(r#"{"error":"invalid Sec-WebSocket-Key"}"#), "{reply}");
+    assert!(
+        reply.ends_with(r#"{"error":"invalid Sec-WebSocket-Key"}"#),
+        "{reply}"
+    );
 }
 
 #[test]
@@ -273,11 +390,18 @@ fn bytes_pipelined_after_the_upgrade_are_frames() {
     bytes.extend(client_frame(0x88, &1000u16.to_be_bytes()));
     let reply = raw_exchange(server.addr, &bytes);
     let head = String::from_utf8_lossy(&reply[..reply.len().min(200)]).to_string();
-    assert!(head.starts_with("HTTP/1.1 101 Switching Protocols\r\n"), "{head}");
+    assert!(
+        head.starts_with("HTTP/1.1 101 Switching Protocols\r\n"),
+        "{head}"
+    );
     assert!(head.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
     assert_eq!(
         server_frames(&reply),
-        vec![(1, b"first".to_vec()), (2, vec![1, 2, 3]), (8, 1000u16.to_be_bytes().to_vec())]
+        vec![
+            (1, b"first".to_vec()),
+            (2, vec![1, 2, 3]),
+            (8, 1000u16.to_be_bytes().to_vec())
+        ]
     );
 }
 
@@ -285,10 +409,10 @@ fn bytes_pipelined_after_the_upgrade_are_frames() {
 fn protocol_violations_close_with_their_rfc_codes() {
     let server = TestServer::start(test_config());
     let cases: [(Vec<u8>, u16); 4] = [
-        (vec![0x81, 0x02, b'h', b'i'], 1002),  // unmasked client frame
-        (client_frame(0xC1, b"x"), 1002),       // reserved bit
-        (client_frame(0x81, &[0xff]), 1007),    // invalid UTF-8
-        (client_frame(0x80, b"x"), 1002),       // continuation first
+        (vec![0x81, 0x02, b'h', b'i'], 1002), // unmasked client frame
+        (client_frame(0xC1, b"x"), 1002),     // reserved bit
+        (client_frame(0x81, &[0xff]), 1007),  // invalid UTF-8
+        (client_frame(0x80, b"x"), 1002),     // continuation first
     ];
     for (frame, code) in cases {
         let mut bytes = upgrade_request("/api/ws/connect?user_id=v").into_bytes();
@@ -296,7 +420,10 @@ fn protocol_violations_close_with_their_rfc_codes() {
         // Answer the server's Close so it can finish the handshake at once.
         bytes.extend(client_frame(0x88, &code.to_be_bytes()));
         let frames = server_frames(&raw_exchange(server.addr, &bytes));
-        let close = frames.iter().find(|(op, _)| *op == 8).expect("a Close frame");
+        let close = frames
+            .iter()
+            .find(|(op, _)| *op == 8)
+            .expect("a Close frame");
         assert_eq!(u16::from_be_bytes([close.1[0], close.1[1]]), code);
     }
     server.wait_online(0);
@@ -309,13 +436,22 @@ fn echo_endpoint_only_when_enabled() {
     let mut echo = server.connect_path("/api/ws/echo");
     echo.send_text("same text");
     assert_eq!(echo.recv_text(), "same text");
-    echo.ws.send(tungstenite::Message::binary(vec![0, 159, 146, 150])).unwrap();
-    assert_eq!(echo.ws.read().unwrap(), tungstenite::Message::binary(vec![0, 159, 146, 150]));
+    echo.ws
+        .send(tungstenite::Message::binary(vec![0, 159, 146, 150]))
+        .unwrap();
+    assert_eq!(
+        echo.ws.read().unwrap(),
+        tungstenite::Message::binary(vec![0, 159, 146, 150])
+    );
     drop(echo);
     drop(server);
     config.websocket.echo = false;
     let server = TestServer::start(config);
-    let reply = String::from_utf8(raw_exchange(server.addr, upgrade_request("/api/ws/echo").as_bytes())).unwrap();
+    let reply = String::from_utf8(raw_exchange(
+        server.addr,
+        upgrade_request("/api/ws/echo").as_bytes(),
+    ))
+    .unwrap();
     assert!(reply.starts_with("HTTP/1.1 404 "), "{reply}");
 }
 
@@ -325,11 +461,22 @@ fn integrated_mode_with_websocket_disabled_serves_404_for_the_api() {
     config.websocket.enable = false;
     let server = TestServer::start(config.clone());
     assert_eq!(http(server.addr, "GET", "/api/ws/status", &[], "").0, 404);
-    assert_eq!(http(server.addr, "POST", "/api/ws/broadcast", &[], "{}").0, 404);
-    let reply = String::from_utf8(raw_exchange(server.addr, upgrade_request("/api/ws/connect").as_bytes())).unwrap();
+    assert_eq!(
+        http(server.addr, "POST", "/api/ws/broadcast", &[], "{}").0,
+        404
+    );
+    let reply = String::from_utf8(raw_exchange(
+        server.addr,
+        upgrade_request("/api/ws/connect").as_bytes(),
+    ))
+    .unwrap();
     assert!(reply.starts_with("HTTP/1.1 404 "), "{reply}");
     assert_eq!(http(server.addr, "GET", "/health", &[], "").0, 200);
-    assert_eq!(http(server.addr, "GET", "/", &[], "").0, 404, "no demo page without the API");
+    assert_eq!(
+        http(server.addr, "GET", "/", &[], "").0,
+        404,
+        "no demo page without the API"
+    );
     drop(server);
     // Standalone mode always serves the API.
     let server = TestServer::start_mode(config, Mode::Standalone);
@@ -344,11 +491,20 @@ fn metrics_are_prometheus_text() {
     let server = TestServer::start(test_config());
     let mut stream = TcpStream::connect(server.addr).unwrap();
     stream.set_read_timeout(Some(WAIT)).unwrap();
-    stream.write_all(b"GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n").unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n")
+        .unwrap();
     let (status, headers, body) = read_full_response(&mut BufReader::new(stream));
     assert_eq!(status, 200);
     assert!(headers.contains(&("content-type".into(), "text/plain; version=0.0.4".into())));
-    for name in ["wshub_connections_open", "wshub_connections_total", "wshub_messages_in_total", "wshub_bytes_out_total", "wshub_slow_consumer_closes_total", "wshub_handshake_failures_total"] {
+    for name in [
+        "wshub_connections_open",
+        "wshub_connections_total",
+        "wshub_messages_in_total",
+        "wshub_bytes_out_total",
+        "wshub_slow_consumer_closes_total",
+        "wshub_handshake_failures_total",
+    ] {
         assert!(body.contains(&format!("# TYPE {name} ")), "missing {name}");
     }
 }

@@ -42,7 +42,11 @@ impl TestServer {
     }
 
     /// Starts with a customised server (hooks, ...).
-    pub fn start_with(config: Config, mode: Mode, customise: impl FnOnce(Server) -> Server) -> TestServer {
+    pub fn start_with(
+        config: Config,
+        mode: Mode,
+        customise: impl FnOnce(Server) -> Server,
+    ) -> TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
         let server = Server::from_listener(listener, config, mode).expect("server");
         let server = customise(server);
@@ -85,7 +89,10 @@ impl TestServer {
             if v["online_count"] == count {
                 return;
             }
-            assert!(Instant::now() < deadline, "online_count never reached {count}: {body}");
+            assert!(
+                Instant::now() < deadline,
+                "online_count never reached {count}: {body}"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -93,7 +100,11 @@ impl TestServer {
     /// Shuts down and waits for `run` to return.
     pub fn stop(mut self) -> Result<(), wshub::ServerError> {
         let _ = self.handle.shutdown();
-        self.thread.take().unwrap().join().expect("server thread panicked")
+        self.thread
+            .take()
+            .unwrap()
+            .join()
+            .expect("server thread panicked")
     }
 }
 
@@ -153,10 +164,14 @@ impl Client {
 
     /// Asserts nothing arrives within `for_ms`.
     pub fn expect_silence(&mut self, for_ms: u64) {
-        self.ws.get_mut().set_read_timeout(Some(Duration::from_millis(for_ms))).unwrap();
+        self.ws
+            .get_mut()
+            .set_read_timeout(Some(Duration::from_millis(for_ms)))
+            .unwrap();
         match self.ws.read() {
             Err(tungstenite::Error::Io(e))
-                if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {}
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
             other => panic!("expected silence, got {other:?}"),
         }
         self.ws.get_mut().set_read_timeout(Some(WAIT)).unwrap();
@@ -187,7 +202,13 @@ impl Client {
 
 /// One HTTP/1.1 request on a fresh connection (`Connection: close`); returns
 /// status and body.
-pub fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
+pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).expect("connect");
     stream.set_read_timeout(Some(WAIT)).unwrap();
     let mut request = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
@@ -238,7 +259,11 @@ pub fn read_full_response(reader: &mut impl BufRead) -> (u16, Vec<(String, Strin
     }
     let mut body = vec![0; length];
     reader.read_exact(&mut body).expect("body");
-    (status, headers, String::from_utf8(body).expect("utf-8 body"))
+    (
+        status,
+        headers,
+        String::from_utf8(body).expect("utf-8 body"),
+    )
 }
 
 /// Raw TCP: sends `bytes` and reads until the server closes (or `WAIT`).

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# The whole wshub test suite, in one command (the README's test command; CI
+# runs it through .ci/run). Installs what the browser tests need if missing.
+#
+#   bash tests/run.sh            # everything
+#   WSHUB_QUICK=1 bash tests/run.sh   # Rust tests only (no browser, fuzz, soak, conformance)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+status=0
+step() { printf '\n== %s\n' "$*" >&2; }
+
+step "Rust: unit, integration and doc tests (cargo nextest, including the soak test)"
+if ! command -v cargo-nextest >/dev/null 2>&1; then
+  cargo install cargo-nextest --locked
+fi
+if [ -n "${WSHUB_QUICK:-}" ]; then
+  cargo nextest run --no-fail-fast || status=1
+  cargo test --doc --quiet || status=1
+  exit $status
+fi
+cargo nextest run --no-fail-fast --run-ignored all || status=1
+cargo test --doc --quiet || status=1
+
+step "Fuzzing (proptest harnesses, bounded: ${WSHUB_FUZZ_SECS:=30} s per target)"
+WSHUB_FUZZ_CASES=${WSHUB_FUZZ_CASES:-100000} WSHUB_FUZZ_SECS=$WSHUB_FUZZ_SECS \
+  cargo nextest run --test fuzz --no-fail-fast || status=1
+
+step "JavaScript client unit tests (node --test)"
+node --test tests/js/ || status=1
+
+step "Browser tests (headless Chromium against the real server)"
+bash tests/browser/setup.sh
+cargo build --quiet --bin wshub
+WSHUB_BIN="$root/target/debug/wshub" node --test --test-concurrency=1 tests/browser/ || status=1
+
+step "Conformance: Autobahn TestSuite against /api/ws/echo"
+cargo build --quiet --release --bin wshub
+conf_dir=$(mktemp -d)
+port=9210
+cat > "$conf_dir/config.yaml" <<YAML
+app:
+  host: "127.0.0.1"
+  port: $port
+log:
+  level: warn
+websocket:
+  echo: true
+  max_message_size: 16777216
+  max_buffered_bytes: 33554432
+YAML
+"$root/target/release/wshub" --config "$conf_dir/config.yaml" &
+server_pid=$!
+for _ in $(seq 100); do
+  curl -sf "http://127.0.0.1:$port/health" >/dev/null 2>&1 && break
+  sleep 0.1
+done
+autobahn="$root/../shared/conformance/autobahn.sh"
+"$autobahn" "ws://127.0.0.1:$port/api/ws/echo" --agent wshub --out "$conf_dir/autobahn" || status=1
+kill "$server_pid" 2>/dev/null || true
+wait "$server_pid" 2>/dev/null || true
+
+exit $status
