@@ -84,16 +84,29 @@ impl Outbound {
         if !self.data.is_empty() && self.data_bytes + frame.len() > max_bytes {
             return Err(Overflow::Bytes);
         }
-        self.data_bytes += frame.len();
-        self.data.push_back(frame);
+        self.push_unbounded(frame);
         Ok(())
     }
 
     /// Queues a data frame past the bounds: for a final Close that must
     /// follow what is already queued, and for HTTP responses.
     pub fn push_unbounded(&mut self, frame: Wire) {
-        self.data_bytes += frame.len();
-        self.data.push_back(frame);
+        if let Some(frame) = self.take_empty_slot(frame) {
+            self.data_bytes += frame.len();
+            self.data.push_back(frame);
+        }
+    }
+
+    /// An empty queue takes the frame straight into the in-flight slot, so
+    /// the common case (one message per session per pass) never allocates a
+    /// deque. Returns the frame back when the slot is taken.
+    fn take_empty_slot(&mut self, frame: Wire) -> Option<Wire> {
+        if self.is_empty() {
+            self.in_flight = Some(frame);
+            self.written = 0;
+            return None;
+        }
+        Some(frame)
     }
 
     /// Queues an HTTP response: after everything queued so far, and never
@@ -105,6 +118,9 @@ impl Outbound {
 
     /// Queues a control frame ahead of all data not yet started.
     pub fn push_control(&mut self, frame: Wire) {
+        let Some(frame) = self.take_empty_slot(frame) else {
+            return;
+        };
         if self.control.len() >= MAX_PENDING_CONTROL {
             self.control.pop_front();
         }
@@ -187,13 +203,13 @@ impl Outbound {
         }
     }
 
-    /// An idle session should hold no buffers: give back the deques' memory
-    /// once they have grown, keeping small ones to avoid churn.
+    /// An idle session holds no buffers: the deques' memory goes back once
+    /// drained (they are only used when frames pile up behind a slow socket).
     fn release_capacity(&mut self) {
-        if self.data.capacity() > 8 {
+        if self.data.capacity() > 0 {
             self.data = VecDeque::new();
         }
-        if self.control.capacity() > MAX_PENDING_CONTROL {
+        if self.control.capacity() > 0 {
             self.control = VecDeque::new();
         }
     }
@@ -288,6 +304,24 @@ mod tests {
     }
 
     #[test]
+    fn a_lone_frame_needs_no_deque_and_drained_queues_hold_no_memory() {
+        let mut q = Outbound::default();
+        q.push_data(wire(b"one"), 10, 100).unwrap();
+        assert_eq!((q.data.capacity(), q.control.capacity()), (0, 0));
+        q.push_data(wire(b"two"), 10, 100).unwrap();
+        q.push_control(wire(b"P"));
+        assert!(q.data.capacity() > 0 && q.control.capacity() > 0);
+        let mut sock = Trickle {
+            out: vec![],
+            per_call: 100,
+            calls_left: 10,
+        };
+        assert_eq!(q.flush_to(&mut sock).unwrap(), (Flushed::Drained, 7));
+        assert_eq!(sock.out, b"onePtwo");
+        assert_eq!((q.data.capacity(), q.control.capacity()), (0, 0));
+    }
+
+    #[test]
     fn responses_are_never_overtaken_by_control_frames() {
         let mut q = Outbound::default();
         q.push_response(wire(b"HTTP/1.1 101\r\n\r\n"));
@@ -305,13 +339,16 @@ mod tests {
     #[test]
     fn bounds_count_messages_and_bytes_behind_the_frame_in_flight() {
         let mut q = Outbound::default();
+        // The first frame goes in flight; the bounds apply behind it.
+        q.push_data(wire(&[0; 50]), 2, 10).unwrap();
         assert_eq!(
-            q.push_data(wire(&[0; 50]), 2, 10),
+            q.push_data(wire(&[0; 20]), 2, 10),
             Ok(()),
             "one big frame fits an empty queue"
         );
         assert_eq!(q.push_data(wire(&[0; 1]), 2, 10), Err(Overflow::Bytes));
         let mut q = Outbound::default();
+        q.push_data(wire(b"x"), 2, 10).unwrap();
         q.push_data(wire(b"a"), 2, 10).unwrap();
         q.push_data(wire(b"b"), 2, 10).unwrap();
         assert_eq!(q.push_data(wire(b"c"), 2, 10), Err(Overflow::Messages));
@@ -332,7 +369,10 @@ mod tests {
             calls_left: 100,
         };
         q.flush_to(&mut sock).unwrap();
-        assert_eq!(sock.out, (8..40u8).collect::<Vec<_>>());
+        // The first went in flight at once; of the rest the latest 32 are kept.
+        let mut expected = vec![0u8];
+        expected.extend(8..40u8);
+        assert_eq!(sock.out, expected);
     }
 
     #[test]
