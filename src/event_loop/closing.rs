@@ -1,0 +1,292 @@
+//! Ending sessions and writing: leaving the indexes (once), the closing
+//! handshake, half-close and reaping; flushing each dirty session once per
+//! pass with WRITABLE interest only while output is pending.
+
+use std::sync::atomic::Ordering;
+
+use log::{debug, info, warn};
+use mio::{Interest, Token};
+
+use super::{EventLoop, FIRST_SESSION};
+use crate::frame::{self, DecodeError, Kind};
+use crate::hooks::{CloseReason, SessionInfo};
+use crate::outbound::Flushed;
+use crate::router::SessionKey;
+use crate::session::{Closing, Phase};
+
+impl EventLoop {
+    /// Takes an open session out of every index (once); status changes now.
+    pub(super) fn unindex(&mut self, index: usize, reason: &CloseReason) {
+        let Some(session) = self.sessions.get_mut(index) else {
+            return;
+        };
+        let key = session.key;
+        let peer = session.peer;
+        let user = match &session.phase {
+            Phase::Chat { user } => Some(user.clone()),
+            Phase::Echo => None,
+            _ => return,
+        };
+        session.phase = Phase::Closing(Closing::default());
+        self.open_websockets -= 1;
+        let Some(user) = user else {
+            self.metrics.open_echo -= 1;
+            return;
+        };
+        self.router.remove_session(key, user.as_deref());
+        self.metrics.open_chat -= 1;
+        self.shared
+            .online
+            .store(self.router.online_count(), Ordering::Relaxed);
+        info!(
+            "disconnect user={} peer={peer} reason={reason} online={}",
+            user.as_deref().unwrap_or("-"),
+            self.router.online_count()
+        );
+        let info = SessionInfo {
+            key,
+            user: user.as_deref(),
+            peer,
+        };
+        self.hooks.on_disconnect(&info, reason, &mut self.actions);
+    }
+
+    /// Enters the closing phase: flush, then wait (bounded) for the peer.
+    pub(super) fn begin_closing(&mut self, index: usize, await_close_frame: bool) {
+        let deadline = self.now_ms + self.config.websocket.write_wait.as_millis() as u64;
+        self.begin_closing_until(index, await_close_frame, deadline);
+    }
+
+    pub(super) fn begin_closing_until(
+        &mut self,
+        index: usize,
+        await_close_frame: bool,
+        deadline_ms: u64,
+    ) {
+        let Some(session) = self.sessions.get_mut(index) else {
+            return;
+        };
+        session.phase = Phase::Closing(Closing {
+            await_close_frame,
+            deadline_ms,
+            ..Closing::default()
+        });
+        self.mark_dirty(index);
+        self.arm(index, deadline_ms);
+    }
+
+    /// A protocol violation: Close with the RFC's code, then half-close.
+    pub(super) fn protocol_close(&mut self, index: usize, error: &DecodeError) {
+        debug!("session {index}: {error}");
+        let code = error.close_code();
+        self.unindex(index, &CloseReason::Protocol(code));
+        let Some(session) = self.sessions.get_mut(index) else {
+            return;
+        };
+        session.decoder = frame::Decoder::default();
+        // Behind what is already queued (the 101 itself may still be there).
+        session
+            .out
+            .push_unbounded(frame::encode_close(code, &error.to_string()));
+        self.metrics.close_sent(code);
+        // RFC 6455 7.1.7: after failing the connection, stop processing the
+        // peer's data (its Close included): flush, half-close, drain to EOF.
+        self.begin_closing(index, false);
+    }
+
+    /// The server ends a session: what is queued goes first, then Close.
+    pub(super) fn server_close(
+        &mut self,
+        index: usize,
+        code: u16,
+        text: &str,
+        reason: CloseReason,
+    ) {
+        self.unindex(index, &reason);
+        let Some(session) = self.sessions.get_mut(index) else {
+            return;
+        };
+        session.out.push_unbounded(frame::encode_close(code, text));
+        self.metrics.close_sent(code);
+        let deadline = match reason {
+            CloseReason::Shutdown => self.shutdown_deadline_ms,
+            _ => None,
+        };
+        let deadline =
+            deadline.unwrap_or(self.now_ms + self.config.websocket.write_wait.as_millis() as u64);
+        self.begin_closing_until(index, true, deadline);
+    }
+
+    pub(super) fn slow_consumer(&mut self, key: SessionKey) {
+        let index = key.index as usize;
+        let Some(session) = self.sessions.get(index) else {
+            return;
+        };
+        if session.key != key || !session.is_open_websocket() {
+            return;
+        }
+        warn!(
+            "slow consumer user={} peer={}: {} messages / {} bytes queued; closing with 1013",
+            session.user().map_or("-", |u| &**u),
+            session.peer,
+            session.out.queued_messages(),
+            session.out.queued_bytes()
+        );
+        self.metrics.slow_consumer_closes += 1;
+        self.server_close(index, 1013, "slow consumer", CloseReason::SlowConsumer);
+    }
+
+    pub(super) fn peer_closed(&mut self, index: usize, close: Option<(u16, String)>) {
+        let code = close.as_ref().map(|(code, _)| *code);
+        self.unindex(index, &CloseReason::Client(code));
+        let Some(session) = self.sessions.get_mut(index) else {
+            return;
+        };
+        // What was queued before their Close still goes out, then ours;
+        // nothing follows it because the session left every index.
+        let reply = match code {
+            Some(code) => frame::encode_close(code, ""),
+            None => frame::encode(Kind::Close, b""),
+        };
+        session.out.push_unbounded(reply);
+        self.metrics.close_sent(code.unwrap_or(1000));
+        self.begin_closing(index, false);
+    }
+
+    pub(super) fn on_eof(&mut self, index: usize) {
+        let Some(session) = self.sessions.get_mut(index) else {
+            return;
+        };
+        match &mut session.phase {
+            Phase::Closing(closing) => {
+                closing.eof = true;
+                closing.await_close_frame = false;
+                self.mark_dirty(index);
+            }
+            Phase::Http if !session.out.is_empty() => {
+                // A request followed by FIN still gets its response.
+                self.begin_closing(index, false);
+                if let Some(Phase::Closing(closing)) =
+                    self.sessions.get_mut(index).map(|s| &mut s.phase)
+                {
+                    closing.eof = true;
+                }
+            }
+            _ => self.kill(index, CloseReason::Client(None)),
+        }
+    }
+
+    /// Drops the connection at the end of this pass.
+    pub(super) fn kill(&mut self, index: usize, reason: CloseReason) {
+        self.unindex(index, &reason);
+        let Some(session) = self.sessions.get_mut(index) else {
+            return;
+        };
+        if !matches!(session.phase, Phase::Dead) {
+            session.phase = Phase::Dead;
+            self.reap.push(index);
+        }
+    }
+
+    pub(super) fn reap_closed(&mut self) {
+        for index in std::mem::take(&mut self.reap) {
+            if let Some(session) = self.sessions.try_remove(index) {
+                if let Some((timer, _)) = session.timer {
+                    self.wheel.cancel(timer);
+                }
+                // Dropping the stream closes the descriptor, which also
+                // removes it from the poll.
+            }
+        }
+    }
+
+    pub(super) fn mark_dirty(&mut self, index: usize) {
+        if let Some(session) = self.sessions.get_mut(index) {
+            if !session.dirty {
+                session.dirty = true;
+                self.dirty.push(index);
+            }
+        }
+    }
+
+    pub(super) fn flush_dirty(&mut self) {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        for &index in &dirty {
+            self.flush_one(index);
+        }
+        dirty.clear();
+        // Keep the list's capacity for the next pass.
+        if self.dirty.is_empty() {
+            self.dirty = dirty;
+        }
+    }
+
+    pub(super) fn flush_one(&mut self, index: usize) {
+        let write_wait = self.config.websocket.write_wait.as_millis() as u64;
+        let Some(session) = self.sessions.get_mut(index) else {
+            return;
+        };
+        session.dirty = false;
+        if matches!(session.phase, Phase::Dead) {
+            return;
+        }
+        match session.flush() {
+            Ok((Flushed::Drained, n)) => {
+                self.metrics.bytes_out += n as u64;
+                session.stalled_since_ms = None;
+                if session.writable_interest {
+                    session.writable_interest = false;
+                    let token = Token(FIRST_SESSION + index);
+                    let _ = self.poll.registry().reregister(
+                        &mut session.socket,
+                        token,
+                        Interest::READABLE,
+                    );
+                }
+                self.after_drain(index);
+            }
+            Ok((Flushed::Pending, n)) => {
+                self.metrics.bytes_out += n as u64;
+                if n > 0 || session.stalled_since_ms.is_none() {
+                    session.stalled_since_ms = Some(self.now_ms);
+                }
+                if !session.writable_interest {
+                    session.writable_interest = true;
+                    let token = Token(FIRST_SESSION + index);
+                    let interest = Interest::READABLE | Interest::WRITABLE;
+                    let _ = self
+                        .poll
+                        .registry()
+                        .reregister(&mut session.socket, token, interest);
+                }
+                let stall_deadline = self.now_ms + write_wait;
+                self.arm(index, stall_deadline);
+            }
+            Err(e) => self.kill(index, CloseReason::Io(e.to_string())),
+        }
+    }
+
+    /// A closing session whose queue is empty moves on: half-close, or drop.
+    pub(super) fn after_drain(&mut self, index: usize) {
+        let Some(session) = self.sessions.get_mut(index) else {
+            return;
+        };
+        let Phase::Closing(closing) = &mut session.phase else {
+            return;
+        };
+        if closing.await_close_frame {
+            return;
+        }
+        if closing.eof {
+            return self.kill(index, CloseReason::Finished);
+        }
+        if !closing.fin_sent {
+            closing.fin_sent = true;
+            // Half-close and wait for the peer's FIN: closing with unread
+            // input would send RST and could destroy the response in flight.
+            if session.socket.shutdown(std::net::Shutdown::Write).is_err() {
+                self.kill(index, CloseReason::Finished);
+            }
+        }
+    }
+}

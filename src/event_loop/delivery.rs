@@ -1,0 +1,164 @@
+//! Delivery and commands: queues one framed message to every session of an
+//! audience (no allocation or JSON work per recipient), and applies what
+//! handles and hooks asked for: pushes, disconnects, queries, shutdown.
+
+use log::info;
+
+use super::{EventLoop, COMMAND_BUDGET};
+use crate::frame::{self, Kind, Wire};
+use crate::handle::{Command, Target};
+use crate::hooks::CloseReason;
+use crate::router::Audience;
+use crate::session::Phase;
+
+impl EventLoop {
+    /// Queues the same bytes to every session of the audience; returns how
+    /// many sessions got them. No allocation or JSON work per recipient.
+    pub(super) fn deliver(&mut self, audience: Audience<'_>, wire: &Wire) -> usize {
+        let ws = &self.config.websocket;
+        let (max_messages, max_bytes) = (ws.message_buffer_size, ws.max_buffered_bytes);
+        let sessions = &mut self.sessions;
+        let dirty = &mut self.dirty;
+        let slow = &mut self.slow;
+        let mut sent = 0;
+        self.router.for_each_member(audience, |key| {
+            let Some(session) = sessions.get_mut(key.index as usize) else {
+                return;
+            };
+            if session.key != key {
+                return;
+            }
+            match session.out.push_data(wire.clone(), max_messages, max_bytes) {
+                Ok(()) => {
+                    sent += 1;
+                    if !session.dirty {
+                        session.dirty = true;
+                        dirty.push(key.index as usize);
+                    }
+                }
+                Err(_) => slow.push(key),
+            }
+        });
+        self.metrics.messages_out += sent as u64;
+        if !matches!(audience, Audience::User(_)) {
+            self.metrics.broadcasts += 1;
+        }
+        for key in std::mem::take(&mut self.slow) {
+            self.slow_consumer(key);
+        }
+        sent
+    }
+
+    pub(super) fn push(&mut self, target: &Target, json: &[u8]) -> usize {
+        let audience = match target {
+            Target::Everyone => Audience::Everyone { except: None },
+            Target::User(user) => Audience::User(user),
+            Target::Room(room) => Audience::Room { room, except: None },
+        };
+        self.deliver(audience, &frame::encode(Kind::Text, json))
+    }
+
+    pub(super) fn drain_commands(&mut self) {
+        self.inbox.rearm();
+        self.commands_left = false;
+        for _ in 0..COMMAND_BUDGET {
+            let Some(command) = self.inbox.next() else {
+                return;
+            };
+            self.on_command(command);
+        }
+        self.commands_left = true;
+    }
+
+    pub(super) fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Push {
+                target,
+                json,
+                reply,
+            } => {
+                let sent = self.push(&target, &json);
+                if let Some(reply) = reply {
+                    let _ = reply.try_send(sent);
+                }
+            }
+            Command::DisconnectUser(user) => self.disconnect_user(&user),
+            Command::OnlineUsers(reply) => {
+                let users = self
+                    .router
+                    .online_users()
+                    .into_iter()
+                    .map(str::to_owned)
+                    .collect();
+                let _ = reply.try_send(users);
+            }
+            Command::Shutdown => self.begin_shutdown(),
+        }
+    }
+
+    /// Runs what hooks asked for, after the event that ran them.
+    pub(super) fn apply_actions(&mut self) {
+        if self.actions.is_empty() {
+            return;
+        }
+        for command in self.actions.take() {
+            self.on_command(command);
+        }
+    }
+
+    pub(super) fn disconnect_user(&mut self, user: &str) {
+        let mut keys = Vec::new();
+        self.router
+            .for_each_member(Audience::User(user), |key| keys.push(key));
+        for key in keys {
+            self.server_close(
+                key.index as usize,
+                1000,
+                "disconnected by server",
+                CloseReason::Server,
+            );
+        }
+    }
+
+    pub(super) fn begin_shutdown(&mut self) {
+        if self.shutdown_deadline_ms.is_some() {
+            return;
+        }
+        let timeout = self.config.websocket.shutdown_timeout.as_millis() as u64;
+        self.shutdown_deadline_ms = Some(self.now_ms + timeout);
+        self.accepting = false;
+        let _ = self.poll.registry().deregister(&mut self.listener);
+        info!(
+            "shutting down: closing {} WebSocket sessions",
+            self.open_websockets
+        );
+        let indexes: Vec<usize> = self.sessions.iter().map(|(i, _)| i).collect();
+        for index in indexes {
+            match self.sessions.get(index).map(|s| &s.phase) {
+                Some(Phase::Chat { .. } | Phase::Echo) => {
+                    self.server_close(index, 1001, "server shutting down", CloseReason::Shutdown)
+                }
+                Some(Phase::Http) => self.kill(index, CloseReason::Shutdown),
+                _ => {}
+            }
+        }
+    }
+
+    pub(super) fn on_signals(&mut self) {
+        let mut count = 0;
+        if let Some(signals) = self.signals.as_mut() {
+            count = signals.pending().count();
+        }
+        if count == 0 {
+            return;
+        }
+        if self.shutdown_deadline_ms.is_some() || count > 1 {
+            info!("second signal: exiting now");
+            self.shutdown_deadline_ms = Some(self.now_ms);
+            self.sessions.clear();
+            return;
+        }
+        info!("signal received: shutting down");
+        self.begin_shutdown();
+    }
+}

@@ -1,0 +1,431 @@
+//! Reading: drains a ready socket into the loop's shared buffer (or the
+//! session's unfinished input), then turns complete units into actions:
+//! HTTP requests go to `rest`, WebSocket frames to the router or the echo.
+//! A short read ends the drain; an unfinished unit is kept per session.
+
+use std::io;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use log::{debug, info};
+
+use super::{EventLoop, READ_CHUNK};
+use crate::frame::{self, Inbound, Kind, Step, Wire};
+use crate::hooks::{CloseReason, SessionInfo, Verdict};
+use crate::http::{self, HttpError, Response};
+use crate::message;
+use crate::metrics::HandshakeFailure;
+use crate::rest::{self, Endpoint, Outcome, Upgrade};
+use crate::router::Route;
+use crate::session::{Phase, ReadOutcome};
+
+impl EventLoop {
+    pub(super) fn on_session_event(&mut self, index: usize, event: &mio::event::Event) {
+        if !self.sessions.contains(index) {
+            return;
+        }
+        if event.is_readable() || event.is_read_closed() || event.is_error() {
+            self.on_readable(index);
+        }
+        if event.is_writable() {
+            self.mark_dirty(index);
+        }
+    }
+
+    pub(super) fn on_readable(&mut self, index: usize) {
+        loop {
+            let Some(session) = self.sessions.get_mut(index) else {
+                return;
+            };
+            if matches!(session.phase, Phase::Dead) {
+                return;
+            }
+            let (outcome, full) = if session.pending_input.is_empty() {
+                self.read_fresh(index)
+            } else {
+                self.read_more(index)
+            };
+            match outcome {
+                // A short read drained the socket: with edge-triggered epoll,
+                // any byte that arrives later raises a new event, so the
+                // extra read that would only return WouldBlock is skipped.
+                Ok(ReadOutcome::Data(_)) if full => continue,
+                Ok(ReadOutcome::Data(_)) | Ok(ReadOutcome::WouldBlock) => return,
+                Ok(ReadOutcome::Eof) => return self.on_eof(index),
+                Err(e) => return self.kill(index, CloseReason::Io(e.to_string())),
+            }
+        }
+    }
+
+    /// Reads into the loop's shared buffer; keeps only an unfinished rest.
+    pub(super) fn read_fresh(&mut self, index: usize) -> (io::Result<ReadOutcome>, bool) {
+        let mut buf = std::mem::take(&mut self.read_buf);
+        let Some(session) = self.sessions.get_mut(index) else {
+            self.read_buf = buf;
+            return (Ok(ReadOutcome::WouldBlock), false);
+        };
+        let outcome = session.read_into(&mut buf);
+        let mut full = false;
+        if let Ok(ReadOutcome::Data(n)) = outcome {
+            full = n == buf.len();
+            self.saw_input(index, n);
+            let consumed = self.process(index, &mut buf[..n]);
+            if let Some(session) = self.sessions.get_mut(index) {
+                session.keep_input(&buf[consumed..n]);
+            }
+        }
+        self.read_buf = buf;
+        (outcome, full)
+    }
+
+    /// Appends to the session's unfinished input (a large frame or request
+    /// arriving in pieces is read in place, never copied back and forth).
+    pub(super) fn read_more(&mut self, index: usize) -> (io::Result<ReadOutcome>, bool) {
+        let Some(session) = self.sessions.get_mut(index) else {
+            return (Ok(ReadOutcome::WouldBlock), false);
+        };
+        let before = session.pending_input.len();
+        let (outcome, requested) = session.read_pending(READ_CHUNK);
+        let mut full = false;
+        if let Ok(ReadOutcome::Data(n)) = outcome {
+            full = n == requested;
+            let mut buf = std::mem::take(&mut session.pending_input);
+            debug_assert_eq!(buf.len(), before + n);
+            self.saw_input(index, n);
+            let consumed = self.process(index, &mut buf);
+            if let Some(session) = self.sessions.get_mut(index) {
+                buf.drain(..consumed);
+                if buf.is_empty() {
+                    session.keep_input(&[]);
+                } else {
+                    session.pending_input = buf;
+                }
+            }
+        }
+        (outcome, full)
+    }
+
+    pub(super) fn saw_input(&mut self, index: usize, n: usize) {
+        self.metrics.bytes_in += n as u64;
+        if let Some(session) = self.sessions.get_mut(index) {
+            if session.is_open_websocket() {
+                session.last_seen_ms = self.now_ms;
+            }
+        }
+    }
+
+    /// Acts on every complete unit at the start of `buf`; returns the bytes
+    /// consumed (the rest is an unfinished unit).
+    pub(super) fn process(&mut self, index: usize, buf: &mut [u8]) -> usize {
+        let mut at = 0;
+        while at < buf.len() {
+            let Some(session) = self.sessions.get(index) else {
+                return buf.len();
+            };
+            let step = match &session.phase {
+                Phase::Http => self.process_http(index, &mut buf[at..]),
+                Phase::Chat { .. } | Phase::Echo => self.process_frame(index, &mut buf[at..]),
+                Phase::Closing(c) if c.await_close_frame => {
+                    self.process_closing_frame(index, &mut buf[at..])
+                }
+                Phase::Closing(_) | Phase::Dead => return buf.len(),
+            };
+            match step {
+                Some(consumed) => at += consumed,
+                None => return at,
+            }
+        }
+        at
+    }
+
+    pub(super) fn process_http(&mut self, index: usize, buf: &mut [u8]) -> Option<usize> {
+        let ws = &self.config.websocket;
+        let (max_head, max_body) = (ws.max_header_bytes, ws.max_message_size);
+        let session = self.sessions.get_mut(index)?;
+        if http::find_head_end(buf, session.head_scanned).is_none() {
+            if buf.len() > max_head {
+                self.http_error(index, &HttpError::HeadTooLarge);
+                return Some(buf.len());
+            }
+            session.head_scanned = buf.len();
+            return None;
+        }
+        let request = match http::parse_head(buf, max_head, max_body) {
+            Ok(Some(request)) => request,
+            Ok(None) => return None,
+            Err(e) => {
+                self.http_error(index, &e);
+                return Some(buf.len());
+            }
+        };
+        let total = request.head_len + request.content_length;
+        if buf.len() < total {
+            session.head_scanned = 0;
+            session.input_needed = total;
+            return None;
+        }
+        session.head_scanned = 0;
+        session.input_needed = 0;
+        self.on_request(index, &request, &buf[request.head_len..total]);
+        Some(total)
+    }
+
+    pub(super) fn http_error(&mut self, index: usize, error: &HttpError) {
+        if matches!(error, HttpError::HeadTooLarge | HttpError::BodyTooLarge) {
+            self.metrics.handshake_failed(HandshakeFailure::TooLarge);
+        }
+        debug!("session {index}: {error}");
+        let response = Response::error(error.status(), &error.to_string()).closing();
+        self.respond(index, &response, false);
+    }
+
+    pub(super) fn on_request(&mut self, index: usize, request: &http::Request, body: &[u8]) {
+        self.metrics.http_requests += 1;
+        let now_unix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let ctx = rest::Context {
+            config: &self.config,
+            mode: self.mode,
+            router: &self.router,
+            open_websockets: self.open_websockets,
+            now_unix,
+        };
+        let keep_alive = request.keep_alive;
+        if !request.upgrade_websocket {
+            if let Some(response) = self.hooks.on_request(request, body, &mut self.actions) {
+                self.respond(index, &response, keep_alive);
+                return self.apply_actions();
+            }
+        }
+        // A client that asked to upgrade has no use for the connection once
+        // refused: answer and close it.
+        let keep_alive = keep_alive && !request.upgrade_websocket;
+        match rest::handle(request, body, &ctx) {
+            Outcome::Respond(response) => self.respond(index, &response, keep_alive),
+            Outcome::Refuse(response, why) => {
+                self.metrics.handshake_failed(why);
+                if let Some(session) = self.sessions.get(index) {
+                    let reason = String::from_utf8_lossy(&response.body);
+                    info!(
+                        "refused {} from {}: {} {reason}",
+                        request.path, session.peer, response.status
+                    );
+                }
+                self.respond(index, &response, keep_alive);
+            }
+            Outcome::Metrics => {
+                let text = self
+                    .metrics
+                    .render(&self.shared, crate::alloc::heap_bytes());
+                let response = Response::raw(200, "text/plain; version=0.0.4", text.into_bytes());
+                self.respond(index, &response, keep_alive);
+            }
+            Outcome::Push { target, json } => {
+                let sent = self.push(&target, &json);
+                let response = Response::json(200, &serde_json::json!({ "sent": sent }));
+                self.respond(index, &response, keep_alive);
+            }
+            Outcome::Upgrade(upgrade) => self.upgrade(index, upgrade),
+        }
+    }
+
+    pub(super) fn respond(&mut self, index: usize, response: &Response, keep_alive: bool) {
+        let keep = keep_alive && !response.close;
+        let Some(session) = self.sessions.get_mut(index) else {
+            return;
+        };
+        session
+            .out
+            .push_unbounded(Rc::from(response.to_bytes(keep)));
+        // The next request's deadline runs from the end of this response.
+        session.last_seen_ms = self.now_ms;
+        self.mark_dirty(index);
+        if !keep {
+            self.begin_closing(index, false);
+        }
+    }
+
+    pub(super) fn upgrade(&mut self, index: usize, upgrade: Upgrade) {
+        let Some(session) = self.sessions.get_mut(index) else {
+            return;
+        };
+        let key = session.key;
+        let peer = session.peer;
+        let info = SessionInfo {
+            key,
+            user: upgrade.user.as_deref(),
+            peer,
+        };
+        if upgrade.endpoint == Endpoint::Chat {
+            if let Err(reason) = self.hooks.on_connect(&info, &mut self.actions) {
+                self.metrics.handshake_failed(HandshakeFailure::Hook);
+                let response = Response::error(403, &reason).closing();
+                return self.respond(index, &response, false);
+            }
+        }
+        let Some(session) = self.sessions.get_mut(index) else {
+            return;
+        };
+        session.out.push_response(Rc::from(upgrade.response));
+        let user: Option<Rc<str>> = upgrade.user.as_deref().map(Rc::from);
+        session.phase = match upgrade.endpoint {
+            Endpoint::Chat => Phase::Chat { user: user.clone() },
+            Endpoint::Echo => Phase::Echo,
+        };
+        session.last_seen_ms = self.now_ms;
+        let ws = &self.config.websocket;
+        session.next_ping_ms = self.now_ms + ws.ping_period.as_millis() as u64;
+        self.open_websockets += 1;
+        self.metrics.connections_total += 1;
+        match upgrade.endpoint {
+            Endpoint::Chat => {
+                self.router.add_session(key, user.as_ref());
+                self.metrics.open_chat += 1;
+                self.shared
+                    .online
+                    .store(self.router.online_count(), Ordering::Relaxed);
+                info!(
+                    "connect user={} peer={peer} online={}",
+                    user.as_deref().unwrap_or("-"),
+                    self.router.online_count()
+                );
+            }
+            Endpoint::Echo => self.metrics.open_echo += 1,
+        }
+        self.mark_dirty(index);
+        self.rearm_open(index);
+        self.apply_actions();
+    }
+
+    pub(super) fn process_frame(&mut self, index: usize, buf: &mut [u8]) -> Option<usize> {
+        let max = self.config.websocket.max_message_size;
+        let session = self.sessions.get_mut(index)?;
+        match session.decoder.decode(buf, max) {
+            Err(e) => {
+                self.protocol_close(index, &e);
+                Some(buf.len())
+            }
+            Ok(Step::Incomplete { needed }) => {
+                session.input_needed = needed.unwrap_or(0);
+                None
+            }
+            Ok(Step::Frame { consumed, inbound }) => {
+                session.input_needed = 0;
+                if let Some(inbound) = inbound {
+                    self.on_inbound(index, inbound);
+                }
+                Some(consumed)
+            }
+        }
+    }
+
+    pub(super) fn process_closing_frame(&mut self, index: usize, buf: &mut [u8]) -> Option<usize> {
+        let max = self.config.websocket.max_message_size;
+        let session = self.sessions.get_mut(index)?;
+        match session.decoder.decode(buf, max) {
+            Err(_) => {
+                self.kill(index, CloseReason::Protocol(1002));
+                Some(buf.len())
+            }
+            Ok(Step::Incomplete { needed }) => {
+                session.input_needed = needed.unwrap_or(0);
+                None
+            }
+            Ok(Step::Frame { consumed, inbound }) => {
+                if let (Some(Inbound::Close(_)), Phase::Closing(closing)) =
+                    (inbound, &mut session.phase)
+                {
+                    closing.await_close_frame = false;
+                    self.mark_dirty(index);
+                }
+                Some(consumed)
+            }
+        }
+    }
+
+    pub(super) fn on_inbound(&mut self, index: usize, inbound: Inbound<'_>) {
+        let echo = matches!(
+            self.sessions.get(index).map(|s| &s.phase),
+            Some(Phase::Echo)
+        );
+        match inbound {
+            Inbound::Text(payload) if echo => self.echo(index, Kind::Text, payload.bytes()),
+            Inbound::Binary(payload) if echo => self.echo(index, Kind::Binary, payload.bytes()),
+            Inbound::Text(payload) => self.on_chat_message(index, payload.bytes()),
+            Inbound::Binary(_) => {
+                self.metrics.messages_in += 1;
+                self.reply(
+                    index,
+                    &message::error_json("binary messages are not supported"),
+                );
+            }
+            Inbound::Ping(data) => {
+                let pong = frame::encode(Kind::Pong, data);
+                if let Some(session) = self.sessions.get_mut(index) {
+                    session.out.push_control(pong);
+                    self.mark_dirty(index);
+                }
+            }
+            Inbound::Pong => {}
+            Inbound::Close(close) => self.peer_closed(index, close),
+        }
+    }
+
+    pub(super) fn echo(&mut self, index: usize, kind: Kind, payload: &[u8]) {
+        self.metrics.messages_in += 1;
+        self.queue_data(index, frame::encode(kind, payload));
+    }
+
+    pub(super) fn on_chat_message(&mut self, index: usize, bytes: &[u8]) {
+        self.metrics.messages_in += 1;
+        let Some(session) = self.sessions.get(index) else {
+            return;
+        };
+        let key = session.key;
+        let peer = session.peer;
+        let user = session.user().cloned();
+        let message = match message::parse(bytes) {
+            Ok(message) => message,
+            Err(e) => return self.reply(index, &message::error_json(&e.to_string())),
+        };
+        let info = SessionInfo {
+            key,
+            user: user.as_deref(),
+            peer,
+        };
+        if self.hooks.on_message(&info, &message, &mut self.actions) == Verdict::Consume {
+            return self.apply_actions();
+        }
+        match self.router.route(key, user.as_deref(), &message) {
+            Route::Reply(json) => self.reply(index, &json),
+            Route::Done => {}
+            Route::Deliver(audience, json) => {
+                self.deliver(audience, &frame::encode(Kind::Text, &json));
+            }
+        }
+        self.apply_actions();
+    }
+
+    pub(super) fn reply(&mut self, index: usize, json: &[u8]) {
+        self.queue_data(index, frame::encode(Kind::Text, json));
+    }
+
+    /// Queues one data frame to one session, closing it if it cannot keep up.
+    pub(super) fn queue_data(&mut self, index: usize, wire: Wire) {
+        let ws = &self.config.websocket;
+        let (max_messages, max_bytes) = (ws.message_buffer_size, ws.max_buffered_bytes);
+        let Some(session) = self.sessions.get_mut(index) else {
+            return;
+        };
+        let key = session.key;
+        match session.out.push_data(wire, max_messages, max_bytes) {
+            Ok(()) => {
+                self.metrics.messages_out += 1;
+                self.mark_dirty(index);
+            }
+            Err(_) => self.slow_consumer(key),
+        }
+    }
+}

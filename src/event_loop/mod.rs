@@ -1,0 +1,255 @@
+//! The single-threaded event loop: one `mio::Poll`, the session slab, and
+//! one pass as STYLE.md describes it:
+//!
+//! poll (timeout from the wheel) → dispatch events (listener, waker,
+//! signals, sessions: read and process input) → accept → drain handle
+//! commands (bounded per pass) → fire due timers → flush each dirty session
+//! once → reap closed sessions.
+//!
+//! Input flows one way: bytes → [`crate::http`] / [`crate::frame`] →
+//! [`crate::rest`] / [`crate::router`] → outbound queues → one flush per
+//! session per pass. This module is the only one that wires the others
+//! together; it owns the sockets through the sessions.
+
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use log::{info, warn};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+use slab::Slab;
+
+use crate::config::Config;
+use crate::frame::{self, Kind, Wire};
+use crate::handle::Inbox;
+use crate::hooks::{Actions, Hooks};
+use crate::metrics::{Metrics, Shared};
+use crate::rest::Mode;
+use crate::router::{Router, SessionKey};
+use crate::session::Session;
+use crate::wheel::Wheel;
+
+mod closing;
+mod delivery;
+mod input;
+mod timers;
+
+/// The listening socket.
+pub(crate) const LISTENER: Token = Token(0);
+/// The handles' waker.
+pub(crate) const WAKER: Token = Token(1);
+/// SIGINT/SIGTERM, when the server handles signals.
+pub(crate) const SIGNALS: Token = Token(2);
+/// Session `i` is registered as `Token(FIRST_SESSION + i)`.
+const FIRST_SESSION: usize = 3;
+
+/// Size of the loop's one shared read buffer.
+const READ_CHUNK: usize = 64 * 1024;
+/// Handle commands taken per pass, so pushes cannot starve the sockets.
+const COMMAND_BUDGET: usize = 1024;
+/// Pause before accepting again after the process ran out of descriptors.
+const ACCEPT_BACKOFF_MS: u64 = 100;
+/// Timer granularity and wheel size: ~10 s per revolution.
+const TICK: Duration = Duration::from_millis(10);
+const SLOTS: usize = 1024;
+
+/// Everything the loop owns.
+pub(crate) struct EventLoop {
+    poll: Poll,
+    listener: TcpListener,
+    accepting: bool,
+    config: Config,
+    mode: Mode,
+    sessions: Slab<Session>,
+    router: Router,
+    wheel: Wheel<SessionKey>,
+    inbox: Inbox,
+    shared: Arc<Shared>,
+    metrics: Metrics,
+    hooks: Box<dyn Hooks>,
+    actions: Actions,
+    signals: Option<signal_hook_mio::v1_0::Signals>,
+    start: Instant,
+    now_ms: u64,
+    next_generation: u32,
+    read_buf: Box<[u8]>,
+    dirty: Vec<usize>,
+    reap: Vec<usize>,
+    slow: Vec<SessionKey>,
+    due: Vec<SessionKey>,
+    open_websockets: usize,
+    accept_retry_ms: Option<u64>,
+    commands_left: bool,
+    shutdown_deadline_ms: Option<u64>,
+    ping: Wire,
+}
+
+/// What the server was built with.
+pub(crate) struct Parts {
+    pub poll: Poll,
+    pub listener: TcpListener,
+    pub config: Config,
+    pub mode: Mode,
+    pub inbox: Inbox,
+    pub shared: Arc<Shared>,
+    pub hooks: Box<dyn Hooks>,
+    pub signals: Option<signal_hook_mio::v1_0::Signals>,
+}
+
+impl EventLoop {
+    pub(crate) fn new(parts: Parts) -> EventLoop {
+        let start = Instant::now();
+        EventLoop {
+            poll: parts.poll,
+            listener: parts.listener,
+            accepting: true,
+            config: parts.config,
+            mode: parts.mode,
+            sessions: Slab::new(),
+            router: Router::default(),
+            wheel: Wheel::new(TICK, SLOTS, start),
+            inbox: parts.inbox,
+            shared: parts.shared,
+            metrics: Metrics::default(),
+            hooks: parts.hooks,
+            actions: Actions::default(),
+            signals: parts.signals,
+            start,
+            now_ms: 0,
+            next_generation: 0,
+            read_buf: vec![0; READ_CHUNK].into_boxed_slice(),
+            dirty: Vec::new(),
+            reap: Vec::new(),
+            slow: Vec::new(),
+            due: Vec::new(),
+            open_websockets: 0,
+            accept_retry_ms: None,
+            commands_left: false,
+            shutdown_deadline_ms: None,
+            ping: frame::encode(Kind::Ping, b""),
+        }
+    }
+
+    /// Runs until a shutdown completes.
+    pub(crate) fn run(mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let timeout = self.poll_timeout();
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            let pass_start = Instant::now();
+            self.now_ms = self.ms_since_start(pass_start);
+            let mut accept = false;
+            let mut commands = self.commands_left;
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => accept = true,
+                    WAKER => commands = true,
+                    SIGNALS => self.on_signals(),
+                    Token(token) => self.on_session_event(token - FIRST_SESSION, event),
+                }
+            }
+            if accept || self.accept_retry_ms.is_some_and(|at| at <= self.now_ms) {
+                self.accept_all();
+            }
+            if commands {
+                self.drain_commands();
+            }
+            self.fire_timers(pass_start);
+            self.flush_dirty();
+            self.reap_closed();
+            self.metrics.iteration(pass_start.elapsed());
+            if self.finished() {
+                info!("shutdown complete");
+                return Ok(());
+            }
+        }
+    }
+
+    fn ms_since_start(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.start).as_millis() as u64
+    }
+
+    fn instant_at(&self, ms: u64) -> Instant {
+        self.start + Duration::from_millis(ms)
+    }
+
+    fn poll_timeout(&self) -> Option<Duration> {
+        if self.commands_left {
+            return Some(Duration::ZERO);
+        }
+        let mut next = self.wheel.next_deadline();
+        for ms in [self.accept_retry_ms, self.shutdown_deadline_ms]
+            .into_iter()
+            .flatten()
+        {
+            let at = self.instant_at(ms);
+            next = Some(next.map_or(at, |n| n.min(at)));
+        }
+        next.map(|at| at.saturating_duration_since(Instant::now()))
+    }
+
+    fn finished(&self) -> bool {
+        self.shutdown_deadline_ms
+            .is_some_and(|deadline| self.sessions.is_empty() || self.now_ms >= deadline)
+    }
+
+    // ---- accept ----
+
+    fn accept_all(&mut self) {
+        self.accept_retry_ms = None;
+        while self.accepting {
+            match self.listener.accept() {
+                Ok((stream, peer)) => self.add_session(stream, peer),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if is_transient_accept_error(&e) => continue,
+                Err(e) => {
+                    // EMFILE/ENFILE and the like: the backlog keeps the
+                    // connections; retry after a pause instead of spinning.
+                    warn!("accept failed ({e}); retrying in {ACCEPT_BACKOFF_MS} ms");
+                    self.accept_retry_ms = Some(self.now_ms + ACCEPT_BACKOFF_MS);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn add_session(&mut self, stream: TcpStream, peer: std::net::SocketAddr) {
+        // Small frames must not wait for Nagle: latency is the product.
+        let _ = stream.set_nodelay(true);
+        let entry = self.sessions.vacant_entry();
+        let index = entry.key();
+        let mut stream = stream;
+        let token = Token(FIRST_SESSION + index);
+        if let Err(e) = self
+            .poll
+            .registry()
+            .register(&mut stream, token, Interest::READABLE)
+        {
+            warn!("cannot register connection from {peer}: {e}");
+            return;
+        }
+        self.next_generation = self.next_generation.wrapping_add(1);
+        let key = SessionKey {
+            index: index as u32,
+            generation: self.next_generation,
+        };
+        entry.insert(Session::new(stream, key, peer, self.now_ms));
+        let deadline = self.now_ms + self.config.websocket.handshake_timeout.as_millis() as u64;
+        self.arm(index, deadline);
+    }
+}
+
+fn is_transient_accept_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::Interrupted
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+    )
+}
