@@ -1,6 +1,6 @@
 //! The [`Handle`]: how other threads reach the event loop.
 //!
-//! A handle is `Clone + Send + Sync`. Each call puts one [`Command`] on a
+//! A handle is `Clone + Send + Sync`. Each call puts one command on a
 //! bounded channel and wakes the loop through its `mio::Waker`; a burst of
 //! pushes costs one wake, because only the push that finds no wake pending
 //! makes the syscall. A full channel is an error the caller sees at once:

@@ -210,7 +210,7 @@ impl Metrics {
             (
                 "wshub_http_requests_total",
                 "counter",
-                "REST requests answered.",
+                "HTTP requests answered (upgrades included).",
                 self.http_requests,
             ),
             (

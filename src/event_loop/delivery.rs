@@ -4,7 +4,7 @@
 
 use log::info;
 
-use super::{EventLoop, COMMAND_BUDGET};
+use super::{EventLoop, ACTION_ROUNDS, COMMAND_BUDGET};
 use crate::frame::{self, Kind, Wire};
 use crate::handle::{Command, Target};
 use crate::hooks::CloseReason;
@@ -96,13 +96,17 @@ impl EventLoop {
         }
     }
 
-    /// Runs what hooks asked for, after the event that ran them.
+    /// Runs what hooks asked for, after the event that ran them. An action
+    /// can run hooks again (a disconnect runs `on_disconnect`); their actions
+    /// follow, for a bounded number of rounds, the rest in the next pass.
     pub(super) fn apply_actions(&mut self) {
-        if self.actions.is_empty() {
-            return;
-        }
-        for command in self.actions.take() {
-            self.on_command(command);
+        for _ in 0..ACTION_ROUNDS {
+            if self.actions.is_empty() {
+                return;
+            }
+            for command in self.actions.take() {
+                self.on_command(command);
+            }
         }
     }
 

@@ -48,6 +48,8 @@ const FIRST_SESSION: usize = 3;
 const READ_CHUNK: usize = 64 * 1024;
 /// Handle commands taken per pass, so pushes cannot starve the sockets.
 const COMMAND_BUDGET: usize = 1024;
+/// Rounds of hook actions that cause more hook actions, applied in one go.
+const ACTION_ROUNDS: usize = 8;
 /// Pause before accepting again after the process ran out of descriptors.
 const ACCEPT_BACKOFF_MS: u64 = 100;
 /// Timer granularity and wheel size: ~10 s per revolution.
@@ -161,6 +163,9 @@ impl EventLoop {
                 self.drain_commands();
             }
             self.fire_timers(pass_start);
+            // Disconnect hooks run wherever a session closes (a peer's Close,
+            // a timer, a handle command): what they asked for applies here.
+            self.apply_actions();
             self.flush_dirty();
             self.reap_closed();
             self.metrics.iteration(pass_start.elapsed());
@@ -180,7 +185,7 @@ impl EventLoop {
     }
 
     fn poll_timeout(&self) -> Option<Duration> {
-        if self.commands_left {
+        if self.commands_left || !self.actions.is_empty() {
             return Some(Duration::ZERO);
         }
         let mut next = self.wheel.next_deadline();

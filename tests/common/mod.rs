@@ -330,3 +330,45 @@ pub fn server_frames(bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
     }
     frames
 }
+
+/// Holds the event loop inside a hook until the test opens it, so a test
+/// can act while the loop is provably busy. Every wait is bounded: a hook
+/// left closed gives up after `GATE_LIMIT`, so a failing test cannot hang
+/// the server.
+#[derive(Clone, Default)]
+pub struct Gate {
+    state: std::sync::Arc<(std::sync::Mutex<(bool, bool)>, std::sync::Condvar)>,
+}
+
+/// Longest a hook waits in [`Gate::hold`].
+pub const GATE_LIMIT: Duration = Duration::from_secs(30);
+
+impl Gate {
+    /// On the loop thread: says it has entered, then waits until opened.
+    pub fn hold(&self) {
+        let (lock, changed) = &*self.state;
+        let mut state = lock.lock().unwrap();
+        state.0 = true;
+        changed.notify_all();
+        let (_state, _) = changed
+            .wait_timeout_while(state, GATE_LIMIT, |(_, open)| !*open)
+            .unwrap();
+    }
+
+    /// Waits (at most `WAIT`) until the loop is inside [`Gate::hold`].
+    pub fn wait_entered(&self) {
+        let (lock, changed) = &*self.state;
+        let state = lock.lock().unwrap();
+        let (state, _) = changed
+            .wait_timeout_while(state, WAIT, |(entered, _)| !*entered)
+            .unwrap();
+        assert!(state.0, "the loop never entered the gate");
+    }
+
+    /// Lets the held hook return (and every later `hold` pass at once).
+    pub fn open(&self) {
+        let (lock, changed) = &*self.state;
+        lock.lock().unwrap().1 = true;
+        changed.notify_all();
+    }
+}
