@@ -134,27 +134,23 @@ impl Outbound {
         loop {
             self.promote();
             let Some(first) = &self.in_flight else {
-                self.release_capacity();
                 return Ok((Flushed::Drained, total));
             };
-            let mut slices: [IoSlice<'_>; MAX_BATCH] = [IoSlice::new(&[]); MAX_BATCH];
-            slices[0] = IoSlice::new(&first[self.written..]);
-            let mut count = 1;
-            let (responses, rest) = self.data.as_slices();
-            let (responses, rest) = split_after(responses, rest, self.responses_ahead);
-            let order = responses.chain(self.control.iter()).chain(rest);
-            for frame in order {
-                if count == MAX_BATCH {
-                    break;
-                }
-                slices[count] = IoSlice::new(frame);
-                count += 1;
-            }
-            match writer.write_vectored(&slices[..count]) {
+            // The fan-out case: one frame and nothing behind it. A plain
+            // write skips building (and zeroing) the 64-slot iovec array.
+            let result = if self.control.is_empty() && self.data.is_empty() {
+                writer.write(&first[self.written..])
+            } else {
+                self.write_batch(writer)
+            };
+            match result {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => {
                     total += n;
                     self.advance(n);
+                    if self.is_empty() {
+                        return Ok((Flushed::Drained, total));
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     return Ok((Flushed::Pending, total))
@@ -163,6 +159,28 @@ impl Outbound {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// One `writev` of the frame in flight and up to `MAX_BATCH - 1` more,
+    /// in the order they must reach the peer.
+    fn write_batch(&self, writer: &mut impl Write) -> io::Result<usize> {
+        let Some(first) = &self.in_flight else {
+            return Ok(0);
+        };
+        let mut slices: [IoSlice<'_>; MAX_BATCH] = [IoSlice::new(&[]); MAX_BATCH];
+        slices[0] = IoSlice::new(&first[self.written..]);
+        let mut count = 1;
+        let (responses, rest) = self.data.as_slices();
+        let (responses, rest) = split_after(responses, rest, self.responses_ahead);
+        let order = responses.chain(self.control.iter()).chain(rest);
+        for frame in order {
+            if count == MAX_BATCH {
+                break;
+            }
+            slices[count] = IoSlice::new(frame);
+            count += 1;
+        }
+        writer.write_vectored(&slices[..count])
     }
 
     /// Makes the next frame (control first) the one in flight.
@@ -203,13 +221,13 @@ impl Outbound {
         }
     }
 
-    /// An idle session holds no buffers: the deques' memory goes back once
-    /// drained (they are only used when frames pile up behind a slow socket).
-    fn release_capacity(&mut self) {
-        if self.data.capacity() > 0 {
+    /// Gives the deques' memory back if nothing is queued. Called from the
+    /// session's timer, not on every drain: a session under sustained
+    /// traffic keeps its small deque instead of allocating it every pass,
+    /// and an idle one holds no buffer after its next timer.
+    pub fn release_idle_memory(&mut self) {
+        if self.is_empty() {
             self.data = VecDeque::new();
-        }
-        if self.control.capacity() > 0 {
             self.control = VecDeque::new();
         }
     }
@@ -318,6 +336,7 @@ mod tests {
         };
         assert_eq!(q.flush_to(&mut sock).unwrap(), (Flushed::Drained, 7));
         assert_eq!(sock.out, b"onePtwo");
+        q.release_idle_memory();
         assert_eq!((q.data.capacity(), q.control.capacity()), (0, 0));
     }
 

@@ -94,6 +94,7 @@ impl EventLoop {
                 {
                     return self.kill(index, CloseReason::WriteStalled);
                 }
+                session.out.release_idle_memory();
                 if now >= session.next_ping_ms {
                     session.out.push_control(self.ping.clone());
                     session.next_ping_ms = now + ping_period;

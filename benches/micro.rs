@@ -1,0 +1,522 @@
+//! Criterion micro-benches for wshub's CPU paths (issue 7, part 1): frame
+//! encoding and decoding, broadcast fan-out to 10k sessions with mock
+//! sockets, HTTP head parsing, and JSON message routing. The timer wheel has
+//! its own file (`benches/wheel.rs`).
+//!
+//! Touches only the public `frame`, `http`, `message`, `router` and
+//! `outbound` modules: no sockets, no threads. Every fixture is checked with
+//! `assert!` before it is timed, and the fan-out benches check the byte
+//! count of every broadcast, so no bench can quietly measure an empty path.
+//!
+//! `cargo bench --bench micro [-- FILTER]`; without `--bench` (as in
+//! `cargo test --benches`) criterion runs each bench once as a test.
+
+use std::hint::black_box;
+use std::io::{self, IoSlice, Write};
+use std::rc::Rc;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use serde_json::value::RawValue;
+use wshub::frame::{self, Decoder, Inbound, Kind, Step, Wire};
+use wshub::http::{self, Method, Response};
+use wshub::message::{self, Outgoing};
+use wshub::outbound::{Flushed, Outbound};
+use wshub::router::{Audience, Route, Router, SessionKey};
+
+/// The server's default `max_message_size`.
+const MAX_MESSAGE: usize = 1 << 20;
+/// Per-session queue bounds used for every push.
+const MAX_MESSAGES: usize = 256;
+const MAX_BYTES: usize = 1 << 20;
+/// Sessions in the fan-out hub; every tenth one is in [`ROOM`].
+const SESSIONS: u32 = 10_000;
+const ROOM: &str = "lobby";
+/// Sessions `3 * n .. 3 * n + 3` belong to user `u{n}`; this one has three.
+const USER: &str = "u1234";
+
+/// A chat message of exactly `len` bytes, as clients receive it.
+fn chat_json(len: usize) -> Vec<u8> {
+    let head = br#"{"type":"chat","from":"user123","content":{"text":""#;
+    let tail = br#""}}"#;
+    let fill = len - head.len() - tail.len();
+    let json = [&head[..], &vec![b'a'; fill], &tail[..]].concat();
+    assert!(serde_json::from_slice::<serde_json::Value>(&json).is_ok());
+    json
+}
+
+// ---- frames ----
+
+/// A masked client frame, as a browser sends it; `first` is FIN + opcode.
+fn client_frame(first: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x37, 0xfa, 0x21, 0x3d];
+    let mut out = vec![first];
+    match payload.len() {
+        n if n < 126 => out.push(0x80 | n as u8),
+        n => {
+            assert!(n <= 0xffff, "fixture frames stay under 64 KiB");
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().zip(mask.iter().cycle()).map(|(b, k)| b ^ k));
+    out
+}
+
+/// Decodes frames from the start of `buf` until a text message completes;
+/// returns its length.
+fn decode_text(decoder: &mut Decoder, buf: &mut [u8]) -> usize {
+    let mut at = 0;
+    while at < buf.len() {
+        match decoder.decode(&mut buf[at..], MAX_MESSAGE) {
+            Ok(Step::Frame {
+                inbound: Some(Inbound::Text(text)),
+                ..
+            }) => return text.bytes().len(),
+            Ok(Step::Frame {
+                consumed,
+                inbound: None,
+            }) => at += consumed,
+            other => panic!("unexpected decode step: {other:?}"),
+        }
+    }
+    panic!("no complete text message in {} bytes", buf.len())
+}
+
+fn frames(c: &mut Criterion) {
+    let mut group = c.benchmark_group("frame");
+    let json = chat_json(100);
+    group.throughput(Throughput::Bytes(100));
+    group.bench_function("encode_text_100B", |b| {
+        b.iter(|| frame::encode(Kind::Text, black_box(&json)))
+    });
+    let big = vec![0x5a; 64 * 1024];
+    assert_eq!(frame::encode(Kind::Binary, &big).len(), big.len() + 10);
+    group.throughput(Throughput::Bytes(big.len() as u64));
+    group.bench_function("encode_binary_64KiB", |b| {
+        b.iter(|| frame::encode(Kind::Binary, black_box(&big)))
+    });
+
+    // Decoding unmasks in place, so each iteration restores the masked bytes
+    // first (a memcpy of the input, included in the time).
+    let single = client_frame(0x81, &json);
+    let mut buf = single.clone();
+    let mut decoder = Decoder::default();
+    assert_eq!(decode_text(&mut decoder, &mut buf), 100);
+    group.throughput(Throughput::Bytes(100));
+    group.bench_function("decode_masked_text_100B", |b| {
+        b.iter(|| {
+            buf.copy_from_slice(&single);
+            decode_text(&mut decoder, black_box(&mut buf))
+        })
+    });
+
+    let fragmented = sixteen_fragments();
+    let mut buf = fragmented.clone();
+    assert_eq!(decode_text(&mut decoder, &mut buf), 16 * 256);
+    assert!(!decoder.is_mid_message());
+    group.throughput(Throughput::Bytes(16 * 256));
+    group.bench_function("decode_16_fragments_4KiB", |b| {
+        b.iter(|| {
+            buf.copy_from_slice(&fragmented);
+            decode_text(&mut decoder, black_box(&mut buf))
+        })
+    });
+    group.finish();
+}
+
+/// One 4 KiB text message in 16 masked fragments of 256 bytes.
+fn sixteen_fragments() -> Vec<u8> {
+    let text: Vec<u8> = (0..16 * 256).map(|i| b'a' + (i % 26) as u8).collect();
+    let mut wire = Vec::new();
+    for (i, chunk) in text.chunks(256).enumerate() {
+        let opcode = if i == 0 { 0x1 } else { 0x0 };
+        let fin = if i == 15 { 0x80 } else { 0x00 };
+        wire.extend(client_frame(fin | opcode, chunk));
+    }
+    wire
+}
+
+// ---- fan-out ----
+
+/// A socket that takes every byte it is offered; counts bytes and calls.
+#[derive(Debug, Default)]
+struct Sink {
+    bytes: usize,
+    calls: usize,
+}
+
+impl Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.write_vectored(&[IoSlice::new(buf)])
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        let n = bufs.iter().map(|b| b.len()).sum();
+        self.bytes += n;
+        self.calls += 1;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The event loop's delivery state without sockets: the router, one queue
+/// per session slot, and which queues to flush at the end of the pass.
+struct Hub {
+    router: Router,
+    outbounds: Vec<Outbound>,
+    marked: Vec<bool>,
+    dirty: Vec<usize>,
+}
+
+fn key(index: u32) -> SessionKey {
+    SessionKey {
+        index,
+        generation: 1,
+    }
+}
+
+/// 10,000 sessions of users `u0..u3333` (three each), every tenth in [`ROOM`].
+fn hub() -> Hub {
+    let mut router = Router::default();
+    for i in 0..SESSIONS {
+        let user: Rc<str> = Rc::from(format!("u{}", i / 3));
+        router.add_session(key(i), Some(&user));
+        if i % 10 == 0 {
+            router.join(key(i), ROOM);
+        }
+    }
+    Hub {
+        router,
+        outbounds: (0..SESSIONS).map(|_| Outbound::default()).collect(),
+        marked: vec![false; SESSIONS as usize],
+        dirty: Vec::with_capacity(SESSIONS as usize),
+    }
+}
+
+/// One loop pass as the event loop runs it: `times` deliveries of the shared
+/// frame to every member (each session marked dirty once), then one flush
+/// of each dirty queue into `sink`. Returns the number of sessions flushed.
+/// Not inlined, so a profiler can count exactly this.
+#[inline(never)]
+fn broadcast(
+    hub: &mut Hub,
+    audience: Audience<'_>,
+    wire: &Wire,
+    times: usize,
+    sink: &mut impl Write,
+) -> usize {
+    let Hub {
+        router,
+        outbounds,
+        marked,
+        dirty,
+    } = hub;
+    for _ in 0..times {
+        router.for_each_member(audience, |k| {
+            let index = k.index as usize;
+            let pushed = outbounds[index].push_data(wire.clone(), MAX_MESSAGES, MAX_BYTES);
+            assert!(pushed.is_ok(), "session {index} refused: {pushed:?}");
+            if !marked[index] {
+                marked[index] = true;
+                dirty.push(index);
+            }
+        });
+    }
+    let recipients = dirty.len();
+    for index in dirty.drain(..) {
+        marked[index] = false;
+        match outbounds[index].flush_to(sink) {
+            Ok((Flushed::Drained, _)) => {}
+            other => panic!("session {index} did not drain: {other:?}"),
+        }
+    }
+    recipients
+}
+
+/// Delivers `times` frames with a recording socket per session and checks
+/// that exactly the `expected` members received exactly those bytes.
+fn verify_delivery(
+    hub: &mut Hub,
+    audience: Audience<'_>,
+    wire: &Wire,
+    times: usize,
+    expected: usize,
+) {
+    let mut members = Vec::new();
+    for _ in 0..times {
+        hub.router.for_each_member(audience, |k| {
+            members.push(k.index as usize);
+            let pushed = hub.outbounds[k.index as usize].push_data(wire.clone(), times, MAX_BYTES);
+            assert!(pushed.is_ok());
+        });
+    }
+    members.sort_unstable();
+    members.dedup();
+    assert_eq!(members.len(), expected, "audience size");
+    let want = wire.repeat(times);
+    for &index in &members {
+        let mut socket = Vec::new();
+        let flushed = hub.outbounds[index].flush_to(&mut socket);
+        assert_eq!(flushed.ok(), Some((Flushed::Drained, want.len())));
+        assert_eq!(socket, want, "session {index} got other bytes");
+    }
+    assert!(hub.outbounds.iter().all(Outbound::is_empty));
+    assert_eq!(Rc::strong_count(wire), 1, "every queue let go of the frame");
+}
+
+fn fanout(c: &mut Criterion) {
+    let mut hub = hub();
+    let wire = frame::encode(Kind::Text, &chat_json(100));
+    let everyone = Audience::Everyone { except: None };
+    let room = Audience::Room {
+        room: ROOM,
+        except: None,
+    };
+    // (name, audience, broadcasts per pass, recipients)
+    let cases = [
+        ("everyone_10k", everyone, 1, 10_000),
+        ("room_1k", room, 1, 1_000),
+        ("user_3_sessions", Audience::User(USER), 1, 3),
+        // Sustained load: 8 broadcasts land in one pass, one writev each.
+        ("everyone_10k_x8_per_pass", everyone, 8, 10_000),
+    ];
+    let mut group = c.benchmark_group("fanout");
+    for (name, audience, times, expected) in cases {
+        verify_delivery(&mut hub, audience, &wire, times, expected);
+        let mut sink = Sink::default();
+        group.throughput(Throughput::Elements((times * expected) as u64));
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let (bytes, calls) = (sink.bytes, sink.calls);
+                let sent = broadcast(&mut hub, black_box(audience), &wire, times, &mut sink);
+                let want = (expected, times * expected * wire.len(), expected);
+                assert_eq!((sent, sink.bytes - bytes, sink.calls - calls), want);
+            })
+        });
+    }
+    // The router's share alone: walking the 10k-session index.
+    group.throughput(Throughput::Elements(u64::from(SESSIONS)));
+    group.bench_function("iterate_everyone_10k", |b| {
+        b.iter(|| {
+            let mut count = 0u32;
+            hub.router
+                .for_each_member(everyone, |k| count += black_box(k).generation);
+            assert_eq!(count, SESSIONS);
+        })
+    });
+    group.finish();
+}
+
+// ---- HTTP ----
+
+/// What Chrome sends to open a WebSocket: 13 headers, about 500 bytes.
+const BROWSER_UPGRADE: &[u8] = b"GET /api/ws/connect?user_id=user123 HTTP/1.1\r\n\
+Host: chat.example.com\r\n\
+Connection: Upgrade\r\n\
+Pragma: no-cache\r\n\
+Cache-Control: no-cache\r\n\
+User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0.0.0 Safari/537.36\r\n\
+Upgrade: websocket\r\n\
+Origin: https://chat.example.com\r\n\
+Sec-WebSocket-Version: 13\r\n\
+Accept-Encoding: gzip, deflate, br, zstd\r\n\
+Accept-Language: en-US,en;q=0.9\r\n\
+Cookie: sid=8f14e45fceea167a5a36dedd4bea2543\r\n\
+Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n";
+
+/// A backend's push through the REST API (head only; the body follows).
+const REST_POST: &[u8] = b"POST /api/ws/send HTTP/1.1\r\n\
+Host: 127.0.0.1:8080\r\n\
+User-Agent: curl/8.5.0\r\n\
+Accept: */*\r\n\
+Authorization: Bearer 3q2+7wAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\r\n\
+Content-Type: application/json\r\n\
+Content-Length: 62\r\n\r\n";
+
+/// A 16 KiB head: a request line, filler headers, the blank line at the end.
+fn big_head() -> Vec<u8> {
+    let mut head = b"GET /api/ws/connect HTTP/1.1\r\n".to_vec();
+    let mut n = 0;
+    while head.len() < 16 * 1024 - 64 {
+        head.extend_from_slice(format!("X-Filler-{n:04}: {}\r\n", "v".repeat(40)).as_bytes());
+        n += 1;
+    }
+    let pad = 16 * 1024 - head.len() - "X-Pad: \r\n\r\n".len();
+    head.extend_from_slice(format!("X-Pad: {}\r\n\r\n", "p".repeat(pad)).as_bytes());
+    assert_eq!(head.len(), 16 * 1024);
+    head
+}
+
+/// Feeds `head` one byte at a time, resuming the scan where it stopped, as
+/// the session does; returns where the head ends.
+fn scan_bytewise(head: &[u8]) -> usize {
+    let mut scanned = 0;
+    for len in 1..=head.len() {
+        if let Some(end) = http::find_head_end(&head[..len], scanned) {
+            return end;
+        }
+        scanned = len;
+    }
+    panic!("no blank line in {} bytes", head.len())
+}
+
+fn http_heads(c: &mut Criterion) {
+    let mut group = c.benchmark_group("http");
+    let upgrade = http::parse_head(BROWSER_UPGRADE, 16384, 0);
+    let upgrade = upgrade.ok().flatten().expect("the upgrade fixture parses");
+    assert!(upgrade.upgrade_websocket && upgrade.connection_upgrade);
+    assert_eq!(
+        upgrade.websocket_key.as_deref(),
+        Some("dGhlIHNhbXBsZSBub25jZQ==")
+    );
+    assert!((450..=600).contains(&BROWSER_UPGRADE.len()));
+    group.throughput(Throughput::Bytes(BROWSER_UPGRADE.len() as u64));
+    group.bench_function("parse_browser_upgrade", |b| {
+        b.iter(|| http::parse_head(black_box(BROWSER_UPGRADE), 16384, 0))
+    });
+
+    let post = http::parse_head(REST_POST, 16384, MAX_MESSAGE);
+    let post = post.ok().flatten().expect("the POST fixture parses");
+    assert_eq!((post.method, post.content_length), (Method::Post, 62));
+    assert!(post.authorization.is_some());
+    group.throughput(Throughput::Bytes(REST_POST.len() as u64));
+    group.bench_function("parse_rest_post", |b| {
+        b.iter(|| http::parse_head(black_box(REST_POST), 16384, MAX_MESSAGE))
+    });
+
+    let head = big_head();
+    assert_eq!(scan_bytewise(&head), head.len());
+    group.throughput(Throughput::Bytes(head.len() as u64));
+    group.bench_function("find_head_end_16KiB_bytewise", |b| {
+        b.iter(|| scan_bytewise(black_box(&head)))
+    });
+    group.bench_function("find_head_end_16KiB_at_once", |b| {
+        b.iter(|| http::find_head_end(black_box(&head), 0))
+    });
+
+    let response = Response::json(200, &serde_json::json!({ "sent": 3 }));
+    assert!(response.to_bytes(true).ends_with(br#"{"sent":3}"#));
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("response_to_bytes", |b| {
+        b.iter(|| black_box(&response).to_bytes(true))
+    });
+    group.finish();
+}
+
+// ---- JSON routing ----
+
+const CONTENT: &str = r#"{"text":"hello there, are we still on for lunch?","ts":1718000000}"#;
+
+/// Parses `json` and routes it from session 30 (user `u10`, in [`ROOM`]).
+fn parse_and_route(router: &mut Router, json: &[u8]) -> usize {
+    let incoming = match message::parse(json) {
+        Ok(incoming) => incoming,
+        Err(e) => panic!("fixture refused: {e}"),
+    };
+    match router.route(key(30), Some("u10"), &incoming) {
+        Route::Reply(out) | Route::Deliver(_, out) => out.len(),
+        Route::Done => 0,
+    }
+}
+
+/// Checks what one fixture routes to, before it is timed.
+fn check_route(router: &mut Router, json: &str, audience: Option<Audience<'_>>, out: &str) {
+    let incoming = message::parse(json.as_bytes()).expect("fixture parses");
+    let (got_audience, got) = match router.route(key(30), Some("u10"), &incoming) {
+        Route::Deliver(audience, out) => (Some(audience), out),
+        Route::Reply(out) => (None, out),
+        Route::Done => panic!("{json} changed membership"),
+    };
+    assert_eq!(got_audience, audience, "{json}");
+    assert_eq!(String::from_utf8_lossy(&got), out);
+}
+
+/// One routing fixture: name, message, the audience it must reach (`None`
+/// for a reply to the sender) and the exact JSON that goes out.
+type RouteCase = (&'static str, String, Option<Audience<'static>>, String);
+
+/// A direct message, a room message, a broadcast and a ping, sent by session
+/// 30 (user `u10`, a member of [`ROOM`]).
+fn route_cases() -> [RouteCase; 4] {
+    let sender = Some(key(30));
+    let chat = |field: &str| format!(r#"{{"type":"chat",{field}"content":{CONTENT}}}"#);
+    [
+        (
+            "to_user",
+            chat(&format!(r#""to":"{USER}","#)),
+            Some(Audience::User(USER)),
+            chat(&format!(r#""to":"{USER}","from":"u10","#)),
+        ),
+        (
+            "room",
+            chat(&format!(r#""room":"{ROOM}","#)),
+            Some(Audience::Room {
+                room: ROOM,
+                except: sender,
+            }),
+            chat(&format!(r#""from":"u10","room":"{ROOM}","#)),
+        ),
+        (
+            "broadcast",
+            chat(""),
+            Some(Audience::Everyone { except: sender }),
+            chat(r#""from":"u10","#),
+        ),
+        (
+            "ping",
+            r#"{"type":"ping","content":{"n":7}}"#.to_owned(),
+            None,
+            r#"{"type":"pong","content":{"n":7}}"#.to_owned(),
+        ),
+    ]
+}
+
+fn json_routing(c: &mut Criterion) {
+    let mut router = hub().router;
+    let cases = route_cases();
+    let mut group = c.benchmark_group("json");
+    group.throughput(Throughput::Elements(1));
+    for (name, json, audience, out) in &cases {
+        check_route(&mut router, json, *audience, out);
+        group.bench_function(format!("parse_route_{name}"), |b| {
+            b.iter(|| parse_and_route(&mut router, black_box(json.as_bytes())))
+        });
+    }
+    let to = cases[0].1.as_bytes();
+    group.bench_function("parse_only_to_user", |b| {
+        b.iter(|| message::parse(black_box(to)).map(|m| m.kind.len()))
+    });
+    let content = RawValue::from_string(CONTENT.to_owned()).expect("valid JSON");
+    let outgoing = Outgoing {
+        kind: "chat",
+        to: Some(USER),
+        from: Some("u10"),
+        room: None,
+        content: Some(&content),
+    };
+    assert_eq!(String::from_utf8_lossy(&outgoing.to_json()), cases[0].3);
+    group.bench_function("outgoing_to_json", |b| {
+        b.iter(|| black_box(&outgoing).to_json())
+    });
+    group.finish();
+}
+
+fn quick() -> Criterion {
+    Criterion::default()
+        .sample_size(20)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+}
+
+criterion_group! {
+    name = benches;
+    config = quick();
+    targets = frames, fanout, http_heads, json_routing
+}
+criterion_main!(benches);
