@@ -78,13 +78,24 @@ impl Outbound {
         max_messages: usize,
         max_bytes: usize,
     ) -> Result<(), Overflow> {
+        self.check_room(frame.len(), max_messages, max_bytes)?;
+        self.push_unbounded(frame);
+        Ok(())
+    }
+
+    /// Whether a data frame of `len` bytes fits within the bounds.
+    pub fn check_room(
+        &self,
+        len: usize,
+        max_messages: usize,
+        max_bytes: usize,
+    ) -> Result<(), Overflow> {
         if self.data.len() >= max_messages {
             return Err(Overflow::Messages);
         }
-        if !self.data.is_empty() && self.data_bytes + frame.len() > max_bytes {
+        if !self.data.is_empty() && self.data_bytes + len > max_bytes {
             return Err(Overflow::Bytes);
         }
-        self.push_unbounded(frame);
         Ok(())
     }
 

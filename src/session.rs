@@ -14,8 +14,8 @@ use std::rc::Rc;
 
 use mio::net::TcpStream;
 
-use crate::frame::Decoder;
-use crate::outbound::{Flushed, Outbound};
+use crate::frame::{Decoder, Wire};
+use crate::outbound::{Flushed, Outbound, Overflow};
 use crate::router::SessionKey;
 use crate::wheel::TimerId;
 
@@ -174,6 +174,26 @@ impl Session {
         spare.truncate(filled);
         self.pending_input = spare;
         (outcome, want)
+    }
+
+    /// Queues a data frame within the bounds. A full queue first lets the
+    /// socket take what it can: a burst that arrives within one loop pass
+    /// is not a slow consumer, a socket that takes nothing more is.
+    pub fn queue(
+        &mut self,
+        frame: Wire,
+        max_messages: usize,
+        max_bytes: usize,
+    ) -> Result<(), Overflow> {
+        if self
+            .out
+            .check_room(frame.len(), max_messages, max_bytes)
+            .is_err()
+        {
+            // A write error surfaces again at the pass's flush, which drops the session.
+            let _ = self.flush();
+        }
+        self.out.push_data(frame, max_messages, max_bytes)
     }
 
     /// Writes what the socket takes. Returns whether output is still pending

@@ -28,7 +28,7 @@ impl EventLoop {
             if session.key != key {
                 return;
             }
-            match session.out.push_data(wire.clone(), max_messages, max_bytes) {
+            match session.queue(wire.clone(), max_messages, max_bytes) {
                 Ok(()) => {
                     sent += 1;
                     if !session.dirty {

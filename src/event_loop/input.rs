@@ -26,14 +26,17 @@ impl EventLoop {
             return;
         }
         if event.is_readable() || event.is_read_closed() || event.is_error() {
-            self.on_readable(index);
+            self.on_readable(index, event.is_read_closed() || event.is_error());
         }
         if event.is_writable() {
             self.mark_dirty(index);
         }
     }
 
-    pub(super) fn on_readable(&mut self, index: usize) {
+    /// Reads until the socket is drained. `peer_closed`: the event also
+    /// reported the peer's FIN (or an error), which must be read to the end
+    /// because no further edge will announce it.
+    pub(super) fn on_readable(&mut self, index: usize, peer_closed: bool) {
         loop {
             let Some(session) = self.sessions.get_mut(index) else {
                 return;
@@ -49,8 +52,9 @@ impl EventLoop {
             match outcome {
                 // A short read drained the socket: with edge-triggered epoll,
                 // any byte that arrives later raises a new event, so the
-                // extra read that would only return WouldBlock is skipped.
-                Ok(ReadOutcome::Data(_)) if full => continue,
+                // extra read that would only return WouldBlock is skipped,
+                // unless a FIN already came with this event.
+                Ok(ReadOutcome::Data(_)) if full || peer_closed => continue,
                 Ok(ReadOutcome::Data(_)) | Ok(ReadOutcome::WouldBlock) => return,
                 Ok(ReadOutcome::Eof) => return self.on_eof(index),
                 Err(e) => return self.kill(index, CloseReason::Io(e.to_string())),
@@ -420,7 +424,7 @@ impl EventLoop {
             return;
         };
         let key = session.key;
-        match session.out.push_data(wire, max_messages, max_bytes) {
+        match session.queue(wire, max_messages, max_bytes) {
             Ok(()) => {
                 self.metrics.messages_out += 1;
                 self.mark_dirty(index);
