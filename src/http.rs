@@ -120,6 +120,11 @@ pub fn parse_head(
     if end > max_head {
         return Err(HttpError::HeadTooLarge);
     }
+    // httparse also ends lines (and the head) at a bare LF; find_head_end
+    // does not. Accepting both would frame one request two ways.
+    if has_bare_lf(&buf[..end]) {
+        return Err(malformed("bare LF in request head: lines end with CRLF"));
+    }
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut headers);
     let head_len = match parsed.parse(&buf[..end]) {
@@ -203,6 +208,12 @@ fn apply_header(
         request.authorization = Some(value.to_vec());
     }
     Ok(())
+}
+
+fn has_bare_lf(head: &[u8]) -> bool {
+    head.iter()
+        .enumerate()
+        .any(|(i, &b)| b == b'\n' && (i == 0 || head[i - 1] != b'\r'))
 }
 
 fn malformed(why: &str) -> HttpError {
@@ -394,6 +405,20 @@ mod tests {
         let bad = b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n";
         assert!(matches!(
             parse_head(bad, 1024, 10),
+            Err(HttpError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn a_bare_lf_cannot_end_a_line_or_smuggle_a_request() {
+        let smuggled = b"GET /health HTTP/1.1\r\nHost: t\r\n\nPOST /x HTTP/1.1\r\n\r\n";
+        assert!(matches!(
+            parse_head(smuggled, 1024, 0),
+            Err(HttpError::Malformed(_))
+        ));
+        let header = b"GET / HTTP/1.1\r\nX: a\nContent-Length: 5\r\n\r\n";
+        assert!(matches!(
+            parse_head(header, 1024, 10),
             Err(HttpError::Malformed(_))
         ));
     }

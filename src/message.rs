@@ -82,6 +82,15 @@ impl fmt::Display for MessageError {
 
 /// Parses and validates one message.
 pub fn parse(bytes: &[u8]) -> Result<Incoming<'_>, MessageError> {
+    // serde's derived struct visitor also accepts a JSON array, positionally.
+    if bytes.trim_ascii_start().first() != Some(&b'{') {
+        return Err(
+            match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+                Ok(_) => MessageError::NotAnObject,
+                Err(_) => MessageError::InvalidJson,
+            },
+        );
+    }
     match serde_json::from_slice::<Incoming<'_>>(bytes) {
         Ok(message) if message.kind.is_empty() => Err(MessageError::MissingType),
         Ok(message) => Ok(message),
@@ -233,6 +242,11 @@ mod tests {
             (br#"{"type":5}"#, MessageError::MissingType),
             (br#"{"type":"chat"} trailing"#, MessageError::InvalidJson),
         ];
+        // serde would fill a struct from an array positionally: refused.
+        let array = br#"["chat","b",null,null,{"text":"hi"}]"#;
+        assert_eq!(parse(array).unwrap_err(), MessageError::NotAnObject);
+        assert_eq!(parse(br#"[""]"#).unwrap_err(), MessageError::NotAnObject);
+        assert_eq!(parse(b" [1").unwrap_err(), MessageError::InvalidJson);
         for (input, want) in cases {
             assert_eq!(
                 parse(input).unwrap_err(),
