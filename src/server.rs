@@ -108,6 +108,7 @@ impl Server {
             .ok_or_else(|| bind_error(io::ErrorKind::AddrNotAvailable.into()))?;
         // mio's bind sets SO_REUSEADDR, so a restart does not wait out TIME_WAIT.
         let listener = TcpListener::bind(resolved).map_err(bind_error)?;
+        widen_backlog(&listener);
         Server::with_listener(listener, config, mode)
     }
 
@@ -204,6 +205,26 @@ impl Server {
         })
         .run()
         .map_err(io_error("event loop"))
+    }
+}
+
+/// Connections the kernel may hold for us between two accept passes.
+const LISTEN_BACKLOG: libc::c_int = 4096;
+
+/// mio listens with a backlog of 128: a burst of connects (a deploy, a
+/// reconnect wave) overflows it and clients wait out a SYN retransmit
+/// (the load bench measured 29k upgrades/s falling to 8k). Linux lets a
+/// second `listen` raise it; the kernel caps it at `net.core.somaxconn`.
+fn widen_backlog(listener: &TcpListener) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the descriptor is a listening socket owned by `listener`,
+    // alive for the call; listen(2) only changes its queue length.
+    let result = unsafe { libc::listen(listener.as_raw_fd(), LISTEN_BACKLOG) };
+    if result != 0 {
+        log::warn!(
+            "cannot raise the listen backlog: {}",
+            io::Error::last_os_error()
+        );
     }
 }
 

@@ -98,7 +98,7 @@ fn await_all(
     rx: &mut Samples,
     notes: &mut Vec<String>,
 ) -> Result<(usize, Instant)> {
-    let (mut got, mut last, mut bad) = (0usize, t0, None);
+    let (mut got, mut last, mut bad, mut reported) = (0usize, t0, None, None);
     let deadline = t0 + Duration::from_secs(10);
     while got < *expect && Instant::now() < deadline {
         c.poll(Duration::from_millis(20), |ev| match ev {
@@ -112,6 +112,7 @@ fn await_all(
             Event::Response { id, status, body } if id == http && status != 200 => {
                 bad = Some(format!("HTTP {status}: {}", String::from_utf8_lossy(body)))
             }
+            Event::Response { body, .. } => reported = recipients(body),
             Event::Closed { id, why, .. } if id != http => {
                 *expect -= 1;
                 notes.push(format!("receiver closed during fan-out: {why}"));
@@ -123,7 +124,20 @@ fn await_all(
             return Err(BenchError::Scenario(format!("broadcast {k} rejected: {b}")));
         }
     }
+    if let Some(n) = reported.filter(|&n| n != *expect) {
+        notes.push(format!(
+            "broadcast {k}: the server reported {n} recipients, {} receivers were connected",
+            *expect
+        ));
+    }
     Ok((got, last))
+}
+
+/// The recipient count in a broadcast response: wshub's `"sent"`, the peers' `"recipients"`.
+fn recipients(body: &[u8]) -> Option<usize> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let n = v.get("sent").or_else(|| v.get("recipients"))?.as_u64()?;
+    usize::try_from(n).ok()
 }
 
 /// Broadcasts in flight in the sustained phase, counted by sequence number.

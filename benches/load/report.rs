@@ -33,6 +33,10 @@ fn rows(plan: &Plan) -> Vec<Row> {
         ),
         r("upg19k", format!("upgrades/s, {n1} → {n2}")),
         r(
+            "backlog",
+            "listen backlog (accept-queue limit, from ss)".into(),
+        ),
+        r(
             "drops10k",
             format!("accept-queue drops (ListenDrops), 0 → {n1}"),
         ),
@@ -84,6 +88,10 @@ fn rows(plan: &Plan) -> Vec<Row> {
                 plan.flood_conns
             ),
         ),
+        r(
+            "loadavg",
+            "host load average (1 min) at the end of the run; over ~2.5: contended".into(),
+        ),
         r("upg_cpu", "load-tool CPU (cpu s / wall s): upgrades".into()),
         r(
             "fan_cpu",
@@ -108,6 +116,14 @@ pub fn fmt_val(v: f64) -> String {
         format!("{v:.1}")
     } else {
         format!("{v:.2}")
+    }
+}
+
+fn fmt_ratio(r: f64) -> String {
+    if r.abs() < 0.1 {
+        format!("{r:.3}")
+    } else {
+        format!("{r:.2}")
     }
 }
 
@@ -153,9 +169,11 @@ pub fn table(results: &[(Flavor, Vec<RunResult>)], plan: &Plan, runs: usize) -> 
             cells.push(v.map_or_else(|| "n/a".into(), fmt_val));
             if wshub.is_some() && !matches!(f, Flavor::Wshub | Flavor::Ceiling) {
                 // A ratio of the client's own CPU or of drop counts says nothing.
-                let comparable = !row.key.ends_with("cpu") && !row.key.starts_with("drops");
+                let comparable = !["cpu", "drops", "loadavg", "backlog"]
+                    .iter()
+                    .any(|w| row.key.contains(w));
                 cells.push(match (w, v) {
-                    (Some(a), Some(b)) if b != 0.0 && comparable => format!("{:.2}", a / b),
+                    (Some(a), Some(b)) if b != 0.0 && comparable => fmt_ratio(a / b),
                     _ => "—".into(),
                 });
             }

@@ -82,12 +82,23 @@ pub type RunResult = BTreeMap<&'static str, f64>;
 
 /// Runs every selected phase against `srv`; failures of one phase are noted
 /// in `notes` and the others still run (unless the server died).
-pub fn run_all(srv: &mut ServerProc, plan: &Plan, notes: &mut Vec<String>) -> RunResult {
+pub fn run_all(srv: &mut ServerProc, plan: &Plan, all_notes: &mut Vec<String>) -> RunResult {
+    let mut notes = Vec::new();
+    let res = run_phases(srv, plan, &mut notes);
+    let name = srv.flavor.name();
+    all_notes.extend(notes.into_iter().map(|n| format!("{name}: {n}")));
+    res
+}
+
+fn run_phases(srv: &mut ServerProc, plan: &Plan, notes: &mut Vec<String>) -> RunResult {
     let mut res = RunResult::new();
+    if let Some(b) = srv.listen_backlog() {
+        res.insert("backlog", b as f64);
+    }
     let name = srv.flavor.name();
     let note = |phase: &str, e: BenchError, notes: &mut Vec<String>| {
         eprintln!("[load] {name}: {phase} failed: {e}");
-        notes.push(format!("{name}: {phase}: {e}"));
+        notes.push(format!("{phase}: {e}"));
     };
     if let Err(e) = warm_up(srv.addr, plan) {
         note("warm-up", e, notes);
@@ -119,6 +130,9 @@ pub fn run_all(srv: &mut ServerProc, plan: &Plan, notes: &mut Vec<String>) -> Ru
     }
     if let Err(e) = srv.check_alive() {
         note("end of run", e, notes);
+    }
+    if let Some(l) = stats::load_avg() {
+        res.insert("loadavg", l);
     }
     res
 }

@@ -269,6 +269,16 @@ impl ServerProc {
         }
     }
 
+    /// The listen backlog the server asked for (the accept-queue limit, `ss`'s
+    /// Send-Q for a listener); `None` when `ss` is missing.
+    pub fn listen_backlog(&self) -> Option<u64> {
+        let filter = format!("sport = :{}", self.addr.port());
+        let out = Command::new("ss").args(["-ltnH", &filter]).output().ok()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text.lines().next()?;
+        line.split_ascii_whitespace().nth(2)?.parse().ok()
+    }
+
     /// The server's VmRSS in KiB.
     pub fn rss_kib(&self) -> Option<u64> {
         stats::rss_kib(self.pid)

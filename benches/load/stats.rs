@@ -110,6 +110,13 @@ pub fn listen_drops() -> Option<u64> {
     values.split_ascii_whitespace().nth(at)?.parse().ok()
 }
 
+/// The host's 1-minute load average: above ~2.5 on this 2-core machine other
+/// work competed with the bench and the server, and absolute figures suffer.
+pub fn load_avg() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/loadavg").ok()?;
+    s.split_ascii_whitespace().next()?.parse().ok()
+}
+
 /// Checks of the functions above for the self-test mode.
 pub fn self_test() -> Result<usize, String> {
     let mut s = Samples::with_capacity(100);
