@@ -134,14 +134,6 @@ impl Session {
         matches!(self.phase, Phase::Chat { .. } | Phase::Echo)
     }
 
-    /// In the closing phase.
-    pub fn closing(&self) -> Option<&Closing> {
-        match &self.phase {
-            Phase::Closing(closing) => Some(closing),
-            _ => None,
-        }
-    }
-
     /// Reads once into `buf`, turning `WouldBlock` and `Interrupted` into values.
     pub fn read_into(&mut self, buf: &mut [u8]) -> io::Result<ReadOutcome> {
         loop {
