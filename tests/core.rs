@@ -508,3 +508,74 @@ fn metrics_are_prometheus_text() {
         assert!(body.contains(&format!("# TYPE {name} ")), "missing {name}");
     }
 }
+
+/// Runs a binary with `args` in a fresh temp dir; returns (exit code, stdout, stderr).
+fn run_binary(binary: &str, args: &[&str], config: Option<&str>) -> (i32, String, String) {
+    let dir = std::env::temp_dir().join(format!(
+        "wshub-cli-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    if let Some(text) = config {
+        std::fs::write(dir.join("bad.yaml"), text).unwrap();
+    }
+    let out = std::process::Command::new(binary)
+        .args(args)
+        .current_dir(&dir)
+        .output()
+        .expect("run binary");
+    let _ = std::fs::remove_dir_all(&dir);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn config_errors_exit_non_zero_with_one_line_naming_file_and_key() {
+    let bin = env!("CARGO_BIN_EXE_wshub");
+    let cases = [
+        (
+            "websocket:\n  ping_periodd: 5s\n",
+            "bad.yaml: unknown key \"websocket.ping_periodd\"",
+        ),
+        (
+            "websocket:\n  max_connections: lots\n",
+            "bad.yaml: websocket.max_connections:",
+        ),
+        (
+            "websocket:\n  ping_period: soon\n",
+            "bad.yaml: websocket.ping_period:",
+        ),
+        ("app: [unclosed\n", "bad.yaml: invalid YAML"),
+    ];
+    for (yaml, start) in cases {
+        let (code, stdout, stderr) = run_binary(bin, &["--config", "bad.yaml"], Some(yaml));
+        assert_eq!(code, 1, "{yaml}: {stderr}");
+        assert!(stdout.is_empty());
+        assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+        assert!(stderr.starts_with(start), "{yaml}: {stderr}");
+    }
+    let (code, _, stderr) = run_binary(bin, &["--config", "missing.yaml"], None);
+    assert_eq!(code, 1);
+    assert!(stderr.starts_with("missing.yaml: cannot read:"), "{stderr}");
+}
+
+#[test]
+fn help_and_version_work_for_both_binaries() {
+    for bin in [
+        env!("CARGO_BIN_EXE_wshub"),
+        env!("CARGO_BIN_EXE_wshub-standalone"),
+    ] {
+        let (code, stdout, stderr) = run_binary(bin, &["--version"], None);
+        assert_eq!((code, stdout.as_str()), (0, ""));
+        assert!(stderr.contains(env!("CARGO_PKG_VERSION")), "{stderr}");
+        let (code, _, stderr) = run_binary(bin, &["--help"], None);
+        assert_eq!(code, 0);
+        assert!(stderr.contains("--config"), "{stderr}");
+        let (code, _, stderr) = run_binary(bin, &["--bogus"], None);
+        assert_eq!(code, 2, "{stderr}");
+    }
+}
