@@ -82,6 +82,7 @@ pub(crate) struct EventLoop {
     due: Vec<SessionKey>,
     open_websockets: usize,
     accept_retry_ms: Option<u64>,
+    accept_failing: bool,
     commands_left: bool,
     shutdown_deadline_ms: Option<u64>,
     ping: Wire,
@@ -127,6 +128,7 @@ impl EventLoop {
             due: Vec::new(),
             open_websockets: 0,
             accept_retry_ms: None,
+            accept_failing: false,
             commands_left: false,
             shutdown_deadline_ms: None,
             ping: frame::encode(Kind::Ping, b""),
@@ -210,13 +212,21 @@ impl EventLoop {
         self.accept_retry_ms = None;
         while self.accepting {
             match self.listener.accept() {
-                Ok((stream, peer)) => self.add_session(stream, peer),
+                Ok((stream, peer)) => {
+                    if std::mem::take(&mut self.accept_failing) {
+                        info!("accepting connections again");
+                    }
+                    self.add_session(stream, peer);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if is_transient_accept_error(&e) => continue,
                 Err(e) => {
                     // EMFILE/ENFILE and the like: the backlog keeps the
                     // connections; retry after a pause instead of spinning.
-                    warn!("accept failed ({e}); retrying in {ACCEPT_BACKOFF_MS} ms");
+                    // Logged once per streak, not every 100 ms.
+                    if !std::mem::replace(&mut self.accept_failing, true) {
+                        warn!("accept failed ({e}); retrying every {ACCEPT_BACKOFF_MS} ms, open sessions keep working");
+                    }
                     self.accept_retry_ms = Some(self.now_ms + ACCEPT_BACKOFF_MS);
                     return;
                 }
