@@ -565,21 +565,7 @@ fn owned(inbound: Inbound<'_>) -> Decoded {
 
 /// One masked client frame.
 fn frame(fin: bool, opcode: u8, mask: [u8; 4], payload: &[u8]) -> Vec<u8> {
-    let mut out = vec![if fin { 0x80 } else { 0 } | opcode];
-    match payload.len() {
-        n if n < 126 => out.push(0x80 | n as u8),
-        n if n <= 0xffff => {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(&mask);
-    out.extend(payload.iter().zip(mask.iter().cycle()).map(|(b, k)| b ^ k));
-    out
+    common::masked_frame(if fin { 0x80 } else { 0 } | opcode, mask, payload)
 }
 
 fn unit() -> impl Strategy<Value = Unit> {

@@ -278,7 +278,11 @@ pub fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
 
 /// A masked client frame, built by hand for malformed-input tests.
 pub fn client_frame(first_byte: u8, payload: &[u8]) -> Vec<u8> {
-    let mask = [0x12, 0x34, 0x56, 0x78];
+    masked_frame(first_byte, [0x12, 0x34, 0x56, 0x78], payload)
+}
+
+/// A client frame with the given first byte (FIN, RSV, opcode) and mask.
+pub fn masked_frame(first_byte: u8, mask: [u8; 4], payload: &[u8]) -> Vec<u8> {
     let mut out = vec![first_byte];
     match payload.len() {
         n if n < 126 => out.push(0x80 | n as u8),
