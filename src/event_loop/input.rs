@@ -280,7 +280,8 @@ impl EventLoop {
         };
         session.last_seen_ms = self.now_ms;
         let ws = &self.config.websocket;
-        session.next_ping_ms = self.now_ms + ws.ping_period.as_millis() as u64;
+        let ping_period = ws.ping_period.as_millis() as u64;
+        session.next_ping_ms = self.now_ms + ping_period - ping_jitter(key, ping_period);
         self.open_websockets += 1;
         self.metrics.connections_total += 1;
         match upgrade.endpoint {
@@ -431,5 +432,47 @@ impl EventLoop {
             }
             Err(_) => self.slow_consumer(key),
         }
+    }
+}
+
+/// Up to a tenth of the ping period, fixed per session: sessions that
+/// connected in the same instant (a reconnect wave after a restart) do not
+/// all get their Pings in the same loop pass, period after period.
+fn ping_jitter(key: crate::router::SessionKey, ping_period: u64) -> u64 {
+    let spread = ping_period / 10;
+    if spread == 0 {
+        return 0;
+    }
+    // Fibonacci hashing scatters consecutive generations across the range.
+    u64::from(key.generation).wrapping_mul(0x9E37_79B9_7F4A_7C15) % spread
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ping_jitter;
+    use crate::router::SessionKey;
+
+    #[test]
+    fn ping_jitter_stays_within_a_tenth_and_spreads_consecutive_sessions() {
+        let key = |generation| SessionKey {
+            index: 0,
+            generation,
+        };
+        let period = 54_000;
+        let jitters: Vec<u64> = (1..=1000).map(|g| ping_jitter(key(g), period)).collect();
+        assert!(jitters.iter().all(|j| *j < period / 10));
+        let mut distinct = jitters.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert!(
+            distinct.len() > 900,
+            "only {} distinct offsets",
+            distinct.len()
+        );
+        assert_eq!(
+            ping_jitter(key(7), 5),
+            0,
+            "periods under 10 ms get no jitter"
+        );
     }
 }
