@@ -443,8 +443,8 @@ fn ping_jitter(key: crate::router::SessionKey, ping_period: u64) -> u64 {
     if spread == 0 {
         return 0;
     }
-    // Fibonacci hashing scatters consecutive generations across the range.
-    u64::from(key.generation).wrapping_mul(0x9E37_79B9_7F4A_7C15) % spread
+    // Fibonacci hashing (high bits) scatters consecutive generations.
+    (u64::from(key.generation).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) % spread
 }
 
 #[cfg(test)]
