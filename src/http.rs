@@ -110,24 +110,31 @@ pub fn parse_head(
     max_head: usize,
     max_body: usize,
 ) -> Result<Option<Request>, HttpError> {
-    let Some(end) = find_head_end(buf, 0) else {
-        return if buf.len() > max_head {
-            Err(HttpError::HeadTooLarge)
-        } else {
-            Ok(None)
-        };
-    };
-    if end > max_head {
+    match find_head_end(buf, 0) {
+        Some(end) => parse_complete_head(&buf[..end], max_head, max_body).map(Some),
+        None if buf.len() > max_head => Err(HttpError::HeadTooLarge),
+        None => Ok(None),
+    }
+}
+
+/// Parses a head already known to end at `head.len()` (just past its blank
+/// line, as [`find_head_end`] found it), so the loop scans each head once.
+pub fn parse_complete_head(
+    head: &[u8],
+    max_head: usize,
+    max_body: usize,
+) -> Result<Request, HttpError> {
+    if head.len() > max_head {
         return Err(HttpError::HeadTooLarge);
     }
     // httparse also ends lines (and the head) at a bare LF; find_head_end
     // does not. Accepting both would frame one request two ways.
-    if has_bare_lf(&buf[..end]) {
+    if has_bare_lf(head) {
         return Err(malformed("bare LF in request head: lines end with CRLF"));
     }
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut headers);
-    let head_len = match parsed.parse(&buf[..end]) {
+    let head_len = match parsed.parse(head) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Err(malformed("incomplete request head")),
         Err(httparse::Error::TooManyHeaders) => return Err(HttpError::HeadTooLarge),
@@ -163,7 +170,7 @@ pub fn parse_head(
     if request.content_length > max_body {
         return Err(HttpError::BodyTooLarge);
     }
-    Ok(Some(request))
+    Ok(request)
 }
 
 fn apply_header(

@@ -181,8 +181,8 @@ impl Outbound {
         let mut slices: [IoSlice<'_>; MAX_BATCH] = [IoSlice::new(&[]); MAX_BATCH];
         slices[0] = IoSlice::new(&first[self.written..]);
         let mut count = 1;
-        let (responses, rest) = self.data.as_slices();
-        let (responses, rest) = split_after(responses, rest, self.responses_ahead);
+        let responses = self.data.iter().take(self.responses_ahead);
+        let rest = self.data.iter().skip(self.responses_ahead);
         let order = responses.chain(self.control.iter()).chain(rest);
         for frame in order {
             if count == MAX_BATCH {
@@ -242,19 +242,6 @@ impl Outbound {
             self.control = VecDeque::new();
         }
     }
-}
-
-/// The first `n` frames of a deque given as its two slices, and the rest.
-fn split_after<'a>(
-    front: &'a [Wire],
-    back: &'a [Wire],
-    n: usize,
-) -> (
-    impl Iterator<Item = &'a Wire>,
-    impl Iterator<Item = &'a Wire>,
-) {
-    let all = front.iter().chain(back.iter());
-    (all.clone().take(n), all.skip(n))
 }
 
 #[cfg(test)]

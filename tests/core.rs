@@ -579,3 +579,30 @@ fn help_and_version_work_for_both_binaries() {
         assert_eq!(code, 2, "{stderr}");
     }
 }
+
+#[test]
+fn a_body_arriving_in_pieces_is_waited_for() {
+    let server = TestServer::start(test_config());
+    let mut listener = server.connect(Some("l"));
+    server.wait_online(1);
+    let body = format!(r#"{{"type":"big","content":"{}"}}"#, "x".repeat(200_000));
+    let head = format!(
+        "POST /api/ws/broadcast HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    stream.write_all(head.as_bytes()).unwrap();
+    for piece in body.as_bytes().chunks(70_000) {
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        stream.write_all(piece).unwrap();
+    }
+    assert_eq!(
+        read_response(&mut BufReader::new(stream)),
+        (200, r#"{"sent":1}"#.into())
+    );
+    assert_eq!(
+        listener.recv_json()["content"].as_str().map(str::len),
+        Some(200_000)
+    );
+}

@@ -147,17 +147,20 @@ impl EventLoop {
         let ws = &self.config.websocket;
         let (max_head, max_body) = (ws.max_header_bytes, ws.max_message_size);
         let session = self.sessions.get_mut(index)?;
-        if http::find_head_end(buf, session.head_scanned).is_none() {
+        if buf.len() < session.input_needed {
+            // A body still arriving: the head was parsed already.
+            return None;
+        }
+        let Some(head_end) = http::find_head_end(buf, session.head_scanned) else {
             if buf.len() > max_head {
                 self.http_error(index, &HttpError::HeadTooLarge);
                 return Some(buf.len());
             }
             session.head_scanned = buf.len();
             return None;
-        }
-        let request = match http::parse_head(buf, max_head, max_body) {
-            Ok(Some(request)) => request,
-            Ok(None) => return None,
+        };
+        let request = match http::parse_complete_head(&buf[..head_end], max_head, max_body) {
+            Ok(request) => request,
             Err(e) => {
                 self.http_error(index, &e);
                 return Some(buf.len());
