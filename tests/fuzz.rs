@@ -1246,9 +1246,11 @@ fn router(sender: u32, joined: &[&str]) -> Router {
     router.add_session(key(1), Some(&alice));
     router.add_session(key(2), Some(&bob));
     router.add_session(key(3), None);
-    router.join(key(2), "r1");
+    router.join(key(2), "r1").expect("room r1");
     for room in joined {
-        router.join(key(sender), room);
+        router
+            .join(key(sender), room)
+            .expect("within max_rooms_per_session");
     }
     router
 }
@@ -1296,8 +1298,16 @@ fn check_route(message: &Incoming<'_>, sender: u32, joined: &[&str]) -> TestCase
                     sent.content.is_some_and(|c| c.starts_with('"')),
                     "error content not a string"
                 );
+                let bad_name = [message.room(), message.to()]
+                    .into_iter()
+                    .flatten()
+                    .any(|id| {
+                        wshub::ids::check(id, Config::default().websocket.max_id_bytes).is_err()
+                    });
                 prop_assert!(
-                    ["join", "leave"].contains(&&*message.kind) || was_member == Some(false)
+                    ["join", "leave", "error", "pong"].contains(&&*message.kind)
+                        || was_member == Some(false)
+                        || bad_name
                 );
             }
         }
@@ -1317,7 +1327,7 @@ fn check_route(message: &Incoming<'_>, sender: u32, joined: &[&str]) -> TestCase
                 content,
             };
             prop_assert_eq!(sent, want);
-            prop_assert!(!["ping", "join", "leave"].contains(&&*message.kind));
+            prop_assert!(!["ping", "join", "leave", "error", "pong"].contains(&&*message.kind));
             let expected_audience = match (message.room(), message.to()) {
                 (Some(room), _) => {
                     prop_assert_eq!(was_member, Some(true));
