@@ -32,11 +32,11 @@ impl fmt::Display for IdError {
 /// characters. Only ASCII controls are refused (C1 controls in UTF-8 are two
 /// bytes that a log line shows escaped anyway, see [`Escaped`]).
 pub fn check(id: &str, max_bytes: usize) -> Result<(), IdError> {
-    if id.len() > max_bytes {
-        return Err(IdError::TooLong { max: max_bytes });
-    }
     if id.bytes().any(|b| b < 0x20 || b == 0x7f) {
         return Err(IdError::ControlCharacter);
+    }
+    if id.len() > max_bytes {
+        return Err(IdError::TooLong { max: max_bytes });
     }
     Ok(())
 }
