@@ -32,6 +32,11 @@ use wshub::{Config, SessionKey};
 
 use common::{http, test_config, upgrade_request, TestServer};
 
+/// Counts heap bytes, so the pipelined target can bound what unread
+/// responses cost.
+#[global_allocator]
+static ALLOCATOR: wshub::alloc::Counting = wshub::alloc::Counting;
+
 // ------------------------------------------------------------ harness ----
 
 fn env_number(name: &str, default: u64) -> u64 {
@@ -1402,23 +1407,31 @@ fn pipelined_request() -> impl Strategy<Value = (Vec<u8>, u16)> {
     );
     proptest::sample::select(vec![
         (b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n".to_vec(), 200),
-        (b"GET /api/ws/status HTTP/1.1\r\nHost: t\r\n\r\n".to_vec(), 200),
+        (
+            b"GET /api/ws/status HTTP/1.1\r\nHost: t\r\n\r\n".to_vec(),
+            200,
+        ),
         (b"GET /nope HTTP/1.1\r\n\r\n".to_vec(), 404),
-        (b"POST /health HTTP/1.1\r\nContent-Length: 0\r\n\r\n".to_vec(), 405),
+        (
+            b"POST /health HTTP/1.1\r\nContent-Length: 0\r\n\r\n".to_vec(),
+            405,
+        ),
         (b"GET /metrics HTTP/1.1\r\n\r\n".to_vec(), 200),
         (post.into_bytes(), 200),
     ])
 }
 
-/// Statuses of the complete responses at the start of `bytes`.
-fn response_statuses(bytes: &[u8]) -> Result<Vec<u16>, String> {
-    let mut reader = bytes;
+/// Statuses of the complete responses at the start of `bytes`, and the
+/// bytes they took.
+fn response_statuses(bytes: &[u8]) -> Result<(Vec<u16>, usize), String> {
+    let mut at = 0;
     let mut statuses = Vec::new();
-    while !reader.is_empty() {
-        let Some(head_end) = find_head_end(reader, 0) else {
+    while at < bytes.len() {
+        let rest = &bytes[at..];
+        let Some(head_end) = find_head_end(rest, 0) else {
             break;
         };
-        let head = std::str::from_utf8(&reader[..head_end]).map_err(|e| e.to_string())?;
+        let head = std::str::from_utf8(&rest[..head_end]).map_err(|e| e.to_string())?;
         let status = head
             .strip_prefix("HTTP/1.1 ")
             .and_then(|rest| rest.get(..3))
@@ -1429,13 +1442,13 @@ fn response_statuses(bytes: &[u8]) -> Result<Vec<u16>, String> {
             .find_map(|l| l.strip_prefix("Content-Length: "))
             .and_then(|n| n.trim().parse().ok())
             .ok_or_else(|| format!("no Content-Length: {head:?}"))?;
-        if reader.len() < head_end + length {
+        if rest.len() < head_end + length {
             break;
         }
         statuses.push(status);
-        reader = &reader[head_end + length..];
+        at += head_end + length;
     }
-    Ok(statuses)
+    Ok((statuses, at))
 }
 
 /// Pipelined keep-alive requests from a client that reads its responses
@@ -1447,12 +1460,18 @@ fn response_statuses(bytes: &[u8]) -> Result<Vec<u16>, String> {
 fn http_pipelined_requests_with_an_unread_response_side() {
     let mut config = test_config();
     config.websocket.max_buffered_bytes = 2048;
-    config.websocket.write_wait = Duration::from_millis(200);
     config.websocket.handshake_timeout = Duration::from_secs(30);
+    // Readers get a write_wait no busy test machine can hit between reads.
+    let reading_server = TestServer::start(config.clone());
+    config.websocket.write_wait = Duration::from_millis(200);
     let server = TestServer::start(config);
-    let _listed = server.connect(Some("listed-user"));
+    // Fifty users with ids of max_id_bytes make each status ~7 KiB: enough
+    // unread responses to overflow what the kernel's buffers absorb.
+    let users: Vec<String> = (0..50).map(|i| format!("{i:0>128}")).collect();
+    let _listed: Vec<_> = users.iter().map(|u| server.connect(Some(u))).collect();
+    let _also_listed = reading_server.connect(Some("listed-user"));
     let strategy = (
-        proptest::collection::vec((pipelined_request(), 1usize..40), 1..24),
+        proptest::collection::vec((pipelined_request(), 1usize..400), 1..24),
         any::<bool>(),
     );
     fuzz_cases(
@@ -1469,6 +1488,11 @@ fn http_pipelined_requests_with_an_unread_response_side() {
                     expected.push(*status);
                 }
             }
+            let addr = if reads {
+                reading_server.addr
+            } else {
+                server.addr
+            };
             // A small receive window: the kernel cannot absorb the responses.
             let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
                 .map_err(|e| TestCaseError::fail(format!("socket: {e}")))?;
@@ -1476,12 +1500,13 @@ fn http_pipelined_requests_with_an_unread_response_side() {
                 .set_recv_buffer_size(4096)
                 .map_err(|e| TestCaseError::fail(format!("SO_RCVBUF: {e}")))?;
             socket
-                .connect(&server.addr.into())
+                .connect(&addr.into())
                 .map_err(|e| TestCaseError::fail(format!("connect: {e}")))?;
             let mut stream: TcpStream = socket.into();
             stream
                 .set_read_timeout(Some(LIVE_WAIT))
                 .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let baseline = wshub::alloc::heap_bytes().unwrap_or(0);
             let writer = {
                 let mut stream = stream
                     .try_clone()
@@ -1490,10 +1515,19 @@ fn http_pipelined_requests_with_an_unread_response_side() {
             };
             if !reads {
                 // Reading nothing for several write_waits: the server must
-                // give up on this client, whatever it still owes.
-                std::thread::sleep(Duration::from_millis(500));
+                // give up on this client, and hold about max_buffered_bytes
+                // of its responses meanwhile (the heap counts this whole
+                // process: a wide margin for other targets' threads).
+                let mut peak = 0;
+                for _ in 0..50 {
+                    std::thread::sleep(Duration::from_millis(10));
+                    let now = wshub::alloc::heap_bytes().unwrap_or(0);
+                    peak = peak.max(now.saturating_sub(baseline));
+                }
+                prop_assert!(peak < 1 << 20, "unread responses held {} KiB", peak >> 10);
             }
             let mut got = Vec::new();
+            let mut statuses = Vec::new();
             let mut buf = [0u8; 16384];
             let ended = loop {
                 match stream.read(&mut buf) {
@@ -1504,22 +1538,28 @@ fn http_pipelined_requests_with_an_unread_response_side() {
                     }
                     Err(_) => break true,
                 }
+                let (complete, used) = response_statuses(&got).map_err(TestCaseError::fail)?;
+                statuses.extend(complete);
+                got.drain(..used);
                 // Every response arrived: the keep-alive connection may stay.
-                if response_statuses(&got).map_or(0, |s| s.len()) == expected.len() {
+                if statuses.len() == expected.len() {
                     break false;
                 }
             };
             let _ = stream.shutdown(Shutdown::Both);
             let _ = writer.join();
-            let statuses = response_statuses(&got).map_err(TestCaseError::fail)?;
             prop_assert_eq!(&statuses[..], &expected[..statuses.len()], "out of order");
             if reads {
-                prop_assert_eq!(statuses.len(), expected.len(), "a reader gets every response");
+                prop_assert_eq!(
+                    statuses.len(),
+                    expected.len(),
+                    "a reader gets every response"
+                );
             } else {
                 let owed = expected.len() - statuses.len();
                 prop_assert!(ended || owed == 0, "an unread client was never closed");
             }
-            assert_healthy(server.addr)
+            assert_healthy(addr)
         },
     );
 }
@@ -1571,9 +1611,9 @@ fn rooms_join_leave_sequences_match_a_model() {
         for op in &ops {
             match *op {
                 RoomOp::Connect(s) => {
-                    if !model.contains_key(&s) {
+                    if let std::collections::btree_map::Entry::Vacant(slot) = model.entry(s) {
                         router.add_session(key(s), None);
-                        model.insert(s, BTreeSet::new());
+                        slot.insert(BTreeSet::new());
                     }
                 }
                 RoomOp::Disconnect(s) => {

@@ -250,7 +250,11 @@ fn declared_body_and_frame_lengths_reserve_nothing_until_bytes_arrive() {
     wait_bytes_in(server.addr, sent as u64);
     let grown = heap().saturating_sub(baseline);
     // Before: ~105 MB (each declared length reserved and zero-filled).
-    assert!(grown < 10 * MIB, "200 connections hold {} KiB", grown / 1024);
+    assert!(
+        grown < 10 * MIB,
+        "200 connections hold {} KiB",
+        grown / 1024
+    );
     drop(held);
 }
 
