@@ -16,7 +16,6 @@ use mio::net::TcpStream;
 
 use crate::frame::{Decoder, Wire};
 use crate::outbound::{Flushed, Outbound, Overflow};
-use crate::rate::Bucket;
 use crate::router::SessionKey;
 use crate::wheel::TimerId;
 
@@ -106,8 +105,6 @@ pub struct Session {
     pub paused: bool,
     /// Counted against `max_http_connections` (until upgraded or reaped).
     pub counted_http: bool,
-    /// The rate limit on client messages.
-    pub rate: Bucket,
 }
 
 impl Session {
@@ -131,7 +128,6 @@ impl Session {
             dirty: false,
             paused: false,
             counted_http: false,
-            rate: Bucket::new(now_ms),
         }
     }
 
@@ -228,5 +224,20 @@ impl Session {
             self.pending_input.clear();
             self.pending_input.extend_from_slice(rest);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Session;
+
+    #[test]
+    fn a_session_stays_small() {
+        // Every idle connection pays this in the slab (BENCHMARKS.md).
+        assert!(
+            std::mem::size_of::<Session>() <= 304,
+            "{} bytes",
+            std::mem::size_of::<Session>()
+        );
     }
 }

@@ -221,6 +221,12 @@ impl EventLoop {
                 if session.counted_http {
                     self.http_connections -= 1;
                 }
+                if self.rates.remove(&index).is_some()
+                    && self.rates.capacity() > 64
+                    && self.rates.len() * 4 < self.rates.capacity()
+                {
+                    self.rates.shrink_to(self.rates.len() * 2);
+                }
                 if let Some((timer, _)) = session.timer {
                     self.wheel.cancel(timer);
                 }

@@ -17,7 +17,7 @@ use crate::http::{self, HttpError, Response};
 use crate::ids;
 use crate::message;
 use crate::metrics::HandshakeFailure;
-use crate::rate;
+use crate::rate::{self, Bucket};
 use crate::rest::{self, Endpoint, Outcome, Upgrade};
 use crate::router::Route;
 use crate::session::{Phase, ReadOutcome};
@@ -433,7 +433,9 @@ impl EventLoop {
             return;
         };
         if rate > 0 {
-            match session.rate.take(self.now_ms, rate) {
+            let now = self.now_ms;
+            let bucket = self.rates.entry(index).or_insert_with(|| Bucket::new(now));
+            match bucket.take(now, rate) {
                 rate::Verdict::Allow => {}
                 rate::Verdict::Drop => {
                     self.metrics.rate_limited_messages += 1;

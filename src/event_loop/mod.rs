@@ -11,6 +11,7 @@
 //! session per pass. This module is the only one that wires the others
 //! together; it owns the sockets through the sessions.
 
+use std::collections::HashMap;
 use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,6 +27,7 @@ use crate::handle::Inbox;
 use crate::hooks::{Actions, Hooks};
 use crate::http::Response;
 use crate::metrics::{HandshakeFailure, Metrics, Shared};
+use crate::rate::Bucket;
 use crate::rest::Mode;
 use crate::router::{Limits, Router, SessionKey};
 use crate::session::Session;
@@ -88,6 +90,10 @@ pub(crate) struct EventLoop {
     http_full: bool,
     /// Paused sessions whose client has taken its responses: read on next pass.
     resume: Vec<usize>,
+    /// Rate-limit buckets by session index, only while
+    /// `max_messages_per_second` is set and only for sessions that sent
+    /// something: an idle session pays nothing for the limit.
+    rates: HashMap<usize, Bucket>,
     accept_retry_ms: Option<u64>,
     accept_failing: bool,
     commands_left: bool,
@@ -138,6 +144,7 @@ impl EventLoop {
             http_connections: 0,
             http_full: false,
             resume: Vec::new(),
+            rates: HashMap::new(),
             accept_retry_ms: None,
             accept_failing: false,
             commands_left: false,
