@@ -304,6 +304,9 @@ mod tests {
         };
         m.handshake_failed(HandshakeFailure::Auth);
         m.handshake_failed(HandshakeFailure::Auth);
+        m.handshake_failed(HandshakeFailure::HttpCapacity);
+        m.rate_limited_messages = 9;
+        m.rate_limit_closes = 1;
         m.close_sent(1013);
         m.close_sent(4000);
         m.iteration(Duration::from_micros(50));
@@ -312,6 +315,9 @@ mod tests {
         let text = m.render(&Shared::default(), Some(1234));
         assert!(text.contains("\nwshub_connections_total 3\n"));
         assert!(text.contains("wshub_handshake_failures_total{reason=\"auth\"} 2\n"));
+        assert!(text.contains("wshub_handshake_failures_total{reason=\"http_capacity\"} 1\n"));
+        assert!(text.contains("\nwshub_rate_limited_messages_total 9\n"));
+        assert!(text.contains("\nwshub_rate_limit_closes_total 1\n"));
         assert!(text.contains("wshub_close_codes_sent_total{code=\"1013\"} 1\n"));
         assert!(text.contains("wshub_close_codes_sent_total{code=\"other\"} 1\n"));
         assert!(text.contains("wshub_loop_iteration_seconds_bucket{le=\"0.0001\"} 1\n"));
