@@ -411,6 +411,53 @@ mod tests {
     }
 
     #[test]
+    fn cluster_status_adds_the_other_nodes_and_health_degrades_when_cut_off() {
+        use crate::cluster::view::Entry;
+        let config = Config::default();
+        let router = Router::default();
+        let entry: Entry =
+            serde_json::from_str(r#"{"sessions":2,"users":{"bo":2},"rooms":{}}"#).unwrap();
+        let view = View::new(vec![("n2".into(), entry)]);
+        let get = |path: &str, view: Option<&View>| {
+            let ctx = Context {
+                config: &config,
+                mode: Mode::Integrated,
+                router: &router,
+                open_websockets: 0,
+                now_unix: 0,
+                cluster: Some(ClusterState { view }),
+            };
+            status_and_body(handle(
+                &request(&format!("GET {path} HTTP/1.1\r\n\r\n")),
+                b"",
+                &ctx,
+            ))
+        };
+        assert_eq!(
+            get("/api/ws/status", Some(&view)),
+            (
+                200,
+                r#"{"nodes":2,"online_count":2,"online_users":["bo"]}"#.into()
+            )
+        );
+        assert_eq!(
+            get("/health", Some(&view)),
+            (200, r#"{"status":"ok"}"#.into())
+        );
+        assert_eq!(
+            get("/health", None),
+            (503, r#"{"cluster":"down","status":"degraded"}"#.into())
+        );
+        assert_eq!(
+            get("/api/ws/status", None),
+            (
+                200,
+                r#"{"cluster":"down","nodes":1,"online_count":0,"online_users":[]}"#.into()
+            )
+        );
+    }
+
+    #[test]
     fn disabled_api_is_404_in_integrated_mode_only() {
         let mut config = Config::default();
         config.websocket.enable = false;

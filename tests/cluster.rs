@@ -599,3 +599,86 @@ fn redis_down_at_start_and_later_then_back() {
     assert_eq!(log.matches("cluster down").count(), 2, "{log}");
     assert_eq!(log.matches("cluster up again").count(), 2, "{log}");
 }
+
+#[test]
+fn the_embedding_handle_sees_and_reaches_the_whole_cluster() {
+    let redis = Redis::start();
+    let remote = Node::start("remote", redis.port);
+    let mut config = wshub::Config::default();
+    config.app.host = "127.0.0.1".into();
+    config.app.port = 0;
+    config.cluster.redis = Redis::url(redis.port);
+    config.cluster.node_id = "embedded".into();
+    config.cluster.presence_ttl = Duration::from_millis(TTL_MS);
+    config.cluster.channel_prefix = PREFIX.into();
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let server =
+        wshub::Server::from_listener(listener, config, wshub::Mode::Integrated).expect("server");
+    let handle = server.handle();
+    let thread = std::thread::spawn(move || server.run());
+    let mut far = remote.connect(Some("far"));
+    wait_for(Duration::from_secs(6), "the handle's cluster view", || {
+        (handle.online_count() == 1 && handle.online_users().ok()? == ["far"]).then_some(())
+    });
+    wait_for(WAIT, "far's channel", || {
+        (redis.subscribers("t:user:far") == 1).then_some(())
+    });
+    let message = wshub::Message::new("order_paid", json!({"order": 7}));
+    assert_eq!(handle.send_to_user_counted("far", &message), Ok(1));
+    assert_eq!(
+        far.recv_json(),
+        json!({"type": "order_paid", "content": {"order": 7}})
+    );
+    handle.shutdown().expect("shutdown");
+    thread.join().expect("server thread").expect("run");
+    // A graceful stop removes the embedded node's presence at once.
+    wait_for(Duration::from_secs(2), "one node left", || {
+        (remote.status()["nodes"] == 1).then_some(())
+    });
+}
+
+#[test]
+fn reuse_port_lets_several_nodes_share_one_port() {
+    let port = free_port();
+    let config = |reuse_port| {
+        let mut config = wshub::Config::default();
+        config.app.host = "127.0.0.1".into();
+        config.app.port = port;
+        config.app.reuse_port = reuse_port;
+        config
+    };
+    let first = wshub::Server::bind(config(true), wshub::Mode::Integrated).expect("first");
+    let second = wshub::Server::bind(config(true), wshub::Mode::Integrated).expect("second");
+    assert_eq!(first.local_addr(), second.local_addr());
+    let refused = wshub::Server::bind(config(false), wshub::Mode::Integrated);
+    assert!(refused.is_err(), "without reuse_port the port is taken");
+    // The kernel spreads connections over both listeners.
+    let (h1, h2) = (first.handle(), second.handle());
+    let t1 = std::thread::spawn(move || first.run());
+    let t2 = std::thread::spawn(move || second.run());
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let clients: Vec<Client> = (0..32)
+        .map(|_| {
+            let stream = TcpStream::connect(addr).expect("connect");
+            stream.set_read_timeout(Some(WAIT)).unwrap();
+            let url = format!("ws://{addr}/api/ws/connect");
+            Client {
+                ws: tungstenite::client(url, stream).expect("handshake").0,
+            }
+        })
+        .collect();
+    wait_for(WAIT, "every session counted", || {
+        (h1.online_count() + h2.online_count() == 32).then_some(())
+    });
+    assert!(
+        h1.online_count() > 0 && h2.online_count() > 0,
+        "{} / {}",
+        h1.online_count(),
+        h2.online_count()
+    );
+    drop(clients);
+    h1.shutdown().expect("shutdown");
+    h2.shutdown().expect("shutdown");
+    t1.join().expect("thread").expect("run");
+    t2.join().expect("thread").expect("run");
+}
