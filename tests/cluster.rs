@@ -698,7 +698,12 @@ fn a_redis_that_refuses_commands_is_an_outage_with_backoff() {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
         let rest = &stat[stat.rfind(')').expect("comm") + 1..];
         let mut fields = rest.split_ascii_whitespace().skip(11);
-        let mut next = || fields.next().and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+        let mut next = || {
+            fields
+                .next()
+                .and_then(|f| f.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
         next() + next()
     };
     let before = ticks();
