@@ -47,6 +47,26 @@ pub struct Config {
     pub jwt: JwtConfig,
     /// `cluster:` — several nodes over Redis (PROTOCOL.md section 10).
     pub cluster: ClusterConfig,
+    /// `tls:` — the listener speaks TLS (PROTOCOL.md section 8).
+    pub tls: TlsConfig,
+}
+
+/// `tls:` — certificate and key files; both empty (the default): plain TCP.
+/// The files are read by [`crate::tls`], at [`Config::load`], at bind and
+/// at each SIGHUP.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct TlsConfig {
+    /// PEM certificate chain file, leaf first. Default `""`.
+    pub cert: String,
+    /// PEM private key file (PKCS#8, PKCS#1 or SEC1). Default `""`.
+    pub key: String,
+}
+
+impl TlsConfig {
+    /// Whether the listener speaks TLS.
+    pub fn enabled(&self) -> bool {
+        !self.cert.is_empty()
+    }
 }
 
 /// `app:` — the integrated HTTP server.
@@ -416,6 +436,9 @@ impl Config {
             }
         };
         let config = Config::from_yaml_str(&text, &origin)?;
+        // The files behind the names are checked now, so a bad pair is a
+        // config error before anything else starts.
+        crate::tls::load(&config.tls).map_err(|e| invalid(&origin, e.key, e.message))?;
         Ok((config, ConfigSource::File(path.to_path_buf())))
     }
 
@@ -448,6 +471,19 @@ impl Config {
                 origin,
                 "jwt.required",
                 "true needs a non-empty jwt.secret, or no connect could succeed".to_owned(),
+            ));
+        }
+        let tls = &self.tls;
+        if tls.cert.is_empty() != tls.key.is_empty() {
+            let (missing, set) = if tls.key.is_empty() {
+                ("tls.key", "tls.cert")
+            } else {
+                ("tls.cert", "tls.key")
+            };
+            return Err(invalid(
+                origin,
+                missing,
+                format!("must be set when {set} is (TLS needs both files)"),
             ));
         }
         Ok(())
@@ -513,7 +549,7 @@ fn show_duration(d: Duration) -> String {
 #[serde(
     deny_unknown_fields,
     default,
-    expecting = "a mapping of sections (app, log, websocket, jwt, cluster)"
+    expecting = "a mapping of sections (app, log, websocket, jwt, cluster, tls)"
 )]
 struct RawConfig {
     app: Option<RawApp>,
@@ -521,6 +557,16 @@ struct RawConfig {
     websocket: Option<RawWebSocket>,
     jwt: Option<RawJwt>,
     cluster: Option<RawCluster>,
+    tls: Option<RawTls>,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields, default, expecting = "a mapping of tls settings")]
+struct RawTls {
+    #[serde(deserialize_with = "de_secret")]
+    cert: Option<String>,
+    #[serde(deserialize_with = "de_secret")]
+    key: Option<String>,
 }
 
 #[derive(serde::Deserialize, Default)]
@@ -642,6 +688,10 @@ impl RawConfig {
             websocket: self.websocket.unwrap_or_default().into_config(d.websocket),
             jwt: self.jwt.unwrap_or_default().into_config(d.jwt),
             cluster: self.cluster.unwrap_or_default().into_config(d.cluster),
+            tls: self.tls.map_or(d.tls, |t| TlsConfig {
+                cert: t.cert.unwrap_or_default(),
+                key: t.key.unwrap_or_default(),
+            }),
         }
     }
 }
@@ -1045,6 +1095,7 @@ jwt:
                 required: false,
             },
             cluster: ClusterConfig::default(),
+            tls: TlsConfig::default(),
         };
         assert_eq!(Config::default(), expected);
         assert_eq!(parse(PROTOCOL_YAML), expected);
@@ -1143,8 +1194,25 @@ jwt: {secret: "s3", required: true}
                 required: true,
             },
             cluster: ClusterConfig::default(),
+            tls: TlsConfig::default(),
         };
         assert_eq!(parse(text), expected);
+    }
+
+    #[test]
+    fn tls_keys_come_in_pairs() {
+        let config = parse("tls:\n  cert: c.pem\n  key: k.pem\n");
+        assert_eq!(config.tls.cert, "c.pem");
+        assert!(config.tls.enabled());
+        assert!(!Config::default().tls.enabled());
+        assert_eq!(
+            error("tls:\n  cert: c.pem\n"),
+            "config.yaml: tls.key: must be set when tls.cert is (TLS needs both files)"
+        );
+        assert_eq!(
+            error("tls:\n  key: k.pem\n"),
+            "config.yaml: tls.cert: must be set when tls.key is (TLS needs both files)"
+        );
     }
 
     #[test]
@@ -1256,7 +1324,7 @@ jwt: {secret: "s3", required: true}
             ),
             (
                 "just text\n",
-                r#"config.yaml: invalid type: string "just text", expected a mapping of sections (app, log, websocket, jwt, cluster)"#,
+                r#"config.yaml: invalid type: string "just text", expected a mapping of sections (app, log, websocket, jwt, cluster, tls)"#,
             ),
             (
                 "websocket:\n  allowed_origins: https://a.example\n",

@@ -69,6 +69,8 @@ pub mod rest;
 pub mod router;
 pub mod server;
 pub mod session;
+pub mod tls;
+pub mod transport;
 pub mod wheel;
 
 pub use config::Config;
