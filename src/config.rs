@@ -102,6 +102,12 @@ pub struct WebSocketConfig {
     /// Non-empty: an upgrade whose `Origin` is not listed exactly gets 403.
     /// Default `[]` (any origin).
     pub allowed_origins: Vec<String>,
+    /// Accept permessage-deflate (RFC 7692) when a client offers it.
+    /// Default `false`: never negotiated.
+    pub compression: bool,
+    /// Outbound messages shorter than this many bytes go out uncompressed
+    /// even to sessions that negotiated compression. Default `128`.
+    pub compression_min_bytes: usize,
 }
 
 /// `jwt:` — token checks on connect.
@@ -237,6 +243,8 @@ impl Default for WebSocketConfig {
             echo: false,
             admin_token: String::new(),
             allowed_origins: Vec::new(),
+            compression: false,
+            compression_min_bytes: 128,
         }
     }
 }
@@ -268,6 +276,8 @@ impl fmt::Debug for WebSocketConfig {
             .field("echo", &self.echo)
             .field("admin_token", &redacted(&self.admin_token))
             .field("allowed_origins", &self.allowed_origins)
+            .field("compression", &self.compression)
+            .field("compression_min_bytes", &self.compression_min_bytes)
             .finish()
     }
 }
@@ -489,6 +499,10 @@ struct RawWebSocket {
     admin_token: Option<String>,
     #[serde(deserialize_with = "de_origins")]
     allowed_origins: Option<Vec<String>>,
+    #[serde(deserialize_with = "de_flag")]
+    compression: Option<bool>,
+    #[serde(deserialize_with = "de_count")]
+    compression_min_bytes: Option<usize>,
 }
 
 #[derive(serde::Deserialize, Default)]
@@ -542,6 +556,10 @@ impl RawWebSocket {
             echo: self.echo.unwrap_or(d.echo),
             admin_token: self.admin_token.unwrap_or(d.admin_token),
             allowed_origins: self.allowed_origins.unwrap_or(d.allowed_origins),
+            compression: self.compression.unwrap_or(d.compression),
+            compression_min_bytes: self
+                .compression_min_bytes
+                .unwrap_or(d.compression_min_bytes),
         }
     }
 }
@@ -816,6 +834,8 @@ jwt:
                 echo: false,
                 admin_token: String::new(),
                 allowed_origins: vec![],
+                compression: false,
+                compression_min_bytes: 128,
             },
             jwt: JwtConfig {
                 secret: String::new(),
@@ -873,6 +893,8 @@ websocket:
   echo: true
   admin_token: "adm"
   allowed_origins: ["https://a.example", "null"]
+  compression: true
+  compression_min_bytes: 9
 jwt: {secret: "s3", required: true}
 "#;
         let expected = Config {
@@ -900,6 +922,8 @@ jwt: {secret: "s3", required: true}
                 echo: true,
                 admin_token: "adm".to_owned(),
                 allowed_origins: vec!["https://a.example".to_owned(), "null".to_owned()],
+                compression: true,
+                compression_min_bytes: 9,
             },
             jwt: JwtConfig {
                 secret: "s3".to_owned(),

@@ -8,6 +8,7 @@
 
 use crate::auth;
 use crate::config::Config;
+use crate::deflate;
 use crate::handle::Target;
 use crate::http::{switching_protocols, Method, Request, Response};
 use crate::message::{self, Outgoing};
@@ -41,6 +42,8 @@ pub struct Upgrade {
     pub user: Option<String>,
     /// The complete 101 response.
     pub response: Vec<u8>,
+    /// permessage-deflate, when enabled and a client's offer was accepted.
+    pub compression: Option<deflate::Params>,
 }
 
 /// What the loop does with a request.
@@ -260,10 +263,18 @@ fn upgrade(request: &Request, ctx: &Context<'_>, endpoint: Endpoint) -> Outcome 
         return refuse(503, "server at capacity", HandshakeFailure::Capacity);
     }
     let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+    // Never negotiated unless enabled; an offer we cannot honour is declined
+    // and the session proceeds uncompressed.
+    let agreement = request
+        .websocket_extensions
+        .as_deref()
+        .filter(|_| ws.compression)
+        .and_then(deflate::negotiate);
     Outcome::Upgrade(Upgrade {
         endpoint,
         user,
-        response: switching_protocols(&accept),
+        response: switching_protocols(&accept, agreement.as_ref().map(|a| a.response.as_str())),
+        compression: agreement.map(|a| a.params),
     })
 }
 

@@ -14,6 +14,7 @@ use std::rc::Rc;
 
 use mio::net::TcpStream;
 
+use crate::deflate::{Inflate, Params};
 use crate::frame::{Decoder, Wire};
 use crate::outbound::{Flushed, Outbound, Overflow};
 use crate::router::SessionKey;
@@ -82,6 +83,10 @@ pub struct Session {
     pub input_needed: usize,
     /// Frame reassembly state.
     pub decoder: Decoder,
+    /// permessage-deflate, when negotiated: its parameters and the history
+    /// of a client that takes its context over. Boxed: sessions without
+    /// it pay one pointer.
+    pub compression: Option<Box<Inflate>>,
     /// Frames and responses waiting for the socket.
     pub out: Outbound,
     /// The one wheel timer of this session, with its deadline.
@@ -111,6 +116,7 @@ impl Session {
             head_scanned: 0,
             input_needed: 0,
             decoder: Decoder::default(),
+            compression: None,
             out: Outbound::default(),
             timer: None,
             last_seen_ms: now_ms,
@@ -127,6 +133,11 @@ impl Session {
             Phase::Chat { user } => user.as_ref(),
             _ => None,
         }
+    }
+
+    /// The permessage-deflate parameters, when negotiated.
+    pub fn deflate_params(&self) -> Option<&Params> {
+        self.compression.as_ref().map(|c| &c.params)
     }
 
     /// Upgraded and not closing.

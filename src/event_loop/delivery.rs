@@ -5,7 +5,8 @@
 use log::info;
 
 use super::{EventLoop, ACTION_ROUNDS, COMMAND_BUDGET};
-use crate::frame::{self, Kind, Wire};
+use crate::deflate::Encoded;
+use crate::frame::Kind;
 use crate::handle::{Command, Target};
 use crate::hooks::CloseReason;
 use crate::router::Audience;
@@ -14,12 +15,15 @@ use crate::session::Phase;
 impl EventLoop {
     /// Queues the same bytes to every session of the audience; returns how
     /// many sessions got them. No allocation or JSON work per recipient.
-    pub(super) fn deliver(&mut self, audience: Audience<'_>, wire: &Wire) -> usize {
+    /// Each recipient gets the plain frame or the compressed one for its
+    /// window: both built at most once, whatever the audience size.
+    pub(super) fn deliver(&mut self, audience: Audience<'_>, message: &mut Encoded<'_>) -> usize {
         let ws = &self.config.websocket;
         let (max_messages, max_bytes) = (ws.message_buffer_size, ws.max_buffered_bytes);
         let sessions = &mut self.sessions;
         let dirty = &mut self.dirty;
         let slow = &mut self.slow;
+        let codec = &mut self.codec;
         let mut sent = 0;
         self.router.for_each_member(audience, |key| {
             let Some(session) = sessions.get_mut(key.index as usize) else {
@@ -28,7 +32,8 @@ impl EventLoop {
             if session.key != key {
                 return;
             }
-            match session.queue(wire.clone(), max_messages, max_bytes) {
+            let wire = message.for_session(session.deflate_params(), codec);
+            match session.queue(wire, max_messages, max_bytes) {
                 Ok(()) => {
                     sent += 1;
                     if !session.dirty {
@@ -55,7 +60,8 @@ impl EventLoop {
             Target::User(user) => Audience::User(user),
             Target::Room(room) => Audience::Room { room, except: None },
         };
-        self.deliver(audience, &frame::encode(Kind::Text, json))
+        let min_bytes = self.config.websocket.compression_min_bytes;
+        self.deliver(audience, &mut Encoded::new(Kind::Text, json, min_bytes))
     }
 
     pub(super) fn drain_commands(&mut self) {

@@ -21,6 +21,7 @@ use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
 use crate::config::Config;
+use crate::deflate::Codec;
 use crate::frame::{self, Kind, Wire};
 use crate::handle::Inbox;
 use crate::hooks::{Actions, Hooks};
@@ -86,6 +87,7 @@ pub(crate) struct EventLoop {
     commands_left: bool,
     shutdown_deadline_ms: Option<u64>,
     ping: Wire,
+    codec: Codec,
 }
 
 /// What the server was built with.
@@ -132,6 +134,7 @@ impl EventLoop {
             commands_left: false,
             shutdown_deadline_ms: None,
             ping: frame::encode(Kind::Ping, b""),
+            codec: Codec::default(),
         }
     }
 
