@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use serde_json::value::RawValue;
-use wshub::deflate::{Codec, Encoded, Inflate, Params};
+use wshub::deflate::{Codec, Encoded, History, Params};
 use wshub::frame::{self, Decoder, Inbound, Kind, Step, Wire};
 use wshub::http::{self, Method, Response};
 use wshub::message::{self, Outgoing};
@@ -423,10 +423,10 @@ fn deflate(c: &mut Criterion) {
         .compress(&json, 15)
         .map(<[u8]>::to_vec)
         .unwrap_or_default();
-    let mut session = Inflate::new(BROWSER);
+    let mut history = History::default();
     group.bench_function("inflate_300B_with_history", |b| {
         b.iter(|| {
-            let out = codec.inflate(&mut session, black_box(&deflated), MAX_MESSAGE);
+            let out = codec.inflate(&BROWSER, &mut history, black_box(&deflated), MAX_MESSAGE);
             assert_eq!(out.as_deref().ok(), Some(&json[..]));
         })
     });

@@ -14,7 +14,7 @@ use std::rc::Rc;
 
 use mio::net::TcpStream;
 
-use crate::deflate::{Inflate, Params};
+use crate::deflate::{History, Params};
 use crate::frame::{Decoder, Wire};
 use crate::outbound::{Flushed, Outbound, Overflow};
 use crate::router::SessionKey;
@@ -83,10 +83,12 @@ pub struct Session {
     pub input_needed: usize,
     /// Frame reassembly state.
     pub decoder: Decoder,
-    /// permessage-deflate, when negotiated: its parameters and the history
-    /// of a client that takes its context over. Boxed: sessions without
-    /// it pay one pointer.
-    pub compression: Option<Box<Inflate>>,
+    /// permessage-deflate parameters, when negotiated. Inline: a broadcast
+    /// reads them for every recipient.
+    pub deflate: Option<Params>,
+    /// What a client that takes its context over sent last (unallocated
+    /// until it sends a compressed message).
+    pub history: History,
     /// Frames and responses waiting for the socket.
     pub out: Outbound,
     /// The one wheel timer of this session, with its deadline.
@@ -116,7 +118,8 @@ impl Session {
             head_scanned: 0,
             input_needed: 0,
             decoder: Decoder::default(),
-            compression: None,
+            deflate: None,
+            history: History::default(),
             out: Outbound::default(),
             timer: None,
             last_seen_ms: now_ms,
@@ -137,7 +140,7 @@ impl Session {
 
     /// The permessage-deflate parameters, when negotiated.
     pub fn deflate_params(&self) -> Option<&Params> {
-        self.compression.as_ref().map(|c| &c.params)
+        self.deflate.as_ref()
     }
 
     /// Upgraded and not closing.

@@ -11,7 +11,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use log::{debug, info};
 
 use super::{EventLoop, READ_CHUNK};
-use crate::deflate::{Encoded, Inflate, InflateError};
+use crate::deflate::{Encoded, InflateError};
 use crate::frame::{self, DecodeError, Inbound, Kind, Payload, Step, Wire};
 use crate::hooks::{CloseReason, SessionInfo, Verdict};
 use crate::http::{self, HttpError, Response};
@@ -278,7 +278,7 @@ impl EventLoop {
         };
         session.out.push_response(Rc::from(upgrade.response));
         if let Some(params) = upgrade.compression {
-            session.compression = Some(Box::new(Inflate::new(params)));
+            session.deflate = Some(params);
             session.decoder.allow_compression();
         }
         let user: Option<Rc<str>> = upgrade.user.as_deref().map(Rc::from);
@@ -396,11 +396,14 @@ impl EventLoop {
         let Some(session) = self.sessions.get_mut(index) else {
             return;
         };
-        let Some(state) = session.compression.as_mut() else {
+        let Some(params) = session.deflate else {
             let error = DecodeError::Protocol("compressed message without the extension");
             return self.protocol_close(index, &error);
         };
-        let inflated = match self.codec.inflate(state, compressed, max) {
+        let inflated = match self
+            .codec
+            .inflate(&params, &mut session.history, compressed, max)
+        {
             Ok(bytes) => bytes,
             Err(InflateError::TooBig) => return self.protocol_close(index, &DecodeError::TooBig),
             Err(InflateError::Corrupt(_)) => {
