@@ -40,6 +40,7 @@
 //! | [`wheel`] | the hashed timer wheel for pings and timeouts |
 //! | [`handle`] | the cross-thread [`Handle`] (bounded channel + waker) |
 //! | [`hooks`] | application callbacks on the loop thread |
+//! | [`cluster`] | several nodes over Redis: bridge threads, presence, channels |
 //! | [`metrics`] | counters and the Prometheus text |
 //! | [`config`], [`cli`], [`app`] | settings, arguments, what the binaries run |
 //! | [`auth`], [`jwt`] | admin token, origin and JWT checks |
@@ -50,6 +51,7 @@ pub mod alloc;
 pub mod app;
 pub mod auth;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod deflate;
 mod event_loop;

@@ -2,8 +2,6 @@
 //! handshake, half-close and reaping; flushing each dirty session once per
 //! pass with WRITABLE interest only while output is pending.
 
-use std::sync::atomic::Ordering;
-
 use log::{debug, info, warn};
 use mio::{Interest, Token};
 
@@ -35,9 +33,10 @@ impl EventLoop {
         };
         self.router.remove_session(key, user.as_deref());
         self.metrics.open_chat -= 1;
-        self.shared
-            .online
-            .store(self.router.online_count(), Ordering::Relaxed);
+        if let Some(link) = self.cluster.as_mut() {
+            link.departed();
+        }
+        self.publish_online();
         info!(
             "disconnect user={} peer={peer} reason={reason} online={}",
             user.as_deref().unwrap_or("-"),

@@ -20,6 +20,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
+use crate::cluster::Link;
 use crate::config::Config;
 use crate::deflate::Codec;
 use crate::frame::{self, Kind, Wire};
@@ -32,6 +33,7 @@ use crate::session::Session;
 use crate::wheel::Wheel;
 
 mod closing;
+mod cluster;
 mod delivery;
 mod input;
 mod timers;
@@ -88,6 +90,8 @@ pub(crate) struct EventLoop {
     shutdown_deadline_ms: Option<u64>,
     ping: Wire,
     codec: Codec,
+    /// `None` unless `cluster.redis` is set.
+    cluster: Option<Link>,
 }
 
 /// What the server was built with.
@@ -100,6 +104,7 @@ pub(crate) struct Parts {
     pub shared: Arc<Shared>,
     pub hooks: Box<dyn Hooks>,
     pub signals: Option<signal_hook_mio::v1_0::Signals>,
+    pub cluster: Option<Link>,
 }
 
 impl EventLoop {
@@ -135,6 +140,7 @@ impl EventLoop {
             shutdown_deadline_ms: None,
             ping: frame::encode(Kind::Ping, b""),
             codec: Codec::default(),
+            cluster: parts.cluster,
         }
     }
 
@@ -168,6 +174,7 @@ impl EventLoop {
                 self.drain_commands();
             }
             self.fire_timers(pass_start);
+            self.cluster_tick();
             // Disconnect hooks run wherever a session closes (a peer's Close,
             // a timer, a handle command): what they asked for applies here.
             self.apply_actions();
@@ -194,9 +201,14 @@ impl EventLoop {
             return Some(Duration::ZERO);
         }
         let mut next = self.wheel.next_deadline();
-        for ms in [self.accept_retry_ms, self.shutdown_deadline_ms]
-            .into_iter()
-            .flatten()
+        let cluster_tick_ms = self.cluster.as_ref().map(Link::next_tick_ms);
+        for ms in [
+            self.accept_retry_ms,
+            self.shutdown_deadline_ms,
+            cluster_tick_ms,
+        ]
+        .into_iter()
+        .flatten()
         {
             let at = self.instant_at(ms);
             next = Some(next.map_or(at, |n| n.min(at)));
