@@ -157,7 +157,7 @@ fn bad_request(reason: &str) -> Outcome {
 /// `Some(401)` unless the admin token (when configured) was presented.
 fn admin(request: &Request, ctx: &Context<'_>) -> Option<Outcome> {
     let token = &ctx.config.websocket.admin_token;
-    if auth::admin_allowed(token, request.authorization.as_deref()) {
+    if auth::admin_allowed(token.expose(), request.authorization.as_deref()) {
         None
     } else {
         Some(Outcome::Respond(
@@ -331,7 +331,7 @@ fn identity(request: &Request, ctx: &Context<'_>) -> Result<Option<String>, Outc
     let query_token = query("token")?;
     let jwt = &ctx.config.jwt;
     let user = auth::connect_identity(
-        &jwt.secret,
+        jwt.secret.expose(),
         jwt.required,
         auth::bearer_token(request.authorization.as_deref()),
         query_token.as_deref(),
