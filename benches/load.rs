@@ -12,7 +12,9 @@
 //! `--compression` (clients offer permessage-deflate like a browser, and a
 //! `wshub-deflate` column runs the binary with `compression: true`),
 //! `--size B` (broadcast body bytes, default 100), `--sus-rx N` (sustained
-//! receivers, default 1,000).
+//! receivers, default 1,000),
+//! `--cluster` (instead of the above: one node against three nodes over a
+//! private `redis-server`; relay and REST broadcast, see `load/cluster.rs`).
 //!
 //! The servers run pinned to core 0 (`taskset -c 0`), the bench on core 1. Every
 //! child is killed by PID when the bench ends, also on error. Traffic goes to
@@ -24,6 +26,7 @@
 //! - `load/scenario.rs`: the run of phases and memory figures; `load/open.rs`:
 //!   upgrades; `load/broadcast.rs`: fan-out and sustained; `load/echo.rs`: echo, flood;
 //! - `load/server.rs`: child servers;
+//! - `load/cluster.rs`: the cluster scenario (three nodes, one Redis);
 //! - `load/ceiling.rs`: the trivial server; `load/stats.rs`: percentiles, rusage, RSS;
 //! - `load/report.rs`: the table; `load/error.rs`: the error type.
 
@@ -33,6 +36,8 @@ mod broadcast;
 mod ceiling;
 #[path = "load/client.rs"]
 mod client;
+#[path = "load/cluster.rs"]
+mod cluster;
 #[path = "load/echo.rs"]
 mod echo;
 #[path = "load/error.rs"]
@@ -67,6 +72,7 @@ struct Opts {
     plan: Plan,
     wshub: Option<PathBuf>,
     serve_ceiling: Option<u16>,
+    cluster: bool,
 }
 
 static START: OnceLock<Instant> = OnceLock::new();
@@ -154,6 +160,7 @@ fn quick_plan() -> Plan {
 #[derive(Default)]
 struct Flags {
     quick: bool,
+    cluster: bool,
     no_wshub: bool,
     no_ceiling: bool,
     peers: Vec<String>,
@@ -181,6 +188,7 @@ fn read_flags(args: &[String]) -> Result<Flags> {
         match a.as_str() {
             "--bench" => {}
             "--quick" => f.quick = true,
+            "--cluster" => f.cluster = true,
             "--no-wshub" => f.no_wshub = true,
             "--no-ceiling" => f.no_ceiling = true,
             "--compression" => f.compression = true,
@@ -249,6 +257,7 @@ fn parse_args(args: &[String]) -> Result<Opts> {
             .map(PathBuf::from)
             .or_else(|| option_env!("CARGO_BIN_EXE_wshub").map(PathBuf::from)),
         serve_ceiling,
+        cluster: f.cluster,
     })
 }
 
@@ -344,6 +353,26 @@ fn bench(o: &Opts) -> Result<()> {
     pin_to_core(1);
     let wall = Instant::now();
     let paths = Paths::discover(o.wshub.clone())?;
+    if o.cluster {
+        let wshub = paths
+            .wshub_bin
+            .clone()
+            .filter(|p| p.exists())
+            .ok_or_else(|| BenchError::Server("no wshub binary".into()))?;
+        let plan = if o.quick {
+            cluster::ClusterPlan::quick()
+        } else {
+            cluster::ClusterPlan::full()
+        };
+        eprintln!(
+            "[load] cluster scenario; RLIMIT_NOFILE {nofile}; runs {}",
+            o.runs
+        );
+        let result = cluster::bench(&paths, &wshub, &plan, o.runs);
+        println!("total wall time: {:.0} s", wall.elapsed().as_secs_f64());
+        let _ = std::fs::remove_dir_all(&paths.work_dir);
+        return result;
+    }
     let mut servers = Vec::new();
     for &f in &o.servers {
         match server::prepare(f, &paths) {

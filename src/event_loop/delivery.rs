@@ -23,6 +23,7 @@ impl EventLoop {
         let dirty = &mut self.dirty;
         let slow = &mut self.slow;
         let codec = &mut self.codec;
+        let bytes_out = &mut self.metrics.bytes_out;
         let mut sent = 0;
         self.router.for_each_member(audience, |key| {
             let Some(session) = sessions.get_mut(key.index as usize) else {
@@ -32,7 +33,7 @@ impl EventLoop {
                 return;
             }
             let wire = message.for_session(session.deflate_params(), codec);
-            match session.queue(wire, max_messages, max_bytes) {
+            match session.queue(wire, max_messages, max_bytes, bytes_out) {
                 Ok(()) => {
                     sent += 1;
                     if !session.dirty {
