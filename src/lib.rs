@@ -33,6 +33,7 @@
 //! | [`http`] | request heads (`httparse`) and responses |
 //! | [`rest`] | the HTTP endpoints: answer, upgrade or push |
 //! | [`frame`] | WebSocket frames in (validated, reassembled) and out (encoded once) |
+//! | [`deflate`] | permessage-deflate: negotiation, compress once per broadcast, bounded inflate |
 //! | [`message`] | the JSON message shapes |
 //! | [`router`] | who receives a message: user, room and session indexes |
 //! | [`outbound`] | one session's bounded queue of shared frames, written with `writev` |
@@ -54,6 +55,7 @@ pub mod auth;
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod deflate;
 mod event_loop;
 pub mod frame;
 pub mod handle;

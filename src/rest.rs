@@ -9,6 +9,7 @@
 use crate::auth;
 use crate::cluster::view::View;
 use crate::config::{Config, WebSocketConfig};
+use crate::deflate;
 use crate::handle::Target;
 use crate::http::{switching_protocols, Method, Request, Response};
 use crate::ids;
@@ -43,6 +44,8 @@ pub struct Upgrade {
     pub user: Option<String>,
     /// The complete 101 response.
     pub response: Vec<u8>,
+    /// permessage-deflate, when enabled and a client's offer was accepted.
+    pub compression: Option<deflate::Params>,
 }
 
 /// What the loop does with a request.
@@ -157,7 +160,7 @@ fn bad_request(reason: &str) -> Outcome {
 /// `Some(401)` unless the admin token (when configured) was presented.
 fn admin(request: &Request, ctx: &Context<'_>) -> Option<Outcome> {
     let token = &ctx.config.websocket.admin_token;
-    if auth::admin_allowed(token, request.authorization.as_deref()) {
+    if auth::admin_allowed(token.expose(), request.authorization.as_deref()) {
         None
     } else {
         Some(Outcome::Respond(
@@ -315,10 +318,18 @@ fn upgrade(request: &Request, ctx: &Context<'_>, endpoint: Endpoint) -> Outcome 
         return refuse(503, "server at capacity", HandshakeFailure::Capacity);
     }
     let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+    // Never negotiated unless enabled; an offer we cannot honour is declined
+    // and the session proceeds uncompressed.
+    let agreement = request
+        .websocket_extensions
+        .as_deref()
+        .filter(|_| ws.compression)
+        .and_then(deflate::negotiate);
     Outcome::Upgrade(Upgrade {
         endpoint,
         user,
-        response: switching_protocols(&accept),
+        response: switching_protocols(&accept, agreement.as_ref().map(|a| a.response.as_str())),
+        compression: agreement.map(|a| a.params),
     })
 }
 
@@ -331,7 +342,7 @@ fn identity(request: &Request, ctx: &Context<'_>) -> Result<Option<String>, Outc
     let query_token = query("token")?;
     let jwt = &ctx.config.jwt;
     let user = auth::connect_identity(
-        &jwt.secret,
+        jwt.secret.expose(),
         jwt.required,
         auth::bearer_token(request.authorization.as_deref()),
         query_token.as_deref(),

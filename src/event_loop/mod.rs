@@ -23,6 +23,7 @@ use slab::Slab;
 
 use crate::cluster::Link;
 use crate::config::Config;
+use crate::deflate::Codec;
 use crate::frame::{self, Kind, Wire};
 use crate::handle::Inbox;
 use crate::hooks::{Actions, Hooks};
@@ -102,6 +103,7 @@ pub(crate) struct EventLoop {
     commands_left: bool,
     shutdown_deadline_ms: Option<u64>,
     ping: Wire,
+    codec: Codec,
     /// `None` unless `cluster.redis` is set.
     cluster: Option<Link>,
     /// What new connections' TLS uses; `None`: plain TCP. SIGHUP replaces it.
@@ -159,6 +161,7 @@ impl EventLoop {
             commands_left: false,
             shutdown_deadline_ms: None,
             ping: frame::encode(Kind::Ping, b""),
+            codec: Codec::default(),
             cluster: parts.cluster,
             tls: parts.tls,
         }
