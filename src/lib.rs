@@ -30,6 +30,8 @@
 //! | [`server`] | the public [`Server`]: bind, handles, hooks, signals, `run` |
 //! | `event_loop` | the one thread: poll, accept, read, dispatch, timers, flush, reap |
 //! | [`session`] | one connection: socket, phase, unfinished input, queue |
+//! | [`transport`] | the stream under a session: plain TCP or TLS; **a new transport is a variant of [`transport::Transport`]** |
+//! | [`tls`] | `tls.cert`/`tls.key` → a rustls server config; reload on SIGHUP |
 //! | [`http`] | request heads (`httparse`) and responses |
 //! | [`rest`] | the HTTP endpoints: answer, upgrade or push |
 //! | [`frame`] | WebSocket frames in (validated, reassembled) and out (encoded once) |
