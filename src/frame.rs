@@ -280,6 +280,8 @@ impl Decoder {
             OpCode::Control(Control::Ping) => Ok(Some(Inbound::Ping(payload))),
             OpCode::Control(Control::Pong) => Ok(Some(Inbound::Pong)),
             OpCode::Control(Control::Close) => parse_close(payload).map(Some),
+            // FrameHeader::parse already refused reserved opcodes (see
+            // `decode`); the arm only keeps the match exhaustive.
             OpCode::Control(Control::Reserved(_)) | OpCode::Data(Data::Reserved(_)) => {
                 Err(DecodeError::Protocol("reserved opcode"))
             }

@@ -3,8 +3,9 @@
 //!
 //! Pure functions over bytes: no sockets, no clock. The session feeds it what
 //! it has read so far; a head that is not complete yet is a normal outcome
-//! (`Ok(None)`), not an error. Both REST requests and WebSocket upgrades go
-//! through [`parse_head`].
+//! (`Ok(None)`), not an error. The session finds the end of a head with
+//! [`find_head_end`] as bytes arrive, then parses it once with
+//! [`parse_complete_head`]; REST requests and WebSocket upgrades alike.
 
 use std::fmt;
 
