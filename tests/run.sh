@@ -68,4 +68,34 @@ autobahn="$root/../shared/conformance/autobahn.sh"
 kill "$server_pid" 2>/dev/null || true
 wait "$server_pid" 2>/dev/null || true
 
+step "Conformance over wss:// (TLS, a certificate made now): the default cases (~10 s)"
+tls_port=9211
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 \
+  -subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1 \
+  -keyout "$conf_dir/key.pem" -out "$conf_dir/cert.pem" 2>/dev/null
+cat > "$conf_dir/tls.yaml" <<YAML
+app:
+  host: "127.0.0.1"
+  port: $tls_port
+log:
+  level: warn
+websocket:
+  echo: true
+  max_message_size: 16777216
+  max_buffered_bytes: 33554432
+tls:
+  cert: "$conf_dir/cert.pem"
+  key: "$conf_dir/key.pem"
+YAML
+"$root/target/release/wshub" --config "$conf_dir/tls.yaml" &
+server_pid=$!
+for _ in $(seq 100); do
+  curl -skf "https://127.0.0.1:$tls_port/health" >/dev/null 2>&1 && break
+  sleep 0.1
+done
+# wstest does not verify the server certificate, so the self-signed one does.
+"$autobahn" "wss://localhost:$tls_port/api/ws/echo" --agent wshub-tls --out "$conf_dir/autobahn-wss" || status=1
+kill "$server_pid" 2>/dev/null || true
+wait "$server_pid" 2>/dev/null || true
+
 exit $status

@@ -2,7 +2,7 @@
 //! free loopback port with a temp config.yaml, launch Debian's Chromium via
 //! playwright-core, open demo pages. Touches only 127.0.0.1, temp dirs and
 //! the processes it starts (killed by PID).
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
@@ -38,8 +38,12 @@ export function freePort() {
   });
 }
 
-/** config.yaml for a test server; `jwtSecret` turns token checks on, `compression` permessage-deflate. */
-export function configYaml({ port, jwtSecret = '', adminToken = '', compression = false }) {
+/**
+ * config.yaml for a test server; `jwtSecret` turns token checks on,
+ * `compression` permessage-deflate, `tls` ({cert, key} file paths) TLS.
+ */
+export function configYaml({ port, jwtSecret = '', adminToken = '', compression = false, tls = null }) {
+  const tlsLines = tls ? ['tls:', `  cert: "${tls.cert}"`, `  key: "${tls.key}"`] : [];
   return [
     'app:',
     '  host: "127.0.0.1"',
@@ -56,6 +60,7 @@ export function configYaml({ port, jwtSecret = '', adminToken = '', compression 
     `  compression: ${compression}`,
     'jwt:',
     `  secret: "${jwtSecret}"`,
+    ...tlsLines,
     '',
   ].join('\n');
 }
@@ -65,7 +70,7 @@ export class WshubServer {
   constructor(options) {
     this.options = options;
     this.port = options.port;
-    this.base = `http://127.0.0.1:${options.port}`;
+    this.base = `${options.tls ? 'https' : 'http'}://${options.tls ? 'localhost' : '127.0.0.1'}:${options.port}`;
     this.dir = fs.mkdtempSync(path.join(os.tmpdir(), 'wshub-browser-'));
     this.config = path.join(this.dir, 'config.yaml');
     fs.writeFileSync(this.config, configYaml(options));
@@ -158,8 +163,24 @@ export class WshubServer {
  * launch() gives every browser a fresh temporary --user-data-dir and
  * removes it on close.
  */
-export function launchBrowser() {
-  return chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS, timeout: 30000 });
+export function launchBrowser({ ignoreCertificateErrors = false } = {}) {
+  const args = ignoreCertificateErrors ? [...CHROMIUM_ARGS, '--ignore-certificate-errors'] : CHROMIUM_ARGS;
+  return chromium.launch({ executablePath: CHROMIUM, args, timeout: 30000 });
+}
+
+/**
+ * A self-signed certificate for localhost and 127.0.0.1, made with openssl
+ * in `dir`; returns the file paths.
+ */
+export function makeCert(dir) {
+  const cert = path.join(dir, 'cert.pem');
+  const key = path.join(dir, 'key.pem');
+  execFileSync('openssl', [
+    'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-days', '1',
+    '-subj', '/CN=localhost', '-addext', 'subjectAltName=DNS:localhost,IP:127.0.0.1',
+    '-keyout', key, '-out', cert,
+  ], { stdio: 'ignore' });
+  return { cert, key };
 }
 
 /**
@@ -167,7 +188,7 @@ export function launchBrowser() {
  * collected in `page.pageErrors` so tests can assert there were none.
  */
 export async function openDemo(browser, server, query) {
-  const context = await browser.newContext({ viewport: { width: 900, height: 820 } });
+  const context = await browser.newContext({ viewport: { width: 900, height: 820 }, ignoreHTTPSErrors: true });
   const page = await context.newPage();
   page.pageErrors = [];
   page.on('pageerror', (err) => page.pageErrors.push(err.message));
