@@ -6,11 +6,11 @@ use log::{debug, info, warn};
 use mio::{Interest, Token};
 
 use super::{EventLoop, FIRST_SESSION};
+use crate::audience::SessionKey;
 use crate::frame::{self, DecodeError, Kind};
 use crate::hooks::{CloseReason, SessionInfo};
 use crate::ids;
 use crate::outbound::Flushed;
-use crate::router::SessionKey;
 use crate::session::{Closing, Phase};
 
 impl EventLoop {

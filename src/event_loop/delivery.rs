@@ -5,10 +5,10 @@
 use log::info;
 
 use super::{EventLoop, ACTION_ROUNDS, COMMAND_BUDGET};
+use crate::audience::Audience;
 use crate::deflate::Encoded;
 use crate::handle::Command;
 use crate::hooks::CloseReason;
-use crate::router::Audience;
 use crate::session::Phase;
 
 impl EventLoop {
@@ -16,7 +16,7 @@ impl EventLoop {
     /// many sessions got them. No allocation or JSON work per recipient.
     /// Each recipient gets the plain frame or the compressed one for its
     /// window: both built at most once, whatever the audience size.
-    pub(super) fn deliver(&mut self, audience: Audience<'_>, message: &mut Encoded<'_>) -> usize {
+    pub(super) fn deliver(&mut self, audience: Audience<&str>, message: &mut Encoded<'_>) -> usize {
         let ws = &self.config.websocket;
         let (max_messages, max_bytes) = (ws.message_buffer_size, ws.max_buffered_bytes);
         let sessions = &mut self.sessions;

@@ -21,6 +21,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
+use crate::audience::SessionKey;
 use crate::cluster::Link;
 use crate::config::Config;
 use crate::deflate::Codec;
@@ -30,8 +31,8 @@ use crate::hooks::{Actions, Hooks};
 use crate::http::Response;
 use crate::metrics::{HandshakeFailure, Metrics, Shared};
 use crate::rate::Bucket;
-use crate::rest::Mode;
-use crate::router::{Limits, Router, SessionKey};
+use crate::router::{Limits, Router};
+use crate::server::Mode;
 use crate::session::Session;
 use crate::transport::{Tls, Transport};
 use crate::wheel::Wheel;
