@@ -1,13 +1,14 @@
 //! Ending sessions and writing: leaving the indexes (once), the closing
-//! handshake, half-close and reaping; flushing each dirty session once per
-//! pass with WRITABLE interest only while output is pending.
+//! handshake, half-close and reaping; each pass, flushing every session that
+//! owes its own client an answer, then a bounded share of the write backlog
+//! (oldest first), with WRITABLE interest only while output is pending.
 
 use std::sync::atomic::Ordering;
 
 use log::{debug, info, warn};
 use mio::{Interest, Token};
 
-use super::{EventLoop, FIRST_SESSION};
+use super::{EventLoop, FIRST_SESSION, WRITE_BUDGET};
 use crate::frame::{self, DecodeError, Kind};
 use crate::hooks::{CloseReason, SessionInfo};
 use crate::outbound::Flushed;
@@ -200,6 +201,9 @@ impl EventLoop {
         }
     }
 
+    /// The session owes its own client an answer (a response, a reply, an
+    /// echo, a Pong, a Close): written at the end of this pass, ahead of the
+    /// backlog, so the client's next request is not held up by fan-outs.
     pub(super) fn mark_dirty(&mut self, index: usize) {
         if let Some(session) = self.sessions.get_mut(index) {
             if !session.dirty {
@@ -209,15 +213,52 @@ impl EventLoop {
         }
     }
 
+    /// The session has output that can wait its turn: joins the backlog's
+    /// end unless it is already waiting there.
+    pub(super) fn schedule_write(&mut self, index: usize) {
+        if let Some(session) = self.sessions.get_mut(index) {
+            if !session.scheduled {
+                session.scheduled = true;
+                self.backlog.push_back(session.key);
+            }
+        }
+    }
+
+    /// This pass's writes: every dirty session, then up to [`WRITE_BUDGET`]
+    /// sessions from the backlog. Each flush writes everything the session
+    /// has queued, in batches (one `writev` per [`crate::outbound::MAX_BATCH`]
+    /// frames).
     pub(super) fn flush_dirty(&mut self) {
         let mut dirty = std::mem::take(&mut self.dirty);
         for &index in &dirty {
+            if let Some(session) = self.sessions.get_mut(index) {
+                session.dirty = false;
+            }
             self.flush_one(index);
         }
         dirty.clear();
         // Keep the list's capacity for the next pass.
         if self.dirty.is_empty() {
             self.dirty = dirty;
+        }
+        self.flush_backlog();
+    }
+
+    /// Writes the oldest [`WRITE_BUDGET`] sessions of the backlog. Entries of
+    /// sessions that closed since (the slot may hold a new session) are
+    /// dropped; one whose queue was already written as an answer costs no
+    /// system call.
+    fn flush_backlog(&mut self) {
+        for _ in 0..WRITE_BUDGET {
+            let Some(key) = self.backlog.pop_front() else {
+                return;
+            };
+            let index = key.index as usize;
+            match self.sessions.get_mut(index) {
+                Some(session) if session.key == key => session.scheduled = false,
+                _ => continue,
+            }
+            self.flush_one(index);
         }
     }
 
@@ -226,7 +267,6 @@ impl EventLoop {
         let Some(session) = self.sessions.get_mut(index) else {
             return;
         };
-        session.dirty = false;
         if matches!(session.phase, Phase::Dead) {
             return;
         }

@@ -1,6 +1,7 @@
 //! Delivery and commands: queues one framed message to every session of an
-//! audience (no allocation or JSON work per recipient), and applies what
-//! handles and hooks asked for: pushes, disconnects, queries, shutdown.
+//! audience (no allocation or JSON work per recipient, no socket write: the
+//! recipients join the write backlog), and applies what handles and hooks
+//! asked for: pushes, disconnects, queries, shutdown.
 
 use log::info;
 
@@ -13,12 +14,14 @@ use crate::session::Phase;
 
 impl EventLoop {
     /// Queues the same bytes to every session of the audience; returns how
-    /// many sessions got them. No allocation or JSON work per recipient.
+    /// many sessions got them. No allocation or JSON work per recipient; the
+    /// writes happen later, from the backlog (a recipient already waiting
+    /// there keeps its place and takes this frame with the earlier ones).
     pub(super) fn deliver(&mut self, audience: Audience<'_>, wire: &Wire) -> usize {
         let ws = &self.config.websocket;
         let (max_messages, max_bytes) = (ws.message_buffer_size, ws.max_buffered_bytes);
         let sessions = &mut self.sessions;
-        let dirty = &mut self.dirty;
+        let backlog = &mut self.backlog;
         let slow = &mut self.slow;
         let mut sent = 0;
         self.router.for_each_member(audience, |key| {
@@ -31,9 +34,9 @@ impl EventLoop {
             match session.queue(wire.clone(), max_messages, max_bytes) {
                 Ok(()) => {
                     sent += 1;
-                    if !session.dirty {
-                        session.dirty = true;
-                        dirty.push(key.index as usize);
+                    if !session.scheduled {
+                        session.scheduled = true;
+                        backlog.push_back(key);
                     }
                 }
                 Err(_) => slow.push(key),

@@ -3,14 +3,21 @@
 //!
 //! poll (timeout from the wheel) → dispatch events (listener, waker,
 //! signals, sessions: read and process input) → accept → drain handle
-//! commands (bounded per pass) → fire due timers → flush each dirty session
-//! once → reap closed sessions.
+//! commands (bounded per pass) → fire due timers → write: every session that
+//! owes its own client an answer, then a bounded share of the write backlog
+//! → reap closed sessions.
 //!
 //! Input flows one way: bytes → [`crate::http`] / [`crate::frame`] →
-//! [`crate::rest`] / [`crate::router`] → outbound queues → one flush per
-//! session per pass. This module is the only one that wires the others
-//! together; it owns the sockets through the sessions.
+//! [`crate::rest`] / [`crate::router`] → outbound queues → writes. No socket
+//! is written during a fan-out: deliveries only queue a shared frame and put
+//! the recipient in the backlog, which drains [`WRITE_BUDGET`] sessions per
+//! pass, oldest first; while it drains the loop keeps polling, so new
+//! requests are read and later broadcasts join the queues of recipients not
+//! yet written, which then take them all in one `writev`. This module is the
+//! only one that wires the others together; it owns the sockets through the
+//! sessions.
 
+use std::collections::VecDeque;
 use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -48,6 +55,10 @@ const FIRST_SESSION: usize = 3;
 const READ_CHUNK: usize = 64 * 1024;
 /// Handle commands taken per pass, so pushes cannot starve the sockets.
 const COMMAND_BUDGET: usize = 1024;
+/// Sessions written from the backlog per pass before polling again: about a
+/// millisecond of loopback writes, so a fan-out to ten thousand never holds
+/// up reading for longer, and a lone message still leaves in its own pass.
+const WRITE_BUDGET: usize = 512;
 /// Rounds of hook actions that cause more hook actions, applied in one go.
 const ACTION_ROUNDS: usize = 8;
 /// Pause before accepting again after the process ran out of descriptors.
@@ -76,7 +87,11 @@ pub(crate) struct EventLoop {
     now_ms: u64,
     next_generation: u32,
     read_buf: Box<[u8]>,
+    /// Sessions that owe their own client an answer: written this pass.
     dirty: Vec<usize>,
+    /// Sessions with deliveries (or a freed socket) to write, oldest first;
+    /// each at most once (`Session::scheduled`), drained by `WRITE_BUDGET`.
+    backlog: VecDeque<SessionKey>,
     reap: Vec<usize>,
     slow: Vec<SessionKey>,
     due: Vec<SessionKey>,
@@ -123,6 +138,7 @@ impl EventLoop {
             next_generation: 0,
             read_buf: vec![0; READ_CHUNK].into_boxed_slice(),
             dirty: Vec::new(),
+            backlog: VecDeque::new(),
             reap: Vec::new(),
             slow: Vec::new(),
             due: Vec::new(),
@@ -187,7 +203,7 @@ impl EventLoop {
     }
 
     fn poll_timeout(&self) -> Option<Duration> {
-        if self.commands_left || !self.actions.is_empty() {
+        if self.commands_left || !self.actions.is_empty() || !self.backlog.is_empty() {
             return Some(Duration::ZERO);
         }
         let mut next = self.wheel.next_deadline();
