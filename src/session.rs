@@ -97,8 +97,6 @@ pub struct Session {
     pub writable_interest: bool,
     /// Already in the loop's list of sessions to flush this pass.
     pub dirty: bool,
-    /// Already in the loop's write backlog.
-    pub scheduled: bool,
 }
 
 impl Session {
@@ -120,7 +118,6 @@ impl Session {
             stalled_since_ms: None,
             writable_interest: false,
             dirty: false,
-            scheduled: false,
         }
     }
 

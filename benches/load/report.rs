@@ -57,6 +57,10 @@ fn rows(plan: &Plan) -> Vec<Row> {
             format!("broadcast → {n1}: all received, p99 ms"),
         ),
         r(
+            "fan_srv_us",
+            format!("broadcast → {n1}: server CPU µs per delivery"),
+        ),
+        r(
             "fan_rx_p50",
             format!("broadcast → {n1}: per receiver, p50 ms"),
         ),
@@ -74,6 +78,10 @@ fn rows(plan: &Plan) -> Vec<Row> {
         r(
             "ser10k_p99",
             format!("serial POST trigger → {n1}: per delivery p99 ms"),
+        ),
+        r(
+            "ser10k_srv_us",
+            format!("serial POST trigger → {n1}: server CPU µs per delivery"),
         ),
         r(
             "ser1k_dps",

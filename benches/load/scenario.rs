@@ -202,12 +202,18 @@ fn conn_phases(
     if plan.phases.fanout || plan.phases.serial {
         let http = open_http(&mut c)?;
         if plan.phases.fanout {
+            let ticks = stats::proc_cpu_ticks(srv.pid);
             let mut fan = fanout(&mut c, first.opened, http, plan, notes)?;
             record_fan(&mut fan, res);
+            let deliveries = plan.fan_count * first.opened;
+            insert_server_cpu(srv, ticks, deliveries, "fan_srv_us", res);
         }
         if plan.phases.serial {
+            let ticks = stats::proc_cpu_ticks(srv.pid);
             let s = serial(&mut c, http, first.opened, plan, notes)?;
             record(&s, ["ser10k_dps", "ser10k_p99", "ser10k_cpu"], res);
+            let deliveries = plan.ser_count * first.opened;
+            insert_server_cpu(srv, ticks, deliveries, "ser10k_srv_us", res);
         }
     }
     if plan.phases.upgrade && plan.n2 > plan.n1 {
@@ -238,6 +244,25 @@ fn record_fan(fan: &mut Fan, res: &mut RunResult) {
     for (key, p) in [("fan_rx_p50", 0.5), ("fan_rx_p99", 0.99)] {
         if let Some(v) = fan.rx.pct_ms(p) {
             res.insert(key, v);
+        }
+    }
+}
+
+/// The server's CPU time per delivery in µs since `ticks_before` (clock
+/// ticks of 10 ms, so only phases of a second or more give a useful figure).
+fn insert_server_cpu(
+    srv: &ServerProc,
+    ticks_before: Option<u64>,
+    deliveries: usize,
+    key: &'static str,
+    res: &mut RunResult,
+) {
+    if let (Some(a), Some(b)) = (ticks_before, stats::proc_cpu_ticks(srv.pid)) {
+        if deliveries > 0 {
+            res.insert(
+                key,
+                b.saturating_sub(a) as f64 * 10_000.0 / deliveries as f64,
+            );
         }
     }
 }

@@ -191,6 +191,7 @@ impl EventLoop {
 
     pub(super) fn reap_closed(&mut self) {
         for index in std::mem::take(&mut self.reap) {
+            self.backlog.remove(index);
             if let Some(session) = self.sessions.try_remove(index) {
                 if let Some((timer, _)) = session.timer {
                     self.wheel.cancel(timer);
@@ -213,20 +214,16 @@ impl EventLoop {
         }
     }
 
-    /// The session has output that can wait its turn: joins the backlog's
-    /// end unless it is already waiting there.
+    /// The session has output that can wait its turn in the backlog.
     pub(super) fn schedule_write(&mut self, index: usize) {
-        if let Some(session) = self.sessions.get_mut(index) {
-            if !session.scheduled {
-                session.scheduled = true;
-                self.backlog.push_back(session.key);
-            }
+        if self.sessions.contains(index) {
+            self.backlog.insert(index);
         }
     }
 
-    /// This pass's writes: every dirty session, then up to [`WRITE_BUDGET`]
-    /// sessions from the backlog. Each flush writes everything the session
-    /// has queued, in batches (one `writev` per [`crate::outbound::MAX_BATCH`]
+    /// This pass's writes: every dirty session, then the next [`WRITE_BUDGET`]
+    /// sessions of the backlog. Each flush writes everything the session has
+    /// queued, in batches (one `writev` per [`crate::outbound::MAX_BATCH`]
     /// frames).
     pub(super) fn flush_dirty(&mut self) {
         let mut dirty = std::mem::take(&mut self.dirty);
@@ -244,22 +241,16 @@ impl EventLoop {
         self.flush_backlog();
     }
 
-    /// Writes the oldest [`WRITE_BUDGET`] sessions of the backlog. Entries of
-    /// sessions that closed since (the slot may hold a new session) are
-    /// dropped; one whose queue was already written as an answer costs no
-    /// system call.
+    /// Writes the next [`WRITE_BUDGET`] sessions of the backlog's sweep. One
+    /// whose queue was already written as an answer costs no system call.
     fn flush_backlog(&mut self) {
-        for _ in 0..WRITE_BUDGET {
-            let Some(key) = self.backlog.pop_front() else {
-                return;
-            };
-            let index = key.index as usize;
-            match self.sessions.get_mut(index) {
-                Some(session) if session.key == key => session.scheduled = false,
-                _ => continue,
-            }
+        let mut turn = std::mem::take(&mut self.turn);
+        self.backlog.take(WRITE_BUDGET, &mut turn);
+        for &index in &turn {
             self.flush_one(index);
         }
+        turn.clear();
+        self.turn = turn;
     }
 
     pub(super) fn flush_one(&mut self, index: usize) {

@@ -16,7 +16,7 @@ impl EventLoop {
     /// Queues the same bytes to every session of the audience; returns how
     /// many sessions got them. No allocation or JSON work per recipient; the
     /// writes happen later, from the backlog (a recipient already waiting
-    /// there keeps its place and takes this frame with the earlier ones).
+    /// there takes this frame with the earlier ones).
     pub(super) fn deliver(&mut self, audience: Audience<'_>, wire: &Wire) -> usize {
         let ws = &self.config.websocket;
         let (max_messages, max_bytes) = (ws.message_buffer_size, ws.max_buffered_bytes);
@@ -34,10 +34,7 @@ impl EventLoop {
             match session.queue(wire.clone(), max_messages, max_bytes) {
                 Ok(()) => {
                     sent += 1;
-                    if !session.scheduled {
-                        session.scheduled = true;
-                        backlog.push_back(key);
-                    }
+                    backlog.insert(key.index as usize);
                 }
                 Err(_) => slow.push(key),
             }

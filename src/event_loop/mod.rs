@@ -11,13 +11,12 @@
 //! [`crate::rest`] / [`crate::router`] → outbound queues → writes. No socket
 //! is written during a fan-out: deliveries only queue a shared frame and put
 //! the recipient in the backlog, which drains [`WRITE_BUDGET`] sessions per
-//! pass, oldest first; while it drains the loop keeps polling, so new
-//! requests are read and later broadcasts join the queues of recipients not
-//! yet written, which then take them all in one `writev`. This module is the
+//! pass in slot order (see `backlog`); while it drains the loop keeps
+//! polling, so new requests are read and later broadcasts join the queues of
+//! recipients not yet written, which then take them all in one `writev`. This module is the
 //! only one that wires the others together; it owns the sockets through the
 //! sessions.
 
-use std::collections::VecDeque;
 use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -36,7 +35,9 @@ use crate::rest::Mode;
 use crate::router::{Router, SessionKey};
 use crate::session::Session;
 use crate::wheel::Wheel;
+use backlog::Backlog;
 
+mod backlog;
 mod closing;
 mod delivery;
 mod input;
@@ -92,9 +93,11 @@ pub(crate) struct EventLoop {
     read_buf: Box<[u8]>,
     /// Sessions that owe their own client an answer: written this pass.
     dirty: Vec<usize>,
-    /// Sessions with deliveries (or a freed socket) to write, oldest first;
-    /// each at most once (`Session::scheduled`), drained by `WRITE_BUDGET`.
-    backlog: VecDeque<SessionKey>,
+    /// Sessions with deliveries (or a freed socket) to write when their
+    /// turn comes, `WRITE_BUDGET` per pass.
+    backlog: Backlog,
+    /// The backlog slots being written this pass (capacity kept).
+    turn: Vec<usize>,
     reap: Vec<usize>,
     slow: Vec<SessionKey>,
     due: Vec<SessionKey>,
@@ -141,7 +144,8 @@ impl EventLoop {
             next_generation: 0,
             read_buf: vec![0; READ_CHUNK].into_boxed_slice(),
             dirty: Vec::new(),
-            backlog: VecDeque::new(),
+            backlog: Backlog::default(),
+            turn: Vec::with_capacity(WRITE_BUDGET),
             reap: Vec::new(),
             slow: Vec::new(),
             due: Vec::new(),
