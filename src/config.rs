@@ -41,6 +41,8 @@ pub struct Config {
     pub websocket: WebSocketConfig,
     /// `jwt:` — token checks on connect.
     pub jwt: JwtConfig,
+    /// `cluster:` — several nodes over Redis (PROTOCOL.md section 10).
+    pub cluster: ClusterConfig,
 }
 
 /// `app:` — the integrated HTTP server.
@@ -52,6 +54,56 @@ pub struct AppConfig {
     pub port: u16,
     /// Integrated mode serves the demo page at `GET /`. Default `true`.
     pub demo: bool,
+    /// Bind with `SO_REUSEPORT`, so several nodes on one machine share the
+    /// port and the kernel spreads connections over them. Default `false`.
+    pub reuse_port: bool,
+}
+
+/// `cluster:` — several wshub nodes acting as one server over Redis.
+#[derive(Clone, PartialEq)]
+pub struct ClusterConfig {
+    /// Redis URL, e.g. `redis://127.0.0.1:6379/0`. Default `""`: a single
+    /// node, no cluster code runs.
+    pub redis: String,
+    /// This node's name in presence, unique per cluster. Default `""`: the
+    /// host name and process id.
+    pub node_id: String,
+    /// A node that stops refreshing its presence is forgotten after this.
+    /// Default 30 s, at least 1 s.
+    pub presence_ttl: Duration,
+    /// Nodes with the same Redis and prefix form one cluster; channels and
+    /// keys start with it. Default `"wshub"`.
+    pub channel_prefix: String,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            redis: String::new(),
+            node_id: String::new(),
+            presence_ttl: Duration::from_secs(30),
+            channel_prefix: "wshub".to_owned(),
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// Whether a Redis URL is set.
+    pub fn enabled(&self) -> bool {
+        !self.redis.is_empty()
+    }
+}
+
+impl fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // A Redis URL may carry a password.
+        f.debug_struct("ClusterConfig")
+            .field("redis", &redacted(&self.redis))
+            .field("node_id", &self.node_id)
+            .field("presence_ttl", &self.presence_ttl)
+            .field("channel_prefix", &self.channel_prefix)
+            .finish()
+    }
 }
 
 /// `log:` — logging.
@@ -207,6 +259,7 @@ impl Default for AppConfig {
             host: "0.0.0.0".to_owned(),
             port: 8889,
             demo: true,
+            reuse_port: false,
         }
     }
 }
@@ -425,13 +478,42 @@ fn show_duration(d: Duration) -> String {
 #[serde(
     deny_unknown_fields,
     default,
-    expecting = "a mapping of sections (app, log, websocket, jwt)"
+    expecting = "a mapping of sections (app, log, websocket, jwt, cluster)"
 )]
 struct RawConfig {
     app: Option<RawApp>,
     log: Option<RawLog>,
     websocket: Option<RawWebSocket>,
     jwt: Option<RawJwt>,
+    cluster: Option<RawCluster>,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(
+    deny_unknown_fields,
+    default,
+    expecting = "a mapping of cluster settings"
+)]
+struct RawCluster {
+    #[serde(deserialize_with = "de_redis_url")]
+    redis: Option<String>,
+    #[serde(deserialize_with = "de_node_id")]
+    node_id: Option<String>,
+    #[serde(deserialize_with = "de_ttl")]
+    presence_ttl: Option<Duration>,
+    #[serde(deserialize_with = "de_prefix")]
+    channel_prefix: Option<String>,
+}
+
+impl RawCluster {
+    fn into_config(self, d: ClusterConfig) -> ClusterConfig {
+        ClusterConfig {
+            redis: self.redis.unwrap_or(d.redis),
+            node_id: self.node_id.unwrap_or(d.node_id),
+            presence_ttl: self.presence_ttl.unwrap_or(d.presence_ttl),
+            channel_prefix: self.channel_prefix.unwrap_or(d.channel_prefix),
+        }
+    }
 }
 
 #[derive(serde::Deserialize, Default)]
@@ -443,6 +525,8 @@ struct RawApp {
     port: Option<u16>,
     #[serde(deserialize_with = "de_flag")]
     demo: Option<bool>,
+    #[serde(deserialize_with = "de_flag")]
+    reuse_port: Option<bool>,
 }
 
 #[derive(serde::Deserialize, Default)]
@@ -510,6 +594,7 @@ impl RawConfig {
             },
             websocket: self.websocket.unwrap_or_default().into_config(d.websocket),
             jwt: self.jwt.unwrap_or_default().into_config(d.jwt),
+            cluster: self.cluster.unwrap_or_default().into_config(d.cluster),
         }
     }
 }
@@ -520,6 +605,7 @@ impl RawApp {
             host: self.host.unwrap_or(d.host),
             port: self.port.unwrap_or(d.port),
             demo: self.demo.unwrap_or(d.demo),
+            reuse_port: self.reuse_port.unwrap_or(d.reuse_port),
         }
     }
 }
@@ -597,6 +683,58 @@ fn de_level<'de, D: Deserializer<'de>>(d: D) -> Result<Option<LevelFilter>, D::E
 }
 fn de_origins<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
     leaf(d, parse_origins)
+}
+fn de_redis_url<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    leaf(d, parse_redis_url)
+}
+fn de_node_id<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    leaf(d, parse_name)
+}
+fn de_prefix<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    leaf(d, |v| match parse_name(v)? {
+        s if s.is_empty() => Err("must not be empty".to_owned()),
+        s => Ok(s),
+    })
+}
+fn de_ttl<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    leaf(d, |v| match parse_duration(v)? {
+        d if d < Duration::from_secs(1) => Err(format!("must be at least 1s, got {}", shown(v))),
+        d => Ok(d),
+    })
+}
+
+/// Empty, or a URL the Redis client accepts (checked without connecting).
+fn parse_redis_url(v: &Value) -> Result<String, String> {
+    let Some(url) = v.as_str() else {
+        return Err(format!(
+            "expected a URL such as \"redis://127.0.0.1:6379/0\", got {}",
+            kind(v)
+        ));
+    };
+    if url.is_empty() || redis::Client::open(url).is_ok() {
+        return Ok(url.to_owned());
+    }
+    // The URL may hold a password: never echo it.
+    Err("expected a URL such as \"redis://127.0.0.1:6379/0\" (redis:// or unix://)".to_owned())
+}
+
+/// A node id or channel prefix: printable, no spaces (they go into Redis
+/// keys, channel names and message headers), at most 128 bytes.
+fn parse_name(v: &Value) -> Result<String, String> {
+    match v.as_str() {
+        Some(s)
+            if s.len() <= 128
+                && s.chars().all(|c| {
+                    c.is_ascii_graphic() || (!c.is_ascii() && !c.is_control() && !c.is_whitespace())
+                }) =>
+        {
+            Ok(s.to_owned())
+        }
+        _ => Err(format!(
+            "expected a name without spaces or control characters (at most 128 bytes), got {}",
+            shown(v)
+        )),
+    }
 }
 
 /// A found value for an error message, on one line.
@@ -796,6 +934,7 @@ jwt:
                 host: "0.0.0.0".to_owned(),
                 port: 8889,
                 demo: true,
+                reuse_port: false,
             },
             log: LogConfig {
                 level: LevelFilter::Info,
@@ -821,6 +960,7 @@ jwt:
                 secret: String::new(),
                 required: false,
             },
+            cluster: ClusterConfig::default(),
         };
         assert_eq!(Config::default(), expected);
         assert_eq!(parse(PROTOCOL_YAML), expected);
@@ -880,6 +1020,7 @@ jwt: {secret: "s3", required: true}
                 host: "127.0.0.1".to_owned(),
                 port: 1,
                 demo: false,
+                reuse_port: false,
             },
             log: LogConfig {
                 level: LevelFilter::Debug,
@@ -905,8 +1046,43 @@ jwt: {secret: "s3", required: true}
                 secret: "s3".to_owned(),
                 required: true,
             },
+            cluster: ClusterConfig::default(),
         };
         assert_eq!(parse(text), expected);
+    }
+
+    #[test]
+    fn cluster_section_and_reuse_port() {
+        let config = parse(
+            "app:\n  reuse_port: true\ncluster:\n  redis: \"redis://127.0.0.1:6379/0\"\n  node_id: n1\n  presence_ttl: 5s\n  channel_prefix: chat\n",
+        );
+        assert!(config.app.reuse_port);
+        assert!(config.cluster.enabled());
+        assert_eq!(config.cluster.node_id, "n1");
+        assert_eq!(config.cluster.presence_ttl, Duration::from_secs(5));
+        assert_eq!(config.cluster.channel_prefix, "chat");
+        assert!(!Config::default().cluster.enabled());
+        assert_eq!(
+            error("cluster:\n  presence_ttl: 500ms\n"),
+            "config.yaml: cluster.presence_ttl: must be at least 1s, got \"500ms\""
+        );
+        assert_eq!(
+            error("cluster:\n  node_id: \"a b\"\n"),
+            "config.yaml: cluster.node_id: expected a name without spaces or control characters (at most 128 bytes), got \"a b\""
+        );
+        assert_eq!(
+            error("cluster:\n  channel_prefix: \"\"\n"),
+            "config.yaml: cluster.channel_prefix: must not be empty"
+        );
+        let bad = error("cluster:\n  redis: \"http://user:hunter2@x\"\n");
+        assert!(
+            bad.starts_with("config.yaml: cluster.redis: expected a URL"),
+            "{bad}"
+        );
+        assert!(!bad.contains("hunter2"), "{bad}");
+        assert!(
+            !format!("{:?}", parse("cluster:\n  redis: \"redis://:pw@h/0\"\n")).contains("pw@")
+        );
     }
 
     #[test]
@@ -984,7 +1160,7 @@ jwt: {secret: "s3", required: true}
             ),
             (
                 "just text\n",
-                r#"config.yaml: invalid type: string "just text", expected a mapping of sections (app, log, websocket, jwt)"#,
+                r#"config.yaml: invalid type: string "just text", expected a mapping of sections (app, log, websocket, jwt, cluster)"#,
             ),
             (
                 "websocket:\n  allowed_origins: https://a.example\n",

@@ -40,6 +40,8 @@ pub(crate) enum Command {
     DisconnectUser(String),
     OnlineUsers(SyncSender<Vec<String>>),
     Shutdown,
+    /// From the cluster's bridge threads.
+    Cluster(crate::cluster::Event),
 }
 
 /// Why a handle call failed.
@@ -209,6 +211,21 @@ impl Handle {
             json,
             reply,
         })
+    }
+
+    /// For the cluster's bridge threads: waits while the queue is full
+    /// instead of failing, so nothing from other nodes is dropped here;
+    /// the back-pressure reaches Redis. Fails once the loop is gone.
+    pub(crate) fn send_from_bridge(&self, event: crate::cluster::Event) -> Result<(), HandleError> {
+        self.shared.queued_commands.fetch_add(1, Ordering::Relaxed);
+        if self.sender.send(Command::Cluster(event)).is_err() {
+            self.shared.queued_commands.fetch_sub(1, Ordering::Relaxed);
+            return Err(HandleError::Closed);
+        }
+        if !self.wake_pending.swap(true, Ordering::SeqCst) && self.waker.wake().is_err() {
+            return Err(HandleError::Closed);
+        }
+        Ok(())
     }
 
     fn send(&self, command: Command) -> Result<(), HandleError> {

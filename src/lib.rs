@@ -39,6 +39,7 @@
 //! | [`wheel`] | the hashed timer wheel for pings and timeouts |
 //! | [`handle`] | the cross-thread [`Handle`] (bounded channel + waker) |
 //! | [`hooks`] | application callbacks on the loop thread |
+//! | [`cluster`] | several nodes over Redis: bridge threads, presence, channels |
 //! | [`metrics`] | counters and the Prometheus text |
 //! | [`config`], [`cli`], [`app`] | settings, arguments, what the binaries run |
 //! | [`auth`], [`jwt`] | admin token, origin and JWT checks |
@@ -49,6 +50,7 @@ pub mod alloc;
 pub mod app;
 pub mod auth;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 mod event_loop;
 pub mod frame;

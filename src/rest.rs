@@ -7,6 +7,7 @@
 //! JWT → capacity.
 
 use crate::auth;
+use crate::cluster::view::View;
 use crate::config::Config;
 use crate::handle::Target;
 use crate::http::{switching_protocols, Method, Request, Response};
@@ -76,6 +77,15 @@ pub struct Context<'a> {
     pub open_websockets: usize,
     /// Seconds since the Unix epoch, for token expiry.
     pub now_unix: u64,
+    /// Set when `cluster.redis` is: how this node sees the others.
+    pub cluster: Option<ClusterState<'a>>,
+}
+
+/// The cluster as the REST endpoints see it.
+#[derive(Debug, Clone, Copy)]
+pub struct ClusterState<'a> {
+    /// The other live nodes; `None` while Redis is unreachable.
+    pub view: Option<&'a View>,
 }
 
 /// The demo page and its files: `(path, content type, body)`.
@@ -106,7 +116,7 @@ pub fn handle(request: &Request, body: &[u8], ctx: &Context<'_>) -> Outcome {
     let get = request.method == Method::Get;
     let post = request.method == Method::Post;
     match path {
-        "/health" if get => ok(serde_json::json!({ "status": "ok" })),
+        "/health" if get => health(ctx),
         "/health" => wrong_method("GET"),
         "/metrics" if get => admin(request, ctx).unwrap_or(Outcome::Metrics),
         "/metrics" => wrong_method("GET"),
@@ -172,11 +182,38 @@ fn static_file(path: &str, get: bool, ctx: &Context<'_>) -> Option<Outcome> {
     )))
 }
 
+fn health(ctx: &Context<'_>) -> Outcome {
+    match ctx.cluster {
+        // Load balancers drain a node cut off from the others.
+        Some(ClusterState { view: None }) => Outcome::Respond(Response::json(
+            503,
+            &serde_json::json!({ "status": "degraded", "cluster": "down" }),
+        )),
+        _ => ok(serde_json::json!({ "status": "ok" })),
+    }
+}
+
 fn status(ctx: &Context<'_>) -> Outcome {
-    ok(serde_json::json!({
-        "online_count": ctx.router.online_count(),
-        "online_users": ctx.router.online_users(),
-    }))
+    let local_count = ctx.router.online_count();
+    let local_users = ctx.router.online_users();
+    match ctx.cluster {
+        None => ok(serde_json::json!({
+            "online_count": local_count,
+            "online_users": local_users,
+        })),
+        Some(ClusterState { view: Some(view) }) => ok(serde_json::json!({
+            "online_count": local_count + view.sessions(),
+            "online_users": view.merged_users(local_users),
+            "nodes": 1 + view.nodes(),
+        })),
+        // Cut off: only what this node knows for sure.
+        Some(ClusterState { view: None }) => ok(serde_json::json!({
+            "online_count": local_count,
+            "online_users": local_users,
+            "nodes": 1,
+            "cluster": "down",
+        })),
+    }
 }
 
 fn broadcast(body: &[u8]) -> Outcome {
@@ -330,6 +367,7 @@ mod tests {
             router: &router,
             open_websockets: 2,
             now_unix: 1_700_000_000,
+            cluster: None,
         };
         handle(&request(text), body.as_bytes(), &ctx)
     }
@@ -368,6 +406,53 @@ mod tests {
             (
                 200,
                 r#"{"online_count":2,"online_users":["amy","zed"]}"#.into()
+            )
+        );
+    }
+
+    #[test]
+    fn cluster_status_adds_the_other_nodes_and_health_degrades_when_cut_off() {
+        use crate::cluster::view::Entry;
+        let config = Config::default();
+        let router = Router::default();
+        let entry: Entry =
+            serde_json::from_str(r#"{"sessions":2,"users":{"bo":2},"rooms":{}}"#).unwrap();
+        let view = View::new(vec![("n2".into(), entry)]);
+        let get = |path: &str, view: Option<&View>| {
+            let ctx = Context {
+                config: &config,
+                mode: Mode::Integrated,
+                router: &router,
+                open_websockets: 0,
+                now_unix: 0,
+                cluster: Some(ClusterState { view }),
+            };
+            status_and_body(handle(
+                &request(&format!("GET {path} HTTP/1.1\r\n\r\n")),
+                b"",
+                &ctx,
+            ))
+        };
+        assert_eq!(
+            get("/api/ws/status", Some(&view)),
+            (
+                200,
+                r#"{"nodes":2,"online_count":2,"online_users":["bo"]}"#.into()
+            )
+        );
+        assert_eq!(
+            get("/health", Some(&view)),
+            (200, r#"{"status":"ok"}"#.into())
+        );
+        assert_eq!(
+            get("/health", None),
+            (503, r#"{"cluster":"down","status":"degraded"}"#.into())
+        );
+        assert_eq!(
+            get("/api/ws/status", None),
+            (
+                200,
+                r#"{"cluster":"down","nodes":1,"online_count":0,"online_users":[]}"#.into()
             )
         );
     }

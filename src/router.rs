@@ -102,6 +102,26 @@ impl Router {
         users
     }
 
+    /// Open sessions of `user`.
+    pub fn user_sessions(&self, user: &str) -> usize {
+        self.users.get(user).map_or(0, Vec::len)
+    }
+
+    /// Members of `room`.
+    pub fn room_size(&self, room: &str) -> usize {
+        self.rooms.get(room).map_or(0, HashSet::len)
+    }
+
+    /// Every online user with its number of sessions, in no order.
+    pub fn users_counted(&self) -> impl Iterator<Item = (&str, usize)> {
+        self.users.iter().map(|(u, s)| (&**u, s.len()))
+    }
+
+    /// Every room with its number of members, in no order.
+    pub fn rooms_counted(&self) -> impl Iterator<Item = (&str, usize)> {
+        self.rooms.iter().map(|(r, m)| (&**r, m.len()))
+    }
+
     /// Whether `key` is a member of `room`.
     pub fn is_member(&self, key: SessionKey, room: &str) -> bool {
         self.rooms.get(room).is_some_and(|m| m.contains(&key))

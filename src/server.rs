@@ -13,6 +13,7 @@ use std::sync::Arc;
 use mio::net::TcpListener;
 use mio::{Interest, Poll, Waker};
 
+use crate::cluster::Link;
 use crate::config::Config;
 use crate::event_loop::{EventLoop, Parts, LISTENER, SIGNALS, WAKER};
 use crate::handle::{self, Handle, Inbox};
@@ -106,8 +107,12 @@ impl Server {
             .map_err(bind_error)?
             .next()
             .ok_or_else(|| bind_error(io::ErrorKind::AddrNotAvailable.into()))?;
-        // mio's bind sets SO_REUSEADDR, so a restart does not wait out TIME_WAIT.
-        let listener = TcpListener::bind(resolved).map_err(bind_error)?;
+        let listener = if config.app.reuse_port {
+            bind_reuse_port(resolved).map_err(bind_error)?
+        } else {
+            // mio's bind sets SO_REUSEADDR, so a restart does not wait out TIME_WAIT.
+            TcpListener::bind(resolved).map_err(bind_error)?
+        };
         widen_backlog(&listener);
         Server::with_listener(listener, config, mode)
     }
@@ -193,6 +198,11 @@ impl Server {
             },
             self.config.websocket.max_connections
         );
+        let cluster = self
+            .config
+            .cluster
+            .enabled()
+            .then(|| Link::start(&self.config.cluster, self.handle.clone()));
         EventLoop::new(Parts {
             poll: self.poll,
             listener: self.listener,
@@ -202,6 +212,7 @@ impl Server {
             shared: self.shared,
             hooks: self.hooks,
             signals: self.signals,
+            cluster,
         })
         .run()
         .map_err(io_error("event loop"))
@@ -226,6 +237,20 @@ fn widen_backlog(listener: &TcpListener) {
             io::Error::last_os_error()
         );
     }
+}
+
+/// `app.reuse_port`: several processes may listen on the same address and
+/// the kernel spreads new connections over them. socket2 sets the option
+/// before `bind`, which std and mio cannot.
+fn bind_reuse_port(address: SocketAddr) -> io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(address), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(TcpListener::from_std(socket.into()))
 }
 
 fn format_address(host: &str, port: u16) -> String {

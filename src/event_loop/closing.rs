@@ -3,8 +3,6 @@
 //! owes its own client an answer, then a bounded share of the write backlog
 //! (oldest first), with WRITABLE interest only while output is pending.
 
-use std::sync::atomic::Ordering;
-
 use log::{debug, info, warn};
 use mio::{Interest, Token};
 
@@ -36,9 +34,10 @@ impl EventLoop {
         };
         self.router.remove_session(key, user.as_deref());
         self.metrics.open_chat -= 1;
-        self.shared
-            .online
-            .store(self.router.online_count(), Ordering::Relaxed);
+        if let Some(link) = self.cluster.as_mut() {
+            link.departed();
+        }
+        self.publish_online();
         info!(
             "disconnect user={} peer={peer} reason={reason} online={}",
             user.as_deref().unwrap_or("-"),

@@ -6,8 +6,8 @@
 use log::info;
 
 use super::{EventLoop, ACTION_ROUNDS, COMMAND_BUDGET};
-use crate::frame::{self, Kind, Wire};
-use crate::handle::{Command, Target};
+use crate::frame::Wire;
+use crate::handle::Command;
 use crate::hooks::CloseReason;
 use crate::router::Audience;
 use crate::session::Phase;
@@ -49,15 +49,6 @@ impl EventLoop {
         sent
     }
 
-    pub(super) fn push(&mut self, target: &Target, json: &[u8]) -> usize {
-        let audience = match target {
-            Target::Everyone => Audience::Everyone { except: None },
-            Target::User(user) => Audience::User(user),
-            Target::Room(room) => Audience::Room { room, except: None },
-        };
-        self.deliver(audience, &frame::encode(Kind::Text, json))
-    }
-
     pub(super) fn drain_commands(&mut self) {
         self.inbox.rearm();
         self.commands_left = false;
@@ -84,15 +75,10 @@ impl EventLoop {
             }
             Command::DisconnectUser(user) => self.disconnect_user(&user),
             Command::OnlineUsers(reply) => {
-                let users = self
-                    .router
-                    .online_users()
-                    .into_iter()
-                    .map(str::to_owned)
-                    .collect();
-                let _ = reply.try_send(users);
+                let _ = reply.try_send(self.online_users());
             }
             Command::Shutdown => self.begin_shutdown(),
+            Command::Cluster(event) => self.on_cluster(event),
         }
     }
 
@@ -132,6 +118,10 @@ impl EventLoop {
         self.shutdown_deadline_ms = Some(self.now_ms + timeout);
         self.accepting = false;
         let _ = self.poll.registry().deregister(&mut self.listener);
+        if let Some(link) = self.cluster.as_mut() {
+            // Other nodes drop this node's users now, not after presence_ttl.
+            link.leave();
+        }
         info!(
             "shutting down: closing {} WebSocket sessions",
             self.open_websockets

@@ -5,7 +5,6 @@
 
 use std::io;
 use std::rc::Rc;
-use std::sync::atomic::Ordering;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use log::{debug, info};
@@ -198,6 +197,10 @@ impl EventLoop {
             router: &self.router,
             open_websockets: self.open_websockets,
             now_unix,
+            cluster: self
+                .cluster
+                .as_ref()
+                .map(|link| rest::ClusterState { view: link.view() }),
         };
         let keep_alive = request.keep_alive;
         if !request.upgrade_websocket {
@@ -223,15 +226,17 @@ impl EventLoop {
                 self.respond(index, &response, keep_alive);
             }
             Outcome::Metrics => {
-                let text = self
+                let mut text = self
                     .metrics
                     .render(&self.shared, crate::alloc::heap_bytes());
+                if let Some(link) = self.cluster.as_ref() {
+                    link.render_metrics(&mut text);
+                }
                 let response = Response::raw(200, "text/plain; version=0.0.4", text.into_bytes());
                 self.respond(index, &response, keep_alive);
             }
             Outcome::Push { target, json } => {
-                let sent = self.push(&target, &json);
-                let response = Response::json(200, &serde_json::json!({ "sent": sent }));
+                let response = self.rest_push(&target, &json);
                 self.respond(index, &response, keep_alive);
             }
             Outcome::Upgrade(upgrade) => self.upgrade(index, upgrade),
@@ -291,9 +296,10 @@ impl EventLoop {
             Endpoint::Chat => {
                 self.router.add_session(key, user.as_ref());
                 self.metrics.open_chat += 1;
-                self.shared
-                    .online
-                    .store(self.router.online_count(), Ordering::Relaxed);
+                if let Some(link) = self.cluster.as_mut() {
+                    link.connected(user.as_deref());
+                }
+                self.publish_online();
                 info!(
                     "connect user={} peer={peer} online={}",
                     user.as_deref().unwrap_or("-"),
@@ -408,9 +414,18 @@ impl EventLoop {
         }
         match self.router.route(key, user.as_deref(), &message) {
             Route::Reply(json) => self.reply(index, &json),
-            Route::Done => {}
+            Route::Done => {
+                if let (Some(link), Some(room)) = (self.cluster.as_mut(), message.room()) {
+                    if self.router.is_member(key, room) {
+                        link.joined_room(room);
+                    } else {
+                        link.departed();
+                    }
+                }
+            }
             Route::Deliver(audience, json) => {
                 self.deliver(audience, &frame::encode(Kind::Text, &json));
+                self.relay_to_cluster(index, audience, &json);
             }
         }
         self.apply_actions();

@@ -26,6 +26,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
+use crate::cluster::Link;
 use crate::config::Config;
 use crate::frame::{self, Kind, Wire};
 use crate::handle::Inbox;
@@ -39,6 +40,7 @@ use backlog::Backlog;
 
 mod backlog;
 mod closing;
+mod cluster;
 mod delivery;
 mod input;
 mod timers;
@@ -107,6 +109,8 @@ pub(crate) struct EventLoop {
     commands_left: bool,
     shutdown_deadline_ms: Option<u64>,
     ping: Wire,
+    /// `None` unless `cluster.redis` is set.
+    cluster: Option<Link>,
 }
 
 /// What the server was built with.
@@ -119,6 +123,7 @@ pub(crate) struct Parts {
     pub shared: Arc<Shared>,
     pub hooks: Box<dyn Hooks>,
     pub signals: Option<signal_hook_mio::v1_0::Signals>,
+    pub cluster: Option<Link>,
 }
 
 impl EventLoop {
@@ -155,6 +160,7 @@ impl EventLoop {
             commands_left: false,
             shutdown_deadline_ms: None,
             ping: frame::encode(Kind::Ping, b""),
+            cluster: parts.cluster,
         }
     }
 
@@ -188,6 +194,7 @@ impl EventLoop {
                 self.drain_commands();
             }
             self.fire_timers(pass_start);
+            self.cluster_tick();
             // Disconnect hooks run wherever a session closes (a peer's Close,
             // a timer, a handle command): what they asked for applies here.
             self.apply_actions();
@@ -214,9 +221,14 @@ impl EventLoop {
             return Some(Duration::ZERO);
         }
         let mut next = self.wheel.next_deadline();
-        for ms in [self.accept_retry_ms, self.shutdown_deadline_ms]
-            .into_iter()
-            .flatten()
+        let cluster_tick_ms = self.cluster.as_ref().map(Link::next_tick_ms);
+        for ms in [
+            self.accept_retry_ms,
+            self.shutdown_deadline_ms,
+            cluster_tick_ms,
+        ]
+        .into_iter()
+        .flatten()
         {
             let at = self.instant_at(ms);
             next = Some(next.map_or(at, |n| n.min(at)));

@@ -1,0 +1,279 @@
+//! The publisher thread: owns one Redis connection, publishes what the loop
+//! queued, and keeps presence (this node's entry, the others' view).
+//!
+//! Batching: the thread blocks for the first queued message, then takes
+//! whatever else is already queued (up to `PIPELINE_MAX`) and sends them as
+//! one pipeline: one write, one read of all replies. Under load, messages
+//! pile up while a pipeline is in flight, so the next one carries them all;
+//! when idle, a lone message goes out at once. A batch that fails is dropped
+//! (counted), never re-sent: delivery stays at-most-once.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use redis::{Connection, RedisResult};
+
+use super::view::{Entry, View};
+use super::{Bridge, Event, Job, Reporter, BACKOFF_MAX, BACKOFF_MIN, PIPELINE_MAX};
+
+/// Longest idle wait before looking whether the other side saw a failure.
+const STALE_CHECK: Duration = Duration::from_millis(50);
+
+/// The thread's body; returns when the loop leaves or goes away.
+pub(super) fn run(bridge: &Bridge, mut reporter: Reporter, jobs: &Receiver<Job>) {
+    let mut state = Presence::default();
+    let mut backoff = BACKOFF_MIN;
+    let mut batch: Vec<(String, Vec<u8>)> = Vec::with_capacity(PIPELINE_MAX);
+    loop {
+        let mut con = match bridge.connect() {
+            Ok(con) => con,
+            Err(e) => {
+                reporter.failed(e.to_string());
+                if !wait_dropping(bridge, jobs, backoff) {
+                    return;
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+        };
+        backoff = BACKOFF_MIN;
+        state.fresh_connection = true;
+        // Resend the view: the loop may have ignored the last one while down.
+        state.seen.clear();
+        let mut next_refresh = Instant::now();
+        // Presence first, so the node is visible as soon as it is up.
+        if let Err(e) = state.refresh(bridge, &mut con, &reporter) {
+            reporter.failed(e.to_string());
+            continue;
+        }
+        reporter.connected();
+        next_refresh += bridge.refresh_period();
+        loop {
+            // Short waits, so a failure the subscriber saw is noticed soon.
+            let wait = next_refresh
+                .saturating_duration_since(Instant::now())
+                .min(STALE_CHECK);
+            let leave = match jobs.recv_timeout(wait) {
+                Ok(job) => take(job, &mut batch, jobs),
+                Err(RecvTimeoutError::Timeout) => false,
+                Err(RecvTimeoutError::Disconnected) => true,
+            };
+            if !batch.is_empty() {
+                let sent = batch.len() as u64;
+                let result = publish(&mut con, &batch);
+                batch.clear();
+                if let Err(e) = result {
+                    bridge.stats.dropped.fetch_add(sent, Ordering::Relaxed);
+                    reporter.failed(e.to_string());
+                    break;
+                }
+                bridge.stats.published.fetch_add(sent, Ordering::Relaxed);
+            }
+            if leave || bridge.stop.load(Ordering::Relaxed) {
+                remove_presence(bridge, &mut con);
+                return;
+            }
+            if reporter.stale() {
+                reporter.failed("the subscriber's connection failed".to_owned());
+                break;
+            }
+            if Instant::now() >= next_refresh {
+                if let Err(e) = state.refresh(bridge, &mut con, &reporter) {
+                    reporter.failed(e.to_string());
+                    break;
+                }
+                next_refresh = Instant::now() + bridge.refresh_period();
+            }
+        }
+    }
+}
+
+/// Adds `first` and whatever else is queued to the batch; true on `Leave`.
+fn take(first: Job, batch: &mut Vec<(String, Vec<u8>)>, jobs: &Receiver<Job>) -> bool {
+    let mut job = first;
+    loop {
+        match job {
+            Job::Publish { channel, payload } => batch.push((channel, payload)),
+            Job::Leave => return true,
+        }
+        if batch.len() >= PIPELINE_MAX {
+            return false;
+        }
+        match jobs.try_recv() {
+            Ok(next) => job = next,
+            Err(_) => return false,
+        }
+    }
+}
+
+fn publish(con: &mut Connection, batch: &[(String, Vec<u8>)]) -> RedisResult<()> {
+    let mut pipe = redis::pipe();
+    for (channel, payload) in batch {
+        pipe.cmd("PUBLISH").arg(channel).arg(payload).ignore();
+    }
+    pipe.query(con)
+}
+
+/// While Redis is unreachable: waits `pause`, dropping (and counting) what
+/// the loop queued before it learnt the cluster is down. False to exit.
+fn wait_dropping(bridge: &Bridge, jobs: &Receiver<Job>, pause: Duration) -> bool {
+    let until = Instant::now() + pause;
+    loop {
+        if bridge.stop.load(Ordering::Relaxed) {
+            return false;
+        }
+        let wait = until.saturating_duration_since(Instant::now());
+        if wait.is_zero() {
+            return true;
+        }
+        match jobs.recv_timeout(wait.min(Duration::from_millis(50))) {
+            Ok(Job::Publish { .. }) => {
+                bridge.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(Job::Leave) | Err(RecvTimeoutError::Disconnected) => return false,
+            Err(RecvTimeoutError::Timeout) => {}
+        }
+    }
+}
+
+fn remove_presence(bridge: &Bridge, con: &mut Connection) {
+    let names = &bridge.names;
+    let _: RedisResult<()> = redis::pipe()
+        .cmd("DEL")
+        .arg(names.node_key(&bridge.node_id))
+        .ignore()
+        .cmd("SREM")
+        .arg(names.nodes_key())
+        .arg(&bridge.node_id)
+        .ignore()
+        .query(con);
+}
+
+/// What the presence side remembers between refreshes.
+#[derive(Default)]
+struct Presence {
+    /// Our entry from the loop, not yet written.
+    pending: Option<Vec<u8>>,
+    /// Our entry as last written; `fresh_connection` asks to write it again.
+    written: Option<Vec<u8>>,
+    /// A new connection: write the entry even if unchanged.
+    fresh_connection: bool,
+    /// The other nodes' raw entries at the last view sent to the loop.
+    seen: HashMap<String, Vec<u8>>,
+}
+
+impl Presence {
+    /// Writes our entry (or extends its expiry), lists the live nodes,
+    /// reads their entries and sends the loop a view when it changed.
+    fn refresh(
+        &mut self,
+        bridge: &Bridge,
+        con: &mut Connection,
+        reporter: &Reporter,
+    ) -> RedisResult<()> {
+        let names = &bridge.names;
+        let ttl_ms = bridge.presence_ttl.as_millis() as u64;
+        let key = names.node_key(&bridge.node_id);
+        let fresh = bridge
+            .presence
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if fresh.is_some() {
+            self.pending = fresh;
+        }
+        let write = match self.pending.take() {
+            Some(entry) => Some(entry),
+            None if self.fresh_connection || self.written.is_none() => {
+                Some(self.written.clone().unwrap_or_else(|| EMPTY.to_vec()))
+            }
+            None => None,
+        };
+        let mut pipe = redis::pipe();
+        match &write {
+            Some(entry) => pipe.cmd("SET").arg(&key).arg(entry).arg("PX").arg(ttl_ms),
+            None => pipe.cmd("PEXPIRE").arg(&key).arg(ttl_ms),
+        };
+        pipe.cmd("SADD")
+            .arg(names.nodes_key())
+            .arg(&bridge.node_id)
+            .ignore();
+        pipe.cmd("PEXPIRE")
+            .arg(names.nodes_key())
+            .arg(ttl_ms * 2)
+            .ignore();
+        pipe.cmd("SMEMBERS").arg(names.nodes_key());
+        let (first, members): (redis::Value, Vec<String>) = match pipe.query(con) {
+            Ok(replies) => replies,
+            Err(e) => {
+                // Not written: try again on the next connection.
+                if self.pending.is_none() {
+                    self.pending = write;
+                }
+                return Err(e);
+            }
+        };
+        self.fresh_connection = false;
+        match write {
+            Some(entry) => self.written = Some(entry),
+            None if first == redis::Value::Int(0) => {
+                // Our key vanished (Redis restarted or evicted it): write again.
+                let entry = self.written.clone().unwrap_or_else(|| EMPTY.to_vec());
+                redis::cmd("SET")
+                    .arg(&key)
+                    .arg(&entry)
+                    .arg("PX")
+                    .arg(ttl_ms)
+                    .query::<()>(con)?;
+            }
+            None => {}
+        }
+        let others: Vec<String> = members
+            .into_iter()
+            .filter(|id| *id != bridge.node_id)
+            .collect();
+        let entries: Vec<Option<Vec<u8>>> = if others.is_empty() {
+            Vec::new()
+        } else {
+            let keys: Vec<String> = others.iter().map(|id| names.node_key(id)).collect();
+            redis::cmd("MGET").arg(keys).query(con)?
+        };
+        let mut live = HashMap::with_capacity(others.len());
+        let mut stale = Vec::new();
+        for (id, entry) in others.into_iter().zip(entries) {
+            match entry {
+                Some(raw) => {
+                    live.insert(id, raw);
+                }
+                None => stale.push(id),
+            }
+        }
+        if !stale.is_empty() {
+            redis::cmd("SREM")
+                .arg(names.nodes_key())
+                .arg(stale)
+                .query::<()>(con)?;
+        }
+        if live != self.seen {
+            let mut nodes = Vec::with_capacity(live.len());
+            for (id, raw) in &live {
+                match serde_json::from_slice::<Entry>(raw) {
+                    Ok(entry) => nodes.push((id.clone(), entry)),
+                    Err(_) => {
+                        bridge.stats.garbage.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            self.seen = live;
+            let _ = reporter
+                .handle
+                .send_from_bridge(Event::View(View::new(nodes)));
+        }
+        Ok(())
+    }
+}
+
+/// The entry of a node without sessions.
+const EMPTY: &[u8] = br#"{"sessions":0,"users":{},"rooms":{}}"#;

@@ -1,0 +1,201 @@
+//! What travels through Redis: channel and key names, and the envelope
+//! around each message published for other nodes.
+//!
+//! Pure: names and bytes in, names and bytes out. The envelope is one header
+//! line, `wshub1 <node_id> <epoch> <seq>`, then the message's JSON exactly
+//! as clients receive it. `epoch` tells two runs of one `node_id` apart;
+//! `seq` grows by one per message a run publishes, so a receiver can drop
+//! anything it has already seen from that run (nothing is delivered twice,
+//! whatever a connection does).
+
+use crate::handle::Target;
+use crate::message;
+use crate::router::Audience;
+
+/// First word of every envelope: a message that lacks it is not ours.
+const MAGIC: &str = "wshub1";
+
+/// Channel and key names for one `channel_prefix`.
+#[derive(Debug, Clone)]
+pub struct Names {
+    prefix: String,
+}
+
+impl Names {
+    /// Names under `prefix`.
+    pub fn new(prefix: &str) -> Names {
+        Names {
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    /// The channel a message for `target` is published on.
+    pub fn channel(&self, target: &Target) -> String {
+        match target {
+            Target::Everyone => format!("{}:all", self.prefix),
+            Target::User(user) => self.user_channel(user),
+            Target::Room(room) => self.room_channel(room),
+        }
+    }
+
+    /// The channel a message for `audience` is published on (the sender a
+    /// relayed message leaves out is on this node, so it does not matter).
+    pub fn audience_channel(&self, audience: Audience<'_>) -> String {
+        match audience {
+            Audience::Everyone { .. } => format!("{}:all", self.prefix),
+            Audience::User(user) => self.user_channel(user),
+            Audience::Room { room, .. } => self.room_channel(room),
+        }
+    }
+
+    /// The channel of one user.
+    pub fn user_channel(&self, user: &str) -> String {
+        format!("{}:user:{user}", self.prefix)
+    }
+
+    /// The channel of one room.
+    pub fn room_channel(&self, room: &str) -> String {
+        format!("{}:room:{room}", self.prefix)
+    }
+
+    /// Who a message on `channel` is for; `None` for a channel not ours.
+    pub fn target(&self, channel: &str) -> Option<Target> {
+        let rest = channel
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix(':')?;
+        if rest == "all" {
+            return Some(Target::Everyone);
+        }
+        if let Some(user) = rest.strip_prefix("user:").filter(|u| !u.is_empty()) {
+            return Some(Target::User(user.to_owned()));
+        }
+        rest.strip_prefix("room:")
+            .filter(|r| !r.is_empty())
+            .map(|room| Target::Room(room.to_owned()))
+    }
+
+    /// The key holding one node's presence (expires after `presence_ttl`).
+    pub fn node_key(&self, node_id: &str) -> String {
+        format!("{}:node:{node_id}", self.prefix)
+    }
+
+    /// The set of node ids that may have a presence key.
+    pub fn nodes_key(&self) -> String {
+        format!("{}:nodes", self.prefix)
+    }
+}
+
+/// Who published a message: one run of one node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin<'a> {
+    /// `cluster.node_id`.
+    pub node_id: &'a str,
+    /// Distinguishes runs of one node id.
+    pub epoch: u64,
+    /// Position in that run's stream of published messages.
+    pub seq: u64,
+}
+
+/// Wraps `json` for publishing.
+pub fn encode(node_id: &str, epoch: u64, seq: u64, json: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(json.len() + node_id.len() + 48);
+    out.extend_from_slice(format!("{MAGIC} {node_id} {epoch} {seq}\n").as_bytes());
+    out.extend_from_slice(json);
+    out
+}
+
+/// Why a payload on one of our channels was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Garbage {
+    /// No `wshub1` header line.
+    Header,
+    /// The body is not a message clients may receive.
+    Body,
+}
+
+/// Splits a payload into its origin and JSON, validating both: only a
+/// message of the shape clients receive gets through.
+pub fn decode(payload: &[u8]) -> Result<(Origin<'_>, &[u8]), Garbage> {
+    let newline = payload
+        .iter()
+        .position(|b| *b == b'\n')
+        .ok_or(Garbage::Header)?;
+    let header = std::str::from_utf8(&payload[..newline]).map_err(|_| Garbage::Header)?;
+    let mut words = header.split(' ');
+    let (Some(MAGIC), Some(node_id), Some(epoch), Some(seq), None) = (
+        words.next(),
+        words.next(),
+        words.next(),
+        words.next(),
+        words.next(),
+    ) else {
+        return Err(Garbage::Header);
+    };
+    let origin = Origin {
+        node_id,
+        epoch: epoch.parse().map_err(|_| Garbage::Header)?,
+        seq: seq.parse().map_err(|_| Garbage::Header)?,
+    };
+    let json = &payload[newline + 1..];
+    message::parse(json).map_err(|_| Garbage::Body)?;
+    Ok((origin, json))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channels_round_trip_and_foreign_ones_are_refused() {
+        let names = Names::new("wshub");
+        for target in [
+            Target::Everyone,
+            Target::User("alice:x".into()),
+            Target::Room("r 1".into()),
+        ] {
+            assert_eq!(names.target(&names.channel(&target)), Some(target));
+        }
+        assert_eq!(names.channel(&Target::User("u".into())), "wshub:user:u");
+        assert_eq!(names.target("other:all"), None);
+        assert_eq!(names.target("wshubx:all"), None);
+        assert_eq!(names.target("wshub:user:"), None);
+        assert_eq!(names.target("wshub:nodes"), None);
+        assert_eq!(names.node_key("n1"), "wshub:node:n1");
+    }
+
+    #[test]
+    fn envelopes_round_trip() {
+        let payload = encode("n1", 7, 42, br#"{"type":"chat","content":"a\nb"}"#);
+        let (origin, json) = decode(&payload).unwrap();
+        assert_eq!(
+            origin,
+            Origin {
+                node_id: "n1",
+                epoch: 7,
+                seq: 42
+            }
+        );
+        assert_eq!(json, br#"{"type":"chat","content":"a\nb"}"#);
+    }
+
+    #[test]
+    fn each_kind_of_garbage_is_refused() {
+        let cases: [(&[u8], Garbage); 7] = [
+            (b"hello", Garbage::Header),
+            (b"{\"type\":\"x\"}", Garbage::Header),
+            (b"wshub1 n1 7\n{\"type\":\"x\"}", Garbage::Header),
+            (b"wshub1 n1 7 x\n{\"type\":\"x\"}", Garbage::Header),
+            (b"wshub2 n1 7 1\n{\"type\":\"x\"}", Garbage::Header),
+            (b"wshub1 n1 7 1\nnot json", Garbage::Body),
+            (b"wshub1 n1 7 1\n{\"content\":1}", Garbage::Body),
+        ];
+        for (payload, why) in cases {
+            assert_eq!(
+                decode(payload).map(|_| ()),
+                Err(why),
+                "{}",
+                String::from_utf8_lossy(payload)
+            );
+        }
+    }
+}

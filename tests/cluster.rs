@@ -1,0 +1,684 @@
+//! Cluster tests (PROTOCOL.md section 10): three real `wshub` processes,
+//! each with its own config, over a private `redis-server` on a free
+//! loopback port. Each test starts its own Redis and stops it by PID.
+//!
+//! Timing: presence_ttl is 2 s here, so the view refreshes every 500 ms;
+//! the waits below are bounded and leave room for a loaded machine.
+
+mod common;
+
+use std::fs::File;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{http, Client, WAIT};
+use serde_json::{json, Value};
+
+const PREFIX: &str = "t";
+const TTL_MS: u64 = 2000;
+
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").port()
+}
+
+fn scratch_dir() -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "wshub-cluster-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, for at most `limit`.
+fn wait_for<T>(limit: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A private redis-server, stopped by PID on drop.
+struct Redis {
+    child: Option<Child>,
+    port: u16,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        Redis::start_on(free_port())
+    }
+
+    fn start_on(port: u16) -> Redis {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (apt-get install redis-server)");
+        let redis = Redis {
+            child: Some(child),
+            port,
+        };
+        wait_for(WAIT, "redis-server to answer", || {
+            redis
+                .query::<String>(&mut redis::cmd("PING"))
+                .ok()
+                .filter(|pong| pong == "PONG")
+        });
+        redis
+    }
+
+    fn url(port: u16) -> String {
+        format!("redis://127.0.0.1:{port}/0")
+    }
+
+    fn query<T: redis::FromRedisValue>(&self, cmd: &mut redis::Cmd) -> redis::RedisResult<T> {
+        let client = redis::Client::open(Redis::url(self.port))?;
+        let mut con = client.get_connection_with_timeout(Duration::from_secs(2))?;
+        cmd.query(&mut con)
+    }
+
+    /// Subscribers of one channel (PUBSUB NUMSUB).
+    fn subscribers(&self, channel: &str) -> i64 {
+        let reply: (String, i64) = self
+            .query(redis::cmd("PUBSUB").arg("NUMSUB").arg(channel))
+            .expect("PUBSUB NUMSUB");
+        reply.1
+    }
+
+    fn channels(&self) -> Vec<String> {
+        self.query(redis::cmd("PUBSUB").arg("CHANNELS"))
+            .expect("PUBSUB CHANNELS")
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// One `wshub` process with its own config and log file.
+struct Node {
+    child: Option<Child>,
+    addr: SocketAddr,
+    log: PathBuf,
+    dir: PathBuf,
+}
+
+impl Node {
+    fn start(id: &str, redis_port: u16) -> Node {
+        let dir = scratch_dir();
+        let port = free_port();
+        let config = dir.join("config.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "app:\n  host: \"127.0.0.1\"\n  port: {port}\n  demo: false\n\
+                 log:\n  level: info\n\
+                 websocket:\n  shutdown_timeout: 2s\n\
+                 cluster:\n  redis: \"{}\"\n  node_id: \"{id}\"\n  presence_ttl: {TTL_MS}ms\n  channel_prefix: \"{PREFIX}\"\n",
+                Redis::url(redis_port)
+            ),
+        )
+        .expect("write config");
+        let log = dir.join("stderr.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_wshub"))
+            .arg("--config")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(File::create(&log).expect("log file"))
+            .spawn()
+            .expect("start wshub");
+        let node = Node {
+            child: Some(child),
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            log,
+            dir,
+        };
+        wait_for(WAIT, "the node to listen", || {
+            TcpStream::connect(node.addr).ok()
+        });
+        node
+    }
+
+    fn get(&self, path: &str) -> (u16, Value) {
+        let (status, body) = http(self.addr, "GET", path, &[], "");
+        (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+    }
+
+    fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let (status, body) = http(self.addr, "POST", path, &[], &body.to_string());
+        (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+    }
+
+    fn status(&self) -> Value {
+        self.get("/api/ws/status").1
+    }
+
+    fn metric(&self, name: &str) -> u64 {
+        let (_, text) = http(self.addr, "GET", "/metrics", &[], "");
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no metric {name}"))
+    }
+
+    fn healthy(&self) -> bool {
+        self.get("/health").0 == 200
+    }
+
+    fn connect(&self, user: Option<&str>) -> Client {
+        let path = user.map_or("/api/ws/connect".to_owned(), |u| {
+            format!("/api/ws/connect?user_id={u}")
+        });
+        let stream = TcpStream::connect(self.addr).expect("tcp connect");
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        let url = format!("ws://{}{path}", self.addr);
+        let (ws, _) = tungstenite::client(url, stream).expect("websocket handshake");
+        Client { ws }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM without waiting: the node shuts down gracefully meanwhile.
+    fn terminate(&self) {
+        if let Some(child) = self.child.as_ref() {
+            // SAFETY: kill(2) on the PID of a child we started and have not reaped.
+            unsafe {
+                libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+            }
+        }
+    }
+
+    /// Sends `signal` and waits for the process to end.
+    fn signal(&mut self, signal: i32) {
+        if let Some(child) = self.child.as_mut() {
+            // SAFETY: kill(2) on the PID of a child we started and have not reaped.
+            unsafe {
+                libc::kill(child.id() as libc::pid_t, signal);
+            }
+            let _ = child.wait();
+        }
+        self.child = None;
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Waits until every node's status shows `users` (sorted) and `count`
+/// sessions over `nodes` live nodes.
+fn wait_status(nodes: &[&Node], count: usize, users: &[&str], live: usize, limit: Duration) {
+    for node in nodes {
+        wait_for(
+            limit,
+            &format!("status {count} {users:?} {live} nodes"),
+            || {
+                let status = node.status();
+                (status["online_count"] == count
+                    && status["online_users"] == json!(users)
+                    && status["nodes"] == live)
+                    .then_some(())
+            },
+        );
+    }
+}
+
+fn three_nodes(redis: &Redis) -> (Node, Node, Node) {
+    let nodes = (
+        Node::start("a", redis.port),
+        Node::start("b", redis.port),
+        Node::start("c", redis.port),
+    );
+    for node in [&nodes.0, &nodes.1, &nodes.2] {
+        wait_for(WAIT, "the node to join", || node.healthy().then_some(()));
+    }
+    nodes
+}
+
+/// Everything the client got up to its next pong, as JSON.
+fn drain(client: &mut Client) -> Vec<Value> {
+    client.sync()
+}
+
+#[test]
+fn users_rooms_and_broadcasts_span_nodes_exactly_once() {
+    let redis = Redis::start();
+    let (a, b, c) = three_nodes(&redis);
+    let mut alice_a = a.connect(Some("alice"));
+    let mut alice_b = b.connect(Some("alice"));
+    let mut anon_b = b.connect(None);
+    let mut bob_c = c.connect(Some("bob"));
+    // Status: cluster-wide within 2 s (plus slack for a loaded machine).
+    wait_status(
+        &[&a, &b, &c],
+        4,
+        &["alice", "bob"],
+        3,
+        Duration::from_secs(4),
+    );
+    wait_for(WAIT, "user channels", || {
+        (redis.subscribers("t:user:alice") == 2 && redis.subscribers("t:user:bob") == 1)
+            .then_some(())
+    });
+
+    // A client message to a user with sessions on two other nodes.
+    bob_c.send_json(json!({"type": "dm", "to": "alice", "content": 1}));
+    let want = json!({"type": "dm", "to": "alice", "from": "bob", "content": 1});
+    assert_eq!(alice_a.recv_json(), want);
+    assert_eq!(alice_b.recv_json(), want);
+    // REST send from the third node counts sessions cluster-wide.
+    let (code, sent) = c.post(
+        "/api/ws/send",
+        json!({"type": "pm", "to": "alice", "content": 2}),
+    );
+    assert_eq!((code, sent), (200, json!({"sent": 2})));
+    let want = json!({"type": "pm", "to": "alice", "content": 2});
+    assert_eq!(alice_a.recv_json(), want);
+    assert_eq!(alice_b.recv_json(), want);
+
+    // A client broadcast reaches every other session on every node.
+    alice_a.send_json(json!({"type": "chat", "content": "hi"}));
+    let want = json!({"type": "chat", "from": "alice", "content": "hi"});
+    for client in [&mut alice_b, &mut anon_b, &mut bob_c] {
+        assert_eq!(client.recv_json(), want);
+    }
+    // A REST broadcast reaches all four sessions.
+    let (code, sent) = b.post("/api/ws/broadcast", json!({"type": "notice", "content": 3}));
+    assert_eq!((code, sent), (200, json!({"sent": 4})));
+    for client in [&mut alice_a, &mut alice_b, &mut anon_b, &mut bob_c] {
+        assert_eq!(client.recv_json(), json!({"type": "notice", "content": 3}));
+    }
+
+    // A room with members on nodes a and c; b holds none.
+    alice_a.send_json(json!({"type": "join", "room": "r1"}));
+    bob_c.send_json(json!({"type": "join", "room": "r1"}));
+    wait_for(WAIT, "room channel on a and c", || {
+        (redis.subscribers("t:room:r1") == 2).then_some(())
+    });
+    bob_c.send_json(json!({"type": "say", "room": "r1", "content": 4}));
+    assert_eq!(
+        alice_a.recv_json(),
+        json!({"type": "say", "from": "bob", "room": "r1", "content": 4})
+    );
+    // From b, which holds no member: `sent` counts the members on a and c
+    // once b's view has them (within 2 s); delivery does not wait for that.
+    let mut posts = 0;
+    wait_for(Duration::from_secs(4), "room members counted", || {
+        let (code, sent) = b.post("/api/ws/broadcast", json!({"type": "r", "room": "r1"}));
+        assert_eq!(code, 200);
+        posts += 1;
+        (sent == json!({"sent": 2})).then_some(())
+    });
+    // Every message arrives once, nothing else anywhere.
+    for client in [&mut alice_a, &mut bob_c] {
+        for _ in 0..posts {
+            assert_eq!(client.recv_json(), json!({"type": "r", "room": "r1"}));
+        }
+        client.expect_silence(300);
+    }
+    assert_eq!(drain(&mut alice_b), Vec::<Value>::new());
+    assert_eq!(drain(&mut anon_b), Vec::<Value>::new());
+
+    // Garbage under our prefix: dropped and counted, nobody receives it.
+    let _: i64 = redis
+        .query(
+            redis::cmd("PUBLISH")
+                .arg("t:all")
+                .arg("not a wshub message"),
+        )
+        .expect("publish");
+    let _: i64 = redis
+        .query(redis::cmd("PUBLISH").arg("t:all").arg("wshub1 x 1 1\n[1]"))
+        .expect("publish");
+    for node in [&a, &b, &c] {
+        wait_for(WAIT, "garbage counted", || {
+            (node.metric("wshub_cluster_garbage_total") == 2).then_some(())
+        });
+    }
+    assert_eq!(drain(&mut anon_b), Vec::<Value>::new());
+    assert_eq!(a.metric("wshub_cluster_up"), 1);
+    assert_eq!(a.metric("wshub_cluster_nodes"), 3);
+    assert!(c.metric("wshub_cluster_messages_published_total") >= 2);
+    assert!(a.metric("wshub_cluster_messages_received_total") >= 3);
+    let warnings = a.log_text().matches("malformed message").count();
+    assert_eq!(
+        warnings,
+        1,
+        "rate-limited to one warning:\n{}",
+        a.log_text()
+    );
+
+    // Channels are released when the last member leaves.
+    alice_a.send_json(json!({"type": "leave", "room": "r1"}));
+    wait_for(WAIT, "room channel released on a", || {
+        (redis.subscribers("t:room:r1") == 1).then_some(())
+    });
+    bob_c.close();
+    alice_b.close();
+    wait_for(WAIT, "bob's channels released", || {
+        (redis.subscribers("t:room:r1") == 0
+            && redis.subscribers("t:user:bob") == 0
+            && redis.subscribers("t:user:alice") == 1)
+            .then_some(())
+    });
+    let channels = redis.channels();
+    assert!(
+        !channels
+            .iter()
+            .any(|c| c.contains("bob") || c.contains("r1")),
+        "{channels:?}"
+    );
+    wait_status(&[&a, &b, &c], 2, &["alice"], 3, Duration::from_secs(4));
+}
+
+#[test]
+fn order_of_300_cross_node_messages_is_kept() {
+    let redis = Redis::start();
+    let (a, b, c) = three_nodes(&redis);
+    let mut sender = a.connect(Some("s"));
+    let mut on_b = b.connect(Some("r"));
+    let mut on_c = c.connect(Some("r"));
+    wait_for(WAIT, "user channel on b and c", || {
+        (redis.subscribers("t:user:r") == 2).then_some(())
+    });
+    for n in 0..300 {
+        sender.send_json(json!({"type": "seq", "to": "r", "content": n}));
+        if n % 3 == 0 {
+            // REST pushes from node c interleave; their own order is kept too.
+            let (code, _) = c.post(
+                "/api/ws/send",
+                json!({"type": "rest", "to": "r", "content": n}),
+            );
+            assert_eq!(code, 200);
+        }
+    }
+    for client in [&mut on_b, &mut on_c] {
+        let mut seq = Vec::new();
+        let mut rest = Vec::new();
+        while seq.len() < 300 || rest.len() < 100 {
+            let message = client.recv_json();
+            let n = message["content"].as_u64().expect("number");
+            match message["type"].as_str() {
+                Some("seq") => seq.push(n),
+                Some("rest") => rest.push(n),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(seq, (0..300).collect::<Vec<_>>());
+        assert_eq!(rest, (0..300).step_by(3).collect::<Vec<_>>());
+        assert_eq!(drain(client), Vec::<Value>::new(), "nothing twice");
+    }
+    assert_eq!(drain(&mut sender), Vec::<Value>::new());
+}
+
+#[test]
+fn a_terminated_node_leaves_at_once_and_a_killed_one_within_the_ttl() {
+    let redis = Redis::start();
+    let (mut a, b, c) = three_nodes(&redis);
+    let _k = a.connect(Some("killed"));
+    let _t = b.connect(Some("terminated"));
+    let _s = c.connect(Some("stays"));
+    wait_status(
+        &[&c],
+        3,
+        &["killed", "stays", "terminated"],
+        3,
+        Duration::from_secs(4),
+    );
+
+    let gone = Instant::now();
+    b.terminate();
+    wait_status(
+        &[&a, &c],
+        2,
+        &["killed", "stays"],
+        2,
+        Duration::from_secs(2),
+    );
+    let took = gone.elapsed();
+    assert!(
+        took < Duration::from_millis(TTL_MS),
+        "SIGTERM took {took:?}"
+    );
+
+    a.signal(libc::SIGKILL);
+    let killed = Instant::now();
+    // The dead node's entry outlives it until its expiry...
+    assert_eq!(c.status()["nodes"], 2);
+    wait_status(
+        &[&c],
+        1,
+        &["stays"],
+        1,
+        Duration::from_millis(TTL_MS + 2000),
+    );
+    // ...and no longer than presence_ttl plus a refresh or two.
+    let took = killed.elapsed();
+    assert!(
+        took < Duration::from_millis(TTL_MS + 1500),
+        "SIGKILL took {took:?}"
+    );
+}
+
+#[test]
+fn redis_down_at_start_and_later_then_back() {
+    let port = free_port();
+    let mut a = Node::start("a", port);
+    let b = Node::start("b", port);
+    // Down at start: degraded, but serving its own sessions.
+    let (code, health) = a.get("/health");
+    assert_eq!(
+        (code, health),
+        (503, json!({"status": "degraded", "cluster": "down"}))
+    );
+    let mut one = a.connect(Some("one"));
+    let mut two = a.connect(Some("two"));
+    let (code, body) = a.post("/api/ws/broadcast", json!({"type": "x", "content": 1}));
+    assert_eq!((code, body), (503, json!({"error": "cluster unavailable"})));
+    let (code, _) = a.post("/api/ws/send", json!({"type": "x", "to": "two"}));
+    assert_eq!(code, 503);
+    one.send_json(json!({"type": "dm", "to": "two", "content": "local"}));
+    assert_eq!(
+        two.recv_json(),
+        json!({"type": "dm", "to": "two", "from": "one", "content": "local"})
+    );
+    assert_eq!(
+        one.recv_json(),
+        json!({"type": "error", "content": "cluster unavailable: delivered on this node only"})
+    );
+    assert_eq!(
+        drain(&mut two),
+        Vec::<Value>::new(),
+        "the REST pushes delivered nothing"
+    );
+    let status = a.status();
+    assert_eq!(status["cluster"], "down");
+    assert_eq!(status["online_count"], 2);
+
+    // Redis arrives: both nodes join within 5 s, without a restart.
+    let mut redis = Redis::start_on(port);
+    let back = Instant::now();
+    for node in [&a, &b] {
+        wait_for(Duration::from_secs(8), "the node to join", || {
+            node.healthy().then_some(())
+        });
+    }
+    assert!(
+        back.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        back.elapsed()
+    );
+    let mut far = b.connect(Some("far"));
+    wait_status(
+        &[&a, &b],
+        3,
+        &["far", "one", "two"],
+        2,
+        Duration::from_secs(4),
+    );
+    wait_for(WAIT, "far's channel", || {
+        (redis.subscribers("t:user:far") == 1).then_some(())
+    });
+
+    // Messages flow while Redis goes away and comes back: whatever arrives
+    // arrives once and in order.
+    let mut sent = 0u64;
+    let mut burst = |one: &mut Client, count: u64| {
+        for _ in 0..count {
+            one.send_json(json!({"type": "n", "to": "far", "content": sent}));
+            sent += 1;
+        }
+    };
+    burst(&mut one, 50);
+    let before: Vec<u64> = (0..50)
+        .map(|_| far.recv_json()["content"].as_u64().expect("number"))
+        .collect();
+    assert_eq!(before, (0..50).collect::<Vec<_>>());
+    redis.stop();
+    wait_for(WAIT, "node a to notice", || (!a.healthy()).then_some(()));
+    let (code, _) = a.post("/api/ws/broadcast", json!({"type": "x"}));
+    assert_eq!(code, 503);
+    burst(&mut one, 50);
+    let redis = Redis::start_on(port);
+    let back = Instant::now();
+    for node in [&a, &b] {
+        wait_for(Duration::from_secs(8), "the node to rejoin", || {
+            node.healthy().then_some(())
+        });
+    }
+    assert!(
+        back.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        back.elapsed()
+    );
+    // Subscriptions are back: far's channel is subscribed again.
+    wait_for(Duration::from_secs(5), "far's channel again", || {
+        (redis.subscribers("t:user:far") == 1).then_some(())
+    });
+    burst(&mut one, 50);
+    // Sent while a knew the cluster was down: not published at all.
+    let after: Vec<u64> = (0..50)
+        .map(|_| far.recv_json()["content"].as_u64().expect("number"))
+        .collect();
+    assert_eq!(after, (100..150).collect::<Vec<_>>());
+    assert_eq!(drain(&mut far), Vec::<Value>::new(), "nothing twice");
+    assert!(a.metric("wshub_cluster_reconnects_total") >= 1);
+
+    // One log line per outage (at start, then the restart), one per recovery.
+    a.signal(libc::SIGTERM);
+    let log = a.log_text();
+    assert_eq!(log.matches("cluster down").count(), 2, "{log}");
+    assert_eq!(log.matches("cluster up again").count(), 2, "{log}");
+}
+
+#[test]
+fn the_embedding_handle_sees_and_reaches_the_whole_cluster() {
+    let redis = Redis::start();
+    let remote = Node::start("remote", redis.port);
+    let mut config = wshub::Config::default();
+    config.app.host = "127.0.0.1".into();
+    config.app.port = 0;
+    config.cluster.redis = Redis::url(redis.port);
+    config.cluster.node_id = "embedded".into();
+    config.cluster.presence_ttl = Duration::from_millis(TTL_MS);
+    config.cluster.channel_prefix = PREFIX.into();
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let server =
+        wshub::Server::from_listener(listener, config, wshub::Mode::Integrated).expect("server");
+    let handle = server.handle();
+    let thread = std::thread::spawn(move || server.run());
+    let mut far = remote.connect(Some("far"));
+    wait_for(Duration::from_secs(6), "the handle's cluster view", || {
+        (handle.online_count() == 1 && handle.online_users().ok()? == ["far"]).then_some(())
+    });
+    wait_for(WAIT, "far's channel", || {
+        (redis.subscribers("t:user:far") == 1).then_some(())
+    });
+    let message = wshub::Message::new("order_paid", json!({"order": 7}));
+    assert_eq!(handle.send_to_user_counted("far", &message), Ok(1));
+    assert_eq!(
+        far.recv_json(),
+        json!({"type": "order_paid", "content": {"order": 7}})
+    );
+    handle.shutdown().expect("shutdown");
+    thread.join().expect("server thread").expect("run");
+    // A graceful stop removes the embedded node's presence at once.
+    wait_for(Duration::from_secs(2), "one node left", || {
+        (remote.status()["nodes"] == 1).then_some(())
+    });
+}
+
+#[test]
+fn reuse_port_lets_several_nodes_share_one_port() {
+    let port = free_port();
+    let config = |reuse_port| {
+        let mut config = wshub::Config::default();
+        config.app.host = "127.0.0.1".into();
+        config.app.port = port;
+        config.app.reuse_port = reuse_port;
+        config
+    };
+    let first = wshub::Server::bind(config(true), wshub::Mode::Integrated).expect("first");
+    let second = wshub::Server::bind(config(true), wshub::Mode::Integrated).expect("second");
+    assert_eq!(first.local_addr(), second.local_addr());
+    let refused = wshub::Server::bind(config(false), wshub::Mode::Integrated);
+    assert!(refused.is_err(), "without reuse_port the port is taken");
+    // The kernel spreads connections over both listeners.
+    let (h1, h2) = (first.handle(), second.handle());
+    let t1 = std::thread::spawn(move || first.run());
+    let t2 = std::thread::spawn(move || second.run());
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let clients: Vec<Client> = (0..32)
+        .map(|_| {
+            let stream = TcpStream::connect(addr).expect("connect");
+            stream.set_read_timeout(Some(WAIT)).unwrap();
+            let url = format!("ws://{addr}/api/ws/connect");
+            Client {
+                ws: tungstenite::client(url, stream).expect("handshake").0,
+            }
+        })
+        .collect();
+    wait_for(WAIT, "every session counted", || {
+        (h1.online_count() + h2.online_count() == 32).then_some(())
+    });
+    assert!(
+        h1.online_count() > 0 && h2.online_count() > 0,
+        "{} / {}",
+        h1.online_count(),
+        h2.online_count()
+    );
+    drop(clients);
+    h1.shutdown().expect("shutdown");
+    h2.shutdown().expect("shutdown");
+    t1.join().expect("thread").expect("run");
+    t2.join().expect("thread").expect("run");
+}
