@@ -24,6 +24,10 @@ pub const MAX_BATCH: usize = 64;
 /// would mostly come back unwritten.
 pub const MAX_BATCH_BYTES: usize = 256 * 1024;
 
+/// Deque slots a drained queue keeps until the session's timer (larger
+/// deques are freed at the drain): 8 × 16 bytes.
+const KEEP_SLOTS: usize = 8;
+
 /// Pong replies kept at most; older ones are dropped (RFC 6455 lets an
 /// endpoint answer only the most recent Ping), so a Ping flood cannot grow
 /// the queue.
@@ -167,6 +171,7 @@ impl Outbound {
                     total += n;
                     self.advance(n);
                     if self.is_empty() {
+                        self.release_large_deques();
                         return Ok((Flushed::Drained, total));
                     }
                 }
@@ -238,6 +243,19 @@ impl Outbound {
             n -= left;
             self.in_flight = None;
             self.promote();
+        }
+    }
+
+    /// After a drain: a deque that grew past [`KEEP_SLOTS`] (broadcasts that
+    /// piled up while the loop was busy, a burst) is freed at once, so ten
+    /// thousand sessions do not each keep a kilobyte until their timers. A
+    /// small one stays for the next pass.
+    fn release_large_deques(&mut self) {
+        if self.data.capacity() > KEEP_SLOTS {
+            self.data = VecDeque::new();
+        }
+        if self.control.capacity() > KEEP_SLOTS {
+            self.control = VecDeque::new();
         }
     }
 
@@ -345,6 +363,28 @@ mod tests {
         assert_eq!(sock.out, b"onePtwo");
         q.release_idle_memory();
         assert_eq!((q.data.capacity(), q.control.capacity()), (0, 0));
+    }
+
+    #[test]
+    fn a_drain_frees_a_deque_that_grew_large_and_keeps_a_small_one() {
+        let mut sock = Trickle {
+            out: vec![],
+            per_call: 1 << 20,
+            calls_left: 100,
+        };
+        let mut q = Outbound::default();
+        for _ in 0..4 {
+            q.push_data(wire(b"x"), 1000, 1 << 20).unwrap();
+        }
+        q.flush_to(&mut sock).unwrap();
+        assert!(q.data.capacity() > 0, "a small deque is kept");
+        for _ in 0..100 {
+            q.push_data(wire(b"y"), 1000, 1 << 20).unwrap();
+        }
+        assert!(q.data.capacity() > KEEP_SLOTS);
+        q.flush_to(&mut sock).unwrap();
+        assert_eq!(q.data.capacity(), 0, "a grown deque is freed at the drain");
+        assert_eq!(sock.out.len(), 104);
     }
 
     #[test]

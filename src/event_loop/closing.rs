@@ -1,7 +1,7 @@
 //! Ending sessions and writing: leaving the indexes (once), the closing
 //! handshake, half-close and reaping; each pass, flushing every session that
 //! owes its own client an answer, then a bounded share of the write backlog
-//! (oldest first), with WRITABLE interest only while output is pending.
+//! (in slot order), with WRITABLE interest only while output is pending.
 
 use log::{debug, info, warn};
 use mio::{Interest, Token};
