@@ -7,9 +7,12 @@
 //! Options: `--peer node|go|rust|none` (repeatable or comma-separated; default
 //! node and rust), `--runs N`, `--quick` (small N, short phases: a smoke run),
 //! `--only upgrade,fanout,serial,lone,sustained,echo,relay,flood`, `--no-wshub`,
-//! `--wshub PATH`, `--baseline PATH` (a second wshub binary measured in the same
-//! run, e.g. a build of main: before/after ratios), `--no-ceiling`, `--window W`, `--via ws|http` (sustained sender path),
-//! `--conns N1,N2` (connection counts instead of 10,000 and 19,000).
+//! `--wshub PATH`, `--baseline PATH` (a second wshub binary measured in the
+//! same run, e.g. a build of main: before/after ratios), `--no-ceiling`,
+//! `--window W`, `--via ws|http` (sustained sender path), `--conns N1,N2`
+//! (connection counts instead of 10,000 and 19,000), `--cluster` (instead of
+//! the above: one node against three nodes over a private `redis-server`;
+//! relay and REST broadcast, see `load/cluster.rs`).
 //!
 //! The servers run pinned to core 0 (`taskset -c 0`), the bench on core 1. Every
 //! child is killed by PID when the bench ends, also on error. Traffic goes to
@@ -23,6 +26,7 @@
 //!   serial HTTP trigger and the lone push; `load/echo.rs`: echo, flood;
 //!   `load/relay.rs`: pairs chatting with `to`;
 //! - `load/server.rs`: child servers;
+//! - `load/cluster.rs`: the cluster scenario (three nodes, one Redis);
 //! - `load/ceiling.rs`: the trivial server; `load/stats.rs`: percentiles, rusage, RSS;
 //! - `load/report.rs`: the table; `load/error.rs`: the error type.
 
@@ -32,6 +36,8 @@ mod broadcast;
 mod ceiling;
 #[path = "load/client.rs"]
 mod client;
+#[path = "load/cluster.rs"]
+mod cluster;
 #[path = "load/echo.rs"]
 mod echo;
 #[path = "load/error.rs"]
@@ -71,6 +77,7 @@ struct Opts {
     wshub: Option<PathBuf>,
     baseline: Option<PathBuf>,
     serve_ceiling: Option<u16>,
+    cluster: bool,
 }
 
 static START: OnceLock<Instant> = OnceLock::new();
@@ -169,6 +176,7 @@ fn quick_plan() -> Plan {
 #[derive(Default)]
 struct Flags {
     quick: bool,
+    cluster: bool,
     no_wshub: bool,
     no_ceiling: bool,
     peers: Vec<String>,
@@ -194,6 +202,7 @@ fn read_flags(args: &[String]) -> Result<Flags> {
         match a.as_str() {
             "--bench" => {}
             "--quick" => f.quick = true,
+            "--cluster" => f.cluster = true,
             "--no-wshub" => f.no_wshub = true,
             "--no-ceiling" => f.no_ceiling = true,
             "--peer" => f.peers.push(value()?),
@@ -252,6 +261,7 @@ fn parse_args(args: &[String]) -> Result<Opts> {
             .or_else(|| option_env!("CARGO_BIN_EXE_wshub").map(PathBuf::from)),
         baseline: f.baseline.map(PathBuf::from),
         serve_ceiling,
+        cluster: f.cluster,
     })
 }
 
@@ -363,6 +373,26 @@ fn bench(o: &Opts) -> Result<()> {
     pin_to_core(1);
     let wall = Instant::now();
     let paths = Paths::discover(o.wshub.clone(), o.baseline.clone())?;
+    if o.cluster {
+        let wshub = paths
+            .wshub_bin
+            .clone()
+            .filter(|p| p.exists())
+            .ok_or_else(|| BenchError::Server("no wshub binary".into()))?;
+        let plan = if o.quick {
+            cluster::ClusterPlan::quick()
+        } else {
+            cluster::ClusterPlan::full()
+        };
+        eprintln!(
+            "[load] cluster scenario; RLIMIT_NOFILE {nofile}; runs {}",
+            o.runs
+        );
+        let result = cluster::bench(&paths, &wshub, &plan, o.runs);
+        println!("total wall time: {:.0} s", wall.elapsed().as_secs_f64());
+        let _ = std::fs::remove_dir_all(&paths.work_dir);
+        return result;
+    }
     let mut servers = Vec::new();
     for &f in &o.servers {
         match server::prepare(f, &paths) {

@@ -30,6 +30,10 @@ const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
 /// line with a short path fits.
 const MIN_HEADER_BYTES: usize = 256;
 
+/// The highest `max_messages_per_second`: the token bucket counts in
+/// thousandths of a message per millisecond, which this keeps far from overflow.
+const MAX_RATE: u32 = 1_000_000;
+
 /// The whole validated configuration.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Config {
@@ -154,6 +158,25 @@ pub struct WebSocketConfig {
     /// Non-empty: an upgrade whose `Origin` is not listed exactly gets 403.
     /// Default `[]` (any origin).
     pub allowed_origins: Vec<String>,
+    /// Connections not (yet) upgraded (REST clients, handshakes in
+    /// progress); the next one gets 503 and is closed. Default `1024`.
+    pub max_http_connections: usize,
+    /// Longest user id (query or JWT) and room name in bytes; longer gets
+    /// 400 at the upgrade or an error reply on the socket. Default `128`.
+    pub max_id_bytes: usize,
+    /// Rooms one session may be in; the next `join` gets an error reply.
+    /// Default `64`.
+    pub max_rooms_per_session: usize,
+    /// Deepest nesting of arrays and objects in a client message or REST
+    /// body (the message object itself is level 1); deeper gets an error
+    /// reply or 400. Default `32`.
+    pub max_json_depth: usize,
+    /// Client messages per second per session, with a burst of as many;
+    /// over it a message is dropped with an error reply. `0` is off. Default `0`.
+    pub max_messages_per_second: u32,
+    /// Clients may broadcast (a message with neither `room` nor `to`); when
+    /// false such a message gets an error reply. Default `true`.
+    pub client_broadcast: bool,
 }
 
 /// `jwt:` — token checks on connect.
@@ -290,6 +313,12 @@ impl Default for WebSocketConfig {
             echo: false,
             admin_token: String::new(),
             allowed_origins: Vec::new(),
+            max_http_connections: 1024,
+            max_id_bytes: 128,
+            max_rooms_per_session: 64,
+            max_json_depth: 32,
+            max_messages_per_second: 0,
+            client_broadcast: true,
         }
     }
 }
@@ -321,6 +350,12 @@ impl fmt::Debug for WebSocketConfig {
             .field("echo", &self.echo)
             .field("admin_token", &redacted(&self.admin_token))
             .field("allowed_origins", &self.allowed_origins)
+            .field("max_http_connections", &self.max_http_connections)
+            .field("max_id_bytes", &self.max_id_bytes)
+            .field("max_rooms_per_session", &self.max_rooms_per_session)
+            .field("max_json_depth", &self.max_json_depth)
+            .field("max_messages_per_second", &self.max_messages_per_second)
+            .field("client_broadcast", &self.client_broadcast)
             .finish()
     }
 }
@@ -573,6 +608,18 @@ struct RawWebSocket {
     admin_token: Option<String>,
     #[serde(deserialize_with = "de_origins")]
     allowed_origins: Option<Vec<String>>,
+    #[serde(deserialize_with = "de_count")]
+    max_http_connections: Option<usize>,
+    #[serde(deserialize_with = "de_count")]
+    max_id_bytes: Option<usize>,
+    #[serde(deserialize_with = "de_count")]
+    max_rooms_per_session: Option<usize>,
+    #[serde(deserialize_with = "de_count")]
+    max_json_depth: Option<usize>,
+    #[serde(deserialize_with = "de_rate")]
+    max_messages_per_second: Option<u32>,
+    #[serde(deserialize_with = "de_flag")]
+    client_broadcast: Option<bool>,
 }
 
 #[derive(serde::Deserialize, Default)]
@@ -628,6 +675,16 @@ impl RawWebSocket {
             echo: self.echo.unwrap_or(d.echo),
             admin_token: self.admin_token.unwrap_or(d.admin_token),
             allowed_origins: self.allowed_origins.unwrap_or(d.allowed_origins),
+            max_http_connections: self.max_http_connections.unwrap_or(d.max_http_connections),
+            max_id_bytes: self.max_id_bytes.unwrap_or(d.max_id_bytes),
+            max_rooms_per_session: self
+                .max_rooms_per_session
+                .unwrap_or(d.max_rooms_per_session),
+            max_json_depth: self.max_json_depth.unwrap_or(d.max_json_depth),
+            max_messages_per_second: self
+                .max_messages_per_second
+                .unwrap_or(d.max_messages_per_second),
+            client_broadcast: self.client_broadcast.unwrap_or(d.client_broadcast),
         }
     }
 }
@@ -677,6 +734,9 @@ fn de_count<'de, D: Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> 
 }
 fn de_header_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
     leaf(d, |v| parse_count(v, MIN_HEADER_BYTES))
+}
+fn de_rate<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    leaf(d, parse_rate)
 }
 fn de_level<'de, D: Deserializer<'de>>(d: D) -> Result<Option<LevelFilter>, D::Error> {
     leaf(d, parse_level)
@@ -812,6 +872,18 @@ fn parse_count(v: &Value, min: usize) -> Result<usize, String> {
     }
 }
 
+/// Messages per second: `0` (off) up to [`MAX_RATE`].
+fn parse_rate(v: &Value) -> Result<u32, String> {
+    match v.as_u64() {
+        None => Err(format!(
+            "expected a non-negative integer (0 = off), got {}",
+            shown(v)
+        )),
+        Some(n) if n > u64::from(MAX_RATE) => Err(format!("must be at most {MAX_RATE}, got {n}")),
+        Some(n) => Ok(n as u32),
+    }
+}
+
 fn parse_duration(v: &Value) -> Result<Duration, String> {
     let parsed = match v {
         Value::Number(n) => n.as_u64().map(Duration::from_secs),
@@ -922,6 +994,12 @@ websocket:
   echo: false               # true: serve /api/ws/echo (conformance and benchmarks)
   admin_token: ""           # non-empty: REST push/status/metrics need "Authorization: Bearer <admin_token>"
   allowed_origins: []       # non-empty: an upgrade whose Origin is not listed gets 403
+  max_http_connections: 1024     # connections not (yet) upgraded: REST clients and handshakes in progress
+  max_id_bytes: 128              # user ids (query, JWT) and room names
+  max_rooms_per_session: 64
+  max_json_depth: 32             # nesting of a client message or REST body
+  max_messages_per_second: 0     # per session, token bucket with a burst of the same size; 0 = off
+  client_broadcast: true         # false: a client message with neither room nor to gets an error reply
 jwt:
   secret: ""                # non-empty: HS256 tokens are checked on connect
   required: false           # true: a connect without a valid token gets 401
@@ -955,6 +1033,12 @@ jwt:
                 echo: false,
                 admin_token: String::new(),
                 allowed_origins: vec![],
+                max_http_connections: 1024,
+                max_id_bytes: 128,
+                max_rooms_per_session: 64,
+                max_json_depth: 32,
+                max_messages_per_second: 0,
+                client_broadcast: true,
             },
             jwt: JwtConfig {
                 secret: String::new(),
@@ -1013,6 +1097,12 @@ websocket:
   echo: true
   admin_token: "adm"
   allowed_origins: ["https://a.example", "null"]
+  max_http_connections: 9
+  max_id_bytes: 10
+  max_rooms_per_session: 11
+  max_json_depth: 12
+  max_messages_per_second: 13
+  client_broadcast: false
 jwt: {secret: "s3", required: true}
 "#;
         let expected = Config {
@@ -1041,6 +1131,12 @@ jwt: {secret: "s3", required: true}
                 echo: true,
                 admin_token: "adm".to_owned(),
                 allowed_origins: vec!["https://a.example".to_owned(), "null".to_owned()],
+                max_http_connections: 9,
+                max_id_bytes: 10,
+                max_rooms_per_session: 11,
+                max_json_depth: 12,
+                max_messages_per_second: 13,
+                client_broadcast: false,
             },
             jwt: JwtConfig {
                 secret: "s3".to_owned(),
@@ -1288,6 +1384,50 @@ jwt: {secret: "s3", required: true}
             "config.yaml: websocket.max_header_bytes: must be at least 256, got 255"
         );
         assert_eq!(websocket("  max_buffered_bytes: 1\n").max_buffered_bytes, 1);
+    }
+
+    #[test]
+    fn abuse_bounds_at_their_limits_and_one_past() {
+        for key in [
+            "max_http_connections",
+            "max_id_bytes",
+            "max_rooms_per_session",
+            "max_json_depth",
+        ] {
+            let ws = websocket(&format!("  {key}: 1\n"));
+            let debug = format!("{ws:?}");
+            assert!(debug.contains(&format!("{key}: 1,")), "{debug}");
+            assert_eq!(
+                error(&format!("websocket:\n  {key}: 0\n")),
+                format!("config.yaml: websocket.{key}: must be at least 1, got 0")
+            );
+            assert_eq!(
+                error(&format!("websocket:\n  {key}: -1\n")),
+                format!("config.yaml: websocket.{key}: expected a non-negative integer, got -1")
+            );
+        }
+        assert_eq!(
+            websocket("  max_messages_per_second: 0\n").max_messages_per_second,
+            0
+        );
+        assert_eq!(
+            websocket("  max_messages_per_second: 1000000\n").max_messages_per_second,
+            1_000_000
+        );
+        assert_eq!(
+            error("websocket:\n  max_messages_per_second: 1000001\n"),
+            "config.yaml: websocket.max_messages_per_second: must be at most 1000000, got 1000001"
+        );
+        assert_eq!(
+            error("websocket:\n  max_messages_per_second: fast\n"),
+            "config.yaml: websocket.max_messages_per_second: expected a non-negative integer \
+             (0 = off), got \"fast\""
+        );
+        assert!(!websocket("  client_broadcast: false\n").client_broadcast);
+        assert_eq!(
+            error("websocket:\n  client_broadcast: no\n"),
+            r#"config.yaml: websocket.client_broadcast: expected true or false, got "no""#
+        );
     }
 
     #[test]

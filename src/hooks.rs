@@ -51,6 +51,8 @@ pub enum CloseReason {
     Io(String),
     /// A closing handshake completed.
     Finished,
+    /// Sent at over ten times `max_messages_per_second` for 5 s (Close 1008).
+    RateLimited,
 }
 
 impl fmt::Display for CloseReason {
@@ -66,6 +68,7 @@ impl fmt::Display for CloseReason {
             CloseReason::Server => f.write_str("disconnected by server"),
             CloseReason::Io(e) => write!(f, "socket error: {e}"),
             CloseReason::Finished => f.write_str("closed"),
+            CloseReason::RateLimited => f.write_str("rate limit exceeded (1008)"),
         }
     }
 }

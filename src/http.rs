@@ -181,11 +181,7 @@ fn apply_header(
     let name = header.name;
     let value = header.value;
     if name.eq_ignore_ascii_case("content-length") {
-        let text = std::str::from_utf8(value).map_err(|_| malformed("bad Content-Length"))?;
-        let length: usize = text
-            .trim()
-            .parse()
-            .map_err(|_| malformed("bad Content-Length"))?;
+        let length = content_length_value(value).ok_or_else(|| malformed("bad Content-Length"))?;
         if content_length.is_some_and(|seen| seen != length) {
             return Err(malformed("conflicting Content-Length headers"));
         }
@@ -215,6 +211,18 @@ fn apply_header(
         request.authorization = Some(value.to_vec());
     }
     Ok(())
+}
+
+/// ASCII digits only (RFC 9110 8.6), around them at most ASCII whitespace: no sign, no Unicode spaces, nothing inside. A proxy in front must
+/// not read a length this server reads differently (request smuggling).
+fn content_length_value(value: &[u8]) -> Option<usize> {
+    let digits = value.trim_ascii();
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    digits.iter().try_fold(0usize, |n, d| {
+        n.checked_mul(10)?.checked_add(usize::from(d - b'0'))
+    })
 }
 
 fn has_bare_lf(head: &[u8]) -> bool {
@@ -446,6 +454,41 @@ mod tests {
         assert!(parse_head(h10ka, 1024, 0).unwrap().unwrap().keep_alive);
         let close = b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n";
         assert!(!parse_head(close, 1024, 0).unwrap().unwrap().keep_alive);
+    }
+
+    #[test]
+    fn content_length_is_ascii_digits_only() {
+        let with = |value: &[u8]| {
+            let head = [
+                b"POST / HTTP/1.1\r\nContent-Length: ".as_slice(),
+                value,
+                b"\r\n\r\n",
+            ]
+            .concat();
+            parse_head(&head, 1024, 1 << 20).map(|r| r.map(|r| r.content_length))
+        };
+        assert_eq!(with(b"24"), Ok(Some(24)));
+        assert_eq!(with(b"0"), Ok(Some(0)));
+        assert_eq!(with(b"0024"), Ok(Some(24)));
+        assert_eq!(with(b"24 \t"), Ok(Some(24)));
+        for bad in [
+            b"+24".as_slice(),
+            b"-0",
+            b"\xc2\xa024",
+            b"24\xc2\xa0",
+            b"2 4",
+            b"24a",
+            b"0x18",
+            b"",
+            b"99999999999999999999999",
+        ] {
+            assert_eq!(
+                with(bad),
+                Err(malformed("bad Content-Length")),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 
     #[test]

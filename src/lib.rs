@@ -37,12 +37,14 @@
 //! | [`router`] | who receives a message: user, room and session indexes |
 //! | [`outbound`] | one session's bounded queue of shared frames, written with `writev` |
 //! | [`wheel`] | the hashed timer wheel for pings and timeouts |
+//! | [`rate`] | the per-session token bucket and flood detector |
 //! | [`handle`] | the cross-thread [`Handle`] (bounded channel + waker) |
 //! | [`hooks`] | application callbacks on the loop thread |
 //! | [`cluster`] | several nodes over Redis: bridge threads, presence, channels |
 //! | [`metrics`] | counters and the Prometheus text |
 //! | [`config`], [`cli`], [`app`] | settings, arguments, what the binaries run |
 //! | [`auth`], [`jwt`] | admin token, origin and JWT checks |
+//! | [`ids`] | user id and room name bounds, escaped for logs |
 //! | [`alloc`] | the counting allocator behind heap statistics |
 #![deny(missing_docs)]
 
@@ -57,10 +59,12 @@ pub mod frame;
 pub mod handle;
 pub mod hooks;
 pub mod http;
+pub mod ids;
 pub mod jwt;
 pub mod message;
 pub mod metrics;
 pub mod outbound;
+pub mod rate;
 pub mod rest;
 pub mod router;
 pub mod server;

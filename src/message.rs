@@ -67,6 +67,11 @@ pub enum MessageError {
     MissingType,
     /// A known field has the wrong JSON type.
     BadField(String),
+    /// Arrays and objects nested deeper than `max_json_depth`.
+    TooDeep {
+        /// The bound.
+        max: usize,
+    },
 }
 
 impl fmt::Display for MessageError {
@@ -76,8 +81,54 @@ impl fmt::Display for MessageError {
             MessageError::NotAnObject => f.write_str("message must be a JSON object"),
             MessageError::MissingType => f.write_str("message needs a non-empty string \"type\""),
             MessageError::BadField(why) => write!(f, "invalid message: {why}"),
+            MessageError::TooDeep { max } => {
+                write!(f, "JSON nested deeper than {max} levels")
+            }
         }
     }
+}
+
+/// [`parse`], refusing first any text that nests arrays and objects deeper
+/// than `max_depth` (the message object itself is level 1), so deep
+/// `content` is never relayed.
+pub fn parse_limited(bytes: &[u8], max_depth: usize) -> Result<Incoming<'_>, MessageError> {
+    if nests_deeper_than(bytes, max_depth) {
+        return Err(MessageError::TooDeep { max: max_depth });
+    }
+    parse(bytes)
+}
+
+/// Whether JSON text opens more than `max` arrays or objects at once. One
+/// pass, no allocation; strings are skipped with their escapes. Text that is
+/// not JSON is left for the parser to refuse.
+pub fn nests_deeper_than(bytes: &[u8], max: usize) -> bool {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in bytes {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
 }
 
 /// Parses and validates one message.
@@ -260,6 +311,30 @@ mod tests {
             bad.to_string(),
             "invalid message: invalid type: integer `5`, expected a string"
         );
+    }
+
+    #[test]
+    fn depth_counts_arrays_and_objects_but_not_brackets_in_strings() {
+        let nested = |depth: usize| {
+            let inner = "[".repeat(depth - 1) + &"]".repeat(depth - 1);
+            format!(r#"{{"type":"x","content":{inner}}}"#)
+        };
+        assert!(parse_limited(nested(32).as_bytes(), 32).is_ok());
+        assert_eq!(
+            parse_limited(nested(33).as_bytes(), 32).unwrap_err(),
+            MessageError::TooDeep { max: 32 }
+        );
+        assert_eq!(
+            MessageError::TooDeep { max: 32 }.to_string(),
+            "JSON nested deeper than 32 levels"
+        );
+        let in_string = r#"{"type":"x","content":"[[[[{{{{\"[[[["}"#;
+        assert!(parse_limited(in_string.as_bytes(), 1).is_ok());
+        assert!(!nests_deeper_than(br#"[1,[2],{"a":[3]}]"#, 3));
+        assert!(nests_deeper_than(br#"[1,[2],{"a":[[3]]}]"#, 3));
+        // 100,000 levels: refused in one pass, no recursion.
+        let deep = "[".repeat(100_000);
+        assert!(nests_deeper_than(deep.as_bytes(), 32));
     }
 
     #[test]

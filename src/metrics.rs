@@ -26,10 +26,12 @@ pub enum HandshakeFailure {
     Timeout,
     /// Refused by the application's connect hook.
     Hook,
+    /// A new connection at `max_http_connections` (503).
+    HttpCapacity,
 }
 
 impl HandshakeFailure {
-    const ALL: [HandshakeFailure; 7] = [
+    const ALL: [HandshakeFailure; 8] = [
         HandshakeFailure::BadRequest,
         HandshakeFailure::Origin,
         HandshakeFailure::Auth,
@@ -37,6 +39,7 @@ impl HandshakeFailure {
         HandshakeFailure::TooLarge,
         HandshakeFailure::Timeout,
         HandshakeFailure::Hook,
+        HandshakeFailure::HttpCapacity,
     ];
 
     fn label(self) -> &'static str {
@@ -48,6 +51,7 @@ impl HandshakeFailure {
             HandshakeFailure::TooLarge => "too_large",
             HandshakeFailure::Timeout => "timeout",
             HandshakeFailure::Hook => "hook",
+            HandshakeFailure::HttpCapacity => "http_capacity",
         }
     }
 }
@@ -99,7 +103,11 @@ pub struct Metrics {
     pub pong_timeouts: u64,
     /// REST requests answered.
     pub http_requests: u64,
-    handshake_failures: [u64; 7],
+    /// Client messages dropped over `max_messages_per_second`.
+    pub rate_limited_messages: u64,
+    /// Sessions closed with 1008 for flooding.
+    pub rate_limit_closes: u64,
+    handshake_failures: [u64; HandshakeFailure::ALL.len()],
     close_codes: [u64; CLOSE_CODES.len() + 1],
     iterations: u64,
     iteration_buckets: [u64; ITERATION_BUCKETS.len()],
@@ -146,7 +154,7 @@ impl Metrics {
     /// The Prometheus text exposition (format 0.0.4).
     pub fn render(&self, shared: &Shared, heap_bytes: Option<usize>) -> String {
         let mut out = String::with_capacity(4096);
-        let simple: [(&str, &str, &str, u64); 12] = [
+        let simple: [(&str, &str, &str, u64); 14] = [
             (
                 "wshub_connections_open",
                 "gauge",
@@ -206,6 +214,18 @@ impl Metrics {
                 "counter",
                 "Sessions closed after pong_wait of silence.",
                 self.pong_timeouts,
+            ),
+            (
+                "wshub_rate_limited_messages_total",
+                "counter",
+                "Client messages dropped over max_messages_per_second (the 1008 closes included).",
+                self.rate_limited_messages,
+            ),
+            (
+                "wshub_rate_limit_closes_total",
+                "counter",
+                "Sessions closed with 1008 for sending at over 10x the rate for 5 s.",
+                self.rate_limit_closes,
             ),
             (
                 "wshub_http_requests_total",
@@ -284,6 +304,9 @@ mod tests {
         };
         m.handshake_failed(HandshakeFailure::Auth);
         m.handshake_failed(HandshakeFailure::Auth);
+        m.handshake_failed(HandshakeFailure::HttpCapacity);
+        m.rate_limited_messages = 9;
+        m.rate_limit_closes = 1;
         m.close_sent(1013);
         m.close_sent(4000);
         m.iteration(Duration::from_micros(50));
@@ -292,6 +315,9 @@ mod tests {
         let text = m.render(&Shared::default(), Some(1234));
         assert!(text.contains("\nwshub_connections_total 3\n"));
         assert!(text.contains("wshub_handshake_failures_total{reason=\"auth\"} 2\n"));
+        assert!(text.contains("wshub_handshake_failures_total{reason=\"http_capacity\"} 1\n"));
+        assert!(text.contains("\nwshub_rate_limited_messages_total 9\n"));
+        assert!(text.contains("\nwshub_rate_limit_closes_total 1\n"));
         assert!(text.contains("wshub_close_codes_sent_total{code=\"1013\"} 1\n"));
         assert!(text.contains("wshub_close_codes_sent_total{code=\"other\"} 1\n"));
         assert!(text.contains("wshub_loop_iteration_seconds_bucket{le=\"0.0001\"} 1\n"));

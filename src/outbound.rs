@@ -81,6 +81,16 @@ impl Outbound {
         self.data_bytes
     }
 
+    /// Bytes still to be written: the rest of the frame in flight and the
+    /// data queued behind it (pending control frames are a few bytes each).
+    pub fn owed_bytes(&self) -> usize {
+        let in_flight = self
+            .in_flight
+            .as_ref()
+            .map_or(0, |frame| frame.len() - self.written);
+        in_flight + self.data_bytes
+    }
+
     /// Queues a data frame unless that would pass either bound. One frame
     /// larger than `max_bytes` is still accepted into an empty queue.
     pub fn push_data(

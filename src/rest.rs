@@ -8,10 +8,11 @@
 
 use crate::auth;
 use crate::cluster::view::View;
-use crate::config::Config;
+use crate::config::{Config, WebSocketConfig};
 use crate::handle::Target;
 use crate::http::{switching_protocols, Method, Request, Response};
-use crate::message::{self, Outgoing};
+use crate::ids;
+use crate::message::{self, Incoming, Outgoing};
 use crate::metrics::HandshakeFailure;
 use crate::router::Router;
 
@@ -127,9 +128,9 @@ pub fn handle(request: &Request, body: &[u8], ctx: &Context<'_>) -> Outcome {
         "/api/ws/echo" if ws.echo => wrong_method("GET"),
         "/api/ws/status" if get => admin(request, ctx).unwrap_or_else(|| status(ctx)),
         "/api/ws/status" => wrong_method("GET"),
-        "/api/ws/broadcast" if post => admin(request, ctx).unwrap_or_else(|| broadcast(body)),
+        "/api/ws/broadcast" if post => admin(request, ctx).unwrap_or_else(|| broadcast(body, ws)),
         "/api/ws/broadcast" => wrong_method("POST"),
-        "/api/ws/send" if post => admin(request, ctx).unwrap_or_else(|| send(body)),
+        "/api/ws/send" if post => admin(request, ctx).unwrap_or_else(|| send(body, ws)),
         "/api/ws/send" => wrong_method("POST"),
         _ => static_file(path, get, ctx).unwrap_or_else(not_found),
     }
@@ -216,10 +217,27 @@ fn status(ctx: &Context<'_>) -> Outcome {
     }
 }
 
-fn broadcast(body: &[u8]) -> Outcome {
-    let message = match message::parse(body) {
+/// A push body: JSON within `max_json_depth`, ids within `max_id_bytes`.
+fn push_message<'b>(body: &'b [u8], ws: &WebSocketConfig) -> Result<Incoming<'b>, Outcome> {
+    let message =
+        message::parse_limited(body, ws.max_json_depth).map_err(|e| bad_request(&e.to_string()))?;
+    for (field, value) in [
+        ("to", message.to()),
+        ("room", message.room()),
+        ("from", message.from()),
+    ] {
+        if let Some(id) = value {
+            ids::check(id, ws.max_id_bytes)
+                .map_err(|e| bad_request(&format!("invalid \"{field}\": {e}")))?;
+        }
+    }
+    Ok(message)
+}
+
+fn broadcast(body: &[u8], ws: &WebSocketConfig) -> Outcome {
+    let message = match push_message(body, ws) {
         Ok(message) => message,
-        Err(e) => return bad_request(&e.to_string()),
+        Err(outcome) => return outcome,
     };
     let room = message.room();
     let outgoing = Outgoing {
@@ -235,10 +253,10 @@ fn broadcast(body: &[u8]) -> Outcome {
     }
 }
 
-fn send(body: &[u8]) -> Outcome {
-    let message = match message::parse(body) {
+fn send(body: &[u8], ws: &WebSocketConfig) -> Outcome {
+    let message = match push_message(body, ws) {
         Ok(message) => message,
-        Err(e) => return bad_request(&e.to_string()),
+        Err(outcome) => return outcome,
     };
     let Some(to) = message.to() else {
         return bad_request("message needs a non-empty string \"to\"");
@@ -312,7 +330,7 @@ fn identity(request: &Request, ctx: &Context<'_>) -> Result<Option<String>, Outc
     let user_id = query("user_id")?;
     let query_token = query("token")?;
     let jwt = &ctx.config.jwt;
-    auth::connect_identity(
+    let user = auth::connect_identity(
         &jwt.secret,
         jwt.required,
         auth::bearer_token(request.authorization.as_deref()),
@@ -320,7 +338,17 @@ fn identity(request: &Request, ctx: &Context<'_>) -> Result<Option<String>, Outc
         user_id.as_deref(),
         ctx.now_unix,
     )
-    .map_err(|e| refuse(401, &e.to_string(), HandshakeFailure::Auth))
+    .map_err(|e| refuse(401, &e.to_string(), HandshakeFailure::Auth))?;
+    if let Some(user) = &user {
+        ids::check(user, ctx.config.websocket.max_id_bytes).map_err(|e| {
+            refuse(
+                400,
+                &format!("invalid user id: {e}"),
+                HandshakeFailure::BadRequest,
+            )
+        })?;
+    }
+    Ok(user)
 }
 
 /// A key is the base64 of 16 bytes: 24 characters ending in "==".

@@ -9,8 +9,11 @@
 //! Every index is cleaned in one place, [`Router::remove_session`].
 
 use std::collections::{HashMap, HashSet};
+use std::hash::Hash;
 use std::rc::Rc;
 
+use crate::config::WebSocketConfig;
+use crate::ids;
 use crate::message::{self, Incoming, Outgoing};
 
 /// A session's slab index plus the generation it was created with, so a key
@@ -53,16 +56,92 @@ pub enum Route<'a> {
     Deliver(Audience<'a>, Vec<u8>),
 }
 
-/// The indexes.
+/// What the router enforces on client messages (PROTOCOL.md section 7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Rooms one session may be in at once.
+    pub max_rooms_per_session: usize,
+    /// Longest room name or addressed user id, in bytes.
+    pub max_id_bytes: usize,
+    /// Whether a client may send to everyone.
+    pub client_broadcast: bool,
+}
+
+impl Limits {
+    /// The limits a configuration sets.
+    pub fn from_config(ws: &WebSocketConfig) -> Limits {
+        Limits {
+            max_rooms_per_session: ws.max_rooms_per_session,
+            max_id_bytes: ws.max_id_bytes,
+            client_broadcast: ws.client_broadcast,
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits::from_config(&WebSocketConfig::default())
+    }
+}
+
+/// What a successful [`Router::join`] or [`Router::leave`] changed. A node
+/// that shares rooms with others (a cluster) subscribes on
+/// [`Change::FirstMember`] and unsubscribes on [`Change::LastMember`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// Nothing: already a member (join), or not one (leave), or not open.
+    Unchanged,
+    /// The session joined or left; the room had and keeps other members.
+    Member,
+    /// The session is the room's first member on this node.
+    FirstMember,
+    /// The session was the room's last member on this node; the room is gone.
+    LastMember,
+}
+
+/// Why a join was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinError {
+    /// The session is in `max_rooms_per_session` rooms already.
+    TooManyRooms,
+}
+
+/// The indexes. Every operation on one room costs O(1), and every map gives
+/// its memory back once most of its entries are gone.
 #[derive(Debug, Default)]
 pub struct Router {
+    limits: Limits,
     everyone: HashSet<SessionKey>,
     users: HashMap<Rc<str>, Vec<SessionKey>>,
     rooms: HashMap<Rc<str>, HashSet<SessionKey>>,
-    memberships: HashMap<SessionKey, Vec<Rc<str>>>,
+    memberships: HashMap<SessionKey, HashSet<Rc<str>>>,
+}
+
+/// Maps and sets smaller than this keep their memory (no churn on small
+/// hubs); larger ones shrink when three quarters of their room is unused.
+const SHRINK_ABOVE: usize = 64;
+
+fn shrink_map<K: Eq + Hash, V>(map: &mut HashMap<K, V>) {
+    if map.capacity() > SHRINK_ABOVE && map.len() * 4 < map.capacity() {
+        map.shrink_to(map.len() * 2);
+    }
+}
+
+fn shrink_set<K: Eq + Hash>(set: &mut HashSet<K>) {
+    if set.capacity() > SHRINK_ABOVE && set.len() * 4 < set.capacity() {
+        set.shrink_to(set.len() * 2);
+    }
 }
 
 impl Router {
+    /// An empty router enforcing `limits`.
+    pub fn with_limits(limits: Limits) -> Router {
+        Router {
+            limits,
+            ..Router::default()
+        }
+    }
+
     /// Registers an open chat session, anonymous when `user` is `None`.
     pub fn add_session(&mut self, key: SessionKey, user: Option<&Rc<str>>) {
         self.everyone.insert(key);
@@ -71,21 +150,27 @@ impl Router {
         }
     }
 
-    /// Removes a session from every index. Returns whether it was present.
+    /// Removes a session from every index, in O(1) per room it was in.
+    /// Returns whether it was present.
     pub fn remove_session(&mut self, key: SessionKey, user: Option<&str>) -> bool {
         if !self.everyone.remove(&key) {
             return false;
         }
+        shrink_set(&mut self.everyone);
         if let Some(user) = user {
             if let Some(sessions) = self.users.get_mut(user) {
                 sessions.retain(|k| *k != key);
                 if sessions.is_empty() {
                     self.users.remove(user);
+                    shrink_map(&mut self.users);
                 }
             }
         }
-        for room in self.memberships.remove(&key).unwrap_or_default() {
-            self.drop_member(&room, key);
+        if let Some(rooms) = self.memberships.remove(&key) {
+            shrink_map(&mut self.memberships);
+            for room in rooms {
+                self.drop_member(&room, key);
+            }
         }
         true
     }
@@ -127,37 +212,61 @@ impl Router {
         self.rooms.get(room).is_some_and(|m| m.contains(&key))
     }
 
-    /// Adds `key` to `room` (idempotent).
-    pub fn join(&mut self, key: SessionKey, room: &str) {
+    /// Rooms with at least one member.
+    pub fn room_count(&self) -> usize {
+        self.rooms.len()
+    }
+
+    /// Adds `key` to `room` (idempotent), unless that would put the session
+    /// in more than `max_rooms_per_session` rooms.
+    pub fn join(&mut self, key: SessionKey, room: &str) -> Result<Change, JoinError> {
         if !self.everyone.contains(&key) || self.is_member(key, room) {
-            return;
+            return Ok(Change::Unchanged);
         }
-        let name: Rc<str> = match self.rooms.get_key_value(room) {
-            Some((name, _)) => name.clone(),
-            None => Rc::from(room),
+        let joined = self.memberships.get(&key).map_or(0, HashSet::len);
+        if joined >= self.limits.max_rooms_per_session {
+            return Err(JoinError::TooManyRooms);
+        }
+        let (name, change) = match self.rooms.get_key_value(room) {
+            Some((name, _)) => (name.clone(), Change::Member),
+            None => (Rc::from(room), Change::FirstMember),
         };
         self.rooms.entry(name.clone()).or_default().insert(key);
-        self.memberships.entry(key).or_default().push(name);
+        self.memberships.entry(key).or_default().insert(name);
+        Ok(change)
     }
 
-    /// Removes `key` from `room` (idempotent).
-    pub fn leave(&mut self, key: SessionKey, room: &str) {
-        if let Some(rooms) = self.memberships.get_mut(&key) {
-            rooms.retain(|r| &**r != room);
-            if rooms.is_empty() {
-                self.memberships.remove(&key);
-            }
+    /// Removes `key` from `room` (idempotent), in O(1).
+    pub fn leave(&mut self, key: SessionKey, room: &str) -> Change {
+        let Some(rooms) = self.memberships.get_mut(&key) else {
+            return Change::Unchanged;
+        };
+        if !rooms.remove(room) {
+            return Change::Unchanged;
         }
-        self.drop_member(room, key);
+        if rooms.is_empty() {
+            self.memberships.remove(&key);
+            shrink_map(&mut self.memberships);
+        } else {
+            shrink_set(rooms);
+        }
+        self.drop_member(room, key)
     }
 
-    fn drop_member(&mut self, room: &str, key: SessionKey) {
-        if let Some(members) = self.rooms.get_mut(room) {
-            members.remove(&key);
-            if members.is_empty() {
-                self.rooms.remove(room);
-            }
+    fn drop_member(&mut self, room: &str, key: SessionKey) -> Change {
+        let Some(members) = self.rooms.get_mut(room) else {
+            return Change::Unchanged;
+        };
+        if !members.remove(&key) {
+            return Change::Unchanged;
         }
+        if members.is_empty() {
+            self.rooms.remove(room);
+            shrink_map(&mut self.rooms);
+            return Change::LastMember;
+        }
+        shrink_set(members);
+        Change::Member
     }
 
     /// Calls `visit` once for every session in the audience.
@@ -192,6 +301,9 @@ impl Router {
         sender_user: Option<&'m str>,
         message: &'m Incoming<'m>,
     ) -> Route<'m> {
+        if let Err(reason) = self.check_names(message) {
+            return Route::Reply(message::error_json(&reason));
+        }
         match &*message.kind {
             "ping" => {
                 let pong = Outgoing {
@@ -203,48 +315,79 @@ impl Router {
                 };
                 Route::Reply(pong.to_json())
             }
+            // A client's "error" would arrive byte-identical to the server's own.
+            kind @ ("error" | "pong") => Route::Reply(message::error_json(&format!(
+                "type \"{kind}\" is reserved for the server"
+            ))),
             "join" | "leave" => match message.room() {
                 None => Route::Reply(message::error_json(&format!(
                     "{} needs a \"room\"",
                     message.kind
                 ))),
-                Some(room) if message.kind == "join" => {
-                    self.join(sender, room);
-                    Route::Done
-                }
+                Some(room) if message.kind == "join" => match self.join(sender, room) {
+                    Ok(_) => Route::Done,
+                    Err(JoinError::TooManyRooms) => {
+                        Route::Reply(message::error_json("too many rooms"))
+                    }
+                },
                 Some(room) => {
                     self.leave(sender, room);
                     Route::Done
                 }
             },
-            kind => {
-                let outgoing = Outgoing {
-                    kind,
-                    to: message.to(),
-                    from: sender_user,
-                    room: message.room(),
-                    content: message.content,
-                };
-                let audience = if let Some(room) = message.room() {
-                    if !self.is_member(sender, room) {
-                        return Route::Reply(message::error_json(&format!(
-                            "not a member of room \"{room}\""
-                        )));
-                    }
-                    Audience::Room {
-                        room,
-                        except: Some(sender),
-                    }
-                } else if let Some(user) = message.to() {
-                    Audience::User(user)
-                } else {
-                    Audience::Everyone {
-                        except: Some(sender),
-                    }
-                };
-                Route::Deliver(audience, outgoing.to_json())
-            }
+            kind => self.relay(sender, sender_user, kind, message),
         }
+    }
+
+    /// Where a relayed message goes: room, user or everyone.
+    fn relay<'m>(
+        &self,
+        sender: SessionKey,
+        sender_user: Option<&'m str>,
+        kind: &'m str,
+        message: &'m Incoming<'m>,
+    ) -> Route<'m> {
+        let audience = if let Some(room) = message.room() {
+            if !self.is_member(sender, room) {
+                return Route::Reply(message::error_json(&format!(
+                    "not a member of room \"{room}\""
+                )));
+            }
+            Audience::Room {
+                room,
+                except: Some(sender),
+            }
+        } else if let Some(user) = message.to() {
+            Audience::User(user)
+        } else if self.limits.client_broadcast {
+            Audience::Everyone {
+                except: Some(sender),
+            }
+        } else {
+            return Route::Reply(message::error_json(
+                "broadcast is not allowed: send to a \"room\" or \"to\" a user",
+            ));
+        };
+        let outgoing = Outgoing {
+            kind,
+            to: message.to(),
+            from: sender_user,
+            room: message.room(),
+            content: message.content,
+        };
+        Route::Deliver(audience, outgoing.to_json())
+    }
+
+    /// `room` and `to` within `max_id_bytes` and free of control characters.
+    fn check_names(&self, message: &Incoming<'_>) -> Result<(), String> {
+        let max = self.limits.max_id_bytes;
+        if let Some(room) = message.room() {
+            ids::check(room, max).map_err(|e| format!("invalid \"room\": {e}"))?;
+        }
+        if let Some(to) = message.to() {
+            ids::check(to, max).map_err(|e| format!("invalid \"to\": {e}"))?;
+        }
+        Ok(())
     }
 }
 
@@ -397,13 +540,13 @@ mod tests {
     #[test]
     fn a_stale_key_is_not_a_member() {
         let mut r = setup();
-        r.join(key(1), "r");
+        assert_eq!(r.join(key(1), "r"), Ok(Change::FirstMember));
         let stale = SessionKey {
             index: 1,
             generation: 0,
         };
         assert!(!r.is_member(stale, "r"));
-        r.join(stale, "r");
+        assert_eq!(r.join(stale, "r"), Ok(Change::Unchanged));
         assert_eq!(
             members(
                 &r,
@@ -414,5 +557,150 @@ mod tests {
             ),
             vec![1]
         );
+    }
+
+    #[test]
+    fn joins_and_leaves_say_what_changed() {
+        let mut r = setup();
+        assert_eq!(r.join(key(1), "r"), Ok(Change::FirstMember));
+        assert_eq!(r.join(key(1), "r"), Ok(Change::Unchanged));
+        assert_eq!(r.join(key(2), "r"), Ok(Change::Member));
+        assert_eq!(r.leave(key(3), "r"), Change::Unchanged, "never joined");
+        assert_eq!(r.leave(key(1), "r"), Change::Member);
+        assert_eq!(r.leave(key(1), "r"), Change::Unchanged);
+        assert_eq!(r.leave(key(2), "r"), Change::LastMember);
+        assert_eq!(r.room_count(), 0);
+        assert_eq!(r.join(key(9), "r"), Ok(Change::Unchanged), "not open");
+    }
+
+    #[test]
+    fn rooms_per_session_are_capped_at_the_limit() {
+        let mut r = Router::with_limits(Limits {
+            max_rooms_per_session: 3,
+            ..Limits::default()
+        });
+        r.add_session(key(1), None);
+        for room in ["a", "b", "c"] {
+            assert!(r.join(key(1), room).is_ok(), "{room}");
+        }
+        assert_eq!(r.join(key(1), "d"), Err(JoinError::TooManyRooms));
+        assert_eq!(r.join(key(1), "a"), Ok(Change::Unchanged), "rejoin is fine");
+        let (_, err) = route_text(&mut r, 1, None, r#"{"type":"join","room":"d"}"#);
+        assert_eq!(err, r#"{"type":"error","content":"too many rooms"}"#);
+        r.leave(key(1), "b");
+        assert!(r.join(key(1), "d").is_ok(), "a slot was freed");
+    }
+
+    #[test]
+    fn indexes_shrink_back_when_sessions_and_rooms_go() {
+        let mut r = Router::with_limits(Limits {
+            max_rooms_per_session: 100_000,
+            ..Limits::default()
+        });
+        r.add_session(key(1), Some(&Rc::from("u")));
+        for i in 0..20_000 {
+            assert!(r.join(key(1), &format!("room-{i}")).is_ok());
+        }
+        let grown = r.rooms.capacity();
+        assert!(grown >= 20_000);
+        for i in 0..20_000 {
+            r.leave(key(1), &format!("never-{i}"));
+        }
+        assert_eq!(
+            r.room_count(),
+            20_000,
+            "leaving unjoined rooms changes nothing"
+        );
+        assert!(r.remove_session(key(1), Some("u")));
+        assert!(
+            r.rooms.capacity() <= SHRINK_ABOVE * 2,
+            "{}",
+            r.rooms.capacity()
+        );
+        assert!(r.memberships.capacity() <= SHRINK_ABOVE * 2);
+        for i in 0..1000 {
+            r.add_session(key(i), None);
+        }
+        for i in 0..1000 {
+            r.remove_session(key(i), None);
+        }
+        assert!(r.everyone.capacity() <= SHRINK_ABOVE * 2);
+    }
+
+    #[test]
+    fn server_types_cannot_be_sent_by_clients() {
+        let mut r = setup();
+        for kind in ["error", "pong"] {
+            let (to, err) = route_text(
+                &mut r,
+                1,
+                Some("alice"),
+                &format!(r#"{{"type":"{kind}","to":"bob","content":"x"}}"#),
+            );
+            assert_eq!(to, None, "not relayed");
+            assert_eq!(
+                err,
+                format!(
+                    r#"{{"type":"error","content":"type \"{kind}\" is reserved for the server"}}"#
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn client_broadcast_can_be_switched_off() {
+        let mut r = Router::with_limits(Limits {
+            client_broadcast: false,
+            ..Limits::default()
+        });
+        r.add_session(key(1), Some(&Rc::from("alice")));
+        r.add_session(key(2), Some(&Rc::from("bob")));
+        let (to, err) = route_text(&mut r, 1, Some("alice"), r#"{"type":"shout"}"#);
+        assert_eq!(to, None);
+        assert_eq!(
+            err,
+            r#"{"type":"error","content":"broadcast is not allowed: send to a \"room\" or \"to\" a user"}"#
+        );
+        let (to, _) = route_text(&mut r, 1, Some("alice"), r#"{"type":"dm","to":"bob"}"#);
+        assert_eq!(to, Some(vec![2]));
+    }
+
+    #[test]
+    fn room_names_and_addressees_are_bounded_and_free_of_controls() {
+        let mut r = Router::with_limits(Limits {
+            max_id_bytes: 4,
+            ..Limits::default()
+        });
+        r.add_session(key(1), None);
+        let (_, reply) = route_text(&mut r, 1, None, r#"{"type":"join","room":"abcd"}"#);
+        assert_eq!(reply, "", "at the limit");
+        assert!(r.is_member(key(1), "abcd"));
+        for (text, field, why) in [
+            (
+                r#"{"type":"join","room":"abcde"}"#,
+                "room",
+                "longer than 4 bytes",
+            ),
+            (
+                r#"{"type":"join","room":"a\u000ab"}"#,
+                "room",
+                "contains a control character",
+            ),
+            (r#"{"type":"dm","to":"abcde"}"#, "to", "longer than 4 bytes"),
+            (
+                r#"{"type":"dm","to":"\u001b[2J"}"#,
+                "to",
+                "contains a control character",
+            ),
+        ] {
+            let (to, reply) = route_text(&mut r, 1, None, text);
+            assert_eq!(to, None, "{text}");
+            assert_eq!(
+                reply,
+                format!(r#"{{"type":"error","content":"invalid \"{field}\": {why}"}}"#),
+                "{text}"
+            );
+        }
+        assert_eq!(r.room_count(), 1);
     }
 }

@@ -19,6 +19,9 @@ use crate::outbound::{Flushed, Outbound, Overflow};
 use crate::router::SessionKey;
 use crate::wheel::TimerId;
 
+/// The smallest read into a session's unfinished input.
+const MIN_READ: usize = 4096;
+
 /// Where a connection is in its life.
 #[derive(Debug)]
 pub enum Phase {
@@ -97,6 +100,11 @@ pub struct Session {
     pub writable_interest: bool,
     /// Already in the loop's list of sessions to flush this pass.
     pub dirty: bool,
+    /// Reading is paused: the session owes more than `max_buffered_bytes`
+    /// of responses to a client that is not reading them.
+    pub paused: bool,
+    /// Counted against `max_http_connections` (until upgraded or reaped).
+    pub counted_http: bool,
 }
 
 impl Session {
@@ -118,6 +126,8 @@ impl Session {
             stalled_since_ms: None,
             writable_interest: false,
             dirty: false,
+            paused: false,
+            counted_http: false,
         }
     }
 
@@ -149,13 +159,20 @@ impl Session {
         }
     }
 
-    /// Reads once, appending to `pending_input`, growing it by at least what
-    /// the pending unit still needs (bounded by the caller's size limits).
+    /// Reads once, appending to `pending_input`. The buffer grows with what
+    /// has arrived (at most doubling, at most `chunk` per read, never past
+    /// what the pending unit still needs), not with what a header declared:
+    /// a peer that announces 512 KiB and sends 2 bytes costs a few KiB.
     /// Also returns how many bytes were asked for, so the caller can tell a
     /// short read (socket drained) from a full one.
     pub fn read_pending(&mut self, chunk: usize) -> (io::Result<ReadOutcome>, usize) {
         let start = self.pending_input.len();
-        let want = self.input_needed.saturating_sub(start).max(chunk);
+        let mut want = start.max(MIN_READ).min(chunk);
+        if self.input_needed > start {
+            want = want.min(self.input_needed - start);
+        }
+        // Capacity already paid for is used as it is.
+        want = want.max(self.pending_input.capacity() - start);
         self.pending_input.resize(start + want, 0);
         let mut spare = std::mem::take(&mut self.pending_input);
         let outcome = self.read_into(&mut spare[start..]);
@@ -171,11 +188,13 @@ impl Session {
     /// Queues a data frame within the bounds. A full queue first lets the
     /// socket take what it can: a burst that arrives within one loop pass
     /// is not a slow consumer, a socket that takes nothing more is.
+    /// What that early write sent is added to `bytes_out`.
     pub fn queue(
         &mut self,
         frame: Wire,
         max_messages: usize,
         max_bytes: usize,
+        bytes_out: &mut u64,
     ) -> Result<(), Overflow> {
         if self
             .out
@@ -183,7 +202,9 @@ impl Session {
             .is_err()
         {
             // A write error surfaces again at the pass's flush, which drops the session.
-            let _ = self.flush();
+            if let Ok((_, written)) = self.flush() {
+                *bytes_out += written as u64;
+            }
         }
         self.out.push_data(frame, max_messages, max_bytes)
     }
@@ -203,5 +224,20 @@ impl Session {
             self.pending_input.clear();
             self.pending_input.extend_from_slice(rest);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Session;
+
+    #[test]
+    fn a_session_stays_small() {
+        // Every idle connection pays this in the slab (BENCHMARKS.md).
+        assert!(
+            std::mem::size_of::<Session>() <= 304,
+            "{} bytes",
+            std::mem::size_of::<Session>()
+        );
     }
 }

@@ -1,7 +1,9 @@
 //! Property-based fuzzing on stable (proptest) of the three input paths a
 //! peer controls (issue 4): HTTP request heads, WebSocket frames, and JSON
 //! messages — each through the pure function and, for the first two, through
-//! a live in-process server over loopback.
+//! a live in-process server over loopback. Issue 10 adds pipelined requests
+//! from a client that does not read its responses (live), and sequences of
+//! room joins and leaves checked against a model (pure).
 //!
 //! Each target runs at most `WSHUB_FUZZ_CASES` cases (default 256) and stops
 //! early after `WSHUB_FUZZ_SECS` seconds (default 30). `WSHUB_FUZZ_SEED`
@@ -30,6 +32,11 @@ use wshub::{Config, SessionKey};
 
 use common::{http, test_config, upgrade_request, TestServer};
 
+/// Counts heap bytes, so the pipelined target can bound what unread
+/// responses cost.
+#[global_allocator]
+static ALLOCATOR: wshub::alloc::Counting = wshub::alloc::Counting;
+
 // ------------------------------------------------------------ harness ----
 
 fn env_number(name: &str, default: u64) -> u64 {
@@ -53,7 +60,21 @@ fn fuzz<S: Strategy>(
 ) where
     S::Value: Debug,
 {
-    let cases = env_number("WSHUB_FUZZ_CASES", 256);
+    fuzz_cases(name, 256, strategy, shrink, test);
+}
+
+/// [`fuzz`] with its own default number of cases, for targets whose cases
+/// take long (`WSHUB_FUZZ_CASES` still wins).
+fn fuzz_cases<S: Strategy>(
+    name: &str,
+    default_cases: u64,
+    strategy: S,
+    shrink: bool,
+    test: impl Fn(S::Value) -> TestCaseResult,
+) where
+    S::Value: Debug,
+{
+    let cases = env_number("WSHUB_FUZZ_CASES", default_cases);
     let budget = Duration::from_secs(env_number("WSHUB_FUZZ_SECS", 30));
     let seed = std::env::var("WSHUB_FUZZ_SEED").map_or_else(
         |_| {
@@ -1246,9 +1267,11 @@ fn router(sender: u32, joined: &[&str]) -> Router {
     router.add_session(key(1), Some(&alice));
     router.add_session(key(2), Some(&bob));
     router.add_session(key(3), None);
-    router.join(key(2), "r1");
+    router.join(key(2), "r1").expect("room r1");
     for room in joined {
-        router.join(key(sender), room);
+        router
+            .join(key(sender), room)
+            .expect("within max_rooms_per_session");
     }
     router
 }
@@ -1296,8 +1319,16 @@ fn check_route(message: &Incoming<'_>, sender: u32, joined: &[&str]) -> TestCase
                     sent.content.is_some_and(|c| c.starts_with('"')),
                     "error content not a string"
                 );
+                let bad_name = [message.room(), message.to()]
+                    .into_iter()
+                    .flatten()
+                    .any(|id| {
+                        wshub::ids::check(id, Config::default().websocket.max_id_bytes).is_err()
+                    });
                 prop_assert!(
-                    ["join", "leave"].contains(&&*message.kind) || was_member == Some(false)
+                    ["join", "leave", "error", "pong"].contains(&&*message.kind)
+                        || was_member == Some(false)
+                        || bad_name
                 );
             }
         }
@@ -1317,7 +1348,7 @@ fn check_route(message: &Incoming<'_>, sender: u32, joined: &[&str]) -> TestCase
                 content,
             };
             prop_assert_eq!(sent, want);
-            prop_assert!(!["ping", "join", "leave"].contains(&&*message.kind));
+            prop_assert!(!["ping", "join", "leave", "error", "pong"].contains(&&*message.kind));
             let expected_audience = match (message.room(), message.to()) {
                 (Some(room), _) => {
                     prop_assert_eq!(was_member, Some(true));
@@ -1363,6 +1394,283 @@ fn json_messages_parse_and_route_to_the_five_keys_only() {
             }
         },
     );
+}
+
+// ------------------------------------------- pipelined, unread side ----
+
+/// One pipelined request and the status it must get.
+fn pipelined_request() -> impl Strategy<Value = (Vec<u8>, u16)> {
+    let body = r#"{"type":"n","content":[1,{"a":"b"}]}"#;
+    let post = format!(
+        "POST /api/ws/broadcast HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    proptest::sample::select(vec![
+        (b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n".to_vec(), 200),
+        (
+            b"GET /api/ws/status HTTP/1.1\r\nHost: t\r\n\r\n".to_vec(),
+            200,
+        ),
+        (b"GET /nope HTTP/1.1\r\n\r\n".to_vec(), 404),
+        (
+            b"POST /health HTTP/1.1\r\nContent-Length: 0\r\n\r\n".to_vec(),
+            405,
+        ),
+        (b"GET /metrics HTTP/1.1\r\n\r\n".to_vec(), 200),
+        (post.into_bytes(), 200),
+    ])
+}
+
+/// Statuses of the complete responses at the start of `bytes`, and the
+/// bytes they took.
+fn response_statuses(bytes: &[u8]) -> Result<(Vec<u16>, usize), String> {
+    let mut at = 0;
+    let mut statuses = Vec::new();
+    while at < bytes.len() {
+        let rest = &bytes[at..];
+        let Some(head_end) = find_head_end(rest, 0) else {
+            break;
+        };
+        let head = std::str::from_utf8(&rest[..head_end]).map_err(|e| e.to_string())?;
+        let status = head
+            .strip_prefix("HTTP/1.1 ")
+            .and_then(|rest| rest.get(..3))
+            .and_then(|code| code.parse().ok())
+            .ok_or_else(|| format!("not a response: {head:?}"))?;
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-Length: "))
+            .and_then(|n| n.trim().parse().ok())
+            .ok_or_else(|| format!("no Content-Length: {head:?}"))?;
+        if rest.len() < head_end + length {
+            break;
+        }
+        statuses.push(status);
+        at += head_end + length;
+    }
+    Ok((statuses, at))
+}
+
+/// Pipelined keep-alive requests from a client that reads its responses
+/// late or never: every response it does read is complete and in order, a
+/// reader gets all of them, and one that never reads is closed by
+/// `write_wait` (the server's request deadline is longer than the case, so
+/// only `write_wait` can end it).
+#[test]
+fn http_pipelined_requests_with_an_unread_response_side() {
+    let mut config = test_config();
+    config.websocket.max_buffered_bytes = 2048;
+    config.websocket.handshake_timeout = Duration::from_secs(30);
+    // Readers get a write_wait no busy test machine can hit between reads.
+    let reading_server = TestServer::start(config.clone());
+    config.websocket.write_wait = Duration::from_millis(200);
+    let server = TestServer::start(config);
+    // Fifty users with ids of max_id_bytes make each status ~7 KiB: enough
+    // unread responses to overflow what the kernel's buffers absorb.
+    let users: Vec<String> = (0..50).map(|i| format!("{i:0>128}")).collect();
+    let _listed: Vec<_> = users.iter().map(|u| server.connect(Some(u))).collect();
+    let _also_listed = reading_server.connect(Some("listed-user"));
+    let strategy = (
+        proptest::collection::vec((pipelined_request(), 1usize..400), 1..24),
+        any::<bool>(),
+    );
+    fuzz_cases(
+        "http_pipelined_unread",
+        32,
+        strategy,
+        false,
+        |(requests, reads)| {
+            let mut bytes = Vec::new();
+            let mut expected = Vec::new();
+            for ((request, status), repeat) in &requests {
+                for _ in 0..*repeat {
+                    bytes.extend_from_slice(request);
+                    expected.push(*status);
+                }
+            }
+            let addr = if reads {
+                reading_server.addr
+            } else {
+                server.addr
+            };
+            // A small receive window: the kernel cannot absorb the responses.
+            let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+                .map_err(|e| TestCaseError::fail(format!("socket: {e}")))?;
+            socket
+                .set_recv_buffer_size(4096)
+                .map_err(|e| TestCaseError::fail(format!("SO_RCVBUF: {e}")))?;
+            socket
+                .connect(&addr.into())
+                .map_err(|e| TestCaseError::fail(format!("connect: {e}")))?;
+            let mut stream: TcpStream = socket.into();
+            stream
+                .set_read_timeout(Some(LIVE_WAIT))
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let baseline = wshub::alloc::heap_bytes().unwrap_or(0);
+            let writer = {
+                let mut stream = stream
+                    .try_clone()
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                std::thread::spawn(move || stream.write_all(&bytes))
+            };
+            if !reads {
+                // Reading nothing for several write_waits: the server must
+                // give up on this client, and hold about max_buffered_bytes
+                // of its responses meanwhile (the heap counts this whole
+                // process: a wide margin for other targets' threads).
+                let mut peak = 0;
+                for _ in 0..50 {
+                    std::thread::sleep(Duration::from_millis(10));
+                    let now = wshub::alloc::heap_bytes().unwrap_or(0);
+                    peak = peak.max(now.saturating_sub(baseline));
+                }
+                prop_assert!(peak < 1 << 20, "unread responses held {} KiB", peak >> 10);
+            }
+            let mut got = Vec::new();
+            let mut statuses = Vec::new();
+            let mut buf = [0u8; 16384];
+            let ended = loop {
+                match stream.read(&mut buf) {
+                    Ok(0) => break true,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                    Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                        break false
+                    }
+                    Err(_) => break true,
+                }
+                let (complete, used) = response_statuses(&got).map_err(TestCaseError::fail)?;
+                statuses.extend(complete);
+                got.drain(..used);
+                // Every response arrived: the keep-alive connection may stay.
+                if statuses.len() == expected.len() {
+                    break false;
+                }
+            };
+            let _ = stream.shutdown(Shutdown::Both);
+            let _ = writer.join();
+            prop_assert_eq!(&statuses[..], &expected[..statuses.len()], "out of order");
+            if reads {
+                prop_assert_eq!(
+                    statuses.len(),
+                    expected.len(),
+                    "a reader gets every response"
+                );
+            } else {
+                let owed = expected.len() - statuses.len();
+                prop_assert!(ended || owed == 0, "an unread client was never closed");
+            }
+            assert_healthy(addr)
+        },
+    );
+}
+
+// ------------------------------------------------- room join / leave ----
+
+#[derive(Debug, Clone)]
+enum RoomOp {
+    Connect(u32),
+    Disconnect(u32),
+    Join(u32, u8),
+    Leave(u32, u8),
+}
+
+fn room_op() -> impl Strategy<Value = RoomOp> {
+    let session = 0u32..6;
+    let room = 0u8..8;
+    prop_oneof![
+        1 => session.clone().prop_map(RoomOp::Connect),
+        1 => session.clone().prop_map(RoomOp::Disconnect),
+        4 => (session.clone(), room.clone()).prop_map(|(s, r)| RoomOp::Join(s, r)),
+        3 => (session, room).prop_map(|(s, r)| RoomOp::Leave(s, r)),
+    ]
+}
+
+/// Any sequence of connects, joins, leaves and disconnects leaves the
+/// router's indexes equal to a plain model: membership, the per-session cap,
+/// what each join and leave reports, and no room left behind once empty.
+#[test]
+fn rooms_join_leave_sequences_match_a_model() {
+    use std::collections::{BTreeMap, BTreeSet};
+    use wshub::router::{Change, JoinError, Limits};
+    const MAX_ROOMS: usize = 3;
+    let strategy = proptest::collection::vec(room_op(), 0..200);
+    fuzz("rooms_join_leave", strategy, true, |ops| {
+        let mut router = Router::with_limits(Limits {
+            max_rooms_per_session: MAX_ROOMS,
+            ..Limits::default()
+        });
+        let mut model: BTreeMap<u32, BTreeSet<u8>> = BTreeMap::new();
+        let name = |room: u8| format!("room-{room}");
+        let members = |model: &BTreeMap<u32, BTreeSet<u8>>, room: u8| -> Vec<u32> {
+            model
+                .iter()
+                .filter(|(_, rooms)| rooms.contains(&room))
+                .map(|(s, _)| *s)
+                .collect()
+        };
+        for op in &ops {
+            match *op {
+                RoomOp::Connect(s) => {
+                    if let std::collections::btree_map::Entry::Vacant(slot) = model.entry(s) {
+                        router.add_session(key(s), None);
+                        slot.insert(BTreeSet::new());
+                    }
+                }
+                RoomOp::Disconnect(s) => {
+                    let was = model.remove(&s).is_some();
+                    prop_assert_eq!(router.remove_session(key(s), None), was);
+                }
+                RoomOp::Join(s, r) => {
+                    let before = members(&model, r).len();
+                    let got = router.join(key(s), &name(r));
+                    let want = match model.get_mut(&s) {
+                        None => Ok(Change::Unchanged),
+                        Some(rooms) if rooms.contains(&r) => Ok(Change::Unchanged),
+                        Some(rooms) if rooms.len() >= MAX_ROOMS => Err(JoinError::TooManyRooms),
+                        Some(rooms) => {
+                            rooms.insert(r);
+                            Ok(if before == 0 {
+                                Change::FirstMember
+                            } else {
+                                Change::Member
+                            })
+                        }
+                    };
+                    prop_assert_eq!(got, want, "{:?}", op);
+                }
+                RoomOp::Leave(s, r) => {
+                    let got = router.leave(key(s), &name(r));
+                    let was = model.get_mut(&s).is_some_and(|rooms| rooms.remove(&r));
+                    let want = match (was, members(&model, r).is_empty()) {
+                        (false, _) => Change::Unchanged,
+                        (true, true) => Change::LastMember,
+                        (true, false) => Change::Member,
+                    };
+                    prop_assert_eq!(got, want, "{:?}", op);
+                }
+            }
+            let rooms_in_use: BTreeSet<u8> = model.values().flatten().copied().collect();
+            prop_assert_eq!(router.room_count(), rooms_in_use.len());
+            prop_assert_eq!(router.online_count(), model.len());
+        }
+        for room in 0..8 {
+            let mut got = Vec::new();
+            router.for_each_member(
+                Audience::Room {
+                    room: &name(room),
+                    except: None,
+                },
+                |k| got.push(k.index),
+            );
+            got.sort_unstable();
+            prop_assert_eq!(got, members(&model, room), "room {}", room);
+        }
+        for s in model.keys() {
+            prop_assert!(router.remove_session(key(*s), None));
+        }
+        prop_assert_eq!(router.room_count(), 0, "an empty room was left behind");
+        Ok(())
+    });
 }
 
 // -------------------------------------------------------- regressions ----

@@ -181,6 +181,13 @@ impl Client {
         })
     }
 
+    /// Points later connections at another server (a cluster's nodes share
+    /// one client and one poll).
+    pub fn set_target(&mut self, target: SocketAddr) {
+        self.core.target = target;
+        self.core.host = target.to_string();
+    }
+
     /// Starts a WebSocket connection to `path` (with query); returns its id.
     pub fn connect_ws(&mut self, path: &str) -> Result<usize> {
         let mut out = Vec::with_capacity(192 + path.len());

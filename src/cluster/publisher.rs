@@ -27,7 +27,18 @@ pub(super) fn run(bridge: &Bridge, mut reporter: Reporter, jobs: &Receiver<Job>)
     let mut backoff = BACKOFF_MIN;
     let mut batch: Vec<(String, Vec<u8>)> = Vec::with_capacity(PIPELINE_MAX);
     loop {
-        let mut con = match bridge.connect() {
+        state.fresh_connection = true;
+        // Resend the view: the loop may have ignored the last one while down.
+        state.seen.clear();
+        let mut next_refresh = Instant::now();
+        // Presence first, so the node is visible as soon as it is up. A
+        // Redis that accepts connections but refuses commands (no AUTH,
+        // read-only replica) backs off like one that refuses connections.
+        let connected = bridge.connect().and_then(|mut con| {
+            state.refresh(bridge, &mut con, &reporter)?;
+            Ok(con)
+        });
+        let mut con = match connected {
             Ok(con) => con,
             Err(e) => {
                 reporter.failed(e.to_string());
@@ -39,15 +50,6 @@ pub(super) fn run(bridge: &Bridge, mut reporter: Reporter, jobs: &Receiver<Job>)
             }
         };
         backoff = BACKOFF_MIN;
-        state.fresh_connection = true;
-        // Resend the view: the loop may have ignored the last one while down.
-        state.seen.clear();
-        let mut next_refresh = Instant::now();
-        // Presence first, so the node is visible as soon as it is up.
-        if let Err(e) = state.refresh(bridge, &mut con, &reporter) {
-            reporter.failed(e.to_string());
-            continue;
-        }
         reporter.connected();
         next_refresh += bridge.refresh_period();
         loop {
@@ -174,7 +176,13 @@ impl Presence {
         reporter: &Reporter,
     ) -> RedisResult<()> {
         let names = &bridge.names;
-        let ttl_ms = bridge.presence_ttl.as_millis() as u64;
+        // The key outlives our last refresh by the TTL less one refresh
+        // period, the period in which the others notice it is gone: a dead
+        // node leaves every view within presence_ttl.
+        let ttl_ms = bridge
+            .presence_ttl
+            .saturating_sub(bridge.refresh_period())
+            .as_millis() as u64;
         let key = names.node_key(&bridge.node_id);
         let fresh = bridge
             .presence

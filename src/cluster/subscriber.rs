@@ -45,12 +45,17 @@ pub(super) fn run(bridge: &Bridge, mut reporter: Reporter) {
                 continue;
             }
         };
-        backoff = BACKOFF_MIN;
         let mut pubsub = con.as_pubsub();
         if let Err(e) = subscribe_all(bridge, &mut pubsub) {
             reporter.failed(e.to_string());
+            drop(pubsub);
+            if !bridge.pause(backoff) {
+                return;
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
             continue;
         }
+        backoff = BACKOFF_MIN;
         reporter.connected();
         match receive(bridge, &mut pubsub, &mut state, &reporter) {
             Ok(Exit::Stop) => return,

@@ -107,8 +107,8 @@ mod tests {
         router.add_session(key(1), Some(&Rc::from("amy")));
         router.add_session(key(2), Some(&Rc::from("amy")));
         router.add_session(key(3), None);
-        router.join(key(1), "r");
-        router.join(key(3), "r");
+        router.join(key(1), "r").expect("within the room cap");
+        router.join(key(3), "r").expect("within the room cap");
         let json = String::from_utf8(encode_local(&router)).unwrap();
         assert_eq!(json, r#"{"sessions":3,"users":{"amy":2},"rooms":{"r":2}}"#);
         assert_eq!(entry(&json).users["amy"], 2);

@@ -9,6 +9,7 @@ use mio::{Interest, Token};
 use super::{EventLoop, FIRST_SESSION, WRITE_BUDGET};
 use crate::frame::{self, DecodeError, Kind};
 use crate::hooks::{CloseReason, SessionInfo};
+use crate::ids;
 use crate::outbound::Flushed;
 use crate::router::SessionKey;
 use crate::session::{Closing, Phase};
@@ -40,7 +41,7 @@ impl EventLoop {
         self.publish_online();
         info!(
             "disconnect user={} peer={peer} reason={reason} online={}",
-            user.as_deref().unwrap_or("-"),
+            ids::shown(user.as_deref()),
             self.router.online_count()
         );
         let info = SessionInfo {
@@ -127,13 +128,39 @@ impl EventLoop {
         }
         warn!(
             "slow consumer user={} peer={}: {} messages / {} bytes queued; closing with 1013",
-            session.user().map_or("-", |u| &**u),
+            ids::shown(session.user().map(|u| &**u)),
             session.peer,
             session.out.queued_messages(),
             session.out.queued_bytes()
         );
         self.metrics.slow_consumer_closes += 1;
         self.server_close(index, 1013, "slow consumer", CloseReason::SlowConsumer);
+    }
+
+    /// Over ten times `max_messages_per_second` for 5 s: Close 1008.
+    pub(super) fn rate_limit_close(&mut self, index: usize) {
+        let Some(session) = self.sessions.get(index) else {
+            return;
+        };
+        warn!(
+            "rate limit: user={} peer={} kept sending at over 10x max_messages_per_second; closing with 1008",
+            ids::shown(session.user().map(|u| &**u)),
+            session.peer
+        );
+        self.metrics.rate_limited_messages += 1;
+        self.metrics.rate_limit_closes += 1;
+        self.server_close(index, 1008, "rate limit exceeded", CloseReason::RateLimited);
+    }
+
+    /// Stops reading a connection that owes more than `max_buffered_bytes`
+    /// of responses; `flush_one` resumes it once the client has read them.
+    pub(super) fn pause(&mut self, index: usize) {
+        if let Some(session) = self.sessions.get_mut(index) {
+            if !session.paused {
+                debug!("session {index}: responses unread, pausing reads");
+                session.paused = true;
+            }
+        }
     }
 
     pub(super) fn peer_closed(&mut self, index: usize, close: Option<(u16, String)>) {
@@ -192,6 +219,15 @@ impl EventLoop {
         for index in std::mem::take(&mut self.reap) {
             self.backlog.remove(index);
             if let Some(session) = self.sessions.try_remove(index) {
+                if session.counted_http {
+                    self.http_connections -= 1;
+                }
+                if self.rates.remove(&index).is_some()
+                    && self.rates.capacity() > 64
+                    && self.rates.len() * 4 < self.rates.capacity()
+                {
+                    self.rates.shrink_to(self.rates.len() * 2);
+                }
                 if let Some((timer, _)) = session.timer {
                     self.wheel.cancel(timer);
                 }
@@ -254,6 +290,7 @@ impl EventLoop {
 
     pub(super) fn flush_one(&mut self, index: usize) {
         let write_wait = self.config.websocket.write_wait.as_millis() as u64;
+        let max_owed = self.config.websocket.max_buffered_bytes;
         let Some(session) = self.sessions.get_mut(index) else {
             return;
         };
@@ -264,6 +301,13 @@ impl EventLoop {
             Ok((Flushed::Drained, n)) => {
                 self.metrics.bytes_out += n as u64;
                 session.stalled_since_ms = None;
+                if matches!(session.phase, Phase::Http) {
+                    // The next request's deadline runs from the end of this response.
+                    session.last_seen_ms = self.now_ms;
+                }
+                if std::mem::take(&mut session.paused) {
+                    self.resume.push(index);
+                }
                 if session.writable_interest {
                     session.writable_interest = false;
                     let token = Token(FIRST_SESSION + index);
@@ -277,6 +321,10 @@ impl EventLoop {
             }
             Ok((Flushed::Pending, n)) => {
                 self.metrics.bytes_out += n as u64;
+                if session.paused && session.out.owed_bytes() <= max_owed / 2 {
+                    session.paused = false;
+                    self.resume.push(index);
+                }
                 if n > 0 || session.stalled_since_ms.is_none() {
                     session.stalled_since_ms = Some(self.now_ms);
                 }

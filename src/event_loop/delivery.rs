@@ -23,6 +23,7 @@ impl EventLoop {
         let sessions = &mut self.sessions;
         let backlog = &mut self.backlog;
         let slow = &mut self.slow;
+        let bytes_out = &mut self.metrics.bytes_out;
         let mut sent = 0;
         self.router.for_each_member(audience, |key| {
             let Some(session) = sessions.get_mut(key.index as usize) else {
@@ -31,7 +32,7 @@ impl EventLoop {
             if session.key != key {
                 return;
             }
-            match session.queue(wire.clone(), max_messages, max_bytes) {
+            match session.queue(wire.clone(), max_messages, max_bytes, bytes_out) {
                 Ok(()) => {
                     sent += 1;
                     backlog.insert(key.index as usize);

@@ -13,8 +13,10 @@ use super::{EventLoop, READ_CHUNK};
 use crate::frame::{self, Inbound, Kind, Step, Wire};
 use crate::hooks::{CloseReason, SessionInfo, Verdict};
 use crate::http::{self, HttpError, Response};
+use crate::ids;
 use crate::message;
 use crate::metrics::HandshakeFailure;
+use crate::rate::{self, Bucket};
 use crate::rest::{self, Endpoint, Outcome, Upgrade};
 use crate::router::Route;
 use crate::session::{Phase, ReadOutcome};
@@ -40,7 +42,7 @@ impl EventLoop {
             let Some(session) = self.sessions.get_mut(index) else {
                 return;
             };
-            if matches!(session.phase, Phase::Dead) {
+            if matches!(session.phase, Phase::Dead) || session.paused {
                 return;
             }
             let (outcome, full) = if session.pending_input.is_empty() {
@@ -72,7 +74,7 @@ impl EventLoop {
         let mut full = false;
         if let Ok(ReadOutcome::Data(n)) = outcome {
             full = n == buf.len();
-            self.saw_input(index, n);
+            self.saw_input(n);
             let consumed = self.process(index, &mut buf[..n]);
             if let Some(session) = self.sessions.get_mut(index) {
                 session.keep_input(&buf[consumed..n]);
@@ -95,7 +97,7 @@ impl EventLoop {
             full = n == requested;
             let mut buf = std::mem::take(&mut session.pending_input);
             debug_assert_eq!(buf.len(), before + n);
-            self.saw_input(index, n);
+            self.saw_input(n);
             let consumed = self.process(index, &mut buf);
             if let Some(session) = self.sessions.get_mut(index) {
                 buf.drain(..consumed);
@@ -109,13 +111,37 @@ impl EventLoop {
         (outcome, full)
     }
 
-    pub(super) fn saw_input(&mut self, index: usize, n: usize) {
+    /// Counts bytes read. Liveness is not refreshed here: only whole
+    /// frames count (see `process_frame`), so a peer trickling the bytes of
+    /// a frame that never completes still meets `pong_wait`.
+    pub(super) fn saw_input(&mut self, n: usize) {
         self.metrics.bytes_in += n as u64;
-        if let Some(session) = self.sessions.get_mut(index) {
-            if session.is_open_websocket() {
-                session.last_seen_ms = self.now_ms;
+    }
+
+    /// Continues a session whose reading was paused, once the client has
+    /// taken its responses: first the requests already read, then the socket
+    /// (to its end: the edge that announced those bytes has passed).
+    pub(super) fn resume_reading(&mut self, index: usize) {
+        let Some(session) = self.sessions.get_mut(index) else {
+            return;
+        };
+        if session.paused || !matches!(session.phase, Phase::Http) {
+            return;
+        }
+        let mut buf = std::mem::take(&mut session.pending_input);
+        if !buf.is_empty() {
+            let consumed = self.process(index, &mut buf);
+            let Some(session) = self.sessions.get_mut(index) else {
+                return;
+            };
+            buf.drain(..consumed);
+            if buf.is_empty() {
+                session.keep_input(&[]);
+            } else {
+                session.pending_input = buf;
             }
         }
+        self.on_readable(index, true);
     }
 
     /// Acts on every complete unit at the start of `buf`; returns the bytes
@@ -127,6 +153,14 @@ impl EventLoop {
                 return buf.len();
             };
             let step = match &session.phase {
+                Phase::Http
+                    if session.out.owed_bytes() > self.config.websocket.max_buffered_bytes =>
+                {
+                    // Responses are bounded like messages: read no further
+                    // request until the client has taken what it is owed.
+                    self.pause(index);
+                    return at;
+                }
                 Phase::Http => self.process_http(index, &mut buf[at..]),
                 Phase::Chat { .. } | Phase::Echo => self.process_frame(index, &mut buf[at..]),
                 Phase::Closing(c) if c.await_close_frame => {
@@ -248,6 +282,7 @@ impl EventLoop {
         let Some(session) = self.sessions.get_mut(index) else {
             return;
         };
+        // Bounded by the reading side: see the pause in `process`.
         session
             .out
             .push_unbounded(Rc::from(response.to_bytes(keep)));
@@ -281,6 +316,9 @@ impl EventLoop {
             return;
         };
         session.out.push_response(Rc::from(upgrade.response));
+        if std::mem::take(&mut session.counted_http) {
+            self.http_connections -= 1;
+        }
         let user: Option<Rc<str>> = upgrade.user.as_deref().map(Rc::from);
         session.phase = match upgrade.endpoint {
             Endpoint::Chat => Phase::Chat { user: user.clone() },
@@ -302,7 +340,7 @@ impl EventLoop {
                 self.publish_online();
                 info!(
                     "connect user={} peer={peer} online={}",
-                    user.as_deref().unwrap_or("-"),
+                    ids::shown(user.as_deref()),
                     self.router.online_count()
                 );
             }
@@ -327,6 +365,7 @@ impl EventLoop {
             }
             Ok(Step::Frame { consumed, inbound }) => {
                 session.input_needed = 0;
+                session.last_seen_ms = self.now_ms;
                 if let Some(inbound) = inbound {
                     self.on_inbound(index, inbound);
                 }
@@ -394,13 +433,27 @@ impl EventLoop {
 
     pub(super) fn on_chat_message(&mut self, index: usize, bytes: &[u8]) {
         self.metrics.messages_in += 1;
-        let Some(session) = self.sessions.get(index) else {
+        let ws = &self.config.websocket;
+        let (rate, max_depth) = (ws.max_messages_per_second, ws.max_json_depth);
+        let Some(session) = self.sessions.get_mut(index) else {
             return;
         };
+        if rate > 0 {
+            let now = self.now_ms;
+            let bucket = self.rates.entry(index).or_insert_with(|| Bucket::new(now));
+            match bucket.take(now, rate) {
+                rate::Verdict::Allow => {}
+                rate::Verdict::Drop => {
+                    self.metrics.rate_limited_messages += 1;
+                    return self.reply(index, &message::error_json("rate limit exceeded"));
+                }
+                rate::Verdict::Close => return self.rate_limit_close(index),
+            }
+        }
         let key = session.key;
         let peer = session.peer;
         let user = session.user().cloned();
-        let message = match message::parse(bytes) {
+        let message = match message::parse_limited(bytes, max_depth) {
             Ok(message) => message,
             Err(e) => return self.reply(index, &message::error_json(&e.to_string())),
         };
@@ -443,7 +496,7 @@ impl EventLoop {
             return;
         };
         let key = session.key;
-        match session.queue(wire, max_messages, max_bytes) {
+        match session.queue(wire, max_messages, max_bytes, &mut self.metrics.bytes_out) {
             Ok(()) => {
                 self.metrics.messages_out += 1;
                 self.mark_dirty(index);

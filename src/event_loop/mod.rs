@@ -13,10 +13,11 @@
 //! the recipient in the backlog, which drains [`WRITE_BUDGET`] sessions per
 //! pass in slot order (see `backlog`); while it drains the loop keeps
 //! polling, so new requests are read and later broadcasts join the queues of
-//! recipients not yet written, which then take them all in one `writev`. This module is the
-//! only one that wires the others together; it owns the sockets through the
-//! sessions.
+//! recipients not yet written, which then take them all in one `writev`.
+//! This module is the only one that wires the others together; it owns the
+//! sockets through the sessions.
 
+use std::collections::HashMap;
 use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,9 +32,11 @@ use crate::config::Config;
 use crate::frame::{self, Kind, Wire};
 use crate::handle::Inbox;
 use crate::hooks::{Actions, Hooks};
-use crate::metrics::{Metrics, Shared};
+use crate::http::Response;
+use crate::metrics::{HandshakeFailure, Metrics, Shared};
+use crate::rate::Bucket;
 use crate::rest::Mode;
-use crate::router::{Router, SessionKey};
+use crate::router::{Limits, Router, SessionKey};
 use crate::session::Session;
 use crate::wheel::Wheel;
 use backlog::Backlog;
@@ -104,6 +107,16 @@ pub(crate) struct EventLoop {
     slow: Vec<SessionKey>,
     due: Vec<SessionKey>,
     open_websockets: usize,
+    /// Connections not (yet) upgraded, for `max_http_connections`.
+    http_connections: usize,
+    /// The last accept was refused at `max_http_connections` (logged once per streak).
+    http_full: bool,
+    /// Paused sessions whose client has taken its responses: read on next pass.
+    resume: Vec<usize>,
+    /// Rate-limit buckets by session index, only while
+    /// `max_messages_per_second` is set and only for sessions that sent
+    /// something: an idle session pays nothing for the limit.
+    rates: HashMap<usize, Bucket>,
     accept_retry_ms: Option<u64>,
     accept_failing: bool,
     commands_left: bool,
@@ -129,6 +142,7 @@ pub(crate) struct Parts {
 impl EventLoop {
     pub(crate) fn new(parts: Parts) -> EventLoop {
         let start = Instant::now();
+        let limits = Limits::from_config(&parts.config.websocket);
         EventLoop {
             poll: parts.poll,
             listener: parts.listener,
@@ -136,7 +150,7 @@ impl EventLoop {
             config: parts.config,
             mode: parts.mode,
             sessions: Slab::new(),
-            router: Router::default(),
+            router: Router::with_limits(limits),
             wheel: Wheel::new(TICK, SLOTS, start),
             inbox: parts.inbox,
             shared: parts.shared,
@@ -155,6 +169,10 @@ impl EventLoop {
             slow: Vec::new(),
             due: Vec::new(),
             open_websockets: 0,
+            http_connections: 0,
+            http_full: false,
+            resume: Vec::new(),
+            rates: HashMap::new(),
             accept_retry_ms: None,
             accept_failing: false,
             commands_left: false,
@@ -187,6 +205,7 @@ impl EventLoop {
                     Token(token) => self.on_session_event(token - FIRST_SESSION, event),
                 }
             }
+            self.resume_paused();
             if accept || self.accept_retry_ms.is_some_and(|at| at <= self.now_ms) {
                 self.accept_all();
             }
@@ -217,7 +236,11 @@ impl EventLoop {
     }
 
     fn poll_timeout(&self) -> Option<Duration> {
-        if self.commands_left || !self.actions.is_empty() || !self.backlog.is_empty() {
+        if self.commands_left
+            || !self.actions.is_empty()
+            || !self.resume.is_empty()
+            || !self.backlog.is_empty()
+        {
             return Some(Duration::ZERO);
         }
         let mut next = self.wheel.next_deadline();
@@ -270,6 +293,10 @@ impl EventLoop {
     }
 
     fn add_session(&mut self, stream: TcpStream, peer: std::net::SocketAddr) {
+        if self.http_connections >= self.config.websocket.max_http_connections {
+            return self.refuse_http_connection(stream, peer);
+        }
+        self.http_full = false;
         // Small frames must not wait for Nagle: latency is the product.
         let _ = stream.set_nodelay(true);
         let entry = self.sessions.vacant_entry();
@@ -289,9 +316,42 @@ impl EventLoop {
             index: index as u32,
             generation: self.next_generation,
         };
-        entry.insert(Session::new(stream, key, peer, self.now_ms));
+        let session = entry.insert(Session::new(stream, key, peer, self.now_ms));
+        session.counted_http = true;
+        self.http_connections += 1;
         let deadline = self.now_ms + self.config.websocket.handshake_timeout.as_millis() as u64;
         self.arm(index, deadline);
+    }
+}
+
+impl EventLoop {
+    /// At `max_http_connections`: 503 and close, without a session. The
+    /// answer fits any fresh socket's send buffer, so one write suffices.
+    fn refuse_http_connection(&mut self, mut stream: TcpStream, peer: std::net::SocketAddr) {
+        use std::io::{Read, Write};
+        self.metrics
+            .handshake_failed(HandshakeFailure::HttpCapacity);
+        if !std::mem::replace(&mut self.http_full, true) {
+            warn!(
+                "max_http_connections ({}) reached: refusing connections with 503 (first: {peer})",
+                self.config.websocket.max_http_connections
+            );
+        }
+        let response = Response::error(503, "too many connections")
+            .closing()
+            .to_bytes(false);
+        let _ = stream.write(&response);
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+        // Whatever the client sent already: dropping unread input would
+        // reset the connection and could destroy the 503 in flight.
+        let _ = stream.read(&mut self.read_buf);
+    }
+
+    /// Reads again from sessions that were paused and have been drained.
+    fn resume_paused(&mut self) {
+        for index in std::mem::take(&mut self.resume) {
+            self.resume_reading(index);
+        }
     }
 }
 

@@ -72,6 +72,19 @@ impl EventLoop {
             return;
         };
         match &session.phase {
+            Phase::Http if !session.out.is_empty() => {
+                // Responses still going out: the request deadline waits for
+                // them to finish, and a client that takes none of them for
+                // `write_wait` is closed, as after the upgrade.
+                match session.stalled_since_ms {
+                    Some(since) if now >= since + write_wait => {
+                        debug!("session {index}: responses unread for write_wait");
+                        self.kill(index, CloseReason::WriteStalled);
+                    }
+                    Some(since) => self.arm(index, since + write_wait),
+                    None => self.arm(index, now + write_wait),
+                }
+            }
             Phase::Http => {
                 let deadline = session.last_seen_ms + handshake;
                 if now < deadline {
