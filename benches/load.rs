@@ -10,9 +10,12 @@
 //! `--wshub PATH`, `--baseline PATH` (a second wshub binary measured in the
 //! same run, e.g. a build of main: before/after ratios), `--no-ceiling`,
 //! `--window W`, `--via ws|http` (sustained sender path), `--conns N1,N2`
-//! (connection counts instead of 10,000 and 19,000), `--cluster` (instead of
-//! the above: one node against three nodes over a private `redis-server`;
-//! relay and REST broadcast, see `load/cluster.rs`).
+//! (connection counts instead of 10,000 and 19,000), `--compression` (clients
+//! offer permessage-deflate like a browser, and a `wshub-deflate` column runs
+//! the binary with `compression: true`), `--size B` (broadcast body bytes,
+//! default 100), `--sus-rx N` (sustained receivers, default 1,000),
+//! `--cluster` (instead of the above: one node against three nodes over a
+//! private `redis-server`; relay and REST broadcast, see `load/cluster.rs`).
 //!
 //! The servers run pinned to core 0 (`taskset -c 0`), the bench on core 1. Every
 //! child is killed by PID when the bench ends, also on error. Traffic goes to
@@ -131,6 +134,7 @@ fn full_plan() -> Plan {
         lone_count: 50,
         relay_pairs: 500,
         relay_time: Duration::from_secs(5),
+        msg_size: 100,
         echo_clients: 100,
         echo_time: Duration::from_secs(5),
         echo_size: 64,
@@ -188,6 +192,9 @@ struct Flags {
     wshub: Option<String>,
     baseline: Option<String>,
     serve_ceiling: Option<String>,
+    compression: bool,
+    size: Option<String>,
+    sus_rx: Option<String>,
 }
 
 fn read_flags(args: &[String]) -> Result<Flags> {
@@ -205,6 +212,9 @@ fn read_flags(args: &[String]) -> Result<Flags> {
             "--cluster" => f.cluster = true,
             "--no-wshub" => f.no_wshub = true,
             "--no-ceiling" => f.no_ceiling = true,
+            "--compression" => f.compression = true,
+            "--size" => f.size = Some(value()?),
+            "--sus-rx" => f.sus_rx = Some(value()?),
             "--peer" => f.peers.push(value()?),
             "--runs" => f.runs = Some(value()?),
             "--window" => f.window = Some(value()?),
@@ -223,6 +233,15 @@ fn read_flags(args: &[String]) -> Result<Flags> {
 fn parse_args(args: &[String]) -> Result<Opts> {
     let f = read_flags(args)?;
     let mut plan = if f.quick { quick_plan() } else { full_plan() };
+    if let Some(s) = &f.size {
+        plan.msg_size = parse_num(s, "--size")?.clamp(60, 60_000);
+    }
+    if let Some(n) = &f.sus_rx {
+        plan.sus_rx = parse_num(n, "--sus-rx")?.clamp(1, 19_000);
+    }
+    if f.compression {
+        client::OFFER_DEFLATE.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
     if let Some(w) = &f.window {
         plan.window = parse_num(w, "--window")?.clamp(1, 256);
     }
@@ -270,6 +289,9 @@ fn server_list(f: &Flags) -> Result<Vec<Flavor>> {
     let mut servers = Vec::new();
     if !f.no_wshub {
         servers.push(Flavor::Wshub);
+        if f.compression {
+            servers.push(Flavor::WshubDeflate);
+        }
     }
     if f.baseline.is_some() {
         servers.push(Flavor::Baseline);

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use serde_json::value::RawValue;
+use wshub::deflate::{Codec, Encoded, History, Params};
 use wshub::frame::{self, Decoder, Inbound, Kind, Step, Wire};
 use wshub::http::{self, Method, Response};
 use wshub::message::{self, Outgoing};
@@ -312,6 +313,126 @@ fn fanout(c: &mut Criterion) {
     group.finish();
 }
 
+// ---- permessage-deflate ----
+
+/// A chat message of about `len` bytes with natural text, as compression sees it.
+fn chat_text_json(len: usize) -> Vec<u8> {
+    let text = "Running ten minutes late, the train stopped outside the station. \
+Can you order for me? The usual, and a coffee with oat milk please. ";
+    let mut content = String::new();
+    while content.len() + 60 < len {
+        content.push_str(text);
+    }
+    content.truncate(len.saturating_sub(60));
+    let json =
+        serde_json::json!({"type": "chat", "from": "user123", "room": "lobby", "content": content});
+    json.to_string().into_bytes()
+}
+
+/// What a browser negotiates.
+const BROWSER: Params = Params {
+    server_window_bits: 15,
+    client_window_bits: 15,
+    client_no_context_takeover: false,
+};
+
+/// One broadcast pass as the loop runs it with compression: the message is
+/// framed per form on first use (compressed once), each member gets the
+/// frame for its parameters, then every queue is flushed.
+#[inline(never)]
+fn broadcast_encoded(
+    hub: &mut Hub,
+    params: &[Option<Params>],
+    codec: &mut Codec,
+    json: &[u8],
+    sink: &mut impl Write,
+) -> usize {
+    let mut message = Encoded::new(Kind::Text, json, 128);
+    let Hub {
+        router,
+        outbounds,
+        marked,
+        dirty,
+    } = hub;
+    router.for_each_member(Audience::Everyone { except: None }, |k| {
+        let index = k.index as usize;
+        let wire = message.for_session(params[index].as_ref(), codec);
+        let pushed = outbounds[index].push_data(wire, MAX_MESSAGES, MAX_BYTES);
+        assert!(pushed.is_ok(), "session {index} refused: {pushed:?}");
+        if !marked[index] {
+            marked[index] = true;
+            dirty.push(index);
+        }
+    });
+    let recipients = dirty.len();
+    for index in dirty.drain(..) {
+        marked[index] = false;
+        match outbounds[index].flush_to(sink) {
+            Ok((Flushed::Drained, _)) => {}
+            other => panic!("session {index} did not drain: {other:?}"),
+        }
+    }
+    recipients
+}
+
+fn deflate(c: &mut Criterion) {
+    let mut hub = hub();
+    let mut codec = Codec::default();
+    let json = chat_text_json(300);
+    let plain_len = frame::encode(Kind::Text, &json).len();
+    let deflated_len = codec
+        .compress(&json, 15)
+        .map(|d| frame::encode_compressed(Kind::Text, d).len())
+        .unwrap_or(0);
+    assert!(
+        deflated_len > 0 && deflated_len < plain_len,
+        "{deflated_len} vs {plain_len}"
+    );
+    let n = SESSIONS as usize;
+    // (name, parameters per session, bytes the sink must see per pass)
+    let none: Vec<Option<Params>> = vec![None; n];
+    let all: Vec<Option<Params>> = vec![Some(BROWSER); n];
+    let half: Vec<Option<Params>> = (0..n).map(|i| (i % 2 == 0).then_some(BROWSER)).collect();
+    let cases = [
+        ("fanout_10k_plain_300B", &none, n * plain_len),
+        ("fanout_10k_deflate_300B", &all, n * deflated_len),
+        (
+            "fanout_10k_half_deflate_300B",
+            &half,
+            n / 2 * (plain_len + deflated_len),
+        ),
+    ];
+    let mut group = c.benchmark_group("deflate");
+    for (name, params, bytes_per_pass) in cases {
+        let mut sink = Sink::default();
+        group.throughput(Throughput::Elements(u64::from(SESSIONS)));
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let before = sink.bytes;
+                let sent =
+                    broadcast_encoded(&mut hub, params, &mut codec, black_box(&json), &mut sink);
+                assert_eq!((sent, sink.bytes - before), (n, bytes_per_pass));
+            })
+        });
+    }
+    group.throughput(Throughput::Bytes(json.len() as u64));
+    group.bench_function("compress_300B", |b| {
+        b.iter(|| black_box(codec.compress(black_box(&json), 15).map(<[u8]>::len)))
+    });
+    let deflated = codec
+        .compress(&json, 15)
+        .map(<[u8]>::to_vec)
+        .unwrap_or_default();
+    let mut history = History::default();
+    group.bench_function("inflate_300B_with_history", |b| {
+        b.iter(|| {
+            let out = codec.inflate(&BROWSER, &mut history, black_box(&deflated), MAX_MESSAGE);
+            assert_eq!(out.as_deref().ok(), Some(&json[..]));
+        })
+    });
+    group.finish();
+}
+
 // ---- HTTP ----
 
 /// What Chrome sends to open a WebSocket: 13 headers, about 500 bytes.
@@ -517,6 +638,6 @@ fn quick() -> Criterion {
 criterion_group! {
     name = benches;
     config = quick();
-    targets = frames, fanout, http_heads, json_routing
+    targets = frames, fanout, deflate, http_heads, json_routing
 }
 criterion_main!(benches);

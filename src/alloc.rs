@@ -3,8 +3,8 @@
 //!
 //! The binaries install it; a library user may too:
 //! `#[global_allocator] static A: wshub::alloc::Counting = wshub::alloc::Counting;`.
-//! Counting is one relaxed atomic add per allocation and per free: no lock,
-//! no syscall. When it is not installed, [`heap_bytes`] is `None`.
+//! Counting is one relaxed atomic add per allocation and per free, plus a
+//! relaxed store of the "installed" flag per allocation: no lock, no syscall. When it is not installed, [`heap_bytes`] is `None`.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

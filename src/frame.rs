@@ -9,8 +9,15 @@
 //! caller owns, so an idle session keeps no read buffer; only a fragmented
 //! message in progress is held here.
 //!
+//! With permessage-deflate negotiated ([`Decoder::allow_compression`]), a
+//! data message whose first frame has RSV1 set comes out as
+//! [`Inbound::Compressed`], still deflated: its size is bounded here by what
+//! the compressed bytes could at most be, and `crate::deflate` inflates it
+//! under `max_message_size`.
+//!
 //! Outbound: [`encode`] frames a payload once into shared bytes that the
-//! outbound queues of many sessions can hold at the same time.
+//! outbound queues of many sessions can hold at the same time;
+//! [`encode_compressed`] does the same with RSV1 set.
 //!
 //! Pure: no sockets, no clock.
 
@@ -32,6 +39,14 @@ pub enum Inbound<'a> {
     Text(Payload<'a>),
     /// A complete binary message.
     Binary(Payload<'a>),
+    /// A complete permessage-deflate message, still compressed (without the
+    /// trailing `00 00 ff ff`); text is checked for UTF-8 once inflated.
+    Compressed {
+        /// A text message (else binary).
+        text: bool,
+        /// The compressed bytes.
+        payload: Payload<'a>,
+    },
     /// A Ping with its payload (at most 125 bytes).
     Ping(&'a [u8]),
     /// A Pong.
@@ -73,6 +88,8 @@ pub enum DecodeError {
     /// A Close frame whose payload is invalid (1002, or 1007 for a bad
     /// reason): the peer has closed, so its Close is not awaited.
     BadClose(u16),
+    /// A permessage-deflate message that does not inflate (1007).
+    BadCompression,
 }
 
 impl DecodeError {
@@ -80,7 +97,7 @@ impl DecodeError {
     pub fn close_code(&self) -> u16 {
         match self {
             DecodeError::Protocol(_) => 1002,
-            DecodeError::InvalidUtf8 => 1007,
+            DecodeError::InvalidUtf8 | DecodeError::BadCompression => 1007,
             DecodeError::TooBig => 1009,
             DecodeError::BadClose(code) => *code,
         }
@@ -94,6 +111,7 @@ impl fmt::Display for DecodeError {
             DecodeError::InvalidUtf8 => f.write_str("invalid UTF-8"),
             DecodeError::TooBig => f.write_str("message too big"),
             DecodeError::BadClose(_) => f.write_str("invalid close frame"),
+            DecodeError::BadCompression => f.write_str("invalid compressed data"),
         }
     }
 }
@@ -121,6 +139,8 @@ pub enum Step<'a> {
 #[derive(Debug)]
 struct Fragments {
     text: bool,
+    /// RSV1 was set on the first frame: `data` is deflated.
+    compressed: bool,
     data: Vec<u8>,
     /// Bytes of `data` known to be valid UTF-8, so each fragment is checked
     /// once and bad text fails fast.
@@ -131,9 +151,24 @@ struct Fragments {
 #[derive(Debug, Default)]
 pub struct Decoder {
     fragments: Option<Box<Fragments>>,
+    compression: bool,
+}
+
+/// The most compressed bytes a message of `max_message` inflated bytes can
+/// take: deflate's worst case (stored blocks) adds 5 bytes per 64 KiB, plus
+/// a few bytes of block headers; this bound is generous.
+pub fn compressed_limit(max_message: usize) -> usize {
+    max_message
+        .saturating_add(max_message / 1024)
+        .saturating_add(64)
 }
 
 impl Decoder {
+    /// permessage-deflate was negotiated: RSV1 marks a compressed message.
+    pub fn allow_compression(&mut self) {
+        self.compression = true;
+    }
+
     /// Whether a fragmented message is in progress.
     pub fn is_mid_message(&self) -> bool {
         self.fragments.is_some()
@@ -177,11 +212,28 @@ impl Decoder {
         length: u64,
         max_message: usize,
     ) -> Result<(), DecodeError> {
-        if header.rsv1 || header.rsv2 || header.rsv3 {
+        if header.rsv2 || header.rsv3 || (header.rsv1 && !self.compression) {
             return Err(DecodeError::Protocol(
                 "reserved bits set without an extension",
             ));
         }
+        if header.rsv1 && !matches!(header.opcode, OpCode::Data(Data::Text | Data::Binary)) {
+            return Err(DecodeError::Protocol(
+                "RSV1 set on a control or continuation frame",
+            ));
+        }
+        // Compressed bytes are bounded by what they could inflate to; the
+        // inflated size is checked while inflating.
+        let compressed = header.rsv1
+            || matches!(
+                (&header.opcode, &self.fragments),
+                (OpCode::Data(Data::Continue), Some(f)) if f.compressed
+            );
+        let max_message = if compressed {
+            compressed_limit(max_message)
+        } else {
+            max_message
+        };
         if header.mask.is_none() {
             return Err(DecodeError::Protocol("client frames must be masked"));
         }
@@ -228,12 +280,19 @@ impl Decoder {
             OpCode::Control(Control::Ping) => Ok(Some(Inbound::Ping(payload))),
             OpCode::Control(Control::Pong) => Ok(Some(Inbound::Pong)),
             OpCode::Control(Control::Close) => parse_close(payload).map(Some),
+            // FrameHeader::parse already refused reserved opcodes (see
+            // `decode`); the arm only keeps the match exhaustive.
             OpCode::Control(Control::Reserved(_)) | OpCode::Data(Data::Reserved(_)) => {
                 Err(DecodeError::Protocol("reserved opcode"))
             }
             OpCode::Data(Data::Continue) => self.continue_message(header.is_final, payload),
             OpCode::Data(kind) => {
                 let text = kind == Data::Text;
+                let compressed = header.rsv1;
+                if header.is_final && compressed {
+                    let payload = Payload::Borrowed(payload);
+                    return Ok(Some(Inbound::Compressed { text, payload }));
+                }
                 if header.is_final {
                     if text && std::str::from_utf8(payload).is_err() {
                         return Err(DecodeError::InvalidUtf8);
@@ -247,6 +306,7 @@ impl Decoder {
                 }
                 let mut fragments = Box::new(Fragments {
                     text,
+                    compressed,
                     data: Vec::with_capacity(payload.len()),
                     utf8_valid: 0,
                 });
@@ -274,7 +334,16 @@ impl Decoder {
         let Some(done) = self.fragments.take() else {
             return Ok(None);
         };
-        let Fragments { text, data, .. } = *done;
+        let Fragments {
+            text,
+            data,
+            compressed,
+            ..
+        } = *done;
+        if compressed {
+            let payload = Payload::Owned(data);
+            return Ok(Some(Inbound::Compressed { text, payload }));
+        }
         if text {
             if std::str::from_utf8(&data).is_err() {
                 return Err(DecodeError::InvalidUtf8);
@@ -289,7 +358,7 @@ impl Decoder {
 /// Fails fast on text that can no longer become valid UTF-8; a sequence cut
 /// at the end of a fragment is fine and is checked again with the next one.
 fn check_partial_utf8(fragments: &mut Fragments) -> Result<(), DecodeError> {
-    if !fragments.text {
+    if !fragments.text || fragments.compressed {
         return Ok(());
     }
     let unchecked = &fragments.data[fragments.utf8_valid..];
@@ -362,10 +431,28 @@ impl Kind {
 
 /// Frames `payload` as one final, unmasked server frame.
 pub fn encode(kind: Kind, payload: &[u8]) -> Wire {
-    let header = FrameHeader {
-        opcode: kind.opcode(),
-        ..FrameHeader::default()
-    };
+    encode_header(
+        FrameHeader {
+            opcode: kind.opcode(),
+            ..FrameHeader::default()
+        },
+        payload,
+    )
+}
+
+/// Frames an already deflated data message with RSV1 set (RFC 7692 6).
+pub fn encode_compressed(kind: Kind, deflated: &[u8]) -> Wire {
+    encode_header(
+        FrameHeader {
+            opcode: kind.opcode(),
+            rsv1: true,
+            ..FrameHeader::default()
+        },
+        deflated,
+    )
+}
+
+fn encode_header(header: FrameHeader, payload: &[u8]) -> Wire {
     let length = payload.len() as u64;
     let mut out = Vec::with_capacity(header.len(length) + payload.len());
     // Formatting into a Vec cannot fail.
@@ -427,6 +514,9 @@ mod tests {
                             }
                             Inbound::Binary(p) => format!("binary:{}", p.bytes().len()),
                             Inbound::Ping(p) => format!("ping:{}", p.len()),
+                            Inbound::Compressed { text, payload } => {
+                                format!("deflated:{text}:{:02x?}", payload.bytes())
+                            }
                             Inbound::Pong => "pong".into(),
                             Inbound::Close(c) => format!("close:{c:?}"),
                         });
@@ -564,6 +654,49 @@ mod tests {
     }
 
     #[test]
+    fn rsv1_marks_compressed_messages_only_once_negotiated() {
+        // Without the extension RSV1 is a protocol error.
+        let err = decode_all(&mut Decoder::default(), client_frame(0xC1, b"x"), 100);
+        assert_eq!(err.unwrap_err().close_code(), 1002);
+        let mut d = Decoder::default();
+        d.allow_compression();
+        let got = decode_all(&mut d, client_frame(0xC2, &[1, 2]), 100).unwrap();
+        assert_eq!(got, ["deflated:false:[01, 02]"]);
+        // Fragmented: RSV1 on the first frame only, bytes reassembled as they
+        // are (no UTF-8 check on deflated bytes).
+        let mut buf = client_frame(0x41, &[0xff]);
+        buf.extend(client_frame(0x89, b""));
+        buf.extend(client_frame(0x80, &[0xfe]));
+        let got = decode_all(&mut d, buf, 100).unwrap();
+        assert_eq!(got, ["ping:0", "deflated:true:[ff, fe]"]);
+        for bad in [
+            {
+                let mut b = client_frame(0x41, b"a");
+                b.extend(client_frame(0xC0, b"b"));
+                b
+            },
+            client_frame(0xC9, b""),  // RSV1 on a Ping
+            client_frame(0xA1, b"x"), // RSV2
+        ] {
+            let mut d = Decoder::default();
+            d.allow_compression();
+            assert_eq!(decode_all(&mut d, bad, 100).unwrap_err().close_code(), 1002);
+        }
+    }
+
+    #[test]
+    fn compressed_frames_are_bounded_by_the_compressed_limit() {
+        let mut d = Decoder::default();
+        d.allow_compression();
+        let limit = compressed_limit(100);
+        assert!(limit > 100);
+        let fits = client_frame(0xC2, &vec![0; limit]);
+        assert!(decode_all(&mut d, fits, 100).is_ok());
+        let mut header_only = client_frame(0xC2, &vec![0; limit + 1])[..8].to_vec();
+        assert_eq!(d.decode(&mut header_only, 100), Err(DecodeError::TooBig));
+    }
+
+    #[test]
     fn close_frames_parse() {
         let got = decode_all(
             &mut Decoder::default(),
@@ -590,6 +723,7 @@ mod tests {
         let big = encode(Kind::Text, &vec![b'a'; 70000]);
         assert_eq!(&big[..2], &[0x81, 127]);
         assert_eq!(big.len(), 70010);
+        assert_eq!(&*encode_compressed(Kind::Text, b"z"), &[0xC1, 1, b'z']);
         let close = encode_close(1013, "slow consumer");
         assert_eq!(&close[..4], &[0x88, 15, 0x03, 0xf5]);
         let long_reason = "é".repeat(100);

@@ -3,8 +3,9 @@
 //!
 //! Pure functions over bytes: no sockets, no clock. The session feeds it what
 //! it has read so far; a head that is not complete yet is a normal outcome
-//! (`Ok(None)`), not an error. Both REST requests and WebSocket upgrades go
-//! through [`parse_head`].
+//! (`Ok(None)`), not an error. The session finds the end of a head with
+//! [`find_head_end`] as bytes arrive, then parses it once with
+//! [`parse_complete_head`]; REST requests and WebSocket upgrades alike.
 
 use std::fmt;
 
@@ -47,6 +48,8 @@ pub struct Request {
     pub websocket_version: Option<String>,
     /// `Origin`, when sent.
     pub origin: Option<Vec<u8>>,
+    /// Every `Sec-WebSocket-Extensions` value, joined by commas.
+    pub websocket_extensions: Option<String>,
     /// `Authorization`, when sent.
     pub authorization: Option<Vec<u8>>,
 }
@@ -160,6 +163,7 @@ pub fn parse_complete_head(
         websocket_key: None,
         websocket_version: None,
         origin: None,
+        websocket_extensions: None,
         authorization: None,
     };
     let mut content_length: Option<usize> = None;
@@ -205,6 +209,15 @@ fn apply_header(
         request.websocket_key = Some(String::from_utf8_lossy(value.trim_ascii()).into_owned());
     } else if name.eq_ignore_ascii_case("sec-websocket-version") {
         request.websocket_version = Some(String::from_utf8_lossy(value.trim_ascii()).into_owned());
+    } else if name.eq_ignore_ascii_case("sec-websocket-extensions") {
+        let value = String::from_utf8_lossy(value.trim_ascii());
+        match &mut request.websocket_extensions {
+            Some(all) => {
+                all.push_str(", ");
+                all.push_str(&value);
+            }
+            None => request.websocket_extensions = Some(value.into_owned()),
+        }
     } else if name.eq_ignore_ascii_case("origin") {
         request.origin = Some(value.trim_ascii().to_vec());
     } else if name.eq_ignore_ascii_case("authorization") {
@@ -319,9 +332,12 @@ impl Response {
 }
 
 /// The 101 answer to a valid upgrade request.
-pub fn switching_protocols(accept_key: &str) -> Vec<u8> {
+pub fn switching_protocols(accept_key: &str, extensions: Option<&str>) -> Vec<u8> {
+    let extensions = extensions
+        .map(|value| format!("Sec-WebSocket-Extensions: {value}\r\n"))
+        .unwrap_or_default();
     format!(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept_key}\r\n\r\n"
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept_key}\r\n{extensions}\r\n"
     )
     .into_bytes()
 }

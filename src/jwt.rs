@@ -112,7 +112,6 @@ pub fn sign_hs256(claims: &Value, secret: &[u8]) -> String {
 
 // HMAC pads or hashes the key to the block size, so no key length fails;
 // the error type exists only because `KeyInit` is shared with fixed-key MACs.
-#[allow(clippy::expect_used)]
 fn keyed_mac(secret: &[u8]) -> HmacSha256 {
     HmacSha256::new_from_slice(secret).expect("HMAC-SHA256 accepts keys of any length")
 }

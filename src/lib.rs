@@ -31,41 +31,58 @@
 //! | `event_loop` | the one thread: poll, accept, read, dispatch, timers, flush, reap |
 //! | [`session`] | one connection: socket, phase, unfinished input, queue |
 //! | [`http`] | request heads (`httparse`) and responses |
-//! | [`rest`] | the HTTP endpoints: answer, upgrade or push |
+//! | `rest` | the HTTP endpoints: answer, upgrade or push |
 //! | [`frame`] | WebSocket frames in (validated, reassembled) and out (encoded once) |
+//! | [`deflate`] | permessage-deflate: negotiation, compress once per broadcast, bounded inflate |
 //! | [`message`] | the JSON message shapes |
 //! | [`router`] | who receives a message: user, room and session indexes |
 //! | [`outbound`] | one session's bounded queue of shared frames, written with `writev` |
 //! | [`wheel`] | the hashed timer wheel for pings and timeouts |
-//! | [`rate`] | the per-session token bucket and flood detector |
-//! | [`handle`] | the cross-thread [`Handle`] (bounded channel + waker) |
-//! | [`hooks`] | application callbacks on the loop thread |
-//! | [`cluster`] | several nodes over Redis: bridge threads, presence, channels |
-//! | [`metrics`] | counters and the Prometheus text |
-//! | [`config`], [`cli`], [`app`] | settings, arguments, what the binaries run |
-//! | [`auth`], [`jwt`] | admin token, origin and JWT checks |
+//! | `rate` | the per-session token bucket and flood detector |
+//! | `handle` | the cross-thread [`Handle`] (bounded channel + waker) |
+//! | `hooks` | application callbacks on the loop thread |
+//! | `cluster` | several nodes over Redis: bridge threads, presence, channels |
+//! | `metrics` | counters and the Prometheus text |
+//! | [`config`], `cli`, [`app`] | settings, arguments, what the binaries run |
+//! | `auth`, [`jwt`] | admin token, origin and JWT checks |
 //! | [`ids`] | user id and room name bounds, escaped for logs |
 //! | [`alloc`] | the counting allocator behind heap statistics |
+//!
+//! Modules shown as links are public (the API, and what tests, benches and
+//! examples reach); the rest are `pub(crate)`.
+//!
+//! # Where a change goes
+//!
+//! - **A new endpoint**: one row in `ROUTES` in `rest` (path, method, scope,
+//!   handler). It needs the admin token unless the row ends in `.public()`,
+//!   and a unit test there lists the public routes.
+//! - **A new config key**: one line in its section's `section!` block in
+//!   [`config`] (doc with the default, type, default, check; checks live in
+//!   `config/values.rs`), plus a row in README's config table. A new section
+//!   (e.g. `tls:`) is one `section!` block and one line in each of
+//!   [`Config`] and its raw mirror.
 #![deny(missing_docs)]
+#![warn(missing_debug_implementations, rust_2018_idioms, unused, dead_code)]
 
 pub mod alloc;
 pub mod app;
-pub mod auth;
-pub mod cli;
-pub mod cluster;
+pub(crate) mod auth;
+pub(crate) mod cli;
+pub(crate) mod cluster;
 pub mod config;
+pub mod deflate;
 mod event_loop;
 pub mod frame;
-pub mod handle;
-pub mod hooks;
+pub(crate) mod handle;
+pub(crate) mod hooks;
 pub mod http;
 pub mod ids;
 pub mod jwt;
 pub mod message;
-pub mod metrics;
+pub(crate) mod metrics;
 pub mod outbound;
-pub mod rate;
-pub mod rest;
+pub(crate) mod rate;
+pub(crate) mod rest;
 pub mod router;
 pub mod server;
 pub mod session;

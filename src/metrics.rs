@@ -124,14 +124,6 @@ impl Metrics {
         self.handshake_failures[at] += 1;
     }
 
-    /// Count of refused handshakes for one reason.
-    pub fn handshake_failures(&self, why: HandshakeFailure) -> u64 {
-        HandshakeFailure::ALL
-            .iter()
-            .position(|w| *w == why)
-            .map_or(0, |at| self.handshake_failures[at])
-    }
-
     /// Counts one Close frame sent.
     pub fn close_sent(&mut self, code: u16) {
         let at = CLOSE_CODES
@@ -325,6 +317,5 @@ mod tests {
         assert!(text.contains("wshub_loop_iteration_seconds_bucket{le=\"1\"} 2\n"));
         assert!(text.contains("wshub_loop_iteration_seconds_bucket{le=\"+Inf\"} 3\n"));
         assert!(text.contains("wshub_heap_allocated_bytes 1234\n"));
-        assert_eq!(m.handshake_failures(HandshakeFailure::Auth), 2);
     }
 }

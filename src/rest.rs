@@ -9,6 +9,7 @@
 use crate::auth;
 use crate::cluster::view::View;
 use crate::config::{Config, WebSocketConfig};
+use crate::deflate;
 use crate::handle::Target;
 use crate::http::{switching_protocols, Method, Request, Response};
 use crate::ids;
@@ -43,6 +44,8 @@ pub struct Upgrade {
     pub user: Option<String>,
     /// The complete 101 response.
     pub response: Vec<u8>,
+    /// permessage-deflate, when enabled and a client's offer was accepted.
+    pub compression: Option<deflate::Params>,
 }
 
 /// What the loop does with a request.
@@ -109,31 +112,143 @@ const STATIC_FILES: [(&str, &str, &str); 4] = [
     ),
 ];
 
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// Anyone (health checks, browsers upgrading).
+    Public,
+    /// Only with `Authorization: Bearer <admin_token>` when one is set.
+    Admin,
+}
+
+/// Where a route exists at all; elsewhere its path is 404.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    /// Always served.
+    Always,
+    /// `/api/ws/*`: standalone mode, or integrated while `websocket.enable`.
+    Api,
+    /// `/api/ws/echo`: like `Api`, and only while `websocket.echo`.
+    Echo,
+}
+
+/// The methods routes are declared with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verb {
+    Get,
+    Post,
+}
+
+impl Verb {
+    fn matches(self, method: &Method) -> bool {
+        matches!(
+            (self, method),
+            (Verb::Get, Method::Get) | (Verb::Post, Method::Post)
+        )
+    }
+
+    /// For the `Allow` header of a 405.
+    fn name(self) -> &'static str {
+        match self {
+            Verb::Get => "GET",
+            Verb::Post => "POST",
+        }
+    }
+}
+
+/// What answers a route, once its scope, method and access are checked.
+type Handler = fn(&Request, &[u8], &Context<'_>) -> Outcome;
+
+/// One endpoint: a row of [`ROUTES`].
+#[derive(Debug)]
+struct Route {
+    path: &'static str,
+    verb: Verb,
+    scope: Scope,
+    access: Access,
+    handler: Handler,
+}
+
+impl Route {
+    /// A route that needs the admin token: safe by default, so a new push
+    /// endpoint cannot be left open by forgetting a check.
+    const fn new(verb: Verb, path: &'static str, scope: Scope, handler: Handler) -> Route {
+        Route {
+            path,
+            verb,
+            scope,
+            access: Access::Admin,
+            handler,
+        }
+    }
+
+    /// Opens the route to anyone: say so only for health and upgrades.
+    const fn public(self) -> Route {
+        Route {
+            access: Access::Public,
+            ..self
+        }
+    }
+}
+
+/// Every endpoint but the demo page's files (PROTOCOL.md sections 3 and 6).
+/// A new endpoint is one row here; it needs the admin token unless the row
+/// says `.public()`. A wrong method gets 405 before the token is looked at.
+const ROUTES: [Route; 7] = [
+    Route::new(Verb::Get, "/health", Scope::Always, |_, _, ctx| health(ctx)).public(),
+    Route::new(Verb::Get, "/metrics", Scope::Always, |_, _, _| {
+        Outcome::Metrics
+    }),
+    Route::new(
+        Verb::Get,
+        "/api/ws/connect",
+        Scope::Api,
+        |request, _, ctx| upgrade(request, ctx, Endpoint::Chat),
+    )
+    .public(),
+    Route::new(Verb::Get, "/api/ws/echo", Scope::Echo, |request, _, ctx| {
+        upgrade(request, ctx, Endpoint::Echo)
+    })
+    .public(),
+    Route::new(Verb::Get, "/api/ws/status", Scope::Api, |_, _, ctx| {
+        status(ctx)
+    }),
+    Route::new(
+        Verb::Post,
+        "/api/ws/broadcast",
+        Scope::Api,
+        |_, body, ctx| broadcast(body, &ctx.config.websocket),
+    ),
+    Route::new(Verb::Post, "/api/ws/send", Scope::Api, |_, body, ctx| {
+        send(body, &ctx.config.websocket)
+    }),
+];
+
 /// Decides what to do with one complete request and its body.
 pub fn handle(request: &Request, body: &[u8], ctx: &Context<'_>) -> Outcome {
+    let path = request.path.as_str();
+    let Some(route) = ROUTES.iter().find(|r| r.path == path) else {
+        return static_file(path, request.method == Method::Get, ctx).unwrap_or_else(not_found);
+    };
     let ws = &ctx.config.websocket;
     let api_enabled = ctx.mode == Mode::Standalone || ws.enable;
-    let path = request.path.as_str();
-    let get = request.method == Method::Get;
-    let post = request.method == Method::Post;
-    match path {
-        "/health" if get => health(ctx),
-        "/health" => wrong_method("GET"),
-        "/metrics" if get => admin(request, ctx).unwrap_or(Outcome::Metrics),
-        "/metrics" => wrong_method("GET"),
-        _ if path.starts_with("/api/ws/") && !api_enabled => not_found(),
-        "/api/ws/connect" if get => upgrade(request, ctx, Endpoint::Chat),
-        "/api/ws/echo" if get && ws.echo => upgrade(request, ctx, Endpoint::Echo),
-        "/api/ws/connect" => wrong_method("GET"),
-        "/api/ws/echo" if ws.echo => wrong_method("GET"),
-        "/api/ws/status" if get => admin(request, ctx).unwrap_or_else(|| status(ctx)),
-        "/api/ws/status" => wrong_method("GET"),
-        "/api/ws/broadcast" if post => admin(request, ctx).unwrap_or_else(|| broadcast(body, ws)),
-        "/api/ws/broadcast" => wrong_method("POST"),
-        "/api/ws/send" if post => admin(request, ctx).unwrap_or_else(|| send(body, ws)),
-        "/api/ws/send" => wrong_method("POST"),
-        _ => static_file(path, get, ctx).unwrap_or_else(not_found),
+    let in_scope = match route.scope {
+        Scope::Always => true,
+        Scope::Api => api_enabled,
+        Scope::Echo => api_enabled && ws.echo,
+    };
+    if !in_scope {
+        return not_found();
     }
+    if !route.verb.matches(&request.method) {
+        return wrong_method(route.verb.name());
+    }
+    if route.access == Access::Admin {
+        if let Some(refused) = admin(request, ctx) {
+            return refused;
+        }
+    }
+    (route.handler)(request, body, ctx)
 }
 
 fn ok(value: serde_json::Value) -> Outcome {
@@ -157,7 +272,7 @@ fn bad_request(reason: &str) -> Outcome {
 /// `Some(401)` unless the admin token (when configured) was presented.
 fn admin(request: &Request, ctx: &Context<'_>) -> Option<Outcome> {
     let token = &ctx.config.websocket.admin_token;
-    if auth::admin_allowed(token, request.authorization.as_deref()) {
+    if auth::admin_allowed(token.expose(), request.authorization.as_deref()) {
         None
     } else {
         Some(Outcome::Respond(
@@ -315,10 +430,18 @@ fn upgrade(request: &Request, ctx: &Context<'_>, endpoint: Endpoint) -> Outcome 
         return refuse(503, "server at capacity", HandshakeFailure::Capacity);
     }
     let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+    // Never negotiated unless enabled; an offer we cannot honour is declined
+    // and the session proceeds uncompressed.
+    let agreement = request
+        .websocket_extensions
+        .as_deref()
+        .filter(|_| ws.compression)
+        .and_then(deflate::negotiate);
     Outcome::Upgrade(Upgrade {
         endpoint,
         user,
-        response: switching_protocols(&accept),
+        response: switching_protocols(&accept, agreement.as_ref().map(|a| a.response.as_str())),
+        compression: agreement.map(|a| a.params),
     })
 }
 
@@ -331,7 +454,7 @@ fn identity(request: &Request, ctx: &Context<'_>) -> Result<Option<String>, Outc
     let query_token = query("token")?;
     let jwt = &ctx.config.jwt;
     let user = auth::connect_identity(
-        &jwt.secret,
+        jwt.secret.expose(),
         jwt.required,
         auth::bearer_token(request.authorization.as_deref()),
         query_token.as_deref(),
@@ -398,6 +521,31 @@ mod tests {
             cluster: None,
         };
         handle(&request(text), body.as_bytes(), &ctx)
+    }
+
+    #[test]
+    fn routes_need_the_admin_token_unless_declared_public() {
+        let public: Vec<&str> = ROUTES
+            .iter()
+            .filter(|r| r.access == Access::Public)
+            .map(|r| r.path)
+            .collect();
+        // Widening this list is a security decision: PROTOCOL.md section 6.
+        assert_eq!(public, ["/health", "/api/ws/connect", "/api/ws/echo"]);
+        let mut config = Config::default();
+        config.websocket.admin_token = "adm".into();
+        config.websocket.echo = true;
+        for route in ROUTES.iter().filter(|r| r.access == Access::Admin) {
+            let text = format!(
+                "{} {} HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n",
+                route.verb.name(),
+                route.path
+            );
+            match run(&config, Mode::Standalone, &text, "{}") {
+                Outcome::Respond(response) => assert_eq!(response.status, 401, "{}", route.path),
+                other => panic!("{}: {other:?}", route.path),
+            }
+        }
     }
 
     fn status_and_body(outcome: Outcome) -> (u16, String) {

@@ -107,13 +107,7 @@ impl Server {
             .map_err(bind_error)?
             .next()
             .ok_or_else(|| bind_error(io::ErrorKind::AddrNotAvailable.into()))?;
-        let listener = if config.app.reuse_port {
-            bind_reuse_port(resolved).map_err(bind_error)?
-        } else {
-            // mio's bind sets SO_REUSEADDR, so a restart does not wait out TIME_WAIT.
-            TcpListener::bind(resolved).map_err(bind_error)?
-        };
-        widen_backlog(&listener);
+        let listener = bind_listener(resolved, config.app.reuse_port).map_err(bind_error)?;
         Server::with_listener(listener, config, mode)
     }
 
@@ -220,33 +214,25 @@ impl Server {
 }
 
 /// Connections the kernel may hold for us between two accept passes.
-const LISTEN_BACKLOG: libc::c_int = 4096;
+///
+/// mio's `bind` listens with 128: a burst of connects (a deploy, a reconnect
+/// wave) overflows it and clients wait out a SYN retransmit (the load bench
+/// measured 29k upgrades/s falling to 8k). The kernel caps it at
+/// `net.core.somaxconn`.
+const LISTEN_BACKLOG: i32 = 4096;
 
-/// mio listens with a backlog of 128: a burst of connects (a deploy, a
-/// reconnect wave) overflows it and clients wait out a SYN retransmit
-/// (the load bench measured 29k upgrades/s falling to 8k). Linux lets a
-/// second `listen` raise it; the kernel caps it at `net.core.somaxconn`.
-fn widen_backlog(listener: &TcpListener) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: the descriptor is a listening socket owned by `listener`,
-    // alive for the call; listen(2) only changes its queue length.
-    let result = unsafe { libc::listen(listener.as_raw_fd(), LISTEN_BACKLOG) };
-    if result != 0 {
-        log::warn!(
-            "cannot raise the listen backlog: {}",
-            io::Error::last_os_error()
-        );
-    }
-}
-
-/// `app.reuse_port`: several processes may listen on the same address and
-/// the kernel spreads new connections over them. socket2 sets the option
-/// before `bind`, which std and mio cannot.
-fn bind_reuse_port(address: SocketAddr) -> io::Result<TcpListener> {
+/// A non-blocking listener with `SO_REUSEADDR` (a restart need not wait out
+/// TIME_WAIT, as with mio's `bind`), the wide backlog and, for
+/// `app.reuse_port`, `SO_REUSEPORT`: several processes may then listen on
+/// the same address and the kernel spreads new connections over them.
+/// socket2 sets the options before `bind`, which std and mio cannot.
+fn bind_listener(address: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
     use socket2::{Domain, Socket, Type};
     let socket = Socket::new(Domain::for_address(address), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
     socket.set_nonblocking(true)?;
     socket.bind(&address.into())?;
     socket.listen(LISTEN_BACKLOG)?;

@@ -14,6 +14,7 @@ use std::rc::Rc;
 
 use mio::net::TcpStream;
 
+use crate::deflate::{History, Params};
 use crate::frame::{Decoder, Wire};
 use crate::outbound::{Flushed, Outbound, Overflow};
 use crate::router::SessionKey;
@@ -85,6 +86,12 @@ pub struct Session {
     pub input_needed: usize,
     /// Frame reassembly state.
     pub decoder: Decoder,
+    /// permessage-deflate parameters, when negotiated. Inline: a broadcast
+    /// reads them for every recipient.
+    pub deflate: Option<Params>,
+    /// What a client that takes its context over sent last (unallocated
+    /// until it sends a compressed message).
+    pub history: History,
     /// Frames and responses waiting for the socket.
     pub out: Outbound,
     /// The one wheel timer of this session, with its deadline.
@@ -119,6 +126,8 @@ impl Session {
             head_scanned: 0,
             input_needed: 0,
             decoder: Decoder::default(),
+            deflate: None,
+            history: History::default(),
             out: Outbound::default(),
             timer: None,
             last_seen_ms: now_ms,
@@ -137,6 +146,11 @@ impl Session {
             Phase::Chat { user } => user.as_ref(),
             _ => None,
         }
+    }
+
+    /// The permessage-deflate parameters, when negotiated.
+    pub fn deflate_params(&self) -> Option<&Params> {
+        self.deflate.as_ref()
     }
 
     /// Upgraded and not closing.
@@ -234,8 +248,10 @@ mod tests {
     #[test]
     fn a_session_stays_small() {
         // Every idle connection pays this in the slab (BENCHMARKS.md).
+        // 304 before permessage-deflate, whose RSV1 flag in the decoder and
+        // history pointer take 16 more.
         assert!(
-            std::mem::size_of::<Session>() <= 304,
+            std::mem::size_of::<Session>() <= 320,
             "{} bytes",
             std::mem::size_of::<Session>()
         );

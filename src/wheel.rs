@@ -14,9 +14,9 @@
 //! simply stays in its slot until the walk reaches its own tick. Insert and
 //! cancel are O(1) and allocate only when the slab has to grow. A one-level
 //! hashed wheel was chosen over a hierarchy because our timeouts are a handful
-//! of revolutions long (54 s is ~11 revolutions at 10 ms x 512 slots): a far
-//! timer is looked at once per revolution, which is cheaper and far simpler
-//! than cascading it between levels. A larger `slots` (e.g. 8192, 82 s per
+//! of revolutions long (54 s is ~5 revolutions at 10 ms x 1024 slots, the
+//! loop's setting): a far timer is looked at once per revolution, which is
+//! cheaper and far simpler than cascading it between levels. A larger `slots` (e.g. 8192, 82 s per
 //! revolution) makes nearly every session timer single-round.
 //!
 //! Deadlines on a tick boundary already passed (at or before the tick of the
@@ -238,12 +238,14 @@ impl<T: Copy> Wheel<T> {
     }
 
     /// Number of armed timers.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.nodes.len()
     }
 
     /// True when no timer is armed.
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.nodes.is_empty()
     }
 

@@ -610,7 +610,7 @@ fn the_embedding_handle_sees_and_reaches_the_whole_cluster() {
     let mut config = wshub::Config::default();
     config.app.host = "127.0.0.1".into();
     config.app.port = 0;
-    config.cluster.redis = Redis::url(redis.port);
+    config.cluster.redis = Redis::url(redis.port).into();
     config.cluster.node_id = "embedded".into();
     config.cluster.presence_ttl = Duration::from_millis(TTL_MS);
     config.cluster.channel_prefix = PREFIX.into();

@@ -25,11 +25,13 @@ pub struct Fan {
     pub busy_cpu: Duration,
     /// Wall time of the same windows.
     pub busy_wall: Duration,
+    /// Bytes on the wire per delivered message (frame head included).
+    pub wire_bytes: Option<f64>,
 }
 
-/// The ~100-byte broadcast body with `seq` and the send time inside `content`.
-pub fn broadcast_body(kind: &str, seq: u64) -> String {
-    let content = wire::content_string(seq, crate::nanos_since_start(), 100);
+/// The broadcast body of about `size` bytes with `seq` and the send time inside `content`.
+pub fn broadcast_body(kind: &str, seq: u64, size: usize) -> String {
+    let content = wire::content_string(seq, crate::nanos_since_start(), size);
     format!("{{\"type\":\"{kind}\",\"content\":\"{content}\",\"seq\":{seq}}}")
 }
 
@@ -59,14 +61,21 @@ pub fn fanout(
         rx: Samples::with_capacity(plan.fan_count * receivers),
         busy_cpu: Duration::ZERO,
         busy_wall: Duration::ZERO,
+        wire_bytes: None,
     };
     let mut expect = receivers;
     let mut incomplete = 0;
     let mut req = Vec::new();
+    let (bytes0, msgs0) = c.rx_counts();
     for k in 0..plan.fan_count as u64 {
         let cpu0 = stats::thread_cpu();
         let t0 = Instant::now();
-        post(c, http, &broadcast_body("notification", k), &mut req)?;
+        post(
+            c,
+            http,
+            &broadcast_body("notification", k, plan.msg_size),
+            &mut req,
+        )?;
         let (got, last) = await_all(c, http, k, t0, &mut expect, &mut fan.rx, notes)?;
         fan.busy_cpu += stats::thread_cpu().saturating_sub(cpu0);
         fan.busy_wall += last - t0;
@@ -84,6 +93,10 @@ pub fn fanout(
             fan.all.push(last - t0);
         }
         drain_until(c, t0 + plan.fan_spacing)?;
+    }
+    let (bytes, msgs) = c.rx_counts();
+    if msgs > msgs0 {
+        fan.wire_bytes = Some((bytes - bytes0) as f64 / (msgs - msgs0) as f64);
     }
     Ok(fan)
 }
@@ -224,7 +237,12 @@ pub fn sustained(
     let mut lat = Samples::with_capacity(1 << 20);
     let cpu0 = stats::thread_cpu();
     let t0 = Instant::now();
+    let (bytes0, msgs0) = c.rx_counts();
     pump(&mut c, sender, rx, plan, &mut w, &mut lat)?;
+    let (bytes, msgs) = c.rx_counts();
+    if msgs > msgs0 {
+        res.insert("sus_bytes", (bytes - bytes0) as f64 / (msgs - msgs0) as f64);
+    }
     let wall = w.last_done.map_or(Duration::ZERO, |l| l - t0);
     if w.done == 0 || wall.is_zero() {
         return Err(BenchError::Scenario(
@@ -257,13 +275,17 @@ fn pump(
         while let Some(seq) = w.take_slot() {
             match plan.via {
                 Via::Ws => {
-                    if !c.send_text(sender, broadcast_body("chat", seq).as_bytes()) {
+                    let body = broadcast_body("chat", seq, plan.msg_size);
+                    if !c.send_text(sender, body.as_bytes()) {
                         return Err(BenchError::Scenario(
                             "sustained: sender connection closed".into(),
                         ));
                     }
                 }
-                Via::Http => post(c, sender, &broadcast_body("notification", seq), &mut req)?,
+                Via::Http => {
+                    let body = broadcast_body("notification", seq, plan.msg_size);
+                    post(c, sender, &body, &mut req)?
+                }
             }
         }
         let mut lost = None;

@@ -6,10 +6,15 @@
 //! connect, so 19k connections never run out of ephemeral ports.
 //! Touches only sockets it opened; reports what happens as [`Event`]s.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+
+use flate2::{Decompress, FlushDecompress};
 
 use base64::Engine as _;
 use mio::net::TcpStream;
@@ -27,6 +32,20 @@ const SOURCE_COUNT: u32 = 39;
 /// A response head larger than this is not a server we talk to.
 const MAX_HEAD: usize = 16 * 1024;
 
+/// `--compression`: every WebSocket upgrade offers permessage-deflate the
+/// way browsers do; servers that decline it send plain frames as before.
+pub static OFFER_DEFLATE: AtomicBool = AtomicBool::new(false);
+
+/// The offer, as Chromium sends it.
+const DEFLATE_OFFER: &[u8] =
+    b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n";
+
+/// Inflated messages kept by compressed payload. A server that compresses a
+/// broadcast once sends every receiver the same bytes, so the client
+/// inflates each distinct message once instead of once per receiver (the
+/// client, not the server, is the bottleneck of these runs).
+const INFLATE_CACHE: usize = 1024;
+
 /// Why a connection ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -39,6 +58,8 @@ pub enum CloseWhy {
     Status(u16),
     /// The 101 response carried a wrong or no `Sec-WebSocket-Accept`.
     BadAccept,
+    /// A compressed frame that does not inflate, or RSV1 without the extension.
+    BadDeflate,
     /// The HTTP response could not be parsed.
     BadResponse,
     /// A malformed frame.
@@ -58,6 +79,7 @@ impl fmt::Display for CloseWhy {
             CloseWhy::Io(k) => write!(f, "socket error {k:?}"),
             CloseWhy::Status(s) => write!(f, "upgrade answered with HTTP {s}"),
             CloseWhy::BadAccept => write!(f, "wrong Sec-WebSocket-Accept"),
+            CloseWhy::BadDeflate => write!(f, "bad permessage-deflate frame"),
             CloseWhy::BadResponse => write!(f, "unparsable HTTP response"),
             CloseWhy::Protocol(e) => write!(f, "{e}"),
             CloseWhy::MaskedFrame => write!(f, "masked frame from the server"),
@@ -128,6 +150,74 @@ struct Conn {
     out_pos: usize,
     /// A fragmented message being reassembled.
     frag: Option<Vec<u8>>,
+    /// The fragmented message started with RSV1.
+    frag_deflated: bool,
+    /// The server accepted permessage-deflate.
+    deflate: bool,
+}
+
+/// Word-wise multiply-xor hash for the inflate cache: a few ns for a
+/// 200-byte key, where SipHash would cost the client more than the server
+/// spends on the delivery.
+#[derive(Default)]
+struct WordHash(u64);
+
+impl Hasher for WordHash {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            self.0 = (self.0 ^ u64::from_ne_bytes(w)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+        for &b in chunks.remainder() {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn finish(&self) -> u64 {
+        self.0 ^ (self.0 >> 29)
+    }
+}
+
+/// Inflates server messages (fresh context each: the server answers
+/// `server_no_context_takeover`), each distinct payload once.
+struct Inflater {
+    z: Decompress,
+    cache: HashMap<Vec<u8>, Vec<u8>, BuildHasherDefault<WordHash>>,
+}
+
+impl Inflater {
+    fn new() -> Inflater {
+        Inflater {
+            z: Decompress::new(false),
+            cache: HashMap::default(),
+        }
+    }
+
+    fn inflate(&mut self, payload: &[u8]) -> Option<&[u8]> {
+        if !self.cache.contains_key(payload) {
+            if self.cache.len() >= INFLATE_CACHE {
+                self.cache.clear();
+            }
+            self.z.reset(false);
+            let mut input = payload.to_vec();
+            input.extend_from_slice(&[0, 0, 0xff, 0xff]);
+            let mut out = Vec::with_capacity(payload.len() * 8 + 256);
+            loop {
+                let before = self.z.total_in();
+                self.z
+                    .decompress_vec(&input, &mut out, FlushDecompress::Sync)
+                    .ok()?;
+                input.drain(..(self.z.total_in() - before) as usize);
+                if input.is_empty() && out.len() < out.capacity() {
+                    break;
+                }
+                out.reserve(out.capacity());
+            }
+            self.cache.insert(payload.to_vec(), out);
+        }
+        self.cache.get(payload).map(Vec::as_slice)
+    }
 }
 
 /// A set of client connections to one server address, driven by [`Client::poll`].
@@ -148,6 +238,10 @@ struct Core {
     src_next: u32,
     rng: u64,
     deferred: Vec<(usize, bool, CloseWhy)>,
+    inflater: Inflater,
+    /// Bytes of data frames received (heads included) and messages completed.
+    rx_bytes: u64,
+    rx_messages: u64,
 }
 
 impl Client {
@@ -177,6 +271,9 @@ impl Client {
                 src_next: (next_rand(&mut rng) % u64::from(SOURCE_COUNT)) as u32,
                 rng,
                 deferred: Vec::new(),
+                inflater: Inflater::new(),
+                rx_bytes: 0,
+                rx_messages: 0,
             },
         })
     }
@@ -192,7 +289,17 @@ impl Client {
     pub fn connect_ws(&mut self, path: &str) -> Result<usize> {
         let mut out = Vec::with_capacity(192 + path.len());
         wire::push_upgrade_request(&mut out, &self.core.host, path, &self.core.key);
+        if OFFER_DEFLATE.load(Ordering::Relaxed) {
+            out.truncate(out.len() - 2);
+            out.extend_from_slice(DEFLATE_OFFER);
+            out.extend_from_slice(b"\r\n");
+        }
         self.connect(Kind::Ws, out)
+    }
+
+    /// Data-frame bytes on the wire (heads included) and messages received so far.
+    pub fn rx_counts(&self) -> (u64, u64) {
+        (self.core.rx_bytes, self.core.rx_messages)
     }
 
     /// Starts a plain keep-alive HTTP connection; returns its id.
@@ -219,6 +326,8 @@ impl Client {
             out,
             out_pos: 0,
             frag: None,
+            frag_deflated: false,
+            deflate: false,
         };
         self.core.conns.push(Some(conn));
         self.core.live += 1;
@@ -423,6 +532,9 @@ impl Core {
             at,
             accept: &self.accept,
             rng: &mut self.rng,
+            inflater: &mut self.inflater,
+            rx_bytes: &mut self.rx_bytes,
+            rx_messages: &mut self.rx_messages,
         };
         if conn.inbuf.is_empty() {
             let data = &self.rbuf[..n];
@@ -448,6 +560,9 @@ struct Cx<'a> {
     at: Instant,
     accept: &'a str,
     rng: &'a mut u64,
+    inflater: &'a mut Inflater,
+    rx_bytes: &'a mut u64,
+    rx_messages: &'a mut u64,
 }
 
 fn process<F: FnMut(Event<'_>)>(
@@ -460,8 +575,9 @@ fn process<F: FnMut(Event<'_>)>(
     if conn.phase == Phase::Handshake {
         match parse_upgrade_response(buf, cx.accept)? {
             None => return Ok(0),
-            Some(head_len) => {
+            Some((head_len, deflate)) => {
                 conn.phase = Phase::Open;
+                conn.deflate = deflate;
                 f(Event::Open { id: cx.id });
                 pos = head_len;
             }
@@ -474,10 +590,11 @@ fn process<F: FnMut(Event<'_>)>(
 }
 
 /// `Some(head length)` for a complete, valid 101 response.
+/// The head length and whether permessage-deflate was accepted.
 fn parse_upgrade_response(
     buf: &[u8],
     accept: &str,
-) -> std::result::Result<Option<usize>, CloseWhy> {
+) -> std::result::Result<Option<(usize, bool)>, CloseWhy> {
     let mut headers = [httparse::EMPTY_HEADER; 24];
     let mut resp = httparse::Response::new(&mut headers);
     let head_len = match resp.parse(buf) {
@@ -493,8 +610,12 @@ fn parse_upgrade_response(
     let ok = resp.headers.iter().any(|h| {
         h.name.eq_ignore_ascii_case("sec-websocket-accept") && h.value == accept.as_bytes()
     });
+    let deflate = resp.headers.iter().any(|h| {
+        h.name.eq_ignore_ascii_case("sec-websocket-extensions")
+            && h.value.starts_with(b"permessage-deflate")
+    });
     if ok {
-        Ok(Some(head_len))
+        Ok(Some((head_len, deflate)))
     } else {
         Err(CloseWhy::BadAccept)
     }
@@ -517,20 +638,43 @@ fn process_frames<F: FnMut(Event<'_>)>(
             return Err(CloseWhy::MaskedFrame);
         }
         let payload = &buf[start..end];
+        if h.rsv1 && (!conn.deflate || h.opcode == wire::OP_CONT || h.opcode >= 0x8) {
+            return Err(CloseWhy::BadDeflate);
+        }
+        if h.opcode < 0x8 {
+            *cx.rx_bytes += (h.head_len + h.payload_len) as u64;
+        }
         match (h.opcode, h.fin, conn.frag.as_mut()) {
-            (wire::OP_TEXT | wire::OP_BINARY, true, None) => f(Event::Message {
-                id: cx.id,
-                at: cx.at,
-                data: payload,
-            }),
-            (wire::OP_TEXT | wire::OP_BINARY, false, None) => conn.frag = Some(payload.to_vec()),
+            (wire::OP_TEXT | wire::OP_BINARY, true, None) => {
+                *cx.rx_messages += 1;
+                let data = if h.rsv1 {
+                    cx.inflater.inflate(payload).ok_or(CloseWhy::BadDeflate)?
+                } else {
+                    payload
+                };
+                f(Event::Message {
+                    id: cx.id,
+                    at: cx.at,
+                    data,
+                })
+            }
+            (wire::OP_TEXT | wire::OP_BINARY, false, None) => {
+                conn.frag = Some(payload.to_vec());
+                conn.frag_deflated = h.rsv1;
+            }
             (wire::OP_CONT, fin, Some(acc)) => {
                 acc.extend_from_slice(payload);
                 if fin {
+                    *cx.rx_messages += 1;
+                    let data = if conn.frag_deflated {
+                        cx.inflater.inflate(acc).ok_or(CloseWhy::BadDeflate)?
+                    } else {
+                        acc
+                    };
                     f(Event::Message {
                         id: cx.id,
                         at: cx.at,
-                        data: acc,
+                        data,
                     });
                     conn.frag = None;
                 }

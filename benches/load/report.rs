@@ -103,6 +103,20 @@ fn rows(plan: &Plan) -> Vec<Row> {
         ),
         r("sus_p99", "sustained: per delivery p99 ms".into()),
         r(
+            "fan_bytes",
+            format!(
+                "bytes on the wire per broadcast delivery ({} B body)",
+                plan.msg_size
+            ),
+        ),
+        r(
+            "sus_bytes",
+            format!(
+                "bytes on the wire per chat delivery ({} B body)",
+                plan.msg_size
+            ),
+        ),
+        r(
             "echo_rps",
             format!(
                 "echo round trips/s ({} × {} B, depth 1)",

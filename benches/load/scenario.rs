@@ -80,6 +80,8 @@ pub struct Plan {
     pub relay_pairs: usize,
     /// Relay phase length.
     pub relay_time: Duration,
+    /// Bytes of each broadcast/chat body (fan-out and sustained).
+    pub msg_size: usize,
     /// Echo clients.
     pub echo_clients: usize,
     /// Echo phase length.
@@ -234,6 +236,9 @@ fn conn_phases(
 fn record_fan(fan: &mut Fan, res: &mut RunResult) {
     if let Some(v) = stats::cpu_share(Duration::ZERO, fan.busy_cpu, fan.busy_wall) {
         res.insert("fan_cpu", v);
+    }
+    if let Some(v) = fan.wire_bytes {
+        res.insert("fan_bytes", v);
     }
     let quantiles = [("fan_all_p50", 0.5), ("fan_all_p99", 0.99)];
     for (key, p) in quantiles {

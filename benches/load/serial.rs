@@ -55,7 +55,7 @@ pub fn serial(
     while (w.done as usize) < plan.ser_count {
         if !awaiting_response && posted < plan.ser_count {
             if let Some(seq) = w.take_slot() {
-                let body = broadcast_body("notification", SEQ_BASE + seq);
+                let body = broadcast_body("notification", SEQ_BASE + seq, plan.msg_size);
                 post(c, http, &body, &mut req)?;
                 awaiting_response = true;
                 posted += 1;

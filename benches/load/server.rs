@@ -31,6 +31,8 @@ pub enum Flavor {
     /// Another wshub binary (`--baseline PATH`, e.g. a build of main), for
     /// before/after figures taken in the same run.
     Baseline,
+    /// The same binary with `websocket.compression: true` (`--compression`).
+    WshubDeflate,
     /// shared/peers/node-ws (Node.js + ws).
     Node,
     /// shared/peers/go-hub (Go + gorilla/websocket).
@@ -47,6 +49,7 @@ impl Flavor {
         match self {
             Flavor::Wshub => "wshub",
             Flavor::Baseline => "wshub-base",
+            Flavor::WshubDeflate => "wshub-deflate",
             Flavor::Node => "node-ws",
             Flavor::Go => "go-hub",
             Flavor::Rust => "rust-axum",
@@ -109,7 +112,7 @@ impl Paths {
 pub fn prepare(flavor: Flavor, paths: &Paths) -> Result<()> {
     let peers = paths.target_dir.join("peers");
     match flavor {
-        Flavor::Wshub => match &paths.wshub_bin {
+        Flavor::Wshub | Flavor::WshubDeflate => match &paths.wshub_bin {
             Some(p) if p.exists() => Ok(()),
             Some(p) => Err(BenchError::Server(format!("wshub binary {} does not exist", p.display()))),
             None => Err(BenchError::Server("no wshub binary (run through `cargo bench` in the wshub crate or pass --wshub PATH)".into())),
@@ -346,14 +349,15 @@ fn command(flavor: Flavor, paths: &Paths, port: u16) -> Result<Command> {
     cmd.args(["-c", "0"]);
     let peers = paths.target_dir.join("peers");
     match flavor {
-        Flavor::Wshub | Flavor::Baseline => {
+        Flavor::Wshub | Flavor::WshubDeflate | Flavor::Baseline => {
             let bin = match flavor {
-                Flavor::Wshub => paths.wshub_bin.clone(),
-                _ => paths.baseline_bin.clone(),
+                Flavor::Baseline => paths.baseline_bin.clone(),
+                _ => paths.wshub_bin.clone(),
             }
             .ok_or_else(|| BenchError::Server(format!("no {} binary", flavor.name())))?;
             let cfg = paths.work_dir.join(format!("wshub-{port}.yaml"));
-            fs::write(&cfg, wshub_config(port))
+            let compression = flavor == Flavor::WshubDeflate;
+            fs::write(&cfg, wshub_config(port, compression))
                 .map_err(|e| BenchError::io(format!("write {}", cfg.display()), e))?;
             cmd.arg(bin).arg("--config").arg(cfg);
         }
@@ -381,9 +385,9 @@ fn command(flavor: Flavor, paths: &Paths, port: u16) -> Result<Command> {
     Ok(cmd)
 }
 
-fn wshub_config(port: u16) -> String {
+fn wshub_config(port: u16, compression: bool) -> String {
     format!(
-        "app:\n  host: \"127.0.0.1\"\n  port: {port}\nlog:\n  level: warn\nwebsocket:\n  echo: true\n  max_connections: 20000\n  ping_period: 50s\n  pong_wait: 60s\n  message_buffer_size: 1024\n"
+        "app:\n  host: \"127.0.0.1\"\n  port: {port}\nlog:\n  level: warn\nwebsocket:\n  echo: true\n  max_connections: 20000\n  ping_period: 50s\n  pong_wait: 60s\n  message_buffer_size: 1024\n  compression: {compression}\n"
     )
 }
 

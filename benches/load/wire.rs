@@ -46,6 +46,8 @@ impl fmt::Display for WireError {
 pub struct FrameHead {
     /// FIN bit.
     pub fin: bool,
+    /// RSV1: a permessage-deflate message (only valid once negotiated).
+    pub rsv1: bool,
     /// Opcode (low 4 bits of the first byte).
     pub opcode: u8,
     /// Masking key, when the MASK bit is set.
@@ -61,7 +63,7 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<FrameHead>, WireError> {
     if buf.len() < 2 {
         return Ok(None);
     }
-    if buf[0] & 0x70 != 0 {
+    if buf[0] & 0x30 != 0 {
         return Err(WireError::ReservedBits);
     }
     let masked = buf[1] & 0x80 != 0;
@@ -94,6 +96,7 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<FrameHead>, WireError> {
     };
     Ok(Some(FrameHead {
         fin: buf[0] & 0x80 != 0,
+        rsv1: buf[0] & 0x40 != 0,
         opcode: buf[0] & 0x0F,
         mask,
         head_len: at,
@@ -170,12 +173,19 @@ pub fn push_post(out: &mut Vec<u8>, host: &str, path: &str, body: &[u8]) {
 /// padded so that the whole JSON message is about `total` bytes.
 pub fn content_string(seq: u64, nanos: u64, total: usize) -> String {
     let mut s = format!("{seq}:{nanos}:");
-    // About 40 bytes of JSON framing surround the content.
+    // About 40 bytes of JSON framing surround the content. Chat-like text,
+    // not one repeated byte, so compressed sizes are realistic.
+    let mut filler = FILLER.bytes().cycle();
     while s.len() + 40 < total {
-        s.push('x');
+        s.push(char::from(filler.next().unwrap_or(b' ')));
     }
     s
 }
+
+/// Padding text for `content`: plain ASCII without quotes or backslashes.
+const FILLER: &str = "Running ten minutes late, the train stopped outside the station. \
+Can you order for me? The usual, and a coffee with oat milk please. \
+Thanks! See you at the corner table by the window in a bit. ";
 
 /// Finds `"content":"<seq>:<nanos>:` in a delivered JSON message and returns
 /// `(seq, nanos)`; `None` for any other message (errors, pongs, foreign traffic).
@@ -237,6 +247,7 @@ pub fn self_test() -> Result<usize, String> {
         check(
             head == Some(FrameHead {
                 fin: true,
+                rsv1: false,
                 opcode: OP_TEXT,
                 mask: Some(key),
                 head_len: expect_head,
@@ -253,8 +264,12 @@ pub fn self_test() -> Result<usize, String> {
         )?;
     }
     check(
-        parse_head(&[0xC1, 0]) == Err(WireError::ReservedBits),
+        parse_head(&[0xA1, 0]) == Err(WireError::ReservedBits),
         "rsv bits",
+    )?;
+    check(
+        parse_head(&[0xC1, 0]).is_ok_and(|h| h.is_some_and(|h| h.rsv1)),
+        "rsv1 is reported",
     )?;
     let c = content_string(17, 123456, 100);
     let msg = format!("{{\"type\":\"notification\",\"content\":\"{c}\",\"seq\":17}}");

@@ -251,7 +251,7 @@ impl Link {
             names: Names::new(&config.channel_prefix),
             node_id,
             epoch,
-            url: config.redis.clone(),
+            url: config.redis.expose().to_owned(),
             presence_ttl: config.presence_ttl,
             interest: Mutex::default(),
             presence: Mutex::default(),

@@ -11,7 +11,8 @@ use serde_json::json;
 
 use super::EventLoop;
 use crate::cluster::Event;
-use crate::frame::{self, Kind};
+use crate::deflate::Encoded;
+use crate::frame::Kind;
 use crate::handle::Target;
 use crate::http::Response;
 use crate::message;
@@ -89,7 +90,11 @@ impl EventLoop {
     }
 
     fn push_local(&mut self, target: &Target, json: &[u8]) -> usize {
-        self.deliver(audience(target), &frame::encode(Kind::Text, json))
+        let min_bytes = self.config.websocket.compression_min_bytes;
+        self.deliver(
+            audience(target),
+            &mut Encoded::new(Kind::Text, json, min_bytes),
+        )
     }
 
     /// Stores the open-session count that `Handle::online_count` reads:

@@ -6,7 +6,7 @@
 use log::info;
 
 use super::{EventLoop, ACTION_ROUNDS, COMMAND_BUDGET};
-use crate::frame::Wire;
+use crate::deflate::Encoded;
 use crate::handle::Command;
 use crate::hooks::CloseReason;
 use crate::router::Audience;
@@ -14,15 +14,18 @@ use crate::session::Phase;
 
 impl EventLoop {
     /// Queues the same bytes to every session of the audience; returns how
-    /// many sessions got them. No allocation or JSON work per recipient; the
+    /// many sessions got them. No allocation or JSON work per recipient.
+    /// Each recipient gets the plain frame or the compressed one for its
+    /// window: both built at most once, whatever the audience size. The
     /// writes happen later, from the backlog (a recipient already waiting
     /// there takes this frame with the earlier ones).
-    pub(super) fn deliver(&mut self, audience: Audience<'_>, wire: &Wire) -> usize {
+    pub(super) fn deliver(&mut self, audience: Audience<'_>, message: &mut Encoded<'_>) -> usize {
         let ws = &self.config.websocket;
         let (max_messages, max_bytes) = (ws.message_buffer_size, ws.max_buffered_bytes);
         let sessions = &mut self.sessions;
         let backlog = &mut self.backlog;
         let slow = &mut self.slow;
+        let codec = &mut self.codec;
         let bytes_out = &mut self.metrics.bytes_out;
         let mut sent = 0;
         self.router.for_each_member(audience, |key| {
@@ -32,7 +35,8 @@ impl EventLoop {
             if session.key != key {
                 return;
             }
-            match session.queue(wire.clone(), max_messages, max_bytes, bytes_out) {
+            let wire = message.for_session(session.deflate_params(), codec);
+            match session.queue(wire, max_messages, max_bytes, bytes_out) {
                 Ok(()) => {
                     sent += 1;
                     backlog.insert(key.index as usize);

@@ -10,7 +10,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use log::{debug, info};
 
 use super::{EventLoop, READ_CHUNK};
-use crate::frame::{self, Inbound, Kind, Step, Wire};
+use crate::deflate::{Encoded, InflateError};
+use crate::frame::{self, DecodeError, Inbound, Kind, Payload, Step, Wire};
 use crate::hooks::{CloseReason, SessionInfo, Verdict};
 use crate::http::{self, HttpError, Response};
 use crate::ids;
@@ -316,6 +317,10 @@ impl EventLoop {
             return;
         };
         session.out.push_response(Rc::from(upgrade.response));
+        if let Some(params) = upgrade.compression {
+            session.deflate = Some(params);
+            session.decoder.allow_compression();
+        }
         if std::mem::take(&mut session.counted_http) {
             self.http_connections -= 1;
         }
@@ -423,12 +428,50 @@ impl EventLoop {
             }
             Inbound::Pong => {}
             Inbound::Close(close) => self.peer_closed(index, close),
+            Inbound::Compressed { text, payload } => {
+                self.on_compressed(index, text, payload.bytes())
+            }
         }
+    }
+
+    /// Inflates a permessage-deflate message within `max_message_size`
+    /// (checked while inflating), then handles it like a plain one.
+    pub(super) fn on_compressed(&mut self, index: usize, text: bool, compressed: &[u8]) {
+        let max = self.config.websocket.max_message_size;
+        let Some(session) = self.sessions.get_mut(index) else {
+            return;
+        };
+        let Some(params) = session.deflate else {
+            let error = DecodeError::Protocol("compressed message without the extension");
+            return self.protocol_close(index, &error);
+        };
+        let inflated = match self
+            .codec
+            .inflate(&params, &mut session.history, compressed, max)
+        {
+            Ok(bytes) => bytes,
+            Err(InflateError::TooBig) => return self.protocol_close(index, &DecodeError::TooBig),
+            Err(InflateError::Corrupt(_)) => {
+                return self.protocol_close(index, &DecodeError::BadCompression)
+            }
+        };
+        if text && std::str::from_utf8(&inflated).is_err() {
+            return self.protocol_close(index, &DecodeError::InvalidUtf8);
+        }
+        let payload = Payload::Owned(inflated);
+        self.on_inbound(
+            index,
+            if text {
+                Inbound::Text(payload)
+            } else {
+                Inbound::Binary(payload)
+            },
+        );
     }
 
     pub(super) fn echo(&mut self, index: usize, kind: Kind, payload: &[u8]) {
         self.metrics.messages_in += 1;
-        self.queue_data(index, frame::encode(kind, payload));
+        self.queue_message(index, kind, payload);
     }
 
     pub(super) fn on_chat_message(&mut self, index: usize, bytes: &[u8]) {
@@ -477,7 +520,8 @@ impl EventLoop {
                 }
             }
             Route::Deliver(audience, json) => {
-                self.deliver(audience, &frame::encode(Kind::Text, &json));
+                let min_bytes = self.config.websocket.compression_min_bytes;
+                self.deliver(audience, &mut Encoded::new(Kind::Text, &json, min_bytes));
                 self.relay_to_cluster(index, audience, &json);
             }
         }
@@ -485,7 +529,19 @@ impl EventLoop {
     }
 
     pub(super) fn reply(&mut self, index: usize, json: &[u8]) {
-        self.queue_data(index, frame::encode(Kind::Text, json));
+        self.queue_message(index, Kind::Text, json);
+    }
+
+    /// Frames a message for one session (compressed if it negotiated that
+    /// and the message is large enough) and queues it.
+    pub(super) fn queue_message(&mut self, index: usize, kind: Kind, payload: &[u8]) {
+        let min_bytes = self.config.websocket.compression_min_bytes;
+        let Some(session) = self.sessions.get(index) else {
+            return;
+        };
+        let wire = Encoded::new(kind, payload, min_bytes)
+            .for_session(session.deflate_params(), &mut self.codec);
+        self.queue_data(index, wire);
     }
 
     /// Queues one data frame to one session, closing it if it cannot keep up.

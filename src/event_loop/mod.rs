@@ -29,6 +29,7 @@ use slab::Slab;
 
 use crate::cluster::Link;
 use crate::config::Config;
+use crate::deflate::Codec;
 use crate::frame::{self, Kind, Wire};
 use crate::handle::Inbox;
 use crate::hooks::{Actions, Hooks};
@@ -122,6 +123,7 @@ pub(crate) struct EventLoop {
     commands_left: bool,
     shutdown_deadline_ms: Option<u64>,
     ping: Wire,
+    codec: Codec,
     /// `None` unless `cluster.redis` is set.
     cluster: Option<Link>,
 }
@@ -178,6 +180,7 @@ impl EventLoop {
             commands_left: false,
             shutdown_deadline_ms: None,
             ping: frame::encode(Kind::Ping, b""),
+            codec: Codec::default(),
             cluster: parts.cluster,
         }
     }

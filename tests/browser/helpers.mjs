@@ -38,8 +38,8 @@ export function freePort() {
   });
 }
 
-/** config.yaml for a test server; `jwtSecret` turns token checks on. */
-export function configYaml({ port, jwtSecret = '', adminToken = '' }) {
+/** config.yaml for a test server; `jwtSecret` turns token checks on, `compression` permessage-deflate. */
+export function configYaml({ port, jwtSecret = '', adminToken = '', compression = false }) {
   return [
     'app:',
     '  host: "127.0.0.1"',
@@ -53,6 +53,7 @@ export function configYaml({ port, jwtSecret = '', adminToken = '' }) {
     '  pong_wait: 6s',
     '  shutdown_timeout: 2s',
     `  admin_token: "${adminToken}"`,
+    `  compression: ${compression}`,
     'jwt:',
     `  secret: "${jwtSecret}"`,
     '',
