@@ -30,6 +30,8 @@
 //! | [`server`] | the public [`Server`]: bind, handles, hooks, signals, `run` |
 //! | `event_loop` | the one thread: poll, accept, read, dispatch, timers, flush, reap |
 //! | [`session`] | one connection: socket, phase, unfinished input, queue |
+//! | [`transport`] | the stream under a session: plain TCP or TLS; **a new transport is a variant of [`transport::Transport`]** |
+//! | [`tls`] | `tls.cert`/`tls.key` → a rustls server config; reload on SIGHUP |
 //! | [`http`] | request heads (`httparse`) and responses |
 //! | `rest` | the HTTP endpoints: answer, upgrade or push |
 //! | [`frame`] | WebSocket frames in (validated, reassembled) and out (encoded once) |
@@ -61,6 +63,11 @@
 //!   `config/values.rs`), plus a row in README's config table. A new section
 //!   (e.g. `tls:`) is one `section!` block and one line in each of
 //!   [`Config`] and its raw mirror.
+//! - **A new transport** (say QUIC streams, a Unix socket): a variant of
+//!   [`transport::Transport`] that reads and writes plaintext and keeps the
+//!   two promises in that module's doc (reads go to `WouldBlock`, pending
+//!   output is reported); `add_session` in `event_loop` picks it at accept.
+//!   Sessions, the router and the queues do not change.
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations, rust_2018_idioms, unused, dead_code)]
 
@@ -86,6 +93,8 @@ pub(crate) mod rest;
 pub mod router;
 pub mod server;
 pub mod session;
+pub mod tls;
+pub mod transport;
 pub mod wheel;
 
 pub use config::Config;

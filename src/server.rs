@@ -35,6 +35,8 @@ pub enum ServerError {
         /// The OS error.
         source: io::Error,
     },
+    /// `tls.cert` or `tls.key` cannot be used (the error names which).
+    Tls(crate::tls::TlsError),
     /// Setting up or running the event loop failed.
     Io {
         /// What was being done.
@@ -51,6 +53,7 @@ impl fmt::Display for ServerError {
                 write!(f, "cannot listen on {address}: {source}")
             }
             ServerError::Io { context, source } => write!(f, "{context}: {source}"),
+            ServerError::Tls(e) => write!(f, "config: {e}"),
         }
     }
 }
@@ -59,6 +62,7 @@ impl std::error::Error for ServerError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             ServerError::Bind { source, .. } | ServerError::Io { source, .. } => Some(source),
+            ServerError::Tls(e) => Some(e),
         }
     }
 }
@@ -79,6 +83,7 @@ pub struct Server {
     shared: Arc<Shared>,
     hooks: Box<dyn Hooks>,
     signals: Option<signal_hook_mio::v1_0::Signals>,
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl fmt::Debug for Server {
@@ -128,6 +133,7 @@ impl Server {
         config: Config,
         mode: Mode,
     ) -> Result<Server, ServerError> {
+        let tls = crate::tls::load(&config.tls).map_err(ServerError::Tls)?;
         let local_addr = listener
             .local_addr()
             .map_err(io_error("read listener address"))?;
@@ -149,6 +155,7 @@ impl Server {
             shared,
             hooks: Box::new(NoHooks),
             signals: None,
+            tls,
         })
     }
 
@@ -168,10 +175,15 @@ impl Server {
         self
     }
 
-    /// Shuts down gracefully on SIGINT or SIGTERM; a second signal exits at once.
+    /// Shuts down gracefully on SIGINT or SIGTERM; a second signal exits at
+    /// once. With TLS, SIGHUP re-reads the certificate and key.
     pub fn shutdown_on_signals(mut self) -> Result<Server, ServerError> {
-        use signal_hook::consts::{SIGINT, SIGTERM};
-        let mut signals = signal_hook_mio::v1_0::Signals::new([SIGINT, SIGTERM])
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+        let mut wanted = vec![SIGINT, SIGTERM];
+        if self.tls.is_some() {
+            wanted.push(SIGHUP);
+        }
+        let mut signals = signal_hook_mio::v1_0::Signals::new(wanted)
             .map_err(io_error("install signal handlers"))?;
         self.poll
             .registry()
@@ -184,8 +196,9 @@ impl Server {
     /// Serves until a shutdown (handle or signal) completes.
     pub fn run(self) -> Result<(), ServerError> {
         log::info!(
-            "wshub listening on {} ({} mode, max_connections {})",
+            "wshub listening on {}{} ({} mode, max_connections {})",
             self.local_addr,
+            if self.tls.is_some() { " with TLS" } else { "" },
             match self.mode {
                 Mode::Integrated => "integrated",
                 Mode::Standalone => "standalone",
@@ -207,6 +220,7 @@ impl Server {
             hooks: self.hooks,
             signals: self.signals,
             cluster,
+            tls: self.tls,
         })
         .run()
         .map_err(io_error("event loop"))

@@ -6,18 +6,18 @@
 //! Close or FIN, bounded by a deadline) → reaped by the loop.
 //!
 //! This module owns the socket I/O edges: `WouldBlock` becomes a value here
-//! and never travels further up. It touches nothing outside its session.
+//! and never travels further up. The bytes come and go through a
+//! [`Transport`] (plain TCP or TLS). It touches nothing outside its session.
 
 use std::io::{self, Read};
 use std::net::SocketAddr;
 use std::rc::Rc;
 
-use mio::net::TcpStream;
-
 use crate::deflate::{History, Params};
 use crate::frame::{Decoder, Wire};
 use crate::outbound::{Flushed, Outbound, Overflow};
 use crate::router::SessionKey;
+use crate::transport::Transport;
 use crate::wheel::TimerId;
 
 /// The smallest read into a session's unfinished input.
@@ -70,8 +70,8 @@ pub enum ReadOutcome {
 /// One connection.
 #[derive(Debug)]
 pub struct Session {
-    /// The socket; dropping the session closes it.
-    pub socket: TcpStream,
+    /// The stream; dropping the session closes it.
+    pub transport: Transport,
     /// This session's key (slot and generation).
     pub key: SessionKey,
     /// Peer address, for logs.
@@ -116,9 +116,9 @@ pub struct Session {
 
 impl Session {
     /// A freshly accepted connection.
-    pub fn new(socket: TcpStream, key: SessionKey, peer: SocketAddr, now_ms: u64) -> Session {
+    pub fn new(transport: Transport, key: SessionKey, peer: SocketAddr, now_ms: u64) -> Session {
         Session {
-            socket,
+            transport,
             key,
             peer,
             phase: Phase::Http,
@@ -161,7 +161,7 @@ impl Session {
     /// Reads once into `buf`, turning `WouldBlock` and `Interrupted` into values.
     pub fn read_into(&mut self, buf: &mut [u8]) -> io::Result<ReadOutcome> {
         loop {
-            match self.socket.read(buf) {
+            match self.transport.read(buf) {
                 Ok(0) => return Ok(ReadOutcome::Eof),
                 Ok(n) => return Ok(ReadOutcome::Data(n)),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -224,9 +224,14 @@ impl Session {
     }
 
     /// Writes what the socket takes. Returns whether output is still pending
-    /// and how many bytes went out.
+    /// (queued frames, or TLS records below them) and how many bytes of the
+    /// queue went out.
     pub fn flush(&mut self) -> io::Result<(Flushed, usize)> {
-        self.out.flush_to(&mut self.socket)
+        let (flushed, written) = self.out.flush_to(&mut self.transport)?;
+        if flushed == Flushed::Drained && self.transport.push_pending()? {
+            return Ok((Flushed::Pending, written));
+        }
+        Ok((flushed, written))
     }
 
     /// Keeps `rest` as unfinished input (copied once), or frees the buffer.

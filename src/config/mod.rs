@@ -27,7 +27,7 @@ use serde_norway::Value;
 
 use values::{
     parse_count, parse_duration, parse_flag, parse_host, parse_level, parse_name, parse_origins,
-    parse_port, parse_prefix, parse_rate, parse_redis_url, parse_secret, parse_ttl,
+    parse_path, parse_port, parse_prefix, parse_rate, parse_redis_url, parse_secret, parse_ttl,
 };
 
 mod values;
@@ -156,6 +156,8 @@ pub struct Config {
     pub jwt: JwtConfig,
     /// `cluster:` — several nodes over Redis (PROTOCOL.md section 10).
     pub cluster: ClusterConfig,
+    /// `tls:` — the listener speaks TLS (PROTOCOL.md section 8).
+    pub tls: TlsConfig,
 }
 
 /// The YAML document: each section optional.
@@ -163,7 +165,7 @@ pub struct Config {
 #[serde(
     deny_unknown_fields,
     default,
-    expecting = "a mapping of sections (app, log, websocket, jwt, cluster)"
+    expecting = "a mapping of sections (app, log, websocket, jwt, cluster, tls)"
 )]
 struct RawConfig {
     app: Option<RawApp>,
@@ -171,6 +173,7 @@ struct RawConfig {
     websocket: Option<RawWebSocket>,
     jwt: Option<RawJwt>,
     cluster: Option<RawCluster>,
+    tls: Option<RawTls>,
 }
 
 impl RawConfig {
@@ -181,6 +184,7 @@ impl RawConfig {
             websocket: self.websocket.unwrap_or_default().into_config(origin)?,
             jwt: self.jwt.unwrap_or_default().into_config(origin)?,
             cluster: self.cluster.unwrap_or_default().into_config(origin)?,
+            tls: self.tls.unwrap_or_default().into_config(origin)?,
         })
     }
 }
@@ -305,6 +309,24 @@ section! {
         /// Nodes with the same Redis and prefix form one cluster; channels and
         /// keys start with it. Default `"wshub"`.
         pub channel_prefix: String = "wshub".to_owned(), parse parse_prefix;
+    }
+}
+
+section! {
+    /// `tls:` — certificate and key files; both empty: plain TCP. The files
+    /// are read by [`crate::tls`] at [`Config::load`], at bind and on SIGHUP.
+    pub struct TlsConfig as "tls", raw RawTls, expecting "a mapping of tls settings" {
+        /// PEM certificate chain file, leaf first. Default `""`.
+        pub cert: String = String::new(), parse parse_path;
+        /// PEM private key file (PKCS#8, PKCS#1 or SEC1). Default `""`.
+        pub key: String = String::new(), parse parse_path;
+    }
+}
+
+impl TlsConfig {
+    /// Whether the listener speaks TLS.
+    pub fn enabled(&self) -> bool {
+        !self.cert.is_empty()
     }
 }
 
@@ -446,6 +468,9 @@ impl Config {
             }
         };
         let config = Config::from_yaml_str(&text, &origin)?;
+        // The files behind the names are checked now, so a bad pair is a
+        // config error before anything else starts.
+        crate::tls::load(&config.tls).map_err(|e| invalid(&origin, e.key, e.message))?;
         Ok((config, ConfigSource::File(path.to_path_buf())))
     }
 
@@ -478,6 +503,19 @@ impl Config {
                 origin,
                 "jwt.required",
                 "true needs a non-empty jwt.secret, or no connect could succeed".to_owned(),
+            ));
+        }
+        let tls = &self.tls;
+        if tls.cert.is_empty() != tls.key.is_empty() {
+            let (missing, set) = if tls.key.is_empty() {
+                ("tls.key", "tls.cert")
+            } else {
+                ("tls.cert", "tls.key")
+            };
+            return Err(invalid(
+                origin,
+                missing,
+                format!("must be set when {set} is (TLS needs both files)"),
             ));
         }
         Ok(())

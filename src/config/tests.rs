@@ -97,6 +97,7 @@ fn defaults_are_protocol_section_2() {
             required: false,
         },
         cluster: ClusterConfig::default(),
+        tls: TlsConfig::default(),
     };
     assert_eq!(Config::default(), expected);
     assert_eq!(parse(PROTOCOL_YAML), expected);
@@ -200,6 +201,7 @@ jwt: {secret: "s3", required: true}
             required: true,
         },
         cluster: ClusterConfig::default(),
+        tls: TlsConfig::default(),
     };
     assert_eq!(parse(text), expected);
 }
@@ -311,7 +313,7 @@ fn wrong_types_are_named() {
             ),
             (
                 "just text\n",
-                r#"config.yaml: invalid type: string "just text", expected a mapping of sections (app, log, websocket, jwt, cluster)"#,
+                r#"config.yaml: invalid type: string "just text", expected a mapping of sections (app, log, websocket, jwt, cluster, tls)"#,
             ),
             (
                 "websocket:\n  allowed_origins: https://a.example\n",
@@ -605,4 +607,20 @@ fn load_reads_file_and_names_it_in_errors() -> io::Result<()> {
         Err(format!("{}: unknown key \"app.prot\"", bad.display()))
     );
     Ok(())
+}
+
+#[test]
+fn tls_keys_come_in_pairs() {
+    let config = parse("tls:\n  cert: c.pem\n  key: k.pem\n");
+    assert_eq!(config.tls.cert, "c.pem");
+    assert!(config.tls.enabled());
+    assert!(!Config::default().tls.enabled());
+    assert_eq!(
+        error("tls:\n  cert: c.pem\n"),
+        "config.yaml: tls.key: must be set when tls.cert is (TLS needs both files)"
+    );
+    assert_eq!(
+        error("tls:\n  key: k.pem\n"),
+        "config.yaml: tls.cert: must be set when tls.key is (TLS needs both files)"
+    );
 }

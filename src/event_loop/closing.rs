@@ -312,7 +312,7 @@ impl EventLoop {
                     session.writable_interest = false;
                     let token = Token(FIRST_SESSION + index);
                     let _ = self.poll.registry().reregister(
-                        &mut session.socket,
+                        session.transport.socket_mut(),
                         token,
                         Interest::READABLE,
                     );
@@ -332,10 +332,11 @@ impl EventLoop {
                     session.writable_interest = true;
                     let token = Token(FIRST_SESSION + index);
                     let interest = Interest::READABLE | Interest::WRITABLE;
-                    let _ = self
-                        .poll
-                        .registry()
-                        .reregister(&mut session.socket, token, interest);
+                    let _ = self.poll.registry().reregister(
+                        session.transport.socket_mut(),
+                        token,
+                        interest,
+                    );
                 }
                 let stall_deadline = self.now_ms + write_wait;
                 self.arm(index, stall_deadline);
@@ -362,7 +363,7 @@ impl EventLoop {
             closing.fin_sent = true;
             // Half-close and wait for the peer's FIN: closing with unread
             // input would send RST and could destroy the response in flight.
-            if session.socket.shutdown(std::net::Shutdown::Write).is_err() {
+            if session.transport.shutdown_write().is_err() {
                 self.kill(index, CloseReason::Finished);
             }
         }

@@ -145,8 +145,17 @@ impl EventLoop {
 
     pub(super) fn on_signals(&mut self) {
         let mut count = 0;
+        let mut reload = false;
         if let Some(signals) = self.signals.as_mut() {
-            count = signals.pending().count();
+            for signal in signals.pending() {
+                match signal {
+                    signal_hook::consts::SIGHUP => reload = true,
+                    _ => count += 1,
+                }
+            }
+        }
+        if reload {
+            self.reload_tls();
         }
         if count == 0 {
             return;
@@ -159,5 +168,27 @@ impl EventLoop {
         }
         info!("signal received: shutting down");
         self.begin_shutdown();
+    }
+}
+
+impl EventLoop {
+    /// SIGHUP: re-reads `tls.cert` and `tls.key`. New connections use the
+    /// new pair; open ones keep theirs; a bad pair is logged and the old
+    /// one kept.
+    pub(super) fn reload_tls(&mut self) {
+        if self.tls.is_none() {
+            return;
+        }
+        match crate::tls::load(&self.config.tls) {
+            Ok(Some(config)) => {
+                info!(
+                    "SIGHUP: TLS certificate reloaded from {}",
+                    self.config.tls.cert
+                );
+                self.tls = Some(config);
+            }
+            Ok(None) => {}
+            Err(e) => log::warn!("SIGHUP: {e}; keeping the previous certificate"),
+        }
     }
 }

@@ -46,11 +46,21 @@ impl EventLoop {
             if matches!(session.phase, Phase::Dead) || session.paused {
                 return;
             }
+            let drain = session.transport.reads_to_block();
             let (outcome, full) = if session.pending_input.is_empty() {
                 self.read_fresh(index)
             } else {
                 self.read_more(index)
             };
+            if self
+                .sessions
+                .get(index)
+                .is_some_and(|s| s.transport.has_pending())
+            {
+                // TLS handshake records (or an alert) are waiting for the socket.
+                self.mark_dirty(index);
+            }
+            let full = full || drain;
             match outcome {
                 // A short read drained the socket: with edge-triggered epoll,
                 // any byte that arrives later raises a new event, so the

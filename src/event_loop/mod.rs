@@ -39,6 +39,7 @@ use crate::rate::Bucket;
 use crate::rest::Mode;
 use crate::router::{Limits, Router, SessionKey};
 use crate::session::Session;
+use crate::transport::{Tls, Transport};
 use crate::wheel::Wheel;
 use backlog::Backlog;
 
@@ -126,6 +127,8 @@ pub(crate) struct EventLoop {
     codec: Codec,
     /// `None` unless `cluster.redis` is set.
     cluster: Option<Link>,
+    /// What new connections' TLS uses; `None`: plain TCP. SIGHUP replaces it.
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// What the server was built with.
@@ -139,6 +142,7 @@ pub(crate) struct Parts {
     pub hooks: Box<dyn Hooks>,
     pub signals: Option<signal_hook_mio::v1_0::Signals>,
     pub cluster: Option<Link>,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl EventLoop {
@@ -182,6 +186,7 @@ impl EventLoop {
             ping: frame::encode(Kind::Ping, b""),
             codec: Codec::default(),
             cluster: parts.cluster,
+            tls: parts.tls,
         }
     }
 
@@ -304,12 +309,21 @@ impl EventLoop {
         let _ = stream.set_nodelay(true);
         let entry = self.sessions.vacant_entry();
         let index = entry.key();
-        let mut stream = stream;
+        let mut transport = match &self.tls {
+            None => Transport::Plain(stream),
+            Some(config) => match rustls::ServerConnection::new(config.clone()) {
+                Ok(conn) => Transport::Tls(Box::new(Tls::new(stream, conn))),
+                Err(e) => {
+                    warn!("cannot start TLS for {peer}: {e}");
+                    return;
+                }
+            },
+        };
         let token = Token(FIRST_SESSION + index);
-        if let Err(e) = self
-            .poll
-            .registry()
-            .register(&mut stream, token, Interest::READABLE)
+        if let Err(e) =
+            self.poll
+                .registry()
+                .register(transport.socket_mut(), token, Interest::READABLE)
         {
             warn!("cannot register connection from {peer}: {e}");
             return;
@@ -319,7 +333,7 @@ impl EventLoop {
             index: index as u32,
             generation: self.next_generation,
         };
-        let session = entry.insert(Session::new(stream, key, peer, self.now_ms));
+        let session = entry.insert(Session::new(transport, key, peer, self.now_ms));
         session.counted_http = true;
         self.http_connections += 1;
         let deadline = self.now_ms + self.config.websocket.handshake_timeout.as_millis() as u64;
@@ -334,6 +348,16 @@ impl EventLoop {
         use std::io::{Read, Write};
         self.metrics
             .handshake_failed(HandshakeFailure::HttpCapacity);
+        if self.tls.is_some() {
+            // A 503 would need a TLS handshake first: the close says it.
+            if !std::mem::replace(&mut self.http_full, true) {
+                warn!(
+                    "max_http_connections ({}) reached: closing new connections (first: {peer})",
+                    self.config.websocket.max_http_connections
+                );
+            }
+            return;
+        }
         if !std::mem::replace(&mut self.http_full, true) {
             warn!(
                 "max_http_connections ({}) reached: refusing connections with 503 (first: {peer})",
