@@ -31,7 +31,7 @@ impl EventLoop {
             self.on_readable(index, event.is_read_closed() || event.is_error());
         }
         if event.is_writable() {
-            self.mark_dirty(index);
+            self.schedule_write(index);
         }
     }
 
