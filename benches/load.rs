@@ -4,15 +4,16 @@
 //! markdown table (medians over runs, a wshub/peer ratio column per peer, and a
 //! column for the built-in ceiling server that shows the client's own limit).
 //!
-//! Options: `--peer node|go|rust` (repeatable or comma-separated), `--runs N`,
-//! `--quick` (small N, short phases: a smoke run for CI), `--only
-//! upgrade,fanout,sustained,echo,flood`, `--no-wshub`, `--wshub PATH`,
-//! `--no-ceiling`, `--window W`, `--via ws|http` (sustained sender path),
-//! `--conns N1,N2` (connection counts instead of 10,000 and 19,000),
-//! `--compression` (clients offer permessage-deflate like a browser, and a
-//! `wshub-deflate` column runs the binary with `compression: true`),
-//! `--size B` (broadcast body bytes, default 100), `--sus-rx N` (sustained
-//! receivers, default 1,000),
+//! Options: `--peer node|go|rust|none` (repeatable or comma-separated; default
+//! node and rust), `--runs N`, `--quick` (small N, short phases: a smoke run),
+//! `--only upgrade,fanout,serial,lone,sustained,echo,relay,flood`, `--no-wshub`,
+//! `--wshub PATH`, `--baseline PATH` (a second wshub binary measured in the
+//! same run, e.g. a build of main: before/after ratios), `--no-ceiling`,
+//! `--window W`, `--via ws|http` (sustained sender path), `--conns N1,N2`
+//! (connection counts instead of 10,000 and 19,000), `--compression` (clients
+//! offer permessage-deflate like a browser, and a `wshub-deflate` column runs
+//! the binary with `compression: true`), `--size B` (broadcast body bytes,
+//! default 100), `--sus-rx N` (sustained receivers, default 1,000),
 //! `--cluster` (instead of the above: one node against three nodes over a
 //! private `redis-server`; relay and REST broadcast, see `load/cluster.rs`).
 //!
@@ -24,7 +25,9 @@
 //! # Layout
 //! - `load/client.rs`: the mio client; `load/wire.rs`: frames and message format;
 //! - `load/scenario.rs`: the run of phases and memory figures; `load/open.rs`:
-//!   upgrades; `load/broadcast.rs`: fan-out and sustained; `load/echo.rs`: echo, flood;
+//!   upgrades; `load/broadcast.rs`: fan-out and sustained; `load/serial.rs`: the
+//!   serial HTTP trigger and the lone push; `load/echo.rs`: echo, flood;
+//!   `load/relay.rs`: pairs chatting with `to`;
 //! - `load/server.rs`: child servers;
 //! - `load/cluster.rs`: the cluster scenario (three nodes, one Redis);
 //! - `load/ceiling.rs`: the trivial server; `load/stats.rs`: percentiles, rusage, RSS;
@@ -44,10 +47,14 @@ mod echo;
 mod error;
 #[path = "load/open.rs"]
 mod open;
+#[path = "load/relay.rs"]
+mod relay;
 #[path = "load/report.rs"]
 mod report;
 #[path = "load/scenario.rs"]
 mod scenario;
+#[path = "load/serial.rs"]
+mod serial;
 #[path = "load/server.rs"]
 mod server;
 #[path = "load/stats.rs"]
@@ -71,6 +78,7 @@ struct Opts {
     quick: bool,
     plan: Plan,
     wshub: Option<PathBuf>,
+    baseline: Option<PathBuf>,
     serve_ceiling: Option<u16>,
     cluster: bool,
 }
@@ -121,6 +129,11 @@ fn full_plan() -> Plan {
         window: 16,
         sus_time: Duration::from_secs(5),
         via: Via::Ws,
+        ser_count: 200,
+        ser_window: 64,
+        lone_count: 50,
+        relay_pairs: 500,
+        relay_time: Duration::from_secs(5),
         msg_size: 100,
         echo_clients: 100,
         echo_time: Duration::from_secs(5),
@@ -131,8 +144,11 @@ fn full_plan() -> Plan {
         phases: Phases {
             upgrade: true,
             fanout: true,
+            serial: true,
+            lone: true,
             sustained: true,
             echo: true,
+            relay: true,
             flood: true,
         },
     }
@@ -149,6 +165,10 @@ fn quick_plan() -> Plan {
         sus_time: Duration::from_secs(1),
         echo_clients: 20,
         echo_time: Duration::from_secs(1),
+        ser_count: 40,
+        lone_count: 10,
+        relay_pairs: 50,
+        relay_time: Duration::from_secs(1),
         flood_time: Duration::from_millis(500),
         flood_conns: 10,
         settle: Duration::from_millis(300),
@@ -170,6 +190,7 @@ struct Flags {
     conns: Option<String>,
     via: Option<String>,
     wshub: Option<String>,
+    baseline: Option<String>,
     serve_ceiling: Option<String>,
     compression: bool,
     size: Option<String>,
@@ -201,6 +222,7 @@ fn read_flags(args: &[String]) -> Result<Flags> {
             "--conns" => f.conns = Some(value()?),
             "--via" => f.via = Some(value()?),
             "--wshub" => f.wshub = Some(value()?),
+            "--baseline" => f.baseline = Some(value()?),
             "--serve-ceiling" => f.serve_ceiling = Some(value()?),
             other => return Err(BenchError::Usage(format!("unknown option {other:?}"))),
         }
@@ -256,6 +278,7 @@ fn parse_args(args: &[String]) -> Result<Opts> {
             .wshub
             .map(PathBuf::from)
             .or_else(|| option_env!("CARGO_BIN_EXE_wshub").map(PathBuf::from)),
+        baseline: f.baseline.map(PathBuf::from),
         serve_ceiling,
         cluster: f.cluster,
     })
@@ -270,7 +293,20 @@ fn server_list(f: &Flags) -> Result<Vec<Flavor>> {
             servers.push(Flavor::WshubDeflate);
         }
     }
-    for p in f.peers.iter().flat_map(|p| p.split(',')) {
+    if f.baseline.is_some() {
+        servers.push(Flavor::Baseline);
+    }
+    // Node `ws` and rust-axum unless told otherwise (`--peer none`).
+    let default_peers = ["node".to_string(), "rust".to_string()];
+    let peers = if f.peers.is_empty() {
+        &default_peers[..]
+    } else {
+        &f.peers[..]
+    };
+    for p in peers.iter().flat_map(|p| p.split(',')) {
+        if p == "none" {
+            continue;
+        }
         let flavor = Flavor::parse_peer(p)
             .ok_or_else(|| BenchError::Usage(format!("unknown peer {p:?} (node, go, rust)")))?;
         if !servers.contains(&flavor) {
@@ -292,20 +328,26 @@ fn parse_phases(list: &str) -> Result<Phases> {
     let mut p = Phases {
         upgrade: false,
         fanout: false,
+        serial: false,
+        lone: false,
         sustained: false,
         echo: false,
+        relay: false,
         flood: false,
     };
     for name in list.split(',') {
         match name.trim() {
             "upgrade" | "upgrades" | "memory" => p.upgrade = true,
             "fanout" | "broadcast" => p.fanout = true,
+            "serial" => p.serial = true,
+            "lone" => p.lone = true,
             "sustained" => p.sustained = true,
             "echo" => p.echo = true,
+            "relay" => p.relay = true,
             "flood" => p.flood = true,
             other => {
                 return Err(BenchError::Usage(format!(
-                    "--only: unknown phase {other:?} (upgrade, fanout, sustained, echo, flood)"
+                    "--only: unknown phase {other:?} (upgrade, fanout, serial, lone, sustained, echo, relay, flood)"
                 )))
             }
         }
@@ -352,7 +394,7 @@ fn bench(o: &Opts) -> Result<()> {
     let nofile = raise_nofile();
     pin_to_core(1);
     let wall = Instant::now();
-    let paths = Paths::discover(o.wshub.clone())?;
+    let paths = Paths::discover(o.wshub.clone(), o.baseline.clone())?;
     if o.cluster {
         let wshub = paths
             .wshub_bin
@@ -473,7 +515,7 @@ fn self_test() -> i32 {
 }
 
 fn smoke() -> Result<()> {
-    let paths = Paths::discover(None)?;
+    let paths = Paths::discover(None, None)?;
     let mut plan = quick_plan();
     plan.n1 = 50;
     plan.n2 = 60;
@@ -488,7 +530,16 @@ fn smoke() -> Result<()> {
     let mut notes = Vec::new();
     let res = measure_one(Flavor::Ceiling, &paths, &plan, &mut notes);
     let _ = std::fs::remove_dir_all(&paths.work_dir);
-    let want = ["upg10k", "fan_all_p99", "sus_dps", "echo_rps", "flood_mps"];
+    let want = [
+        "upg10k",
+        "fan_all_p99",
+        "ser10k_dps",
+        "ser1k_dps",
+        "sus_dps",
+        "lone_p99",
+        "echo_rps",
+        "flood_mps",
+    ];
     match want.iter().find(|k| !res.contains_key(*k)) {
         None => Ok(()),
         Some(k) => Err(BenchError::Scenario(format!("no {k}; notes: {notes:?}"))),

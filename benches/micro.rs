@@ -23,7 +23,8 @@ use wshub::frame::{self, Decoder, Inbound, Kind, Step, Wire};
 use wshub::http::{self, Method, Response};
 use wshub::message::{self, Outgoing};
 use wshub::outbound::{Flushed, Outbound};
-use wshub::router::{Audience, Route, Router, SessionKey};
+use wshub::router::{Route, Router};
+use wshub::{Audience, SessionKey};
 
 /// The server's default `max_message_size`.
 const MAX_MESSAGE: usize = 1 << 20;
@@ -206,7 +207,7 @@ fn hub() -> Hub {
 #[inline(never)]
 fn broadcast(
     hub: &mut Hub,
-    audience: Audience<'_>,
+    audience: Audience<&str>,
     wire: &Wire,
     times: usize,
     sink: &mut impl Write,
@@ -243,7 +244,7 @@ fn broadcast(
 /// that exactly the `expected` members received exactly those bytes.
 fn verify_delivery(
     hub: &mut Hub,
-    audience: Audience<'_>,
+    audience: Audience<&str>,
     wire: &Wire,
     times: usize,
     expected: usize,
@@ -547,7 +548,7 @@ fn parse_and_route(router: &mut Router, json: &[u8]) -> usize {
 }
 
 /// Checks what one fixture routes to, before it is timed.
-fn check_route(router: &mut Router, json: &str, audience: Option<Audience<'_>>, out: &str) {
+fn check_route(router: &mut Router, json: &str, audience: Option<Audience<&str>>, out: &str) {
     let incoming = message::parse(json.as_bytes()).expect("fixture parses");
     let (got_audience, got) = match router.route(key(30), Some("u10"), &incoming) {
         Route::Deliver(audience, out) => (Some(audience), out),
@@ -560,7 +561,7 @@ fn check_route(router: &mut Router, json: &str, audience: Option<Audience<'_>>, 
 
 /// One routing fixture: name, message, the audience it must reach (`None`
 /// for a reply to the sender) and the exact JSON that goes out.
-type RouteCase = (&'static str, String, Option<Audience<'static>>, String);
+type RouteCase = (&'static str, String, Option<Audience<&'static str>>, String);
 
 /// A direct message, a room message, a broadcast and a ping, sent by session
 /// 30 (user `u10`, a member of [`ROOM`]).

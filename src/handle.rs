@@ -12,28 +12,18 @@ use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::audience::Audience;
 use crate::message::{self, Message};
 use crate::metrics::Shared;
 
 /// How long a query waits for the loop's answer.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Who a pushed message is for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Target {
-    /// Every chat session.
-    Everyone,
-    /// Every session of one user.
-    User(String),
-    /// Every member of one room.
-    Room(String),
-}
-
 /// What a handle asks the loop to do.
 #[derive(Debug)]
 pub(crate) enum Command {
     Push {
-        target: Target,
+        target: Audience<String>,
         json: Vec<u8>,
         reply: Option<SyncSender<usize>>,
     },
@@ -134,30 +124,30 @@ impl Handle {
     /// Queues `message` to every session of `user`. An offline user is not an
     /// error: the message simply reaches no one.
     pub fn send_to_user(&self, user: &str, message: &Message) -> Result<(), HandleError> {
-        self.push(Target::User(user.to_owned()), message.to_json(), None)
+        self.push(Audience::User(user.to_owned()), message.to_json(), None)
     }
 
     /// Queues `message` to every open chat session.
     pub fn broadcast(&self, message: &Message) -> Result<(), HandleError> {
-        self.push(Target::Everyone, message.to_json(), None)
+        self.push(Audience::EVERYONE, message.to_json(), None)
     }
 
     /// Queues `message` to every member of `room`.
     pub fn broadcast_to_room(&self, room: &str, message: &Message) -> Result<(), HandleError> {
-        self.push(Target::Room(room.to_owned()), message.to_json(), None)
+        self.push(Audience::room(room.to_owned()), message.to_json(), None)
     }
 
     /// Queues pre-serialized JSON (an object with a non-empty `type`) to
     /// every session of `user`, sent byte for byte.
     pub fn send_json_to_user(&self, user: &str, json: Vec<u8>) -> Result<(), HandleError> {
         check_json(&json)?;
-        self.push(Target::User(user.to_owned()), json, None)
+        self.push(Audience::User(user.to_owned()), json, None)
     }
 
     /// Queues pre-serialized JSON to every open chat session.
     pub fn broadcast_json(&self, json: Vec<u8>) -> Result<(), HandleError> {
         check_json(&json)?;
-        self.push(Target::Everyone, json, None)
+        self.push(Audience::EVERYONE, json, None)
     }
 
     /// Like [`Handle::send_to_user`], and waits for the loop to say how many
@@ -169,7 +159,7 @@ impl Handle {
     ) -> Result<usize, HandleError> {
         let (reply, answer) = mpsc::sync_channel(1);
         self.push(
-            Target::User(user.to_owned()),
+            Audience::User(user.to_owned()),
             message.to_json(),
             Some(reply),
         )?;
@@ -202,7 +192,7 @@ impl Handle {
 
     fn push(
         &self,
-        target: Target,
+        target: Audience<String>,
         json: Vec<u8>,
         reply: Option<SyncSender<usize>>,
     ) -> Result<(), HandleError> {

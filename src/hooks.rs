@@ -9,10 +9,11 @@
 use std::fmt;
 use std::net::SocketAddr;
 
-use crate::handle::{Command, Target};
+use crate::audience::Audience;
+use crate::audience::SessionKey;
+use crate::handle::Command;
 use crate::http::{Request, Response};
 use crate::message::{Incoming, Message};
-use crate::router::SessionKey;
 
 /// Most actions one hook call may request; more are refused (logged), so a
 /// hook cannot grow a queue without bound.
@@ -92,7 +93,7 @@ impl Actions {
     /// Pushes `message` to every session of `user`. False if refused (too many actions).
     pub fn send_to_user(&mut self, user: &str, message: &Message) -> bool {
         self.add(Command::Push {
-            target: Target::User(user.to_owned()),
+            target: Audience::User(user.to_owned()),
             json: message.to_json(),
             reply: None,
         })
@@ -101,7 +102,7 @@ impl Actions {
     /// Pushes `message` to every chat session.
     pub fn broadcast(&mut self, message: &Message) -> bool {
         self.add(Command::Push {
-            target: Target::Everyone,
+            target: Audience::EVERYONE,
             json: message.to_json(),
             reply: None,
         })
@@ -110,7 +111,7 @@ impl Actions {
     /// Pushes `message` to every member of `room`.
     pub fn broadcast_to_room(&mut self, room: &str, message: &Message) -> bool {
         self.add(Command::Push {
-            target: Target::Room(room.to_owned()),
+            target: Audience::room(room.to_owned()),
             json: message.to_json(),
             reply: None,
         })

@@ -27,7 +27,7 @@
 //!
 //! | module | holds |
 //! | --- | --- |
-//! | [`server`] | the public [`Server`]: bind, handles, hooks, signals, `run` |
+//! | [`server`] | the public [`Server`] and [`Mode`]: bind, handles, hooks, signals, `run` |
 //! | `event_loop` | the one thread: poll, accept, read, dispatch, timers, flush, reap |
 //! | [`session`] | one connection: socket, phase, unfinished input, queue |
 //! | [`transport`] | the stream under a session: plain TCP or TLS; **a new transport is a variant of [`transport::Transport`]** |
@@ -37,6 +37,7 @@
 //! | [`frame`] | WebSocket frames in (validated, reassembled) and out (encoded once) |
 //! | [`deflate`] | permessage-deflate: negotiation, compress once per broadcast, bounded inflate |
 //! | [`message`] | the JSON message shapes |
+//! | [`audience`] | who a message is for ([`Audience`]) and [`SessionKey`] |
 //! | [`router`] | who receives a message: user, room and session indexes |
 //! | [`outbound`] | one session's bounded queue of shared frames, written with `writev` |
 //! | [`wheel`] | the hashed timer wheel for pings and timeouts |
@@ -73,6 +74,7 @@
 
 pub mod alloc;
 pub mod app;
+pub mod audience;
 pub(crate) mod auth;
 pub(crate) mod cli;
 pub(crate) mod cluster;
@@ -97,10 +99,9 @@ pub mod tls;
 pub mod transport;
 pub mod wheel;
 
+pub use audience::{Audience, SessionKey};
 pub use config::Config;
 pub use handle::{Handle, HandleError};
 pub use hooks::{Actions, CloseReason, Hooks, SessionInfo, Verdict};
 pub use message::Message;
-pub use rest::Mode;
-pub use router::SessionKey;
-pub use server::{Server, ServerError};
+pub use server::{Mode, Server, ServerError};

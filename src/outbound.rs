@@ -3,9 +3,10 @@
 //!
 //! Holds shared [`Wire`] frames, so a broadcast queued to ten thousand
 //! sessions costs a reference-count increment per session, not a copy.
-//! Writes go out in batches: every pending frame (up to [`MAX_BATCH`]) in one
-//! `writev`. A partial write only moves a cursor. An empty queue holds no
-//! heap memory.
+//! Writes go out in batches: every pending frame (up to [`MAX_BATCH`] frames
+//! and about [`MAX_BATCH_BYTES`]) in one `writev`, so broadcasts that queued
+//! up while the loop was busy leave together. A partial write only moves a
+//! cursor. An empty queue holds no heap memory.
 //!
 //! Touches nothing but the writer it is handed.
 
@@ -16,6 +17,16 @@ use crate::frame::Wire;
 
 /// Frames gathered into one vectored write.
 pub const MAX_BATCH: usize = 64;
+
+/// Bytes gathered into one vectored write: no more frames are added once
+/// this many are gathered (the first frame always goes, whatever its size).
+/// Four times a default loopback socket's first send-buffer grant: more
+/// would mostly come back unwritten.
+pub const MAX_BATCH_BYTES: usize = 256 * 1024;
+
+/// Deque slots a drained queue keeps until the session's timer (larger
+/// deques are freed at the drain): 8 × 16 bytes.
+const KEEP_SLOTS: usize = 8;
 
 /// Pong replies kept at most; older ones are dropped (RFC 6455 lets an
 /// endpoint answer only the most recent Ping), so a Ping flood cannot grow
@@ -170,6 +181,7 @@ impl Outbound {
                     total += n;
                     self.advance(n);
                     if self.is_empty() {
+                        self.release_large_deques();
                         return Ok((Flushed::Drained, total));
                     }
                 }
@@ -182,8 +194,8 @@ impl Outbound {
         }
     }
 
-    /// One `writev` of the frame in flight and up to `MAX_BATCH - 1` more,
-    /// in the order they must reach the peer.
+    /// One `writev` of the frame in flight and up to `MAX_BATCH - 1` more
+    /// (within [`MAX_BATCH_BYTES`]), in the order they must reach the peer.
     fn write_batch(&self, writer: &mut impl Write) -> io::Result<usize> {
         let Some(first) = &self.in_flight else {
             return Ok(0);
@@ -191,15 +203,17 @@ impl Outbound {
         let mut slices: [IoSlice<'_>; MAX_BATCH] = [IoSlice::new(&[]); MAX_BATCH];
         slices[0] = IoSlice::new(&first[self.written..]);
         let mut count = 1;
+        let mut bytes = slices[0].len();
         let responses = self.data.iter().take(self.responses_ahead);
         let rest = self.data.iter().skip(self.responses_ahead);
         let order = responses.chain(self.control.iter()).chain(rest);
         for frame in order {
-            if count == MAX_BATCH {
+            if count == MAX_BATCH || bytes + frame.len() > MAX_BATCH_BYTES {
                 break;
             }
             slices[count] = IoSlice::new(frame);
             count += 1;
+            bytes += frame.len();
         }
         writer.write_vectored(&slices[..count])
     }
@@ -239,6 +253,19 @@ impl Outbound {
             n -= left;
             self.in_flight = None;
             self.promote();
+        }
+    }
+
+    /// After a drain: a deque that grew past [`KEEP_SLOTS`] (broadcasts that
+    /// piled up while the loop was busy, a burst) is freed at once, so ten
+    /// thousand sessions do not each keep a kilobyte until their timers. A
+    /// small one stays for the next pass.
+    fn release_large_deques(&mut self) {
+        if self.data.capacity() > KEEP_SLOTS {
+            self.data = VecDeque::new();
+        }
+        if self.control.capacity() > KEEP_SLOTS {
+            self.control = VecDeque::new();
         }
     }
 
@@ -349,6 +376,28 @@ mod tests {
     }
 
     #[test]
+    fn a_drain_frees_a_deque_that_grew_large_and_keeps_a_small_one() {
+        let mut sock = Trickle {
+            out: vec![],
+            per_call: 1 << 20,
+            calls_left: 100,
+        };
+        let mut q = Outbound::default();
+        for _ in 0..4 {
+            q.push_data(wire(b"x"), 1000, 1 << 20).unwrap();
+        }
+        q.flush_to(&mut sock).unwrap();
+        assert!(q.data.capacity() > 0, "a small deque is kept");
+        for _ in 0..100 {
+            q.push_data(wire(b"y"), 1000, 1 << 20).unwrap();
+        }
+        assert!(q.data.capacity() > KEEP_SLOTS);
+        q.flush_to(&mut sock).unwrap();
+        assert_eq!(q.data.capacity(), 0, "a grown deque is freed at the drain");
+        assert_eq!(sock.out.len(), 104);
+    }
+
+    #[test]
     fn responses_are_never_overtaken_by_control_frames() {
         let mut q = Outbound::default();
         q.push_response(wire(b"HTTP/1.1 101\r\n\r\n"));
@@ -400,6 +449,54 @@ mod tests {
         let mut expected = vec![0u8];
         expected.extend(8..40u8);
         assert_eq!(sock.out, expected);
+    }
+
+    /// Counts calls and the bytes each one was offered.
+    struct Recorder {
+        out: Vec<u8>,
+        offered: Vec<(usize, usize)>,
+    }
+
+    impl Write for Recorder {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.write_vectored(&[IoSlice::new(buf)])
+        }
+        fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            let bytes: usize = bufs.iter().map(|b| b.len()).sum();
+            self.offered.push((bufs.len(), bytes));
+            for buf in bufs {
+                self.out.extend_from_slice(buf);
+            }
+            Ok(bytes)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_batch_stops_gathering_at_the_byte_bound_but_always_takes_one_frame() {
+        let mut q = Outbound::default();
+        let big = MAX_BATCH_BYTES / 4 + 1;
+        for i in 0..6u8 {
+            q.push_data(wire(&vec![i; big]), 100, usize::MAX).unwrap();
+        }
+        q.push_data(wire(&vec![9; 2 * MAX_BATCH_BYTES]), 100, usize::MAX)
+            .unwrap();
+        let mut sock = Recorder {
+            out: vec![],
+            offered: vec![],
+        };
+        let total = 6 * big + 2 * MAX_BATCH_BYTES;
+        assert_eq!(q.flush_to(&mut sock).unwrap(), (Flushed::Drained, total));
+        assert_eq!(
+            sock.offered,
+            vec![(3, 3 * big), (3, 3 * big), (1, 2 * MAX_BATCH_BYTES)],
+            "three quarter-plus frames fit a batch, a huge frame goes alone"
+        );
+        assert_eq!(sock.out.len(), total);
+        assert!(sock.out[..big].iter().all(|&b| b == 0));
+        assert_eq!(sock.out[total - 1], 9);
     }
 
     #[test]

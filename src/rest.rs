@@ -6,25 +6,17 @@
 //! Rejection order for upgrades: method/path → upgrade headers → Origin →
 //! JWT → capacity.
 
+use crate::audience::Audience;
 use crate::auth;
 use crate::cluster::view::View;
 use crate::config::{Config, WebSocketConfig};
 use crate::deflate;
-use crate::handle::Target;
 use crate::http::{switching_protocols, Method, Request, Response};
 use crate::ids;
 use crate::message::{self, Incoming, Outgoing};
 use crate::metrics::HandshakeFailure;
 use crate::router::Router;
-
-/// Which port the server was started on, which decides what it serves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// `wshub`: the app port; `/api/ws/*` only while `websocket.enable`.
-    Integrated,
-    /// `wshub-standalone`: the WebSocket port; `/api/ws/*` always.
-    Standalone,
-}
+use crate::server::Mode;
 
 /// The WebSocket endpoints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,7 +52,7 @@ pub enum Outcome {
     /// Deliver `json` to `target`, then answer `{"sent": n}`.
     Push {
         /// The audience.
-        target: Target,
+        target: Audience<String>,
         /// The message, serialized once.
         json: Vec<u8>,
     },
@@ -363,7 +355,7 @@ fn broadcast(body: &[u8], ws: &WebSocketConfig) -> Outcome {
         content: message.content,
     };
     Outcome::Push {
-        target: room.map_or(Target::Everyone, |r| Target::Room(r.to_owned())),
+        target: room.map_or(Audience::EVERYONE, |r| Audience::room(r.to_owned())),
         json: outgoing.to_json(),
     }
 }
@@ -384,7 +376,7 @@ fn send(body: &[u8], ws: &WebSocketConfig) -> Outcome {
         content: message.content,
     };
     Outcome::Push {
-        target: Target::User(to.to_owned()),
+        target: Audience::User(to.to_owned()),
         json: outgoing.to_json(),
     }
 }
@@ -486,8 +478,8 @@ fn valid_key(key: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::audience::SessionKey;
     use crate::http::parse_head;
-    use crate::router::SessionKey;
     use std::rc::Rc;
 
     fn request(text: &str) -> Request {
@@ -677,7 +669,7 @@ mod tests {
         assert_eq!(
             out,
             Outcome::Push {
-                target: Target::Everyone,
+                target: Audience::EVERYONE,
                 json: r#"{"type":"n","content":"系统维护通知"}"#.into()
             }
         );
@@ -685,7 +677,7 @@ mod tests {
         assert_eq!(
             out,
             Outcome::Push {
-                target: Target::Room("r".into()),
+                target: Audience::room("r".into()),
                 json: r#"{"type":"n","room":"r"}"#.into()
             }
         );
@@ -696,7 +688,7 @@ mod tests {
         assert_eq!(
             out,
             Outcome::Push {
-                target: Target::User("u".into()),
+                target: Audience::User("u".into()),
                 json: r#"{"type":"pm","to":"u","from":"svc","content":1}"#.into()
             }
         );

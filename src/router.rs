@@ -12,38 +12,10 @@ use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
 use std::rc::Rc;
 
+use crate::audience::{Audience, SessionKey};
 use crate::config::WebSocketConfig;
 use crate::ids;
 use crate::message::{self, Incoming, Outgoing};
-
-/// A session's slab index plus the generation it was created with, so a key
-/// kept across events never reaches a later session reusing the slot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct SessionKey {
-    /// Slot in the session slab.
-    pub index: u32,
-    /// Distinguishes successive sessions in one slot.
-    pub generation: u32,
-}
-
-/// The set of sessions a message goes to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Audience<'a> {
-    /// Every chat session, optionally except the sender.
-    Everyone {
-        /// Left out (the sender of a relayed broadcast).
-        except: Option<SessionKey>,
-    },
-    /// Every session of one user.
-    User(&'a str),
-    /// Every member of a room, optionally except the sender.
-    Room {
-        /// Room name.
-        room: &'a str,
-        /// Left out (the sender).
-        except: Option<SessionKey>,
-    },
-}
 
 /// What the loop must do with one client message.
 #[derive(Debug, PartialEq, Eq)]
@@ -53,7 +25,7 @@ pub enum Route<'a> {
     /// Membership changed; nothing is sent.
     Done,
     /// Send this JSON to the audience.
-    Deliver(Audience<'a>, Vec<u8>),
+    Deliver(Audience<&'a str>, Vec<u8>),
 }
 
 /// What the router enforces on client messages (PROTOCOL.md section 7).
@@ -270,7 +242,7 @@ impl Router {
     }
 
     /// Calls `visit` once for every session in the audience.
-    pub fn for_each_member(&self, audience: Audience<'_>, mut visit: impl FnMut(SessionKey)) {
+    pub fn for_each_member(&self, audience: Audience<&str>, mut visit: impl FnMut(SessionKey)) {
         match audience {
             Audience::Everyone { except } => self
                 .everyone
@@ -402,7 +374,7 @@ mod tests {
         }
     }
 
-    fn members(router: &Router, audience: Audience<'_>) -> Vec<u32> {
+    fn members(router: &Router, audience: Audience<&str>) -> Vec<u32> {
         let mut out = Vec::new();
         router.for_each_member(audience, |k| out.push(k.index));
         out.sort_unstable();

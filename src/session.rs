@@ -13,10 +13,10 @@ use std::io::{self, Read};
 use std::net::SocketAddr;
 use std::rc::Rc;
 
+use crate::audience::SessionKey;
 use crate::deflate::{History, Params};
 use crate::frame::{Decoder, Wire};
 use crate::outbound::{Flushed, Outbound, Overflow};
-use crate::router::SessionKey;
 use crate::transport::Transport;
 use crate::wheel::TimerId;
 

@@ -27,7 +27,8 @@ use serde_json::Value;
 use wshub::frame::{Decoder, Inbound, Step};
 use wshub::http::{find_head_end, parse_head};
 use wshub::message::{self, Incoming, MessageError};
-use wshub::router::{Audience, Route, Router};
+use wshub::router::{Route, Router};
+use wshub::Audience;
 use wshub::{Config, SessionKey};
 
 use common::{http, test_config, upgrade_request, TestServer};

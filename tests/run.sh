@@ -38,7 +38,7 @@ bash tests/browser/setup.sh
 cargo build --quiet --bin wshub
 WSHUB_BIN="$root/target/debug/wshub" node --test --test-concurrency=1 tests/browser/ || status=1
 
-step "Conformance: Autobahn TestSuite against /api/ws/echo (with permessage-deflate: ~10 min)"
+step "Conformance: Autobahn TestSuite against /api/ws/echo (permessage-deflate on)"
 cargo build --quiet --release --bin wshub
 conf_dir=$(mktemp -d)
 port=9210
@@ -62,9 +62,19 @@ for _ in $(seq 100); do
 done
 autobahn="$root/../shared/conformance/autobahn.sh"
 # One server with compression on serves both selections in one run: the
-# default 247 cases (clients that do not offer the extension) and 12.*/13.*
-# (permessage-deflate; UNIMPLEMENTED counts as a failure).
-"$autobahn" "ws://127.0.0.1:$port/api/ws/echo" --require-compression --agent wshub --out "$conf_dir/autobahn" || status=1
+# default 247 cases (clients that do not offer the extension) and
+# permessage-deflate (UNIMPLEMENTED counts as a failure). All 216 cases of
+# 12.*/13.* take 10-30 min of wstest's own time on 2 cores, past the suite's
+# budget, so the suite runs cases 1-7 of each of the 12 compression groups
+# (every parameter set, messages up to 64 KiB): 84 cases, about a minute.
+# WSHUB_AUTOBAHN_FULL=1 runs all 463.
+selection=(--cases "1.*,2.*,3.*,4.*,5.*,6.*,7.*,10.*,$(
+  for g in 12.1 12.2 12.3 12.4 12.5 13.1 13.2 13.3 13.4 13.5 13.6 13.7; do
+    for c in 1 2 3 4 5 6 7; do printf '%s.%s,' "$g" "$c"; done
+  done | sed 's/,$//')")
+[ -n "${WSHUB_AUTOBAHN_FULL:-}" ] && selection=()
+"$autobahn" "ws://127.0.0.1:$port/api/ws/echo" --require-compression "${selection[@]}" \
+  --agent wshub --out "$conf_dir/autobahn" || status=1
 kill "$server_pid" 2>/dev/null || true
 wait "$server_pid" 2>/dev/null || true
 

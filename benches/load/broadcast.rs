@@ -30,12 +30,12 @@ pub struct Fan {
 }
 
 /// The broadcast body of about `size` bytes with `seq` and the send time inside `content`.
-fn broadcast_body(kind: &str, seq: u64, size: usize) -> String {
+pub fn broadcast_body(kind: &str, seq: u64, size: usize) -> String {
     let content = wire::content_string(seq, crate::nanos_since_start(), size);
     format!("{{\"type\":\"{kind}\",\"content\":\"{content}\",\"seq\":{seq}}}")
 }
 
-fn post(c: &mut Client, http: usize, body: &str, req: &mut Vec<u8>) -> Result<()> {
+pub fn post(c: &mut Client, http: usize, body: &str, req: &mut Vec<u8>) -> Result<()> {
     req.clear();
     wire::push_post(req, c.host(), "/api/ws/broadcast", body.as_bytes());
     if c.send_raw(http, req) {
@@ -153,19 +153,22 @@ fn recipients(body: &[u8]) -> Option<usize> {
     usize::try_from(n).ok()
 }
 
-/// Broadcasts in flight in the sustained phase, counted by sequence number.
-struct Window {
+/// Broadcasts in flight in the sustained phases, counted by sequence number.
+pub struct Window {
     size: u64,
     mask: usize,
     counts: Vec<usize>,
     sent_at: Vec<Instant>,
     next: u64,
-    done: u64,
-    last_done: Option<Instant>,
+    /// Broadcasts every receiver has (they complete in order).
+    pub done: u64,
+    /// When the last of them completed.
+    pub last_done: Option<Instant>,
 }
 
 impl Window {
-    fn new(size: usize) -> Window {
+    /// A window of at most `size` broadcasts outstanding.
+    pub fn new(size: usize) -> Window {
         let ring = (size * 2).next_power_of_two();
         let now = Instant::now();
         Window {
@@ -180,7 +183,7 @@ impl Window {
     }
 
     /// The sequence number to send next, if the window has room.
-    fn take_slot(&mut self) -> Option<u64> {
+    pub fn take_slot(&mut self) -> Option<u64> {
         if self.next >= self.done + self.size {
             return None;
         }
@@ -192,7 +195,7 @@ impl Window {
     }
 
     /// Counts one receipt; completes broadcasts in order (per receiver they arrive in order).
-    fn receipt(&mut self, seq: u64, at: Instant, expect: usize, lat: &mut Samples) {
+    pub fn receipt(&mut self, seq: u64, at: Instant, expect: usize, lat: &mut Samples) {
         if seq < self.done || seq >= self.next {
             return;
         }
@@ -205,7 +208,8 @@ impl Window {
         }
     }
 
-    fn oldest_count(&self) -> usize {
+    /// Receipts of the oldest incomplete broadcast.
+    pub fn oldest_count(&self) -> usize {
         self.counts[self.done as usize & self.mask]
     }
 }

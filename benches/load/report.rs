@@ -57,12 +57,42 @@ fn rows(plan: &Plan) -> Vec<Row> {
             format!("broadcast → {n1}: all received, p99 ms"),
         ),
         r(
+            "fan_srv_us",
+            format!("broadcast → {n1}: server CPU µs per delivery"),
+        ),
+        r(
             "fan_rx_p50",
             format!("broadcast → {n1}: per receiver, p50 ms"),
         ),
         r(
             "fan_rx_p99",
             format!("broadcast → {n1}: per receiver, p99 ms"),
+        ),
+        r(
+            "ser10k_dps",
+            format!(
+                "serial POST trigger → {n1}: deliveries/s ({} × ~100 B, ≤ {} not yet received)",
+                plan.ser_count, plan.ser_window
+            ),
+        ),
+        r(
+            "ser10k_p99",
+            format!("serial POST trigger → {n1}: per delivery p99 ms"),
+        ),
+        r(
+            "ser10k_srv_us",
+            format!("serial POST trigger → {n1}: server CPU µs per delivery"),
+        ),
+        r(
+            "ser1k_dps",
+            format!("serial POST trigger → {}: deliveries/s", k(plan.sus_rx)),
+        ),
+        r(
+            "ser1k_p99",
+            format!(
+                "serial POST trigger → {}: per delivery p99 ms",
+                k(plan.sus_rx)
+            ),
         ),
         r(
             "sus_dps",
@@ -96,6 +126,23 @@ fn rows(plan: &Plan) -> Vec<Row> {
         r("echo_p50", "echo p50 ms".into()),
         r("echo_p99", "echo p99 ms".into()),
         r(
+            "relay_mps",
+            format!(
+                "relay: deliveries/s ({} pairs chatting with `to`, depth 1)",
+                plan.relay_pairs
+            ),
+        ),
+        r("relay_p50", "relay: one hop p50 ms".into()),
+        r("relay_p99", "relay: one hop p99 ms".into()),
+        r(
+            "lone_p50",
+            format!(
+                "lone push at low load (1 receiver, {} POSTs 10 ms apart): p50 ms",
+                plan.lone_count
+            ),
+        ),
+        r("lone_p99", "lone push at low load: p99 ms".into()),
+        r(
             "flood_mps",
             format!(
                 "client receive ceiling, msgs/s ({} flooding conns)",
@@ -111,8 +158,14 @@ fn rows(plan: &Plan) -> Vec<Row> {
             "fan_cpu",
             "load-tool CPU: fan-out (POST → last receipt)".into(),
         ),
+        r("ser10k_cpu", format!("load-tool CPU: serial → {n1}")),
+        r(
+            "ser1k_cpu",
+            format!("load-tool CPU: serial → {}", k(plan.sus_rx)),
+        ),
         r("sus_cpu", "load-tool CPU: sustained".into()),
         r("echo_cpu", "load-tool CPU: echo".into()),
+        r("relay_cpu", "load-tool CPU: relay".into()),
         r("flood_cpu", "load-tool CPU: flood".into()),
     ]
 }
@@ -166,7 +219,7 @@ pub fn table(results: &[(Flavor, Vec<RunResult>)], plan: &Plan, runs: usize) -> 
     let mut head = vec![format!("metric (median of {runs})")];
     for (f, _) in results {
         head.push(f.name().to_string());
-        if wshub.is_some() && !matches!(f, Flavor::Wshub | Flavor::Ceiling) {
+        if wshub.is_some() && *f != Flavor::Wshub {
             head.push(format!("wshub/{}", f.name()));
         }
     }
@@ -181,7 +234,7 @@ pub fn table(results: &[(Flavor, Vec<RunResult>)], plan: &Plan, runs: usize) -> 
             let v = med(r, row.key);
             any |= v.is_some();
             cells.push(v.map_or_else(|| "n/a".into(), fmt_val));
-            if wshub.is_some() && !matches!(f, Flavor::Wshub | Flavor::Ceiling) {
+            if wshub.is_some() && *f != Flavor::Wshub {
                 // A ratio of the client's own CPU or of drop counts says nothing.
                 let comparable = !["cpu", "drops", "loadavg", "backlog"]
                     .iter()

@@ -1,7 +1,8 @@
 //! The measurements, run against one started server: upgrades/s and idle memory
-//! at N1 and N2 connections, broadcast fan-out latency to N1 receivers,
-//! sustained broadcast deliveries/s, echo round trips, and (ceiling server only)
-//! the client's raw receive rate. Every loop is bounded in count and time.
+//! at N1 and N2 connections, broadcast fan-out latency to N1 receivers, the
+//! serial-trigger broadcast rate to N1 and to `sus_rx` receivers, sustained
+//! broadcast deliveries/s, a lone push at low load, echo round trips, relay
+//! between pairs, and (ceiling server only) the client's raw receive rate. Every loop is bounded in count and time.
 //! Touches only the server through its sockets and /proc, and this thread's rusage.
 
 use std::collections::BTreeMap;
@@ -13,6 +14,8 @@ use crate::client::Client;
 use crate::echo::{echo, flood};
 use crate::error::{BenchError, Result};
 use crate::open::{open_http, open_many};
+use crate::relay::relay;
+use crate::serial::{lone, record, serial, serial_small};
 use crate::server::{Flavor, ServerProc};
 use crate::stats;
 
@@ -32,10 +35,16 @@ pub struct Phases {
     pub upgrade: bool,
     /// Broadcast fan-out latency to N1 receivers.
     pub fanout: bool,
+    /// Serial-trigger broadcasts (one POST at a time) to N1 and `sus_rx` receivers.
+    pub serial: bool,
+    /// A lone push to one receiver at low load.
+    pub lone: bool,
     /// Sustained broadcast deliveries/s.
     pub sustained: bool,
     /// Echo round trips.
     pub echo: bool,
+    /// Pairs chatting with `to` (not against the ceiling server: it has no `to`).
+    pub relay: bool,
     /// Raw receive rate against the ceiling server.
     pub flood: bool,
 }
@@ -61,6 +70,16 @@ pub struct Plan {
     pub sus_time: Duration,
     /// Sustained sender path.
     pub via: Via,
+    /// Broadcasts in a serial-trigger run.
+    pub ser_count: usize,
+    /// Serial trigger: broadcasts not yet received by everyone, at most.
+    pub ser_window: usize,
+    /// POSTs in the lone-push measurement.
+    pub lone_count: usize,
+    /// Relay: pairs of clients.
+    pub relay_pairs: usize,
+    /// Relay phase length.
+    pub relay_time: Duration,
     /// Bytes of each broadcast/chat body (fan-out and sustained).
     pub msg_size: usize,
     /// Echo clients.
@@ -107,14 +126,18 @@ fn run_phases(srv: &mut ServerProc, plan: &Plan, notes: &mut Vec<String>) -> Run
     }
     srv.settle(plan.settle, plan.settle * 5);
     let p = plan.phases;
-    if p.upgrade || p.fanout {
+    if p.upgrade || p.fanout || p.serial {
         if let Err(e) = conn_phases(srv, plan, &mut res, notes) {
             note("upgrade/fan-out", e, notes);
         }
     }
-    let steps: [(bool, &str, PhaseFn); 3] = [
+    let no_to = srv.flavor == Flavor::Ceiling;
+    let steps: [(bool, &str, PhaseFn); 6] = [
+        (p.serial, "serial (small)", serial_small),
         (p.sustained, "sustained", sustained),
+        (p.lone, "lone push", lone),
         (p.echo, "echo", echo),
+        (p.relay && !no_to, "relay", relay),
         (p.flood && srv.flavor == Flavor::Ceiling, "flood", flood),
     ];
     for (on, phase, f) in steps {
@@ -178,10 +201,22 @@ fn conn_phases(
     srv.settle(plan.settle, plan.settle * 5);
     srv.check_alive()?;
     memory_at(srv, first.opened, (rss0, heap0), ("rss10k", "heap10k"), res);
-    if plan.phases.fanout {
+    if plan.phases.fanout || plan.phases.serial {
         let http = open_http(&mut c)?;
-        let mut fan = fanout(&mut c, first.opened, http, plan, notes)?;
-        record_fan(&mut fan, res);
+        if plan.phases.fanout {
+            let ticks = stats::proc_cpu_ticks(srv.pid);
+            let mut fan = fanout(&mut c, first.opened, http, plan, notes)?;
+            record_fan(&mut fan, res);
+            let deliveries = plan.fan_count * first.opened;
+            insert_server_cpu(srv, ticks, deliveries, "fan_srv_us", res);
+        }
+        if plan.phases.serial {
+            let ticks = stats::proc_cpu_ticks(srv.pid);
+            let s = serial(&mut c, http, first.opened, plan, notes)?;
+            record(&s, ["ser10k_dps", "ser10k_p99", "ser10k_cpu"], res);
+            let deliveries = plan.ser_count * first.opened;
+            insert_server_cpu(srv, ticks, deliveries, "ser10k_srv_us", res);
+        }
     }
     if plan.phases.upgrade && plan.n2 > plan.n1 {
         let drops0 = stats::listen_drops();
@@ -190,7 +225,8 @@ fn conn_phases(
         insert_drops(res, "drops19k", drops0);
         srv.settle(plan.settle, plan.settle * 5);
         srv.check_alive()?;
-        let total = c.live().saturating_sub(usize::from(plan.phases.fanout));
+        let http_conns = plan.phases.fanout || plan.phases.serial;
+        let total = c.live().saturating_sub(usize::from(http_conns));
         memory_at(srv, total, (rss0, heap0), ("rss19k", "heap19k"), res);
     }
     c.close_all();
@@ -213,6 +249,25 @@ fn record_fan(fan: &mut Fan, res: &mut RunResult) {
     for (key, p) in [("fan_rx_p50", 0.5), ("fan_rx_p99", 0.99)] {
         if let Some(v) = fan.rx.pct_ms(p) {
             res.insert(key, v);
+        }
+    }
+}
+
+/// The server's CPU time per delivery in µs since `ticks_before` (clock
+/// ticks of 10 ms, so only phases of a second or more give a useful figure).
+fn insert_server_cpu(
+    srv: &ServerProc,
+    ticks_before: Option<u64>,
+    deliveries: usize,
+    key: &'static str,
+    res: &mut RunResult,
+) {
+    if let (Some(a), Some(b)) = (ticks_before, stats::proc_cpu_ticks(srv.pid)) {
+        if deliveries > 0 {
+            res.insert(
+                key,
+                b.saturating_sub(a) as f64 * 10_000.0 / deliveries as f64,
+            );
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Servers under test as child processes: wshub (the binary cargo built for this
-//! bench), the peers from shared/peers (copied under the target dir, since
-//! shared/ is read-only, and built there once), and the built-in ceiling server
+//! bench), the peers from shared/peers (node-ws and go-hub copied under the
+//! target dir, since shared/ is read-only, and built there once; rust-axum
+//! built into /tmp/peer-rust), and the built-in ceiling server
 //! (this bench binary re-run with `--serve-ceiling`). Each child is pinned to
 //! core 0 with `taskset -c 0`, dies with the bench (PR_SET_PDEATHSIG), and is
 //! killed by its PID when its [`ServerProc`] drops. Touches only files under
@@ -19,12 +20,17 @@ use crate::stats;
 
 /// Where the peers' sources live (read-only).
 const PEERS_SRC: &str = "/work/shared/peers";
+/// Cargo's target dir for the rust-axum peer.
+const RUST_PEER_TARGET: &str = "/tmp/peer-rust";
 
 /// Which server a column measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flavor {
     /// The crate's own `wshub` binary.
     Wshub,
+    /// Another wshub binary (`--baseline PATH`, e.g. a build of main), for
+    /// before/after figures taken in the same run.
+    Baseline,
     /// The same binary with `websocket.compression: true` (`--compression`).
     WshubDeflate,
     /// shared/peers/node-ws (Node.js + ws).
@@ -42,6 +48,7 @@ impl Flavor {
     pub fn name(self) -> &'static str {
         match self {
             Flavor::Wshub => "wshub",
+            Flavor::Baseline => "wshub-base",
             Flavor::WshubDeflate => "wshub-deflate",
             Flavor::Node => "node-ws",
             Flavor::Go => "go-hub",
@@ -70,13 +77,15 @@ pub struct Paths {
     pub work_dir: PathBuf,
     /// The wshub binary, when known.
     pub wshub_bin: Option<PathBuf>,
+    /// The baseline wshub binary, if one is compared.
+    pub baseline_bin: Option<PathBuf>,
     /// This bench binary, re-run as the ceiling server.
     pub self_exe: PathBuf,
 }
 
 impl Paths {
     /// Derives the places from the running executable (`<target>/release/deps/load-*`).
-    pub fn discover(wshub_bin: Option<PathBuf>) -> Result<Paths> {
+    pub fn discover(wshub_bin: Option<PathBuf>, baseline_bin: Option<PathBuf>) -> Result<Paths> {
         let self_exe =
             std::env::current_exe().map_err(|e| BenchError::io("locate the bench binary", e))?;
         let target_dir = self_exe
@@ -93,6 +102,7 @@ impl Paths {
             target_dir,
             work_dir,
             wshub_bin,
+            baseline_bin,
             self_exe,
         })
     }
@@ -106,6 +116,11 @@ pub fn prepare(flavor: Flavor, paths: &Paths) -> Result<()> {
             Some(p) if p.exists() => Ok(()),
             Some(p) => Err(BenchError::Server(format!("wshub binary {} does not exist", p.display()))),
             None => Err(BenchError::Server("no wshub binary (run through `cargo bench` in the wshub crate or pass --wshub PATH)".into())),
+        },
+        Flavor::Baseline => match &paths.baseline_bin {
+            Some(p) if p.exists() => Ok(()),
+            Some(p) => Err(BenchError::Server(format!("baseline binary {} does not exist", p.display()))),
+            None => Err(BenchError::Server("no baseline binary (--baseline PATH)".into())),
         },
         Flavor::Ceiling => Ok(()),
         Flavor::Node => {
@@ -127,12 +142,14 @@ pub fn prepare(flavor: Flavor, paths: &Paths) -> Result<()> {
             run_tool(&mut cmd, "go build of go-hub (needs: apt-get install -y golang-go golang-github-gorilla-websocket-dev)")
         }
         Flavor::Rust => {
-            let dir = peers.join("rust-axum");
-            copy_tree(&Path::new(PEERS_SRC).join("rust-axum"), &dir)?;
-            let manifest = dir.join("Cargo.toml");
-            let tdir = peers.join("rust-target");
+            // Built straight from the read-only sources (the lock file is
+            // complete) into a target dir under /tmp, as the peers' README says.
+            let manifest = Path::new(PEERS_SRC).join("rust-axum").join("Cargo.toml");
             let mut cmd = Command::new("cargo");
-            cmd.arg("build").arg("--release").arg("--manifest-path").arg(&manifest).arg("--target-dir").arg(&tdir);
+            cmd.args(["build", "--release", "--locked", "--manifest-path"])
+                .arg(&manifest)
+                .arg("--target-dir")
+                .arg(RUST_PEER_TARGET);
             run_tool(&mut cmd, "cargo build of rust-axum")
         }
     }
@@ -332,11 +349,12 @@ fn command(flavor: Flavor, paths: &Paths, port: u16) -> Result<Command> {
     cmd.args(["-c", "0"]);
     let peers = paths.target_dir.join("peers");
     match flavor {
-        Flavor::Wshub | Flavor::WshubDeflate => {
-            let bin = paths
-                .wshub_bin
-                .clone()
-                .ok_or_else(|| BenchError::Server("no wshub binary".into()))?;
+        Flavor::Wshub | Flavor::WshubDeflate | Flavor::Baseline => {
+            let bin = match flavor {
+                Flavor::Baseline => paths.baseline_bin.clone(),
+                _ => paths.wshub_bin.clone(),
+            }
+            .ok_or_else(|| BenchError::Server(format!("no {} binary", flavor.name())))?;
             let cfg = paths.work_dir.join(format!("wshub-{port}.yaml"));
             let compression = flavor == Flavor::WshubDeflate;
             fs::write(&cfg, wshub_config(port, compression))
@@ -352,8 +370,12 @@ fn command(flavor: Flavor, paths: &Paths, port: u16) -> Result<Command> {
                 .args(["-port", &port.to_string()]);
         }
         Flavor::Rust => {
-            cmd.arg(peers.join("rust-target").join("release").join("peer-rust"))
-                .arg(port.to_string());
+            cmd.arg(
+                Path::new(RUST_PEER_TARGET)
+                    .join("release")
+                    .join("peer-rust"),
+            )
+            .arg(port.to_string());
         }
         Flavor::Ceiling => {
             cmd.arg(&paths.self_exe)

@@ -27,9 +27,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::audience::Audience;
 use crate::config::ClusterConfig;
-use crate::handle::{Handle, Target};
-use crate::router::{Audience, Router};
+use crate::handle::Handle;
+use crate::router::Router;
 
 mod publisher;
 mod subscriber;
@@ -69,7 +70,10 @@ pub(crate) enum Side {
 #[derive(Debug)]
 pub(crate) enum Event {
     /// A message another node published for sessions here.
-    Deliver { target: Target, json: Vec<u8> },
+    Deliver {
+        target: Audience<String>,
+        json: Vec<u8>,
+    },
     /// A fresh view of the other nodes.
     View(View),
     /// A connection came up in a generation (see [`Bridge::generation`])
@@ -342,7 +346,7 @@ impl Link {
 
     /// Hands `json` for `target` to the publisher. False when the cluster
     /// is down or the queue is full: nothing was published.
-    pub(crate) fn publish(&mut self, audience: Audience<'_>, json: &[u8]) -> bool {
+    pub(crate) fn publish(&mut self, audience: Audience<&str>, json: &[u8]) -> bool {
         if !self.up() {
             return false;
         }

@@ -18,7 +18,7 @@ use redis::{PubSub, RedisResult};
 
 use super::wire::{self, Garbage};
 use super::{Bridge, Event, Reporter, BACKOFF_MAX, BACKOFF_MIN, IO_TIMEOUT};
-use crate::handle::Target;
+use crate::audience::Audience;
 
 /// Longest wait for a message before interest changes are looked at.
 const POLL: Duration = Duration::from_millis(20);
@@ -74,7 +74,7 @@ fn subscribe_all(bridge: &Bridge, pubsub: &mut PubSub<'_>) -> RedisResult<()> {
         interest.changed.clear();
         interest.wanted.iter().cloned().collect()
     };
-    channels.push(bridge.names.channel(&Target::Everyone));
+    channels.push(bridge.names.channel(&Audience::EVERYONE));
     pubsub.set_read_timeout(Some(IO_TIMEOUT))?;
     for chunk in channels.chunks(CHUNK) {
         pubsub.subscribe(chunk)?;

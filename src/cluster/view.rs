@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
-use crate::handle::Target;
+use crate::audience::Audience;
 use crate::router::Router;
 
 /// One node's presence entry, as stored in Redis.
@@ -63,11 +63,11 @@ impl View {
     }
 
     /// Sessions on the other nodes that a message for `target` reaches.
-    pub fn addressed(&self, target: &Target) -> usize {
+    pub fn addressed(&self, target: &Audience<String>) -> usize {
         match target {
-            Target::Everyone => self.sessions(),
-            Target::User(user) => self.count(|e| e.users.get(user.as_str())),
-            Target::Room(room) => self.count(|e| e.rooms.get(room.as_str())),
+            Audience::Everyone { .. } => self.sessions(),
+            Audience::User(user) => self.count(|e| e.users.get(user.as_str())),
+            Audience::Room { room, .. } => self.count(|e| e.rooms.get(room.as_str())),
         }
     }
 
@@ -90,7 +90,7 @@ impl View {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::router::SessionKey;
+    use crate::audience::SessionKey;
     use std::rc::Rc;
 
     fn entry(json: &str) -> Entry {
@@ -127,10 +127,10 @@ mod tests {
             ),
         ]);
         assert_eq!(view.nodes(), 2);
-        assert_eq!(view.addressed(&Target::Everyone), 4);
-        assert_eq!(view.addressed(&Target::User("amy".into())), 2);
-        assert_eq!(view.addressed(&Target::User("zed".into())), 0);
-        assert_eq!(view.addressed(&Target::Room("r".into())), 2);
+        assert_eq!(view.addressed(&Audience::EVERYONE), 4);
+        assert_eq!(view.addressed(&Audience::User("amy".into())), 2);
+        assert_eq!(view.addressed(&Audience::User("zed".into())), 0);
+        assert_eq!(view.addressed(&Audience::room("r".into())), 2);
         assert_eq!(view.merged_users(vec!["cat", "amy"]), ["amy", "bob", "cat"]);
     }
 }

@@ -8,9 +8,8 @@
 //! anything it has already seen from that run (nothing is delivered twice,
 //! whatever a connection does).
 
-use crate::handle::Target;
+use crate::audience::Audience;
 use crate::message;
-use crate::router::Audience;
 
 /// First word of every envelope: a message that lacks it is not ours.
 const MAGIC: &str = "wshub1";
@@ -30,17 +29,17 @@ impl Names {
     }
 
     /// The channel a message for `target` is published on.
-    pub fn channel(&self, target: &Target) -> String {
+    pub fn channel(&self, target: &Audience<String>) -> String {
         match target {
-            Target::Everyone => format!("{}:all", self.prefix),
-            Target::User(user) => self.user_channel(user),
-            Target::Room(room) => self.room_channel(room),
+            Audience::Everyone { .. } => format!("{}:all", self.prefix),
+            Audience::User(user) => self.user_channel(user),
+            Audience::Room { room, .. } => self.room_channel(room),
         }
     }
 
     /// The channel a message for `audience` is published on (the sender a
     /// relayed message leaves out is on this node, so it does not matter).
-    pub fn audience_channel(&self, audience: Audience<'_>) -> String {
+    pub fn audience_channel(&self, audience: Audience<&str>) -> String {
         match audience {
             Audience::Everyone { .. } => format!("{}:all", self.prefix),
             Audience::User(user) => self.user_channel(user),
@@ -59,19 +58,19 @@ impl Names {
     }
 
     /// Who a message on `channel` is for; `None` for a channel not ours.
-    pub fn target(&self, channel: &str) -> Option<Target> {
+    pub fn target(&self, channel: &str) -> Option<Audience<String>> {
         let rest = channel
             .strip_prefix(self.prefix.as_str())?
             .strip_prefix(':')?;
         if rest == "all" {
-            return Some(Target::Everyone);
+            return Some(Audience::EVERYONE);
         }
         if let Some(user) = rest.strip_prefix("user:").filter(|u| !u.is_empty()) {
-            return Some(Target::User(user.to_owned()));
+            return Some(Audience::User(user.to_owned()));
         }
         rest.strip_prefix("room:")
             .filter(|r| !r.is_empty())
-            .map(|room| Target::Room(room.to_owned()))
+            .map(|room| Audience::room(room.to_owned()))
     }
 
     /// The key holding one node's presence (expires after `presence_ttl`).
@@ -149,13 +148,13 @@ mod tests {
     fn channels_round_trip_and_foreign_ones_are_refused() {
         let names = Names::new("wshub");
         for target in [
-            Target::Everyone,
-            Target::User("alice:x".into()),
-            Target::Room("r 1".into()),
+            Audience::EVERYONE,
+            Audience::User("alice:x".into()),
+            Audience::room("r 1".into()),
         ] {
             assert_eq!(names.target(&names.channel(&target)), Some(target));
         }
-        assert_eq!(names.channel(&Target::User("u".into())), "wshub:user:u");
+        assert_eq!(names.channel(&Audience::User("u".into())), "wshub:user:u");
         assert_eq!(names.target("other:all"), None);
         assert_eq!(names.target("wshubx:all"), None);
         assert_eq!(names.target("wshub:user:"), None);

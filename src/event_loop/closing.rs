@@ -1,16 +1,17 @@
 //! Ending sessions and writing: leaving the indexes (once), the closing
-//! handshake, half-close and reaping; flushing each dirty session once per
-//! pass with WRITABLE interest only while output is pending.
+//! handshake, half-close and reaping; each pass, flushing every session that
+//! owes its own client an answer, then a bounded share of the write backlog
+//! (in slot order), with WRITABLE interest only while output is pending.
 
 use log::{debug, info, warn};
 use mio::{Interest, Token};
 
-use super::{EventLoop, FIRST_SESSION};
+use super::{EventLoop, FIRST_SESSION, WRITE_BUDGET};
+use crate::audience::SessionKey;
 use crate::frame::{self, DecodeError, Kind};
 use crate::hooks::{CloseReason, SessionInfo};
 use crate::ids;
 use crate::outbound::Flushed;
-use crate::router::SessionKey;
 use crate::session::{Closing, Phase};
 
 impl EventLoop {
@@ -216,6 +217,7 @@ impl EventLoop {
 
     pub(super) fn reap_closed(&mut self) {
         for index in std::mem::take(&mut self.reap) {
+            self.backlog.remove(index);
             if let Some(session) = self.sessions.try_remove(index) {
                 if session.counted_http {
                     self.http_connections -= 1;
@@ -235,6 +237,9 @@ impl EventLoop {
         }
     }
 
+    /// The session owes its own client an answer (a response, a reply, an
+    /// echo, a Pong, a Close): written at the end of this pass, ahead of the
+    /// backlog, so the client's next request is not held up by fan-outs.
     pub(super) fn mark_dirty(&mut self, index: usize) {
         if let Some(session) = self.sessions.get_mut(index) {
             if !session.dirty {
@@ -244,9 +249,23 @@ impl EventLoop {
         }
     }
 
+    /// The session has output that can wait its turn in the backlog.
+    pub(super) fn schedule_write(&mut self, index: usize) {
+        if self.sessions.contains(index) {
+            self.backlog.insert(index);
+        }
+    }
+
+    /// This pass's writes: every dirty session, then the next [`WRITE_BUDGET`]
+    /// sessions of the backlog. Each flush writes everything the session has
+    /// queued, in batches (one `writev` per [`crate::outbound::MAX_BATCH`]
+    /// frames).
     pub(super) fn flush_dirty(&mut self) {
         let mut dirty = std::mem::take(&mut self.dirty);
         for &index in &dirty {
+            if let Some(session) = self.sessions.get_mut(index) {
+                session.dirty = false;
+            }
             self.flush_one(index);
         }
         dirty.clear();
@@ -254,6 +273,19 @@ impl EventLoop {
         if self.dirty.is_empty() {
             self.dirty = dirty;
         }
+        self.flush_backlog();
+    }
+
+    /// Writes the next [`WRITE_BUDGET`] sessions of the backlog's sweep. One
+    /// whose queue was already written as an answer costs no system call.
+    fn flush_backlog(&mut self) {
+        let mut turn = std::mem::take(&mut self.turn);
+        self.backlog.take(WRITE_BUDGET, &mut turn);
+        for &index in &turn {
+            self.flush_one(index);
+        }
+        turn.clear();
+        self.turn = turn;
     }
 
     pub(super) fn flush_one(&mut self, index: usize) {
@@ -262,7 +294,6 @@ impl EventLoop {
         let Some(session) = self.sessions.get_mut(index) else {
             return;
         };
-        session.dirty = false;
         if matches!(session.phase, Phase::Dead) {
             return;
         }

@@ -10,34 +10,25 @@ use std::sync::atomic::Ordering;
 use serde_json::json;
 
 use super::EventLoop;
+use crate::audience::Audience;
 use crate::cluster::Event;
 use crate::deflate::Encoded;
 use crate::frame::Kind;
-use crate::handle::Target;
 use crate::http::Response;
 use crate::message;
-use crate::router::Audience;
 
 /// What a client is told when its message reached this node only.
 const LOCAL_ONLY: &str = "cluster unavailable: delivered on this node only";
 
-pub(super) fn audience(target: &Target) -> Audience<'_> {
-    match target {
-        Target::Everyone => Audience::Everyone { except: None },
-        Target::User(user) => Audience::User(user),
-        Target::Room(room) => Audience::Room { room, except: None },
-    }
-}
-
 impl EventLoop {
     /// A handle or hook push: here, and to the other nodes when the
     /// cluster is up. Returns the sessions addressed (cluster-wide).
-    pub(super) fn push(&mut self, target: &Target, json: &[u8]) -> usize {
+    pub(super) fn push(&mut self, target: &Audience<String>, json: &[u8]) -> usize {
         let local = self.push_local(target, json);
         let Some(link) = self.cluster.as_mut() else {
             return local;
         };
-        if !link.publish(audience(target), json) {
+        if !link.publish(target.as_deref(), json) {
             return local;
         }
         local + link.view().map_or(0, |v| v.addressed(target))
@@ -45,11 +36,11 @@ impl EventLoop {
 
     /// A REST push: refused whole (503) unless it can reach every node, so
     /// a retry cannot duplicate it.
-    pub(super) fn rest_push(&mut self, target: &Target, json: &[u8]) -> Response {
+    pub(super) fn rest_push(&mut self, target: &Audience<String>, json: &[u8]) -> Response {
         let sent = match self.cluster.as_mut() {
             None => self.push_local(target, json),
             Some(link) => {
-                if !link.publish(audience(target), json) {
+                if !link.publish(target.as_deref(), json) {
                     return Response::json(503, &json!({ "error": "cluster unavailable" }));
                 }
                 let remote = link.view().map_or(0, |v| v.addressed(target));
@@ -61,7 +52,7 @@ impl EventLoop {
 
     /// After a client message was delivered here: publish it for the
     /// other nodes, or tell the sender it stayed on this node.
-    pub(super) fn relay_to_cluster(&mut self, index: usize, audience: Audience<'_>, json: &[u8]) {
+    pub(super) fn relay_to_cluster(&mut self, index: usize, audience: Audience<&str>, json: &[u8]) {
         let Some(link) = self.cluster.as_mut() else {
             return;
         };
@@ -89,10 +80,10 @@ impl EventLoop {
         }
     }
 
-    fn push_local(&mut self, target: &Target, json: &[u8]) -> usize {
+    fn push_local(&mut self, target: &Audience<String>, json: &[u8]) -> usize {
         let min_bytes = self.config.websocket.compression_min_bytes;
         self.deliver(
-            audience(target),
+            target.as_deref(),
             &mut Encoded::new(Kind::Text, json, min_bytes),
         )
     }

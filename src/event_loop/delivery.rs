@@ -1,26 +1,29 @@
 //! Delivery and commands: queues one framed message to every session of an
-//! audience (no allocation or JSON work per recipient), and applies what
-//! handles and hooks asked for: pushes, disconnects, queries, shutdown.
+//! audience (no allocation or JSON work per recipient, no socket write: the
+//! recipients join the write backlog), and applies what handles and hooks
+//! asked for: pushes, disconnects, queries, shutdown.
 
 use log::info;
 
 use super::{EventLoop, ACTION_ROUNDS, COMMAND_BUDGET};
+use crate::audience::Audience;
 use crate::deflate::Encoded;
 use crate::handle::Command;
 use crate::hooks::CloseReason;
-use crate::router::Audience;
 use crate::session::Phase;
 
 impl EventLoop {
     /// Queues the same bytes to every session of the audience; returns how
     /// many sessions got them. No allocation or JSON work per recipient.
     /// Each recipient gets the plain frame or the compressed one for its
-    /// window: both built at most once, whatever the audience size.
-    pub(super) fn deliver(&mut self, audience: Audience<'_>, message: &mut Encoded<'_>) -> usize {
+    /// window: both built at most once, whatever the audience size. The
+    /// writes happen later, from the backlog (a recipient already waiting
+    /// there takes this frame with the earlier ones).
+    pub(super) fn deliver(&mut self, audience: Audience<&str>, message: &mut Encoded<'_>) -> usize {
         let ws = &self.config.websocket;
         let (max_messages, max_bytes) = (ws.message_buffer_size, ws.max_buffered_bytes);
         let sessions = &mut self.sessions;
-        let dirty = &mut self.dirty;
+        let backlog = &mut self.backlog;
         let slow = &mut self.slow;
         let codec = &mut self.codec;
         let bytes_out = &mut self.metrics.bytes_out;
@@ -36,10 +39,7 @@ impl EventLoop {
             match session.queue(wire, max_messages, max_bytes, bytes_out) {
                 Ok(()) => {
                     sent += 1;
-                    if !session.dirty {
-                        session.dirty = true;
-                        dirty.push(key.index as usize);
-                    }
+                    backlog.insert(key.index as usize);
                 }
                 Err(_) => slow.push(key),
             }

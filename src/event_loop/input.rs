@@ -31,7 +31,7 @@ impl EventLoop {
             self.on_readable(index, event.is_read_closed() || event.is_error());
         }
         if event.is_writable() {
-            self.mark_dirty(index);
+            self.schedule_write(index);
         }
     }
 
@@ -575,7 +575,7 @@ impl EventLoop {
 /// Up to a tenth of the ping period, fixed per session: sessions that
 /// connected in the same instant (a reconnect wave after a restart) do not
 /// all get their Pings in the same loop pass, period after period.
-fn ping_jitter(key: crate::router::SessionKey, ping_period: u64) -> u64 {
+fn ping_jitter(key: crate::audience::SessionKey, ping_period: u64) -> u64 {
     let spread = ping_period / 10;
     if spread == 0 {
         return 0;
@@ -587,7 +587,7 @@ fn ping_jitter(key: crate::router::SessionKey, ping_period: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::ping_jitter;
-    use crate::router::SessionKey;
+    use crate::audience::SessionKey;
 
     #[test]
     fn ping_jitter_stays_within_a_tenth_and_spreads_consecutive_sessions() {

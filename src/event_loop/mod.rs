@@ -3,13 +3,19 @@
 //!
 //! poll (timeout from the wheel) → dispatch events (listener, waker,
 //! signals, sessions: read and process input) → accept → drain handle
-//! commands (bounded per pass) → fire due timers → flush each dirty session
-//! once → reap closed sessions.
+//! commands (bounded per pass) → fire due timers → write: every session that
+//! owes its own client an answer, then a bounded share of the write backlog
+//! → reap closed sessions.
 //!
 //! Input flows one way: bytes → [`crate::http`] / [`crate::frame`] →
-//! [`crate::rest`] / [`crate::router`] → outbound queues → one flush per
-//! session per pass. This module is the only one that wires the others
-//! together; it owns the sockets through the sessions.
+//! [`crate::rest`] / [`crate::router`] → outbound queues → writes. No socket
+//! is written during a fan-out: deliveries only queue a shared frame and put
+//! the recipient in the backlog, which drains [`WRITE_BUDGET`] sessions per
+//! pass in slot order (see `backlog`); while it drains the loop keeps
+//! polling, so new requests are read and later broadcasts join the queues of
+//! recipients not yet written, which then take them all in one `writev`.
+//! This module is the only one that wires the others together; it owns the
+//! sockets through the sessions.
 
 use std::collections::HashMap;
 use std::io;
@@ -21,6 +27,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
+use crate::audience::SessionKey;
 use crate::cluster::Link;
 use crate::config::Config;
 use crate::deflate::Codec;
@@ -30,12 +37,14 @@ use crate::hooks::{Actions, Hooks};
 use crate::http::Response;
 use crate::metrics::{HandshakeFailure, Metrics, Shared};
 use crate::rate::Bucket;
-use crate::rest::Mode;
-use crate::router::{Limits, Router, SessionKey};
+use crate::router::{Limits, Router};
+use crate::server::Mode;
 use crate::session::Session;
 use crate::transport::{Tls, Transport};
 use crate::wheel::Wheel;
+use backlog::Backlog;
 
+mod backlog;
 mod closing;
 mod cluster;
 mod delivery;
@@ -55,6 +64,13 @@ const FIRST_SESSION: usize = 3;
 const READ_CHUNK: usize = 64 * 1024;
 /// Handle commands taken per pass, so pushes cannot starve the sockets.
 const COMMAND_BUDGET: usize = 1024;
+/// Sessions written from the backlog per pass before polling again: a few
+/// hundred microseconds of loopback writes. Small on purpose: the sooner the
+/// loop reads the next request, the more broadcasts each waiting recipient
+/// takes per `writev` (measured with the serial POST trigger to 10k: 64
+/// made ~2.3x fewer write calls for the same deliveries and ~1.7x the rate
+/// of 512; 16 to 64 were alike). A lone message still leaves in its pass.
+const WRITE_BUDGET: usize = 64;
 /// Rounds of hook actions that cause more hook actions, applied in one go.
 const ACTION_ROUNDS: usize = 8;
 /// Pause before accepting again after the process ran out of descriptors.
@@ -83,7 +99,13 @@ pub(crate) struct EventLoop {
     now_ms: u64,
     next_generation: u32,
     read_buf: Box<[u8]>,
+    /// Sessions that owe their own client an answer: written this pass.
     dirty: Vec<usize>,
+    /// Sessions with deliveries (or a freed socket) to write when their
+    /// turn comes, `WRITE_BUDGET` per pass.
+    backlog: Backlog,
+    /// The backlog slots being written this pass (capacity kept).
+    turn: Vec<usize>,
     reap: Vec<usize>,
     slow: Vec<SessionKey>,
     due: Vec<SessionKey>,
@@ -148,6 +170,8 @@ impl EventLoop {
             next_generation: 0,
             read_buf: vec![0; READ_CHUNK].into_boxed_slice(),
             dirty: Vec::new(),
+            backlog: Backlog::default(),
+            turn: Vec::with_capacity(WRITE_BUDGET),
             reap: Vec::new(),
             slow: Vec::new(),
             due: Vec::new(),
@@ -221,7 +245,11 @@ impl EventLoop {
     }
 
     fn poll_timeout(&self) -> Option<Duration> {
-        if self.commands_left || !self.actions.is_empty() || !self.resume.is_empty() {
+        if self.commands_left
+            || !self.actions.is_empty()
+            || !self.resume.is_empty()
+            || !self.backlog.is_empty()
+        {
             return Some(Duration::ZERO);
         }
         let mut next = self.wheel.next_deadline();

@@ -111,7 +111,7 @@ impl EventLoop {
                 if now >= session.next_ping_ms {
                     session.out.push_control(self.ping.clone());
                     session.next_ping_ms = now + ping_period;
-                    self.mark_dirty(index);
+                    self.schedule_write(index);
                 }
                 self.rearm_open(index);
             }
