@@ -29,9 +29,9 @@
 //! | --- | --- |
 //! | [`server`] | the public [`Server`] and [`Mode`]: bind, handles, hooks, signals, `run` |
 //! | `event_loop` | the one thread: poll, accept, read, dispatch, timers, flush, reap |
-//! | [`session`] | one connection: socket, phase, unfinished input, queue |
-//! | [`transport`] | the stream under a session: plain TCP or TLS; **a new transport is a variant of [`transport::Transport`]** |
-//! | [`tls`] | `tls.cert`/`tls.key` → a rustls server config; reload on SIGHUP |
+//! | `session` | one connection: socket, phase, unfinished input, queue |
+//! | `transport` | the stream under a session: plain TCP or TLS; **a new transport is a variant of `transport::Transport`** |
+//! | `tls` | `tls.cert`/`tls.key` → a rustls server config; reload on SIGHUP |
 //! | [`http`] | request heads (`httparse`) and responses |
 //! | `rest` | the HTTP endpoints: answer, upgrade or push |
 //! | [`frame`] | WebSocket frames in (validated, reassembled) and out (encoded once) |
@@ -65,7 +65,7 @@
 //!   (e.g. `tls:`) is one `section!` block and one line in each of
 //!   [`Config`] and its raw mirror.
 //! - **A new transport** (say QUIC streams, a Unix socket): a variant of
-//!   [`transport::Transport`] that reads and writes plaintext and keeps the
+//!   `transport::Transport` that reads and writes plaintext and keeps the
 //!   two promises in that module's doc (reads go to `WouldBlock`, pending
 //!   output is reported); `add_session` in `event_loop` picks it at accept.
 //!   Sessions, the router and the queues do not change.
@@ -94,9 +94,9 @@ pub(crate) mod rate;
 pub(crate) mod rest;
 pub mod router;
 pub mod server;
-pub mod session;
-pub mod tls;
-pub mod transport;
+pub(crate) mod session;
+pub(crate) mod tls;
+pub(crate) mod transport;
 pub mod wheel;
 
 pub use audience::{Audience, SessionKey};

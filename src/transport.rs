@@ -119,11 +119,6 @@ impl<S: Read + Write> Tls<S> {
         Tls { io, conn }
     }
 
-    /// The rustls connection (for the negotiated protocol, in tests).
-    pub fn connection(&self) -> &ServerConnection {
-        &self.conn
-    }
-
     fn push_pending(&mut self) -> io::Result<bool> {
         while self.conn.wants_write() {
             match self.conn.write_tls(&mut self.io) {

@@ -13,7 +13,7 @@
 //! Raw input never leaves this module: every value is checked here, so the
 //! rest of the server can trust a `Config` without re-validating it. Touches
 //! the file system only in [`Config::load`]; everything else is pure. The
-//! leaf checks live in `values`; they use [`crate::auth`] to check
+//! leaf checks live in `values`; they use `crate::auth` to check
 //! `allowed_origins` entries, so an entry that could never match is refused.
 
 use std::fmt;
@@ -314,7 +314,7 @@ section! {
 
 section! {
     /// `tls:` — certificate and key files; both empty: plain TCP. The files
-    /// are read by [`crate::tls`] at [`Config::load`], at bind and on SIGHUP.
+    /// are read by `crate::tls` at [`Config::load`], at bind and on SIGHUP.
     pub struct TlsConfig as "tls", raw RawTls, expecting "a mapping of tls settings" {
         /// PEM certificate chain file, leaf first. Default `""`.
         pub cert: String = String::new(), parse parse_path;

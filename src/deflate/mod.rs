@@ -10,7 +10,7 @@
 //! `max_message_size` while it inflates. A client that takes its context
 //! over (the browser default) refers back to what it sent before; rather
 //! than a zlib state per session (~40 KiB), a session keeps only the tail of
-//! its own inflated messages ([`Inflate::history`], at most the client's
+//! its own inflated messages (`Inflate::history`, at most the client's
 //! window and usually far less), which primes the shared inflater as a
 //! preset dictionary. A session that does not take context over, or has sent
 //! nothing compressed, keeps nothing.
