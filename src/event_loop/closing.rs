@@ -284,6 +284,10 @@ impl EventLoop {
         for &index in &turn {
             self.flush_one(index);
         }
+        // Every pass, not only those that wrote: a trim that was too soon
+        // after the last one happens on a later (idle) pass.
+        self.trim
+            .after_pass(turn.len(), self.backlog.is_empty(), self.now_ms);
         turn.clear();
         self.turn = turn;
     }

@@ -50,6 +50,7 @@ mod cluster;
 mod delivery;
 mod input;
 mod timers;
+mod trim;
 
 /// The listening socket.
 pub(crate) const LISTENER: Token = Token(0);
@@ -106,6 +107,8 @@ pub(crate) struct EventLoop {
     backlog: Backlog,
     /// The backlog slots being written this pass (capacity kept).
     turn: Vec<usize>,
+    /// Returns freed queue memory to the kernel after large drains.
+    trim: trim::Trim,
     reap: Vec<usize>,
     slow: Vec<SessionKey>,
     due: Vec<SessionKey>,
@@ -172,6 +175,7 @@ impl EventLoop {
             dirty: Vec::new(),
             backlog: Backlog::default(),
             turn: Vec::with_capacity(WRITE_BUDGET),
+            trim: trim::Trim::default(),
             reap: Vec::new(),
             slow: Vec::new(),
             due: Vec::new(),
