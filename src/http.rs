@@ -233,9 +233,8 @@ fn content_length_value(value: &[u8]) -> Option<usize> {
     if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    digits.iter().try_fold(0usize, |n, d| {
-        n.checked_mul(10)?.checked_add(usize::from(d - b'0'))
-    })
+    // Digits only by now, so `parse` sees no sign; it refuses overflow.
+    std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
 fn has_bare_lf(head: &[u8]) -> bool {

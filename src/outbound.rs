@@ -181,7 +181,7 @@ impl Outbound {
                     total += n;
                     self.advance(n);
                     if self.is_empty() {
-                        self.release_large_deques();
+                        self.release_memory(KEEP_SLOTS);
                         return Ok((Flushed::Drained, total));
                     }
                 }
@@ -256,26 +256,17 @@ impl Outbound {
         }
     }
 
-    /// After a drain: a deque that grew past [`KEEP_SLOTS`] (broadcasts that
-    /// piled up while the loop was busy, a burst) is freed at once, so ten
-    /// thousand sessions do not each keep a kilobyte until their timers. A
-    /// small one stays for the next pass.
-    fn release_large_deques(&mut self) {
-        if self.data.capacity() > KEEP_SLOTS {
+    /// Frees each empty deque holding more than `keep` slots. After a drain
+    /// `keep` is [`KEEP_SLOTS`]: a deque that grew in a burst is freed at
+    /// once, so ten thousand sessions do not each keep a kilobyte until their
+    /// timers, while a small one stays for the next pass. From the session's
+    /// timer it is 0: an idle session holds no buffer, yet one under
+    /// sustained traffic does not allocate its deque every pass.
+    pub fn release_memory(&mut self, keep: usize) {
+        if self.data.is_empty() && self.data.capacity() > keep {
             self.data = VecDeque::new();
         }
-        if self.control.capacity() > KEEP_SLOTS {
-            self.control = VecDeque::new();
-        }
-    }
-
-    /// Gives the deques' memory back if nothing is queued. Called from the
-    /// session's timer, not on every drain: a session under sustained
-    /// traffic keeps its small deque instead of allocating it every pass,
-    /// and an idle one holds no buffer after its next timer.
-    pub fn release_idle_memory(&mut self) {
-        if self.is_empty() {
-            self.data = VecDeque::new();
+        if self.control.is_empty() && self.control.capacity() > keep {
             self.control = VecDeque::new();
         }
     }
@@ -371,7 +362,7 @@ mod tests {
         };
         assert_eq!(q.flush_to(&mut sock).unwrap(), (Flushed::Drained, 7));
         assert_eq!(sock.out, b"onePtwo");
-        q.release_idle_memory();
+        q.release_memory(0);
         assert_eq!((q.data.capacity(), q.control.capacity()), (0, 0));
     }
 

@@ -108,7 +108,6 @@ pub(super) fn parse_host(v: &Value) -> Result<String, String> {
     }
 }
 
-/// Any string; a wrong type is described, never shown.
 /// A file name; empty means unset.
 pub(super) fn parse_path(v: &Value) -> Result<String, String> {
     v.as_str()
@@ -116,6 +115,7 @@ pub(super) fn parse_path(v: &Value) -> Result<String, String> {
         .ok_or_else(|| format!("expected a file name, got {}", shown(v)))
 }
 
+/// Any string; a wrong type is described, never shown.
 pub(super) fn parse_secret(v: &Value) -> Result<Secret, String> {
     v.as_str()
         .map(Secret::from)

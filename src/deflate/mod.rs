@@ -129,20 +129,16 @@ impl Codec {
         compressor.reset();
         let out = &mut self.scratch;
         out.clear();
-        out.reserve(payload.len() + 64);
-        let mut input = payload;
-        // Each call either consumes input or fills the spare capacity, which
-        // is then grown: bounded by the input size.
-        loop {
-            let before = compressor.total_in();
-            compressor
-                .compress_vec(input, out, FlushCompress::Sync)
-                .ok()?;
-            input = &input[(compressor.total_in() - before) as usize..];
-            if input.is_empty() && out.len() < out.capacity() {
-                break;
-            }
-            out.reserve(out.capacity().max(64));
+        // Room for no more than the plain payload plus the flush's tail: a
+        // message that would not shrink stops here, instead of being
+        // compressed in full and then sent plain anyway.
+        out.reserve_exact(payload.len() + TAIL.len());
+        compressor
+            .compress_vec(payload, out, FlushCompress::Sync)
+            .ok()?;
+        let finished = compressor.total_in() == payload.len() as u64 && out.len() < out.capacity();
+        if !finished {
+            return None;
         }
         if !out.ends_with(&TAIL) {
             return None;

@@ -266,6 +266,9 @@ impl EventLoop {
             if let Some(session) = self.sessions.get_mut(index) {
                 session.dirty = false;
             }
+            // This flush writes everything queued: a backlog turn would be
+            // an empty one, taken from recipients still waiting.
+            self.backlog.remove(index);
             self.flush_one(index);
         }
         dirty.clear();

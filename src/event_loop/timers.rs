@@ -107,7 +107,7 @@ impl EventLoop {
                 {
                     return self.kill(index, CloseReason::WriteStalled);
                 }
-                session.out.release_idle_memory();
+                session.out.release_memory(0);
                 if now >= session.next_ping_ms {
                     session.out.push_control(self.ping.clone());
                     session.next_ping_ms = now + ping_period;
