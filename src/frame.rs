@@ -473,28 +473,29 @@ pub fn encode_close(code: u16, reason: &str) -> Wire {
 }
 
 #[cfg(test)]
+/// A masked client frame, as a browser would send it.
+pub(crate) fn client_frame(first: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x37, 0xfa, 0x21, 0x3d];
+    let mut out = vec![first];
+    match payload.len() {
+        n if n < 126 => out.push(0x80 | n as u8),
+        n if n <= 0xffff => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().zip(mask.iter().cycle()).map(|(b, k)| b ^ k));
+    out
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A masked client frame, as a browser would send it.
-    fn client_frame(first: u8, payload: &[u8]) -> Vec<u8> {
-        let mask = [0x37, 0xfa, 0x21, 0x3d];
-        let mut out = vec![first];
-        match payload.len() {
-            n if n < 126 => out.push(0x80 | n as u8),
-            n if n <= 0xffff => {
-                out.push(0x80 | 126);
-                out.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                out.push(0x80 | 127);
-                out.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        out.extend_from_slice(&mask);
-        out.extend(payload.iter().zip(mask.iter().cycle()).map(|(b, k)| b ^ k));
-        out
-    }
 
     fn decode_all(
         decoder: &mut Decoder,

@@ -28,8 +28,8 @@
 //! | module | holds |
 //! | --- | --- |
 //! | [`server`] | the public [`Server`] and [`Mode`]: bind, handles, hooks, signals, `run` |
-//! | `event_loop` | the one thread: poll, accept, read, dispatch, timers, flush, reap |
-//! | `session` | one connection: socket, phase, unfinished input, queue |
+//! | `event_loop` | the one thread, a file per step of a pass: poll, read, dispatch, deliver, accept, commands, timers, cluster, write, close |
+//! | `session` | one connection as a state machine over its transport: phase, input, decoder, queue, deadlines; reports what happened, the loop applies it |
 //! | `transport` | the stream under a session: plain TCP or TLS; **a new transport is a variant of `transport::Transport`** |
 //! | `tls` | `tls.cert`/`tls.key` → a rustls server config; reload on SIGHUP |
 //! | [`http`] | request heads (`httparse`) and responses |
@@ -67,7 +67,8 @@
 //! - **A new transport** (say QUIC streams, a Unix socket): a variant of
 //!   `transport::Transport` that reads and writes plaintext and keeps the
 //!   two promises in that module's doc (reads go to `WouldBlock`, pending
-//!   output is reported); `add_session` in `event_loop` picks it at accept.
+//!   output is reported); `add_session` in `event_loop/accept.rs` picks it
+//!   at accept.
 //!   Sessions, the router and the queues do not change.
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations, rust_2018_idioms, unused, dead_code)]

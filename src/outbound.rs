@@ -257,7 +257,7 @@ impl Outbound {
     }
 
     /// Frees each empty deque holding more than `keep` slots. After a drain
-    /// `keep` is [`KEEP_SLOTS`]: a deque that grew in a burst is freed at
+    /// `keep` is `KEEP_SLOTS`: a deque that grew in a burst is freed at
     /// once, so ten thousand sessions do not each keep a kilobyte until their
     /// timers, while a small one stays for the next pass. From the session's
     /// timer it is 0: an idle session holds no buffer, yet one under

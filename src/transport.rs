@@ -14,6 +14,8 @@
 //!   is pushed by [`Transport::push_pending`] and reported by
 //!   [`Transport::has_pending`], so the loop keeps write interest for it.
 //!
+//! Generic over the [`Socket`] below it: a `mio` TCP stream in the server,
+//! an in-memory stream in the session's unit tests (plain and TLS alike).
 //! Touches only its own socket.
 
 use std::io::{self, IoSlice, Read, Write};
@@ -22,19 +24,40 @@ use std::net::Shutdown;
 use mio::net::TcpStream;
 use rustls::ServerConnection;
 
-/// A session's stream.
-#[derive(Debug)]
-pub enum Transport {
-    /// Plain TCP.
-    Plain(TcpStream),
-    /// TLS over TCP (boxed: a rustls connection is large, plain sessions
-    /// should not pay for it).
-    Tls(Box<Tls<TcpStream>>),
+/// What a transport runs over: a non-blocking byte stream whose sending
+/// side can be ended on its own.
+pub(crate) trait Socket: Read + Write {
+    /// Sends FIN: the peer reads the end, we can still read.
+    fn shutdown_write(&mut self) -> io::Result<()>;
 }
 
-impl Transport {
+impl Socket for TcpStream {
+    fn shutdown_write(&mut self) -> io::Result<()> {
+        self.shutdown(Shutdown::Write)
+    }
+}
+
+/// A session's stream.
+#[derive(Debug)]
+pub(crate) enum Transport<S = TcpStream> {
+    /// Plain TCP.
+    Plain(S),
+    /// TLS over TCP (boxed: a rustls connection is large, plain sessions
+    /// should not pay for it).
+    Tls(Box<Tls<S>>),
+}
+
+impl<S: Socket> Transport<S> {
+    /// Plain, or the server side of a TLS handshake when `tls` is given.
+    pub(crate) fn new(socket: S, tls: Option<ServerConnection>) -> Transport<S> {
+        match tls {
+            None => Transport::Plain(socket),
+            Some(conn) => Transport::Tls(Box::new(Tls::new(socket, conn))),
+        }
+    }
+
     /// The socket, for registering with the poll.
-    pub fn socket_mut(&mut self) -> &mut TcpStream {
+    pub(crate) fn socket_mut(&mut self) -> &mut S {
         match self {
             Transport::Plain(socket) => socket,
             Transport::Tls(tls) => &mut tls.io,
@@ -43,12 +66,12 @@ impl Transport {
 
     /// A short read does not prove the socket is drained: rustls may have
     /// taken only part of what is waiting. Read until `WouldBlock`.
-    pub fn reads_to_block(&self) -> bool {
+    pub(crate) fn reads_to_block(&self) -> bool {
         matches!(self, Transport::Tls(_))
     }
 
     /// Output is waiting below the plaintext (TLS records, handshake).
-    pub fn has_pending(&self) -> bool {
+    pub(crate) fn has_pending(&self) -> bool {
         match self {
             Transport::Plain(_) => false,
             Transport::Tls(tls) => tls.conn.wants_write(),
@@ -57,7 +80,7 @@ impl Transport {
 
     /// Writes what is waiting below the plaintext; `Ok(true)`: some is
     /// still waiting for the socket.
-    pub fn push_pending(&mut self) -> io::Result<bool> {
+    pub(crate) fn push_pending(&mut self) -> io::Result<bool> {
         match self {
             Transport::Plain(_) => Ok(false),
             Transport::Tls(tls) => tls.push_pending(),
@@ -65,18 +88,18 @@ impl Transport {
     }
 
     /// Ends our sending side: TLS says `close_notify` first.
-    pub fn shutdown_write(&mut self) -> io::Result<()> {
+    pub(crate) fn shutdown_write(&mut self) -> io::Result<()> {
         if let Transport::Tls(tls) = self {
             tls.conn.send_close_notify();
             // A few bytes into a socket that just drained: if they do not
             // fit, the FIN below still ends the stream.
             let _ = tls.push_pending();
         }
-        self.socket_mut().shutdown(Shutdown::Write)
+        self.socket_mut().shutdown_write()
     }
 }
 
-impl Read for Transport {
+impl<S: Socket> Read for Transport<S> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Transport::Plain(socket) => socket.read(buf),
@@ -85,7 +108,7 @@ impl Read for Transport {
     }
 }
 
-impl Write for Transport {
+impl<S: Socket> Write for Transport<S> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
             Transport::Plain(socket) => socket.write(buf),
@@ -108,14 +131,14 @@ impl Write for Transport {
 /// A rustls server connection over a non-blocking stream `S` (a TCP socket,
 /// or an in-memory stream in tests).
 #[derive(Debug)]
-pub struct Tls<S> {
+pub(crate) struct Tls<S> {
     io: S,
     conn: ServerConnection,
 }
 
 impl<S: Read + Write> Tls<S> {
     /// Starts the server side of a handshake over `io`.
-    pub fn new(io: S, conn: ServerConnection) -> Tls<S> {
+    pub(crate) fn new(io: S, conn: ServerConnection) -> Tls<S> {
         Tls { io, conn }
     }
 
@@ -182,10 +205,16 @@ impl<S: Read + Write> Tls<S> {
 pub(crate) mod mock {
     //! An in-memory non-blocking stream: reads what the test fed it and
     //! returns `WouldBlock` when empty; takes at most `write_limit` bytes
-    //! per write and `WouldBlock` once `capacity` is full.
+    //! per write and `WouldBlock` once `capacity` is full. Also a TLS
+    //! client and a server config from a test pair, for handshakes over it.
 
     use std::collections::VecDeque;
     use std::io::{self, Read, Write};
+    use std::sync::Arc;
+
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, SignatureScheme};
 
     /// See the module doc.
     #[derive(Debug, Default)]
@@ -195,6 +224,15 @@ pub(crate) mod mock {
         pub output: Vec<u8>,
         pub write_limit: Option<usize>,
         pub capacity: Option<usize>,
+        /// Our FIN was sent.
+        pub shut_write: bool,
+    }
+
+    impl super::Socket for MockStream {
+        fn shutdown_write(&mut self) -> io::Result<()> {
+            self.shut_write = true;
+            Ok(())
+        }
     }
 
     impl Read for MockStream {
@@ -231,19 +269,6 @@ pub(crate) mod mock {
             Ok(())
         }
     }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::io::{Read, Write};
-    use std::sync::Arc;
-
-    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-    use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, SignatureScheme};
-
-    use super::mock::MockStream;
-    use super::*;
 
     /// Accepts any certificate: the test pair is self-signed.
     #[derive(Debug)]
@@ -285,7 +310,7 @@ mod tests {
 
     /// A server config from a pair generated with openssl, or `None` when
     /// openssl is not installed (the integration tests require it).
-    fn server_config() -> Option<Arc<rustls::ServerConfig>> {
+    pub(crate) fn server_config() -> Option<Arc<rustls::ServerConfig>> {
         let dir = std::env::temp_dir().join(format!("wshub-transport-{}", std::process::id()));
         std::fs::create_dir_all(&dir).ok()?;
         let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
@@ -309,7 +334,7 @@ mod tests {
         crate::tls::load(&config).ok().flatten()
     }
 
-    fn client() -> ClientConnection {
+    pub(crate) fn client() -> ClientConnection {
         let mut config =
             ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
                 .with_safe_default_protocol_versions()
@@ -322,6 +347,16 @@ mod tests {
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         ClientConnection::new(Arc::new(config), "localhost".try_into().unwrap()).unwrap()
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+
+    use rustls::ClientConnection;
+
+    use super::mock::{client, server_config, MockStream};
+    use super::*;
 
     /// Moves bytes between the client and the server's mock stream until
     /// neither side has anything to say.

@@ -10,9 +10,10 @@ root=$PWD
 status=0
 step() { printf '\n== %s\n' "$*" >&2; }
 
-step "Rust: formatting and clippy (warnings are errors)"
+step "Rust: formatting, clippy and docs (warnings are errors)"
 cargo fmt --check || status=1
 cargo clippy --all-targets --quiet -- -D warnings || status=1
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --quiet || status=1
 
 step "Rust: unit, integration and doc tests (cargo nextest, including the soak test)"
 if ! command -v cargo-nextest >/dev/null 2>&1; then

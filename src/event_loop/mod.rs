@@ -1,30 +1,38 @@
 //! The single-threaded event loop: one `mio::Poll`, the session slab, and
-//! one pass as STYLE.md describes it:
+//! one pass as STYLE.md describes it. Each step of a pass has its file:
 //!
-//! poll (timeout from the wheel) → dispatch events (listener, waker,
-//! signals, sessions: read and process input) → accept → drain handle
-//! commands (bounded per pass) → fire due timers → write: every session that
-//! owes its own client an answer, then a bounded share of the write backlog
-//! → reap closed sessions.
+//! | step | file | what it does |
+//! | --- | --- | --- |
+//! | poll | `mod.rs` | waits for readiness, at most until the next deadline |
+//! | read | `read.rs` | drains ready sockets through their sessions |
+//! | dispatch | `dispatch.rs` | acts on each complete unit: REST, upgrade, frames → router → queues |
+//! | accept | `accept.rs` | takes new connections |
+//! | commands | `commands.rs` | handle commands (bounded per pass), hook actions, signals |
+//! | timers | `timers.rs` | applies what each due session timer found |
+//! | cluster | `cluster.rs` | presence and channels of the other nodes |
+//! | write | `write/` | answers first, then a bounded share of the fan-out backlog |
+//! | close | `close.rs` | leaving the indexes, closing handshakes, reaping |
 //!
-//! Input flows one way: bytes → [`crate::http`] / [`crate::frame`] →
-//! [`crate::rest`] / [`crate::router`] → outbound queues → writes. No socket
-//! is written during a fan-out: deliveries only queue a shared frame and put
-//! the recipient in the backlog, which drains [`WRITE_BUDGET`] sessions per
-//! pass in slot order (see `backlog`); while it drains the loop keeps
-//! polling, so new requests are read and later broadcasts join the queues of
-//! recipients not yet written, which then take them all in one `writev`.
-//! This module is the only one that wires the others together; it owns the
-//! sockets through the sessions.
+//! A [`Session`] makes its own phase changes and reports them as values;
+//! these files apply the reports to what the loop owns (router, poll
+//! registration, wheel, metrics, hooks, cluster link). No socket is written
+//! during a fan-out: deliveries only queue a shared frame and put the
+//! recipient in the backlog, which drains [`WRITE_BUDGET`] sessions per
+//! pass in slot order; while it drains the loop keeps polling, so new
+//! requests are read and later broadcasts join the queues of recipients not
+//! yet written, which then take them all in one `writev`.
+//!
+//! Time is the loop clock: u64 milliseconds since the loop started, read
+//! once per pass (`now_ms`); the wheel and every session deadline use it.
 
 use std::collections::HashMap;
 use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use log::{info, warn};
-use mio::net::{TcpListener, TcpStream};
-use mio::{Events, Interest, Poll, Token};
+use log::info;
+use mio::net::TcpListener;
+use mio::{Events, Poll, Token};
 use slab::Slab;
 
 use crate::audience::SessionKey;
@@ -34,23 +42,23 @@ use crate::deflate::Codec;
 use crate::frame::{self, Kind, Wire};
 use crate::handle::Inbox;
 use crate::hooks::{Actions, Hooks};
-use crate::http::Response;
-use crate::metrics::{HandshakeFailure, Metrics, Shared};
+use crate::metrics::{Metrics, Shared};
 use crate::rate::Bucket;
 use crate::router::{Limits, Router};
 use crate::server::Mode;
-use crate::session::Session;
-use crate::transport::{Tls, Transport};
+use crate::session::{millis, Rules, Session};
 use crate::wheel::Wheel;
-use backlog::Backlog;
+use write::backlog::Backlog;
 
-mod backlog;
-mod closing;
+mod accept;
+mod close;
 mod cluster;
-mod delivery;
-mod input;
+mod commands;
+mod deliver;
+mod dispatch;
+mod read;
 mod timers;
-mod trim;
+mod write;
 
 /// The listening socket.
 pub(crate) const LISTENER: Token = Token(0);
@@ -77,7 +85,7 @@ const ACTION_ROUNDS: usize = 8;
 /// Pause before accepting again after the process ran out of descriptors.
 const ACCEPT_BACKOFF_MS: u64 = 100;
 /// Timer granularity and wheel size: ~10 s per revolution.
-const TICK: Duration = Duration::from_millis(10);
+const TICK_MS: u64 = 10;
 const SLOTS: usize = 1024;
 
 /// Everything the loop owns.
@@ -86,6 +94,8 @@ pub(crate) struct EventLoop {
     listener: TcpListener,
     accepting: bool,
     config: Config,
+    /// The session limits and timeouts, on the loop clock.
+    rules: Rules,
     mode: Mode,
     sessions: Slab<Session>,
     router: Router,
@@ -108,7 +118,7 @@ pub(crate) struct EventLoop {
     /// The backlog slots being written this pass (capacity kept).
     turn: Vec<usize>,
     /// Returns freed queue memory to the kernel after large drains.
-    trim: trim::Trim,
+    trim: write::trim::Trim,
     reap: Vec<usize>,
     slow: Vec<SessionKey>,
     due: Vec<SessionKey>,
@@ -153,15 +163,17 @@ impl EventLoop {
     pub(crate) fn new(parts: Parts) -> EventLoop {
         let start = Instant::now();
         let limits = Limits::from_config(&parts.config.websocket);
+        let rules = Rules::from_config(&parts.config.websocket);
         EventLoop {
             poll: parts.poll,
             listener: parts.listener,
             accepting: true,
             config: parts.config,
+            rules,
             mode: parts.mode,
             sessions: Slab::new(),
             router: Router::with_limits(limits),
-            wheel: Wheel::new(TICK, SLOTS, start),
+            wheel: Wheel::new(TICK_MS, SLOTS),
             inbox: parts.inbox,
             shared: parts.shared,
             metrics: Metrics::default(),
@@ -175,7 +187,7 @@ impl EventLoop {
             dirty: Vec::new(),
             backlog: Backlog::default(),
             turn: Vec::with_capacity(WRITE_BUDGET),
-            trim: trim::Trim::default(),
+            trim: write::trim::Trim::default(),
             reap: Vec::new(),
             slow: Vec::new(),
             due: Vec::new(),
@@ -210,6 +222,7 @@ impl EventLoop {
             self.now_ms = self.ms_since_start(pass_start);
             let mut accept = false;
             let mut commands = self.commands_left;
+            // read (and dispatch what was read)
             for event in events.iter() {
                 match event.token() {
                     LISTENER => accept = true,
@@ -219,18 +232,22 @@ impl EventLoop {
                 }
             }
             self.resume_paused();
+            // accept
             if accept || self.accept_retry_ms.is_some_and(|at| at <= self.now_ms) {
                 self.accept_all();
             }
+            // commands
             if commands {
                 self.drain_commands();
             }
-            self.fire_timers(pass_start);
+            // timers, cluster
+            self.fire_timers();
             self.cluster_tick();
             // Disconnect hooks run wherever a session closes (a peer's Close,
             // a timer, a handle command): what they asked for applies here.
             self.apply_actions();
-            self.flush_dirty();
+            // write, close
+            self.write_pass();
             self.reap_closed();
             self.metrics.iteration(pass_start.elapsed());
             if self.finished() {
@@ -241,13 +258,10 @@ impl EventLoop {
     }
 
     fn ms_since_start(&self, at: Instant) -> u64 {
-        at.saturating_duration_since(self.start).as_millis() as u64
+        millis(at.saturating_duration_since(self.start))
     }
 
-    fn instant_at(&self, ms: u64) -> Instant {
-        self.start + Duration::from_millis(ms)
-    }
-
+    /// Until the earliest deadline on the loop clock (none: wait for events).
     fn poll_timeout(&self) -> Option<Duration> {
         if self.commands_left
             || !self.actions.is_empty()
@@ -256,142 +270,26 @@ impl EventLoop {
         {
             return Some(Duration::ZERO);
         }
-        let mut next = self.wheel.next_deadline();
         let cluster_tick_ms = self.cluster.as_ref().map(Link::next_tick_ms);
-        for ms in [
+        let next_ms = [
+            self.wheel
+                .next_deadline()
+                .map(|at| self.ms_since_start(at) + 1),
             self.accept_retry_ms,
             self.shutdown_deadline_ms,
             cluster_tick_ms,
         ]
         .into_iter()
         .flatten()
-        {
-            let at = self.instant_at(ms);
-            next = Some(next.map_or(at, |n| n.min(at)));
-        }
-        next.map(|at| at.saturating_duration_since(Instant::now()))
+        .min()?;
+        // Measured from the precise start, so the pass that wakes reads a
+        // loop clock at or past the deadline.
+        let at = self.start.checked_add(Duration::from_millis(next_ms))?;
+        Some(at.saturating_duration_since(Instant::now()))
     }
 
     fn finished(&self) -> bool {
         self.shutdown_deadline_ms
             .is_some_and(|deadline| self.sessions.is_empty() || self.now_ms >= deadline)
     }
-
-    // ---- accept ----
-
-    fn accept_all(&mut self) {
-        self.accept_retry_ms = None;
-        while self.accepting {
-            match self.listener.accept() {
-                Ok((stream, peer)) => {
-                    if std::mem::take(&mut self.accept_failing) {
-                        info!("accepting connections again");
-                    }
-                    self.add_session(stream, peer);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if is_transient_accept_error(&e) => continue,
-                Err(e) => {
-                    // EMFILE/ENFILE and the like: the backlog keeps the
-                    // connections; retry after a pause instead of spinning.
-                    // Logged once per streak, not every 100 ms.
-                    if !std::mem::replace(&mut self.accept_failing, true) {
-                        warn!("accept failed ({e}); retrying every {ACCEPT_BACKOFF_MS} ms, open sessions keep working");
-                    }
-                    self.accept_retry_ms = Some(self.now_ms + ACCEPT_BACKOFF_MS);
-                    return;
-                }
-            }
-        }
-    }
-
-    fn add_session(&mut self, stream: TcpStream, peer: std::net::SocketAddr) {
-        if self.http_connections >= self.config.websocket.max_http_connections {
-            return self.refuse_http_connection(stream, peer);
-        }
-        self.http_full = false;
-        // Small frames must not wait for Nagle: latency is the product.
-        let _ = stream.set_nodelay(true);
-        let entry = self.sessions.vacant_entry();
-        let index = entry.key();
-        let mut transport = match &self.tls {
-            None => Transport::Plain(stream),
-            Some(config) => match rustls::ServerConnection::new(config.clone()) {
-                Ok(conn) => Transport::Tls(Box::new(Tls::new(stream, conn))),
-                Err(e) => {
-                    warn!("cannot start TLS for {peer}: {e}");
-                    return;
-                }
-            },
-        };
-        let token = Token(FIRST_SESSION + index);
-        if let Err(e) =
-            self.poll
-                .registry()
-                .register(transport.socket_mut(), token, Interest::READABLE)
-        {
-            warn!("cannot register connection from {peer}: {e}");
-            return;
-        }
-        self.next_generation = self.next_generation.wrapping_add(1);
-        let key = SessionKey {
-            index: index as u32,
-            generation: self.next_generation,
-        };
-        let session = entry.insert(Session::new(transport, key, peer, self.now_ms));
-        session.counted_http = true;
-        self.http_connections += 1;
-        let deadline = self.now_ms + self.config.websocket.handshake_timeout.as_millis() as u64;
-        self.arm(index, deadline);
-    }
-}
-
-impl EventLoop {
-    /// At `max_http_connections`: 503 and close, without a session. The
-    /// answer fits any fresh socket's send buffer, so one write suffices.
-    fn refuse_http_connection(&mut self, mut stream: TcpStream, peer: std::net::SocketAddr) {
-        use std::io::{Read, Write};
-        self.metrics
-            .handshake_failed(HandshakeFailure::HttpCapacity);
-        if self.tls.is_some() {
-            // A 503 would need a TLS handshake first: the close says it.
-            if !std::mem::replace(&mut self.http_full, true) {
-                warn!(
-                    "max_http_connections ({}) reached: closing new connections (first: {peer})",
-                    self.config.websocket.max_http_connections
-                );
-            }
-            return;
-        }
-        if !std::mem::replace(&mut self.http_full, true) {
-            warn!(
-                "max_http_connections ({}) reached: refusing connections with 503 (first: {peer})",
-                self.config.websocket.max_http_connections
-            );
-        }
-        let response = Response::error(503, "too many connections")
-            .closing()
-            .to_bytes(false);
-        let _ = stream.write(&response);
-        let _ = stream.shutdown(std::net::Shutdown::Write);
-        // Whatever the client sent already: dropping unread input would
-        // reset the connection and could destroy the 503 in flight.
-        let _ = stream.read(&mut self.read_buf);
-    }
-
-    /// Reads again from sessions that were paused and have been drained.
-    fn resume_paused(&mut self) {
-        for index in std::mem::take(&mut self.resume) {
-            self.resume_reading(index);
-        }
-    }
-}
-
-fn is_transient_accept_error(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::Interrupted
-            | io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::ConnectionReset
-    )
 }

@@ -15,7 +15,7 @@
 
 /// The sessions waiting to be written, by slab slot.
 #[derive(Debug, Default)]
-pub(super) struct Backlog {
+pub(in crate::event_loop) struct Backlog {
     words: Vec<u64>,
     len: usize,
     /// The next slot the sweep looks at.
@@ -24,7 +24,7 @@ pub(super) struct Backlog {
 
 impl Backlog {
     /// Puts `slot` in the backlog; false when it was already waiting.
-    pub(super) fn insert(&mut self, slot: usize) -> bool {
+    pub(in crate::event_loop) fn insert(&mut self, slot: usize) -> bool {
         let (word, bit) = (slot / 64, 1u64 << (slot % 64));
         if word >= self.words.len() {
             self.words.resize(word + 1, 0);
@@ -38,7 +38,7 @@ impl Backlog {
     }
 
     /// Takes `slot` out (its session is gone).
-    pub(super) fn remove(&mut self, slot: usize) {
+    pub(in crate::event_loop) fn remove(&mut self, slot: usize) {
         let (word, bit) = (slot / 64, 1u64 << (slot % 64));
         if let Some(w) = self.words.get_mut(word) {
             if *w & bit != 0 {
@@ -49,13 +49,13 @@ impl Backlog {
     }
 
     /// Nothing waiting.
-    pub(super) fn is_empty(&self) -> bool {
+    pub(in crate::event_loop) fn is_empty(&self) -> bool {
         self.len == 0
     }
 
     /// Appends up to `max` waiting slots to `out`, in sweep order from the
     /// cursor (wrapping once), and leaves the cursor after the last one.
-    pub(super) fn take(&mut self, max: usize, out: &mut Vec<usize>) {
+    pub(in crate::event_loop) fn take(&mut self, max: usize, out: &mut Vec<usize>) {
         let words = self.words.len();
         if self.len == 0 || words == 0 || max == 0 {
             return;

@@ -1,59 +1,17 @@
-//! Delivery and commands: queues one framed message to every session of an
-//! audience (no allocation or JSON work per recipient, no socket write: the
-//! recipients join the write backlog), and applies what handles and hooks
-//! asked for: pushes, disconnects, queries, shutdown.
+//! Commands: applies what handles and hooks asked for (pushes,
+//! disconnects, queries, shutdown), bounded per pass, and the signals
+//! (SIGINT/SIGTERM shut down, SIGHUP reloads the TLS pair).
 
 use log::info;
 
 use super::{EventLoop, ACTION_ROUNDS, COMMAND_BUDGET};
 use crate::audience::Audience;
-use crate::deflate::Encoded;
 use crate::handle::Command;
 use crate::hooks::CloseReason;
+use crate::session::millis;
 use crate::session::Phase;
 
 impl EventLoop {
-    /// Queues the same bytes to every session of the audience; returns how
-    /// many sessions got them. No allocation or JSON work per recipient.
-    /// Each recipient gets the plain frame or the compressed one for its
-    /// window: both built at most once, whatever the audience size. The
-    /// writes happen later, from the backlog (a recipient already waiting
-    /// there takes this frame with the earlier ones).
-    pub(super) fn deliver(&mut self, audience: Audience<&str>, message: &mut Encoded<'_>) -> usize {
-        let ws = &self.config.websocket;
-        let (max_messages, max_bytes) = (ws.message_buffer_size, ws.max_buffered_bytes);
-        let sessions = &mut self.sessions;
-        let backlog = &mut self.backlog;
-        let slow = &mut self.slow;
-        let codec = &mut self.codec;
-        let bytes_out = &mut self.metrics.bytes_out;
-        let mut sent = 0;
-        self.router.for_each_member(audience, |key| {
-            let Some(session) = sessions.get_mut(key.index as usize) else {
-                return;
-            };
-            if session.key != key {
-                return;
-            }
-            let wire = message.for_session(session.deflate_params(), codec);
-            match session.queue(wire, max_messages, max_bytes, bytes_out) {
-                Ok(()) => {
-                    sent += 1;
-                    backlog.insert(key.index as usize);
-                }
-                Err(_) => slow.push(key),
-            }
-        });
-        self.metrics.messages_out += sent as u64;
-        if !matches!(audience, Audience::User(_)) {
-            self.metrics.broadcasts += 1;
-        }
-        for key in std::mem::take(&mut self.slow) {
-            self.slow_consumer(key);
-        }
-        sent
-    }
-
     pub(super) fn drain_commands(&mut self) {
         self.inbox.rearm();
         self.commands_left = false;
@@ -119,7 +77,7 @@ impl EventLoop {
         if self.shutdown_deadline_ms.is_some() {
             return;
         }
-        let timeout = self.config.websocket.shutdown_timeout.as_millis() as u64;
+        let timeout = millis(self.config.websocket.shutdown_timeout);
         self.shutdown_deadline_ms = Some(self.now_ms + timeout);
         self.accepting = false;
         let _ = self.poll.registry().deregister(&mut self.listener);
@@ -133,7 +91,7 @@ impl EventLoop {
         );
         let indexes: Vec<usize> = self.sessions.iter().map(|(i, _)| i).collect();
         for index in indexes {
-            match self.sessions.get(index).map(|s| &s.phase) {
+            match self.sessions.get(index).map(|s| s.phase()) {
                 Some(Phase::Chat { .. } | Phase::Echo) => {
                     self.server_close(index, 1001, "server shutting down", CloseReason::Shutdown)
                 }

@@ -15,7 +15,7 @@ const MIN_INTERVAL_MS: u64 = 1000;
 
 /// Counts drained sessions and decides when to trim.
 #[derive(Debug, Default)]
-pub(super) struct Trim {
+pub(in crate::event_loop) struct Trim {
     drained: usize,
     last_ms: Option<u64>,
 }
@@ -24,7 +24,7 @@ impl Trim {
     /// Records `n` sessions written from the backlog this pass; `empty` says
     /// whether the backlog is empty now. Trims once a large drain has ended
     /// and the last trim is at least [`MIN_INTERVAL_MS`] old.
-    pub(super) fn after_pass(&mut self, n: usize, empty: bool, now_ms: u64) {
+    pub(in crate::event_loop) fn after_pass(&mut self, n: usize, empty: bool, now_ms: u64) {
         self.drained = self.drained.saturating_add(n);
         if !self.due(empty, now_ms) {
             return;

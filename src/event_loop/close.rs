@@ -1,0 +1,169 @@
+//! Closing: an open session leaves the router and the other indexes once
+//! (status, hooks and the cluster hear of it), then the session runs its
+//! closing handshake (see `Session::fail`, `close`, `answer_close`) within a
+//! deadline; dead sessions are reaped at the end of the pass.
+
+use log::{debug, info, warn};
+
+use super::EventLoop;
+use crate::audience::SessionKey;
+use crate::frame::DecodeError;
+use crate::hooks::{CloseReason, SessionInfo};
+use crate::ids;
+use crate::session::Left;
+
+impl EventLoop {
+    /// Takes an open session out of every index (once); status changes now.
+    fn unindex(&mut self, index: usize, reason: &CloseReason) {
+        let Some(session) = self.sessions.get_mut(index) else {
+            return;
+        };
+        let (key, peer) = (session.key, session.peer);
+        let user = match session.leave() {
+            None => return,
+            Some(Left::Echo) => {
+                self.open_websockets -= 1;
+                self.metrics.open_echo -= 1;
+                return;
+            }
+            Some(Left::Chat(user)) => user,
+        };
+        self.open_websockets -= 1;
+        self.router.remove_session(key, user.as_deref());
+        self.metrics.open_chat -= 1;
+        if let Some(link) = self.cluster.as_mut() {
+            link.departed();
+        }
+        self.publish_online();
+        info!(
+            "disconnect user={} peer={peer} reason={reason} online={}",
+            ids::shown(user.as_deref()),
+            self.router.online_count()
+        );
+        let info = SessionInfo {
+            key,
+            user: user.as_deref(),
+            peer,
+        };
+        self.hooks.on_disconnect(&info, reason, &mut self.actions);
+    }
+
+    /// The session started closing: write its Close now, and give up at
+    /// `deadline`.
+    fn closing_until(&mut self, index: usize, deadline: u64) {
+        self.mark_dirty(index);
+        self.arm(index, deadline);
+    }
+
+    /// A protocol violation: Close with the RFC's code, then half-close.
+    pub(super) fn protocol_close(&mut self, index: usize, error: &DecodeError) {
+        debug!("session {index}: {error}");
+        let code = error.close_code();
+        self.unindex(index, &CloseReason::Protocol(code));
+        let (now, rules) = (self.now_ms, self.rules);
+        let Some(session) = self.sessions.get_mut(index) else {
+            return;
+        };
+        let deadline = session.fail(error, now, &rules);
+        self.metrics.close_sent(code);
+        self.closing_until(index, deadline);
+    }
+
+    /// The server ends a session: what is queued goes first, then Close.
+    pub(super) fn server_close(
+        &mut self,
+        index: usize,
+        code: u16,
+        text: &str,
+        reason: CloseReason,
+    ) {
+        let shutdown = matches!(reason, CloseReason::Shutdown);
+        self.unindex(index, &reason);
+        let deadline = match self.shutdown_deadline_ms {
+            Some(deadline) if shutdown => deadline,
+            _ => self.now_ms.saturating_add(self.rules.write_wait_ms),
+        };
+        let Some(session) = self.sessions.get_mut(index) else {
+            return;
+        };
+        let deadline = session.close(code, text, deadline);
+        self.metrics.close_sent(code);
+        self.closing_until(index, deadline);
+    }
+
+    pub(super) fn slow_consumer(&mut self, key: SessionKey) {
+        let index = key.index as usize;
+        let Some(session) = self.sessions.get(index) else {
+            return;
+        };
+        if session.key != key || !session.is_open_websocket() {
+            return;
+        }
+        warn!(
+            "slow consumer user={} peer={}: {} messages / {} bytes queued; closing with 1013",
+            ids::shown(session.user().map(|u| &**u)),
+            session.peer,
+            session.out().queued_messages(),
+            session.out().queued_bytes()
+        );
+        self.metrics.slow_consumer_closes += 1;
+        self.server_close(index, 1013, "slow consumer", CloseReason::SlowConsumer);
+    }
+
+    /// Over ten times `max_messages_per_second` for 5 s: Close 1008.
+    pub(super) fn rate_limit_close(&mut self, index: usize) {
+        let Some(session) = self.sessions.get(index) else {
+            return;
+        };
+        warn!(
+            "rate limit: user={} peer={} kept sending at over 10x max_messages_per_second; closing with 1008",
+            ids::shown(session.user().map(|u| &**u)),
+            session.peer
+        );
+        self.metrics.rate_limited_messages += 1;
+        self.metrics.rate_limit_closes += 1;
+        self.server_close(index, 1008, "rate limit exceeded", CloseReason::RateLimited);
+    }
+
+    pub(super) fn peer_closed(&mut self, index: usize, close: Option<(u16, String)>) {
+        let code = close.as_ref().map(|(code, _)| *code);
+        self.unindex(index, &CloseReason::Client(code));
+        let (now, rules) = (self.now_ms, self.rules);
+        let Some(session) = self.sessions.get_mut(index) else {
+            return;
+        };
+        let deadline = session.answer_close(code, now, &rules);
+        self.metrics.close_sent(code.unwrap_or(1000));
+        self.closing_until(index, deadline);
+    }
+
+    /// Drops the connection at the end of this pass.
+    pub(super) fn kill(&mut self, index: usize, reason: CloseReason) {
+        self.unindex(index, &reason);
+        if self.sessions.get_mut(index).is_some_and(|s| s.kill()) {
+            self.reap.push(index);
+        }
+    }
+
+    pub(super) fn reap_closed(&mut self) {
+        for index in std::mem::take(&mut self.reap) {
+            self.backlog.remove(index);
+            if let Some(session) = self.sessions.try_remove(index) {
+                if session.counted_http() {
+                    self.http_connections -= 1;
+                }
+                if self.rates.remove(&index).is_some()
+                    && self.rates.capacity() > 64
+                    && self.rates.len() * 4 < self.rates.capacity()
+                {
+                    self.rates.shrink_to(self.rates.len() * 2);
+                }
+                if let Some((timer, _)) = session.timer {
+                    self.wheel.cancel(timer);
+                }
+                // Dropping the stream closes the descriptor, which also
+                // removes it from the poll.
+            }
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! Delivering: queues a framed message to one session or to every session
+//! of an audience the router names. No allocation or JSON work per
+//! recipient and no socket write: the frame is built once (plain, or
+//! compressed once per window size) and shared, and the recipients join the
+//! write backlog. A recipient that cannot keep up is closed (1013).
+
+use super::EventLoop;
+use crate::audience::Audience;
+use crate::deflate::Encoded;
+use crate::frame::{Kind, Wire};
+
+impl EventLoop {
+    /// Queues the same bytes to every session of the audience; returns how
+    /// many sessions got them. No allocation or JSON work per recipient.
+    /// Each recipient gets the plain frame or the compressed one for its
+    /// window: both built at most once, whatever the audience size. The
+    /// writes happen later, from the backlog (a recipient already waiting
+    /// there takes this frame with the earlier ones).
+    pub(super) fn deliver(&mut self, audience: Audience<&str>, message: &mut Encoded<'_>) -> usize {
+        let rules = &self.rules;
+        let sessions = &mut self.sessions;
+        let backlog = &mut self.backlog;
+        let slow = &mut self.slow;
+        let codec = &mut self.codec;
+        let bytes_out = &mut self.metrics.bytes_out;
+        let mut sent = 0;
+        self.router.for_each_member(audience, |key| {
+            let Some(session) = sessions.get_mut(key.index as usize) else {
+                return;
+            };
+            if session.key != key {
+                return;
+            }
+            let wire = message.for_session(session.deflate_params(), codec);
+            match session.queue(wire, rules, bytes_out) {
+                Ok(()) => {
+                    sent += 1;
+                    backlog.insert(key.index as usize);
+                }
+                Err(_) => slow.push(key),
+            }
+        });
+        self.metrics.messages_out += sent as u64;
+        if !matches!(audience, Audience::User(_)) {
+            self.metrics.broadcasts += 1;
+        }
+        for key in std::mem::take(&mut self.slow) {
+            self.slow_consumer(key);
+        }
+        sent
+    }
+
+    pub(super) fn reply(&mut self, index: usize, json: &[u8]) {
+        self.queue_message(index, Kind::Text, json);
+    }
+
+    /// Frames a message for one session (compressed if it negotiated that
+    /// and the message is large enough) and queues it.
+    pub(super) fn queue_message(&mut self, index: usize, kind: Kind, payload: &[u8]) {
+        let min_bytes = self.config.websocket.compression_min_bytes;
+        let Some(session) = self.sessions.get(index) else {
+            return;
+        };
+        let wire = Encoded::new(kind, payload, min_bytes)
+            .for_session(session.deflate_params(), &mut self.codec);
+        self.queue_data(index, wire);
+    }
+
+    /// Queues one data frame to one session, closing it if it cannot keep up.
+    pub(super) fn queue_data(&mut self, index: usize, wire: Wire) {
+        let Some(session) = self.sessions.get_mut(index) else {
+            return;
+        };
+        let key = session.key;
+        match session.queue(wire, &self.rules, &mut self.metrics.bytes_out) {
+            Ok(()) => {
+                self.metrics.messages_out += 1;
+                self.mark_dirty(index);
+            }
+            Err(_) => self.slow_consumer(key),
+        }
+    }
+}

@@ -1,0 +1,306 @@
+//! Dispatching: acts on each complete unit a session decoded. HTTP
+//! requests go to `rest` (or the hooks), upgrades open a WebSocket, frames
+//! go to the router (chat) or back (echo); what they produce is queued for
+//! the write step: an answer to the session itself, or a fan-out through
+//! [`EventLoop::deliver`].
+
+use std::rc::Rc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use log::{debug, info};
+
+use super::EventLoop;
+use crate::deflate::Encoded;
+use crate::frame::{self, Inbound, Kind, Payload};
+use crate::hooks::{CloseReason, SessionInfo, Verdict};
+use crate::http::{self, HttpError, Response};
+use crate::ids;
+use crate::message;
+use crate::metrics::HandshakeFailure;
+use crate::rate::{self, Bucket};
+use crate::rest::{self, Endpoint, Outcome, Upgrade};
+use crate::router::Route;
+use crate::session::{Next, Phase, Unit};
+
+impl EventLoop {
+    /// Acts on every complete unit at the start of `buf`; returns the bytes
+    /// consumed (the rest is an unfinished unit, or input kept while paused).
+    pub(super) fn dispatch(&mut self, index: usize, buf: &mut [u8]) -> usize {
+        let mut at = 0;
+        while at < buf.len() {
+            let Some(session) = self.sessions.get_mut(index) else {
+                return buf.len();
+            };
+            match session.next_unit(&mut buf[at..], &self.rules, self.now_ms) {
+                Next::Unit(consumed, unit) => {
+                    at += consumed;
+                    self.on_unit(index, unit);
+                }
+                Next::Incomplete | Next::Paused => return at,
+                Next::Discard => return buf.len(),
+            }
+        }
+        at
+    }
+
+    fn on_unit(&mut self, index: usize, unit: Unit<'_>) {
+        match unit {
+            Unit::Request { request, body } => self.on_request(index, &request, body),
+            Unit::BadRequest(error) => self.http_error(index, &error),
+            Unit::Frame(inbound) => self.on_inbound(index, inbound),
+            Unit::BadFrame(error) => self.protocol_close(index, &error),
+            Unit::Nothing => {}
+            Unit::CloseAnswered => self.mark_dirty(index),
+            Unit::Broken => self.kill(index, CloseReason::Protocol(1002)),
+        }
+    }
+
+    pub(super) fn http_error(&mut self, index: usize, error: &HttpError) {
+        if matches!(error, HttpError::HeadTooLarge | HttpError::BodyTooLarge) {
+            self.metrics.handshake_failed(HandshakeFailure::TooLarge);
+        }
+        debug!("session {index}: {error}");
+        let response = Response::error(error.status(), &error.to_string()).closing();
+        self.respond(index, &response, false);
+    }
+
+    pub(super) fn on_request(&mut self, index: usize, request: &http::Request, body: &[u8]) {
+        self.metrics.http_requests += 1;
+        let now_unix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let ctx = rest::Context {
+            config: &self.config,
+            mode: self.mode,
+            router: &self.router,
+            open_websockets: self.open_websockets,
+            now_unix,
+            cluster: self
+                .cluster
+                .as_ref()
+                .map(|link| rest::ClusterState { view: link.view() }),
+        };
+        let keep_alive = request.keep_alive;
+        if !request.upgrade_websocket {
+            if let Some(response) = self.hooks.on_request(request, body, &mut self.actions) {
+                self.respond(index, &response, keep_alive);
+                return self.apply_actions();
+            }
+        }
+        // A client that asked to upgrade has no use for the connection once
+        // refused: answer and close it.
+        let keep_alive = keep_alive && !request.upgrade_websocket;
+        match rest::handle(request, body, &ctx) {
+            Outcome::Respond(response) => self.respond(index, &response, keep_alive),
+            Outcome::Refuse(response, why) => {
+                self.metrics.handshake_failed(why);
+                if let Some(session) = self.sessions.get(index) {
+                    let reason = String::from_utf8_lossy(&response.body);
+                    info!(
+                        "refused {} from {}: {} {reason}",
+                        request.path, session.peer, response.status
+                    );
+                }
+                self.respond(index, &response, keep_alive);
+            }
+            Outcome::Metrics => {
+                let mut text = self
+                    .metrics
+                    .render(&self.shared, crate::alloc::heap_bytes());
+                if let Some(link) = self.cluster.as_ref() {
+                    link.render_metrics(&mut text);
+                }
+                let response = Response::raw(200, "text/plain; version=0.0.4", text.into_bytes());
+                self.respond(index, &response, keep_alive);
+            }
+            Outcome::Push { target, json } => {
+                let response = self.rest_push(&target, &json);
+                self.respond(index, &response, keep_alive);
+            }
+            Outcome::Upgrade(upgrade) => self.upgrade(index, upgrade),
+        }
+    }
+
+    pub(super) fn respond(&mut self, index: usize, response: &Response, keep_alive: bool) {
+        let keep = keep_alive && !response.close;
+        let (now, rules) = (self.now_ms, self.rules);
+        let Some(session) = self.sessions.get_mut(index) else {
+            return;
+        };
+        let closing = session.respond(response.to_bytes(keep), keep, now, &rules);
+        self.mark_dirty(index);
+        if let Some(deadline) = closing {
+            self.arm(index, deadline);
+        }
+    }
+
+    pub(super) fn upgrade(&mut self, index: usize, upgrade: Upgrade) {
+        let Some(session) = self.sessions.get(index) else {
+            return;
+        };
+        let (key, peer) = (session.key, session.peer);
+        let info = SessionInfo {
+            key,
+            user: upgrade.user.as_deref(),
+            peer,
+        };
+        if upgrade.endpoint == Endpoint::Chat {
+            if let Err(reason) = self.hooks.on_connect(&info, &mut self.actions) {
+                self.metrics.handshake_failed(HandshakeFailure::Hook);
+                let response = Response::error(403, &reason).closing();
+                return self.respond(index, &response, false);
+            }
+        }
+        let (now, rules) = (self.now_ms, self.rules);
+        let Some(session) = self.sessions.get_mut(index) else {
+            return;
+        };
+        let user: Option<Rc<str>> = upgrade.user.as_deref().map(Rc::from);
+        if session.counted_http() {
+            self.http_connections -= 1;
+        }
+        session.upgrade(
+            upgrade.response,
+            upgrade.endpoint,
+            user.clone(),
+            upgrade.compression,
+            now,
+            &rules,
+        );
+        self.open_websockets += 1;
+        self.metrics.connections_total += 1;
+        match upgrade.endpoint {
+            Endpoint::Chat => {
+                self.router.add_session(key, user.as_ref());
+                self.metrics.open_chat += 1;
+                if let Some(link) = self.cluster.as_mut() {
+                    link.connected(user.as_deref());
+                }
+                self.publish_online();
+                info!(
+                    "connect user={} peer={peer} online={}",
+                    ids::shown(user.as_deref()),
+                    self.router.online_count()
+                );
+            }
+            Endpoint::Echo => self.metrics.open_echo += 1,
+        }
+        self.mark_dirty(index);
+        self.rearm_open(index);
+        self.apply_actions();
+    }
+
+    pub(super) fn on_inbound(&mut self, index: usize, inbound: Inbound<'_>) {
+        let echo = matches!(
+            self.sessions.get(index).map(|s| s.phase()),
+            Some(Phase::Echo)
+        );
+        match inbound {
+            Inbound::Text(payload) if echo => self.echo(index, Kind::Text, payload.bytes()),
+            Inbound::Binary(payload) if echo => self.echo(index, Kind::Binary, payload.bytes()),
+            Inbound::Text(payload) => self.on_chat_message(index, payload.bytes()),
+            Inbound::Binary(_) => {
+                self.metrics.messages_in += 1;
+                self.reply(
+                    index,
+                    &message::error_json("binary messages are not supported"),
+                );
+            }
+            Inbound::Ping(data) => {
+                let pong = frame::encode(Kind::Pong, data);
+                if let Some(session) = self.sessions.get_mut(index) {
+                    session.queue_pong(pong);
+                    self.mark_dirty(index);
+                }
+            }
+            Inbound::Pong => {}
+            Inbound::Close(close) => self.peer_closed(index, close),
+            Inbound::Compressed { text, payload } => {
+                self.on_compressed(index, text, payload.bytes())
+            }
+        }
+    }
+
+    /// Inflates a permessage-deflate message within `max_message_size`
+    /// (checked while inflating), then handles it like a plain one.
+    /// Inflates a permessage-deflate message within `max_message_size`,
+    /// then handles it like a plain one.
+    pub(super) fn on_compressed(&mut self, index: usize, text: bool, compressed: &[u8]) {
+        let max = self.rules.max_message_size;
+        let Some(session) = self.sessions.get_mut(index) else {
+            return;
+        };
+        let inflated = match session.inflate(&mut self.codec, text, compressed, max) {
+            Ok(bytes) => bytes,
+            Err(error) => return self.protocol_close(index, &error),
+        };
+        let payload = Payload::Owned(inflated);
+        self.on_inbound(
+            index,
+            if text {
+                Inbound::Text(payload)
+            } else {
+                Inbound::Binary(payload)
+            },
+        );
+    }
+
+    pub(super) fn echo(&mut self, index: usize, kind: Kind, payload: &[u8]) {
+        self.metrics.messages_in += 1;
+        self.queue_message(index, kind, payload);
+    }
+
+    pub(super) fn on_chat_message(&mut self, index: usize, bytes: &[u8]) {
+        self.metrics.messages_in += 1;
+        let ws = &self.config.websocket;
+        let (rate, max_depth) = (ws.max_messages_per_second, ws.max_json_depth);
+        let Some(session) = self.sessions.get_mut(index) else {
+            return;
+        };
+        if rate > 0 {
+            let now = self.now_ms;
+            let bucket = self.rates.entry(index).or_insert_with(|| Bucket::new(now));
+            match bucket.take(now, rate) {
+                rate::Verdict::Allow => {}
+                rate::Verdict::Drop => {
+                    self.metrics.rate_limited_messages += 1;
+                    return self.reply(index, &message::error_json("rate limit exceeded"));
+                }
+                rate::Verdict::Close => return self.rate_limit_close(index),
+            }
+        }
+        let key = session.key;
+        let peer = session.peer;
+        let user = session.user().cloned();
+        let message = match message::parse_limited(bytes, max_depth) {
+            Ok(message) => message,
+            Err(e) => return self.reply(index, &message::error_json(&e.to_string())),
+        };
+        let info = SessionInfo {
+            key,
+            user: user.as_deref(),
+            peer,
+        };
+        if self.hooks.on_message(&info, &message, &mut self.actions) == Verdict::Consume {
+            return self.apply_actions();
+        }
+        match self.router.route(key, user.as_deref(), &message) {
+            Route::Reply(json) => self.reply(index, &json),
+            Route::Done => {
+                if let (Some(link), Some(room)) = (self.cluster.as_mut(), message.room()) {
+                    if self.router.is_member(key, room) {
+                        link.joined_room(room);
+                    } else {
+                        link.departed();
+                    }
+                }
+            }
+            Route::Deliver(audience, json) => {
+                let min_bytes = self.config.websocket.compression_min_bytes;
+                self.deliver(audience, &mut Encoded::new(Kind::Text, &json, min_bytes));
+                self.relay_to_cluster(index, audience, &json);
+            }
+        }
+        self.apply_actions();
+    }
+}

@@ -1,0 +1,134 @@
+//! Reading: drains a ready socket through its session (into the loop's
+//! shared buffer, or the session's unfinished input) and hands what arrived
+//! to `dispatch`. A short read ends the drain; an unfinished unit is kept
+//! by the session. Also resumes sessions whose reading was paused.
+
+use super::EventLoop;
+use crate::hooks::CloseReason;
+use crate::session::{Eof, Phase, ReadOutcome};
+
+impl EventLoop {
+    pub(super) fn on_session_event(&mut self, index: usize, event: &mio::event::Event) {
+        if !self.sessions.contains(index) {
+            return;
+        }
+        if event.is_readable() || event.is_read_closed() || event.is_error() {
+            self.on_readable(index, event.is_read_closed() || event.is_error());
+        }
+        if event.is_writable() {
+            self.schedule_write(index);
+        }
+    }
+
+    /// Reads until the socket is drained. `peer_closed`: the event also
+    /// reported the peer's FIN (or an error), which must be read to the end
+    /// because no further edge will announce it.
+    pub(super) fn on_readable(&mut self, index: usize, peer_closed: bool) {
+        loop {
+            let Some(session) = self.sessions.get(index) else {
+                return;
+            };
+            if session.is_dead() || session.is_paused() {
+                return;
+            }
+            let (outcome, full) = self.read_once(index);
+            if self
+                .sessions
+                .get(index)
+                .is_some_and(|s| s.transport_has_pending())
+            {
+                // TLS handshake records (or an alert) are waiting for the socket.
+                self.mark_dirty(index);
+            }
+            match outcome {
+                // A short read drained the socket: with edge-triggered epoll,
+                // any byte that arrives later raises a new event, so the
+                // extra read that would only return WouldBlock is skipped,
+                // unless a FIN already came with this event.
+                Ok(ReadOutcome::Data(_)) if full || peer_closed => continue,
+                Ok(ReadOutcome::Data(_)) | Ok(ReadOutcome::WouldBlock) => return,
+                Ok(ReadOutcome::Eof) => return self.on_eof(index),
+                Err(e) => return self.kill(index, CloseReason::Io(e.to_string())),
+            }
+        }
+    }
+
+    /// One read, then every complete unit it finished is dispatched; the
+    /// session keeps only an unfinished rest.
+    fn read_once(&mut self, index: usize) -> (std::io::Result<ReadOutcome>, bool) {
+        let mut shared = std::mem::take(&mut self.read_buf);
+        let Some(session) = self.sessions.get_mut(index) else {
+            self.read_buf = shared;
+            return (Ok(ReadOutcome::WouldBlock), false);
+        };
+        let read = session.read(&mut shared);
+        if let Ok(ReadOutcome::Data(n)) = read.outcome {
+            // Liveness is not refreshed by bytes, only by whole frames
+            // (see `Session::next_unit`).
+            self.metrics.bytes_in += n as u64;
+            if read.into_shared {
+                let consumed = self.dispatch(index, &mut shared[..n]);
+                if let Some(session) = self.sessions.get_mut(index) {
+                    session.keep_input(&shared[consumed..n]);
+                }
+            } else {
+                self.dispatch_kept_input(index);
+            }
+        }
+        self.read_buf = shared;
+        (read.outcome, read.full)
+    }
+
+    /// Dispatches the session's own unfinished input (a large frame or
+    /// request arriving in pieces is read in place, never copied back and
+    /// forth).
+    fn dispatch_kept_input(&mut self, index: usize) {
+        let Some(session) = self.sessions.get_mut(index) else {
+            return;
+        };
+        let mut input = session.take_input();
+        let consumed = self.dispatch(index, &mut input);
+        if let Some(session) = self.sessions.get_mut(index) {
+            session.return_input(input, consumed);
+        }
+    }
+
+    /// The peer's FIN: what it means depends on the session's phase.
+    fn on_eof(&mut self, index: usize) {
+        let (now, rules) = (self.now_ms, self.rules);
+        let Some(session) = self.sessions.get_mut(index) else {
+            return;
+        };
+        match session.on_eof(now, &rules) {
+            Eof::Flush => self.mark_dirty(index),
+            Eof::Closing(deadline) => {
+                self.mark_dirty(index);
+                self.arm(index, deadline);
+            }
+            Eof::Drop => self.kill(index, CloseReason::Client(None)),
+        }
+    }
+
+    /// Reads again from sessions that were paused and have been drained.
+    pub(super) fn resume_paused(&mut self) {
+        for index in std::mem::take(&mut self.resume) {
+            self.resume_reading(index);
+        }
+    }
+
+    /// Continues a session whose reading was paused, once the client has
+    /// taken its responses: first the requests already read, then the socket
+    /// (to its end: the edge that announced those bytes has passed).
+    fn resume_reading(&mut self, index: usize) {
+        let Some(session) = self.sessions.get(index) else {
+            return;
+        };
+        if session.is_paused() || !matches!(session.phase(), Phase::Http) {
+            return;
+        }
+        if session.has_input() {
+            self.dispatch_kept_input(index);
+        }
+        self.on_readable(index, true);
+    }
+}
