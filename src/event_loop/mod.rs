@@ -77,7 +77,7 @@ const ACTION_ROUNDS: usize = 8;
 /// Pause before accepting again after the process ran out of descriptors.
 const ACCEPT_BACKOFF_MS: u64 = 100;
 /// Timer granularity and wheel size: ~10 s per revolution.
-const TICK: Duration = Duration::from_millis(10);
+const TICK_MS: u64 = 10;
 const SLOTS: usize = 1024;
 
 /// Everything the loop owns.
@@ -161,7 +161,7 @@ impl EventLoop {
             mode: parts.mode,
             sessions: Slab::new(),
             router: Router::with_limits(limits),
-            wheel: Wheel::new(TICK, SLOTS, start),
+            wheel: Wheel::new(TICK_MS, SLOTS),
             inbox: parts.inbox,
             shared: parts.shared,
             metrics: Metrics::default(),
@@ -225,7 +225,7 @@ impl EventLoop {
             if commands {
                 self.drain_commands();
             }
-            self.fire_timers(pass_start);
+            self.fire_timers();
             self.cluster_tick();
             // Disconnect hooks run wherever a session closes (a peer's Close,
             // a timer, a handle command): what they asked for applies here.
@@ -242,10 +242,6 @@ impl EventLoop {
 
     fn ms_since_start(&self, at: Instant) -> u64 {
         at.saturating_duration_since(self.start).as_millis() as u64
-    }
-
-    fn instant_at(&self, ms: u64) -> Instant {
-        self.start + Duration::from_millis(ms)
     }
 
     fn poll_timeout(&self) -> Option<Duration> {
@@ -266,10 +262,10 @@ impl EventLoop {
         .into_iter()
         .flatten()
         {
-            let at = self.instant_at(ms);
-            next = Some(next.map_or(at, |n| n.min(at)));
+            next = Some(next.map_or(ms, |n| n.min(ms)));
         }
-        next.map(|at| at.saturating_duration_since(Instant::now()))
+        let now_ms = self.ms_since_start(Instant::now());
+        next.map(|at| Duration::from_millis(at.saturating_sub(now_ms)))
     }
 
     fn finished(&self) -> bool {

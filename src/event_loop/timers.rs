@@ -2,8 +2,6 @@
 //! session's phase decides: handshake deadline, Ping due, `pong_wait`
 //! silence, `write_wait` stall, or the closing deadline.
 
-use std::time::{Duration, Instant};
-
 use log::debug;
 
 use super::EventLoop;
@@ -23,9 +21,7 @@ impl EventLoop {
             }
             self.wheel.cancel(timer);
         }
-        let timer = self
-            .wheel
-            .insert(self.start + Duration::from_millis(at_ms), session.key);
+        let timer = self.wheel.insert(at_ms, session.key);
         session.timer = Some((timer, at_ms));
     }
 
@@ -45,9 +41,9 @@ impl EventLoop {
         self.arm(index, next);
     }
 
-    pub(super) fn fire_timers(&mut self, now: Instant) {
+    pub(super) fn fire_timers(&mut self) {
         let mut due = std::mem::take(&mut self.due);
-        self.wheel.poll(now, &mut due);
+        self.wheel.poll(self.now_ms, &mut due);
         for key in due.drain(..) {
             let index = key.index as usize;
             match self.sessions.get_mut(index) {
