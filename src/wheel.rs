@@ -1,13 +1,23 @@
 //! The event loop's timer wheel: one armed timer per session, fired in deadline order.
 //!
 //! Holds [`Wheel`] and [`TimerId`]. Pure bookkeeping: it never reads the clock
-//! (`now` is passed in), does no I/O and touches nothing outside itself; its only
-//! dependency is `slab`.
+//! (`now_ms` is passed in), does no I/O and touches nothing outside itself; its
+//! only dependency is `slab`.
+//!
+//! # Time
+//!
+//! The wheel keeps the event loop's clock: whole milliseconds (`u64`) since the
+//! loop started, so time 0 is the loop's start and every deadline, `now_ms`
+//! and [`Wheel::next_deadline`] is such a count. Tick boundaries are the
+//! multiples of `tick_ms`; one that would pass `u64::MAX` saturates to it, so
+//! arithmetic near the end of the clock never overflows and `u64::MAX` itself
+//! is the last boundary.
 //!
 //! # Design
 //!
-//! A *hashed* wheel. Time is counted in ticks since `start`; a deadline becomes
-//! the first tick boundary at or after it (`ceil`), so a timer never fires early.
+//! A *hashed* wheel. Time is counted in ticks of `tick_ms` from 0; a deadline
+//! becomes the first tick boundary at or after it (`ceil`), so a timer never
+//! fires early.
 //! Timers live as nodes of intrusive doubly-linked lists inside one
 //! [`slab::Slab`]; list heads are one `usize` per slot. A timer due at tick `t`
 //! sits in slot `t % slots` and keeps `t`, so a timer several revolutions away
@@ -20,13 +30,13 @@
 //! revolution) makes nearly every session timer single-round.
 //!
 //! Deadlines on a tick boundary already passed (at or before the tick of the
-//! last `poll`, or before `start`) go to a separate *overdue* list that the
-//! next `poll` empties whatever its `now`.
+//! last `poll`; tick 0, i.e. deadline 0, before any) go to a separate
+//! *overdue* list that the next `poll` empties whatever its `now_ms`.
 //!
 //! # Costs
 //!
 //! - `insert`, `cancel`: O(1).
-//! - `poll`: overdue timers, then the ticks from the last poll to `now`. If
+//! - `poll`: overdue timers, then the ticks from the last poll to `now_ms`. If
 //!   that span is at most one revolution, each of its slots is walked once in
 //!   tick order: O(span + nodes in those slots). The span starts at the cached
 //!   lower bound of all deadlines, so waking exactly at the next deadline after
@@ -41,7 +51,6 @@
 
 use std::cell::Cell;
 use std::mem;
-use std::time::{Duration, Instant};
 
 use slab::Slab;
 
@@ -49,7 +58,6 @@ use slab::Slab;
 const NIL: usize = usize::MAX;
 /// Upper bound for `slots`, so the heads vector stays a sane size.
 const MAX_SLOTS: usize = 1 << 24;
-const NANOS_PER_SEC: u128 = 1_000_000_000;
 
 /// Identifies one armed timer; stale ids (after fire or cancel) are detected,
 /// never hit another timer.
@@ -65,7 +73,7 @@ pub struct TimerId {
 /// One timer: a link in the list of its slot (or of the overdue list).
 #[derive(Debug)]
 struct Node<T> {
-    /// Tick at which it fires: `ceil((deadline - start) / tick)`.
+    /// Tick at which it fires: `ceil(deadline_ms / tick_ms)`.
     tick: u64,
     generation: u64,
     prev: usize,
@@ -87,8 +95,7 @@ struct Floor {
 /// [`Wheel::poll`] hands over what is due.
 #[derive(Debug)]
 pub struct Wheel<T> {
-    start: Instant,
-    tick_ns: u64,
+    tick_ms: u64,
     /// `slots - 1`; `slots` is a power of two.
     mask: u64,
     /// One list head per slot, then the overdue list last.
@@ -105,18 +112,16 @@ pub struct Wheel<T> {
 }
 
 impl<T: Copy> Wheel<T> {
-    /// `tick`: granularity (the loop uses 10 ms); `slots`: number of buckets
-    /// (power of two, e.g. 512); `start`: the wheel's time origin.
+    /// `tick_ms`: granularity in milliseconds (the loop uses 10); `slots`:
+    /// number of buckets (power of two, e.g. 512). Time 0 is the loop's start.
     ///
-    /// `start` counts as already reached: deadlines at or before it are
-    /// overdue. `slots` is rounded up to a power of two within 1..=2^24; a zero
-    /// `tick` is taken as 1 ns.
-    pub fn new(tick: Duration, slots: usize, start: Instant) -> Self {
-        let tick_ns = u64::try_from(tick.as_nanos()).unwrap_or(u64::MAX).max(1);
+    /// Time 0 counts as already reached: a deadline of 0 is overdue. `slots`
+    /// is rounded up to a power of two within 1..=2^24; a zero `tick_ms` is
+    /// taken as 1 ms.
+    pub fn new(tick_ms: u64, slots: usize) -> Self {
         let slots = slots.clamp(1, MAX_SLOTS).next_power_of_two();
         Wheel {
-            start,
-            tick_ns,
+            tick_ms: tick_ms.max(1),
             mask: slots as u64 - 1,
             heads: vec![NIL; slots + 1],
             nodes: Slab::new(),
@@ -135,9 +140,9 @@ impl<T: Copy> Wheel<T> {
     /// early: a timer fires at the first tick boundary >= deadline.
     ///
     /// "In the past" means on a tick boundary at or before the last `poll`'s
-    /// `now` (or at or before `start`); later deadlines wait for their boundary.
-    pub fn insert(&mut self, deadline: Instant, value: T) -> TimerId {
-        let tick = self.deadline_tick(deadline);
+    /// `now_ms` (or at 0); later deadlines wait for their boundary.
+    pub fn insert(&mut self, deadline_ms: u64, value: T) -> TimerId {
+        let tick = self.deadline_tick(deadline_ms);
         let generation = self.next_generation;
         self.next_generation = self.next_generation.wrapping_add(1);
         let list = self.list_of(tick);
@@ -180,15 +185,15 @@ impl<T: Copy> Wheel<T> {
         Some(value)
     }
 
-    /// Moves every timer with deadline <= now into `due` (in deadline order
-    /// across ticks; within one tick any order), advancing the wheel. Never
-    /// reads the clock.
+    /// Moves every timer with deadline <= `now_ms` into `due` (in deadline
+    /// order across ticks; within one tick any order), advancing the wheel.
+    /// Never reads the clock.
     ///
     /// "Deadline" is the timer's tick boundary: a timer for 15 ms on a 10 ms
-    /// tick is due from `now` = 20 ms. A `now` earlier than a previous one
+    /// tick is due from `now_ms` = 20. A `now_ms` earlier than a previous one
     /// only empties the overdue list.
-    pub fn poll(&mut self, now: Instant, due: &mut Vec<T>) {
-        let now_tick = self.now_tick(now).max(self.cursor);
+    pub fn poll(&mut self, now_ms: u64, due: &mut Vec<T>) {
+        let now_tick = self.now_tick(now_ms).max(self.cursor);
         let mut batch = mem::take(&mut self.scratch);
         self.drain_list(self.overdue_list(), u64::MAX, |tick, value| {
             batch.push((tick, value))
@@ -219,22 +224,21 @@ impl<T: Copy> Wheel<T> {
         }
     }
 
-    /// Earliest instant at which `poll` could return something (rounded up to
-    /// the tick), or None if empty. Used as the poll timeout, so it must never
-    /// be later than the true earliest deadline, and should not be much
-    /// earlier (no busy spinning: if the earliest timer is 50 s away, the
-    /// answer is ~50 s away, not the next tick).
+    /// Earliest loop-clock millisecond at which `poll` could return something
+    /// (rounded up to the tick), or None if empty. Used as the poll timeout,
+    /// so it must never be later than the true earliest deadline, and should
+    /// not be much earlier (no busy spinning: if the earliest timer is 50 s
+    /// away, the answer is ~50 s away, not the next tick).
     ///
     /// Overdue timers give their own (past) tick boundary, so the loop's
     /// timeout comes out as zero.
-    pub fn next_deadline(&self) -> Option<Instant> {
+    pub fn next_deadline(&self) -> Option<u64> {
         let tick = match self.overdue_min() {
             Some(tick) => tick,
             None if self.in_slots > 0 => self.slots_min(),
             None => return None,
         };
-        // `insert` only stores ticks whose boundary is representable.
-        Some(self.tick_instant(tick).unwrap_or(self.start))
+        Some(self.boundary(tick))
     }
 
     /// Number of armed timers.
@@ -265,30 +269,26 @@ impl<T: Copy> Wheel<T> {
         }
     }
 
-    /// First tick boundary at or after `deadline`.
-    fn deadline_tick(&self, deadline: Instant) -> u64 {
-        let nanos = deadline.saturating_duration_since(self.start).as_nanos();
-        let tick = u64::try_from(nanos.div_ceil(u128::from(self.tick_ns))).unwrap_or(u64::MAX);
-        if self.tick_instant(tick).is_some() {
-            tick
+    /// First tick whose boundary is at or after `deadline_ms`. The boundary
+    /// saturates at `u64::MAX`, so the last tick always qualifies.
+    fn deadline_tick(&self, deadline_ms: u64) -> u64 {
+        deadline_ms.div_ceil(self.tick_ms)
+    }
+
+    /// Last tick whose boundary is at or before `now_ms`.
+    fn now_tick(&self, now_ms: u64) -> u64 {
+        if now_ms == u64::MAX {
+            // The end of the clock is the saturated boundary of the last tick,
+            // which `deadline_tick` may have handed out.
+            now_ms.div_ceil(self.tick_ms)
         } else {
-            // Rounding up overflowed `Instant`; the tick below is the deadline's own.
-            tick.saturating_sub(1)
+            now_ms / self.tick_ms
         }
     }
 
-    /// Last tick boundary at or before `now`.
-    fn now_tick(&self, now: Instant) -> u64 {
-        let nanos = now.saturating_duration_since(self.start).as_nanos();
-        u64::try_from(nanos / u128::from(self.tick_ns)).unwrap_or(u64::MAX)
-    }
-
-    fn tick_instant(&self, tick: u64) -> Option<Instant> {
-        let nanos = u128::from(tick) * u128::from(self.tick_ns);
-        let secs = u64::try_from(nanos / NANOS_PER_SEC).ok()?;
-        // The remainder is below 10^9, so it fits a u32.
-        let offset = Duration::new(secs, (nanos % NANOS_PER_SEC) as u32);
-        self.start.checked_add(offset)
+    /// Loop-clock millisecond at which `tick` begins, saturated.
+    fn boundary(&self, tick: u64) -> u64 {
+        tick.saturating_mul(self.tick_ms)
     }
 
     /// Unlinks and frees node `index` of list `list`, returning its value.
@@ -382,26 +382,21 @@ mod tests {
     use super::*;
     use std::collections::{BTreeMap, BTreeSet};
 
-    const TICK: Duration = Duration::from_millis(10);
+    const TICK_MS: u64 = 10;
 
-    fn ms(n: u64) -> Duration {
-        Duration::from_millis(n)
-    }
-
-    fn polled<T: Copy>(wheel: &mut Wheel<T>, now: Instant) -> Vec<T> {
+    fn polled<T: Copy>(wheel: &mut Wheel<T>, now_ms: u64) -> Vec<T> {
         let mut due = Vec::new();
-        wheel.poll(now, &mut due);
+        wheel.poll(now_ms, &mut due);
         due
     }
 
     #[test]
     fn fires_in_deadline_order_across_ticks() {
-        let start = Instant::now();
-        let mut wheel = Wheel::new(TICK, 512, start);
+        let mut wheel = Wheel::new(TICK_MS, 512);
         for (deadline, value) in [(30, 'c'), (10, 'a'), (45, 'd'), (20, 'b'), (11, 'x')] {
-            wheel.insert(start + ms(deadline), value);
+            wheel.insert(deadline, value);
         }
-        let mut due = polled(&mut wheel, start + ms(50));
+        let mut due = polled(&mut wheel, 50);
         // 11 ms and 20 ms share the 20 ms tick, where any order is fine.
         due[1..3].sort_unstable();
         assert_eq!(due, ['a', 'b', 'x', 'c', 'd']);
@@ -410,87 +405,81 @@ mod tests {
 
     #[test]
     fn never_fires_before_the_tick_boundary() {
-        let start = Instant::now();
-        let mut wheel = Wheel::new(TICK, 512, start);
-        wheel.insert(start + ms(15), 1);
-        assert_eq!(wheel.next_deadline(), Some(start + ms(20)));
-        assert!(polled(&mut wheel, start + ms(10)).is_empty());
-        assert!(polled(&mut wheel, start + ms(19)).is_empty());
-        assert_eq!(polled(&mut wheel, start + ms(20)), [1]);
-        wheel.insert(start + ms(40), 2);
-        assert!(polled(&mut wheel, start + ms(39)).is_empty());
-        assert_eq!(polled(&mut wheel, start + ms(40)), [2]);
+        let mut wheel = Wheel::new(TICK_MS, 512);
+        wheel.insert(15, 1);
+        assert_eq!(wheel.next_deadline(), Some(20));
+        assert!(polled(&mut wheel, 10).is_empty());
+        assert!(polled(&mut wheel, 19).is_empty());
+        assert_eq!(polled(&mut wheel, 20), [1]);
+        wheel.insert(40, 2);
+        assert!(polled(&mut wheel, 39).is_empty());
+        assert_eq!(polled(&mut wheel, 40), [2]);
     }
 
     #[test]
     fn past_deadlines_fire_at_the_next_poll() {
-        let start = Instant::now();
-        let mut wheel = Wheel::new(TICK, 512, start);
-        assert!(polled(&mut wheel, start + ms(100)).is_empty());
-        wheel.insert(start + ms(70), 'b');
-        wheel.insert(start, 'a');
-        wheel.insert(start + ms(100), 'c');
-        assert_eq!(wheel.next_deadline(), Some(start));
-        assert_eq!(polled(&mut wheel, start + ms(100)), ['a', 'b', 'c']);
+        let mut wheel = Wheel::new(TICK_MS, 512);
+        assert!(polled(&mut wheel, 100).is_empty());
+        wheel.insert(70, 'b');
+        wheel.insert(0, 'a');
+        wheel.insert(100, 'c');
+        assert_eq!(wheel.next_deadline(), Some(0));
+        assert_eq!(polled(&mut wheel, 100), ['a', 'b', 'c']);
         assert_eq!(wheel.next_deadline(), None);
     }
 
     #[test]
     fn cancel_before_fire() {
-        let start = Instant::now();
-        let mut wheel = Wheel::new(TICK, 512, start);
-        let id = wheel.insert(start + ms(30), 7);
-        let kept = wheel.insert(start + ms(30), 8);
+        let mut wheel = Wheel::new(TICK_MS, 512);
+        let id = wheel.insert(30, 7);
+        let kept = wheel.insert(30, 8);
         assert_eq!(wheel.cancel(id), Some(7));
         assert_eq!(wheel.cancel(id), None);
         assert_eq!(wheel.len(), 1);
-        assert_eq!(polled(&mut wheel, start + ms(100)), [8]);
+        assert_eq!(polled(&mut wheel, 100), [8]);
         assert_eq!(wheel.cancel(kept), None);
     }
 
     #[test]
     fn cancel_of_an_overdue_timer() {
-        let start = Instant::now();
-        let mut wheel = Wheel::new(TICK, 512, start);
-        assert!(polled(&mut wheel, start + ms(100)).is_empty());
-        let late = wheel.insert(start + ms(50), 1);
-        wheel.insert(start + ms(60), 2);
+        let mut wheel = Wheel::new(TICK_MS, 512);
+        assert!(polled(&mut wheel, 100).is_empty());
+        let late = wheel.insert(50, 1);
+        wheel.insert(60, 2);
         assert_eq!(wheel.cancel(late), Some(1));
-        assert_eq!(wheel.next_deadline(), Some(start + ms(60)));
-        assert_eq!(polled(&mut wheel, start + ms(100)), [2]);
+        assert_eq!(wheel.next_deadline(), Some(60));
+        assert_eq!(polled(&mut wheel, 100), [2]);
     }
 
     #[test]
     fn stale_id_does_not_touch_the_timer_reusing_its_slot() {
-        let start = Instant::now();
-        let mut wheel = Wheel::new(TICK, 512, start);
-        let cancelled = wheel.insert(start + ms(30), 1);
+        let mut wheel = Wheel::new(TICK_MS, 512);
+        let cancelled = wheel.insert(30, 1);
         assert_eq!(wheel.cancel(cancelled), Some(1));
-        let second = wheel.insert(start + ms(30), 2);
+        let second = wheel.insert(30, 2);
         assert_eq!(second.index, cancelled.index);
         assert_ne!(second, cancelled);
         assert_eq!(wheel.cancel(cancelled), None);
-        assert_eq!(polled(&mut wheel, start + ms(30)), [2]);
+        assert_eq!(polled(&mut wheel, 30), [2]);
 
-        let third = wheel.insert(start + ms(50), 3);
+        let third = wheel.insert(50, 3);
         assert_eq!(third.index, second.index);
         assert_eq!(wheel.cancel(second), None);
         assert_eq!(wheel.len(), 1);
-        assert_eq!(polled(&mut wheel, start + ms(50)), [3]);
+        assert_eq!(polled(&mut wheel, 50), [3]);
     }
 
     #[test]
     fn wraps_around_for_several_revolutions() {
-        let start = Instant::now();
         // 8 slots of 10 ms: one revolution is 80 ms; all of these share slot 3.
-        let mut wheel = Wheel::new(TICK, 8, start);
+        let mut wheel = Wheel::new(TICK_MS, 8);
         for deadline in [350, 30, 190, 110, 270] {
-            wheel.insert(start + ms(deadline), deadline);
+            wheel.insert(deadline, deadline);
         }
-        wheel.insert(start + ms(120), 120);
+        wheel.insert(120, 120);
         let mut fired = Vec::new();
         for step in 1..=40 {
-            let now = start + ms(step * 10);
+            let now = step * 10;
             for value in polled(&mut wheel, now) {
                 fired.push((value, step * 10));
             }
@@ -501,34 +490,32 @@ mod tests {
 
     #[test]
     fn long_delay_of_one_hour() {
-        let start = Instant::now();
-        let mut wheel = Wheel::new(TICK, 512, start);
-        let hour = Duration::from_secs(3600);
-        wheel.insert(start + hour, 'h');
-        assert_eq!(wheel.next_deadline(), Some(start + hour));
+        let mut wheel = Wheel::new(TICK_MS, 512);
+        let hour = 3_600_000;
+        wheel.insert(hour, 'h');
+        assert_eq!(wheel.next_deadline(), Some(hour));
         for second in 1..3600 {
-            let now = start + Duration::from_secs(second);
+            let now = second * 1000;
             assert!(polled(&mut wheel, now).is_empty(), "fired at {second} s");
-            assert_eq!(wheel.next_deadline(), Some(start + hour));
+            assert_eq!(wheel.next_deadline(), Some(hour));
         }
-        assert!(polled(&mut wheel, start + hour - ms(1)).is_empty());
-        assert_eq!(polled(&mut wheel, start + hour), ['h']);
+        assert!(polled(&mut wheel, hour - 1).is_empty());
+        assert_eq!(polled(&mut wheel, hour), ['h']);
         assert!(wheel.is_empty());
     }
 
     #[test]
     fn poll_long_after_everything_was_due_returns_all_in_order() {
-        let start = Instant::now();
-        let mut wheel = Wheel::new(TICK, 64, start);
+        let mut wheel = Wheel::new(TICK_MS, 64);
         let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
         let mut deadlines = Vec::new();
         for _ in 0..2000 {
             let deadline = rng.below(600_000);
-            wheel.insert(start + ms(deadline), deadline);
+            wheel.insert(deadline, deadline);
             deadlines.push(deadline);
         }
         // A year of 10 ms ticks: only finishes if the gap is not walked tick by tick.
-        let due = polled(&mut wheel, start + Duration::from_secs(365 * 86_400));
+        let due = polled(&mut wheel, 365 * 86_400_000);
         assert_eq!(due.len(), 2000);
         let ticks: Vec<u64> = due.iter().map(|d| d.div_ceil(10)).collect();
         assert!(ticks.windows(2).all(|w| w[0] <= w[1]), "out of order");
@@ -541,50 +528,90 @@ mod tests {
 
     #[test]
     fn next_deadline_is_exact_after_inserts_cancels_and_polls() {
-        let start = Instant::now();
-        let mut wheel = Wheel::new(TICK, 512, start);
+        let mut wheel = Wheel::new(TICK_MS, 512);
         assert_eq!(wheel.next_deadline(), None);
-        let far = wheel.insert(start + ms(50_000), 'f');
-        assert_eq!(wheel.next_deadline(), Some(start + ms(50_000)));
-        let near = wheel.insert(start + ms(20_000), 'n');
-        let odd = wheel.insert(start + ms(20_005), 'o');
-        assert_eq!(wheel.next_deadline(), Some(start + ms(20_000)));
+        let far = wheel.insert(50_000, 'f');
+        assert_eq!(wheel.next_deadline(), Some(50_000));
+        let near = wheel.insert(20_000, 'n');
+        let odd = wheel.insert(20_005, 'o');
+        assert_eq!(wheel.next_deadline(), Some(20_000));
         assert_eq!(wheel.cancel(near), Some('n'));
-        assert_eq!(wheel.next_deadline(), Some(start + ms(20_010)));
+        assert_eq!(wheel.next_deadline(), Some(20_010));
         assert_eq!(wheel.cancel(odd), Some('o'));
         // Nearly ten revolutions away: found by the fallback of the scan.
-        assert_eq!(wheel.next_deadline(), Some(start + ms(50_000)));
-        wheel.insert(start + ms(30_000), 'm');
-        wheel.insert(start + ms(40_000), 'l');
-        assert_eq!(polled(&mut wheel, start + ms(30_000)), ['m']);
-        assert_eq!(wheel.next_deadline(), Some(start + ms(40_000)));
+        assert_eq!(wheel.next_deadline(), Some(50_000));
+        wheel.insert(30_000, 'm');
+        wheel.insert(40_000, 'l');
+        assert_eq!(polled(&mut wheel, 30_000), ['m']);
+        assert_eq!(wheel.next_deadline(), Some(40_000));
         assert_eq!(wheel.cancel(far), Some('f'));
-        assert_eq!(wheel.next_deadline(), Some(start + ms(40_000)));
-        assert_eq!(polled(&mut wheel, start + ms(45_000)), ['l']);
+        assert_eq!(wheel.next_deadline(), Some(40_000));
+        assert_eq!(polled(&mut wheel, 45_000), ['l']);
         assert_eq!(wheel.next_deadline(), None);
     }
 
     #[test]
     fn poll_with_an_earlier_now_does_not_rewind() {
-        let start = Instant::now();
-        let mut wheel = Wheel::new(TICK, 8, start);
-        assert!(polled(&mut wheel, start + ms(500)).is_empty());
-        wheel.insert(start + ms(510), 1);
-        assert!(polled(&mut wheel, start + ms(100)).is_empty());
-        assert_eq!(wheel.next_deadline(), Some(start + ms(510)));
-        assert_eq!(polled(&mut wheel, start + ms(510)), [1]);
+        let mut wheel = Wheel::new(TICK_MS, 8);
+        assert!(polled(&mut wheel, 500).is_empty());
+        wheel.insert(510, 1);
+        assert!(polled(&mut wheel, 100).is_empty());
+        assert_eq!(wheel.next_deadline(), Some(510));
+        assert_eq!(polled(&mut wheel, 510), [1]);
     }
 
     #[test]
     fn odd_parameters_are_normalised() {
-        let start = Instant::now();
-        let wheel = Wheel::<u8>::new(Duration::ZERO, 100, start);
+        let wheel = Wheel::<u8>::new(0, 100);
         assert_eq!(
-            (wheel.tick_ns, wheel.mask, wheel.heads.len()),
+            (wheel.tick_ms, wheel.mask, wheel.heads.len()),
             (1, 127, 129)
         );
-        let wheel = Wheel::<u8>::new(TICK, 0, start);
+        let wheel = Wheel::<u8>::new(TICK_MS, 0);
         assert_eq!((wheel.mask, wheel.heads.len()), (0, 2));
+    }
+
+    #[test]
+    fn deadlines_at_the_end_of_the_clock_saturate() {
+        const MAX: u64 = u64::MAX;
+        // u64::MAX ends in 5: the last full 10 ms boundary is MAX - 5, and
+        // the one after it saturates to MAX.
+        let mut wheel = Wheel::new(TICK_MS, 8);
+        wheel.insert(MAX, 'z');
+        wheel.insert(MAX - 1, 'x');
+        wheel.insert(MAX - 5, 'y');
+        wheel.insert(MAX - 6, 'w');
+        assert_eq!(wheel.next_deadline(), Some(MAX - 5));
+        assert!(polled(&mut wheel, MAX - 6).is_empty());
+        let mut first = polled(&mut wheel, MAX - 5);
+        first.sort_unstable();
+        assert_eq!(first, ['w', 'y']);
+        assert_eq!(wheel.next_deadline(), Some(MAX));
+        assert!(polled(&mut wheel, MAX - 1).is_empty());
+        let mut last = polled(&mut wheel, MAX);
+        last.sort_unstable();
+        assert_eq!(last, ['x', 'z']);
+        // The clock has ended: anything armed now is overdue, and stays so.
+        wheel.insert(MAX, 'o');
+        assert_eq!(wheel.next_deadline(), Some(MAX));
+        assert_eq!(polled(&mut wheel, MAX), ['o']);
+        assert!(polled(&mut wheel, MAX).is_empty());
+        assert_eq!(wheel.next_deadline(), None);
+
+        // A 1 ms tick, whose last tick is u64::MAX itself.
+        let mut wheel = Wheel::new(1, 8);
+        wheel.insert(MAX, 1);
+        wheel.insert(MAX - 1, 0);
+        assert_eq!(wheel.next_deadline(), Some(MAX - 1));
+        assert_eq!(polled(&mut wheel, MAX), [0, 1]);
+        assert!(wheel.is_empty());
+
+        // A tick as long as the clock: every deadline above 0 is its end.
+        let mut wheel = Wheel::new(MAX, 8);
+        wheel.insert(1, 'a');
+        assert_eq!(wheel.next_deadline(), Some(MAX));
+        assert!(polled(&mut wheel, MAX - 1).is_empty());
+        assert_eq!(polled(&mut wheel, MAX), ['a']);
     }
 
     /// Deterministic xorshift64, so the model check replays identically.
@@ -603,7 +630,7 @@ mod tests {
         }
     }
 
-    /// The reference: timers keyed by their tick boundary in nanoseconds.
+    /// The reference: timers keyed by their tick boundary in milliseconds.
     #[derive(Default)]
     struct Model {
         by_due: BTreeSet<(u64, u64)>,
@@ -629,10 +656,7 @@ mod tests {
     }
 
     fn model_check(tick_ms: u64, slots: usize, seed: u64) {
-        let tick_ns = tick_ms * 1_000_000;
-        let start = Instant::now();
-        let at = |nanos: u64| start + Duration::from_nanos(nanos);
-        let mut wheel = Wheel::new(ms(tick_ms), slots, start);
+        let mut wheel = Wheel::new(tick_ms, slots);
         let mut model = Model::default();
         let mut rng = XorShift(seed);
         let mut ids: Vec<(TimerId, u64)> = Vec::new();
@@ -641,8 +665,8 @@ mod tests {
             match rng.below(16) {
                 0..=9 => {
                     let deadline = random_deadline(&mut rng, now);
-                    let boundary = deadline.div_ceil(tick_ns) * tick_ns;
-                    ids.push((wheel.insert(at(deadline), inserted), inserted));
+                    let boundary = deadline.div_ceil(tick_ms) * tick_ms;
+                    ids.push((wheel.insert(deadline, inserted), inserted));
                     model.by_due.insert((boundary, inserted));
                     model.by_value.insert(inserted, boundary);
                     inserted += 1;
@@ -655,39 +679,39 @@ mod tests {
                 roll => {
                     now += random_step(&mut rng, roll == 15);
                     due.clear();
-                    wheel.poll(at(now), &mut due);
+                    wheel.poll(now, &mut due);
                     check_due(&due, &model.poll(now));
                 }
             }
             assert_eq!(wheel.len(), model.by_value.len());
-            let expected = model.by_due.first().map(|&(due, _)| at(due));
+            let expected = model.by_due.first().map(|&(due, _)| due);
             assert_eq!(wheel.next_deadline(), expected, "after {inserted} inserts");
         }
-        now += 86_400_000_000_000;
+        now += 86_400_000;
         due.clear();
-        wheel.poll(at(now), &mut due);
+        wheel.poll(now, &mut due);
         check_due(&due, &model.poll(now));
         assert!(wheel.is_empty());
         assert_eq!(wheel.next_deadline(), None);
     }
 
-    /// Nanoseconds: mostly within 2 s, some in the past, some up to an hour away.
+    /// Milliseconds: mostly within 2 s, some in the past, some up to an hour away.
     fn random_deadline(rng: &mut XorShift, now: u64) -> u64 {
         match rng.below(20) {
-            0..=1 => now.saturating_sub(rng.below(1_000_000_000)),
-            2..=16 => now + rng.below(2_000_000_000),
-            17..=18 => now + rng.below(60_000_000_000),
-            _ => now + rng.below(3_600_000_000_000),
+            0..=1 => now.saturating_sub(rng.below(1_000)),
+            2..=16 => now + rng.below(2_000),
+            17..=18 => now + rng.below(60_000),
+            _ => now + rng.below(3_600_000),
         }
     }
 
-    /// Nanoseconds: usually up to three 10 ms ticks, now and then a long gap.
+    /// Milliseconds: usually up to three 10 ms ticks, now and then a long gap.
     fn random_step(rng: &mut XorShift, big: bool) -> u64 {
         match (big, rng.below(8)) {
-            (true, 0) => rng.below(7_200_000_000_000),
-            (true, _) => rng.below(20_000_000_000),
+            (true, 0) => rng.below(7_200_000),
+            (true, _) => rng.below(20_000),
             (false, 0) => 0,
-            (false, _) => rng.below(30_000_000),
+            (false, _) => rng.below(30),
         }
     }
 
@@ -712,5 +736,11 @@ mod tests {
     #[test]
     fn model_check_100k_loop_sized_wheel() {
         model_check(10, 512, 0xdead_beef_cafe_f00d);
+    }
+
+    #[test]
+    fn model_check_100k_odd_tick() {
+        // A tick that divides none of the round step and deadline bounds.
+        model_check(7, 128, 0x0123_4567_89ab_cdef);
     }
 }

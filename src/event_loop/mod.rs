@@ -272,9 +272,7 @@ impl EventLoop {
         }
         let cluster_tick_ms = self.cluster.as_ref().map(Link::next_tick_ms);
         let next_ms = [
-            self.wheel
-                .next_deadline()
-                .map(|at| self.ms_since_start(at) + 1),
+            self.wheel.next_deadline(),
             self.accept_retry_ms,
             self.shutdown_deadline_ms,
             cluster_tick_ms,

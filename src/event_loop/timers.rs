@@ -23,10 +23,7 @@ impl EventLoop {
             }
             self.wheel.cancel(timer);
         }
-        let timer = self.wheel.insert(
-            self.start + std::time::Duration::from_millis(at_ms),
-            session.key,
-        );
+        let timer = self.wheel.insert(at_ms, session.key);
         session.timer = Some((timer, at_ms));
     }
 
@@ -40,10 +37,7 @@ impl EventLoop {
 
     pub(super) fn fire_timers(&mut self) {
         let mut due = std::mem::take(&mut self.due);
-        self.wheel.poll(
-            self.start + std::time::Duration::from_millis(self.now_ms),
-            &mut due,
-        );
+        self.wheel.poll(self.now_ms, &mut due);
         for key in due.drain(..) {
             let index = key.index as usize;
             match self.sessions.get_mut(index) {
