@@ -207,25 +207,33 @@ impl Handle {
     /// instead of failing, so nothing from other nodes is dropped here;
     /// the back-pressure reaches Redis. Fails once the loop is gone.
     pub(crate) fn send_from_bridge(&self, event: crate::cluster::Event) -> Result<(), HandleError> {
-        self.shared.queued_commands.fetch_add(1, Ordering::Relaxed);
-        if self.sender.send(Command::Cluster(event)).is_err() {
-            self.shared.queued_commands.fetch_sub(1, Ordering::Relaxed);
-            return Err(HandleError::Closed);
-        }
-        if !self.wake_pending.swap(true, Ordering::SeqCst) && self.waker.wake().is_err() {
-            return Err(HandleError::Closed);
-        }
-        Ok(())
+        self.enqueue(|sender| {
+            sender
+                .send(Command::Cluster(event))
+                .map_err(|_| HandleError::Closed)
+        })
     }
 
     fn send(&self, command: Command) -> Result<(), HandleError> {
-        self.shared.queued_commands.fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = self.sender.try_send(command) {
-            self.shared.queued_commands.fetch_sub(1, Ordering::Relaxed);
-            return Err(match e {
+        self.enqueue(|sender| {
+            sender.try_send(command).map_err(|e| match e {
                 TrySendError::Full(_) => HandleError::QueueFull,
                 TrySendError::Disconnected(_) => HandleError::Closed,
-            });
+            })
+        })
+    }
+
+    /// Counts the command `put` queues and wakes the loop unless a wake is
+    /// already pending.
+    fn enqueue(
+        &self,
+        put: impl FnOnce(&SyncSender<Command>) -> Result<(), HandleError>,
+    ) -> Result<(), HandleError> {
+        // Counted before it is queued: the loop may take it at once.
+        self.shared.queued_commands.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = put(&self.sender) {
+            self.shared.queued_commands.fetch_sub(1, Ordering::Relaxed);
+            return Err(e);
         }
         if !self.wake_pending.swap(true, Ordering::SeqCst) && self.waker.wake().is_err() {
             return Err(HandleError::Closed);

@@ -41,6 +41,36 @@ pub fn check(id: &str, max_bytes: usize) -> Result<(), IdError> {
     Ok(())
 }
 
+/// An id field of a message that failed [`check`]; shows as the client is
+/// told it, `invalid "room": longer than 128 bytes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FieldError {
+    /// The message field (`to`, `room`, `from`).
+    pub field: &'static str,
+    /// Why its value was refused.
+    pub error: IdError,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid \"{}\": {}", self.field, self.error)
+    }
+}
+
+/// Checks each present field of a message (name and value) with [`check`];
+/// the first refused one is the error.
+pub fn check_fields<'a>(
+    fields: impl IntoIterator<Item = (&'static str, Option<&'a str>)>,
+    max_bytes: usize,
+) -> Result<(), FieldError> {
+    for (field, value) in fields {
+        if let Some(id) = value {
+            check(id, max_bytes).map_err(|error| FieldError { field, error })?;
+        }
+    }
+    Ok(())
+}
+
 /// Shows an id in a log line: control and other non-printing characters
 /// escaped (`\n`, `\u{1b}`), everything else as is. Ids that passed
 /// [`check`] print unchanged; this guards what embedding code passes in.
@@ -91,6 +121,21 @@ mod tests {
             assert_eq!(check(bad, 128), Err(IdError::ControlCharacter), "{bad:?}");
         }
         assert_eq!(check("alice bob-42_é", 128), Ok(()));
+    }
+
+    #[test]
+    fn the_first_refused_field_is_named() {
+        let fields = [
+            ("to", None),
+            ("room", Some("r\n")),
+            ("from", Some("toolong")),
+        ];
+        let refused = check_fields(fields, 4).unwrap_err();
+        assert_eq!(
+            refused.to_string(),
+            "invalid \"room\": contains a control character"
+        );
+        assert_eq!(check_fields([("to", Some("ok"))], 4), Ok(()));
     }
 
     #[test]

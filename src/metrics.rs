@@ -62,6 +62,19 @@ const CLOSE_CODES: [u16; 9] = [1000, 1001, 1002, 1003, 1007, 1008, 1009, 1011, 1
 /// Upper bounds (seconds) of the loop-iteration histogram buckets.
 const ITERATION_BUCKETS: [f64; 8] = [0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 1.0];
 
+/// A metric with one value: name, type (`gauge`, `counter`), help, value.
+pub(crate) type Single<'a> = (&'a str, &'a str, &'a str, u64);
+
+/// Writes metrics of one value each, with their HELP and TYPE lines.
+pub(crate) fn write_single(out: &mut String, metrics: &[Single<'_>]) {
+    for (name, kind, help, value) in metrics {
+        let _ = write!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+        );
+    }
+}
+
 /// Values other threads read without a round trip through the loop.
 #[derive(Debug, Default)]
 pub struct Shared {
@@ -146,7 +159,7 @@ impl Metrics {
     /// The Prometheus text exposition (format 0.0.4).
     pub fn render(&self, shared: &Shared, heap_bytes: Option<usize>) -> String {
         let mut out = String::with_capacity(4096);
-        let simple: [(&str, &str, &str, u64); 14] = [
+        let simple: [Single<'_>; 14] = [
             (
                 "wshub_connections_open",
                 "gauge",
@@ -232,12 +245,7 @@ impl Metrics {
                 shared.queued_commands.load(Ordering::Relaxed) as u64,
             ),
         ];
-        for (name, kind, help, value) in simple {
-            let _ = write!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
-            );
-        }
+        write_single(&mut out, &simple);
         out.push_str("# HELP wshub_handshake_failures_total Upgrades and requests refused, by reason.\n# TYPE wshub_handshake_failures_total counter\n");
         for (why, count) in HandshakeFailure::ALL.iter().zip(self.handshake_failures) {
             let _ = writeln!(
@@ -265,7 +273,15 @@ impl Metrics {
         }
         self.render_histogram(&mut out);
         if let Some(bytes) = heap_bytes {
-            let _ = write!(out, "# HELP wshub_heap_allocated_bytes Heap bytes allocated now (counting allocator).\n# TYPE wshub_heap_allocated_bytes gauge\nwshub_heap_allocated_bytes {bytes}\n");
+            write_single(
+                &mut out,
+                &[(
+                    "wshub_heap_allocated_bytes",
+                    "gauge",
+                    "Heap bytes allocated now (counting allocator).",
+                    bytes as u64,
+                )],
+            );
         }
         out
     }

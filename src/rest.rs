@@ -328,16 +328,12 @@ fn status(ctx: &Context<'_>) -> Outcome {
 fn push_message<'b>(body: &'b [u8], ws: &WebSocketConfig) -> Result<Incoming<'b>, Outcome> {
     let message =
         message::parse_limited(body, ws.max_json_depth).map_err(|e| bad_request(&e.to_string()))?;
-    for (field, value) in [
+    let fields = [
         ("to", message.to()),
         ("room", message.room()),
         ("from", message.from()),
-    ] {
-        if let Some(id) = value {
-            ids::check(id, ws.max_id_bytes)
-                .map_err(|e| bad_request(&format!("invalid \"{field}\": {e}")))?;
-        }
-    }
+    ];
+    ids::check_fields(fields, ws.max_id_bytes).map_err(|e| bad_request(&e.to_string()))?;
     Ok(message)
 }
 

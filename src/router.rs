@@ -8,9 +8,11 @@
 //!
 //! Every index is cleaned in one place, [`Router::remove_session`].
 
-use std::collections::{HashMap, HashSet};
-use std::hash::Hash;
+use std::collections::HashSet;
+use std::hash::{Hash, RandomState};
 use std::rc::Rc;
+
+use hashbrown::hash_map::{Entry, EntryRef};
 
 use crate::audience::{Audience, SessionKey};
 use crate::config::WebSocketConfig;
@@ -78,22 +80,27 @@ pub enum JoinError {
     TooManyRooms,
 }
 
+/// hashbrown's map for its `entry_ref`, which looks a borrowed name up once
+/// and allocates the owned key only when it inserts; std's keyed hashing,
+/// since names come from clients.
+type Map<K, V> = hashbrown::HashMap<K, V, RandomState>;
+
 /// The indexes. Every operation on one room costs O(1), and every map gives
 /// its memory back once most of its entries are gone.
 #[derive(Debug, Default)]
 pub struct Router {
     limits: Limits,
     everyone: HashSet<SessionKey>,
-    users: HashMap<Rc<str>, Vec<SessionKey>>,
-    rooms: HashMap<Rc<str>, HashSet<SessionKey>>,
-    memberships: HashMap<SessionKey, HashSet<Rc<str>>>,
+    users: Map<Rc<str>, Vec<SessionKey>>,
+    rooms: Map<Rc<str>, HashSet<SessionKey>>,
+    memberships: Map<SessionKey, HashSet<Rc<str>>>,
 }
 
 /// Maps and sets smaller than this keep their memory (no churn on small
 /// hubs); larger ones shrink when three quarters of their room is unused.
 const SHRINK_ABOVE: usize = 64;
 
-fn shrink_map<K: Eq + Hash, V>(map: &mut HashMap<K, V>) {
+fn shrink_map<K: Eq + Hash, V>(map: &mut Map<K, V>) {
     if map.capacity() > SHRINK_ABOVE && map.len() * 4 < map.capacity() {
         map.shrink_to(map.len() * 2);
     }
@@ -190,21 +197,37 @@ impl Router {
     }
 
     /// Adds `key` to `room` (idempotent), unless that would put the session
-    /// in more than `max_rooms_per_session` rooms.
+    /// in more than `max_rooms_per_session` rooms. Each index is looked up
+    /// once.
     pub fn join(&mut self, key: SessionKey, room: &str) -> Result<Change, JoinError> {
-        if !self.everyone.contains(&key) || self.is_member(key, room) {
+        if !self.everyone.contains(&key) {
             return Ok(Change::Unchanged);
         }
-        let joined = self.memberships.get(&key).map_or(0, HashSet::len);
-        if joined >= self.limits.max_rooms_per_session {
-            return Err(JoinError::TooManyRooms);
-        }
-        let (name, change) = match self.rooms.get_key_value(room) {
-            Some((name, _)) => (name.clone(), Change::Member),
-            None => (Rc::from(room), Change::FirstMember),
+        let membership = self.memberships.entry(key);
+        let joined = match &membership {
+            Entry::Occupied(rooms) => rooms.get().len(),
+            Entry::Vacant(_) => 0,
         };
-        self.rooms.entry(name.clone()).or_default().insert(key);
-        self.memberships.entry(key).or_default().insert(name);
+        let full = joined >= self.limits.max_rooms_per_session;
+        let (name, change) = match self.rooms.entry_ref(room) {
+            EntryRef::Occupied(mut members) => {
+                // Already a member is no change, even at the limit.
+                if full && !members.get().contains(&key) {
+                    return Err(JoinError::TooManyRooms);
+                }
+                if !members.get_mut().insert(key) {
+                    return Ok(Change::Unchanged);
+                }
+                (members.key().clone(), Change::Member)
+            }
+            EntryRef::Vacant(_) if full => return Err(JoinError::TooManyRooms),
+            EntryRef::Vacant(vacant) => {
+                let name = Rc::<str>::from(room);
+                vacant.insert_entry_with_key(name.clone(), HashSet::from([key]));
+                (name, Change::FirstMember)
+            }
+        };
+        membership.or_default().insert(name);
         Ok(change)
     }
 
@@ -352,14 +375,8 @@ impl Router {
 
     /// `room` and `to` within `max_id_bytes` and free of control characters.
     fn check_names(&self, message: &Incoming<'_>) -> Result<(), String> {
-        let max = self.limits.max_id_bytes;
-        if let Some(room) = message.room() {
-            ids::check(room, max).map_err(|e| format!("invalid \"room\": {e}"))?;
-        }
-        if let Some(to) = message.to() {
-            ids::check(to, max).map_err(|e| format!("invalid \"to\": {e}"))?;
-        }
-        Ok(())
+        let fields = [("room", message.room()), ("to", message.to())];
+        ids::check_fields(fields, self.limits.max_id_bytes).map_err(|e| e.to_string())
     }
 }
 
@@ -557,6 +574,14 @@ mod tests {
         }
         assert_eq!(r.join(key(1), "d"), Err(JoinError::TooManyRooms));
         assert_eq!(r.join(key(1), "a"), Ok(Change::Unchanged), "rejoin is fine");
+        r.add_session(key(2), None);
+        assert_eq!(r.join(key(2), "e"), Ok(Change::FirstMember));
+        assert_eq!(
+            r.join(key(1), "e"),
+            Err(JoinError::TooManyRooms),
+            "an existing room too"
+        );
+        assert_eq!(r.room_size("e"), 1);
         let (_, err) = route_text(&mut r, 1, None, r#"{"type":"join","room":"d"}"#);
         assert_eq!(err, r#"{"type":"error","content":"too many rooms"}"#);
         r.leave(key(1), "b");

@@ -20,7 +20,6 @@
 //! `Link` then, and its hot path is what it was.
 
 use std::collections::HashSet;
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -30,6 +29,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crate::audience::Audience;
 use crate::config::ClusterConfig;
 use crate::handle::Handle;
+use crate::metrics::{self, Single};
 use crate::router::Router;
 
 mod publisher;
@@ -38,7 +38,7 @@ pub mod view;
 pub mod wire;
 
 use view::View;
-use wire::Names;
+use wire::{Names, Origin, Publication};
 
 /// Messages waiting for the publisher; a full queue refuses the next publish.
 const PUBLISH_QUEUE: usize = 16_384;
@@ -111,6 +111,10 @@ struct Bridge {
     url: String,
     presence_ttl: Duration,
     interest: Mutex<Interest>,
+    /// Set after each change to `interest`, so the subscriber looks at the
+    /// set only when there is something to apply: receiving a message
+    /// takes no lock.
+    interest_changed: AtomicBool,
     /// The loop's latest presence entry, not yet written.
     presence: Mutex<Option<Vec<u8>>>,
     stats: Stats,
@@ -159,7 +163,7 @@ impl Bridge {
 
 /// A job for the publisher thread.
 enum Job {
-    Publish { channel: String, payload: Vec<u8> },
+    Publish(Publication),
     Leave,
 }
 
@@ -258,6 +262,7 @@ impl Link {
             url: config.redis.expose().to_owned(),
             presence_ttl: config.presence_ttl,
             interest: Mutex::default(),
+            interest_changed: AtomicBool::new(false),
             presence: Mutex::default(),
             stats: Stats::default(),
             stop: AtomicBool::new(false),
@@ -352,10 +357,12 @@ impl Link {
         }
         self.seq += 1;
         let b = &self.bridge;
-        let job = Job::Publish {
-            channel: b.names.audience_channel(audience),
-            payload: wire::encode(&b.node_id, b.epoch, self.seq, json),
+        let origin = Origin {
+            node_id: &b.node_id,
+            epoch: b.epoch,
+            seq: self.seq,
         };
+        let job = Job::Publish(Publication::new(&b.names, audience, &origin, json));
         match self.jobs.try_send(job) {
             Ok(()) => true,
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
@@ -374,7 +381,7 @@ impl Link {
         };
         if !self.users.contains(user) {
             self.users.insert(user.to_owned());
-            self.want(self.bridge.names.user_channel(user), true);
+            self.want(self.bridge.names.channel(Audience::User(user)), true);
         }
     }
 
@@ -383,7 +390,7 @@ impl Link {
         self.presence_dirty = true;
         if !self.rooms.contains(room) {
             self.rooms.insert(room.to_owned());
-            self.want(self.bridge.names.room_channel(room), true);
+            self.want(self.bridge.names.channel(Audience::room(room)), true);
         }
     }
 
@@ -402,6 +409,7 @@ impl Link {
             interest.wanted.remove(&channel);
         }
         interest.changed.insert(channel);
+        self.bridge.interest_changed.store(true, Ordering::Release);
     }
 
     /// Periodic work: hands over the presence entry when it changed and
@@ -431,14 +439,14 @@ impl Link {
         self.users.retain(|user| {
             let keep = router.user_sessions(user) > 0;
             if !keep {
-                gone.push(names.user_channel(user));
+                gone.push(names.channel(Audience::User(user)));
             }
             keep
         });
         self.rooms.retain(|room| {
             let keep = router.room_size(room) > 0;
             if !keep {
-                gone.push(names.room_channel(room));
+                gone.push(names.channel(Audience::room(room)));
             }
             keep
         });
@@ -497,7 +505,7 @@ impl Link {
     pub(crate) fn render_metrics(&self, out: &mut String) {
         let s = &self.bridge.stats;
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let lines: [(&str, &str, &str, u64); 8] = [
+        let lines: [Single<'_>; 8] = [
             (
                 "wshub_cluster_up",
                 "gauge",
@@ -551,12 +559,7 @@ impl Link {
                 load(&s.duplicates),
             ),
         ];
-        for (name, kind, help, value) in lines {
-            let _ = write!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
-            );
-        }
+        metrics::write_single(out, &lines);
     }
 }
 

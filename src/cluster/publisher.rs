@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use redis::{Connection, RedisResult};
 
 use super::view::{Entry, View};
+use super::wire::Publication;
 use super::{Bridge, Event, Job, Reporter, BACKOFF_MAX, BACKOFF_MIN, PIPELINE_MAX};
 
 /// Longest idle wait before looking whether the other side saw a failure.
@@ -25,7 +26,7 @@ const STALE_CHECK: Duration = Duration::from_millis(50);
 pub(super) fn run(bridge: &Bridge, mut reporter: Reporter, jobs: &Receiver<Job>) {
     let mut state = Presence::default();
     let mut backoff = BACKOFF_MIN;
-    let mut batch: Vec<(String, Vec<u8>)> = Vec::with_capacity(PIPELINE_MAX);
+    let mut batch: Vec<Publication> = Vec::with_capacity(PIPELINE_MAX);
     loop {
         state.fresh_connection = true;
         // Resend the view: the loop may have ignored the last one while down.
@@ -93,11 +94,11 @@ pub(super) fn run(bridge: &Bridge, mut reporter: Reporter, jobs: &Receiver<Job>)
 }
 
 /// Adds `first` and whatever else is queued to the batch; true on `Leave`.
-fn take(first: Job, batch: &mut Vec<(String, Vec<u8>)>, jobs: &Receiver<Job>) -> bool {
+fn take(first: Job, batch: &mut Vec<Publication>, jobs: &Receiver<Job>) -> bool {
     let mut job = first;
     loop {
         match job {
-            Job::Publish { channel, payload } => batch.push((channel, payload)),
+            Job::Publish(publication) => batch.push(publication),
             Job::Leave => return true,
         }
         if batch.len() >= PIPELINE_MAX {
@@ -110,10 +111,13 @@ fn take(first: Job, batch: &mut Vec<(String, Vec<u8>)>, jobs: &Receiver<Job>) ->
     }
 }
 
-fn publish(con: &mut Connection, batch: &[(String, Vec<u8>)]) -> RedisResult<()> {
+fn publish(con: &mut Connection, batch: &[Publication]) -> RedisResult<()> {
     let mut pipe = redis::pipe();
-    for (channel, payload) in batch {
-        pipe.cmd("PUBLISH").arg(channel).arg(payload).ignore();
+    for publication in batch {
+        pipe.cmd("PUBLISH")
+            .arg(publication.channel())
+            .arg(publication.payload())
+            .ignore();
     }
     pipe.query(con)
 }
@@ -131,7 +135,7 @@ fn wait_dropping(bridge: &Bridge, jobs: &Receiver<Job>, pause: Duration) -> bool
             return true;
         }
         match jobs.recv_timeout(wait.min(Duration::from_millis(50))) {
-            Ok(Job::Publish { .. }) => {
+            Ok(Job::Publish(_)) => {
                 bridge.stats.dropped.fetch_add(1, Ordering::Relaxed);
             }
             Ok(Job::Leave) | Err(RecvTimeoutError::Disconnected) => return false,

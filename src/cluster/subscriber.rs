@@ -69,12 +69,13 @@ enum Exit {
 }
 
 fn subscribe_all(bridge: &Bridge, pubsub: &mut PubSub<'_>) -> RedisResult<()> {
+    bridge.interest_changed.store(false, Ordering::Relaxed);
     let mut channels: Vec<String> = {
         let mut interest = bridge.interest();
         interest.changed.clear();
         interest.wanted.iter().cloned().collect()
     };
-    channels.push(bridge.names.channel(&Audience::EVERYONE));
+    channels.push(bridge.names.channel(Audience::EVERYONE));
     pubsub.set_read_timeout(Some(IO_TIMEOUT))?;
     for chunk in channels.chunks(CHUNK) {
         pubsub.subscribe(chunk)?;
@@ -122,7 +123,9 @@ fn receive(
                 "the publisher's connection failed",
             )));
         }
-        if !bridge.interest().changed.is_empty() {
+        // Cleared before the set is read: a change made meanwhile sets it
+        // again and is applied on the next turn.
+        if bridge.interest_changed.swap(false, Ordering::Acquire) {
             apply_interest(bridge, pubsub)?;
             polling = false;
         }

@@ -8,6 +8,8 @@
 //! anything it has already seen from that run (nothing is delivered twice,
 //! whatever a connection does).
 
+use std::io::Write as _;
+
 use crate::audience::Audience;
 use crate::message;
 
@@ -28,33 +30,20 @@ impl Names {
         }
     }
 
-    /// The channel a message for `target` is published on.
-    pub fn channel(&self, target: &Audience<String>) -> String {
-        match target {
-            Audience::Everyone { .. } => format!("{}:all", self.prefix),
-            Audience::User(user) => self.user_channel(user),
-            Audience::Room { room, .. } => self.room_channel(room),
-        }
-    }
-
     /// The channel a message for `audience` is published on (the sender a
     /// relayed message leaves out is on this node, so it does not matter).
-    pub fn audience_channel(&self, audience: Audience<&str>) -> String {
-        match audience {
-            Audience::Everyone { .. } => format!("{}:all", self.prefix),
-            Audience::User(user) => self.user_channel(user),
-            Audience::Room { room, .. } => self.room_channel(room),
-        }
+    pub fn channel(&self, audience: Audience<&str>) -> String {
+        self.channel_parts(audience).concat()
     }
 
-    /// The channel of one user.
-    pub fn user_channel(&self, user: &str) -> String {
-        format!("{}:user:{user}", self.prefix)
-    }
-
-    /// The channel of one room.
-    pub fn room_channel(&self, room: &str) -> String {
-        format!("{}:room:{room}", self.prefix)
+    /// `channel`, in pieces to write wherever it is needed.
+    fn channel_parts<'a>(&'a self, audience: Audience<&'a str>) -> [&'a str; 4] {
+        let (kind, name) = match audience {
+            Audience::Everyone { .. } => ("all", ""),
+            Audience::User(user) => ("user:", user),
+            Audience::Room { room, .. } => ("room:", room),
+        };
+        [&self.prefix, ":", kind, name]
     }
 
     /// Who a message on `channel` is for; `None` for a channel not ours.
@@ -95,12 +84,44 @@ pub struct Origin<'a> {
     pub seq: u64,
 }
 
-/// Wraps `json` for publishing.
-pub fn encode(node_id: &str, epoch: u64, seq: u64, json: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(json.len() + node_id.len() + 48);
-    out.extend_from_slice(format!("{MAGIC} {node_id} {epoch} {seq}\n").as_bytes());
-    out.extend_from_slice(json);
-    out
+/// One PUBLISH: the channel and the enveloped message, in one allocation.
+#[derive(Debug)]
+pub struct Publication {
+    bytes: Vec<u8>,
+    channel_end: usize,
+}
+
+impl Publication {
+    /// Wraps `json` from `origin` for `audience`.
+    pub fn new(names: &Names, audience: Audience<&str>, origin: &Origin<'_>, json: &[u8]) -> Self {
+        let channel = names.channel_parts(audience);
+        // Three spaces, a newline, and at most 20 digits per number.
+        let header = MAGIC.len() + origin.node_id.len() + 2 * 20 + 4;
+        let channel_len: usize = channel.iter().map(|part| part.len()).sum();
+        let mut bytes = Vec::with_capacity(channel_len + header + json.len());
+        for part in channel {
+            bytes.extend_from_slice(part.as_bytes());
+        }
+        let channel_end = bytes.len();
+        // Writing into a Vec cannot fail.
+        let _ = writeln!(
+            bytes,
+            "{MAGIC} {} {} {}",
+            origin.node_id, origin.epoch, origin.seq
+        );
+        bytes.extend_from_slice(json);
+        Publication { bytes, channel_end }
+    }
+
+    /// The channel it is published on.
+    pub fn channel(&self) -> &[u8] {
+        &self.bytes[..self.channel_end]
+    }
+
+    /// The payload: envelope header and JSON.
+    pub fn payload(&self) -> &[u8] {
+        &self.bytes[self.channel_end..]
+    }
 }
 
 /// Why a payload on one of our channels was dropped.
@@ -149,12 +170,17 @@ mod tests {
         let names = Names::new("wshub");
         for target in [
             Audience::EVERYONE,
-            Audience::User("alice:x".into()),
-            Audience::room("r 1".into()),
+            Audience::User("alice:x".to_owned()),
+            Audience::room("r 1".to_owned()),
         ] {
-            assert_eq!(names.target(&names.channel(&target)), Some(target));
+            assert_eq!(
+                names.target(&names.channel(target.as_deref())),
+                Some(target)
+            );
         }
-        assert_eq!(names.channel(&Audience::User("u".into())), "wshub:user:u");
+        assert_eq!(names.channel(Audience::User("u")), "wshub:user:u");
+        assert_eq!(names.channel(Audience::room("r")), "wshub:room:r");
+        assert_eq!(names.channel(Audience::EVERYONE), "wshub:all");
         assert_eq!(names.target("other:all"), None);
         assert_eq!(names.target("wshubx:all"), None);
         assert_eq!(names.target("wshub:user:"), None);
@@ -164,16 +190,19 @@ mod tests {
 
     #[test]
     fn envelopes_round_trip() {
-        let payload = encode("n1", 7, 42, br#"{"type":"chat","content":"a\nb"}"#);
-        let (origin, json) = decode(&payload).unwrap();
-        assert_eq!(
-            origin,
-            Origin {
-                node_id: "n1",
-                epoch: 7,
-                seq: 42
-            }
-        );
+        let sent = Origin {
+            node_id: "n1",
+            epoch: u64::MAX,
+            seq: u64::MAX,
+        };
+        let names = Names::new("wshub");
+        let json = br#"{"type":"chat","content":"a\nb"}"#;
+        let publication = Publication::new(&names, Audience::room("r"), &sent, json);
+        assert_eq!(publication.channel(), b"wshub:room:r");
+        // Allocated once, to the size: the longest numbers fill it exactly.
+        assert_eq!(publication.bytes.capacity(), publication.bytes.len());
+        let (origin, json) = decode(publication.payload()).unwrap();
+        assert_eq!(origin, sent);
         assert_eq!(json, br#"{"type":"chat","content":"a\nb"}"#);
     }
 
