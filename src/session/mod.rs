@@ -7,33 +7,37 @@
 //! Close or FIN, bounded by a deadline) → `Dead` (reaped by the loop).
 //!
 //! The session makes every phase change itself and reports what happened as
-//! a value ([`Next`], [`Unit`], [`Eof`], [`Wrote`], [`Fired`], [`Left`]); the
-//! loop applies the results to what it owns (the router, the poll
-//! registration, the wheel, metrics, hooks). `WouldBlock` becomes a value
-//! here and never travels further up. Generic over the socket under the
-//! transport, so `tests.rs` drives whole sessions over an in-memory stream.
-//! Touches nothing outside its session.
+//! a value ([`Next`], [`Unit`], [`Eof`], [`output::Wrote`], [`Fired`],
+//! [`Left`]); the loop applies the results to what it owns (the router, the
+//! poll registration, the wheel, metrics, hooks). `WouldBlock` becomes a
+//! value here and never travels further up. Generic over the socket under
+//! the transport, so `tests.rs` drives whole sessions over an in-memory
+//! stream. Touches nothing outside its session.
+//!
+//! Here: the phases, their changes and the deadlines; `input.rs`: reading
+//! and decoding units; `output.rs`: queueing and writing.
 
-use std::io::{self, Read};
 use std::net::SocketAddr;
 use std::rc::Rc;
 
-use log::debug;
 use mio::net::TcpStream;
-use mio::Interest;
 
 use crate::audience::SessionKey;
 use crate::config::WebSocketConfig;
-use crate::deflate::{Codec, History, InflateError, Params};
-use crate::frame::{DecodeError, Decoder, Inbound, Step, Wire};
-use crate::http::{self, HttpError};
-use crate::outbound::{Flushed, Outbound, Overflow};
+use crate::deflate::{History, Params};
+use crate::frame::{DecodeError, Decoder, Wire};
+use crate::outbound::Outbound;
 use crate::rest::Endpoint;
 use crate::transport::{Socket, Transport};
 use crate::wheel::TimerId;
 
+mod input;
+mod output;
 #[cfg(test)]
 mod tests;
+
+pub(crate) use input::{Next, ReadOutcome, Unit};
+pub(crate) use output::AfterWrite;
 
 /// The smallest read into a session's unfinished input.
 const MIN_READ: usize = 4096;
@@ -105,67 +109,6 @@ pub(crate) struct Closing {
     deadline_ms: u64,
 }
 
-/// What one read from the socket gave.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum ReadOutcome {
-    /// `n` bytes arrived.
-    Data(usize),
-    /// Nothing more for now.
-    WouldBlock,
-    /// The peer closed its side.
-    Eof,
-}
-
-/// One read, and where its bytes went.
-#[derive(Debug)]
-pub(crate) struct Received {
-    pub outcome: io::Result<ReadOutcome>,
-    /// The read filled all it asked for: the socket may hold more.
-    pub full: bool,
-    /// The bytes are in the caller's shared buffer (the session kept no
-    /// unfinished input), not appended to the session's own.
-    pub into_shared: bool,
-}
-
-/// What the next bytes of input are, in the session's current phase.
-#[derive(Debug)]
-// Returned and matched at once, never stored: boxing the request would
-// allocate per request for nothing.
-#[allow(clippy::large_enum_variant)]
-pub(crate) enum Next<'a> {
-    /// The first `usize` bytes were one unit.
-    Unit(usize, Unit<'a>),
-    /// The rest is an unfinished unit: keep it for the next read.
-    Incomplete,
-    /// Responses are owed beyond `max_buffered_bytes`: reading pauses
-    /// until the client takes them; keep the rest.
-    Paused,
-    /// Nothing more is read in this phase: drop the rest.
-    Discard,
-}
-
-/// One complete unit of input, for the loop to act on.
-#[derive(Debug)]
-pub(crate) enum Unit<'a> {
-    /// An HTTP request with its body.
-    Request {
-        request: http::Request,
-        body: &'a [u8],
-    },
-    /// An HTTP request that cannot be served: answer and close.
-    BadRequest(HttpError),
-    /// A WebSocket frame that completed something.
-    Frame(Inbound<'a>),
-    /// A WebSocket protocol violation: fail the connection.
-    BadFrame(DecodeError),
-    /// A frame with nothing to act on (a fragment, a frame while closing).
-    Nothing,
-    /// The peer's Close answered ours: the closing handshake can end.
-    CloseAnswered,
-    /// Garbage while awaiting the peer's Close: drop the connection.
-    Broken,
-}
-
 /// What the peer's FIN means in the current phase.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Eof {
@@ -184,33 +127,6 @@ pub(crate) enum Left {
     Chat(Option<Rc<str>>),
     /// An echo session.
     Echo,
-}
-
-/// What one write pass did.
-#[derive(Debug)]
-pub(crate) struct Wrote {
-    /// Bytes of the queue written.
-    pub bytes: usize,
-    /// The poll interest changed to this: reregister the socket.
-    pub interest: Option<Interest>,
-    /// Reading was paused and the client has taken its responses: read again.
-    pub resume: bool,
-    /// What comes next.
-    pub then: AfterWrite,
-}
-
-/// Where a write pass left the session.
-#[derive(Debug)]
-pub(crate) enum AfterWrite {
-    /// Drained; the session goes on.
-    Idle,
-    /// Output is still pending: if none of it leaves by this loop-clock ms,
-    /// the client is stalled.
-    Waiting { stall_deadline: u64 },
-    /// A closing session is done: drop it.
-    Finished,
-    /// The socket failed.
-    Failed(io::Error),
 }
 
 /// What a session's timer found.
@@ -382,205 +298,6 @@ impl<S: Socket> Session<S> {
         next
     }
 
-    // ---- input ----
-
-    /// Reads once. With no unfinished input kept, the bytes land in
-    /// `shared` (the loop's buffer: an idle session holds none); otherwise
-    /// they are appended to the session's own input, which grows with what
-    /// has arrived (at most doubling, at most `shared.len()` per read, never
-    /// past what the pending unit still needs), not with what a header
-    /// declared: a peer that announces 512 KiB and sends 2 bytes costs a
-    /// few KiB.
-    pub(crate) fn read(&mut self, shared: &mut [u8]) -> Received {
-        let drain = self.transport.reads_to_block();
-        if self.pending_input.is_empty() {
-            let outcome = self.read_into(shared);
-            let full = matches!(outcome, Ok(ReadOutcome::Data(n)) if n == shared.len());
-            return Received {
-                outcome,
-                full: full || drain,
-                into_shared: true,
-            };
-        }
-        let start = self.pending_input.len();
-        let mut want = start.max(MIN_READ).min(shared.len());
-        if self.input_needed > start {
-            want = want.min(self.input_needed - start);
-        }
-        // Capacity already paid for is used as it is.
-        want = want.max(self.pending_input.capacity() - start);
-        self.pending_input.resize(start + want, 0);
-        let mut own = std::mem::take(&mut self.pending_input);
-        let outcome = self.read_into(&mut own[start..]);
-        let filled = match outcome {
-            Ok(ReadOutcome::Data(n)) => start + n,
-            _ => start,
-        };
-        own.truncate(filled);
-        self.pending_input = own;
-        let full = matches!(outcome, Ok(ReadOutcome::Data(n)) if n == want);
-        Received {
-            outcome,
-            full: full || drain,
-            into_shared: false,
-        }
-    }
-
-    fn read_into(&mut self, buf: &mut [u8]) -> io::Result<ReadOutcome> {
-        loop {
-            match self.transport.read(buf) {
-                Ok(0) => return Ok(ReadOutcome::Eof),
-                Ok(n) => return Ok(ReadOutcome::Data(n)),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    return Ok(ReadOutcome::WouldBlock)
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            }
-        }
-    }
-
-    /// Takes the session's own input out to be processed; give the rest
-    /// back with [`Session::return_input`].
-    pub(crate) fn take_input(&mut self) -> Vec<u8> {
-        std::mem::take(&mut self.pending_input)
-    }
-
-    /// Gives back what [`Session::take_input`] took, minus the `consumed`
-    /// bytes at its start (freed when nothing is left).
-    pub(crate) fn return_input(&mut self, mut input: Vec<u8>, consumed: usize) {
-        input.drain(..consumed.min(input.len()));
-        if input.is_empty() {
-            self.keep_input(&[]);
-        } else {
-            self.pending_input = input;
-        }
-    }
-
-    /// Keeps `rest` of the shared buffer as unfinished input (copied once),
-    /// or frees the session's buffer.
-    pub(crate) fn keep_input(&mut self, rest: &[u8]) {
-        if rest.is_empty() {
-            self.pending_input = Vec::new();
-            self.input_needed = 0;
-        } else {
-            self.pending_input.clear();
-            self.pending_input.extend_from_slice(rest);
-        }
-    }
-
-    /// Decodes the unit at the start of `buf` as the phase reads it.
-    pub(crate) fn next_unit<'a>(&mut self, buf: &'a mut [u8], rules: &Rules, now: u64) -> Next<'a> {
-        let len = buf.len();
-        match self.phase {
-            Phase::Http if self.out.owed_bytes() > rules.max_buffered_bytes => {
-                // Responses are bounded like messages: read no further
-                // request until the client has taken what it is owed.
-                if !self.paused {
-                    debug!(
-                        "session {}: responses unread, pausing reads",
-                        self.key.index
-                    );
-                    self.paused = true;
-                }
-                Next::Paused
-            }
-            Phase::Http => self.next_request(buf, rules),
-            Phase::Chat { .. } | Phase::Echo => {
-                match self.decoder.decode(buf, rules.max_message_size) {
-                    Err(e) => Next::Unit(len, Unit::BadFrame(e)),
-                    Ok(Step::Incomplete { needed }) => {
-                        self.input_needed = needed.unwrap_or(0);
-                        Next::Incomplete
-                    }
-                    Ok(Step::Frame { consumed, inbound }) => {
-                        self.input_needed = 0;
-                        // Only whole frames count as life: a peer trickling the
-                        // bytes of a frame that never completes meets pong_wait.
-                        self.last_seen_ms = now;
-                        let unit = inbound.map_or(Unit::Nothing, Unit::Frame);
-                        Next::Unit(consumed, unit)
-                    }
-                }
-            }
-            Phase::Closing(Closing {
-                await_close_frame: true,
-                ..
-            }) => match self.decoder.decode(buf, rules.max_message_size) {
-                Err(_) => Next::Unit(len, Unit::Broken),
-                Ok(Step::Incomplete { needed }) => {
-                    self.input_needed = needed.unwrap_or(0);
-                    Next::Incomplete
-                }
-                Ok(Step::Frame { consumed, inbound }) => {
-                    self.input_needed = 0;
-                    let mut unit = Unit::Nothing;
-                    if let (Some(Inbound::Close(_)), Phase::Closing(closing)) =
-                        (inbound, &mut self.phase)
-                    {
-                        closing.await_close_frame = false;
-                        unit = Unit::CloseAnswered;
-                    }
-                    Next::Unit(consumed, unit)
-                }
-            },
-            Phase::Closing(_) | Phase::Dead => Next::Discard,
-        }
-    }
-
-    fn next_request<'a>(&mut self, buf: &'a mut [u8], rules: &Rules) -> Next<'a> {
-        let (max_head, max_body) = (rules.max_header_bytes, rules.max_message_size);
-        if buf.len() < self.input_needed {
-            // A body still arriving: the head was parsed already.
-            return Next::Incomplete;
-        }
-        let Some(head_end) = http::find_head_end(buf, self.head_scanned) else {
-            if buf.len() > max_head {
-                return Next::Unit(buf.len(), Unit::BadRequest(HttpError::HeadTooLarge));
-            }
-            self.head_scanned = buf.len();
-            return Next::Incomplete;
-        };
-        let request = match http::parse_complete_head(&buf[..head_end], max_head, max_body) {
-            Ok(request) => request,
-            Err(e) => return Next::Unit(buf.len(), Unit::BadRequest(e)),
-        };
-        let total = request.head_len + request.content_length;
-        self.head_scanned = 0;
-        if buf.len() < total {
-            self.input_needed = total;
-            return Next::Incomplete;
-        }
-        self.input_needed = 0;
-        let body = &buf[request.head_len..total];
-        Next::Unit(total, Unit::Request { request, body })
-    }
-
-    /// Inflates a permessage-deflate message within `max` bytes (checked
-    /// while inflating); text must be UTF-8 once inflated.
-    pub(crate) fn inflate(
-        &mut self,
-        codec: &mut Codec,
-        text: bool,
-        compressed: &[u8],
-        max: usize,
-    ) -> Result<Vec<u8>, DecodeError> {
-        let Some(params) = self.deflate else {
-            return Err(DecodeError::Protocol(
-                "compressed message without the extension",
-            ));
-        };
-        let inflated = match codec.inflate(&params, &mut self.history, compressed, max) {
-            Ok(bytes) => bytes,
-            Err(InflateError::TooBig) => return Err(DecodeError::TooBig),
-            Err(InflateError::Corrupt(_)) => return Err(DecodeError::BadCompression),
-        };
-        if text && std::str::from_utf8(&inflated).is_err() {
-            return Err(DecodeError::InvalidUtf8);
-        }
-        Ok(inflated)
-    }
-
     // ---- phase changes ----
 
     /// Queues an HTTP response. The next request's deadline runs from the
@@ -707,120 +424,6 @@ impl<S: Socket> Session<S> {
     /// Marks the session for reaping; `true` the first time.
     pub(crate) fn kill(&mut self) -> bool {
         !matches!(std::mem::replace(&mut self.phase, Phase::Dead), Phase::Dead)
-    }
-
-    // ---- output ----
-
-    /// Queues a data frame within the bounds. A full queue first lets the
-    /// socket take what it can: a burst that arrives within one loop pass
-    /// is not a slow consumer, a socket that takes nothing more is.
-    /// What that early write sent is added to `bytes_out`.
-    pub(crate) fn queue(
-        &mut self,
-        frame: Wire,
-        rules: &Rules,
-        bytes_out: &mut u64,
-    ) -> Result<(), Overflow> {
-        let (max_messages, max_bytes) = (rules.message_buffer_size, rules.max_buffered_bytes);
-        if self
-            .out
-            .check_room(frame.len(), max_messages, max_bytes)
-            .is_err()
-        {
-            // A write error surfaces again at the pass's write, which drops the session.
-            if let Ok((_, written)) = self.flush() {
-                *bytes_out += written as u64;
-            }
-        }
-        self.out.push_data(frame, max_messages, max_bytes)
-    }
-
-    /// Queues a Pong (ahead of data; only the most recent ones are kept).
-    pub(crate) fn queue_pong(&mut self, frame: Wire) {
-        self.out.push_control(frame);
-    }
-
-    /// Writes what the socket takes, then moves the phase on: a drained
-    /// closing session half-closes, or is finished once the peer's FIN came.
-    pub(crate) fn write(&mut self, now: u64, rules: &Rules) -> Wrote {
-        let (flushed, bytes) = match self.flush() {
-            Ok(result) => result,
-            Err(e) => {
-                return Wrote {
-                    bytes: 0,
-                    interest: None,
-                    resume: false,
-                    then: AfterWrite::Failed(e),
-                }
-            }
-        };
-        let mut wrote = Wrote {
-            bytes,
-            interest: None,
-            resume: false,
-            then: AfterWrite::Idle,
-        };
-        match flushed {
-            Flushed::Drained => {
-                self.stalled_since_ms = None;
-                if matches!(self.phase, Phase::Http) {
-                    // The next request's deadline runs from the end of this response.
-                    self.last_seen_ms = now;
-                }
-                wrote.resume = std::mem::take(&mut self.paused);
-                if std::mem::take(&mut self.writable_interest) {
-                    wrote.interest = Some(Interest::READABLE);
-                }
-                wrote.then = self.after_drain();
-            }
-            Flushed::Pending => {
-                if self.paused && self.out.owed_bytes() <= rules.max_buffered_bytes / 2 {
-                    self.paused = false;
-                    wrote.resume = true;
-                }
-                if bytes > 0 || self.stalled_since_ms.is_none() {
-                    self.stalled_since_ms = Some(now);
-                }
-                if !std::mem::replace(&mut self.writable_interest, true) {
-                    wrote.interest = Some(Interest::READABLE | Interest::WRITABLE);
-                }
-                wrote.then = AfterWrite::Waiting {
-                    stall_deadline: now.saturating_add(rules.write_wait_ms),
-                };
-            }
-        }
-        wrote
-    }
-
-    /// Writes the queue, then what is waiting below it (TLS records).
-    fn flush(&mut self) -> io::Result<(Flushed, usize)> {
-        let (flushed, written) = self.out.flush_to(&mut self.transport)?;
-        if flushed == Flushed::Drained && self.transport.push_pending()? {
-            return Ok((Flushed::Pending, written));
-        }
-        Ok((flushed, written))
-    }
-
-    /// A closing session whose queue is empty moves on: half-close, or done.
-    fn after_drain(&mut self) -> AfterWrite {
-        let Phase::Closing(closing) = &mut self.phase else {
-            return AfterWrite::Idle;
-        };
-        if closing.await_close_frame {
-            return AfterWrite::Idle;
-        }
-        if closing.eof {
-            return AfterWrite::Finished;
-        }
-        if !closing.fin_sent {
-            closing.fin_sent = true;
-            // Half-close and wait for the peer's FIN: closing with unread
-            // input would send RST and could destroy the response in flight.
-            if self.transport.shutdown_write().is_err() {
-                return AfterWrite::Finished;
-            }
-        }
-        AfterWrite::Idle
     }
 
     // ---- time ----

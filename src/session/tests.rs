@@ -7,7 +7,9 @@ use std::rc::Rc;
 use mio::Interest;
 
 use super::*;
-use crate::frame::{client_frame, Kind};
+use crate::frame::{client_frame, Inbound, Kind};
+use crate::http;
+use crate::outbound::Overflow;
 use crate::transport::mock::{client, server_config, MockStream};
 
 const KEY: SessionKey = SessionKey {
