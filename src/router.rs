@@ -24,8 +24,10 @@ use crate::message::{self, Incoming, Outgoing};
 pub enum Route<'a> {
     /// Send this JSON back to the sending connection only.
     Reply(Vec<u8>),
-    /// Membership changed; nothing is sent.
-    Done,
+    /// A join or leave: nothing is sent; says what it changed (the cluster
+    /// subscribes to a room at its first member and releases it after its
+    /// last).
+    Done(Change),
     /// Send this JSON to the audience.
     Deliver(Audience<&'a str>, Vec<u8>),
 }
@@ -320,15 +322,12 @@ impl Router {
                     message.kind
                 ))),
                 Some(room) if message.kind == "join" => match self.join(sender, room) {
-                    Ok(_) => Route::Done,
+                    Ok(change) => Route::Done(change),
                     Err(JoinError::TooManyRooms) => {
                         Route::Reply(message::error_json("too many rooms"))
                     }
                 },
-                Some(room) => {
-                    self.leave(sender, room);
-                    Route::Done
-                }
+                Some(room) => Route::Done(self.leave(sender, room)),
             },
             kind => self.relay(sender, sender_user, kind, message),
         }
@@ -416,12 +415,32 @@ mod tests {
         let msg = message::parse(text.as_bytes()).unwrap();
         match r.route(key(sender), user, &msg) {
             Route::Reply(json) => (None, String::from_utf8(json).unwrap()),
-            Route::Done => (None, String::new()),
+            Route::Done(_) => (None, String::new()),
             Route::Deliver(audience, json) => {
                 let to = members(r, audience);
                 (Some(to), String::from_utf8(json).unwrap())
             }
         }
+    }
+
+    #[test]
+    fn joins_and_leaves_say_what_they_changed() {
+        let mut r = setup();
+        let mut change = |sender, text: &str| {
+            let msg = message::parse(text.as_bytes()).unwrap();
+            match r.route(key(sender), None, &msg) {
+                Route::Done(change) => change,
+                other => panic!("{other:?}"),
+            }
+        };
+        let join = r#"{"type":"join","room":"r"}"#;
+        let leave = r#"{"type":"leave","room":"r"}"#;
+        assert_eq!(change(1, join), Change::FirstMember);
+        assert_eq!(change(2, join), Change::Member);
+        assert_eq!(change(2, join), Change::Unchanged);
+        assert_eq!(change(1, leave), Change::Member);
+        assert_eq!(change(1, leave), Change::Unchanged);
+        assert_eq!(change(2, leave), Change::LastMember);
     }
 
     #[test]

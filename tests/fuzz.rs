@@ -1335,7 +1335,7 @@ fn check_route(message: &Incoming<'_>, sender: u32, joined: &[&str]) -> TestCase
                 );
             }
         }
-        Route::Done => {
+        Route::Done(_) => {
             let room = message.room();
             prop_assert!(room.is_some() && ["join", "leave"].contains(&&*message.kind));
             let member = room.is_some_and(|r| router.is_member(key(sender), r));

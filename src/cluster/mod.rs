@@ -412,11 +412,12 @@ impl Link {
         self.bridge.interest_changed.store(true, Ordering::Release);
     }
 
-    /// Periodic work: hands over the presence entry when it changed and
-    /// releases channels no local session needs. Returns the next deadline.
-    pub(crate) fn tick(&mut self, now_ms: u64, router: &Router) -> u64 {
+    /// Periodic work, when due (see [`Link::next_tick_ms`]): hands over the
+    /// presence entry when it changed and releases channels no local
+    /// session needs.
+    pub(crate) fn tick(&mut self, now_ms: u64, router: &Router) {
         if now_ms < self.next_tick_ms {
-            return self.next_tick_ms;
+            return;
         }
         self.next_tick_ms = now_ms + crate::session::millis(self.bridge.refresh_period()) / 2;
         if std::mem::take(&mut self.departures) {
@@ -430,7 +431,6 @@ impl Link {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner()) = Some(entry);
         }
-        self.next_tick_ms
     }
 
     fn release(&mut self, router: &Router) {

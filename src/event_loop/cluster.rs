@@ -41,7 +41,7 @@ impl EventLoop {
             None => self.push_local(target, json),
             Some(link) => {
                 if !link.publish(target.as_deref(), json) {
-                    return Response::json(503, &json!({ "error": "cluster unavailable" }));
+                    return Response::error(503, "cluster unavailable");
                 }
                 let remote = link.view().map_or(0, |v| v.addressed(target));
                 remote + self.push_local(target, json)
@@ -113,9 +113,7 @@ impl EventLoop {
     /// Presence, channel release: runs when the link's tick is due.
     pub(super) fn cluster_tick(&mut self) {
         if let Some(link) = self.cluster.as_mut() {
-            if self.now_ms >= link.next_tick_ms() {
-                link.tick(self.now_ms, &self.router);
-            }
+            link.tick(self.now_ms, &self.router);
         }
     }
 }

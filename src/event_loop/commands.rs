@@ -24,7 +24,7 @@ impl EventLoop {
         self.commands_left = true;
     }
 
-    pub(super) fn on_command(&mut self, command: Command) {
+    fn on_command(&mut self, command: Command) {
         match command {
             Command::Push {
                 target,
@@ -59,7 +59,7 @@ impl EventLoop {
         }
     }
 
-    pub(super) fn disconnect_user(&mut self, user: &str) {
+    fn disconnect_user(&mut self, user: &str) {
         let mut keys = Vec::new();
         self.router
             .for_each_member(Audience::User(user), |key| keys.push(key));
@@ -73,7 +73,7 @@ impl EventLoop {
         }
     }
 
-    pub(super) fn begin_shutdown(&mut self) {
+    fn begin_shutdown(&mut self) {
         if self.shutdown_deadline_ms.is_some() {
             return;
         }
@@ -133,7 +133,7 @@ impl EventLoop {
     /// SIGHUP: re-reads `tls.cert` and `tls.key`. New connections use the
     /// new pair; open ones keep theirs; a bad pair is logged and the old
     /// one kept.
-    pub(super) fn reload_tls(&mut self) {
+    fn reload_tls(&mut self) {
         if self.tls.is_none() {
             return;
         }

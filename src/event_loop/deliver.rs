@@ -67,7 +67,7 @@ impl EventLoop {
     }
 
     /// Queues one data frame to one session, closing it if it cannot keep up.
-    pub(super) fn queue_data(&mut self, index: usize, wire: Wire) {
+    fn queue_data(&mut self, index: usize, wire: Wire) {
         let Some(session) = self.sessions.get_mut(index) else {
             return;
         };

@@ -19,7 +19,7 @@ use crate::message;
 use crate::metrics::HandshakeFailure;
 use crate::rate::{self, Bucket};
 use crate::rest::{self, Endpoint, Outcome, Upgrade};
-use crate::router::Route;
+use crate::router::{Change, Route};
 use crate::session::{Next, Phase, Unit};
 
 impl EventLoop {
@@ -55,7 +55,7 @@ impl EventLoop {
         }
     }
 
-    pub(super) fn http_error(&mut self, index: usize, error: &HttpError) {
+    fn http_error(&mut self, index: usize, error: &HttpError) {
         if matches!(error, HttpError::HeadTooLarge | HttpError::BodyTooLarge) {
             self.metrics.handshake_failed(HandshakeFailure::TooLarge);
         }
@@ -64,7 +64,7 @@ impl EventLoop {
         self.respond(index, &response, false);
     }
 
-    pub(super) fn on_request(&mut self, index: usize, request: &http::Request, body: &[u8]) {
+    fn on_request(&mut self, index: usize, request: &http::Request, body: &[u8]) {
         self.metrics.http_requests += 1;
         let now_unix = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -121,7 +121,7 @@ impl EventLoop {
         }
     }
 
-    pub(super) fn respond(&mut self, index: usize, response: &Response, keep_alive: bool) {
+    fn respond(&mut self, index: usize, response: &Response, keep_alive: bool) {
         let keep = keep_alive && !response.close;
         let (now, rules) = (self.now_ms, self.rules);
         let Some(session) = self.sessions.get_mut(index) else {
@@ -134,7 +134,7 @@ impl EventLoop {
         }
     }
 
-    pub(super) fn upgrade(&mut self, index: usize, upgrade: Upgrade) {
+    fn upgrade(&mut self, index: usize, upgrade: Upgrade) {
         let Some(session) = self.sessions.get(index) else {
             return;
         };
@@ -190,7 +190,7 @@ impl EventLoop {
         self.apply_actions();
     }
 
-    pub(super) fn on_inbound(&mut self, index: usize, inbound: Inbound<'_>) {
+    fn on_inbound(&mut self, index: usize, inbound: Inbound<'_>) {
         let echo = matches!(
             self.sessions.get(index).map(|s| s.phase()),
             Some(Phase::Echo)
@@ -221,11 +221,9 @@ impl EventLoop {
         }
     }
 
-    /// Inflates a permessage-deflate message within `max_message_size`
-    /// (checked while inflating), then handles it like a plain one.
     /// Inflates a permessage-deflate message within `max_message_size`,
     /// then handles it like a plain one.
-    pub(super) fn on_compressed(&mut self, index: usize, text: bool, compressed: &[u8]) {
+    fn on_compressed(&mut self, index: usize, text: bool, compressed: &[u8]) {
         let max = self.rules.max_message_size;
         let Some(session) = self.sessions.get_mut(index) else {
             return;
@@ -245,12 +243,12 @@ impl EventLoop {
         );
     }
 
-    pub(super) fn echo(&mut self, index: usize, kind: Kind, payload: &[u8]) {
+    fn echo(&mut self, index: usize, kind: Kind, payload: &[u8]) {
         self.metrics.messages_in += 1;
         self.queue_message(index, kind, payload);
     }
 
-    pub(super) fn on_chat_message(&mut self, index: usize, bytes: &[u8]) {
+    fn on_chat_message(&mut self, index: usize, bytes: &[u8]) {
         self.metrics.messages_in += 1;
         let ws = &self.config.websocket;
         let (rate, max_depth) = (ws.max_messages_per_second, ws.max_json_depth);
@@ -286,12 +284,12 @@ impl EventLoop {
         }
         match self.router.route(key, user.as_deref(), &message) {
             Route::Reply(json) => self.reply(index, &json),
-            Route::Done => {
+            Route::Done(change) => {
                 if let (Some(link), Some(room)) = (self.cluster.as_mut(), message.room()) {
-                    if self.router.is_member(key, room) {
-                        link.joined_room(room);
-                    } else {
-                        link.departed();
+                    match change {
+                        Change::FirstMember => link.joined_room(room),
+                        Change::LastMember => link.departed(),
+                        Change::Member | Change::Unchanged => {}
                     }
                 }
             }

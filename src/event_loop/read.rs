@@ -23,7 +23,7 @@ impl EventLoop {
     /// Reads until the socket is drained. `peer_closed`: the event also
     /// reported the peer's FIN (or an error), which must be read to the end
     /// because no further edge will announce it.
-    pub(super) fn on_readable(&mut self, index: usize, peer_closed: bool) {
+    fn on_readable(&mut self, index: usize, peer_closed: bool) {
         loop {
             let Some(session) = self.sessions.get(index) else {
                 return;
@@ -32,14 +32,6 @@ impl EventLoop {
                 return;
             }
             let (outcome, full) = self.read_once(index);
-            if self
-                .sessions
-                .get(index)
-                .is_some_and(|s| s.transport_has_pending())
-            {
-                // TLS handshake records (or an alert) are waiting for the socket.
-                self.mark_dirty(index);
-            }
             match outcome {
                 // A short read drained the socket: with edge-triggered epoll,
                 // any byte that arrives later raises a new event, so the
@@ -62,6 +54,9 @@ impl EventLoop {
             return (Ok(ReadOutcome::WouldBlock), false);
         };
         let read = session.read(&mut shared);
+        if read.must_write {
+            self.mark_dirty(index);
+        }
         if let Ok(ReadOutcome::Data(n)) = read.outcome {
             // Liveness is not refreshed by bytes, only by whole frames
             // (see `Session::next_unit`).

@@ -33,6 +33,9 @@ pub(crate) struct Received {
     /// The bytes are in the caller's shared buffer (the session kept no
     /// unfinished input), not appended to the session's own.
     pub into_shared: bool,
+    /// The read left output below the plaintext (TLS handshake records or
+    /// an alert): the session must be written this pass.
+    pub must_write: bool,
 }
 
 /// What the next bytes of input are, in the session's current phase.
@@ -91,6 +94,7 @@ impl<S: Socket> Session<S> {
                 outcome,
                 full: full || drain,
                 into_shared: true,
+                must_write: self.transport.has_pending(),
             };
         }
         let start = self.pending_input.len();
@@ -114,6 +118,7 @@ impl<S: Socket> Session<S> {
             outcome,
             full: full || drain,
             into_shared: false,
+            must_write: self.transport.has_pending(),
         }
     }
 

@@ -281,11 +281,6 @@ impl<S: Socket> Session<S> {
         self.transport.socket_mut()
     }
 
-    /// Output is waiting below the plaintext (TLS handshake records).
-    pub(crate) fn transport_has_pending(&self) -> bool {
-        self.transport.has_pending()
-    }
-
     /// Loop-clock ms at which an open session's timer must next fire:
     /// the next Ping, `pong_wait` silence or a `write_wait` stall.
     pub(crate) fn open_deadline(&self, rules: &Rules) -> u64 {
