@@ -132,28 +132,34 @@ impl Router {
     }
 
     /// Removes a session from every index, in O(1) per room it was in.
-    /// Returns whether it was present.
-    pub fn remove_session(&mut self, key: SessionKey, user: Option<&str>) -> bool {
+    /// Returns `Unchanged` if it was not there, `LastMember` if that emptied
+    /// its user or one of its rooms (the cluster may release a channel),
+    /// else `Member`.
+    pub fn remove_session(&mut self, key: SessionKey, user: Option<&str>) -> Change {
         if !self.everyone.remove(&key) {
-            return false;
+            return Change::Unchanged;
         }
         shrink_set(&mut self.everyone);
+        let mut change = Change::Member;
         if let Some(user) = user {
             if let Some(sessions) = self.users.get_mut(user) {
                 sessions.retain(|k| *k != key);
                 if sessions.is_empty() {
                     self.users.remove(user);
                     shrink_map(&mut self.users);
+                    change = Change::LastMember;
                 }
             }
         }
         if let Some(rooms) = self.memberships.remove(&key) {
             shrink_map(&mut self.memberships);
             for room in rooms {
-                self.drop_member(&room, key);
+                if self.drop_member(&room, key) == Change::LastMember {
+                    change = Change::LastMember;
+                }
             }
         }
-        true
+        change
     }
 
     /// Open chat sessions, anonymous ones included.
@@ -533,16 +539,27 @@ mod tests {
         let mut r = setup();
         route_text(&mut r, 1, None, r#"{"type":"join","room":"r1"}"#);
         route_text(&mut r, 1, None, r#"{"type":"join","room":"r2"}"#);
-        assert!(r.remove_session(key(1), Some("alice")));
-        assert!(
-            !r.remove_session(key(1), Some("alice")),
+        route_text(&mut r, 2, None, r#"{"type":"join","room":"r1"}"#);
+        assert_eq!(
+            r.remove_session(key(1), Some("alice")),
+            Change::LastMember,
+            "r2 emptied"
+        );
+        assert_eq!(
+            r.remove_session(key(1), Some("alice")),
+            Change::Unchanged,
             "second removal is a no-op"
         );
         assert_eq!(r.online_users(), ["alice", "bob"]);
-        assert!(r.remove_session(key(2), Some("alice")));
+        assert_eq!(
+            r.remove_session(key(2), Some("alice")),
+            Change::LastMember,
+            "alice's last session, r1's last member"
+        );
+        assert_eq!(r.remove_session(key(4), None), Change::Member);
         assert_eq!(r.online_users(), ["bob"]);
         assert!(r.rooms.is_empty() && r.memberships.is_empty());
-        assert_eq!(r.online_count(), 2);
+        assert_eq!(r.online_count(), 1);
     }
 
     #[test]
@@ -627,7 +644,7 @@ mod tests {
             20_000,
             "leaving unjoined rooms changes nothing"
         );
-        assert!(r.remove_session(key(1), Some("u")));
+        assert_ne!(r.remove_session(key(1), Some("u")), Change::Unchanged);
         assert!(
             r.rooms.capacity() <= SHRINK_ABOVE * 2,
             "{}",

@@ -394,8 +394,9 @@ impl Link {
         }
     }
 
-    /// A session closed or left a room: channels may be released at the
-    /// next tick.
+    /// A user's last session here closed, or a room's last member here
+    /// left: its channel may be released at the next tick (unless someone
+    /// came back by then).
     pub(crate) fn departed(&mut self) {
         self.presence_dirty = true;
         self.departures = true;

@@ -10,6 +10,7 @@ use crate::audience::SessionKey;
 use crate::frame::DecodeError;
 use crate::hooks::{CloseReason, SessionInfo};
 use crate::ids;
+use crate::router::Change;
 use crate::session::Left;
 
 impl EventLoop {
@@ -29,9 +30,9 @@ impl EventLoop {
             Some(Left::Chat(user)) => user,
         };
         self.open_websockets -= 1;
-        self.router.remove_session(key, user.as_deref());
+        let change = self.router.remove_session(key, user.as_deref());
         self.metrics.open_chat -= 1;
-        if let Some(link) = self.cluster.as_mut() {
+        if let (Some(link), Change::LastMember) = (self.cluster.as_mut(), change) {
             link.departed();
         }
         self.publish_online();
