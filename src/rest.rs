@@ -74,14 +74,18 @@ pub struct Context<'a> {
     /// Seconds since the Unix epoch, for token expiry.
     pub now_unix: u64,
     /// Set when `cluster.redis` is: how this node sees the others.
-    pub cluster: Option<ClusterState<'a>>,
+    pub cluster: Cluster<'a>,
 }
 
 /// The cluster as the REST endpoints see it.
 #[derive(Debug, Clone, Copy)]
-pub struct ClusterState<'a> {
-    /// The other live nodes; `None` while Redis is unreachable.
-    pub view: Option<&'a View>,
+pub enum Cluster<'a> {
+    /// `cluster.redis` is not set: a single node.
+    Off,
+    /// Set, but Redis is unreachable: only this node is known.
+    Down,
+    /// Up, with the other live nodes.
+    Up(&'a View),
 }
 
 /// The demo page and its files: `(path, content type, body)`.
@@ -293,7 +297,7 @@ fn static_file(path: &str, get: bool, ctx: &Context<'_>) -> Option<Outcome> {
 fn health(ctx: &Context<'_>) -> Outcome {
     match ctx.cluster {
         // Load balancers drain a node cut off from the others.
-        Some(ClusterState { view: None }) => Outcome::Respond(Response::json(
+        Cluster::Down => Outcome::Respond(Response::json(
             503,
             &serde_json::json!({ "status": "degraded", "cluster": "down" }),
         )),
@@ -305,17 +309,17 @@ fn status(ctx: &Context<'_>) -> Outcome {
     let local_count = ctx.router.online_count();
     let local_users = ctx.router.online_users();
     match ctx.cluster {
-        None => ok(serde_json::json!({
+        Cluster::Off => ok(serde_json::json!({
             "online_count": local_count,
             "online_users": local_users,
         })),
-        Some(ClusterState { view: Some(view) }) => ok(serde_json::json!({
+        Cluster::Up(view) => ok(serde_json::json!({
             "online_count": local_count + view.sessions(),
             "online_users": view.merged_users(local_users),
             "nodes": 1 + view.nodes(),
         })),
         // Cut off: only what this node knows for sure.
-        Some(ClusterState { view: None }) => ok(serde_json::json!({
+        Cluster::Down => ok(serde_json::json!({
             "online_count": local_count,
             "online_users": local_users,
             "nodes": 1,
@@ -506,7 +510,7 @@ mod tests {
             router: &router,
             open_websockets: 2,
             now_unix: 1_700_000_000,
-            cluster: None,
+            cluster: Cluster::Off,
         };
         handle(&request(text), body.as_bytes(), &ctx)
     }
@@ -589,7 +593,7 @@ mod tests {
                 router: &router,
                 open_websockets: 0,
                 now_unix: 0,
-                cluster: Some(ClusterState { view }),
+                cluster: view.map_or(Cluster::Down, Cluster::Up),
             };
             status_and_body(handle(
                 &request(&format!("GET {path} HTTP/1.1\r\n\r\n")),

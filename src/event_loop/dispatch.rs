@@ -75,10 +75,10 @@ impl EventLoop {
             router: &self.router,
             open_websockets: self.open_websockets,
             now_unix,
-            cluster: self
-                .cluster
-                .as_ref()
-                .map(|link| rest::ClusterState { view: link.view() }),
+            cluster: match self.cluster.as_ref() {
+                None => rest::Cluster::Off,
+                Some(link) => link.view().map_or(rest::Cluster::Down, rest::Cluster::Up),
+            },
         };
         let keep_alive = request.keep_alive;
         if !request.upgrade_websocket {
