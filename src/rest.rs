@@ -73,7 +73,7 @@ pub struct Context<'a> {
     pub open_websockets: usize,
     /// Seconds since the Unix epoch, for token expiry.
     pub now_unix: u64,
-    /// Set when `cluster.redis` is: how this node sees the others.
+    /// How this node sees the cluster (`Off` unless `cluster.redis` is set).
     pub cluster: Cluster<'a>,
 }
 

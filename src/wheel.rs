@@ -59,6 +59,12 @@ const NIL: usize = usize::MAX;
 /// Upper bound for `slots`, so the heads vector stays a sane size.
 const MAX_SLOTS: usize = 1 << 24;
 
+/// A duration in loop-clock milliseconds (saturating: nothing the loop
+/// waits for is that long).
+pub(crate) fn millis(duration: std::time::Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// Identifies one armed timer; stale ids (after fire or cancel) are detected,
 /// never hit another timer.
 ///

@@ -420,7 +420,7 @@ impl Link {
         if now_ms < self.next_tick_ms {
             return;
         }
-        self.next_tick_ms = now_ms + crate::session::millis(self.bridge.refresh_period()) / 2;
+        self.next_tick_ms = now_ms + crate::wheel::millis(self.bridge.refresh_period()) / 2;
         if std::mem::take(&mut self.departures) {
             self.release(router);
         }

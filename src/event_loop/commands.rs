@@ -8,8 +8,8 @@ use super::{EventLoop, ACTION_ROUNDS, COMMAND_BUDGET};
 use crate::audience::Audience;
 use crate::handle::Command;
 use crate::hooks::CloseReason;
-use crate::session::millis;
 use crate::session::Phase;
+use crate::wheel::millis;
 
 impl EventLoop {
     pub(super) fn drain_commands(&mut self) {

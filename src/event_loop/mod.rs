@@ -46,8 +46,9 @@ use crate::metrics::{Metrics, Shared};
 use crate::rate::Bucket;
 use crate::router::{Limits, Router};
 use crate::server::Mode;
-use crate::session::{millis, Rules, Session};
-use crate::wheel::Wheel;
+use crate::session::{Rules, Session};
+
+use crate::wheel::{millis, Wheel};
 use write::backlog::Backlog;
 
 mod accept;

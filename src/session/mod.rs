@@ -29,7 +29,7 @@ use crate::frame::{DecodeError, Decoder, Wire};
 use crate::outbound::Outbound;
 use crate::rest::Endpoint;
 use crate::transport::{Socket, Transport};
-use crate::wheel::TimerId;
+use crate::wheel::{millis, TimerId};
 
 mod input;
 mod output;
@@ -69,11 +69,6 @@ impl Rules {
             max_buffered_bytes: ws.max_buffered_bytes,
         }
     }
-}
-
-/// A config duration on the loop clock (saturating: no config is that long).
-pub(crate) fn millis(duration: std::time::Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Where a connection is in its life.

@@ -75,14 +75,13 @@ impl EventLoop {
     /// Writes one session and applies what the write reported: the poll
     /// interest, resumed reading, the stall deadline, the end of a close.
     fn write_one(&mut self, index: usize) {
-        let (now, rules) = (self.now_ms, self.rules);
         let Some(session) = self.sessions.get_mut(index) else {
             return;
         };
         if session.is_dead() {
             return;
         }
-        let wrote = session.write(now, &rules);
+        let wrote = session.write(self.now_ms, &self.rules);
         self.metrics.bytes_out += wrote.bytes as u64;
         if let Some(interest) = wrote.interest {
             let token = Token(FIRST_SESSION + index);
