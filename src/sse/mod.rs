@@ -16,6 +16,9 @@ use std::rc::Rc;
 
 use crate::frame::Wire;
 
+#[allow(dead_code)]
+pub(crate) mod marks;
+
 /// The heartbeat sent every `ping_period`: a comment line, which every
 /// client ignores and every proxy sees as traffic.
 pub(crate) const HEARTBEAT: &[u8] = b":\n\n";
