@@ -186,6 +186,9 @@ pub(crate) struct Session<S = TcpStream> {
     paused: bool,
     /// Counted against `max_http_connections` (until upgraded or reaped).
     counted_http: bool,
+    /// Asked to resume (`?recover=1` or `?since=`): its messages carry
+    /// their position. Set only while history is on.
+    recovering: bool,
     /// The loop's bookkeeping: the session's one wheel timer and its deadline.
     pub timer: Option<(TimerId, u64)>,
     /// The loop's bookkeeping: already in this pass's list of answers to write.
@@ -218,6 +221,7 @@ impl<S: Socket> Session<S> {
             writable_interest: false,
             paused: false,
             counted_http: true,
+            recovering: false,
             timer: None,
             dirty: false,
         }
@@ -259,6 +263,23 @@ impl<S: Socket> Session<S> {
     /// Still counted against `max_http_connections`.
     pub(crate) fn counted_http(&self) -> bool {
         self.counted_http
+    }
+
+    /// Whether this session receives positions (and may resume).
+    pub(crate) fn recovering(&self) -> bool {
+        self.recovering
+    }
+
+    /// From now on this session's messages carry their position.
+    pub(crate) fn set_recovering(&mut self) {
+        self.recovering = true;
+    }
+
+    /// Whether `count` more data frames of `bytes` in all fit the queue's
+    /// bounds (a replay is queued whole or not at all).
+    pub(crate) fn has_room(&self, count: usize, bytes: usize, rules: &Rules) -> bool {
+        self.out.queued_messages() + count <= rules.message_buffer_size
+            && (count == 0 || self.out.queued_bytes() + bytes <= rules.max_buffered_bytes)
     }
 
     /// Not read until its client takes the responses it owes.
