@@ -41,7 +41,7 @@ pub struct Upgrade {
     pub compression: Option<deflate::Params>,
     /// `?recover=1` or `?since=` on a chat upgrade while history is on:
     /// the positions to resume from (none for a fresh start).
-    pub(crate) resume: Option<Since>,
+    pub(crate) resume: Option<Box<Since>>,
 }
 
 /// What the loop does with a request.
@@ -417,7 +417,8 @@ fn upgrade(request: &Request, ctx: &Context<'_>, endpoint: Endpoint) -> Outcome 
     }
     let (user, resume) = match endpoint {
         Endpoint::Echo => (None, None),
-        Endpoint::Chat => match identity(request, ctx).and_then(|u| Ok((u, resume(request, ctx)?))) {
+        Endpoint::Chat => match identity(request, ctx).and_then(|u| Ok((u, resume(request, ctx)?)))
+        {
             Ok(found) => found,
             Err(outcome) => return outcome,
         },
@@ -444,7 +445,7 @@ fn upgrade(request: &Request, ctx: &Context<'_>, endpoint: Endpoint) -> Outcome 
 
 /// `?recover=1` / `?since=P1,P2`, read only while history is on (off, the
 /// parameters are ignored as before). A `since` that does not parse: 400.
-fn resume(request: &Request, ctx: &Context<'_>) -> Result<Option<Since>, Outcome> {
+fn resume(request: &Request, ctx: &Context<'_>) -> Result<Option<Box<Since>>, Outcome> {
     if !ctx.config.history.enabled() {
         return Ok(None);
     }
@@ -454,14 +455,14 @@ fn resume(request: &Request, ctx: &Context<'_>) -> Result<Option<Since>, Outcome
     };
     let recover = matches!(query("recover")?.as_deref(), Some("1" | "true"));
     match query("since")? {
-        Some(text) => Since::parse(&text).map(Some).map_err(|e| {
+        Some(text) => Since::parse(&text).map(|s| Some(Box::new(s))).map_err(|e| {
             refuse(
                 400,
                 &format!("invalid since: {e}"),
                 HandshakeFailure::BadRequest,
             )
         }),
-        None => Ok(recover.then(Since::default)),
+        None => Ok(recover.then(Box::default)),
     }
 }
 

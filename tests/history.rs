@@ -60,11 +60,20 @@ fn until_recovered(client: &mut Client) -> (Vec<Value>, Value) {
 }
 
 fn contents(messages: &[Value]) -> Vec<u64> {
-    messages.iter().map(|m| m["content"].as_u64().unwrap()).collect()
+    messages
+        .iter()
+        .map(|m| m["content"].as_u64().unwrap())
+        .collect()
 }
 
 fn offset(pos: &Value) -> u64 {
-    pos.as_str().unwrap().rsplit(':').next().unwrap().parse().unwrap()
+    pos.as_str()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 fn metric(server: &TestServer, name: &str) -> u64 {
@@ -95,8 +104,14 @@ fn welcome_first_and_positions_only_for_sessions_that_asked() {
     let server = TestServer::start(history_config(100));
     let (mut recovering, welcome) = connect(&server, "user_id=ann&recover=1");
     let content = &welcome["content"];
-    assert!(content["a"].as_str().unwrap().starts_with("a:"), "{welcome}");
-    assert!(content["u"].as_str().unwrap().starts_with("u:"), "{welcome}");
+    assert!(
+        content["a"].as_str().unwrap().starts_with("a:"),
+        "{welcome}"
+    );
+    assert!(
+        content["u"].as_str().unwrap().starts_with("u:"),
+        "{welcome}"
+    );
     let (mut anonymous, anon_welcome) = connect(&server, "recover=1");
     assert_eq!(anon_welcome["content"]["u"], Value::Null, "{anon_welcome}");
     let mut plain = server.connect(Some("bob"));
@@ -106,7 +121,11 @@ fn welcome_first_and_positions_only_for_sessions_that_asked() {
     let got = recovering.recv_json();
     assert_eq!(got["content"], 7);
     assert_eq!(offset(&got["pos"]), offset(&content["a"]) + 1);
-    assert_eq!(anonymous.recv_json()["pos"], got["pos"], "one stream, one position");
+    assert_eq!(
+        anonymous.recv_json()["pos"],
+        got["pos"],
+        "one stream, one position"
+    );
     // Replies carry no position; a user message carries the user stream's.
     assert!(recovering.sync().is_empty());
     send(&server, "ann", 8);
@@ -146,7 +165,10 @@ fn replay_is_exact_and_in_order_then_live() {
     );
     broadcast(&server, 7);
     let live = back.recv_json();
-    assert_eq!((live["content"].as_u64(), offset(&live["pos"])), (Some(7), 7));
+    assert_eq!(
+        (live["content"].as_u64(), offset(&live["pos"])),
+        (Some(7), 7)
+    );
     assert_eq!(metric(&server, "wshub_history_replayed_total"), 7);
     assert_eq!(metric(&server, "wshub_history_resumes_ok_total"), 2);
     assert_eq!(metric(&server, "wshub_history_entries"), 9);
@@ -229,7 +251,10 @@ fn overflow_answers_ok_false_and_replays_nothing() {
     let (mut back, welcome) = connect(&server, &format!("since={a}"));
     let (replayed, recovered) = until_recovered(&mut back);
     assert!(replayed.is_empty(), "{replayed:?}");
-    assert_eq!(recovered["content"], json!({"a": {"ok": false, "replayed": 0}}));
+    assert_eq!(
+        recovered["content"],
+        json!({"a": {"ok": false, "replayed": 0}})
+    );
     // The welcome's position is where the reloaded app continues from.
     assert_eq!(offset(&welcome["content"]["a"]), 4);
     // Exactly within size: all of it.
@@ -320,7 +345,10 @@ fn positions_that_are_not_the_sessions_own_replay_nothing() {
     let (mut ann, _) = connect(&server, &format!("user_id=ann&since={bobs}"));
     let (replayed, recovered) = until_recovered(&mut ann);
     assert!(replayed.is_empty(), "{replayed:?}");
-    assert_eq!(recovered["content"], json!({"u": {"ok": false, "replayed": 0}}));
+    assert_eq!(
+        recovered["content"],
+        json!({"u": {"ok": false, "replayed": 0}})
+    );
     // Anonymous: no user stream at all.
     let (mut anon, _) = connect(&server, &format!("since={bobs}"));
     assert!(until_recovered(&mut anon).0.is_empty());
@@ -338,7 +366,14 @@ fn positions_that_are_not_the_sessions_own_replay_nothing() {
 #[test]
 fn malformed_since_is_refused_at_the_upgrade() {
     let server = TestServer::start(history_config(100));
-    for since in ["x:1:1", "a:e:1,a:e:2", "a:e", "a:e:-1", "r:e:1", "a:e%2Fx:1"] {
+    for since in [
+        "x:1:1",
+        "a:e:1,a:e:2",
+        "a:e",
+        "a:e:-1",
+        "r:e:1",
+        "a:e%2Fx:1",
+    ] {
         let request = common::upgrade_request(&format!("/api/ws/connect?since={since}"));
         let reply = String::from_utf8_lossy(&common::raw_exchange(server.addr, request.as_bytes()))
             .into_owned();
@@ -369,7 +404,10 @@ fn offline_user_gets_what_was_sent_meanwhile() {
     let (replayed, recovered) = until_recovered(&mut back);
     assert_eq!(contents(&replayed), [1, 2, 3, 4, 5]);
     assert_eq!(replayed[3]["from"], "bob");
-    assert_eq!(recovered["content"]["u"], json!({"ok": true, "replayed": 5}));
+    assert_eq!(
+        recovered["content"]["u"],
+        json!({"ok": true, "replayed": 5})
+    );
 }
 
 #[test]
@@ -384,7 +422,10 @@ fn room_join_with_since_replays_the_room() {
     assert!(r.starts_with("r:") && r.ends_with(":0"), "{r}");
     to_room(&server, "lobby", 1);
     let live = first.recv_json();
-    assert_eq!((live["room"].as_str(), offset(&live["pos"])), (Some("lobby"), 1));
+    assert_eq!(
+        (live["room"].as_str(), offset(&live["pos"])),
+        (Some("lobby"), 1)
+    );
     let seen = live["pos"].as_str().unwrap().to_owned();
     first.close();
     server.wait_online(0);
@@ -403,7 +444,12 @@ fn room_join_with_since_replays_the_room() {
     );
     // Another room's position, a non-string, garbage: ok:false, nothing.
     back.send_json(json!({"type": "leave", "room": "lobby"}));
-    for since in [json!(r.replace(":0", ":1")), json!(5), json!("nope"), json!(seen.replace("r:", "a:"))] {
+    for since in [
+        json!(r.replace(":0", ":1")),
+        json!(5),
+        json!("nope"),
+        json!(seen.replace("r:", "a:")),
+    ] {
         let mut c = connect(&server, "recover=1").0;
         c.send_json(json!({"type": "join", "room": "other", "since": since}));
         assert_eq!(c.recv_json()["type"], "welcome");
@@ -448,7 +494,10 @@ fn clients_may_not_send_welcome_or_recovered() {
         c.send_json(json!({"type": kind, "content": {"a": "a:x:1"}}));
         let reply = c.recv_json();
         assert_eq!(reply["type"], "error");
-        assert_eq!(reply["content"], format!("type \"{kind}\" is reserved for the server"));
+        assert_eq!(
+            reply["content"],
+            format!("type \"{kind}\" is reserved for the server")
+        );
     }
     assert!(other.sync().is_empty());
 }

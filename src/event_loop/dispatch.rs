@@ -186,7 +186,7 @@ impl EventLoop {
                     self.router.online_count()
                 );
                 if let Some(since) = upgrade.resume.take() {
-                    self.resume_session(index, user.as_deref(), since);
+                    self.resume_session(index, user.as_deref(), *since);
                 }
             }
             Endpoint::Echo => self.metrics.open_echo += 1,

@@ -428,7 +428,10 @@ impl History {
     /// When [`History::tick`] next has work: the oldest entry's expiry or
     /// the next sweep while streams are known.
     pub(crate) fn next_deadline(&self) -> Option<u64> {
-        let expiry = self.order.front().map(|r| r.at_ms.saturating_add(self.ttl_ms));
+        let expiry = self
+            .order
+            .front()
+            .map(|r| r.at_ms.saturating_add(self.ttl_ms));
         let sweep = (!self.streams.is_empty()).then_some(self.next_sweep_ms);
         expiry.into_iter().chain(sweep).min()
     }

@@ -44,8 +44,7 @@ pub(crate) struct Epoch([u8; EPOCH_LEN]);
 impl Epoch {
     /// The epoch spelled from 64 random bits (base 62).
     pub(crate) fn from_bits(mut bits: u64) -> Epoch {
-        const DIGITS: &[u8; 62] =
-            b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+        const DIGITS: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
         let mut out = [0u8; EPOCH_LEN];
         for byte in &mut out {
             *byte = DIGITS[(bits % 62) as usize];
@@ -90,7 +89,11 @@ impl fmt::Display for PositionError {
 impl std::error::Error for PositionError {}
 
 fn refuse(text: &str, why: &str) -> PositionError {
-    let shown: String = text.chars().take(40).flat_map(char::escape_default).collect();
+    let shown: String = text
+        .chars()
+        .take(40)
+        .flat_map(char::escape_default)
+        .collect();
     PositionError(format!("\"{shown}\": {why}"))
 }
 
@@ -117,9 +120,7 @@ impl Position {
         if offset.is_empty() || offset.len() > 20 || !offset.bytes().all(|b| b.is_ascii_digit()) {
             return Err(refuse(text, "invalid offset"));
         }
-        let offset = offset
-            .parse()
-            .map_err(|_| refuse(text, "invalid offset"))?;
+        let offset = offset.parse().map_err(|_| refuse(text, "invalid offset"))?;
         Ok(Position {
             kind,
             epoch: epoch.to_owned(),
@@ -310,7 +311,12 @@ mod tests {
             let error = Position::parse(text).unwrap_err().to_string();
             assert!(error.contains(why), "{text}: {error}");
         }
-        assert_eq!(Position::parse("a:abc:18446744073709551615").unwrap().offset, u64::MAX);
+        assert_eq!(
+            Position::parse("a:abc:18446744073709551615")
+                .unwrap()
+                .offset,
+            u64::MAX
+        );
     }
 
     #[test]
@@ -334,7 +340,10 @@ mod tests {
         assert_eq!(value["pos"], format(Kind::All, &epoch, 3));
         assert_eq!(value["content"], 1);
         assert!(stamped.ends_with(b"\"}"));
-        assert_eq!(stamp(b"{}", Kind::Room, &epoch, 1).unwrap().len(), 10 + 2 + EPOCH_LEN + 2);
+        assert_eq!(
+            stamp(b"{}", Kind::Room, &epoch, 1).unwrap().len(),
+            10 + 2 + EPOCH_LEN + 2
+        );
         assert_eq!(stamp(b"[1]", Kind::All, &epoch, 1), None);
         assert_eq!(stamp(b"", Kind::All, &epoch, 1), None);
     }
@@ -343,9 +352,15 @@ mod tests {
     fn server_messages_are_json() {
         let value = |bytes: Vec<u8>| serde_json::from_slice::<serde_json::Value>(&bytes).unwrap();
         let welcome = value(welcome_json("a:E:1", Some("u:F:0")));
-        assert_eq!(welcome, serde_json::json!({"type":"welcome","content":{"a":"a:E:1","u":"u:F:0"}}));
+        assert_eq!(
+            welcome,
+            serde_json::json!({"type":"welcome","content":{"a":"a:E:1","u":"u:F:0"}})
+        );
         let failed = Some(Outcome::FAILED);
-        let ok = Some(Outcome { ok: true, replayed: 3 });
+        let ok = Some(Outcome {
+            ok: true,
+            replayed: 3,
+        });
         assert_eq!(
             value(recovered_json(ok, failed)),
             serde_json::json!({"type":"recovered","content":{"a":{"ok":true,"replayed":3},"u":{"ok":false,"replayed":0}}})

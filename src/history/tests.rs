@@ -55,17 +55,38 @@ fn appends_stamp_positions_and_replay_in_order() {
         assert_eq!((pos.offset, &pos.epoch), (n, &start.epoch));
         assert_eq!(&appended.wire[2..], &appended.json[..]);
     }
-    assert_eq!(contents(&h.replay(StreamRef::All, &start, 2).unwrap()), [1, 2, 3, 4, 5]);
-    let at3 = Position { offset: 3, ..start.clone() };
-    assert_eq!(contents(&h.replay(StreamRef::All, &at3, 2).unwrap()), [4, 5]);
-    let at5 = Position { offset: 5, ..start.clone() };
+    assert_eq!(
+        contents(&h.replay(StreamRef::All, &start, 2).unwrap()),
+        [1, 2, 3, 4, 5]
+    );
+    let at3 = Position {
+        offset: 3,
+        ..start.clone()
+    };
+    assert_eq!(
+        contents(&h.replay(StreamRef::All, &at3, 2).unwrap()),
+        [4, 5]
+    );
+    let at5 = Position {
+        offset: 5,
+        ..start.clone()
+    };
     assert_eq!(h.replay(StreamRef::All, &at5, 2).unwrap().len(), 0);
     // Past the last offset, another epoch, another kind: not this stream's.
-    let at6 = Position { offset: 6, ..start.clone() };
+    let at6 = Position {
+        offset: 6,
+        ..start.clone()
+    };
     assert!(h.replay(StreamRef::All, &at6, 2).is_none());
-    let foreign = Position { epoch: "zzzzzzzz".into(), ..start.clone() };
+    let foreign = Position {
+        epoch: "zzzzzzzz".into(),
+        ..start.clone()
+    };
     assert!(h.replay(StreamRef::All, &foreign, 2).is_none());
-    let as_user = Position { kind: Kind::User, ..start };
+    let as_user = Position {
+        kind: Kind::User,
+        ..start
+    };
     assert!(h.replay(StreamRef::All, &as_user, 2).is_none());
     assert_eq!(h.entries(), 5);
 }
@@ -79,13 +100,19 @@ fn streams_are_separate_and_user_epochs_differ() {
     let ann = behind(&mut h, StreamRef::User("ann"), 1, 0);
     let bob = behind(&mut h, StreamRef::User("bob"), 1, 0);
     assert_ne!(ann.epoch, bob.epoch);
-    assert_eq!(contents(&h.replay(StreamRef::User("ann"), &ann, 0).unwrap()), [1]);
+    assert_eq!(
+        contents(&h.replay(StreamRef::User("ann"), &ann, 0).unwrap()),
+        [1]
+    );
     // Bob's position is not Ann's: nothing of Bob's is replayed to her.
     assert!(h.replay(StreamRef::User("ann"), &bob, 0).is_none());
     assert!(h.replay(StreamRef::User("carl"), &bob, 0).is_none());
     let room = behind(&mut h, StreamRef::Room("r"), 1, 0);
     assert_eq!(room.kind, Kind::Room);
-    assert_eq!(contents(&h.replay(StreamRef::Room("r"), &room, 0).unwrap()), [3]);
+    assert_eq!(
+        contents(&h.replay(StreamRef::Room("r"), &room, 0).unwrap()),
+        [3]
+    );
 }
 
 #[test]
@@ -96,11 +123,20 @@ fn size_overflow_fails_the_resume_instead_of_replaying_part() {
         h.append(StreamRef::All, &message(n), 0);
     }
     assert_eq!(h.entries(), 3);
-    assert!(h.replay(StreamRef::All, &start, 0).is_none(), "1 and 2 are gone");
-    let at1 = Position { offset: 1, ..start.clone() };
+    assert!(
+        h.replay(StreamRef::All, &start, 0).is_none(),
+        "1 and 2 are gone"
+    );
+    let at1 = Position {
+        offset: 1,
+        ..start.clone()
+    };
     assert!(h.replay(StreamRef::All, &at1, 0).is_none(), "2 is gone");
     let at2 = Position { offset: 2, ..start };
-    assert_eq!(contents(&h.replay(StreamRef::All, &at2, 0).unwrap()), [3, 4, 5]);
+    assert_eq!(
+        contents(&h.replay(StreamRef::All, &at2, 0).unwrap()),
+        [3, 4, 5]
+    );
     assert_eq!(h.stats().evicted, 2);
 }
 
@@ -114,19 +150,33 @@ fn ttl_drops_old_entries_and_meta_ttl_forgets_the_stream() {
     h.tick(10_000);
     assert_eq!((h.entries(), h.next_deadline()), (1, Some(11_000)));
     assert!(h.replay(StreamRef::All, &start, 10_000).is_none());
-    let at1 = Position { offset: 1, ..start.clone() };
-    assert_eq!(contents(&h.replay(StreamRef::All, &at1, 10_000).unwrap()), [2]);
+    let at1 = Position {
+        offset: 1,
+        ..start.clone()
+    };
+    assert_eq!(
+        contents(&h.replay(StreamRef::All, &at1, 10_000).unwrap()),
+        [2]
+    );
     // Entries gone, epoch and offset kept: up to date still resumes.
     h.tick(15_000);
     assert_eq!((h.entries(), h.bytes()), (0, 0));
-    let at2 = Position { offset: 2, ..start.clone() };
-    assert_eq!(h.replay(StreamRef::All, &at2, 15_000).map(|r| r.len()), Some(0));
+    let at2 = Position {
+        offset: 2,
+        ..start.clone()
+    };
+    assert_eq!(
+        h.replay(StreamRef::All, &at2, 15_000).map(|r| r.len()),
+        Some(0)
+    );
     assert!(h.replay(StreamRef::All, &at1, 15_000).is_none());
     // meta_ttl after the last use: forgotten, a new epoch follows.
     h.tick(5_000 + 60_000);
     assert_eq!(h.streams(), 0);
     assert!(h.replay(StreamRef::All, &at2, 65_000).is_none());
-    assert!(!parse(&h.position(StreamRef::All, 65_000)).epoch.eq(&start.epoch));
+    assert!(!parse(&h.position(StreamRef::All, 65_000))
+        .epoch
+        .eq(&start.epoch));
 }
 
 #[test]
@@ -143,7 +193,10 @@ fn max_bytes_drops_the_oldest_of_the_node_first() {
     assert_eq!(h.entries(), 3);
     assert!(h.bytes() <= 3 * one + 10);
     assert!(h.replay(StreamRef::All, &a, 0).is_none(), "1 went first");
-    assert_eq!(contents(&h.replay(StreamRef::User("ann"), &u, 0).unwrap()), [2, 4]);
+    assert_eq!(
+        contents(&h.replay(StreamRef::User("ann"), &u, 0).unwrap()),
+        [2, 4]
+    );
     let held: usize = h
         .streams
         .iter()
@@ -172,9 +225,15 @@ fn since_and_positions_agree() {
     let a = h.position(StreamRef::All, 0);
     let u = h.position(StreamRef::User("ann"), 0);
     let since = Since::parse(&format!("{a},{u}")).unwrap();
-    assert!(h.replay(StreamRef::All, since.all.as_ref().unwrap(), 0).is_some());
-    assert!(h.replay(StreamRef::User("ann"), since.user.as_ref().unwrap(), 0).is_some());
-    assert!(h.replay(StreamRef::User("bob"), since.user.as_ref().unwrap(), 0).is_none());
+    assert!(h
+        .replay(StreamRef::All, since.all.as_ref().unwrap(), 0)
+        .is_some());
+    assert!(h
+        .replay(StreamRef::User("ann"), since.user.as_ref().unwrap(), 0)
+        .is_some());
+    assert!(h
+        .replay(StreamRef::User("bob"), since.user.as_ref().unwrap(), 0)
+        .is_none());
 }
 
 #[test]
