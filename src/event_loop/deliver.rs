@@ -1,8 +1,9 @@
 //! Delivering: queues a framed message to one session or to every session
 //! of an audience the router names. No allocation or JSON work per
-//! recipient and no socket write: the frame is built once (plain, or
-//! compressed once per window size) and shared, and the recipients join the
-//! write backlog. A recipient that cannot keep up is closed (1013).
+//! recipient and no socket write: the frame is built once (plain,
+//! compressed once per window size, or as a Server-Sent Event) and shared,
+//! and the recipients join the write backlog. A recipient that cannot keep
+//! up is closed (1013; an event stream's response ends).
 //!
 //! With history on, each delivery is also appended once to its audience's
 //! stream; sessions that asked to recover get that stamped form (with
@@ -59,11 +60,15 @@ impl EventLoop {
             if session.key != key {
                 return;
             }
-            let wire = match stamped.as_deref_mut() {
-                Some(stamped) if session.recovering() => {
-                    stamped.for_session(session.deflate_params(), codec)
+            let wire = if session.is_sse() {
+                message.sse()
+            } else {
+                match stamped.as_deref_mut() {
+                    Some(stamped) if session.recovering() => {
+                        stamped.for_session(session.deflate_params(), codec)
+                    }
+                    _ => message.for_session(session.deflate_params(), codec),
                 }
-                _ => message.for_session(session.deflate_params(), codec),
             };
             match session.queue(wire, rules, bytes_out) {
                 Ok(()) => {
@@ -94,8 +99,12 @@ impl EventLoop {
         let Some(session) = self.sessions.get(index) else {
             return;
         };
-        let wire = Encoded::new(kind, payload, min_bytes)
-            .for_session(session.deflate_params(), &mut self.codec);
+        let mut encoded = Encoded::new(kind, payload, min_bytes);
+        let wire = if session.is_sse() {
+            encoded.sse()
+        } else {
+            encoded.for_session(session.deflate_params(), &mut self.codec)
+        };
         self.queue_data(index, wire);
     }
 
