@@ -46,6 +46,8 @@ pub struct Upgrade {
     pub(crate) resume: Option<Box<Since>>,
     /// Rooms to join at once (`?rooms=` of an SSE stream), in order.
     pub rooms: Vec<String>,
+    /// Where an SSE stream resumes: `Last-Event-ID`, or `?last_event_id=`.
+    pub last_event_id: Option<String>,
 }
 
 /// What the loop does with a request.
@@ -450,6 +452,7 @@ fn upgrade(request: &Request, ctx: &Context<'_>, endpoint: Endpoint) -> Outcome 
         compression: agreement.map(|a| a.params),
         resume,
         rooms: Vec::new(),
+        last_event_id: None,
     })
 }
 
@@ -463,6 +466,13 @@ fn sse(request: &Request, ctx: &Context<'_>) -> Outcome {
     let rooms = match auth::query_param(&request.target, "rooms") {
         Ok(list) => crate::sse::rooms(list.as_deref().unwrap_or_default()),
         Err(e) => return refuse(400, &e.to_string(), HandshakeFailure::BadRequest),
+    };
+    let last_event_id = match request.last_event_id.clone() {
+        Some(id) => Some(id),
+        None => match auth::query_param(&request.target, "last_event_id") {
+            Ok(id) => id,
+            Err(e) => return refuse(400, &e.to_string(), HandshakeFailure::BadRequest),
+        },
     };
     let user = match identity(request, ctx) {
         Ok(user) => user,
@@ -484,6 +494,7 @@ fn sse(request: &Request, ctx: &Context<'_>) -> Outcome {
         compression: None,
         rooms,
         resume: None,
+        last_event_id,
     })
 }
 

@@ -198,6 +198,9 @@ impl EventLoop {
         for room in &upgrade.rooms {
             self.join_room(index, room);
         }
+        if upgrade.endpoint == Endpoint::Sse {
+            self.open_stream(index, upgrade.last_event_id.as_deref());
+        }
         self.mark_dirty(index);
         self.rearm_open(index);
         self.apply_actions();

@@ -16,7 +16,6 @@ use std::rc::Rc;
 
 use crate::frame::Wire;
 
-#[allow(dead_code)]
 pub(crate) mod marks;
 
 /// The heartbeat sent every `ping_period`: a comment line, which every
