@@ -53,7 +53,7 @@ pub struct Request {
     /// `Authorization`, when sent.
     pub authorization: Option<Vec<u8>>,
     /// `Last-Event-ID` (an `EventSource` resuming), when sent as text.
-    pub last_event_id: Option<String>,
+    pub last_event_id: Option<Box<str>>,
 }
 
 /// Why a request head was refused; each maps to one status code.
@@ -226,9 +226,7 @@ fn apply_header(
     } else if name.eq_ignore_ascii_case("authorization") {
         request.authorization = Some(value.to_vec());
     } else if name.eq_ignore_ascii_case("last-event-id") {
-        request.last_event_id = std::str::from_utf8(value.trim_ascii())
-            .ok()
-            .map(str::to_owned);
+        request.last_event_id = std::str::from_utf8(value.trim_ascii()).ok().map(Box::from);
     }
     Ok(())
 }
@@ -391,6 +389,10 @@ mod tests {
         let resuming = b"GET /api/ws/sse HTTP/1.1\r\nLast-Event-ID:  ab-12 \r\n\r\n";
         let req = parse_head(resuming, 1024, 0).unwrap().unwrap();
         assert_eq!(req.last_event_id.as_deref(), Some("ab-12"));
+        assert!(
+            std::mem::size_of::<Request>() < 256,
+            "a unit of input stays small"
+        );
     }
 
     #[test]

@@ -467,8 +467,8 @@ fn sse(request: &Request, ctx: &Context<'_>) -> Outcome {
         Ok(list) => crate::sse::rooms(list.as_deref().unwrap_or_default()),
         Err(e) => return refuse(400, &e.to_string(), HandshakeFailure::BadRequest),
     };
-    let last_event_id = match request.last_event_id.clone() {
-        Some(id) => Some(id),
+    let last_event_id = match request.last_event_id.as_deref() {
+        Some(id) => Some(id.to_owned()),
         None => match auth::query_param(&request.target, "last_event_id") {
             Ok(id) => id,
             Err(e) => return refuse(400, &e.to_string(), HandshakeFailure::BadRequest),

@@ -706,9 +706,18 @@ fn next_event(stream: &mut Stream<TcpStream>) -> (String, Option<String>, String
 /// Pushes `content` to alice (`u`), the lobby (`r`) or everyone (`a`).
 fn push_to(server: &TestServer, stream: char, content: i64) {
     let (path, body) = match stream {
-        'u' => ("/api/ws/send", json!({"type": "n", "to": "alice", "content": content})),
-        'r' => ("/api/ws/broadcast", json!({"type": "n", "room": "lobby", "content": content})),
-        _ => ("/api/ws/broadcast", json!({"type": "n", "content": content})),
+        'u' => (
+            "/api/ws/send",
+            json!({"type": "n", "to": "alice", "content": content}),
+        ),
+        'r' => (
+            "/api/ws/broadcast",
+            json!({"type": "n", "room": "lobby", "content": content}),
+        ),
+        _ => (
+            "/api/ws/broadcast",
+            json!({"type": "n", "content": content}),
+        ),
     };
     post(server, path, body);
 }
@@ -742,16 +751,17 @@ fn with_history_ids_resume_every_stream_of_the_connection_with_nothing_lost_or_r
         assert!(from_sse["pos"].is_string(), "{data}");
         ids.push(id.expect("every kept message has an id"));
     }
-    assert_eq!(ids.iter().collect::<std::collections::HashSet<_>>().len(), 3);
+    assert_eq!(
+        ids.iter().collect::<std::collections::HashSet<_>>().len(),
+        3
+    );
     let last = sse.last_id.clone().unwrap();
     assert_eq!(last, ids[2]);
     drop(sse);
     wait_online(&server, 1);
     // Missed while away: two per stream, interleaved.
-    let mut n = 4;
-    for stream in ['u', 'r', 'a', 'a', 'r', 'u'] {
+    for (n, stream) in (4..).zip(['u', 'r', 'a', 'a', 'r', 'u']) {
         push_to(&server, stream, n);
-        n += 1;
     }
     let mut back = Stream::open(request(server.addr, path, &[("Last-Event-ID", &last)]));
     assert_eq!(back.status, 200);
@@ -786,7 +796,10 @@ fn with_history_ids_resume_every_stream_of_the_connection_with_nothing_lost_or_r
         &[("Authorization", &format!("Bearer {ADMIN}"))],
         "",
     );
-    assert!(metrics.contains("\nwshub_history_replayed_total 6\n"), "{metrics}");
+    assert!(
+        metrics.contains("\nwshub_history_replayed_total 6\n"),
+        "{metrics}"
+    );
 }
 
 #[test]
@@ -807,7 +820,10 @@ fn streams_that_cannot_be_replayed_are_named_in_a_reset_before_live_events() {
     let mut back = Stream::open(request(server.addr, path, &[("Last-Event-ID", &last)]));
     let (name, id, data) = next_event(&mut back);
     assert_eq!((name.as_str(), id), ("reset", None));
-    assert_eq!(serde_json::from_str::<Value>(&data).unwrap(), json!({"streams": ["u"]}));
+    assert_eq!(
+        serde_json::from_str::<Value>(&data).unwrap(),
+        json!({"streams": ["u"]})
+    );
     let (name, _, data) = next_event(&mut back);
     assert_eq!(name, "message");
     assert_eq!(serde_json::from_str::<Value>(&data).unwrap()["content"], 5);

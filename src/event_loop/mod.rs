@@ -60,8 +60,8 @@ mod commands;
 mod deliver;
 mod dispatch;
 mod read;
-mod stream;
 mod resume;
+mod stream;
 mod timers;
 mod write;
 

@@ -97,7 +97,12 @@ impl EventLoop {
             });
             let fits = |events: &[Wire]| {
                 let more: usize = events.iter().map(|e| e.len()).sum();
-                session_fits(self.sessions.get(index), replay.len() + events.len() + 2, bytes + more, &self.rules)
+                session_fits(
+                    self.sessions.get(index),
+                    replay.len() + events.len() + 2,
+                    bytes + more,
+                    &self.rules,
+                )
             };
             match events {
                 Some(events) if fits(&events) => {

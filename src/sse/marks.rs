@@ -200,7 +200,13 @@ mod tests {
         let token = marks.token(seq);
         assert_eq!(marks.parse(&token), Some(1));
         assert_eq!(other.parse(&token), None, "another run");
-        for bad in ["", "-", "x", &format!("{}-", marks.run), &format!("{}-+1", marks.run)] {
+        for bad in [
+            "",
+            "-",
+            "x",
+            &format!("{}-", marks.run),
+            &format!("{}-+1", marks.run),
+        ] {
             assert_eq!(marks.parse(bad), None, "{bad:?}");
         }
         assert_eq!(marks.parse(&marks.token(2)), None, "not handed out yet");
@@ -217,11 +223,20 @@ mod tests {
         marks.record(room("lobby"), "r:R:4", 0);
         marks.record(Stream::All, "a:E:3", 0);
         assert_eq!(marks.since(seen, 'a', None), Since::After("a:E:1".into()));
-        assert_eq!(marks.since(seen, 'r', Some("lobby")), Since::After("r:R:3".into()));
+        assert_eq!(
+            marks.since(seen, 'r', Some("lobby")),
+            Since::After("r:R:3".into())
+        );
         assert_eq!(marks.since(seen, 'u', Some("amy")), Since::Nothing);
         assert_eq!(marks.since(seen, 'u', Some("bob")), Since::Nothing);
-        assert_eq!(marks.since(0, 'u', Some("amy")), Since::After("u:U:6".into()));
-        assert_eq!(marks.since(0, 'r', Some("other")), Since::After("r:O:0".into()));
+        assert_eq!(
+            marks.since(0, 'u', Some("amy")),
+            Since::After("u:U:6".into())
+        );
+        assert_eq!(
+            marks.since(0, 'r', Some("other")),
+            Since::After("r:O:0".into())
+        );
     }
 
     #[test]

@@ -225,7 +225,10 @@ mod tests {
         assert_eq!(&wire[..], b"id: run-7\ndata: {}\n\n");
         assert_eq!(&id_only("run-\n8")[..], b"id: run-8\n\n");
         let reset = named_event("reset", br#"{"streams":["a"]}"#);
-        assert_eq!(parse(&reset), [("reset".into(), r#"{"streams":["a"]}"#.into())]);
+        assert_eq!(
+            parse(&reset),
+            [("reset".into(), r#"{"streams":["a"]}"#.into())]
+        );
         for len in [0, 5, 125, 126, 300, 70_000] {
             let payload = vec![b'x'; len];
             let frame = crate::frame::encode(crate::frame::Kind::Text, &payload);
