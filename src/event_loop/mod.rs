@@ -42,6 +42,7 @@ use crate::deflate::Codec;
 use crate::frame::{self, Kind, Wire};
 use crate::handle::Inbox;
 use crate::hooks::{Actions, Hooks};
+use crate::jwt::Verifier;
 use crate::metrics::{Metrics, Shared};
 use crate::rate::Bucket;
 use crate::router::{Limits, Router};
@@ -144,6 +145,8 @@ pub(crate) struct EventLoop {
     cluster: Option<Link>,
     /// What new connections' TLS uses; `None`: plain TCP. SIGHUP replaces it.
     tls: Option<Arc<rustls::ServerConfig>>,
+    /// Checks connect tokens; its JWKS keys (if any) refresh on their own thread.
+    jwt: Verifier,
 }
 
 /// What the server was built with.
@@ -158,6 +161,7 @@ pub(crate) struct Parts {
     pub signals: Option<signal_hook_mio::v1_0::Signals>,
     pub cluster: Option<Link>,
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub jwt: Verifier,
 }
 
 impl EventLoop {
@@ -205,6 +209,7 @@ impl EventLoop {
             codec: Codec::default(),
             cluster: parts.cluster,
             tls: parts.tls,
+            jwt: parts.jwt,
         }
     }
 
