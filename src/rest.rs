@@ -48,10 +48,9 @@ pub struct Upgrade {
     /// `?recover=1` or `?since=` on a chat upgrade while history is on:
     /// the positions to resume from (none for a fresh start).
     pub(crate) resume: Option<Box<Since>>,
-    /// Rooms to join at once (`?rooms=` of an SSE stream), in order.
-    pub rooms: Vec<String>,
-    /// Where an SSE stream resumes: `Last-Event-ID`, or `?last_event_id=`.
-    pub last_event_id: Option<String>,
+    /// What an SSE stream asked for (`None` for WebSockets); boxed, so an
+    /// upgrade stays small.
+    pub stream: Option<Box<crate::sse::Open>>,
 }
 
 /// What the loop does with a request.
@@ -458,8 +457,7 @@ fn upgrade(request: &Request, ctx: &Context<'_>, endpoint: Endpoint) -> Outcome 
         response: switching_protocols(&accept, agreement.as_ref().map(|a| a.response.as_str())),
         compression: agreement.map(|a| a.params),
         resume,
-        rooms: Vec::new(),
-        last_event_id: None,
+        stream: None,
     })
 }
 
@@ -500,9 +498,11 @@ fn sse(request: &Request, ctx: &Context<'_>) -> Outcome {
         claims: identity.claims,
         response: crate::sse::response_head(origin),
         compression: None,
-        rooms,
         resume: None,
-        last_event_id,
+        stream: Some(Box::new(crate::sse::Open {
+            rooms,
+            last_event_id,
+        })),
     })
 }
 

@@ -18,6 +18,15 @@ use crate::frame::Wire;
 
 pub(crate) mod marks;
 
+/// What a request for a stream asked for, besides who it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Open {
+    /// Rooms to join at once (`?rooms=`), in order.
+    pub rooms: Vec<String>,
+    /// Where it resumes: `Last-Event-ID`, or `?last_event_id=`.
+    pub last_event_id: Option<String>,
+}
+
 /// The heartbeat sent every `ping_period`: a comment line, which every
 /// client ignores and every proxy sees as traffic.
 pub(crate) const HEARTBEAT: &[u8] = b":\n\n";
