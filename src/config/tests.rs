@@ -365,7 +365,7 @@ fn wrong_types_are_named() {
             ),
             (
                 "just text\n",
-                r#"config.yaml: invalid type: string "just text", expected a mapping of sections (app, log, websocket, jwt, cluster, tls, history)"#,
+                r#"config.yaml: invalid type: string "just text", expected a mapping of sections (app, log, websocket, jwt, webhooks, cluster, tls, history)"#,
             ),
             (
                 "websocket:\n  allowed_origins: https://a.example\n",
