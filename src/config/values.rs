@@ -115,7 +115,12 @@ pub(super) fn parse_secret_url(v: &Value) -> Result<Secret, String> {
 
 /// `webhooks.events`: a list of event kinds (it may be empty: none sent).
 pub(super) fn parse_events(v: &Value) -> Result<Vec<String>, String> {
-    const KINDS: [&str; 4] = ["user_online", "user_offline", "room_occupied", "room_vacated"];
+    const KINDS: [&str; 4] = [
+        "user_online",
+        "user_offline",
+        "room_occupied",
+        "room_vacated",
+    ];
     let items = v.as_sequence().ok_or_else(|| {
         format!(
             "expected a list such as [user_online, user_offline], got {}",

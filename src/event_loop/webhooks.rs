@@ -21,11 +21,15 @@ use crate::router::{Change, Router};
 use crate::webhooks::Webhooks;
 
 fn remote_user(cluster: Option<&Link>, user: &str) -> bool {
-    cluster.and_then(Link::view).is_some_and(|v| v.has_user(user))
+    cluster
+        .and_then(Link::view)
+        .is_some_and(|v| v.has_user(user))
 }
 
 fn remote_room(cluster: Option<&Link>, room: &str) -> bool {
-    cluster.and_then(Link::view).is_some_and(|v| v.has_room(room))
+    cluster
+        .and_then(Link::view)
+        .is_some_and(|v| v.has_room(room))
 }
 
 impl EventLoop {
@@ -124,8 +128,10 @@ fn view_changed(webhooks: &mut Webhooks, router: &Router, link: &Link, new: &Vie
     };
     let (old_users, old_rooms) = old.users_and_rooms();
     let (new_users, new_rooms) = new.users_and_rooms();
-    let (old_users, new_users): (HashSet<&str>, HashSet<&str>) =
-        (old_users.into_iter().collect(), new_users.into_iter().collect());
+    let (old_users, new_users): (HashSet<&str>, HashSet<&str>) = (
+        old_users.into_iter().collect(),
+        new_users.into_iter().collect(),
+    );
     for user in old_users.difference(&new_users) {
         if router.user_sessions(user) == 0 {
             webhooks.user_absent(user, now_ms);
@@ -139,8 +145,10 @@ fn view_changed(webhooks: &mut Webhooks, router: &Router, link: &Link, new: &Vie
     if !webhooks.rooms_wanted() {
         return;
     }
-    let (old_rooms, new_rooms): (HashSet<&str>, HashSet<&str>) =
-        (old_rooms.into_iter().collect(), new_rooms.into_iter().collect());
+    let (old_rooms, new_rooms): (HashSet<&str>, HashSet<&str>) = (
+        old_rooms.into_iter().collect(),
+        new_rooms.into_iter().collect(),
+    );
     for room in old_rooms.difference(&new_rooms) {
         if router.room_size(room) == 0 {
             webhooks.room_absent(room, now_ms);

@@ -10,9 +10,9 @@
 //! id, see [`Webhooks::set_reporter`]) sends events; every node tracks, so a
 //! successor carries on with the same state. Touches only its submodules.
 
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
 use crate::config::WebhooksConfig;
@@ -27,7 +27,12 @@ pub mod tracker;
 pub const QUEUE_CAPACITY: usize = 10_000;
 
 /// The kinds of event `webhooks.events` may list.
-pub const EVENT_KINDS: [&str; 4] = ["user_online", "user_offline", "room_occupied", "room_vacated"];
+pub const EVENT_KINDS: [&str; 4] = [
+    "user_online",
+    "user_offline",
+    "room_occupied",
+    "room_vacated",
+];
 
 /// The loop's webhook state: two trackers, the queue, the counters.
 #[derive(Debug)]
@@ -161,10 +166,26 @@ impl Webhooks {
         use std::fmt::Write as _;
         let s = &self.stats;
         let rows = [
-            ("wshub_webhook_events_queued_total", "Webhook events handed to the sender thread.", &s.queued),
-            ("wshub_webhook_events_dropped_total", "Webhook events dropped because the queue was full.", &s.dropped),
-            ("wshub_webhook_events_delivered_total", "Webhook events delivered (2xx).", &s.delivered),
-            ("wshub_webhook_failed_attempts_total", "Webhook POSTs that failed and were retried.", &s.failed_attempts),
+            (
+                "wshub_webhook_events_queued_total",
+                "Webhook events handed to the sender thread.",
+                &s.queued,
+            ),
+            (
+                "wshub_webhook_events_dropped_total",
+                "Webhook events dropped because the queue was full.",
+                &s.dropped,
+            ),
+            (
+                "wshub_webhook_events_delivered_total",
+                "Webhook events delivered (2xx).",
+                &s.delivered,
+            ),
+            (
+                "wshub_webhook_failed_attempts_total",
+                "Webhook POSTs that failed and were retried.",
+                &s.failed_attempts,
+            ),
         ];
         for (name, help, value) in rows {
             let _ = write!(

@@ -127,7 +127,13 @@ pub fn run(target: &Target, events: &Receiver<Event>, stats: &Arc<Stats>) {
 
 /// POSTs one batch until a 2xx; once the server is stopping (`!retry_forever`)
 /// it gives up after a few tries so the process can exit.
-fn deliver(agent: &ureq::Agent, target: &Target, batch: &[Event], stats: &Stats, retry_forever: bool) {
+fn deliver(
+    agent: &ureq::Agent,
+    target: &Target,
+    batch: &[Event],
+    stats: &Stats,
+    retry_forever: bool,
+) {
     let body = body(batch);
     let signature = signature(&target.secret, &body);
     let mut backoff = FIRST_BACKOFF;
@@ -160,7 +166,10 @@ fn deliver(agent: &ureq::Agent, target: &Target, batch: &[Event], stats: &Stats,
             );
         }
         if !retry_forever && attempts >= 3 {
-            log::warn!("webhooks: shutting down, {} events not delivered", batch.len());
+            log::warn!(
+                "webhooks: shutting down, {} events not delivered",
+                batch.len()
+            );
             return;
         }
         std::thread::sleep(backoff);
