@@ -35,6 +35,7 @@
 //! | [`http`] | request heads (`httparse`) and responses |
 //! | `rest` | the HTTP endpoints: answer, upgrade or push |
 //! | [`frame`] | WebSocket frames in (validated, reassembled) and out (encoded once) |
+//! | `sse` | Server-Sent Events: the stream's head, events (encoded once) and heartbeat |
 //! | [`deflate`] | permessage-deflate: negotiation, compress once per broadcast, bounded inflate |
 //! | [`message`] | the JSON message shapes |
 //! | [`audience`] | who a message is for ([`Audience`]) and [`SessionKey`] |
@@ -43,11 +44,13 @@
 //! | [`wheel`] | the hashed timer wheel for pings and timeouts |
 //! | `rate` | the per-session token bucket and flood detector |
 //! | `handle` | the cross-thread [`Handle`] (bounded channel + waker) |
+//! | `history` | the last messages per audience (stream), positions, replay for resuming sessions |
 //! | `hooks` | application callbacks on the loop thread |
 //! | `cluster` | several nodes over Redis: bridge threads, presence, channels |
+//! | `webhooks` | presence events for the backend: decided on the loop, batched, signed and POSTed by their own thread |
 //! | `metrics` | counters and the Prometheus text |
 //! | [`config`], `cli`, [`app`] | settings, arguments, what the binaries run |
-//! | `auth`, [`jwt`] | admin token, origin and JWT checks |
+//! | `auth`, [`jwt`], `jwks` | admin token, origin and JWT checks (on `jsonwebtoken`); JWKS fetched off the loop |
 //! | [`ids`] | user id and room name bounds, escaped for logs |
 //! | [`alloc`] | the counting allocator behind heap statistics |
 //!
@@ -84,9 +87,11 @@ pub mod deflate;
 mod event_loop;
 pub mod frame;
 pub(crate) mod handle;
+pub(crate) mod history;
 pub(crate) mod hooks;
 pub mod http;
 pub mod ids;
+pub(crate) mod jwks;
 pub mod jwt;
 pub mod message;
 pub(crate) mod metrics;
@@ -96,8 +101,10 @@ pub(crate) mod rest;
 pub mod router;
 pub mod server;
 pub(crate) mod session;
+pub(crate) mod sse;
 pub(crate) mod tls;
 pub(crate) mod transport;
+pub(crate) mod webhooks;
 pub mod wheel;
 
 pub use audience::{Audience, SessionKey};

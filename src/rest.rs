@@ -11,8 +11,10 @@ use crate::auth;
 use crate::cluster::view::View;
 use crate::config::{Config, WebSocketConfig};
 use crate::deflate;
+use crate::history::position::Since;
 use crate::http::{switching_protocols, Method, Request, Response};
 use crate::ids;
+use crate::jwt;
 use crate::message::{self, Incoming, Outgoing};
 use crate::metrics::HandshakeFailure;
 use crate::router::Router;
@@ -25,6 +27,8 @@ pub enum Endpoint {
     Chat,
     /// `/api/ws/echo`: every message echoed back.
     Echo,
+    /// `/api/ws/sse`: chat traffic received as Server-Sent Events.
+    Sse,
 }
 
 /// An accepted upgrade.
@@ -34,10 +38,19 @@ pub struct Upgrade {
     pub endpoint: Endpoint,
     /// The session's user id (chat only; `None` is anonymous).
     pub user: Option<String>,
+    /// The connect token's claims, when the user came from a token (the
+    /// rooms it grants, say).
+    pub claims: Option<jwt::Claims>,
     /// The complete 101 response.
     pub response: Vec<u8>,
     /// permessage-deflate, when enabled and a client's offer was accepted.
     pub compression: Option<deflate::Params>,
+    /// `?recover=1` or `?since=` on a chat upgrade while history is on:
+    /// the positions to resume from (none for a fresh start).
+    pub(crate) resume: Option<Box<Since>>,
+    /// What an SSE stream asked for (`None` for WebSockets); boxed, so an
+    /// upgrade stays small.
+    pub stream: Option<Box<crate::sse::Open>>,
 }
 
 /// What the loop does with a request.
@@ -69,10 +82,12 @@ pub struct Context<'a> {
     pub mode: Mode,
     /// The indexes, for status.
     pub router: &'a Router,
-    /// Open WebSocket sessions (chat and echo), for `max_connections`.
+    /// Open sessions (chat, echo and SSE), for `max_connections`.
     pub open_websockets: usize,
     /// Seconds since the Unix epoch, for token expiry.
     pub now_unix: u64,
+    /// Checks connect tokens against `jwt:`.
+    pub jwt: &'a jwt::Verifier,
     /// How this node sees the cluster (`Off` unless `cluster.redis` is set).
     pub cluster: Cluster<'a>,
 }
@@ -190,7 +205,7 @@ impl Route {
 /// Every endpoint but the demo page's files (PROTOCOL.md sections 3 and 6).
 /// A new endpoint is one row here; it needs the admin token unless the row
 /// says `.public()`. A wrong method gets 405 before the token is looked at.
-const ROUTES: [Route; 7] = [
+const ROUTES: [Route; 8] = [
     Route::new(Verb::Get, "/health", Scope::Always, |_, _, ctx| health(ctx)).public(),
     Route::new(Verb::Get, "/metrics", Scope::Always, |_, _, _| {
         Outcome::Metrics
@@ -204,6 +219,10 @@ const ROUTES: [Route; 7] = [
     .public(),
     Route::new(Verb::Get, "/api/ws/echo", Scope::Echo, |request, _, ctx| {
         upgrade(request, ctx, Endpoint::Echo)
+    })
+    .public(),
+    Route::new(Verb::Get, "/api/ws/sse", Scope::Api, |request, _, ctx| {
+        sse(request, ctx)
     })
     .public(),
     Route::new(Verb::Get, "/api/ws/status", Scope::Api, |_, _, ctx| {
@@ -411,12 +430,14 @@ fn upgrade(request: &Request, ctx: &Context<'_>, endpoint: Endpoint) -> Outcome 
     if !auth::origin_allowed(&ws.allowed_origins, request.origin.as_deref()) {
         return refuse(403, "origin not allowed", HandshakeFailure::Origin);
     }
-    let user = match endpoint {
-        Endpoint::Echo => None,
-        Endpoint::Chat => match identity(request, ctx) {
-            Ok(user) => user,
-            Err(outcome) => return outcome,
-        },
+    let (identity, resume) = match endpoint {
+        Endpoint::Echo => (auth::Identity::default(), None),
+        Endpoint::Chat | Endpoint::Sse => {
+            match identity(request, ctx).and_then(|i| Ok((i, resume(request, ctx)?))) {
+                Ok(found) => found,
+                Err(outcome) => return outcome,
+            }
+        }
     };
     if ctx.open_websockets >= ws.max_connections {
         return refuse(503, "server at capacity", HandshakeFailure::Capacity);
@@ -431,30 +452,100 @@ fn upgrade(request: &Request, ctx: &Context<'_>, endpoint: Endpoint) -> Outcome 
         .and_then(deflate::negotiate);
     Outcome::Upgrade(Upgrade {
         endpoint,
-        user,
+        user: identity.user,
+        claims: identity.claims,
         response: switching_protocols(&accept, agreement.as_ref().map(|a| a.response.as_str())),
         compression: agreement.map(|a| a.params),
+        resume,
+        stream: None,
     })
 }
 
-fn identity(request: &Request, ctx: &Context<'_>) -> Result<Option<String>, Outcome> {
+/// `GET /api/ws/sse`: the same checks as a chat upgrade (Origin, identity,
+/// capacity), answered with the head of an event stream.
+fn sse(request: &Request, ctx: &Context<'_>) -> Outcome {
+    let ws = &ctx.config.websocket;
+    if !auth::origin_allowed(&ws.allowed_origins, request.origin.as_deref()) {
+        return refuse(403, "origin not allowed", HandshakeFailure::Origin);
+    }
+    let rooms = match auth::query_param(&request.target, "rooms") {
+        Ok(list) => crate::sse::rooms(list.as_deref().unwrap_or_default()),
+        Err(e) => return refuse(400, &e.to_string(), HandshakeFailure::BadRequest),
+    };
+    let last_event_id = match request.last_event_id.as_deref() {
+        Some(id) => Some(id.to_owned()),
+        None => match auth::query_param(&request.target, "last_event_id") {
+            Ok(id) => id,
+            Err(e) => return refuse(400, &e.to_string(), HandshakeFailure::BadRequest),
+        },
+    };
+    let identity = match identity(request, ctx) {
+        Ok(identity) => identity,
+        Err(outcome) => return outcome,
+    };
+    if ctx.open_websockets >= ws.max_connections {
+        return refuse(503, "server at capacity", HandshakeFailure::Capacity);
+    }
+    // Echoed for cross-origin EventSource; only a plain header value is.
+    let origin = request
+        .origin
+        .as_deref()
+        .filter(|o| !o.is_empty() && o.iter().all(u8::is_ascii_graphic))
+        .and_then(|o| std::str::from_utf8(o).ok());
+    Outcome::Upgrade(Upgrade {
+        endpoint: Endpoint::Sse,
+        user: identity.user,
+        claims: identity.claims,
+        response: crate::sse::response_head(origin),
+        compression: None,
+        resume: None,
+        stream: Some(Box::new(crate::sse::Open {
+            rooms,
+            last_event_id,
+        })),
+    })
+}
+
+/// `?recover=1` / `?since=P1,P2`, read only while history is on (off, the
+/// parameters are ignored as before). A `since` that does not parse: 400.
+fn resume(request: &Request, ctx: &Context<'_>) -> Result<Option<Box<Since>>, Outcome> {
+    if !ctx.config.history.enabled() {
+        return Ok(None);
+    }
+    let query = |name: &str| {
+        auth::query_param(&request.target, name)
+            .map_err(|e| refuse(400, &e.to_string(), HandshakeFailure::BadRequest))
+    };
+    let recover = matches!(query("recover")?.as_deref(), Some("1" | "true"));
+    match query("since")? {
+        Some(text) => Since::parse(&text).map(|s| Some(Box::new(s))).map_err(|e| {
+            refuse(
+                400,
+                &format!("invalid since: {e}"),
+                HandshakeFailure::BadRequest,
+            )
+        }),
+        None => Ok(recover.then(Box::default)),
+    }
+}
+
+fn identity(request: &Request, ctx: &Context<'_>) -> Result<auth::Identity, Outcome> {
     let query = |name: &str| {
         auth::query_param(&request.target, name)
             .map_err(|e| refuse(400, &e.to_string(), HandshakeFailure::BadRequest))
     };
     let user_id = query("user_id")?;
     let query_token = query("token")?;
-    let jwt = &ctx.config.jwt;
-    let user = auth::connect_identity(
-        jwt.secret.expose(),
-        jwt.required,
+    let identity = auth::connect_identity(
+        ctx.jwt,
+        ctx.config.jwt.required,
         auth::bearer_token(request.authorization.as_deref()),
         query_token.as_deref(),
         user_id.as_deref(),
         ctx.now_unix,
     )
     .map_err(|e| refuse(401, &e.to_string(), HandshakeFailure::Auth))?;
-    if let Some(user) = &user {
+    if let Some(user) = &identity.user {
         ids::check(user, ctx.config.websocket.max_id_bytes).map_err(|e| {
             refuse(
                 400,
@@ -463,7 +554,7 @@ fn identity(request: &Request, ctx: &Context<'_>) -> Result<Option<String>, Outc
             )
         })?;
     }
-    Ok(user)
+    Ok(identity)
 }
 
 /// A key is the base64 of 16 bytes: 24 characters ending in "==".
@@ -510,6 +601,7 @@ mod tests {
             router: &router,
             open_websockets: 2,
             now_unix: 1_700_000_000,
+            jwt: &jwt::Verifier::from_config(&config.jwt).unwrap(),
             cluster: Cluster::Off,
         };
         handle(&request(text), body.as_bytes(), &ctx)
@@ -523,7 +615,10 @@ mod tests {
             .map(|r| r.path)
             .collect();
         // Widening this list is a security decision: PROTOCOL.md section 6.
-        assert_eq!(public, ["/health", "/api/ws/connect", "/api/ws/echo"]);
+        assert_eq!(
+            public,
+            ["/health", "/api/ws/connect", "/api/ws/echo", "/api/ws/sse"]
+        );
         let mut config = Config::default();
         config.websocket.admin_token = "adm".into();
         config.websocket.echo = true;
@@ -593,6 +688,7 @@ mod tests {
                 router: &router,
                 open_websockets: 0,
                 now_unix: 0,
+                jwt: &jwt::Verifier::from_config(&config.jwt).unwrap(),
                 cluster: view.map_or(Cluster::Down, Cluster::Up),
             };
             status_and_body(handle(

@@ -162,6 +162,14 @@ impl Router {
         change
     }
 
+    /// The rooms `key` is in (before it leaves them, for webhooks).
+    pub fn session_rooms(&self, key: SessionKey) -> Vec<Rc<str>> {
+        self.memberships
+            .get(&key)
+            .map(|rooms| rooms.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// Open chat sessions, anonymous ones included.
     pub fn online_count(&self) -> usize {
         self.everyone.len()
@@ -197,6 +205,11 @@ impl Router {
     /// Whether `key` is a member of `room`.
     pub fn is_member(&self, key: SessionKey, room: &str) -> bool {
         self.rooms.get(room).is_some_and(|m| m.contains(&key))
+    }
+
+    /// The rooms `key` is in, in no order.
+    pub fn rooms_of(&self, key: SessionKey) -> impl Iterator<Item = &Rc<str>> {
+        self.memberships.get(&key).into_iter().flatten()
     }
 
     /// Rooms with at least one member.
@@ -318,10 +331,11 @@ impl Router {
                 };
                 Route::Reply(pong.to_json())
             }
-            // A client's "error" would arrive byte-identical to the server's own.
-            kind @ ("error" | "pong") => Route::Reply(message::error_json(&format!(
-                "type \"{kind}\" is reserved for the server"
-            ))),
+            // A client's "error" would arrive byte-identical to the server's own;
+            // welcome and recovered speak for the server's history.
+            kind @ ("error" | "pong" | "welcome" | "recovered") => Route::Reply(
+                message::error_json(&format!("type \"{kind}\" is reserved for the server")),
+            ),
             "join" | "leave" => match message.room() {
                 None => Route::Reply(message::error_json(&format!(
                     "{} needs a \"room\"",

@@ -95,9 +95,22 @@ fn defaults_are_protocol_section_2() {
         jwt: JwtConfig {
             secret: Secret::default(),
             required: false,
+            algorithms: vec!["HS256".to_owned()],
+            public_key: String::new(),
+            jwks_url: String::new(),
+            issuer: String::new(),
+            audience: String::new(),
+        },
+        webhooks: WebhooksConfig {
+            url: Secret::default(),
+            secret: Secret::default(),
+            events: vec!["user_online".to_owned(), "user_offline".to_owned()],
+            offline_delay: Duration::from_secs(5),
+            timeout: Duration::from_secs(5),
         },
         cluster: ClusterConfig::default(),
         tls: TlsConfig::default(),
+        history: HistoryConfig::default(),
     };
     assert_eq!(Config::default(), expected);
     assert_eq!(parse(PROTOCOL_YAML), expected);
@@ -159,7 +172,14 @@ websocket:
   client_broadcast: false
   compression: true
   compression_min_bytes: 9
-jwt: {secret: "s3", required: true}
+jwt:
+  secret: "s3"
+  required: true
+  algorithms: [HS512, RS256, PS256, ES384, EdDSA]
+  public_key: ""
+  jwks_url: "https://idp.example/.well-known/jwks.json"
+  issuer: "https://idp.example/"
+  audience: "wshub"
 "#;
     let expected = Config {
         app: AppConfig {
@@ -199,11 +219,51 @@ jwt: {secret: "s3", required: true}
         jwt: JwtConfig {
             secret: "s3".into(),
             required: true,
+            algorithms: ["HS512", "RS256", "PS256", "ES384", "EdDSA"]
+                .map(str::to_owned)
+                .to_vec(),
+            public_key: String::new(),
+            jwks_url: "https://idp.example/.well-known/jwks.json".to_owned(),
+            issuer: "https://idp.example/".to_owned(),
+            audience: "wshub".to_owned(),
         },
+        webhooks: WebhooksConfig::default(),
         cluster: ClusterConfig::default(),
         tls: TlsConfig::default(),
+        history: HistoryConfig::default(),
     };
     assert_eq!(parse(text), expected);
+}
+
+#[test]
+fn history_section_defaults_off_and_checks_its_bounds() {
+    let default = Config::default().history;
+    assert!(!default.enabled());
+    assert_eq!(default.ttl, Duration::from_secs(120));
+    assert_eq!(default.max_bytes, 64 << 20);
+    assert_eq!(default.meta_ttl, Duration::from_secs(86_400));
+    let config = parse("history:\n  size: 100\n  ttl: 30s\n  max_bytes: 4096\n  meta_ttl: 1h\n");
+    assert!(config.history.enabled());
+    assert_eq!(config.history.size, 100);
+    assert_eq!(config.history.ttl, Duration::from_secs(30));
+    assert_eq!(config.history.max_bytes, 4096);
+    assert_eq!(config.history.meta_ttl, Duration::from_secs(3600));
+    assert_eq!(
+        error("history:\n  ttl: 10ms\n"),
+        "config.yaml: history.ttl: must be at least 1s, got \"10ms\""
+    );
+    assert_eq!(
+        error("history:\n  max_bytes: 10\n"),
+        "config.yaml: history.max_bytes: must be at least 1024, got 10"
+    );
+    assert_eq!(
+        error("history:\n  size: -1\n"),
+        "config.yaml: history.size: expected a non-negative integer, got -1"
+    );
+    assert_eq!(
+        error("history:\n  sizes: 1\n"),
+        "config.yaml: unknown key \"history.sizes\""
+    );
 }
 
 #[test]
@@ -313,7 +373,7 @@ fn wrong_types_are_named() {
             ),
             (
                 "just text\n",
-                r#"config.yaml: invalid type: string "just text", expected a mapping of sections (app, log, websocket, jwt, cluster, tls)"#,
+                r#"config.yaml: invalid type: string "just text", expected a mapping of sections (app, log, websocket, jwt, webhooks, cluster, tls, history)"#,
             ),
             (
                 "websocket:\n  allowed_origins: https://a.example\n",
@@ -526,11 +586,112 @@ fn rust_log_plain_level_overrides_config() {
 }
 
 #[test]
-fn jwt_required_needs_a_secret() {
+fn jwt_required_needs_a_key() {
     assert_eq!(
         error("jwt:\n  required: true\n"),
-        "config.yaml: jwt.required: true needs a non-empty jwt.secret, or no connect could succeed"
+        "config.yaml: jwt.required: true needs a key (jwt.secret, jwt.public_key or \
+         jwt.jwks_url), or no connect could succeed"
     );
+    let with_jwks = "jwt:\n  required: true\n  algorithms: [RS256]\n  jwks_url: http://idp/k\n";
+    assert!(parse(with_jwks).jwt.required);
+}
+
+#[test]
+fn jwt_algorithms_and_urls_are_checked() {
+    assert_eq!(
+        parse("jwt: {algorithms: [EdDSA, PS512]}\n").jwt.algorithms,
+        ["EdDSA", "PS512"]
+    );
+    assert_eq!(
+        error("jwt:\n  algorithms: [none]\n"),
+        "config.yaml: jwt.algorithms: item 0: expected one of HS256 HS384 HS512 RS256 RS384 \
+         RS512 PS256 PS384 PS512 ES256 ES384 EdDSA, got \"none\""
+    );
+    assert_eq!(
+        error("jwt:\n  algorithms: []\n"),
+        "config.yaml: jwt.algorithms: must list at least one algorithm"
+    );
+    assert_eq!(
+        error("jwt:\n  algorithms: hs256\n"),
+        "config.yaml: jwt.algorithms: expected a list of algorithms such as [HS256, RS256], got \"hs256\""
+    );
+    for bad in [
+        "ftp://idp/k",
+        "http://",
+        "https:///path",
+        "idp.example/jwks",
+        "http://a b",
+    ] {
+        assert_eq!(
+            error(&format!("jwt:\n  jwks_url: \"{bad}\"\n")),
+            "config.yaml: jwt.jwks_url: expected an http:// or https:// URL with a host",
+            "{bad}"
+        );
+    }
+    assert_eq!(
+        error("jwt:\n  issuer: [a]\n"),
+        "config.yaml: jwt.issuer: expected a string, got a list"
+    );
+}
+
+#[test]
+fn webhooks_section() {
+    let defaults = Config::default().webhooks;
+    assert!(defaults.url.is_empty());
+    assert_eq!(defaults.events, ["user_online", "user_offline"]);
+    assert_eq!(defaults.offline_delay, Duration::from_secs(5));
+    assert_eq!(defaults.timeout, Duration::from_secs(5));
+    let config = parse(
+        "webhooks:\n  url: \"https://backend.example/hooks?key=k\"\n  secret: whsec\n  \
+         events: [room_occupied, room_vacated, user_online]\n  offline_delay: 500ms\n  timeout: 2\n",
+    );
+    let w = &config.webhooks;
+    assert_eq!(w.url, "https://backend.example/hooks?key=k");
+    assert_eq!(w.secret, "whsec");
+    assert_eq!(w.events, ["room_occupied", "room_vacated", "user_online"]);
+    assert_eq!(w.offline_delay, Duration::from_millis(500));
+    assert_eq!(w.timeout, Duration::from_secs(2));
+    let debug = format!("{config:?}");
+    assert!(
+        !debug.contains("key=k") && !debug.contains("whsec"),
+        "{debug}"
+    );
+    assert_eq!(
+        error("webhooks:\n  events: [user_joined]\n"),
+        "config.yaml: webhooks.events: item 0: expected one of user_online user_offline \
+         room_occupied room_vacated, got \"user_joined\""
+    );
+    assert_eq!(
+        error("webhooks:\n  url: \"backend.example/hooks\"\n"),
+        "config.yaml: webhooks.url: expected an http:// or https:// URL with a host"
+    );
+    assert_eq!(
+        error("webhooks:\n  offline_delay: 0\n"),
+        "config.yaml: webhooks.offline_delay: must be greater than zero, got 0"
+    );
+    assert!(parse("webhooks:\n  events: []\n")
+        .webhooks
+        .events
+        .is_empty());
+}
+
+#[test]
+fn jwt_public_key_is_read_at_load() -> io::Result<()> {
+    let path = temp_path("jwt-key.yaml");
+    std::fs::write(
+        &path,
+        "jwt:\n  algorithms: [RS256]\n  public_key: /nonexistent/key.pem\n",
+    )?;
+    let message = Config::load(Some(&path)).unwrap_err().to_string();
+    let _ = std::fs::remove_file(&path);
+    assert!(
+        message.starts_with(&format!(
+            "{}: jwt.public_key: cannot read /nonexistent/key.pem",
+            path.display()
+        )),
+        "{message}"
+    );
+    Ok(())
 }
 
 #[test]

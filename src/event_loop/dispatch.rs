@@ -19,7 +19,7 @@ use crate::message;
 use crate::metrics::HandshakeFailure;
 use crate::rate::{self, Bucket};
 use crate::rest::{self, Endpoint, Outcome, Upgrade};
-use crate::router::{Change, Route};
+use crate::router::{Change, JoinError, Route};
 use crate::session::{Next, Phase, Unit};
 
 impl EventLoop {
@@ -75,6 +75,7 @@ impl EventLoop {
             router: &self.router,
             open_websockets: self.open_websockets,
             now_unix,
+            jwt: &self.jwt,
             cluster: match self.cluster.as_ref() {
                 None => rest::Cluster::Off,
                 Some(link) => link.view().map_or(rest::Cluster::Down, rest::Cluster::Up),
@@ -110,6 +111,12 @@ impl EventLoop {
                 if let Some(link) = self.cluster.as_ref() {
                     link.render_metrics(&mut text);
                 }
+                if let Some(history) = self.history.as_ref() {
+                    history.render_metrics(&mut text);
+                }
+                if let Some(webhooks) = self.webhooks.as_ref() {
+                    webhooks.render_metrics(&mut text);
+                }
                 let response = Response::raw(200, "text/plain; version=0.0.4", text.into_bytes());
                 self.respond(index, &response, keep_alive);
             }
@@ -134,7 +141,7 @@ impl EventLoop {
         }
     }
 
-    fn upgrade(&mut self, index: usize, upgrade: Upgrade) {
+    fn upgrade(&mut self, index: usize, mut upgrade: Upgrade) {
         let Some(session) = self.sessions.get(index) else {
             return;
         };
@@ -144,7 +151,7 @@ impl EventLoop {
             user: upgrade.user.as_deref(),
             peer,
         };
-        if upgrade.endpoint == Endpoint::Chat {
+        if upgrade.endpoint != Endpoint::Echo {
             if let Err(reason) = self.hooks.on_connect(&info, &mut self.actions) {
                 self.metrics.handshake_failed(HandshakeFailure::Hook);
                 let response = Response::error(403, &reason).closing();
@@ -170,24 +177,64 @@ impl EventLoop {
         self.open_websockets += 1;
         self.metrics.connections_total += 1;
         match upgrade.endpoint {
-            Endpoint::Chat => {
+            Endpoint::Chat | Endpoint::Sse => {
                 self.router.add_session(key, user.as_ref());
-                self.metrics.open_chat += 1;
+                if upgrade.endpoint == Endpoint::Sse {
+                    self.metrics.open_sse += 1;
+                } else {
+                    self.metrics.open_chat += 1;
+                }
                 if let Some(link) = self.cluster.as_mut() {
                     link.connected(user.as_deref());
                 }
+                self.webhook_connected(user.as_deref(), peer);
                 self.publish_online();
                 info!(
                     "connect user={} peer={peer} online={}",
                     ids::shown(user.as_deref()),
                     self.router.online_count()
                 );
+                if let Some(since) = upgrade.resume.take() {
+                    self.resume_session(index, user.as_deref(), *since);
+                }
             }
             Endpoint::Echo => self.metrics.open_echo += 1,
+        }
+        let stream = upgrade.stream.take().map(|open| *open).unwrap_or_default();
+        for room in &stream.rooms {
+            self.join_room(index, room);
+        }
+        if upgrade.endpoint == Endpoint::Sse {
+            self.open_stream(index, stream.last_event_id.as_deref());
         }
         self.mark_dirty(index);
         self.rearm_open(index);
         self.apply_actions();
+    }
+
+    /// A session joins `room` as a WebSocket `join` message would make it
+    /// (name bounds, `max_rooms_per_session`); a refused join is answered
+    /// with the same error message. For the rooms an event stream names.
+    fn join_room(&mut self, index: usize, room: &str) {
+        let Some(session) = self.sessions.get(index) else {
+            return;
+        };
+        let key = session.key;
+        let refused = |reason: &str| message::error_json(reason);
+        let max = self.config.websocket.max_id_bytes;
+        if let Err(e) = ids::check_fields([("room", Some(room))], max) {
+            return self.reply(index, &refused(&e.to_string()));
+        }
+        match self.router.join(key, room) {
+            Ok(Change::FirstMember) => {
+                if let Some(link) = self.cluster.as_mut() {
+                    link.joined_room(room);
+                }
+                self.webhook_room(room, Change::FirstMember);
+            }
+            Ok(_) => {}
+            Err(JoinError::TooManyRooms) => self.reply(index, &refused("too many rooms")),
+        }
     }
 
     fn on_inbound(&mut self, index: usize, inbound: Inbound<'_>) {
@@ -285,12 +332,18 @@ impl EventLoop {
         match self.router.route(key, user.as_deref(), &message) {
             Route::Reply(json) => self.reply(index, &json),
             Route::Done(change) => {
+                if let Some(room) = message.room() {
+                    self.webhook_room(room, change);
+                }
                 if let (Some(link), Some(room)) = (self.cluster.as_mut(), message.room()) {
                     match change {
                         Change::FirstMember => link.joined_room(room),
                         Change::LastMember => link.departed(),
                         Change::Member | Change::Unchanged => {}
                     }
+                }
+                if let ("join", Some(room)) = (&*message.kind, message.room()) {
+                    self.joined(index, room, message.since);
                 }
             }
             Route::Deliver(audience, json) => {

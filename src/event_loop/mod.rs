@@ -6,9 +6,11 @@
 //! | poll | `mod.rs` | waits for readiness, at most until the next deadline |
 //! | read | `read.rs` | drains ready sockets through their sessions |
 //! | dispatch | `dispatch.rs` | acts on each complete unit: REST, upgrade, frames → router → queues |
+//! | (resume) | `resume.rs` | with history on: welcome, replay and `recovered` at upgrade and join |
+//! | (resume) | `stream.rs` | with history on: an event stream's `id:` tokens, and its resume at open |
 //! | accept | `accept.rs` | takes new connections |
 //! | commands | `commands.rs` | handle commands (bounded per pass), hook actions, signals |
-//! | timers | `timers.rs` | applies what each due session timer found |
+//! | timers | `timers.rs` | applies what each due session timer found; history expiry |
 //! | cluster | `cluster.rs` | presence and channels of the other nodes |
 //! | write | `write/` | answers first, then a bounded share of the fan-out backlog |
 //! | close | `close.rs` | leaving the indexes, closing handshakes, reaping |
@@ -39,14 +41,15 @@ use crate::audience::SessionKey;
 use crate::cluster::Link;
 use crate::config::Config;
 use crate::deflate::Codec;
-use crate::frame::{self, Kind, Wire};
 use crate::handle::Inbox;
+use crate::history::History;
 use crate::hooks::{Actions, Hooks};
+use crate::jwt::Verifier;
 use crate::metrics::{Metrics, Shared};
 use crate::rate::Bucket;
 use crate::router::{Limits, Router};
 use crate::server::Mode;
-use crate::session::{Rules, Session};
+use crate::session::{Heartbeat, Rules, Session};
 
 use crate::wheel::{millis, Wheel};
 use write::backlog::Backlog;
@@ -58,7 +61,10 @@ mod commands;
 mod deliver;
 mod dispatch;
 mod read;
+mod resume;
+mod stream;
 mod timers;
+mod webhooks;
 mod write;
 
 /// The listening socket.
@@ -138,12 +144,23 @@ pub(crate) struct EventLoop {
     accept_failing: bool,
     commands_left: bool,
     shutdown_deadline_ms: Option<u64>,
-    ping: Wire,
+    /// The shared Ping frame and event-stream heartbeat.
+    heartbeat: Heartbeat,
     codec: Codec,
     /// `None` unless `cluster.redis` is set.
     cluster: Option<Link>,
     /// What new connections' TLS uses; `None`: plain TCP. SIGHUP replaces it.
     tls: Option<Arc<rustls::ServerConfig>>,
+    /// Checks connect tokens; its JWKS keys (if any) refresh on their own thread.
+    jwt: Verifier,
+    /// Presence events for the backend; `None` while `webhooks.url` is empty.
+    webhooks: Option<crate::webhooks::Webhooks>,
+    /// The last messages per audience for resuming sessions; `None` while
+    /// `history.size` is 0 (then nothing of it runs).
+    history: Option<History>,
+    /// With history on: the marks that make one `id:` per fan-out resume
+    /// every stream of an event stream (`stream.rs`).
+    sse_marks: Option<crate::sse::marks::Marks>,
 }
 
 /// What the server was built with.
@@ -158,6 +175,7 @@ pub(crate) struct Parts {
     pub signals: Option<signal_hook_mio::v1_0::Signals>,
     pub cluster: Option<Link>,
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub jwt: Verifier,
 }
 
 impl EventLoop {
@@ -165,6 +183,12 @@ impl EventLoop {
         let start = Instant::now();
         let limits = Limits::from_config(&parts.config.websocket);
         let rules = Rules::from_config(&parts.config.websocket);
+        let webhooks = crate::webhooks::Webhooks::start(&parts.config.webhooks);
+        let history = History::new(&parts.config.history);
+        let sse_marks = history.as_ref().map(|_| {
+            let bits = std::hash::BuildHasher::hash_one(&std::hash::RandomState::new(), start);
+            crate::sse::marks::Marks::new(bits, millis(parts.config.history.ttl))
+        });
         EventLoop {
             poll: parts.poll,
             listener: parts.listener,
@@ -201,10 +225,14 @@ impl EventLoop {
             accept_failing: false,
             commands_left: false,
             shutdown_deadline_ms: None,
-            ping: frame::encode(Kind::Ping, b""),
+            heartbeat: Heartbeat::default(),
             codec: Codec::default(),
             cluster: parts.cluster,
             tls: parts.tls,
+            sse_marks,
+            jwt: parts.jwt,
+            webhooks,
+            history,
         }
     }
 
@@ -243,6 +271,7 @@ impl EventLoop {
             }
             // timers, cluster
             self.fire_timers();
+            self.webhook_tick();
             self.cluster_tick();
             // Disconnect hooks run wherever a session closes (a peer's Close,
             // a timer, a handle command): what they asked for applies here.
@@ -277,6 +306,8 @@ impl EventLoop {
             self.accept_retry_ms,
             self.shutdown_deadline_ms,
             cluster_tick_ms,
+            self.history.as_ref().and_then(History::next_deadline),
+            self.webhook_deadline(),
         ]
         .into_iter()
         .flatten()
