@@ -52,6 +52,33 @@ pub struct Request {
     pub websocket_extensions: Option<String>,
     /// `Authorization`, when sent.
     pub authorization: Option<Vec<u8>>,
+    /// The headers a proxy names the client in, kept for
+    /// `app.client_ip_header` (read only from trusted peers).
+    pub forwarding: Forwarding,
+}
+
+/// Forwarding headers as sent, every line of each joined in order
+/// (`X-Forwarded-For` and `Forwarded` with `, `, as one list; `X-Real-IP`
+/// with `,`, which makes several lines no address at all). Unallocated
+/// when absent.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Forwarding {
+    /// `X-Forwarded-For`.
+    pub x_forwarded_for: Option<Vec<u8>>,
+    /// RFC 7239 `Forwarded`.
+    pub forwarded: Option<Vec<u8>>,
+    /// `X-Real-IP`.
+    pub x_real_ip: Option<Vec<u8>>,
+}
+
+fn append_line(joined: &mut Option<Vec<u8>>, separator: &[u8], value: &[u8]) {
+    match joined {
+        Some(all) => {
+            all.extend_from_slice(separator);
+            all.extend_from_slice(value);
+        }
+        None => *joined = Some(value.to_vec()),
+    }
 }
 
 /// Why a request head was refused; each maps to one status code.
@@ -165,6 +192,7 @@ pub fn parse_complete_head(
         origin: None,
         websocket_extensions: None,
         authorization: None,
+        forwarding: Forwarding::default(),
     };
     let mut content_length: Option<usize> = None;
     for header in parsed.headers.iter() {
@@ -222,6 +250,12 @@ fn apply_header(
         request.origin = Some(value.trim_ascii().to_vec());
     } else if name.eq_ignore_ascii_case("authorization") {
         request.authorization = Some(value.to_vec());
+    } else if name.eq_ignore_ascii_case("x-forwarded-for") {
+        append_line(&mut request.forwarding.x_forwarded_for, b", ", value);
+    } else if name.eq_ignore_ascii_case("forwarded") {
+        append_line(&mut request.forwarding.forwarded, b", ", value);
+    } else if name.eq_ignore_ascii_case("x-real-ip") {
+        append_line(&mut request.forwarding.x_real_ip, b",", value);
     }
     Ok(())
 }

@@ -26,9 +26,12 @@ use log::LevelFilter;
 use serde_norway::Value;
 
 use values::{
-    parse_count, parse_duration, parse_flag, parse_host, parse_level, parse_name, parse_origins,
-    parse_path, parse_port, parse_prefix, parse_rate, parse_redis_url, parse_secret, parse_ttl,
+    parse_client_ip_header, parse_count, parse_duration, parse_flag, parse_host, parse_level,
+    parse_name, parse_origins, parse_path, parse_port, parse_prefix, parse_rate, parse_redis_url,
+    parse_secret, parse_trusted, parse_ttl,
 };
+
+use crate::client_ip::{ClientIpHeader, Trusted};
 
 mod values;
 
@@ -201,6 +204,17 @@ section! {
         /// Bind with `SO_REUSEPORT`, so several nodes on one machine share the
         /// port and the kernel spreads connections over them. Default `false`.
         pub reuse_port: bool = false, parse parse_flag;
+        /// CIDR blocks (or single addresses) of the proxies whose forwarding
+        /// headers and PROXY headers are believed. Default `[]`: none, the
+        /// client is the TCP peer.
+        pub trusted_proxies: Trusted = Trusted::default(), parse parse_trusted;
+        /// The header trusted proxies name the client in: `x-forwarded-for`,
+        /// `forwarded` (RFC 7239) or `x-real-ip`. Default `x-forwarded-for`.
+        pub client_ip_header: ClientIpHeader = ClientIpHeader::XForwardedFor,
+            parse parse_client_ip_header;
+        /// Every connection starts with a PROXY protocol header (v1 or v2)
+        /// from a trusted proxy; needs `trusted_proxies`. Default `false`.
+        pub proxy_protocol: bool = false, parse parse_flag;
     }
 }
 
@@ -278,6 +292,9 @@ section! {
         /// Outbound messages shorter than this many bytes go out uncompressed
         /// even to sessions that negotiated compression. Default `128`.
         pub compression_min_bytes: usize = 128, parse |v| parse_count(v, 0);
+        /// Open connections (HTTP and WebSocket) per client address, IPv6
+        /// per /64; the next gets 503. `0` is off. Default `0`.
+        pub max_connections_per_ip: usize = 0, parse |v| parse_count(v, 0);
     }
 }
 
@@ -496,6 +513,15 @@ impl Config {
                     show_duration(ws.pong_wait),
                     show_duration(ws.ping_period)
                 ),
+            ));
+        }
+        if self.app.proxy_protocol && self.app.trusted_proxies.is_empty() {
+            return Err(invalid(
+                origin,
+                "app.proxy_protocol",
+                "true needs app.trusted_proxies (the balancers allowed to send the header), \
+                 or every connection would be refused"
+                    .to_owned(),
             ));
         }
         if self.jwt.required && self.jwt.secret.is_empty() {

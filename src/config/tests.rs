@@ -63,6 +63,9 @@ fn defaults_are_protocol_section_2() {
             port: 8889,
             demo: true,
             reuse_port: false,
+            trusted_proxies: Default::default(),
+            client_ip_header: Default::default(),
+            proxy_protocol: false,
         },
         log: LogConfig {
             level: LevelFilter::Info,
@@ -91,6 +94,7 @@ fn defaults_are_protocol_section_2() {
             client_broadcast: true,
             compression: false,
             compression_min_bytes: 128,
+            max_connections_per_ip: 0,
         },
         jwt: JwtConfig {
             secret: Secret::default(),
@@ -167,6 +171,9 @@ jwt: {secret: "s3", required: true}
             port: 1,
             demo: false,
             reuse_port: false,
+            trusted_proxies: Default::default(),
+            client_ip_header: Default::default(),
+            proxy_protocol: false,
         },
         log: LogConfig {
             level: LevelFilter::Debug,
@@ -195,6 +202,7 @@ jwt: {secret: "s3", required: true}
             client_broadcast: false,
             compression: true,
             compression_min_bytes: 9,
+            max_connections_per_ip: 0,
         },
         jwt: JwtConfig {
             secret: "s3".into(),
@@ -622,5 +630,43 @@ fn tls_keys_come_in_pairs() {
     assert_eq!(
         error("tls:\n  key: k.pem\n"),
         "config.yaml: tls.cert: must be set when tls.key is (TLS needs both files)"
+    );
+}
+
+#[test]
+fn client_address_keys() {
+    let config = parse(
+        "app:\n  trusted_proxies: [\"10.0.0.0/8\", \"::1\"]\n  client_ip_header: Forwarded\n  proxy_protocol: true\nwebsocket:\n  max_connections_per_ip: 20\n",
+    );
+    assert!(config.app.trusted_proxies.contains("10.1.2.3".parse().unwrap()));
+    assert!(config.app.trusted_proxies.contains("::1".parse().unwrap()));
+    assert!(!config.app.trusted_proxies.contains("11.0.0.1".parse().unwrap()));
+    assert_eq!(config.app.client_ip_header, ClientIpHeader::Forwarded);
+    assert!(config.app.proxy_protocol);
+    assert_eq!(config.websocket.max_connections_per_ip, 20);
+    assert!(Config::default().app.trusted_proxies.is_empty());
+    assert_eq!(
+        error("app:\n  trusted_proxies: [\"10.0.0.0/8\", \"10.0.0.0/33\"]\n"),
+        "config.yaml: app.trusted_proxies: \"10.0.0.0/33\" is not a CIDR block or an IP address"
+    );
+    assert_eq!(
+        error("app:\n  trusted_proxies: \"10.0.0.0/8\"\n"),
+        "config.yaml: app.trusted_proxies: expected a list of CIDR blocks such as [\"10.0.0.0/8\", \"::1/128\"], got \"10.0.0.0/8\""
+    );
+    assert_eq!(
+        error("app:\n  trusted_proxies: [8]\n"),
+        "config.yaml: app.trusted_proxies: item 0: expected a CIDR block, got 8"
+    );
+    assert_eq!(
+        error("app:\n  client_ip_header: x-client-ip\n"),
+        "config.yaml: app.client_ip_header: expected one of x-forwarded-for, forwarded, x-real-ip, got \"x-client-ip\""
+    );
+    assert_eq!(
+        error("app:\n  proxy_protocol: true\n"),
+        "config.yaml: app.proxy_protocol: true needs app.trusted_proxies (the balancers allowed to send the header), or every connection would be refused"
+    );
+    assert_eq!(
+        error("websocket:\n  max_connections_per_ip: -1\n"),
+        "config.yaml: websocket.max_connections_per_ip: expected a non-negative integer, got -1"
     );
 }

@@ -11,6 +11,7 @@ use serde_norway::Value;
 
 use super::Secret;
 use crate::auth;
+use crate::client_ip::{ClientIpHeader, Trusted};
 
 /// Durations above this are refused: the event loop adds them to `Instant`s,
 /// and an absurd value would overflow instead of meaning "never".
@@ -227,4 +228,36 @@ pub(super) fn parse_origins(v: &Value) -> Result<Vec<String>, String> {
             )),
         })
         .collect()
+}
+
+/// `app.trusted_proxies`: a list of CIDR blocks or addresses.
+pub(super) fn parse_trusted(v: &Value) -> Result<Trusted, String> {
+    let not_a_list = || {
+        format!(
+            "expected a list of CIDR blocks such as [\"10.0.0.0/8\", \"::1/128\"], got {}",
+            shown(v)
+        )
+    };
+    let items = v.as_sequence().ok_or_else(not_a_list)?;
+    let entries = items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            item.as_str()
+                .ok_or_else(|| format!("item {i}: expected a CIDR block, got {}", shown(item)))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Trusted::parse(&entries)
+}
+
+/// `app.client_ip_header`: one of the three header names.
+pub(super) fn parse_client_ip_header(v: &Value) -> Result<ClientIpHeader, String> {
+    v.as_str()
+        .and_then(ClientIpHeader::from_name)
+        .ok_or_else(|| {
+            format!(
+                "expected one of x-forwarded-for, forwarded, x-real-ip, got {}",
+                shown(v)
+            )
+        })
 }
