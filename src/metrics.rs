@@ -28,10 +28,14 @@ pub enum HandshakeFailure {
     Hook,
     /// A new connection at `max_http_connections` (503).
     HttpCapacity,
+    /// A client address at `max_connections_per_ip` (503, or closed).
+    IpLimit,
+    /// `proxy_protocol`: no valid PROXY header, or one from an untrusted peer.
+    ProxyHeader,
 }
 
 impl HandshakeFailure {
-    const ALL: [HandshakeFailure; 8] = [
+    const ALL: [HandshakeFailure; 10] = [
         HandshakeFailure::BadRequest,
         HandshakeFailure::Origin,
         HandshakeFailure::Auth,
@@ -40,6 +44,8 @@ impl HandshakeFailure {
         HandshakeFailure::Timeout,
         HandshakeFailure::Hook,
         HandshakeFailure::HttpCapacity,
+        HandshakeFailure::IpLimit,
+        HandshakeFailure::ProxyHeader,
     ];
 
     fn label(self) -> &'static str {
@@ -52,6 +58,8 @@ impl HandshakeFailure {
             HandshakeFailure::Timeout => "timeout",
             HandshakeFailure::Hook => "hook",
             HandshakeFailure::HttpCapacity => "http_capacity",
+            HandshakeFailure::IpLimit => "ip_limit",
+            HandshakeFailure::ProxyHeader => "proxy_header",
         }
     }
 }

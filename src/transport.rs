@@ -29,11 +29,20 @@ use rustls::ServerConnection;
 pub(crate) trait Socket: Read + Write {
     /// Sends FIN: the peer reads the end, we can still read.
     fn shutdown_write(&mut self) -> io::Result<()>;
+
+    /// Reads without consuming (`MSG_PEEK`): a PROXY header is looked at
+    /// until it is whole, and only its own bytes are taken, so what follows
+    /// stays for the transport (TLS included).
+    fn peek(&mut self, buf: &mut [u8]) -> io::Result<usize>;
 }
 
 impl Socket for TcpStream {
     fn shutdown_write(&mut self) -> io::Result<()> {
         self.shutdown(Shutdown::Write)
+    }
+
+    fn peek(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        TcpStream::peek(self, buf)
     }
 }
 
@@ -232,6 +241,21 @@ pub(crate) mod mock {
         fn shutdown_write(&mut self) -> io::Result<()> {
             self.shut_write = true;
             Ok(())
+        }
+
+        fn peek(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.input.is_empty() {
+                return if self.eof {
+                    Ok(0)
+                } else {
+                    Err(io::ErrorKind::WouldBlock.into())
+                };
+            }
+            let n = buf.len().min(self.input.len());
+            for (to, from) in buf.iter_mut().zip(self.input.iter()) {
+                *to = *from;
+            }
+            Ok(n)
         }
     }
 

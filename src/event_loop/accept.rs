@@ -43,11 +43,14 @@ impl EventLoop {
         }
     }
 
-    fn add_session(&mut self, stream: TcpStream, peer: std::net::SocketAddr) {
+    fn add_session(&mut self, mut stream: TcpStream, peer: std::net::SocketAddr) {
         if self.http_connections >= self.config.websocket.max_http_connections {
             return self.refuse_http_connection(stream, peer);
         }
         self.http_full = false;
+        let Some(admitted) = self.admit(&mut stream, peer) else {
+            return;
+        };
         // Small frames must not wait for Nagle: latency is the product.
         let _ = stream.set_nodelay(true);
         let entry = self.sessions.vacant_entry();
@@ -79,7 +82,9 @@ impl EventLoop {
             index: index as u32,
             generation: self.next_generation,
         };
-        entry.insert(Session::new(transport, key, peer, self.now_ms));
+        let mut session = Session::new(transport, key, peer, self.now_ms);
+        admitted.apply(&mut session);
+        entry.insert(session);
         self.http_connections += 1;
         self.arm(index, self.now_ms + self.rules.handshake_ms);
     }

@@ -66,6 +66,9 @@ impl EventLoop {
 
     fn on_request(&mut self, index: usize, request: &http::Request, body: &[u8]) {
         self.metrics.http_requests += 1;
+        if !self.client_from_request(index, request) {
+            return;
+        }
         let now_unix = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
@@ -98,7 +101,7 @@ impl EventLoop {
                     let reason = String::from_utf8_lossy(&response.body);
                     info!(
                         "refused {} from {}: {} {reason}",
-                        request.path, session.peer, response.status
+                        request.path, session.client, response.status
                     );
                 }
                 self.respond(index, &response, keep_alive);
@@ -121,7 +124,7 @@ impl EventLoop {
         }
     }
 
-    fn respond(&mut self, index: usize, response: &Response, keep_alive: bool) {
+    pub(super) fn respond(&mut self, index: usize, response: &Response, keep_alive: bool) {
         let keep = keep_alive && !response.close;
         let (now, rules) = (self.now_ms, self.rules);
         let Some(session) = self.sessions.get_mut(index) else {
@@ -138,11 +141,12 @@ impl EventLoop {
         let Some(session) = self.sessions.get(index) else {
             return;
         };
-        let (key, peer) = (session.key, session.peer);
+        let (key, peer, client) = (session.key, session.peer, session.client);
         let info = SessionInfo {
             key,
             user: upgrade.user.as_deref(),
             peer,
+            client,
         };
         if upgrade.endpoint == Endpoint::Chat {
             if let Err(reason) = self.hooks.on_connect(&info, &mut self.actions) {
@@ -178,7 +182,7 @@ impl EventLoop {
                 }
                 self.publish_online();
                 info!(
-                    "connect user={} peer={peer} online={}",
+                    "connect user={} peer={client} online={}",
                     ids::shown(user.as_deref()),
                     self.router.online_count()
                 );
@@ -268,7 +272,7 @@ impl EventLoop {
             }
         }
         let key = session.key;
-        let peer = session.peer;
+        let (peer, client) = (session.peer, session.client);
         let user = session.user().cloned();
         let message = match message::parse_limited(bytes, max_depth) {
             Ok(message) => message,
@@ -278,6 +282,7 @@ impl EventLoop {
             key,
             user: user.as_deref(),
             peer,
+            client,
         };
         if self.hooks.on_message(&info, &message, &mut self.actions) == Verdict::Consume {
             return self.apply_actions();

@@ -7,6 +7,7 @@
 //! | read | `read.rs` | drains ready sockets through their sessions |
 //! | dispatch | `dispatch.rs` | acts on each complete unit: REST, upgrade, frames → router → queues |
 //! | accept | `accept.rs` | takes new connections |
+//! | clients | `clients.rs` | who is behind a connection (proxies, PROXY header) and `max_connections_per_ip` |
 //! | commands | `commands.rs` | handle commands (bounded per pass), hook actions, signals |
 //! | timers | `timers.rs` | applies what each due session timer found |
 //! | cluster | `cluster.rs` | presence and channels of the other nodes |
@@ -36,6 +37,7 @@ use mio::{Events, Poll, Token};
 use slab::Slab;
 
 use crate::audience::SessionKey;
+use crate::client_ip::Clients;
 use crate::cluster::Link;
 use crate::config::Config;
 use crate::deflate::Codec;
@@ -52,6 +54,7 @@ use crate::wheel::{millis, Wheel};
 use write::backlog::Backlog;
 
 mod accept;
+mod clients;
 mod close;
 mod cluster;
 mod commands;
@@ -144,6 +147,9 @@ pub(crate) struct EventLoop {
     cluster: Option<Link>,
     /// What new connections' TLS uses; `None`: plain TCP. SIGHUP replaces it.
     tls: Option<Arc<rustls::ServerConfig>>,
+    /// Who is behind each connection: the proxy policy and the counts of
+    /// `max_connections_per_ip` (see `clients.rs`).
+    clients: Clients,
 }
 
 /// What the server was built with.
@@ -165,6 +171,7 @@ impl EventLoop {
         let start = Instant::now();
         let limits = Limits::from_config(&parts.config.websocket);
         let rules = Rules::from_config(&parts.config.websocket);
+        let clients = Clients::from_config(&parts.config);
         EventLoop {
             poll: parts.poll,
             listener: parts.listener,
@@ -205,6 +212,7 @@ impl EventLoop {
             codec: Codec::default(),
             cluster: parts.cluster,
             tls: parts.tls,
+            clients,
         }
     }
 

@@ -40,6 +40,8 @@ impl EventLoop {
                 Ok(ReadOutcome::Data(_)) if full || peer_closed => continue,
                 Ok(ReadOutcome::Data(_)) | Ok(ReadOutcome::WouldBlock) => return,
                 Ok(ReadOutcome::Eof) => return self.on_eof(index),
+                Ok(ReadOutcome::Proxied) => self.on_proxy_header(index),
+                Ok(ReadOutcome::NotProxied(why)) => return self.refuse_proxy_header(index, why),
                 Err(e) => return self.kill(index, CloseReason::Io(e.to_string())),
             }
         }

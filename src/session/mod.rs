@@ -2,7 +2,9 @@
 //! in, the unfinished input it keeps between reads, its frame decoder, its
 //! outbound queue and its deadlines.
 //!
-//! Phases: `Http` (reading request heads; keep-alive REST) → `Chat` or `Echo`
+//! Phases: `Proxy` (only with `app.proxy_protocol`: reading the PROXY
+//! header, straight from the socket, below TLS) → `Http` (reading request
+//! heads; keep-alive REST) → `Chat` or `Echo`
 //! (an upgraded WebSocket) → `Closing` (flushing, waiting for the peer's
 //! Close or FIN, bounded by a deadline) → `Dead` (reaped by the loop).
 //!
@@ -17,7 +19,7 @@
 //! Here: the phases, their changes and the deadlines; `input.rs`: reading
 //! and decoding units; `output.rs`: queueing and writing.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 
 use mio::net::TcpStream;
@@ -74,6 +76,9 @@ impl Rules {
 /// Where a connection is in its life.
 #[derive(Debug)]
 pub(crate) enum Phase {
+    /// Waiting for the PROXY header (`app.proxy_protocol`); counts against
+    /// `handshake_timeout` like the request that follows.
+    Proxy,
     /// Reading HTTP request heads (REST with keep-alive, or an upgrade).
     Http,
     /// An upgraded `/api/ws/connect` session; `None` is anonymous.
@@ -155,8 +160,15 @@ pub(crate) struct Session<S = TcpStream> {
     transport: Transport<S>,
     /// This session's key (slot and generation).
     pub key: SessionKey,
-    /// Peer address, for logs.
+    /// The address that connected: the TCP peer, or the source a PROXY
+    /// header from a trusted balancer named.
     pub peer: SocketAddr,
+    /// The client behind the proxies (README "Behind a proxy"): for logs,
+    /// hooks and `max_connections_per_ip`. The peer until derived.
+    pub client: IpAddr,
+    /// `client` is counted against `max_connections_per_ip` (the loop's
+    /// count; released when the session is reaped or its client changes).
+    pub ip_counted: bool,
     phase: Phase,
     /// Unfinished input kept between reads; empty (unallocated) when idle.
     pending_input: Vec<u8>,
@@ -204,6 +216,8 @@ impl<S: Socket> Session<S> {
             transport,
             key,
             peer,
+            client: peer.ip().to_canonical(),
+            ip_counted: false,
             phase: Phase::Http,
             pending_input: Vec::new(),
             head_scanned: 0,
@@ -220,6 +234,13 @@ impl<S: Socket> Session<S> {
             counted_http: true,
             timer: None,
             dirty: false,
+        }
+    }
+
+    /// Reads a PROXY header before anything else (`app.proxy_protocol`).
+    pub(crate) fn await_proxy_header(&mut self) {
+        if matches!(self.phase, Phase::Http) {
+            self.phase = Phase::Proxy;
         }
     }
 
@@ -435,7 +456,7 @@ impl<S: Socket> Session<S> {
                     None => Fired::Arm(now.saturating_add(write_wait)),
                 }
             }
-            Phase::Http => {
+            Phase::Http | Phase::Proxy => {
                 let deadline = self.last_seen_ms.saturating_add(rules.handshake_ms);
                 if now < deadline {
                     return Fired::Arm(deadline);
