@@ -213,6 +213,18 @@ impl Server {
             },
             self.config.websocket.max_connections
         );
+        let app = &self.config.app;
+        if !app.trusted_proxies.is_empty() {
+            log::info!(
+                "client addresses: trusted proxies [{}], {}",
+                app.trusted_proxies,
+                if app.proxy_protocol {
+                    "PROXY protocol required".to_owned()
+                } else {
+                    format!("header {}", app.client_ip_header.name())
+                }
+            );
+        }
         let cluster = self
             .config
             .cluster

@@ -1658,36 +1658,67 @@ fn client_ip_header_walks_match_the_right_to_left_model() {
         any::<bool>(),
         proptest::collection::vec(any::<bool>(), 10),
     );
-    fuzz("client_ip_walks", strategy, true, |(hops, extra, line_breaks)| {
-        let trusted = walk_trusted();
-        let peer: std::net::IpAddr = "127.0.0.2".parse().unwrap();
-        let expected = walk_model(peer, &hops);
-        // Several header lines arrive joined by ", ", as http.rs joins them.
-        let xff: Vec<String> = hops.iter().map(xff_text).collect();
-        let xff = xff.join(", ");
-        let got = client_address(peer, &trusted, ClientIpHeader::XForwardedFor, Some(xff.as_bytes()));
-        prop_assert_eq!(got, expected, "X-Forwarded-For: {}", xff);
-        let mut fwd = String::new();
-        for (i, hop) in hops.iter().enumerate() {
-            if i > 0 {
-                fwd.push_str(if line_breaks[i] { ", " } else { "," });
+    fuzz(
+        "client_ip_walks",
+        strategy,
+        true,
+        |(hops, extra, line_breaks)| {
+            let trusted = walk_trusted();
+            let peer: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+            let expected = walk_model(peer, &hops);
+            // Several header lines arrive joined by ", ", as http.rs joins them.
+            let xff: Vec<String> = hops.iter().map(xff_text).collect();
+            let xff = xff.join(", ");
+            let got = client_address(
+                peer,
+                &trusted,
+                ClientIpHeader::XForwardedFor,
+                Some(xff.as_bytes()),
+            );
+            prop_assert_eq!(got, expected, "X-Forwarded-For: {}", xff);
+            let mut fwd = String::new();
+            for (i, hop) in hops.iter().enumerate() {
+                if i > 0 {
+                    fwd.push_str(if line_breaks[i] { ", " } else { "," });
+                }
+                fwd.push_str(&forwarded_text(hop, extra && i % 2 == 0));
             }
-            fwd.push_str(&forwarded_text(hop, extra && i % 2 == 0));
-        }
-        let got = client_address(peer, &trusted, ClientIpHeader::Forwarded, Some(fwd.as_bytes()));
-        prop_assert_eq!(got, expected, "Forwarded: {}", fwd);
-        let untrusted: std::net::IpAddr = "127.0.0.3".parse().unwrap();
-        for header in [ClientIpHeader::XForwardedFor, ClientIpHeader::Forwarded] {
-            let got = client_address(untrusted, &trusted, header, Some(xff.as_bytes()));
-            prop_assert_eq!(got, untrusted);
-        }
-        Ok(())
-    });
+            let got = client_address(
+                peer,
+                &trusted,
+                ClientIpHeader::Forwarded,
+                Some(fwd.as_bytes()),
+            );
+            prop_assert_eq!(got, expected, "Forwarded: {}", fwd);
+            let untrusted: std::net::IpAddr = "127.0.0.3".parse().unwrap();
+            for header in [ClientIpHeader::XForwardedFor, ClientIpHeader::Forwarded] {
+                let got = client_address(untrusted, &trusted, header, Some(xff.as_bytes()));
+                prop_assert_eq!(got, untrusted);
+            }
+            Ok(())
+        },
+    );
 }
 
 const FORWARDING_DICTIONARY: &[&[u8]] = &[
-    b",", b";", b"\"", b"\\", b"[", b"]", b":", b"=", b"for=", b"For=", b"%", b"unknown", b"_x",
-    b"10.0.0.1", b"::1", b"2001:db8::1", b" ", b"\t",
+    b",",
+    b";",
+    b"\"",
+    b"\\",
+    b"[",
+    b"]",
+    b":",
+    b"=",
+    b"for=",
+    b"For=",
+    b"%",
+    b"unknown",
+    b"_x",
+    b"10.0.0.1",
+    b"::1",
+    b"2001:db8::1",
+    b" ",
+    b"\t",
 ];
 
 /// Arbitrary and mutated header values: no panic, and the answer is the
@@ -1701,36 +1732,43 @@ fn client_ip_header_walks_survive_arbitrary_values() {
         proptest::collection::vec(any::<u8>(), 0..64),
         any::<bool>(),
     );
-    fuzz("client_ip_arbitrary", strategy, true, |(hops, mutations, noise, use_noise)| {
-        let trusted = walk_trusted();
-        let peer: std::net::IpAddr = "127.0.0.2".parse().unwrap();
-        let mut value = if use_noise {
-            noise
-        } else {
-            let text: Vec<String> = hops.iter().map(|h| forwarded_text(h, false)).collect();
-            text.join(", ").into_bytes()
-        };
-        mutate(&mut value, &mutations);
-        for header in [
-            ClientIpHeader::XForwardedFor,
-            ClientIpHeader::Forwarded,
-            ClientIpHeader::XRealIp,
-        ] {
-            let got = client_address(peer, &trusted, header, Some(&value));
-            if got != peer {
-                // Its text (in some spelling) is in the value.
-                let text = String::from_utf8_lossy(&value).to_ascii_lowercase();
-                let v4_mapped = format!("::ffff:{got}");
-                prop_assert!(
-                    text.contains(&got.to_string()) || text.contains(&v4_mapped) || got.is_ipv6(),
-                    "{:?} from {:?}",
-                    got,
-                    text
-                );
+    fuzz(
+        "client_ip_arbitrary",
+        strategy,
+        true,
+        |(hops, mutations, noise, use_noise)| {
+            let trusted = walk_trusted();
+            let peer: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+            let mut value = if use_noise {
+                noise
+            } else {
+                let text: Vec<String> = hops.iter().map(|h| forwarded_text(h, false)).collect();
+                text.join(", ").into_bytes()
+            };
+            mutate(&mut value, &mutations);
+            for header in [
+                ClientIpHeader::XForwardedFor,
+                ClientIpHeader::Forwarded,
+                ClientIpHeader::XRealIp,
+            ] {
+                let got = client_address(peer, &trusted, header, Some(&value));
+                if got != peer {
+                    // Its text (in some spelling) is in the value.
+                    let text = String::from_utf8_lossy(&value).to_ascii_lowercase();
+                    let v4_mapped = format!("::ffff:{got}");
+                    prop_assert!(
+                        text.contains(&got.to_string())
+                            || text.contains(&v4_mapped)
+                            || got.is_ipv6(),
+                        "{:?} from {:?}",
+                        got,
+                        text
+                    );
+                }
             }
-        }
-        Ok(())
-    });
+            Ok(())
+        },
+    );
 }
 
 /// A PROXY header as a balancer writes it, and the source it names.
@@ -1744,7 +1782,9 @@ fn proxy_header() -> impl Strategy<Value = (Vec<u8>, Option<SocketAddr>)> {
     let v1 = proptest::option::of(source.clone()).prop_map(|source| {
         let line = match source {
             None => "PROXY UNKNOWN\r\n".to_owned(),
-            Some(SocketAddr::V4(a)) => format!("PROXY TCP4 {} 127.0.0.1 {} 80\r\n", a.ip(), a.port()),
+            Some(SocketAddr::V4(a)) => {
+                format!("PROXY TCP4 {} 127.0.0.1 {} 80\r\n", a.ip(), a.port())
+            }
             Some(SocketAddr::V6(a)) => {
                 // A v4-mapped source reads back as IPv4.
                 format!("PROXY TCP6 {} ::1 {} 80\r\n", a.ip(), a.port())
@@ -1790,8 +1830,18 @@ fn proxy_header() -> impl Strategy<Value = (Vec<u8>, Option<SocketAddr>)> {
 }
 
 const PROXY_DICTIONARY: &[&[u8]] = &[
-    b"PROXY ", b"TCP4 ", b"TCP6 ", b"UNKNOWN", b"\r\n", b"\r", b"\n", b" ", b"\r\n\r\n\0\r\nQUIT\n",
-    b"\x21\x11", b"\xff\xff", b"\x16\x03\x01",
+    b"PROXY ",
+    b"TCP4 ",
+    b"TCP6 ",
+    b"UNKNOWN",
+    b"\r\n",
+    b"\r",
+    b"\n",
+    b" ",
+    b"\r\n\r\n\0\r\nQUIT\n",
+    b"\x21\x11",
+    b"\xff\xff",
+    b"\x16\x03\x01",
 ];
 
 /// The PROXY parser: a valid header is `Incomplete` at every cut, then
@@ -1806,31 +1856,36 @@ fn proxy_header_parser_is_total_and_split_stable() {
         proptest::collection::vec(any::<u8>(), 0..32),
         proptest::collection::vec(mutation(PROXY_DICTIONARY), 0..4),
     );
-    fuzz("proxy_header", strategy, true, |((header, source), tail, mutations)| {
-        for cut in 0..header.len() {
-            prop_assert_eq!(parse(&header[..cut]), Parsed::Incomplete, "cut {}", cut);
-        }
-        let mut input = header.clone();
-        input.extend(&tail);
-        let whole = Parsed::Header {
-            len: header.len(),
-            source,
-        };
-        prop_assert_eq!(parse(&input), whole);
-        mutate(&mut input, &mutations);
-        let mut before = Parsed::Incomplete;
-        for end in 0..=input.len() {
-            let now = parse(&input[..end]);
-            if let Parsed::Header { len, .. } = now {
-                prop_assert!(len <= end && len <= MAX_HEADER);
+    fuzz(
+        "proxy_header",
+        strategy,
+        true,
+        |((header, source), tail, mutations)| {
+            for cut in 0..header.len() {
+                prop_assert_eq!(parse(&header[..cut]), Parsed::Incomplete, "cut {}", cut);
             }
-            if before != Parsed::Incomplete {
-                prop_assert_eq!(now, before, "a verdict changed at {}", end);
+            let mut input = header.clone();
+            input.extend(&tail);
+            let whole = Parsed::Header {
+                len: header.len(),
+                source,
+            };
+            prop_assert_eq!(parse(&input), whole);
+            mutate(&mut input, &mutations);
+            let mut before = Parsed::Incomplete;
+            for end in 0..=input.len() {
+                let now = parse(&input[..end]);
+                if let Parsed::Header { len, .. } = now {
+                    prop_assert!(len <= end && len <= MAX_HEADER);
+                }
+                if before != Parsed::Incomplete {
+                    prop_assert_eq!(now, before, "a verdict changed at {}", end);
+                }
+                before = now;
             }
-            before = now;
-        }
-        Ok(())
-    });
+            Ok(())
+        },
+    );
 }
 
 // ------------------------------------------------- room join / leave ----

@@ -63,7 +63,9 @@ fn behind(trusted: &[&str], header: ClientIpHeader) -> Config {
 fn connect_from(from: &str, to: SocketAddr) -> TcpStream {
     let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
     let source: SocketAddr = format!("{from}:0").parse().unwrap();
-    socket.bind(&source.into()).expect("bind a 127.0.0.x source");
+    socket
+        .bind(&source.into())
+        .expect("bind a 127.0.0.x source");
     socket.connect(&to.into()).expect("connect");
     let stream: TcpStream = socket.into();
     stream.set_read_timeout(Some(WAIT)).unwrap();
@@ -119,7 +121,11 @@ fn closed_silently(stream: &mut impl Read) {
             Err(e) => panic!("expected a close, got {e} after {got:?}"),
         }
     }
-    assert!(got.is_empty(), "expected no response, got {:?}", String::from_utf8_lossy(&got));
+    assert!(
+        got.is_empty(),
+        "expected no response, got {:?}",
+        String::from_utf8_lossy(&got)
+    );
 }
 
 /// One GET, read to the end of its response.
@@ -133,7 +139,11 @@ fn get(stream: &mut BufReader<TcpStream>, path: &str, close: bool) -> (u16, Stri
 
 fn proxy_v1(client: &str, port: u16) -> Vec<u8> {
     let family = if client.contains(':') { "TCP6" } else { "TCP4" };
-    let destination = if client.contains(':') { "::1" } else { "127.0.0.1" };
+    let destination = if client.contains(':') {
+        "::1"
+    } else {
+        "127.0.0.1"
+    };
     format!("PROXY {family} {client} {destination} {port} 80\r\n").into_bytes()
 }
 
@@ -202,7 +212,10 @@ fn headers_from_untrusted_peers_are_ignored() {
         "Forwarded: for=1.2.3.4",
         "X-Real-IP: 1.2.3.4",
     ] {
-        assert_eq!(client_for(&server, &seen, CLIENT_IP, &[spoof]), ip(CLIENT_IP));
+        assert_eq!(
+            client_for(&server, &seen, CLIENT_IP, &[spoof]),
+            ip(CLIENT_IP)
+        );
     }
     // Trust nothing by default: even the "proxy" address is a client.
     let (server, seen) = start(test_config());
@@ -212,7 +225,10 @@ fn headers_from_untrusted_peers_are_ignored() {
 
 #[test]
 fn chains_of_trusted_and_untrusted_hops() {
-    let (server, seen) = start(behind(&[PROXY_IP, "10.0.0.0/8"], ClientIpHeader::XForwardedFor));
+    let (server, seen) = start(behind(
+        &[PROXY_IP, "10.0.0.0/8"],
+        ClientIpHeader::XForwardedFor,
+    ));
     let from_proxy = |headers: &[&str]| client_for(&server, &seen, PROXY_IP, headers);
     assert_eq!(from_proxy(&["X-Forwarded-For: 1.2.3.4"]), ip("1.2.3.4"));
     // The client's own spoofed entry (leftmost) never wins.
@@ -222,7 +238,10 @@ fn chains_of_trusted_and_untrusted_hops() {
     );
     // Several lines are one list, in order.
     assert_eq!(
-        from_proxy(&["X-Forwarded-For: 6.6.6.6", "x-forwarded-for: 10.0.0.1, 10.0.0.2"]),
+        from_proxy(&[
+            "X-Forwarded-For: 6.6.6.6",
+            "x-forwarded-for: 10.0.0.1, 10.0.0.2"
+        ]),
         ip("6.6.6.6")
     );
     assert_eq!(
@@ -230,7 +249,10 @@ fn chains_of_trusted_and_untrusted_hops() {
         ip("6.6.6.6")
     );
     // Every hop trusted: the leftmost.
-    assert_eq!(from_proxy(&["X-Forwarded-For: 10.0.0.7, 10.0.0.9"]), ip("10.0.0.7"));
+    assert_eq!(
+        from_proxy(&["X-Forwarded-For: 10.0.0.7, 10.0.0.9"]),
+        ip("10.0.0.7")
+    );
     assert_eq!(
         from_proxy(&["X-Forwarded-For: [2001:db8::5]:4711, 10.0.0.9"]),
         ip("2001:db8::5")
@@ -240,7 +262,10 @@ fn chains_of_trusted_and_untrusted_hops() {
 
 #[test]
 fn garbage_empty_oversized_and_zoned_values_stop_at_the_proxy() {
-    let (server, seen) = start(behind(&[PROXY_IP, "10.0.0.0/8"], ClientIpHeader::XForwardedFor));
+    let (server, seen) = start(behind(
+        &[PROXY_IP, "10.0.0.0/8"],
+        ClientIpHeader::XForwardedFor,
+    ));
     let from_proxy = |headers: &[&str]| client_for(&server, &seen, PROXY_IP, headers);
     for bad in [
         "X-Forwarded-For: garbage",
@@ -274,7 +299,10 @@ fn garbage_empty_oversized_and_zoned_values_stop_at_the_proxy() {
     // Bytes that are not UTF-8 (obs-text, which HTTP allows in values).
     let mut stream = connect_from(PROXY_IP, server.addr);
     let request = upgrade(&["X-Forwarded-For: 1.2.3.4, @"]);
-    let bytes: Vec<u8> = request.bytes().map(|b| if b == b'@' { 0xff } else { b }).collect();
+    let bytes: Vec<u8> = request
+        .bytes()
+        .map(|b| if b == b'@' { 0xff } else { b })
+        .collect();
     stream.write_all(&bytes).unwrap();
     let (status, _, _) = read_full_response(&mut BufReader::new(stream));
     assert_eq!(status, 101);
@@ -290,10 +318,16 @@ fn forwarded_and_x_real_ip() {
         ip("2001:db8:cafe::17")
     );
     assert_eq!(
-        from_proxy(&["Forwarded: for=192.0.2.43", "Forwarded: for=10.0.0.5;by=10.0.0.1"]),
+        from_proxy(&[
+            "Forwarded: for=192.0.2.43",
+            "Forwarded: for=10.0.0.5;by=10.0.0.1"
+        ]),
         ip("192.0.2.43")
     );
-    assert_eq!(from_proxy(&["Forwarded: For=\"192.0.2.9:80\""]), ip("192.0.2.9"));
+    assert_eq!(
+        from_proxy(&["Forwarded: For=\"192.0.2.9:80\""]),
+        ip("192.0.2.9")
+    );
     for stop in [
         "Forwarded: for=unknown",
         "Forwarded: for=_hidden",
@@ -351,7 +385,10 @@ fn per_ip_limit_counts_http_and_websocket_together() {
     }
     let text = metrics(&server, false);
     assert!(failures(&text, "ip_limit") >= 1, "{text}");
-    assert!(!text.contains(CLIENT_IP), "an address in the metrics: {text}");
+    assert!(
+        !text.contains(CLIENT_IP),
+        "an address in the metrics: {text}"
+    );
 }
 
 #[test]
@@ -387,7 +424,10 @@ fn proxy_v1_and_v2_name_the_client() {
     let (server, seen) = start(proxied_config());
     let (status, _, _a) = upgrade_from(&server, PROXY_IP, &proxy_v1("203.0.113.7", 4660), &[]);
     assert_eq!(status, 101);
-    assert_eq!(seen.last(), (ip("203.0.113.7"), "203.0.113.7:4660".parse().unwrap()));
+    assert_eq!(
+        seen.last(),
+        (ip("203.0.113.7"), "203.0.113.7:4660".parse().unwrap())
+    );
 
     let v6: SocketAddr = "[2001:db8::7]:4661".parse().unwrap();
     let (status, _, _b) = upgrade_from(&server, PROXY_IP, &proxy_v1("2001:db8::7", 4661), &[]);
@@ -420,7 +460,11 @@ fn proxy_v1_and_v2_name_the_client() {
     assert_eq!(seen.last().0, ip("1.2.3.4"));
     let (status, _, _h) = upgrade_from(&server, PROXY_IP, &proxy_v1("198.51.100.2", 1), &headers);
     assert_eq!(status, 101);
-    assert_eq!(seen.last().0, ip("198.51.100.2"), "an untrusted source's header is ignored");
+    assert_eq!(
+        seen.last().0,
+        ip("198.51.100.2"),
+        "an untrusted source's header is ignored"
+    );
 }
 
 #[test]
@@ -428,7 +472,11 @@ fn proxy_header_split_over_many_reads() {
     let (server, seen) = start(proxied_config());
     for header in [
         proxy_v1("203.0.113.8", 1),
-        proxy_v2(1, Some("203.0.113.8:1".parse().unwrap()), &[0xEA, 0, 1, b'x']),
+        proxy_v2(
+            1,
+            Some("203.0.113.8:1".parse().unwrap()),
+            &[0xEA, 0, 1, b'x'],
+        ),
     ] {
         let mut stream = connect_from(PROXY_IP, server.addr);
         for byte in &header {
@@ -465,16 +513,36 @@ fn bad_missing_long_or_untrusted_proxy_headers_close_without_a_response() {
     v2_bad_version[12] = 0x11;
     let cases: Vec<(&str, &str, Vec<u8>)> = vec![
         ("missing", PROXY_IP, upgrade(&[]).into_bytes()),
-        ("bad signature", PROXY_IP, b"PROXX TCP4 1.2.3.4 5.6.7.8 1 2\r\n".to_vec()),
+        (
+            "bad signature",
+            PROXY_IP,
+            b"PROXX TCP4 1.2.3.4 5.6.7.8 1 2\r\n".to_vec(),
+        ),
         ("garbage", PROXY_IP, b"\x00\x01\x02\x03 hello\r\n".to_vec()),
         ("v1 over 107 bytes", PROXY_IP, too_long),
-        ("v1 bad address", PROXY_IP, b"PROXY TCP4 1.2.3 5.6.7.8 1 2\r\n".to_vec()),
-        ("v1 without CR", PROXY_IP, b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\n".to_vec()),
+        (
+            "v1 bad address",
+            PROXY_IP,
+            b"PROXY TCP4 1.2.3 5.6.7.8 1 2\r\n".to_vec(),
+        ),
+        (
+            "v1 without CR",
+            PROXY_IP,
+            b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\n".to_vec(),
+        ),
         ("v2 over its bound", PROXY_IP, v2_huge),
         ("v2 bad version", PROXY_IP, v2_bad_version),
-        ("TLS ClientHello", PROXY_IP, b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03".to_vec()),
+        (
+            "TLS ClientHello",
+            PROXY_IP,
+            b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03".to_vec(),
+        ),
         ("untrusted peer", CLIENT_IP, proxy_v1("203.0.113.7", 1)),
-        ("partial, then silence", PROXY_IP, b"PROXY TCP4 203.0.".to_vec()),
+        (
+            "partial, then silence",
+            PROXY_IP,
+            b"PROXY TCP4 203.0.".to_vec(),
+        ),
     ];
     for (name, from, bytes) in &cases {
         let mut stream = connect_from(from, server.addr);
@@ -484,7 +552,10 @@ fn bad_missing_long_or_untrusted_proxy_headers_close_without_a_response() {
         closed_silently(&mut stream);
     }
     let text = metrics(&server, true);
-    assert!(failures(&text, "proxy_header") >= cases.len() as u64 - 1, "{text}");
+    assert!(
+        failures(&text, "proxy_header") >= cases.len() as u64 - 1,
+        "{text}"
+    );
 }
 
 #[test]
@@ -499,8 +570,8 @@ fn proxy_header_then_tls() {
 
     let mut socket = connect_from(PROXY_IP, server.addr);
     socket.write_all(&proxy_v1("203.0.113.20", 7)).unwrap();
-    let conn = rustls::ClientConnection::new(client.clone(), "localhost".try_into().unwrap())
-        .unwrap();
+    let conn =
+        rustls::ClientConnection::new(client.clone(), "localhost".try_into().unwrap()).unwrap();
     let mut tls = rustls::StreamOwned::new(conn, socket);
     tls.write_all(upgrade(&[]).as_bytes()).unwrap();
     let mut reader = BufReader::new(tls);

@@ -121,7 +121,10 @@ fn node(hop: &[u8], bare_v6: bool) -> Option<IpAddr> {
         if !(after.is_empty() || port(after)) {
             return None;
         }
-        return v6.parse::<Ipv6Addr>().ok().map(|ip| IpAddr::V6(ip).to_canonical());
+        return v6
+            .parse::<Ipv6Addr>()
+            .ok()
+            .map(|ip| IpAddr::V6(ip).to_canonical());
     }
     if let Ok(ip) = text.parse::<IpAddr>() {
         if ip.is_ipv6() && !bare_v6 {
@@ -289,23 +292,29 @@ mod tests {
     #[test]
     fn xff_non_utf8_is_not_an_address() {
         let value = b"1.2.3.4, \xff\xfe";
-        assert_eq!(
-            walk_x_forwarded_for(ip(PEER), &trusted(), value),
-            ip(PEER)
-        );
+        assert_eq!(walk_x_forwarded_for(ip(PEER), &trusted(), value), ip(PEER));
     }
 
     #[test]
     fn forwarded_rfc_7239_forms() {
-        assert_eq!(fwd("for=192.0.2.60;proto=http;by=203.0.113.43"), ip("192.0.2.60"));
-        assert_eq!(fwd("For=\"[2001:db8:cafe::17]:4711\""), ip("2001:db8:cafe::17"));
+        assert_eq!(
+            fwd("for=192.0.2.60;proto=http;by=203.0.113.43"),
+            ip("192.0.2.60")
+        );
+        assert_eq!(
+            fwd("For=\"[2001:db8:cafe::17]:4711\""),
+            ip("2001:db8:cafe::17")
+        );
         assert_eq!(fwd("for=\"[2001:db8:cafe::17]\""), ip("2001:db8:cafe::17"));
         assert_eq!(fwd("for=\"192.0.2.60:8080\""), ip("192.0.2.60"));
         assert_eq!(
             fwd("for=192.0.2.43, for=198.51.100.17;by=10.0.0.1, for=10.0.0.5"),
             ip("198.51.100.17")
         );
-        assert_eq!(fwd("proto=https;for=192.0.2.43;host=\"a,b;c\""), ip("192.0.2.43"));
+        assert_eq!(
+            fwd("proto=https;for=192.0.2.43;host=\"a,b;c\""),
+            ip("192.0.2.43")
+        );
         assert_eq!(fwd("for=10.0.0.5, for=10.0.0.6"), ip("10.0.0.5"));
     }
 
@@ -327,7 +336,10 @@ mod tests {
         ] {
             assert_eq!(fwd(bad), ip(PEER), "{bad:?}");
         }
-        assert_eq!(fwd("for=1.2.3.4, for=unknown, for=10.0.0.9"), ip("10.0.0.9"));
+        assert_eq!(
+            fwd("for=1.2.3.4, for=unknown, for=10.0.0.9"),
+            ip("10.0.0.9")
+        );
         assert_eq!(fwd("for=_x, for=1.2.3.4"), ip("1.2.3.4"));
     }
 

@@ -126,7 +126,10 @@ mod tests {
         assert!(limit.admit(ip("2001:db8:0:1::1")));
         assert!(!limit.admit(ip("2001:db8:0:1:ffff:ffff:ffff:ffff")));
         assert!(limit.admit(ip("2001:db8:0:2::1")));
-        assert_eq!(Key::of(ip("2001:db8:0:1::9")), Key::V6(0x2001_0db8_0000_0001));
+        assert_eq!(
+            Key::of(ip("2001:db8:0:1::9")),
+            Key::V6(0x2001_0db8_0000_0001)
+        );
     }
 
     #[test]
@@ -148,6 +151,10 @@ mod tests {
         for i in 0..10_000u32 {
             limit.release(IpAddr::from(i.to_be_bytes()));
         }
-        assert!(limit.counts.capacity() <= 128, "{}", limit.counts.capacity());
+        assert!(
+            limit.counts.capacity() <= 128,
+            "{}",
+            limit.counts.capacity()
+        );
     }
 }

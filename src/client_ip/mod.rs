@@ -188,20 +188,34 @@ mod tests {
     fn trusted_blocks_v4_v6_single_addresses_and_mapped_peers() {
         let t = Trusted::parse(&["10.0.0.0/8", "2001:db8::/32", "192.0.2.7", " ::1 "]).unwrap();
         assert!(t.contains(ip("10.200.0.1")));
-        assert!(t.contains(ip("::ffff:10.1.2.3")), "a dual-stack socket's v4 peer");
+        assert!(
+            t.contains(ip("::ffff:10.1.2.3")),
+            "a dual-stack socket's v4 peer"
+        );
         assert!(t.contains(ip("2001:db8:ffff::1")));
         assert!(t.contains(ip("192.0.2.7")));
         assert!(t.contains(ip("::1")));
         assert!(!t.contains(ip("192.0.2.8")));
         assert!(!t.contains(ip("11.0.0.1")));
         // A block written with host bits set means the block.
-        assert!(Trusted::parse(&["10.1.2.3/8"]).unwrap().contains(ip("10.9.9.9")));
-        assert_eq!(t.to_string(), "10.0.0.0/8, 2001:db8::/32, 192.0.2.7/32, ::1/128");
+        assert!(Trusted::parse(&["10.1.2.3/8"])
+            .unwrap()
+            .contains(ip("10.9.9.9")));
+        assert_eq!(
+            t.to_string(),
+            "10.0.0.0/8, 2001:db8::/32, 192.0.2.7/32, ::1/128"
+        );
     }
 
     #[test]
     fn bad_entries_are_named() {
-        for bad in ["10.0.0.0/33", "localhost", "", "10.0.0.0/8/8", "fe80::1%eth0"] {
+        for bad in [
+            "10.0.0.0/33",
+            "localhost",
+            "",
+            "10.0.0.0/8/8",
+            "fe80::1%eth0",
+        ] {
             let e = Trusted::parse(&[bad]).unwrap_err();
             assert!(e.contains(&format!("{:?}", bad.trim())), "{e}");
         }
@@ -222,7 +236,10 @@ mod tests {
         let xff = Some(&b"1.2.3.4"[..]);
         assert_eq!(client_address(ip("127.0.0.3"), &t, h, xff), ip("127.0.0.3"));
         assert_eq!(client_address(ip("127.0.0.2"), &t, h, xff), ip("1.2.3.4"));
-        assert_eq!(client_address(ip("127.0.0.2"), &t, h, None), ip("127.0.0.2"));
+        assert_eq!(
+            client_address(ip("127.0.0.2"), &t, h, None),
+            ip("127.0.0.2")
+        );
         assert_eq!(
             client_address(ip("::ffff:127.0.0.2"), &t, h, xff),
             ip("1.2.3.4")

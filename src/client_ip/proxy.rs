@@ -73,7 +73,11 @@ fn parse_v1(buf: &[u8]) -> Parsed {
         return Parsed::Incomplete;
     };
     // The line ends at CRLF; a CR with nothing after it yet may still be one.
-    let line_end = if window[end] == b'\r' { end + 2 } else { end + 1 };
+    let line_end = if window[end] == b'\r' {
+        end + 2
+    } else {
+        end + 1
+    };
     if line_end > buf.len() {
         return Parsed::Incomplete;
     }
@@ -88,14 +92,12 @@ fn parse_v1(buf: &[u8]) -> Parsed {
     match header {
         Ok(header) => {
             let source = match header.addresses {
-                v1::Addresses::Tcp4(a) => Some(SocketAddr::new(
-                    IpAddr::V4(a.source_address),
-                    a.source_port,
-                )),
-                v1::Addresses::Tcp6(a) => Some(SocketAddr::new(
-                    IpAddr::V6(a.source_address),
-                    a.source_port,
-                )),
+                v1::Addresses::Tcp4(a) => {
+                    Some(SocketAddr::new(IpAddr::V4(a.source_address), a.source_port))
+                }
+                v1::Addresses::Tcp6(a) => {
+                    Some(SocketAddr::new(IpAddr::V6(a.source_address), a.source_port))
+                }
                 v1::Addresses::Unknown => None,
             };
             Parsed::Header {
@@ -129,14 +131,12 @@ fn parse_v2(buf: &[u8]) -> Parsed {
     };
     let source = match (header.command, header.addresses) {
         (v2::Command::Local, _) => None,
-        (v2::Command::Proxy, v2::Addresses::IPv4(a)) => Some(SocketAddr::new(
-            IpAddr::V4(a.source_address),
-            a.source_port,
-        )),
-        (v2::Command::Proxy, v2::Addresses::IPv6(a)) => Some(SocketAddr::new(
-            IpAddr::V6(a.source_address),
-            a.source_port,
-        )),
+        (v2::Command::Proxy, v2::Addresses::IPv4(a)) => {
+            Some(SocketAddr::new(IpAddr::V4(a.source_address), a.source_port))
+        }
+        (v2::Command::Proxy, v2::Addresses::IPv6(a)) => {
+            Some(SocketAddr::new(IpAddr::V6(a.source_address), a.source_port))
+        }
         (v2::Command::Proxy, v2::Addresses::Unix(_) | v2::Addresses::Unspecified) => None,
     };
     Parsed::Header {
@@ -210,11 +210,17 @@ mod tests {
     #[test]
     fn v1_bounds_and_garbage() {
         let long = [b"PROXY TCP4 ".as_slice(), &[b'1'; 100]].concat();
-        assert_eq!(parse(&long), Parsed::Invalid("PROXY v1 header over 107 bytes"));
+        assert_eq!(
+            parse(&long),
+            Parsed::Invalid("PROXY v1 header over 107 bytes")
+        );
         assert!(matches!(parse(b"GET / HTTP/1.1\r\n"), Parsed::Invalid(_)));
         assert!(matches!(parse(b"G"), Parsed::Invalid(_)));
         // A TLS ClientHello where the header should be.
-        assert!(matches!(parse(b"\x16\x03\x01\x02\x00\x01"), Parsed::Invalid(_)));
+        assert!(matches!(
+            parse(b"\x16\x03\x01\x02\x00\x01"),
+            Parsed::Invalid(_)
+        ));
         assert!(matches!(
             parse(b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\rX"),
             Parsed::Invalid(_)

@@ -638,9 +638,15 @@ fn client_address_keys() {
     let config = parse(
         "app:\n  trusted_proxies: [\"10.0.0.0/8\", \"::1\"]\n  client_ip_header: Forwarded\n  proxy_protocol: true\nwebsocket:\n  max_connections_per_ip: 20\n",
     );
-    assert!(config.app.trusted_proxies.contains("10.1.2.3".parse().unwrap()));
+    assert!(config
+        .app
+        .trusted_proxies
+        .contains("10.1.2.3".parse().unwrap()));
     assert!(config.app.trusted_proxies.contains("::1".parse().unwrap()));
-    assert!(!config.app.trusted_proxies.contains("11.0.0.1".parse().unwrap()));
+    assert!(!config
+        .app
+        .trusted_proxies
+        .contains("11.0.0.1".parse().unwrap()));
     assert_eq!(config.app.client_ip_header, ClientIpHeader::Forwarded);
     assert!(config.app.proxy_protocol);
     assert_eq!(config.websocket.max_connections_per_ip, 20);

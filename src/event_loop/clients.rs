@@ -69,8 +69,7 @@ impl EventLoop {
             if clients.trusted.contains(ip) {
                 return Some(Admitted::AwaitProxyHeader);
             }
-            self.metrics
-                .handshake_failed(HandshakeFailure::ProxyHeader);
+            self.metrics.handshake_failed(HandshakeFailure::ProxyHeader);
             debug!("{peer} is not in app.trusted_proxies and may not send a PROXY header: closed");
             return None;
         }
@@ -104,7 +103,7 @@ impl EventLoop {
         let Some(session) = self.sessions.get(index) else {
             return;
         };
-        if self.clients.reads_headers_from(session.peer.ip()) {
+        if self.clients.reads_headers_from(session.peer().ip()) {
             return;
         }
         // Over TLS nothing can be answered before the handshake.
@@ -114,10 +113,9 @@ impl EventLoop {
 
     /// No valid PROXY header where one is required: closed unanswered.
     pub(super) fn refuse_proxy_header(&mut self, index: usize, why: &'static str) {
-        self.metrics
-            .handshake_failed(HandshakeFailure::ProxyHeader);
+        self.metrics.handshake_failed(HandshakeFailure::ProxyHeader);
         if let Some(session) = self.sessions.get(index) {
-            debug!("peer={}: {why}: closed", session.peer);
+            debug!("peer={}: {why}: closed", session.peer());
         }
         self.kill(index, CloseReason::Server);
     }
@@ -128,7 +126,7 @@ impl EventLoop {
         let Some(session) = self.sessions.get_mut(index) else {
             return false;
         };
-        let peer = session.peer.ip();
+        let peer = session.peer().ip();
         if !self.clients.reads_headers_from(peer) {
             return true;
         }

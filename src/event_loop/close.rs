@@ -19,7 +19,7 @@ impl EventLoop {
         let Some(session) = self.sessions.get_mut(index) else {
             return;
         };
-        let (key, peer, client) = (session.key, session.peer, session.client);
+        let (key, peer, client) = (session.key, session.peer(), session.client);
         let user = match session.leave() {
             None => return,
             Some(Left::Echo) => {

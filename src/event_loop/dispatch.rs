@@ -141,7 +141,7 @@ impl EventLoop {
         let Some(session) = self.sessions.get(index) else {
             return;
         };
-        let (key, peer, client) = (session.key, session.peer, session.client);
+        let (key, peer, client) = (session.key, session.peer(), session.client);
         let info = SessionInfo {
             key,
             user: upgrade.user.as_deref(),
@@ -272,7 +272,7 @@ impl EventLoop {
             }
         }
         let key = session.key;
-        let (peer, client) = (session.peer, session.client);
+        let (peer, client) = (session.peer(), session.client);
         let user = session.user().cloned();
         let message = match message::parse_limited(bytes, max_depth) {
             Ok(message) => message,

@@ -171,7 +171,8 @@ impl<S: Socket> Session<S> {
             }
         }
         if let Some(source) = source {
-            self.peer = source;
+            self.peer_ip = source.ip();
+            self.peer_port = source.port();
             self.client = source.ip();
         }
         self.phase = Phase::Http;

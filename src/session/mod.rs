@@ -160,9 +160,10 @@ pub(crate) struct Session<S = TcpStream> {
     transport: Transport<S>,
     /// This session's key (slot and generation).
     pub key: SessionKey,
-    /// The address that connected: the TCP peer, or the source a PROXY
-    /// header from a trusted balancer named.
-    pub peer: SocketAddr,
+    /// The address that connected (see [`Session::peer`]), kept as its
+    /// parts: a `SocketAddr` would take 32 bytes per idle connection.
+    peer_ip: IpAddr,
+    peer_port: u16,
     /// The client behind the proxies (README "Behind a proxy"): for logs,
     /// hooks and `max_connections_per_ip`. The peer until derived.
     pub client: IpAddr,
@@ -215,7 +216,8 @@ impl<S: Socket> Session<S> {
         Session {
             transport,
             key,
-            peer,
+            peer_ip: peer.ip(),
+            peer_port: peer.port(),
             client: peer.ip().to_canonical(),
             ip_counted: false,
             phase: Phase::Http,
@@ -245,6 +247,12 @@ impl<S: Socket> Session<S> {
     }
 
     // ---- what the loop reads ----
+
+    /// The address that connected: the TCP peer, or the source a PROXY
+    /// header from a trusted balancer named.
+    pub(crate) fn peer(&self) -> SocketAddr {
+        SocketAddr::new(self.peer_ip, self.peer_port)
+    }
 
     pub(crate) fn phase(&self) -> &Phase {
         &self.phase
