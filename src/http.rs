@@ -53,8 +53,10 @@ pub struct Request {
     /// `Authorization`, when sent.
     pub authorization: Option<Vec<u8>>,
     /// The headers a proxy names the client in, kept for
-    /// `app.client_ip_header` (read only from trusted peers).
-    pub forwarding: Forwarding,
+    /// `app.client_ip_header` (read only from trusted peers); `None` when
+    /// the request has none (boxed: most requests carry none, and every
+    /// request passes through the decoder's units by value).
+    pub forwarding: Option<Box<Forwarding>>,
 }
 
 /// Forwarding headers as sent, every line of each joined in order
@@ -192,7 +194,7 @@ pub fn parse_complete_head(
         origin: None,
         websocket_extensions: None,
         authorization: None,
-        forwarding: Forwarding::default(),
+        forwarding: None,
     };
     let mut content_length: Option<usize> = None;
     for header in parsed.headers.iter() {
@@ -251,11 +253,14 @@ fn apply_header(
     } else if name.eq_ignore_ascii_case("authorization") {
         request.authorization = Some(value.to_vec());
     } else if name.eq_ignore_ascii_case("x-forwarded-for") {
-        append_line(&mut request.forwarding.x_forwarded_for, b", ", value);
+        let forwarding = request.forwarding.get_or_insert_with(Box::default);
+        append_line(&mut forwarding.x_forwarded_for, b", ", value);
     } else if name.eq_ignore_ascii_case("forwarded") {
-        append_line(&mut request.forwarding.forwarded, b", ", value);
+        let forwarding = request.forwarding.get_or_insert_with(Box::default);
+        append_line(&mut forwarding.forwarded, b", ", value);
     } else if name.eq_ignore_ascii_case("x-real-ip") {
-        append_line(&mut request.forwarding.x_real_ip, b",", value);
+        let forwarding = request.forwarding.get_or_insert_with(Box::default);
+        append_line(&mut forwarding.x_real_ip, b",", value);
     }
     Ok(())
 }
@@ -414,6 +419,28 @@ mod tests {
         );
         assert_eq!(req.websocket_version.as_deref(), Some("13"));
         assert_eq!(req.origin.as_deref(), Some(&b"http://a.example"[..]));
+    }
+
+    #[test]
+    fn forwarding_headers_join_their_lines_in_order() {
+        let head = b"GET / HTTP/1.1\r\nX-Forwarded-For: 1.1.1.1\r\nHost: x\r\n\
+x-forwarded-for: 2.2.2.2, 3.3.3.3\r\nForwarded: for=a\r\nFORWARDED: for=b\r\n\
+X-Real-IP: 4.4.4.4\r\nX-Real-Ip: 5.5.5.5\r\n\r\n";
+        let req = parse_head(head, 16384, 0).unwrap().unwrap();
+        let forwarding = req.forwarding.unwrap();
+        assert_eq!(
+            forwarding.x_forwarded_for.as_deref(),
+            Some(&b"1.1.1.1, 2.2.2.2, 3.3.3.3"[..])
+        );
+        assert_eq!(forwarding.forwarded.as_deref(), Some(&b"for=a, for=b"[..]));
+        assert_eq!(
+            forwarding.x_real_ip.as_deref(),
+            Some(&b"4.4.4.4,5.5.5.5"[..])
+        );
+        let plain = parse_head(b"GET / HTTP/1.1\r\n\r\n", 16384, 0)
+            .unwrap()
+            .unwrap();
+        assert!(plain.forwarding.is_none());
     }
 
     #[test]

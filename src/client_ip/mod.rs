@@ -61,11 +61,14 @@ impl Clients {
 
     /// The client behind `peer` for this request.
     pub fn client_of(&self, peer: IpAddr, request: &Request) -> IpAddr {
-        let value = match self.header {
-            ClientIpHeader::XForwardedFor => request.forwarding.x_forwarded_for.as_deref(),
-            ClientIpHeader::Forwarded => request.forwarding.forwarded.as_deref(),
-            ClientIpHeader::XRealIp => request.forwarding.x_real_ip.as_deref(),
-        };
+        let value = request
+            .forwarding
+            .as_deref()
+            .and_then(|f| match self.header {
+                ClientIpHeader::XForwardedFor => f.x_forwarded_for.as_deref(),
+                ClientIpHeader::Forwarded => f.forwarded.as_deref(),
+                ClientIpHeader::XRealIp => f.x_real_ip.as_deref(),
+            });
         client_address(peer, &self.trusted, self.header, value)
     }
 }
