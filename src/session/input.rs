@@ -279,7 +279,8 @@ impl<S: Socket> Session<S> {
             },
             // Read by `read_proxy_header`, never handed out as input.
             Phase::Proxy => Next::Incomplete,
-            Phase::Closing(_) | Phase::Dead => Next::Discard,
+            // An event stream's client has nothing more to say.
+            Phase::Sse { .. } | Phase::Closing(_) | Phase::Dead => Next::Discard,
         }
     }
 
