@@ -45,11 +45,12 @@
 //! | [`wheel`] | the hashed timer wheel for pings and timeouts |
 //! | `rate` | the per-session token bucket and flood detector |
 //! | `handle` | the cross-thread [`Handle`] (bounded channel + waker) |
+//! | `history` | the last messages per audience (stream), positions, replay for resuming sessions |
 //! | `hooks` | application callbacks on the loop thread |
 //! | `cluster` | several nodes over Redis: bridge threads, presence, channels |
 //! | `metrics` | counters and the Prometheus text |
 //! | [`config`], `cli`, [`app`] | settings, arguments, what the binaries run |
-//! | `auth`, [`jwt`] | admin token, origin and JWT checks |
+//! | `auth`, [`jwt`], `jwks` | admin token, origin and JWT checks (on `jsonwebtoken`); JWKS fetched off the loop |
 //! | [`ids`] | user id and room name bounds, escaped for logs |
 //! | [`alloc`] | the counting allocator behind heap statistics |
 //!
@@ -87,9 +88,11 @@ pub mod deflate;
 mod event_loop;
 pub mod frame;
 pub(crate) mod handle;
+pub(crate) mod history;
 pub(crate) mod hooks;
 pub mod http;
 pub mod ids;
+pub(crate) mod jwks;
 pub mod jwt;
 pub mod message;
 pub(crate) mod metrics;

@@ -26,9 +26,9 @@ use log::LevelFilter;
 use serde_norway::Value;
 
 use values::{
-    parse_client_ip_header, parse_count, parse_duration, parse_flag, parse_host, parse_level,
-    parse_name, parse_origins, parse_path, parse_port, parse_prefix, parse_rate, parse_redis_url,
-    parse_secret, parse_trusted, parse_ttl,
+    parse_algorithms, parse_client_ip_header, parse_count, parse_duration, parse_flag, parse_host,
+    parse_http_url, parse_level, parse_name, parse_origins, parse_path, parse_port, parse_prefix,
+    parse_rate, parse_redis_url, parse_secret, parse_text, parse_trusted, parse_ttl,
 };
 
 use crate::client_ip::{ClientIpHeader, Trusted};
@@ -161,6 +161,8 @@ pub struct Config {
     pub cluster: ClusterConfig,
     /// `tls:` — the listener speaks TLS (PROTOCOL.md section 8).
     pub tls: TlsConfig,
+    /// `history:` — messages kept per audience for resuming sessions.
+    pub history: HistoryConfig,
 }
 
 /// The YAML document: each section optional.
@@ -168,7 +170,7 @@ pub struct Config {
 #[serde(
     deny_unknown_fields,
     default,
-    expecting = "a mapping of sections (app, log, websocket, jwt, cluster, tls)"
+    expecting = "a mapping of sections (app, log, websocket, jwt, cluster, tls, history)"
 )]
 struct RawConfig {
     app: Option<RawApp>,
@@ -177,6 +179,7 @@ struct RawConfig {
     jwt: Option<RawJwt>,
     cluster: Option<RawCluster>,
     tls: Option<RawTls>,
+    history: Option<RawHistory>,
 }
 
 impl RawConfig {
@@ -188,6 +191,7 @@ impl RawConfig {
             jwt: self.jwt.unwrap_or_default().into_config(origin)?,
             cluster: self.cluster.unwrap_or_default().into_config(origin)?,
             tls: self.tls.unwrap_or_default().into_config(origin)?,
+            history: self.history.unwrap_or_default().into_config(origin)?,
         })
     }
 }
@@ -299,13 +303,26 @@ section! {
 }
 
 section! {
-    /// `jwt:` — token checks on connect.
+    /// `jwt:` — token checks on connect (README "Identity providers").
+    /// Tokens are looked at once any key is set: `secret`, `public_key` or
+    /// `jwks_url`.
     pub struct JwtConfig as "jwt", raw RawJwt, expecting "a mapping of jwt settings" {
-        /// Non-empty: HS256 tokens are verified on connect. Default `""` (no checks).
+        /// Non-empty: the HMAC key for HS256/384/512 tokens. Default `""`.
         pub secret: Secret = Secret::default(), parse parse_secret;
-        /// A connect without a valid token gets 401; needs a non-empty `secret`.
-        /// Default `false`.
+        /// A connect without a valid token gets 401; needs a key. Default `false`.
         pub required: bool = false, parse parse_flag;
+        /// The only algorithms accepted. Default `[HS256]`.
+        pub algorithms: Vec<String> = vec!["HS256".to_owned()], parse parse_algorithms;
+        /// PEM public key file (RSA, EC or Ed25519) for the asymmetric
+        /// algorithms, read at start. Default `""`.
+        pub public_key: String = String::new(), parse parse_path;
+        /// The identity provider's JWKS URL (http or https), fetched at
+        /// start and refreshed off the event loop. Default `""`.
+        pub jwks_url: String = String::new(), parse parse_http_url;
+        /// Non-empty: `iss` must equal it. Default `""`.
+        pub issuer: String = String::new(), parse parse_text;
+        /// Non-empty: `aud` must be it or a list containing it. Default `""`.
+        pub audience: String = String::new(), parse parse_text;
     }
 }
 
@@ -340,10 +357,44 @@ section! {
     }
 }
 
+section! {
+    /// `history:` — what is kept so a session can resume without losing
+    /// messages (README "History and resume"). Off while `size` is 0.
+    pub struct HistoryConfig as "history", raw RawHistory,
+        expecting "a mapping of history settings"
+    {
+        /// Messages kept per stream (everyone, each user, each room); 0 turns
+        /// history off and nothing changes. Default `0`.
+        pub size: usize = 0, parse |v| parse_count(v, 0);
+        /// Entries older than this are dropped. Default 2 min, at least 1 s.
+        pub ttl: Duration = Duration::from_secs(120), parse parse_ttl;
+        /// Bytes of all entries of this node together; the oldest go first.
+        /// Default `67108864` (64 MiB), at least 1024.
+        pub max_bytes: usize = 64 << 20, parse |v| parse_count(v, 1024);
+        /// How long a stream's epoch and last offset outlive its entries.
+        /// Default 24 h, at least 1 s.
+        pub meta_ttl: Duration = Duration::from_secs(24 * 3600), parse parse_ttl;
+    }
+}
+
+impl HistoryConfig {
+    /// Whether history is kept.
+    pub fn enabled(&self) -> bool {
+        self.size > 0
+    }
+}
+
 impl TlsConfig {
     /// Whether the listener speaks TLS.
     pub fn enabled(&self) -> bool {
         !self.cert.is_empty()
+    }
+}
+
+impl JwtConfig {
+    /// Whether any key is set, so that tokens are verified.
+    pub fn has_key(&self) -> bool {
+        !self.secret.is_empty() || !self.public_key.is_empty() || !self.jwks_url.is_empty()
     }
 }
 
@@ -488,6 +539,8 @@ impl Config {
         // The files behind the names are checked now, so a bad pair is a
         // config error before anything else starts.
         crate::tls::load(&config.tls).map_err(|e| invalid(&origin, e.key, e.message))?;
+        crate::jwt::Verifier::from_config(&config.jwt)
+            .map_err(|e| invalid(&origin, e.key, e.message))?;
         Ok((config, ConfigSource::File(path.to_path_buf())))
     }
 
@@ -524,11 +577,14 @@ impl Config {
                     .to_owned(),
             ));
         }
-        if self.jwt.required && self.jwt.secret.is_empty() {
+        let jwt = &self.jwt;
+        if jwt.required && !jwt.has_key() {
             return Err(invalid(
                 origin,
                 "jwt.required",
-                "true needs a non-empty jwt.secret, or no connect could succeed".to_owned(),
+                "true needs a key (jwt.secret, jwt.public_key or jwt.jwks_url), or no connect \
+                 could succeed"
+                    .to_owned(),
             ));
         }
         let tls = &self.tls;

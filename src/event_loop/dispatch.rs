@@ -78,6 +78,7 @@ impl EventLoop {
             router: &self.router,
             open_websockets: self.open_websockets,
             now_unix,
+            jwt: &self.jwt,
             cluster: match self.cluster.as_ref() {
                 None => rest::Cluster::Off,
                 Some(link) => link.view().map_or(rest::Cluster::Down, rest::Cluster::Up),
@@ -113,6 +114,9 @@ impl EventLoop {
                 if let Some(link) = self.cluster.as_ref() {
                     link.render_metrics(&mut text);
                 }
+                if let Some(history) = self.history.as_ref() {
+                    history.render_metrics(&mut text);
+                }
                 let response = Response::raw(200, "text/plain; version=0.0.4", text.into_bytes());
                 self.respond(index, &response, keep_alive);
             }
@@ -137,7 +141,7 @@ impl EventLoop {
         }
     }
 
-    fn upgrade(&mut self, index: usize, upgrade: Upgrade) {
+    fn upgrade(&mut self, index: usize, mut upgrade: Upgrade) {
         let Some(session) = self.sessions.get(index) else {
             return;
         };
@@ -190,6 +194,9 @@ impl EventLoop {
                     ids::shown(user.as_deref()),
                     self.router.online_count()
                 );
+                if let Some(since) = upgrade.resume.take() {
+                    self.resume_session(index, user.as_deref(), *since);
+                }
             }
             Endpoint::Echo => self.metrics.open_echo += 1,
         }
@@ -327,6 +334,9 @@ impl EventLoop {
                         Change::LastMember => link.departed(),
                         Change::Member | Change::Unchanged => {}
                     }
+                }
+                if let ("join", Some(room)) = (&*message.kind, message.room()) {
+                    self.joined(index, room, message.since);
                 }
             }
             Route::Deliver(audience, json) => {

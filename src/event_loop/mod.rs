@@ -6,10 +6,11 @@
 //! | poll | `mod.rs` | waits for readiness, at most until the next deadline |
 //! | read | `read.rs` | drains ready sockets through their sessions |
 //! | dispatch | `dispatch.rs` | acts on each complete unit: REST, upgrade, frames → router → queues |
+//! | (resume) | `resume.rs` | with history on: welcome, replay and `recovered` at upgrade and join |
 //! | accept | `accept.rs` | takes new connections |
 //! | clients | `clients.rs` | who is behind a connection (proxies, PROXY header) and `max_connections_per_ip` |
 //! | commands | `commands.rs` | handle commands (bounded per pass), hook actions, signals |
-//! | timers | `timers.rs` | applies what each due session timer found |
+//! | timers | `timers.rs` | applies what each due session timer found; history expiry |
 //! | cluster | `cluster.rs` | presence and channels of the other nodes |
 //! | write | `write/` | answers first, then a bounded share of the fan-out backlog |
 //! | close | `close.rs` | leaving the indexes, closing handshakes, reaping |
@@ -42,7 +43,9 @@ use crate::cluster::Link;
 use crate::config::Config;
 use crate::deflate::Codec;
 use crate::handle::Inbox;
+use crate::history::History;
 use crate::hooks::{Actions, Hooks};
+use crate::jwt::Verifier;
 use crate::metrics::{Metrics, Shared};
 use crate::rate::Bucket;
 use crate::router::{Limits, Router};
@@ -60,6 +63,7 @@ mod commands;
 mod deliver;
 mod dispatch;
 mod read;
+mod resume;
 mod timers;
 mod write;
 
@@ -147,6 +151,11 @@ pub(crate) struct EventLoop {
     cluster: Option<Link>,
     /// What new connections' TLS uses; `None`: plain TCP. SIGHUP replaces it.
     tls: Option<Arc<rustls::ServerConfig>>,
+    /// Checks connect tokens; its JWKS keys (if any) refresh on their own thread.
+    jwt: Verifier,
+    /// The last messages per audience for resuming sessions; `None` while
+    /// `history.size` is 0 (then nothing of it runs).
+    history: Option<History>,
     /// Who is behind each connection: the proxy policy and the counts of
     /// `max_connections_per_ip` (see `clients.rs`).
     clients: Clients,
@@ -164,6 +173,7 @@ pub(crate) struct Parts {
     pub signals: Option<signal_hook_mio::v1_0::Signals>,
     pub cluster: Option<Link>,
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub jwt: Verifier,
 }
 
 impl EventLoop {
@@ -171,6 +181,7 @@ impl EventLoop {
         let start = Instant::now();
         let limits = Limits::from_config(&parts.config.websocket);
         let rules = Rules::from_config(&parts.config.websocket);
+        let history = History::new(&parts.config.history);
         let clients = Clients::from_config(&parts.config);
         EventLoop {
             poll: parts.poll,
@@ -212,6 +223,8 @@ impl EventLoop {
             codec: Codec::default(),
             cluster: parts.cluster,
             tls: parts.tls,
+            jwt: parts.jwt,
+            history,
             clients,
         }
     }
@@ -285,6 +298,7 @@ impl EventLoop {
             self.accept_retry_ms,
             self.shutdown_deadline_ms,
             cluster_tick_ms,
+            self.history.as_ref().and_then(History::next_deadline),
         ]
         .into_iter()
         .flatten()
