@@ -366,11 +366,20 @@ mod tests {
         assert_eq!(value["content"], 1);
         assert!(stamped.ends_with(b"\"}"));
         assert_eq!(
-            stamp(b"{}", Kind::Room, &epoch, 1).unwrap().len(),
+            stamp(b"{}", Kind::All, None, &epoch, 1).unwrap().len(),
             10 + 2 + EPOCH_LEN + 2
         );
-        assert_eq!(stamp(b"[1]", Kind::All, &epoch, 1), None);
-        assert_eq!(stamp(b"", Kind::All, &epoch, 1), None);
+        assert_eq!(stamp(b"[1]", Kind::All, None, &epoch, 1), None);
+        assert_eq!(stamp(b"", Kind::All, None, &epoch, 1), None);
+        // A room message without its room gets it; one with it keeps its own.
+        let named = stamp(br#"{"type":"x","room":"r1"}"#, Kind::Room, Some("r1"), &epoch, 2);
+        let named = named.unwrap();
+        assert_eq!(named.windows(6).filter(|w| w == b"\"room\"").count(), 1);
+        let unnamed = stamp(br#"{"type":"x"}"#, Kind::Room, Some("a\"b"), &epoch, 2).unwrap();
+        let value: serde_json::Value = serde_json::from_slice(&unnamed).unwrap();
+        assert_eq!(value["room"], "a\"b");
+        assert_eq!(value["type"], "x");
+        assert_eq!(value["pos"], format(Kind::Room, &epoch, 2));
     }
 
     #[test]
