@@ -187,7 +187,11 @@ impl Client {
     fn on_message(&mut self, m: &Value) {
         match m["type"].as_str() {
             Some("welcome") => {
-                for pos in m["content"].as_object().into_iter().flat_map(|o| o.values()) {
+                for pos in m["content"]
+                    .as_object()
+                    .into_iter()
+                    .flat_map(|o| o.values())
+                {
                     let Some((kind, epoch, offset)) = pos.as_str().and_then(split) else {
                         continue;
                     };
@@ -335,7 +339,9 @@ fn publisher(handle: Handle, published: Arc<Published>, stop: Arc<AtomicBool>, r
                 let u = rng.below(CLIENTS as u64) as usize;
                 let n = published.users[u].fetch_add(1, Ordering::Relaxed) + 1;
                 let user = format!("c{u}");
-                publish(&handle, || handle.send_to_user(&user, &Message::new("u", json!(n))));
+                publish(&handle, || {
+                    handle.send_to_user(&user, &Message::new("u", json!(n)))
+                });
             }
         }
         next += interval;
@@ -502,7 +508,10 @@ fn chaos_resets_lose_and_repeat_nothing() {
         ("reconnects", json!(total.reconnects)),
         ("server_ended", json!(total.ended)),
         ("traffic_secs", json!((traffic_secs * 10.0).round() / 10.0)),
-        ("published_all", json!(published.all.load(Ordering::Relaxed))),
+        (
+            "published_all",
+            json!(published.all.load(Ordering::Relaxed)),
+        ),
         ("published_users", json!(users)),
         ("published_rooms", json!(rooms)),
         ("received", json!(total.received)),

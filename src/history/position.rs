@@ -372,7 +372,13 @@ mod tests {
         assert_eq!(stamp(b"[1]", Kind::All, None, &epoch, 1), None);
         assert_eq!(stamp(b"", Kind::All, None, &epoch, 1), None);
         // A room message without its room gets it; one with it keeps its own.
-        let named = stamp(br#"{"type":"x","room":"r1"}"#, Kind::Room, Some("r1"), &epoch, 2);
+        let named = stamp(
+            br#"{"type":"x","room":"r1"}"#,
+            Kind::Room,
+            Some("r1"),
+            &epoch,
+            2,
+        );
         let named = named.unwrap();
         assert_eq!(named.windows(6).filter(|w| w == b"\"room\"").count(), 1);
         let unnamed = stamp(br#"{"type":"x"}"#, Kind::Room, Some("a\"b"), &epoch, 2).unwrap();
