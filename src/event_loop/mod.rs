@@ -171,7 +171,14 @@ impl EventLoop {
         let start = Instant::now();
         let limits = Limits::from_config(&parts.config.websocket);
         let rules = Rules::from_config(&parts.config.websocket);
-        let history = History::new(&parts.config.history);
+        // Config::load refuses the pair; a Config built in code is told here.
+        let history = History::new(&parts.config.history).filter(|_| {
+            let alone = parts.cluster.is_none();
+            if !alone {
+                log::warn!("history is not supported with cluster.redis yet: history off");
+            }
+            alone
+        });
         EventLoop {
             poll: parts.poll,
             listener: parts.listener,
