@@ -57,6 +57,8 @@ pub struct Request {
     /// the request has none (boxed: most requests carry none, and every
     /// request passes through the decoder's units by value).
     pub forwarding: Option<Box<Forwarding>>,
+    /// `Last-Event-ID` (an `EventSource` resuming), when sent as text.
+    pub last_event_id: Option<Box<str>>,
 }
 
 /// Forwarding headers as sent, every line of each joined in order
@@ -195,6 +197,7 @@ pub fn parse_complete_head(
         websocket_extensions: None,
         authorization: None,
         forwarding: None,
+        last_event_id: None,
     };
     let mut content_length: Option<usize> = None;
     for header in parsed.headers.iter() {
@@ -261,6 +264,8 @@ fn apply_header(
     } else if name.eq_ignore_ascii_case("x-real-ip") {
         let forwarding = request.forwarding.get_or_insert_with(Box::default);
         append_line(&mut forwarding.x_real_ip, b",", value);
+    } else if name.eq_ignore_ascii_case("last-event-id") {
+        request.last_event_id = std::str::from_utf8(value.trim_ascii()).ok().map(Box::from);
     }
     Ok(())
 }
@@ -419,6 +424,14 @@ mod tests {
         );
         assert_eq!(req.websocket_version.as_deref(), Some("13"));
         assert_eq!(req.origin.as_deref(), Some(&b"http://a.example"[..]));
+        assert_eq!(req.last_event_id, None);
+        let resuming = b"GET /api/ws/sse HTTP/1.1\r\nLast-Event-ID:  ab-12 \r\n\r\n";
+        let req = parse_head(resuming, 1024, 0).unwrap().unwrap();
+        assert_eq!(req.last_event_id.as_deref(), Some("ab-12"));
+        assert!(
+            std::mem::size_of::<Request>() < 256,
+            "a unit of input stays small"
+        );
     }
 
     #[test]
