@@ -13,13 +13,14 @@
 //! | --- | --- |
 //! | [`wire`] | channel and key names, the envelope around each message |
 //! | [`view`] | presence entries and the view of the other nodes |
+//! | `gate` | work waiting for a subscription or a publish to be confirmed |
 //! | `publisher` | the thread that publishes (pipelined) and keeps presence |
 //! | `subscriber` | the thread that subscribes and forwards what arrives |
 //!
 //! Nothing here runs when `cluster.redis` is empty: the loop holds no
 //! `Link` then, and its hot path is what it was.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -32,11 +33,13 @@ use crate::handle::Handle;
 use crate::metrics::{self, Single};
 use crate::router::Router;
 
+pub(crate) mod gate;
 mod publisher;
 mod subscriber;
 pub mod view;
 pub mod wire;
 
+use gate::{Gate, Outcome, Ticket, Waiter};
 use view::View;
 use wire::{Names, Origin, Publication};
 
@@ -49,8 +52,14 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 /// Longest pause between reconnect attempts: well inside the 5 s in which
 /// subscriptions and presence must be back after Redis returns.
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
-/// Connect, command and reply deadline on both connections.
-const IO_TIMEOUT: Duration = Duration::from_secs(2);
+/// Connect, command and reply deadline on both connections. With presence
+/// refreshed at least every `REFRESH_MAX`, a Redis that hangs (stopped, not
+/// closed) is noticed within 1.5 s.
+const IO_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a REST push waits for Redis to accept its publish.
+const PUBLISH_WAIT: Duration = Duration::from_secs(1);
+/// How long a connect or a join waits for its channel's subscription.
+const SUBSCRIBE_WAIT: Duration = Duration::from_secs(2);
 /// How often presence is written and the other nodes' entries read; the
 /// view is never older than about twice this.
 const REFRESH_MAX: Duration = Duration::from_millis(500);
@@ -82,6 +91,27 @@ pub(crate) enum Event {
         side: Side,
         state: Result<u64, String>,
     },
+    /// Every interest change up to this version is applied: Redis sends
+    /// this node what is published on those channels from now on.
+    Subscribed(u64),
+    /// Redis accepted (`ok`) or refused every acknowledged publish up to
+    /// this sequence number.
+    Published { upto: u64, ok: bool },
+}
+
+/// What waits in the gate for the cluster (see [`gate`]).
+#[derive(Debug)]
+pub(crate) enum Held {
+    /// A chat upgrade: its 101 and `on_connect` wait for the user's channel.
+    Upgrade(Box<crate::rest::Upgrade>),
+    /// A join: the session's next message waits for the room's channel.
+    Join,
+    /// A REST push, delivered here and answered once Redis accepted it.
+    Push {
+        target: Audience<String>,
+        json: Vec<u8>,
+        keep_alive: bool,
+    },
 }
 
 /// Counters the threads keep; rendered into `/metrics`.
@@ -100,6 +130,8 @@ pub(crate) struct Stats {
 struct Interest {
     wanted: HashSet<String>,
     changed: HashSet<String>,
+    /// Bumped by every change: the subscriber confirms versions.
+    version: u64,
 }
 
 /// What the loop and both threads share.
@@ -163,7 +195,13 @@ impl Bridge {
 
 /// A job for the publisher thread.
 enum Job {
-    Publish(Publication),
+    /// `ack`: report the outcome (for `seq`), and do not send it at all
+    /// past that deadline (the loop has answered 503 by then).
+    Publish {
+        publication: Publication,
+        seq: u64,
+        ack: Option<Instant>,
+    },
     Leave,
 }
 
@@ -236,8 +274,17 @@ pub(crate) struct Link {
     outage_since: Option<Instant>,
     address: String,
     view: View,
-    users: HashSet<String>,
-    rooms: HashSet<String>,
+    /// User and room channels wanted, with the interest version that
+    /// asked for them (confirmed once the subscriber reports it).
+    users: HashMap<String, u64>,
+    rooms: HashMap<String, u64>,
+    /// Channels kept while a waiter for them is parked.
+    pins: HashMap<String, usize>,
+    gate: Gate<Held>,
+    /// Waiters out of the gate, for the loop to act on.
+    settled: Vec<(Waiter<Held>, Outcome)>,
+    /// Waiters refused (timeout, failed publish, outage), for `/metrics`.
+    refused: u64,
     presence_dirty: bool,
     departures: bool,
     next_tick_ms: u64,
@@ -306,8 +353,12 @@ impl Link {
             outage_since: None,
             address,
             view: View::default(),
-            users: HashSet::new(),
-            rooms: HashSet::new(),
+            users: HashMap::new(),
+            rooms: HashMap::new(),
+            pins: HashMap::new(),
+            gate: Gate::default(),
+            settled: Vec::new(),
+            refused: 0,
             presence_dirty: true,
             departures: false,
             next_tick_ms: 0,
@@ -335,7 +386,9 @@ impl Link {
 
     /// When [`Link::tick`] wants to run next (ms since the loop started).
     pub(crate) fn next_tick_ms(&self) -> u64 {
-        self.next_tick_ms
+        self.gate
+            .next_deadline()
+            .map_or(self.next_tick_ms, |at| at.min(self.next_tick_ms))
     }
 
     /// Both connections are up: the node is part of the cluster.
@@ -352,8 +405,30 @@ impl Link {
     /// Hands `json` for `target` to the publisher. False when the cluster
     /// is down or the queue is full: nothing was published.
     pub(crate) fn publish(&mut self, audience: Audience<&str>, json: &[u8]) -> bool {
+        self.enqueue(audience, json, None).is_some()
+    }
+
+    /// Like [`Link::publish`], and the publisher reports when Redis
+    /// accepted it ([`Event::Published`]): returns the ticket to wait for,
+    /// until `now_ms` + 1 s.
+    pub(crate) fn publish_acked(
+        &mut self,
+        audience: Audience<&str>,
+        json: &[u8],
+    ) -> Option<Ticket> {
+        let deadline = Instant::now() + PUBLISH_WAIT;
+        self.enqueue(audience, json, Some(deadline))
+            .map(Ticket::Published)
+    }
+
+    fn enqueue(
+        &mut self,
+        audience: Audience<&str>,
+        json: &[u8],
+        ack: Option<Instant>,
+    ) -> Option<u64> {
         if !self.up() {
-            return false;
+            return None;
         }
         self.seq += 1;
         let b = &self.bridge;
@@ -362,36 +437,120 @@ impl Link {
             epoch: b.epoch,
             seq: self.seq,
         };
-        let job = Job::Publish(Publication::new(&b.names, audience, &origin, json));
+        let job = Job::Publish {
+            publication: Publication::new(&b.names, audience, &origin, json),
+            seq: self.seq,
+            ack,
+        };
         match self.jobs.try_send(job) {
-            Ok(()) => true,
+            Ok(()) => Some(self.seq),
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 b.stats.dropped.fetch_add(1, Ordering::Relaxed);
-                false
+                None
             }
         }
     }
 
-    /// A session (of `user`, if not anonymous) opened here: receive that
-    /// user's channel.
-    pub(crate) fn connected(&mut self, user: Option<&str>) {
+    /// A chat session (of `user`, if not anonymous) is about to open here:
+    /// receive that user's channel. Returns what to wait for, and the
+    /// channel to pin meanwhile, while the subscription is not confirmed
+    /// and the cluster is up (down, the node serves its own sessions).
+    pub(crate) fn want_user(&mut self, user: Option<&str>) -> Option<(Ticket, String)> {
         self.presence_dirty = true;
-        let Some(user) = user else {
-            return;
+        let user = user?;
+        let channel = self.bridge.names.channel(Audience::User(user));
+        let version = match self.users.get(user) {
+            Some(version) => *version,
+            None => {
+                let version = self.want(channel.clone(), true);
+                self.users.insert(user.to_owned(), version);
+                version
+            }
         };
-        if !self.users.contains(user) {
-            self.users.insert(user.to_owned());
-            self.want(self.bridge.names.channel(Audience::User(user)), true);
+        self.wait_for(version, channel)
+    }
+
+    /// A session here joined `room`: receive that room's channel. Returns
+    /// what the session's next message waits for, as [`Link::want_user`].
+    pub(crate) fn want_room(&mut self, room: &str) -> Option<(Ticket, String)> {
+        self.presence_dirty = true;
+        let channel = self.bridge.names.channel(Audience::room(room));
+        let version = match self.rooms.get(room) {
+            Some(version) => *version,
+            None => {
+                let version = self.want(channel.clone(), true);
+                self.rooms.insert(room.to_owned(), version);
+                version
+            }
+        };
+        self.wait_for(version, channel)
+    }
+
+    fn wait_for(&self, version: u64, channel: String) -> Option<(Ticket, String)> {
+        let ticket = Ticket::Subscribed(version);
+        (self.up() && !self.gate.confirmed(ticket)).then_some((ticket, channel))
+    }
+
+    /// Parks work until its ticket is confirmed (or refused; see
+    /// [`Link::take_settled`]). A subscription wait gives up after 2 s, a
+    /// publish after 1 s.
+    pub(crate) fn park(
+        &mut self,
+        now_ms: u64,
+        key: crate::audience::SessionKey,
+        ticket: Ticket,
+        pin: Option<String>,
+        what: Held,
+    ) {
+        let wait = match ticket {
+            Ticket::Subscribed(_) => SUBSCRIBE_WAIT,
+            Ticket::Published(_) => PUBLISH_WAIT,
+        };
+        if let Some(channel) = &pin {
+            *self.pins.entry(channel.clone()).or_default() += 1;
+        }
+        self.gate.park(Waiter {
+            ticket,
+            deadline_ms: now_ms + crate::wheel::millis(wait),
+            key,
+            pin,
+            what,
+        });
+    }
+
+    /// Parked work that was confirmed or refused since the last call.
+    pub(crate) fn take_settled(&mut self) -> Vec<(Waiter<Held>, Outcome)> {
+        let settled = std::mem::take(&mut self.settled);
+        for (waiter, outcome) in &settled {
+            if *outcome == Outcome::Failed {
+                self.refused += 1;
+            }
+            if let Some(channel) = &waiter.pin {
+                if let Some(count) = self.pins.get_mut(channel) {
+                    *count -= 1;
+                    if *count == 0 {
+                        self.pins.remove(channel);
+                        // Its session may never have opened: look again.
+                        self.departures = true;
+                    }
+                }
+            }
+        }
+        settled
+    }
+
+    /// A confirmation from the bridge threads.
+    pub(crate) fn on_confirmed(&mut self, upto: Ticket, ok: bool) {
+        match (upto, ok) {
+            (_, true) => self.gate.confirm(upto, &mut self.settled),
+            (Ticket::Published(seq), false) => self.gate.fail_published(seq, &mut self.settled),
+            (Ticket::Subscribed(_), false) => {}
         }
     }
 
-    /// A session here joined `room`: receive that room's channel.
-    pub(crate) fn joined_room(&mut self, room: &str) {
+    /// Something presence counts changed (a member joined or left).
+    pub(crate) fn changed(&mut self) {
         self.presence_dirty = true;
-        if !self.rooms.contains(room) {
-            self.rooms.insert(room.to_owned());
-            self.want(self.bridge.names.channel(Audience::room(room)), true);
-        }
     }
 
     /// A user's last session here closed, or a room's last member here
@@ -402,7 +561,9 @@ impl Link {
         self.departures = true;
     }
 
-    fn want(&self, channel: String, wanted: bool) {
+    /// Changes the interest; returns the version the subscriber will
+    /// confirm once the change is applied.
+    fn want(&self, channel: String, wanted: bool) -> u64 {
         let mut interest = self.bridge.interest();
         if wanted {
             interest.wanted.insert(channel.clone());
@@ -410,13 +571,18 @@ impl Link {
             interest.wanted.remove(&channel);
         }
         interest.changed.insert(channel);
+        interest.version += 1;
         self.bridge.interest_changed.store(true, Ordering::Release);
+        interest.version
     }
 
     /// Periodic work, when due (see [`Link::next_tick_ms`]): hands over the
     /// presence entry when it changed and releases channels no local
     /// session needs.
     pub(crate) fn tick(&mut self, now_ms: u64, router: &Router) {
+        if !self.gate.is_empty() {
+            self.gate.expire(now_ms, &mut self.settled);
+        }
         if now_ms < self.next_tick_ms {
             return;
         }
@@ -435,21 +601,20 @@ impl Link {
     }
 
     fn release(&mut self, router: &Router) {
-        let names = &self.bridge.names;
+        let (names, pins) = (&self.bridge.names, &self.pins);
         let mut gone = Vec::new();
-        self.users.retain(|user| {
-            let keep = router.user_sessions(user) > 0;
-            if !keep {
-                gone.push(names.channel(Audience::User(user)));
+        let mut unneeded = |channel: String| {
+            let pinned = pins.contains_key(&channel);
+            if !pinned {
+                gone.push(channel);
             }
-            keep
+            !pinned
+        };
+        self.users.retain(|user, _| {
+            router.user_sessions(user) > 0 || !unneeded(names.channel(Audience::User(user)))
         });
-        self.rooms.retain(|room| {
-            let keep = router.room_size(room) > 0;
-            if !keep {
-                gone.push(names.channel(Audience::room(room)));
-            }
-            keep
+        self.rooms.retain(|room, _| {
+            router.room_size(room) > 0 || !unneeded(names.channel(Audience::room(room)))
         });
         for channel in gone {
             self.want(channel, false);
@@ -464,6 +629,10 @@ impl Link {
         match side {
             Side::Publisher => self.publisher = generation,
             Side::Subscriber => self.subscriber = generation,
+        }
+        if was_up && !self.up() {
+            // Nothing parked will be confirmed now: refuse it at once.
+            self.gate.fail_all(&mut self.settled);
         }
         if let Err(why) = state {
             if self.outage_since.is_none() {
@@ -498,6 +667,7 @@ impl Link {
     pub(crate) fn leave(&mut self) {
         self.publisher = None;
         self.subscriber = None;
+        self.gate.fail_all(&mut self.settled);
         self.view = View::default();
         let _ = self.jobs.try_send(Job::Leave);
     }
@@ -506,7 +676,7 @@ impl Link {
     pub(crate) fn render_metrics(&self, out: &mut String) {
         let s = &self.bridge.stats;
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let lines: [Single<'_>; 8] = [
+        let lines: [Single<'_>; 10] = [
             (
                 "wshub_cluster_up",
                 "gauge",
@@ -558,6 +728,18 @@ impl Link {
                 "counter",
                 "Messages from other nodes dropped as already seen.",
                 load(&s.duplicates),
+            ),
+            (
+                "wshub_cluster_waiting",
+                "gauge",
+                "Connects, joins and REST pushes waiting for Redis to confirm a subscription or publish.",
+                self.gate.len() as u64,
+            ),
+            (
+                "wshub_cluster_wait_refused_total",
+                "counter",
+                "Waits that ended without Redis confirming (503, or an error to the session).",
+                self.refused,
             ),
         ];
         metrics::write_single(out, &lines);

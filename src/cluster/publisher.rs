@@ -8,7 +8,7 @@
 //! when idle, a lone message goes out at once. A batch that fails is dropped
 //! (counted), never re-sent: delivery stays at-most-once.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
@@ -26,7 +26,7 @@ const STALE_CHECK: Duration = Duration::from_millis(50);
 pub(super) fn run(bridge: &Bridge, mut reporter: Reporter, jobs: &Receiver<Job>) {
     let mut state = Presence::default();
     let mut backoff = BACKOFF_MIN;
-    let mut batch: Vec<Publication> = Vec::with_capacity(PIPELINE_MAX);
+    let mut batch = Batch::default();
     loop {
         state.fresh_connection = true;
         // Resend the view: the loop may have ignored the last one while down.
@@ -63,10 +63,17 @@ pub(super) fn run(bridge: &Bridge, mut reporter: Reporter, jobs: &Receiver<Job>)
                 Err(RecvTimeoutError::Timeout) => false,
                 Err(RecvTimeoutError::Disconnected) => true,
             };
-            if !batch.is_empty() {
-                let sent = batch.len() as u64;
-                let result = publish(&mut con, &batch);
-                batch.clear();
+            if !batch.publications.is_empty() {
+                let sent = batch.publications.len() as u64;
+                let result = publish(&mut con, &batch.publications);
+                batch.publications.clear();
+                let acked = batch.acked.take();
+                if let Some(upto) = acked {
+                    let ok = result.is_ok();
+                    let _ = reporter
+                        .handle
+                        .send_from_bridge(Event::Published { upto, ok });
+                }
                 if let Err(e) = result {
                     bridge.stats.dropped.fetch_add(sent, Ordering::Relaxed);
                     reporter.failed(e.to_string());
@@ -93,15 +100,45 @@ pub(super) fn run(bridge: &Bridge, mut reporter: Reporter, jobs: &Receiver<Job>)
     }
 }
 
+/// One pipeline's publications, and the highest acknowledged sequence
+/// number among them.
+struct Batch {
+    publications: Vec<Publication>,
+    acked: Option<u64>,
+}
+
+impl Default for Batch {
+    fn default() -> Self {
+        Batch {
+            publications: Vec::with_capacity(PIPELINE_MAX),
+            acked: None,
+        }
+    }
+}
+
 /// Adds `first` and whatever else is queued to the batch; true on `Leave`.
-fn take(first: Job, batch: &mut Vec<Publication>, jobs: &Receiver<Job>) -> bool {
+/// An acknowledged publish whose deadline passed is not sent: its REST
+/// client has had its 503 ("delivered nothing").
+fn take(first: Job, batch: &mut Batch, jobs: &Receiver<Job>) -> bool {
     let mut job = first;
+    let now = Instant::now();
     loop {
         match job {
-            Job::Publish(publication) => batch.push(publication),
+            Job::Publish {
+                publication,
+                seq,
+                ack,
+            } => match ack {
+                Some(deadline) if deadline <= now => {}
+                Some(_) => {
+                    batch.acked = Some(seq);
+                    batch.publications.push(publication);
+                }
+                None => batch.publications.push(publication),
+            },
             Job::Leave => return true,
         }
-        if batch.len() >= PIPELINE_MAX {
+        if batch.publications.len() >= PIPELINE_MAX {
             return false;
         }
         match jobs.try_recv() {
@@ -135,7 +172,7 @@ fn wait_dropping(bridge: &Bridge, jobs: &Receiver<Job>, pause: Duration) -> bool
             return true;
         }
         match jobs.recv_timeout(wait.min(Duration::from_millis(50))) {
-            Ok(Job::Publish(_)) => {
+            Ok(Job::Publish { .. }) => {
                 bridge.stats.dropped.fetch_add(1, Ordering::Relaxed);
             }
             Ok(Job::Leave) | Err(RecvTimeoutError::Disconnected) => return false,
@@ -168,6 +205,9 @@ struct Presence {
     fresh_connection: bool,
     /// The other nodes' raw entries at the last view sent to the loop.
     seen: HashMap<String, Vec<u8>>,
+    /// The other live nodes' ids, kept across reconnects: logged as they
+    /// appear and go.
+    peers: BTreeSet<String>,
 }
 
 impl Presence {
@@ -268,6 +308,7 @@ impl Presence {
                 .arg(stale)
                 .query::<()>(con)?;
         }
+        self.log_peers(&live);
         if live != self.seen {
             let mut nodes = Vec::with_capacity(live.len());
             for (id, raw) in &live {
@@ -284,6 +325,26 @@ impl Presence {
                 .send_from_bridge(Event::View(View::new(nodes)));
         }
         Ok(())
+    }
+}
+
+impl Presence {
+    /// One log line per node that joined or left since the last look.
+    fn log_peers(&mut self, live: &HashMap<String, Vec<u8>>) {
+        if live.len() == self.peers.len() && live.keys().all(|id| self.peers.contains(id)) {
+            return;
+        }
+        let now: BTreeSet<String> = live.keys().cloned().collect();
+        for id in now.difference(&self.peers) {
+            log::info!("cluster: node {id} appeared ({} live nodes)", now.len() + 1);
+        }
+        for id in self.peers.difference(&now) {
+            log::warn!(
+                "cluster: node {id} is gone (presence expired or removed; {} live nodes)",
+                now.len() + 1
+            );
+        }
+        self.peers = now;
     }
 }
 

@@ -20,8 +20,10 @@ use super::wire::{self, Garbage};
 use super::{Bridge, Event, Reporter, BACKOFF_MAX, BACKOFF_MIN, IO_TIMEOUT};
 use crate::audience::Audience;
 
-/// Longest wait for a message before interest changes are looked at.
-const POLL: Duration = Duration::from_millis(20);
+/// Longest wait for a message before interest changes are looked at. A
+/// connect or a join waits for its subscription (PROTOCOL.md 10a), so this
+/// is part of their latency; an idle node wakes 200 times a second for it.
+const POLL: Duration = Duration::from_millis(5);
 /// Channels per SUBSCRIBE command when (re)subscribing to everything.
 const CHUNK: usize = 512;
 /// At most one warning about malformed payloads this often.
@@ -46,17 +48,21 @@ pub(super) fn run(bridge: &Bridge, mut reporter: Reporter) {
             }
         };
         let mut pubsub = con.as_pubsub();
-        if let Err(e) = subscribe_all(bridge, &mut pubsub) {
-            reporter.failed(e.to_string());
-            drop(pubsub);
-            if !bridge.pause(backoff) {
-                return;
+        let version = match subscribe_all(bridge, &mut pubsub) {
+            Ok(version) => version,
+            Err(e) => {
+                reporter.failed(e.to_string());
+                drop(pubsub);
+                if !bridge.pause(backoff) {
+                    return;
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
             }
-            backoff = (backoff * 2).min(BACKOFF_MAX);
-            continue;
-        }
+        };
         backoff = BACKOFF_MIN;
         reporter.connected();
+        let _ = reporter.handle.send_from_bridge(Event::Subscribed(version));
         match receive(bridge, &mut pubsub, &mut state, &reporter) {
             Ok(Exit::Stop) => return,
             Err(e) => reporter.failed(e.to_string()),
@@ -68,32 +74,38 @@ enum Exit {
     Stop,
 }
 
-fn subscribe_all(bridge: &Bridge, pubsub: &mut PubSub<'_>) -> RedisResult<()> {
+/// Subscribes to the whole interest; returns the version it applied.
+fn subscribe_all(bridge: &Bridge, pubsub: &mut PubSub<'_>) -> RedisResult<u64> {
     bridge.interest_changed.store(false, Ordering::Relaxed);
-    let mut channels: Vec<String> = {
+    let (mut channels, version): (Vec<String>, u64) = {
         let mut interest = bridge.interest();
         interest.changed.clear();
-        interest.wanted.iter().cloned().collect()
+        (interest.wanted.iter().cloned().collect(), interest.version)
     };
     channels.push(bridge.names.channel(Audience::EVERYONE));
     pubsub.set_read_timeout(Some(IO_TIMEOUT))?;
     for chunk in channels.chunks(CHUNK) {
         pubsub.subscribe(chunk)?;
     }
-    Ok(())
+    Ok(version)
 }
 
-/// Applies interest changes made since the last look.
-fn apply_interest(bridge: &Bridge, pubsub: &mut PubSub<'_>) -> RedisResult<()> {
-    let (subscribe, unsubscribe): (Vec<String>, Vec<String>) = {
+/// Applies interest changes made since the last look; returns the version
+/// applied. Everything changed meanwhile goes in one go (one SUBSCRIBE per
+/// `CHUNK` channels), so a connect storm costs a few round trips, not one
+/// per session. Redis executes a SUBSCRIBE whole before it answers, so its
+/// first reply means every channel in it is live.
+fn apply_interest(bridge: &Bridge, pubsub: &mut PubSub<'_>) -> RedisResult<Option<u64>> {
+    let (subscribe, unsubscribe, version): (Vec<String>, Vec<String>, u64) = {
         let mut interest = bridge.interest();
         if interest.changed.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         let changed = std::mem::take(&mut interest.changed);
-        changed
+        let (subscribe, unsubscribe) = changed
             .into_iter()
-            .partition(|channel| interest.wanted.contains(channel))
+            .partition(|channel| interest.wanted.contains(channel));
+        (subscribe, unsubscribe, interest.version)
     };
     // Replies may take longer than a poll on a loaded machine.
     pubsub.set_read_timeout(Some(IO_TIMEOUT))?;
@@ -103,7 +115,7 @@ fn apply_interest(bridge: &Bridge, pubsub: &mut PubSub<'_>) -> RedisResult<()> {
     for chunk in unsubscribe.chunks(CHUNK) {
         pubsub.unsubscribe(chunk)?;
     }
-    Ok(())
+    Ok(Some(version))
 }
 
 fn receive(
@@ -126,7 +138,15 @@ fn receive(
         // Cleared before the set is read: a change made meanwhile sets it
         // again and is applied on the next turn.
         if bridge.interest_changed.swap(false, Ordering::Acquire) {
-            apply_interest(bridge, pubsub)?;
+            if let Some(version) = apply_interest(bridge, pubsub)? {
+                if reporter
+                    .handle
+                    .send_from_bridge(Event::Subscribed(version))
+                    .is_err()
+                {
+                    return Ok(Exit::Stop);
+                }
+            }
             polling = false;
         }
         if !polling {

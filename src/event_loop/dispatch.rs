@@ -114,14 +114,15 @@ impl EventLoop {
                 self.respond(index, &response, keep_alive);
             }
             Outcome::Push { target, json } => {
-                let response = self.rest_push(&target, &json);
-                self.respond(index, &response, keep_alive);
+                if let Some(response) = self.rest_push(index, target, json, keep_alive) {
+                    self.respond(index, &response, keep_alive);
+                }
             }
             Outcome::Upgrade(upgrade) => self.upgrade(index, upgrade),
         }
     }
 
-    fn respond(&mut self, index: usize, response: &Response, keep_alive: bool) {
+    pub(super) fn respond(&mut self, index: usize, response: &Response, keep_alive: bool) {
         let keep = keep_alive && !response.close;
         let (now, rules) = (self.now_ms, self.rules);
         let Some(session) = self.sessions.get_mut(index) else {
@@ -135,6 +136,22 @@ impl EventLoop {
     }
 
     fn upgrade(&mut self, index: usize, upgrade: Upgrade) {
+        let mut upgrade = Some(upgrade);
+        if upgrade
+            .as_ref()
+            .is_some_and(|u| u.endpoint == Endpoint::Chat)
+            && self.hold_upgrade(index, &mut upgrade)
+        {
+            // Answered once the user's channel is subscribed (cluster.rs).
+            return;
+        }
+        if let Some(upgrade) = upgrade {
+            self.open_websocket(index, upgrade);
+        }
+    }
+
+    /// Runs `on_connect`, then writes the 101 and opens the session.
+    pub(super) fn open_websocket(&mut self, index: usize, upgrade: Upgrade) {
         let Some(session) = self.sessions.get(index) else {
             return;
         };
@@ -173,9 +190,6 @@ impl EventLoop {
             Endpoint::Chat => {
                 self.router.add_session(key, user.as_ref());
                 self.metrics.open_chat += 1;
-                if let Some(link) = self.cluster.as_mut() {
-                    link.connected(user.as_deref());
-                }
                 self.publish_online();
                 info!(
                     "connect user={} peer={peer} online={}",
@@ -287,9 +301,11 @@ impl EventLoop {
             Route::Done(change) => {
                 if let (Some(link), Some(room)) = (self.cluster.as_mut(), message.room()) {
                     match change {
-                        Change::FirstMember => link.joined_room(room),
+                        Change::FirstMember | Change::Member if message.kind == "join" => {
+                            self.hold_after_join(index, room)
+                        }
                         Change::LastMember => link.departed(),
-                        Change::Member | Change::Unchanged => {}
+                        _ => link.changed(),
                     }
                 }
             }

@@ -28,7 +28,7 @@ impl EventLoop {
             let Some(session) = self.sessions.get(index) else {
                 return;
             };
-            if session.is_dead() || session.is_paused() {
+            if session.is_dead() || session.is_paused() || session.is_held() {
                 return;
             }
             let (outcome, full) = self.read_once(index);
@@ -86,6 +86,23 @@ impl EventLoop {
         if let Some(session) = self.sessions.get_mut(index) {
             session.return_input(input, consumed);
         }
+    }
+
+    /// Ends a session's hold (see `cluster.rs`): first the input already
+    /// read, then the socket, to its end (the edge that announced those
+    /// bytes has passed).
+    pub(super) fn release_held(&mut self, index: usize) {
+        let Some(session) = self.sessions.get_mut(index) else {
+            return;
+        };
+        session.release();
+        if session.is_dead() || session.is_paused() {
+            return;
+        }
+        if session.has_input() {
+            self.dispatch_kept_input(index);
+        }
+        self.on_readable(index, true);
     }
 
     /// The peer's FIN: what it means depends on the session's phase.
