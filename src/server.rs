@@ -45,6 +45,8 @@ pub enum ServerError {
     },
     /// `tls.cert` or `tls.key` cannot be used (the error names which).
     Tls(crate::tls::TlsError),
+    /// The cluster refused to start (the message names the key).
+    Cluster(String),
     /// Setting up or running the event loop failed.
     Io {
         /// What was being done.
@@ -62,6 +64,7 @@ impl fmt::Display for ServerError {
             }
             ServerError::Io { context, source } => write!(f, "{context}: {source}"),
             ServerError::Tls(e) => write!(f, "config: {e}"),
+            ServerError::Cluster(e) => write!(f, "config: {e}"),
         }
     }
 }
@@ -71,6 +74,7 @@ impl std::error::Error for ServerError {
         match self {
             ServerError::Bind { source, .. } | ServerError::Io { source, .. } => Some(source),
             ServerError::Tls(e) => Some(e),
+            ServerError::Cluster(_) => None,
         }
     }
 }
@@ -213,11 +217,17 @@ impl Server {
             },
             self.config.websocket.max_connections
         );
-        let cluster = self
-            .config
-            .cluster
-            .enabled()
-            .then(|| Link::start(&self.config.cluster, self.handle.clone()));
+        let cluster = match self.config.cluster.enabled() {
+            true => Some(
+                Link::start(
+                    &self.config.cluster,
+                    &self.config.websocket,
+                    self.handle.clone(),
+                )
+                .map_err(ServerError::Cluster)?,
+            ),
+            false => None,
+        };
         EventLoop::new(Parts {
             poll: self.poll,
             listener: self.listener,

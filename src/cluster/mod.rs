@@ -21,14 +21,14 @@
 //! `Link` then, and its hot path is what it was.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::audience::Audience;
-use crate::config::ClusterConfig;
+use crate::config::{ClusterConfig, WebSocketConfig};
 use crate::handle::Handle;
 use crate::metrics::{self, Single};
 use crate::router::Router;
@@ -41,7 +41,7 @@ pub mod wire;
 
 use gate::{Gate, Outcome, Ticket, Waiter};
 use view::View;
-use wire::{Names, Origin, Publication};
+use wire::{Key, Names, Origin, Publication};
 
 /// Messages waiting for the publisher; a full queue refuses the next publish.
 const PUBLISH_QUEUE: usize = 16_384;
@@ -65,6 +65,9 @@ const SUBSCRIBE_WAIT: Duration = Duration::from_secs(2);
 const REFRESH_MAX: Duration = Duration::from_millis(500);
 /// How long `start` waits for the first connection attempts.
 const STARTUP_WAIT: Duration = Duration::from_secs(3);
+/// How long a live node's `node_id` lock outlives its last refresh: a node
+/// restarting after a crash waits at most this for it.
+const LOCK_TTL: Duration = Duration::from_millis(1700);
 /// How long a stopping node waits for its threads (presence removal).
 const STOP_WAIT: Duration = Duration::from_secs(2);
 
@@ -123,6 +126,44 @@ pub(crate) struct Stats {
     garbage: AtomicU64,
     dropped: AtomicU64,
     duplicates: AtomicU64,
+    /// Publishes refused at `max_queue_bytes`.
+    publish_refused: AtomicU64,
+    /// Received messages dropped at `max_queue_bytes` or a full loop queue.
+    receive_dropped: AtomicU64,
+}
+
+/// Bytes in flight one way between the loop and Redis, bounded.
+#[derive(Debug)]
+struct Budget {
+    used: AtomicUsize,
+    max: usize,
+}
+
+impl Budget {
+    fn new(max: usize) -> Budget {
+        Budget {
+            used: AtomicUsize::new(0),
+            max,
+        }
+    }
+
+    /// Takes `n` bytes; false (nothing taken) past the bound.
+    fn try_take(&self, n: usize) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                let after = used.checked_add(n)?;
+                (after <= self.max).then_some(after)
+            })
+            .is_ok()
+    }
+
+    fn give_back(&self, n: usize) {
+        let _ = self
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                Some(used.saturating_sub(n))
+            });
+    }
 }
 
 /// Which channels this node needs. The loop writes, the subscriber applies.
@@ -140,6 +181,12 @@ struct Bridge {
     names: Names,
     node_id: String,
     epoch: u64,
+    /// What received messages are held to (size, depth, MAC).
+    rules: wire::Rules,
+    /// Bytes queued for the publisher.
+    outbound: Budget,
+    /// Bytes handed to the loop, not yet delivered.
+    inbound: Budget,
     url: String,
     presence_ttl: Duration,
     interest: Mutex<Interest>,
@@ -162,6 +209,10 @@ impl Bridge {
     fn interest(&self) -> MutexGuard<'_, Interest> {
         // A thread that panicked holding the lock left a valid set behind.
         self.interest.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn key(&self) -> Option<&Key> {
+        self.rules.key.as_ref()
     }
 
     fn refresh_period(&self) -> Duration {
@@ -293,7 +344,13 @@ pub(crate) struct Link {
 impl Link {
     /// Starts the bridge threads and waits (bounded) for their first
     /// connection, so a node whose Redis is up starts up, not degraded.
-    pub(crate) fn start(config: &ClusterConfig, handle: Handle) -> Link {
+    /// Refuses to start (the error names `cluster.node_id`) while another
+    /// live node holds this `node_id`.
+    pub(crate) fn start(
+        config: &ClusterConfig,
+        ws: &WebSocketConfig,
+        handle: Handle,
+    ) -> Result<Link, String> {
         let node_id = if config.node_id.is_empty() {
             default_node_id()
         } else {
@@ -306,6 +363,14 @@ impl Link {
             names: Names::new(&config.channel_prefix),
             node_id,
             epoch,
+            rules: wire::Rules {
+                max_message_size: ws.max_message_size,
+                max_json_depth: ws.max_json_depth,
+                key: (!config.secret.is_empty())
+                    .then(|| Key::new(config.secret.expose().as_bytes())),
+            },
+            outbound: Budget::new(config.max_queue_bytes),
+            inbound: Budget::new(config.max_queue_bytes),
             url: config.redis.expose().to_owned(),
             presence_ttl: config.presence_ttl,
             interest: Mutex::default(),
@@ -319,6 +384,7 @@ impl Link {
             |_| "?".to_owned(),
             |c| c.get_connection_info().addr.to_string(),
         );
+        claim_node_id(&bridge)?;
         let (jobs, job_queue) = mpsc::sync_channel(PUBLISH_QUEUE);
         let (ready_tx, ready) = mpsc::sync_channel(2);
         let (done_tx, done) = mpsc::sync_channel(2);
@@ -381,7 +447,7 @@ impl Link {
                 link.address
             );
         }
-        link
+        Ok(link)
     }
 
     /// When [`Link::tick`] wants to run next (ms since the loop started).
@@ -437,15 +503,22 @@ impl Link {
             epoch: b.epoch,
             seq: self.seq,
         };
+        let publication = Publication::new(&b.names, audience, &origin, json, b.key().is_some());
+        let bytes = publication.len();
+        if !b.outbound.try_take(bytes) {
+            b.stats.publish_refused.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
         let job = Job::Publish {
-            publication: Publication::new(&b.names, audience, &origin, json),
+            publication,
             seq: self.seq,
             ack,
         };
         match self.jobs.try_send(job) {
             Ok(()) => Some(self.seq),
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                b.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                b.outbound.give_back(bytes);
+                b.stats.publish_refused.fetch_add(1, Ordering::Relaxed);
                 None
             }
         }
@@ -658,6 +731,11 @@ impl Link {
         was_up != self.up()
     }
 
+    /// A message from another node of `bytes` was taken off the queue.
+    pub(crate) fn delivered(&mut self, bytes: usize) {
+        self.bridge.inbound.give_back(bytes);
+    }
+
     /// Replaces the view of the other nodes.
     pub(crate) fn on_view(&mut self, view: View) {
         self.view = view;
@@ -676,7 +754,7 @@ impl Link {
     pub(crate) fn render_metrics(&self, out: &mut String) {
         let s = &self.bridge.stats;
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let lines: [Single<'_>; 10] = [
+        let lines: [Single<'_>; 12] = [
             (
                 "wshub_cluster_up",
                 "gauge",
@@ -730,6 +808,18 @@ impl Link {
                 load(&s.duplicates),
             ),
             (
+                "wshub_cluster_publish_refused_total",
+                "counter",
+                "Messages not published: cluster.max_queue_bytes (or the queue's count) reached.",
+                load(&s.publish_refused),
+            ),
+            (
+                "wshub_cluster_receive_dropped_total",
+                "counter",
+                "Messages from other nodes dropped: cluster.max_queue_bytes reached or the loop's queue full.",
+                load(&s.receive_dropped),
+            ),
+            (
                 "wshub_cluster_waiting",
                 "gauge",
                 "Connects, joins and REST pushes waiting for Redis to confirm a subscription or publish.",
@@ -770,6 +860,44 @@ fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Option<JoinHandle<()>
     }
 }
 
+/// Sets or extends the `node_id` lock when it is free or ours (`ARGV[1]`
+/// is this run's epoch): one live run per id.
+pub(crate) const LOCK_SCRIPT: &str = "local v = redis.call('GET', KEYS[1]) \
+if v == false or v == ARGV[1] then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end \
+return 0";
+
+/// Takes this run's `node_id` lock, waiting out a crashed run's (at most
+/// `LOCK_TTL`). With Redis unreachable the node starts degraded and the
+/// publisher takes the lock once it connects.
+fn claim_node_id(bridge: &Bridge) -> Result<(), String> {
+    let Ok(mut con) = bridge.connect() else {
+        return Ok(());
+    };
+    let key = bridge.names.lock_key(&bridge.node_id);
+    let deadline = Instant::now() + LOCK_TTL + Duration::from_millis(200);
+    loop {
+        let taken: redis::RedisResult<i64> = redis::cmd("EVAL")
+            .arg(LOCK_SCRIPT)
+            .arg(1)
+            .arg(&key)
+            .arg(bridge.epoch)
+            .arg(LOCK_TTL.as_millis() as u64)
+            .query(&mut con);
+        match taken {
+            Ok(1) => return Ok(()),
+            Ok(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+            Ok(_) => {
+                return Err(format!(
+                    "cluster.node_id: node id {:?} is in use by a live node (Redis key {key} is held); give each node its own id",
+                    bridge.node_id
+                ))
+            }
+            // Redis misbehaving: the publisher's backoff deals with it.
+            Err(_) => return Ok(()),
+        }
+    }
+}
+
 /// Host name and process id: unique per machine, readable in presence.
 fn default_node_id() -> String {
     let mut buf = [0u8; 256];
@@ -790,4 +918,30 @@ fn default_node_id() -> String {
         host
     };
     format!("{host}-{}", std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_budget_refuses_past_its_bound_and_refills() {
+        let budget = Budget::new(100);
+        assert!(budget.try_take(60));
+        assert!(!budget.try_take(41), "past the bound: nothing taken");
+        assert!(budget.try_take(40));
+        assert!(!budget.try_take(1));
+        budget.give_back(60);
+        assert!(budget.try_take(60));
+        // Giving back more than was taken cannot wrap around.
+        budget.give_back(1000);
+        assert!(budget.try_take(100));
+        assert!(!budget.try_take(usize::MAX));
+    }
+
+    #[test]
+    fn the_node_id_lock_script_is_one_eval_line() {
+        // Sent as EVAL's body: Lua statements, one run's epoch as ARGV[1].
+        assert!(LOCK_SCRIPT.contains("ARGV[1]") && LOCK_SCRIPT.contains("'PX'"));
+    }
 }

@@ -59,13 +59,20 @@ pub(super) fn run(bridge: &Bridge, mut reporter: Reporter, jobs: &Receiver<Job>)
                 .saturating_duration_since(Instant::now())
                 .min(STALE_CHECK);
             let leave = match jobs.recv_timeout(wait) {
-                Ok(job) => take(job, &mut batch, jobs),
+                Ok(job) => take(bridge, job, &mut batch, jobs),
                 Err(RecvTimeoutError::Timeout) => false,
                 Err(RecvTimeoutError::Disconnected) => true,
             };
             if !batch.publications.is_empty() {
                 let sent = batch.publications.len() as u64;
+                if let Some(key) = bridge.key() {
+                    for publication in &mut batch.publications {
+                        publication.sign(key);
+                    }
+                }
                 let result = publish(&mut con, &batch.publications);
+                let bytes = batch.publications.iter().map(Publication::len).sum();
+                bridge.outbound.give_back(bytes);
                 batch.publications.clear();
                 let acked = batch.acked.take();
                 if let Some(upto) = acked {
@@ -119,7 +126,7 @@ impl Default for Batch {
 /// Adds `first` and whatever else is queued to the batch; true on `Leave`.
 /// An acknowledged publish whose deadline passed is not sent: its REST
 /// client has had its 503 ("delivered nothing").
-fn take(first: Job, batch: &mut Batch, jobs: &Receiver<Job>) -> bool {
+fn take(bridge: &Bridge, first: Job, batch: &mut Batch, jobs: &Receiver<Job>) -> bool {
     let mut job = first;
     let now = Instant::now();
     loop {
@@ -129,7 +136,10 @@ fn take(first: Job, batch: &mut Batch, jobs: &Receiver<Job>) -> bool {
                 seq,
                 ack,
             } => match ack {
-                Some(deadline) if deadline <= now => {}
+                Some(deadline) if deadline <= now => {
+                    bridge.outbound.give_back(publication.len());
+                    bridge.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                }
                 Some(_) => {
                     batch.acked = Some(seq);
                     batch.publications.push(publication);
@@ -172,7 +182,8 @@ fn wait_dropping(bridge: &Bridge, jobs: &Receiver<Job>, pause: Duration) -> bool
             return true;
         }
         match jobs.recv_timeout(wait.min(Duration::from_millis(50))) {
-            Ok(Job::Publish { .. }) => {
+            Ok(Job::Publish { publication, .. }) => {
+                bridge.outbound.give_back(publication.len());
                 bridge.stats.dropped.fetch_add(1, Ordering::Relaxed);
             }
             Ok(Job::Leave) | Err(RecvTimeoutError::Disconnected) => return false,
@@ -186,6 +197,9 @@ fn remove_presence(bridge: &Bridge, con: &mut Connection) {
     let _: RedisResult<()> = redis::pipe()
         .cmd("DEL")
         .arg(names.node_key(&bridge.node_id))
+        .ignore()
+        .cmd("DEL")
+        .arg(names.lock_key(&bridge.node_id))
         .ignore()
         .cmd("SREM")
         .arg(names.nodes_key())
@@ -208,6 +222,8 @@ struct Presence {
     /// The other live nodes' ids, kept across reconnects: logged as they
     /// appear and go.
     peers: BTreeSet<String>,
+    /// Another run held our node_id lock at the last refresh (logged once).
+    lock_lost: bool,
 }
 
 impl Presence {
@@ -252,12 +268,19 @@ impl Presence {
             .arg(names.nodes_key())
             .arg(&bridge.node_id)
             .ignore();
+        // Keeps this run's node_id lock (see `claim_node_id`).
+        pipe.cmd("EVAL")
+            .arg(super::LOCK_SCRIPT)
+            .arg(1)
+            .arg(names.lock_key(&bridge.node_id))
+            .arg(bridge.epoch)
+            .arg(super::LOCK_TTL.as_millis() as u64);
         pipe.cmd("PEXPIRE")
             .arg(names.nodes_key())
             .arg(ttl_ms * 2)
             .ignore();
         pipe.cmd("SMEMBERS").arg(names.nodes_key());
-        let (first, members): (redis::Value, Vec<String>) = match pipe.query(con) {
+        let (first, locked, members): (redis::Value, i64, Vec<String>) = match pipe.query(con) {
             Ok(replies) => replies,
             Err(e) => {
                 // Not written: try again on the next connection.
@@ -268,6 +291,13 @@ impl Presence {
             }
         };
         self.fresh_connection = false;
+        if locked != 1 && !self.lock_lost {
+            log::error!(
+                "cluster: another live node runs with node_id {:?}; give each node its own cluster.node_id",
+                bridge.node_id
+            );
+        }
+        self.lock_lost = locked != 1;
         match write {
             Some(entry) => self.written = Some(entry),
             None if first == redis::Value::Int(0) => {

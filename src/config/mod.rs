@@ -309,6 +309,14 @@ section! {
         /// Nodes with the same Redis and prefix form one cluster; channels and
         /// keys start with it. Default `"wshub"`.
         pub channel_prefix: String = "wshub".to_owned(), parse parse_prefix;
+        /// Shared secret: envelopes on Redis carry its HMAC and unsigned or
+        /// wrongly signed ones are dropped. Default `""`: not signed.
+        pub secret: Secret = Secret::default(), parse parse_secret;
+        /// Bytes of messages queued for Redis, and bytes received from it
+        /// not yet delivered (each way). Past it a publish is refused
+        /// ("cluster unavailable") and a received message dropped (counted).
+        /// Default 64 MiB, at least 1 MiB.
+        pub max_queue_bytes: usize = 64 << 20, parse |v| parse_count(v, 1 << 20);
     }
 }
 

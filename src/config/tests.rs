@@ -229,6 +229,16 @@ fn cluster_section_and_reuse_port() {
         error("cluster:\n  channel_prefix: \"\"\n"),
         "config.yaml: cluster.channel_prefix: must not be empty"
     );
+    let config = parse("cluster:\n  secret: \"s3\"\n  max_queue_bytes: 2097152\n");
+    assert_eq!(config.cluster.secret, "s3");
+    assert_eq!(config.cluster.max_queue_bytes, 2 << 20);
+    assert_eq!(Config::default().cluster.max_queue_bytes, 64 << 20);
+    assert!(Config::default().cluster.secret.is_empty());
+    let small = error("cluster:\n  max_queue_bytes: 1000\n");
+    assert!(
+        small.starts_with("config.yaml: cluster.max_queue_bytes: "),
+        "{small}"
+    );
     let bad = error("cluster:\n  redis: \"http://user:hunter2@x\"\n");
     assert!(
         bad.starts_with("config.yaml: cluster.redis: expected a URL"),

@@ -180,6 +180,7 @@ impl EventLoop {
         };
         match event {
             Event::Deliver { target, json } => {
+                link.delivered(json.len());
                 self.push_local(&target, &json);
             }
             Event::View(view) => {
