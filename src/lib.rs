@@ -35,6 +35,7 @@
 //! | [`http`] | request heads (`httparse`) and responses |
 //! | `rest` | the HTTP endpoints: answer, upgrade or push |
 //! | [`frame`] | WebSocket frames in (validated, reassembled) and out (encoded once) |
+//! | `sse` | Server-Sent Events: the stream's head, events (encoded once) and heartbeat |
 //! | [`deflate`] | permessage-deflate: negotiation, compress once per broadcast, bounded inflate |
 //! | [`message`] | the JSON message shapes |
 //! | [`audience`] | who a message is for ([`Audience`]) and [`SessionKey`] |
@@ -96,6 +97,7 @@ pub(crate) mod rest;
 pub mod router;
 pub mod server;
 pub(crate) mod session;
+pub(crate) mod sse;
 pub(crate) mod tls;
 pub(crate) mod transport;
 pub mod wheel;

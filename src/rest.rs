@@ -25,6 +25,8 @@ pub enum Endpoint {
     Chat,
     /// `/api/ws/echo`: every message echoed back.
     Echo,
+    /// `/api/ws/sse`: chat traffic received as Server-Sent Events.
+    Sse,
 }
 
 /// An accepted upgrade.
@@ -38,6 +40,8 @@ pub struct Upgrade {
     pub response: Vec<u8>,
     /// permessage-deflate, when enabled and a client's offer was accepted.
     pub compression: Option<deflate::Params>,
+    /// Rooms to join at once (`?rooms=` of an SSE stream), in order.
+    pub rooms: Vec<String>,
 }
 
 /// What the loop does with a request.
@@ -69,7 +73,7 @@ pub struct Context<'a> {
     pub mode: Mode,
     /// The indexes, for status.
     pub router: &'a Router,
-    /// Open WebSocket sessions (chat and echo), for `max_connections`.
+    /// Open sessions (chat, echo and SSE), for `max_connections`.
     pub open_websockets: usize,
     /// Seconds since the Unix epoch, for token expiry.
     pub now_unix: u64,
@@ -190,7 +194,7 @@ impl Route {
 /// Every endpoint but the demo page's files (PROTOCOL.md sections 3 and 6).
 /// A new endpoint is one row here; it needs the admin token unless the row
 /// says `.public()`. A wrong method gets 405 before the token is looked at.
-const ROUTES: [Route; 7] = [
+const ROUTES: [Route; 8] = [
     Route::new(Verb::Get, "/health", Scope::Always, |r, _, ctx| {
         health(r, ctx)
     })
@@ -207,6 +211,10 @@ const ROUTES: [Route; 7] = [
     .public(),
     Route::new(Verb::Get, "/api/ws/echo", Scope::Echo, |request, _, ctx| {
         upgrade(request, ctx, Endpoint::Echo)
+    })
+    .public(),
+    Route::new(Verb::Get, "/api/ws/sse", Scope::Api, |request, _, ctx| {
+        sse(request, ctx)
     })
     .public(),
     Route::new(Verb::Get, "/api/ws/status", Scope::Api, |_, _, ctx| {
@@ -425,7 +433,7 @@ fn upgrade(request: &Request, ctx: &Context<'_>, endpoint: Endpoint) -> Outcome 
     }
     let user = match endpoint {
         Endpoint::Echo => None,
-        Endpoint::Chat => match identity(request, ctx) {
+        Endpoint::Chat | Endpoint::Sse => match identity(request, ctx) {
             Ok(user) => user,
             Err(outcome) => return outcome,
         },
@@ -446,6 +454,40 @@ fn upgrade(request: &Request, ctx: &Context<'_>, endpoint: Endpoint) -> Outcome 
         user,
         response: switching_protocols(&accept, agreement.as_ref().map(|a| a.response.as_str())),
         compression: agreement.map(|a| a.params),
+        rooms: Vec::new(),
+    })
+}
+
+/// `GET /api/ws/sse`: the same checks as a chat upgrade (Origin, identity,
+/// capacity), answered with the head of an event stream.
+fn sse(request: &Request, ctx: &Context<'_>) -> Outcome {
+    let ws = &ctx.config.websocket;
+    if !auth::origin_allowed(&ws.allowed_origins, request.origin.as_deref()) {
+        return refuse(403, "origin not allowed", HandshakeFailure::Origin);
+    }
+    let rooms = match auth::query_param(&request.target, "rooms") {
+        Ok(list) => crate::sse::rooms(list.as_deref().unwrap_or_default()),
+        Err(e) => return refuse(400, &e.to_string(), HandshakeFailure::BadRequest),
+    };
+    let user = match identity(request, ctx) {
+        Ok(user) => user,
+        Err(outcome) => return outcome,
+    };
+    if ctx.open_websockets >= ws.max_connections {
+        return refuse(503, "server at capacity", HandshakeFailure::Capacity);
+    }
+    // Echoed for cross-origin EventSource; only a plain header value is.
+    let origin = request
+        .origin
+        .as_deref()
+        .filter(|o| !o.is_empty() && o.iter().all(u8::is_ascii_graphic))
+        .and_then(|o| std::str::from_utf8(o).ok());
+    Outcome::Upgrade(Upgrade {
+        endpoint: Endpoint::Sse,
+        user,
+        response: crate::sse::response_head(origin),
+        compression: None,
+        rooms,
     })
 }
 
@@ -535,7 +577,10 @@ mod tests {
             .map(|r| r.path)
             .collect();
         // Widening this list is a security decision: PROTOCOL.md section 6.
-        assert_eq!(public, ["/health", "/api/ws/connect", "/api/ws/echo"]);
+        assert_eq!(
+            public,
+            ["/health", "/api/ws/connect", "/api/ws/echo", "/api/ws/sse"]
+        );
         let mut config = Config::default();
         config.websocket.admin_token = "adm".into();
         config.websocket.echo = true;

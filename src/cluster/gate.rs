@@ -28,8 +28,8 @@ pub(crate) struct Waiter<T> {
     /// Loop-clock ms after which it gives up.
     pub deadline_ms: u64,
     pub key: SessionKey,
-    /// The channel this waiter keeps subscribed while it waits.
-    pub pin: Option<String>,
+    /// The channels this waiter keeps subscribed while it waits.
+    pub pins: Vec<String>,
     pub what: T,
 }
 
@@ -152,7 +152,7 @@ mod tests {
                 index: what,
                 generation: 1,
             },
-            pin: None,
+            pins: Vec::new(),
             what,
         }
     }

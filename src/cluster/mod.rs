@@ -572,21 +572,21 @@ impl Link {
         now_ms: u64,
         key: crate::audience::SessionKey,
         ticket: Ticket,
-        pin: Option<String>,
+        pins: Vec<String>,
         what: Held,
     ) {
         let wait = match ticket {
             Ticket::Subscribed(_) => SUBSCRIBE_WAIT,
             Ticket::Published(_) => PUBLISH_WAIT,
         };
-        if let Some(channel) = &pin {
+        for channel in &pins {
             *self.pins.entry(channel.clone()).or_default() += 1;
         }
         self.gate.park(Waiter {
             ticket,
             deadline_ms: now_ms + crate::wheel::millis(wait),
             key,
-            pin,
+            pins,
             what,
         });
     }
@@ -598,7 +598,7 @@ impl Link {
             if *outcome == Outcome::Failed {
                 self.refused += 1;
             }
-            if let Some(channel) = &waiter.pin {
+            for channel in &waiter.pins {
                 if let Some(count) = self.pins.get_mut(channel) {
                     *count -= 1;
                     if *count == 0 {

@@ -62,13 +62,14 @@ impl EventLoop {
             json,
             keep_alive,
         };
-        link.park(self.now_ms, session.key, ticket, None, what);
+        link.park(self.now_ms, session.key, ticket, Vec::new(), what);
         None
     }
 
-    /// A chat session of `user` is about to open: `true` when its 101
-    /// must wait for the user's channel (the session is then held, and the
-    /// upgrade parked until [`EventLoop::settle_cluster`]).
+    /// A chat session or event stream of `user` is about to open: `true`
+    /// when its answer must wait for the user's channel (and an event
+    /// stream's rooms'); the session is then held, and the upgrade parked
+    /// until [`EventLoop::settle_cluster`].
     pub(super) fn hold_upgrade(
         &mut self,
         index: usize,
@@ -77,16 +78,32 @@ impl EventLoop {
         let Some(link) = self.cluster.as_mut() else {
             return false;
         };
-        let user = upgrade.as_ref().and_then(|u| u.user.as_deref());
-        let Some((ticket, pin)) = link.want_user(user) else {
+        let Some(parked) = upgrade.as_ref() else {
+            return false;
+        };
+        let mut wait = link
+            .want_user(parked.user.as_deref())
+            .into_iter()
+            .collect::<Vec<_>>();
+        for room in &parked.rooms {
+            wait.extend(link.want_room(room));
+        }
+        let Some(ticket) = wait
+            .iter()
+            .map(|(ticket, _)| *ticket)
+            .max_by_key(|t| match t {
+                Ticket::Subscribed(v) | Ticket::Published(v) => *v,
+            })
+        else {
             return false;
         };
         let (Some(session), Some(parked)) = (self.sessions.get_mut(index), upgrade.take()) else {
             return false;
         };
         session.hold();
+        let pins = wait.into_iter().map(|(_, channel)| channel).collect();
         let what = Held::Upgrade(Box::new(parked));
-        link.park(self.now_ms, session.key, ticket, Some(pin), what);
+        link.park(self.now_ms, session.key, ticket, pins, what);
         true
     }
 
@@ -103,7 +120,7 @@ impl EventLoop {
             return;
         };
         session.hold();
-        link.park(self.now_ms, session.key, ticket, Some(pin), Held::Join);
+        link.park(self.now_ms, session.key, ticket, vec![pin], Held::Join);
     }
 
     /// Acts on parked work the cluster confirmed or refused: opens the

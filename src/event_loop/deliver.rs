@@ -1,8 +1,9 @@
 //! Delivering: queues a framed message to one session or to every session
 //! of an audience the router names. No allocation or JSON work per
-//! recipient and no socket write: the frame is built once (plain, or
-//! compressed once per window size) and shared, and the recipients join the
-//! write backlog. A recipient that cannot keep up is closed (1013).
+//! recipient and no socket write: the frame is built once (plain,
+//! compressed once per window size, or as a Server-Sent Event) and shared,
+//! and the recipients join the write backlog. A recipient that cannot keep
+//! up is closed (1013; an event stream's response ends).
 
 use super::EventLoop;
 use crate::audience::Audience;
@@ -31,7 +32,11 @@ impl EventLoop {
             if session.key != key {
                 return;
             }
-            let wire = message.for_session(session.deflate_params(), codec);
+            let wire = if session.is_sse() {
+                message.sse()
+            } else {
+                message.for_session(session.deflate_params(), codec)
+            };
             match session.queue(wire, rules, bytes_out) {
                 Ok(()) => {
                     sent += 1;
@@ -61,8 +66,12 @@ impl EventLoop {
         let Some(session) = self.sessions.get(index) else {
             return;
         };
-        let wire = Encoded::new(kind, payload, min_bytes)
-            .for_session(session.deflate_params(), &mut self.codec);
+        let mut encoded = Encoded::new(kind, payload, min_bytes);
+        let wire = if session.is_sse() {
+            encoded.sse()
+        } else {
+            encoded.for_session(session.deflate_params(), &mut self.codec)
+        };
         self.queue_data(index, wire);
     }
 

@@ -19,7 +19,7 @@ use crate::message;
 use crate::metrics::HandshakeFailure;
 use crate::rate::{self, Bucket};
 use crate::rest::{self, Endpoint, Outcome, Upgrade};
-use crate::router::{Change, Route};
+use crate::router::{Change, JoinError, Route};
 use crate::session::{Next, Phase, Unit};
 
 impl EventLoop {
@@ -139,10 +139,11 @@ impl EventLoop {
         let mut upgrade = Some(upgrade);
         if upgrade
             .as_ref()
-            .is_some_and(|u| u.endpoint == Endpoint::Chat)
+            .is_some_and(|u| u.endpoint != Endpoint::Echo)
             && self.hold_upgrade(index, &mut upgrade)
         {
-            // Answered once the user's channel is subscribed (cluster.rs).
+            // Answered once the user's (and an event stream's rooms')
+            // channels are subscribed (cluster.rs).
             return;
         }
         if let Some(upgrade) = upgrade {
@@ -161,7 +162,7 @@ impl EventLoop {
             user: upgrade.user.as_deref(),
             peer,
         };
-        if upgrade.endpoint == Endpoint::Chat {
+        if upgrade.endpoint != Endpoint::Echo {
             if let Err(reason) = self.hooks.on_connect(&info, &mut self.actions) {
                 self.metrics.handshake_failed(HandshakeFailure::Hook);
                 let response = Response::error(403, &reason).closing();
@@ -187,9 +188,13 @@ impl EventLoop {
         self.open_websockets += 1;
         self.metrics.connections_total += 1;
         match upgrade.endpoint {
-            Endpoint::Chat => {
+            Endpoint::Chat | Endpoint::Sse => {
                 self.router.add_session(key, user.as_ref());
-                self.metrics.open_chat += 1;
+                if upgrade.endpoint == Endpoint::Sse {
+                    self.metrics.open_sse += 1;
+                } else {
+                    self.metrics.open_chat += 1;
+                }
                 self.publish_online();
                 info!(
                     "connect user={} peer={peer} online={}",
@@ -199,9 +204,38 @@ impl EventLoop {
             }
             Endpoint::Echo => self.metrics.open_echo += 1,
         }
+        for room in &upgrade.rooms {
+            self.join_room(index, room);
+        }
         self.mark_dirty(index);
         self.rearm_open(index);
         self.apply_actions();
+    }
+
+    /// A session joins `room` as a WebSocket `join` message would make it
+    /// (name bounds, `max_rooms_per_session`); a refused join is answered
+    /// with the same error message. For the rooms an event stream names.
+    fn join_room(&mut self, index: usize, room: &str) {
+        let Some(session) = self.sessions.get(index) else {
+            return;
+        };
+        let key = session.key;
+        let refused = |reason: &str| message::error_json(reason);
+        let max = self.config.websocket.max_id_bytes;
+        if let Err(e) = ids::check_fields([("room", Some(room))], max) {
+            return self.reply(index, &refused(&e.to_string()));
+        }
+        match self.router.join(key, room) {
+            Ok(Change::FirstMember) => {
+                // An event stream's rooms were subscribed before its
+                // response (see `hold_upgrade`): nothing to wait for here.
+                if let Some(link) = self.cluster.as_mut() {
+                    let _ = link.want_room(room);
+                }
+            }
+            Ok(_) => {}
+            Err(JoinError::TooManyRooms) => self.reply(index, &refused("too many rooms")),
+        }
     }
 
     fn on_inbound(&mut self, index: usize, inbound: Inbound<'_>) {

@@ -39,14 +39,13 @@ use crate::audience::SessionKey;
 use crate::cluster::Link;
 use crate::config::Config;
 use crate::deflate::Codec;
-use crate::frame::{self, Kind, Wire};
 use crate::handle::Inbox;
 use crate::hooks::{Actions, Hooks};
 use crate::metrics::{Metrics, Shared};
 use crate::rate::Bucket;
 use crate::router::{Limits, Router};
 use crate::server::Mode;
-use crate::session::{Rules, Session};
+use crate::session::{Heartbeat, Rules, Session};
 
 use crate::wheel::{millis, Wheel};
 use write::backlog::Backlog;
@@ -138,7 +137,8 @@ pub(crate) struct EventLoop {
     accept_failing: bool,
     commands_left: bool,
     shutdown_deadline_ms: Option<u64>,
-    ping: Wire,
+    /// The shared Ping frame and event-stream heartbeat.
+    heartbeat: Heartbeat,
     codec: Codec,
     /// `None` unless `cluster.redis` is set.
     cluster: Option<Link>,
@@ -201,7 +201,7 @@ impl EventLoop {
             accept_failing: false,
             commands_left: false,
             shutdown_deadline_ms: None,
-            ping: frame::encode(Kind::Ping, b""),
+            heartbeat: Heartbeat::default(),
             codec: Codec::default(),
             cluster: parts.cluster,
             tls: parts.tls,

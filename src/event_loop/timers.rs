@@ -56,7 +56,7 @@ impl EventLoop {
         let Some(session) = self.sessions.get_mut(index) else {
             return;
         };
-        match session.on_timer(now, &rules, &self.ping) {
+        match session.on_timer(now, &rules, &self.heartbeat) {
             Fired::Arm(at) => self.arm(index, at),
             Fired::Ping(at) => {
                 self.schedule_write(index);
