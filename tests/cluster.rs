@@ -866,9 +866,15 @@ fn a_hung_redis_gets_honest_answers_and_health_does_not_cascade() {
     // arrive, once.
     let (code, body) = b.post("/api/ws/send", json!({"type": "late", "to": "here"}));
     assert_eq!((code, body), (200, json!({"sent": 1})));
+    // (The push written to the hung Redis, "x", may arrive first.)
+    let mut first = here.recv_json();
+    if first["type"] == "x" {
+        first = here.recv_json();
+    }
+    assert_eq!(first, json!({"type": "late", "to": "here"}));
     let mut got = drain(&mut here);
     got.retain(|m| m["type"] != "x");
-    assert_eq!(got, [json!({"type": "late", "to": "here"})]);
+    assert_eq!(got, Vec::<Value>::new());
     let mut got = drain(&mut there);
     got.retain(|m| m["type"] != "x");
     assert_eq!(got, Vec::<Value>::new(), "nothing refused arrived");

@@ -332,6 +332,8 @@ pub(crate) struct Link {
     /// Channels kept while a waiter for them is parked.
     pins: HashMap<String, usize>,
     gate: Gate<Held>,
+    /// The sessions whose input waits in the gate.
+    held: HashSet<crate::audience::SessionKey>,
     /// Waiters out of the gate, for the loop to act on.
     settled: Vec<(Waiter<Held>, Outcome)>,
     /// Waiters refused (timeout, failed publish, outage), for `/metrics`.
@@ -424,6 +426,7 @@ impl Link {
             pins: HashMap::new(),
             gate: Gate::default(),
             settled: Vec::new(),
+            held: HashSet::new(),
             refused: 0,
             presence_dirty: true,
             departures: false,
@@ -582,6 +585,7 @@ impl Link {
         for channel in &pins {
             *self.pins.entry(channel.clone()).or_default() += 1;
         }
+        self.held.insert(key);
         self.gate.park(Waiter {
             ticket,
             deadline_ms: now_ms + crate::wheel::millis(wait),
@@ -591,10 +595,16 @@ impl Link {
         });
     }
 
+    /// Whether session `key` waits in the gate.
+    pub(crate) fn holds(&self, key: crate::audience::SessionKey) -> bool {
+        !self.held.is_empty() && self.held.contains(&key)
+    }
+
     /// Parked work that was confirmed or refused since the last call.
     pub(crate) fn take_settled(&mut self) -> Vec<(Waiter<Held>, Outcome)> {
         let settled = std::mem::take(&mut self.settled);
         for (waiter, outcome) in &settled {
+            self.held.remove(&waiter.key);
             if *outcome == Outcome::Failed {
                 self.refused += 1;
             }

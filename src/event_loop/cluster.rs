@@ -56,7 +56,6 @@ impl EventLoop {
             return Some(Response::error(503, "cluster unavailable"));
         };
         let session = self.sessions.get_mut(index)?;
-        session.hold();
         let what = Held::Push {
             target,
             json,
@@ -100,7 +99,6 @@ impl EventLoop {
         let (Some(session), Some(parked)) = (self.sessions.get_mut(index), upgrade.take()) else {
             return false;
         };
-        session.hold();
         let pins = wait.into_iter().map(|(_, channel)| channel).collect();
         let what = Held::Upgrade(Box::new(parked));
         link.park(self.now_ms, session.key, ticket, pins, what);
@@ -119,8 +117,16 @@ impl EventLoop {
         let Some(session) = self.sessions.get_mut(index) else {
             return;
         };
-        session.hold();
         link.park(self.now_ms, session.key, ticket, vec![pin], Held::Join);
+    }
+
+    /// Whether session `index` waits for the cluster: its input is then
+    /// neither read nor handled (what was read stays kept, in order).
+    pub(super) fn held(&self, index: usize) -> bool {
+        let Some(link) = self.cluster.as_ref() else {
+            return false;
+        };
+        self.sessions.get(index).is_some_and(|s| link.holds(s.key))
     }
 
     /// Acts on parked work the cluster confirmed or refused: opens the

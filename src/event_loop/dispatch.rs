@@ -28,6 +28,10 @@ impl EventLoop {
     pub(super) fn dispatch(&mut self, index: usize, buf: &mut [u8]) -> usize {
         let mut at = 0;
         while at < buf.len() {
+            if self.held(index) {
+                // Waiting for the cluster (cluster.rs): keep the rest.
+                return at;
+            }
             let Some(session) = self.sessions.get_mut(index) else {
                 return buf.len();
             };

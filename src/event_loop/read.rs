@@ -28,7 +28,7 @@ impl EventLoop {
             let Some(session) = self.sessions.get(index) else {
                 return;
             };
-            if session.is_dead() || session.is_paused() || session.is_held() {
+            if session.is_dead() || session.is_paused() || self.held(index) {
                 return;
             }
             let (outcome, full) = self.read_once(index);
@@ -92,11 +92,10 @@ impl EventLoop {
     /// read, then the socket, to its end (the edge that announced those
     /// bytes has passed).
     pub(super) fn release_held(&mut self, index: usize) {
-        let Some(session) = self.sessions.get_mut(index) else {
+        let Some(session) = self.sessions.get(index) else {
             return;
         };
-        session.release();
-        if session.is_dead() || session.is_paused() {
+        if session.is_dead() || session.is_paused() || self.held(index) {
             return;
         }
         if session.has_input() {

@@ -48,9 +48,8 @@ pub(crate) enum Next<'a> {
     Unit(usize, Unit<'a>),
     /// The rest is an unfinished unit: keep it for the next read.
     Incomplete,
-    /// Responses are owed beyond `max_buffered_bytes` (or the session is
-    /// held for the cluster): reading pauses until the client takes them
-    /// (or the hold ends); keep the rest.
+    /// Responses are owed beyond `max_buffered_bytes`: reading pauses
+    /// until the client takes them; keep the rest.
     Paused,
     /// Nothing more is read in this phase: drop the rest.
     Discard,
@@ -169,9 +168,6 @@ impl<S: Socket> Session<S> {
     /// Decodes the unit at the start of `buf` as the phase reads it.
     pub(crate) fn next_unit<'a>(&mut self, buf: &'a mut [u8], rules: &Rules, now: u64) -> Next<'a> {
         let len = buf.len();
-        if self.held {
-            return Next::Paused;
-        }
         match self.phase {
             Phase::Http if self.out.owed_bytes() > rules.max_buffered_bytes => {
                 // Responses are bounded like messages: read no further

@@ -212,9 +212,6 @@ pub(crate) struct Session<S = TcpStream> {
     /// Reading is paused: the session owes more than `max_buffered_bytes`
     /// of responses to a client that is not reading them.
     paused: bool,
-    /// Input is held until the cluster confirms something (a channel
-    /// subscribed, a publish accepted): nothing further is read or handled.
-    held: bool,
     /// Counted against `max_http_connections` (until upgraded or reaped).
     counted_http: bool,
     /// An event stream: messages go out as events, and it ends without a
@@ -251,7 +248,6 @@ impl<S: Socket> Session<S> {
             stalled_since_ms: None,
             writable_interest: false,
             paused: false,
-            held: false,
             counted_http: true,
             sse: false,
             timer: None,
@@ -308,22 +304,6 @@ impl<S: Socket> Session<S> {
     /// Not read until its client takes the responses it owes.
     pub(crate) fn is_paused(&self) -> bool {
         self.paused
-    }
-
-    /// Waiting for the cluster: not read until [`Session::release`].
-    pub(crate) fn is_held(&self) -> bool {
-        self.held
-    }
-
-    /// Stops handling input until [`Session::release`]; what was already
-    /// read stays kept, in order.
-    pub(crate) fn hold(&mut self) {
-        self.held = true;
-    }
-
-    /// Handles input again after [`Session::hold`].
-    pub(crate) fn release(&mut self) {
-        self.held = false;
     }
 
     /// Some unfinished input is kept.
