@@ -44,6 +44,7 @@
 //! | [`wheel`] | the hashed timer wheel for pings and timeouts |
 //! | `rate` | the per-session token bucket and flood detector |
 //! | `handle` | the cross-thread [`Handle`] (bounded channel + waker) |
+//! | `history` | the last messages per audience (stream), positions, replay for resuming sessions |
 //! | `hooks` | application callbacks on the loop thread |
 //! | `cluster` | several nodes over Redis: bridge threads, presence, channels |
 //! | `metrics` | counters and the Prometheus text |
@@ -85,6 +86,7 @@ pub mod deflate;
 mod event_loop;
 pub mod frame;
 pub(crate) mod handle;
+pub(crate) mod history;
 pub(crate) mod hooks;
 pub mod http;
 pub mod ids;

@@ -11,6 +11,7 @@ use crate::auth;
 use crate::cluster::view::View;
 use crate::config::{Config, WebSocketConfig};
 use crate::deflate;
+use crate::history::position::Since;
 use crate::http::{switching_protocols, Method, Request, Response};
 use crate::ids;
 use crate::message::{self, Incoming, Outgoing};
@@ -40,6 +41,9 @@ pub struct Upgrade {
     pub response: Vec<u8>,
     /// permessage-deflate, when enabled and a client's offer was accepted.
     pub compression: Option<deflate::Params>,
+    /// `?recover=1` or `?since=` on a chat upgrade while history is on:
+    /// the positions to resume from (none for a fresh start).
+    pub(crate) resume: Option<Box<Since>>,
     /// Rooms to join at once (`?rooms=` of an SSE stream), in order.
     pub rooms: Vec<String>,
 }
@@ -431,12 +435,14 @@ fn upgrade(request: &Request, ctx: &Context<'_>, endpoint: Endpoint) -> Outcome 
     if !auth::origin_allowed(&ws.allowed_origins, request.origin.as_deref()) {
         return refuse(403, "origin not allowed", HandshakeFailure::Origin);
     }
-    let user = match endpoint {
-        Endpoint::Echo => None,
-        Endpoint::Chat | Endpoint::Sse => match identity(request, ctx) {
-            Ok(user) => user,
-            Err(outcome) => return outcome,
-        },
+    let (user, resume) = match endpoint {
+        Endpoint::Echo => (None, None),
+        Endpoint::Chat | Endpoint::Sse => {
+            match identity(request, ctx).and_then(|u| Ok((u, resume(request, ctx)?))) {
+                Ok(found) => found,
+                Err(outcome) => return outcome,
+            }
+        }
     };
     if ctx.open_websockets >= ws.max_connections {
         return refuse(503, "server at capacity", HandshakeFailure::Capacity);
@@ -454,6 +460,7 @@ fn upgrade(request: &Request, ctx: &Context<'_>, endpoint: Endpoint) -> Outcome 
         user,
         response: switching_protocols(&accept, agreement.as_ref().map(|a| a.response.as_str())),
         compression: agreement.map(|a| a.params),
+        resume,
         rooms: Vec::new(),
     })
 }
@@ -488,7 +495,31 @@ fn sse(request: &Request, ctx: &Context<'_>) -> Outcome {
         response: crate::sse::response_head(origin),
         compression: None,
         rooms,
+        resume: None,
     })
+}
+
+/// `?recover=1` / `?since=P1,P2`, read only while history is on (off, the
+/// parameters are ignored as before). A `since` that does not parse: 400.
+fn resume(request: &Request, ctx: &Context<'_>) -> Result<Option<Box<Since>>, Outcome> {
+    if !ctx.config.history.enabled() {
+        return Ok(None);
+    }
+    let query = |name: &str| {
+        auth::query_param(&request.target, name)
+            .map_err(|e| refuse(400, &e.to_string(), HandshakeFailure::BadRequest))
+    };
+    let recover = matches!(query("recover")?.as_deref(), Some("1" | "true"));
+    match query("since")? {
+        Some(text) => Since::parse(&text).map(|s| Some(Box::new(s))).map_err(|e| {
+            refuse(
+                400,
+                &format!("invalid since: {e}"),
+                HandshakeFailure::BadRequest,
+            )
+        }),
+        None => Ok(recover.then(Box::default)),
+    }
 }
 
 fn identity(request: &Request, ctx: &Context<'_>) -> Result<Option<String>, Outcome> {

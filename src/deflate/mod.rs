@@ -239,6 +239,17 @@ impl<'a> Encoded<'a> {
         }
     }
 
+    /// The same message whose uncompressed frame is already built.
+    pub fn with_plain(mut self, plain: Wire) -> Encoded<'a> {
+        self.plain = Some(plain);
+        self
+    }
+
+    /// The message's payload (the JSON text).
+    pub fn payload(&self) -> &'a [u8] {
+        self.payload
+    }
+
     /// The uncompressed frame, built on first use.
     pub fn plain(&mut self) -> Wire {
         self.plain

@@ -114,6 +114,9 @@ impl EventLoop {
                 if let Some(link) = self.cluster.as_ref() {
                     link.render_metrics(&mut text);
                 }
+                if let Some(history) = self.history.as_ref() {
+                    history.render_metrics(&mut text);
+                }
                 let response = Response::raw(200, "text/plain; version=0.0.4", text.into_bytes());
                 self.respond(index, &response, keep_alive);
             }
@@ -156,7 +159,7 @@ impl EventLoop {
     }
 
     /// Runs `on_connect`, then writes the 101 and opens the session.
-    pub(super) fn open_websocket(&mut self, index: usize, upgrade: Upgrade) {
+    pub(super) fn open_websocket(&mut self, index: usize, mut upgrade: Upgrade) {
         let Some(session) = self.sessions.get(index) else {
             return;
         };
@@ -205,6 +208,9 @@ impl EventLoop {
                     ids::shown(user.as_deref()),
                     self.router.online_count()
                 );
+                if let Some(since) = upgrade.resume.take() {
+                    self.resume_session(index, user.as_deref(), *since);
+                }
             }
             Endpoint::Echo => self.metrics.open_echo += 1,
         }
@@ -345,6 +351,9 @@ impl EventLoop {
                         Change::LastMember => link.departed(),
                         _ => link.changed(),
                     }
+                }
+                if let ("join", Some(room)) = (&*message.kind, message.room()) {
+                    self.joined(index, room, message.since);
                 }
             }
             Route::Deliver(audience, json) => {

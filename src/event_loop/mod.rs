@@ -6,9 +6,10 @@
 //! | poll | `mod.rs` | waits for readiness, at most until the next deadline |
 //! | read | `read.rs` | drains ready sockets through their sessions |
 //! | dispatch | `dispatch.rs` | acts on each complete unit: REST, upgrade, frames → router → queues |
+//! | (resume) | `resume.rs` | with history on: welcome, replay and `recovered` at upgrade and join |
 //! | accept | `accept.rs` | takes new connections |
 //! | commands | `commands.rs` | handle commands (bounded per pass), hook actions, signals |
-//! | timers | `timers.rs` | applies what each due session timer found |
+//! | timers | `timers.rs` | applies what each due session timer found; history expiry |
 //! | cluster | `cluster.rs` | presence and channels of the other nodes |
 //! | write | `write/` | answers first, then a bounded share of the fan-out backlog |
 //! | close | `close.rs` | leaving the indexes, closing handshakes, reaping |
@@ -40,6 +41,7 @@ use crate::cluster::Link;
 use crate::config::Config;
 use crate::deflate::Codec;
 use crate::handle::Inbox;
+use crate::history::History;
 use crate::hooks::{Actions, Hooks};
 use crate::metrics::{Metrics, Shared};
 use crate::rate::Bucket;
@@ -57,6 +59,7 @@ mod commands;
 mod deliver;
 mod dispatch;
 mod read;
+mod resume;
 mod timers;
 mod write;
 
@@ -144,6 +147,9 @@ pub(crate) struct EventLoop {
     cluster: Option<Link>,
     /// What new connections' TLS uses; `None`: plain TCP. SIGHUP replaces it.
     tls: Option<Arc<rustls::ServerConfig>>,
+    /// The last messages per audience for resuming sessions; `None` while
+    /// `history.size` is 0 (then nothing of it runs).
+    history: Option<History>,
 }
 
 /// What the server was built with.
@@ -165,6 +171,7 @@ impl EventLoop {
         let start = Instant::now();
         let limits = Limits::from_config(&parts.config.websocket);
         let rules = Rules::from_config(&parts.config.websocket);
+        let history = History::new(&parts.config.history);
         EventLoop {
             poll: parts.poll,
             listener: parts.listener,
@@ -205,6 +212,7 @@ impl EventLoop {
             codec: Codec::default(),
             cluster: parts.cluster,
             tls: parts.tls,
+            history,
         }
     }
 
@@ -277,6 +285,7 @@ impl EventLoop {
             self.accept_retry_ms,
             self.shutdown_deadline_ms,
             cluster_tick_ms,
+            self.history.as_ref().and_then(History::next_deadline),
         ]
         .into_iter()
         .flatten()

@@ -36,6 +36,9 @@ impl EventLoop {
     }
 
     pub(super) fn fire_timers(&mut self) {
+        if let Some(history) = self.history.as_mut() {
+            history.tick(self.now_ms);
+        }
         let mut due = std::mem::take(&mut self.due);
         self.wheel.poll(self.now_ms, &mut due);
         for key in due.drain(..) {

@@ -81,6 +81,10 @@ pub(crate) enum Phase {
     Chat {
         /// User id, shared with the router's index.
         user: Option<Rc<str>>,
+        /// Asked to resume (`?recover=1` or `?since=`, history on): its
+        /// messages carry their position. Kept in the phase, where the
+        /// enum has room for it, so a session grows by nothing.
+        recovering: bool,
     },
     /// An upgraded `/api/ws/echo` session.
     Echo,
@@ -264,7 +268,7 @@ impl<S: Socket> Session<S> {
     /// The user id of a chat session or an event stream.
     pub(crate) fn user(&self) -> Option<&Rc<str>> {
         match &self.phase {
-            Phase::Chat { user } | Phase::Sse { user } => user.as_ref(),
+            Phase::Chat { user, .. } | Phase::Sse { user } => user.as_ref(),
             _ => None,
         }
     }
@@ -299,6 +303,31 @@ impl<S: Socket> Session<S> {
     /// Still counted against `max_http_connections`.
     pub(crate) fn counted_http(&self) -> bool {
         self.counted_http
+    }
+
+    /// Whether this session receives positions (and may resume).
+    pub(crate) fn recovering(&self) -> bool {
+        matches!(
+            self.phase,
+            Phase::Chat {
+                recovering: true,
+                ..
+            }
+        )
+    }
+
+    /// From now on this chat session's messages carry their position.
+    pub(crate) fn set_recovering(&mut self) {
+        if let Phase::Chat { recovering, .. } = &mut self.phase {
+            *recovering = true;
+        }
+    }
+
+    /// Whether `count` more data frames of `bytes` in all fit the queue's
+    /// bounds (a replay is queued whole or not at all).
+    pub(crate) fn has_room(&self, count: usize, bytes: usize, rules: &Rules) -> bool {
+        self.out.queued_messages() + count <= rules.message_buffer_size
+            && (count == 0 || self.out.queued_bytes() + bytes <= rules.max_buffered_bytes)
     }
 
     /// Not read until its client takes the responses it owes.
@@ -370,7 +399,10 @@ impl<S: Socket> Session<S> {
         }
         self.counted_http = false;
         self.phase = match endpoint {
-            Endpoint::Chat => Phase::Chat { user },
+            Endpoint::Chat => Phase::Chat {
+                user,
+                recovering: false,
+            },
             Endpoint::Echo => Phase::Echo,
             Endpoint::Sse => {
                 self.sse = true;
@@ -387,7 +419,7 @@ impl<S: Socket> Session<S> {
     /// indexes once. `None` if it was not open.
     pub(crate) fn leave(&mut self) -> Option<Left> {
         let left = match &mut self.phase {
-            Phase::Chat { user } => Left::Chat(user.take()),
+            Phase::Chat { user, .. } => Left::Chat(user.take()),
             Phase::Echo => Left::Echo,
             Phase::Sse { user } => Left::Sse(user.take()),
             _ => return None,
