@@ -43,6 +43,7 @@ use crate::deflate::Codec;
 use crate::handle::Inbox;
 use crate::history::History;
 use crate::hooks::{Actions, Hooks};
+use crate::jwt::Verifier;
 use crate::metrics::{Metrics, Shared};
 use crate::rate::Bucket;
 use crate::router::{Limits, Router};
@@ -147,6 +148,8 @@ pub(crate) struct EventLoop {
     cluster: Option<Link>,
     /// What new connections' TLS uses; `None`: plain TCP. SIGHUP replaces it.
     tls: Option<Arc<rustls::ServerConfig>>,
+    /// Checks connect tokens; its JWKS keys (if any) refresh on their own thread.
+    jwt: Verifier,
     /// The last messages per audience for resuming sessions; `None` while
     /// `history.size` is 0 (then nothing of it runs).
     history: Option<History>,
@@ -164,6 +167,7 @@ pub(crate) struct Parts {
     pub signals: Option<signal_hook_mio::v1_0::Signals>,
     pub cluster: Option<Link>,
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub jwt: Verifier,
 }
 
 impl EventLoop {
@@ -212,6 +216,7 @@ impl EventLoop {
             codec: Codec::default(),
             cluster: parts.cluster,
             tls: parts.tls,
+            jwt: parts.jwt,
             history,
         }
     }
