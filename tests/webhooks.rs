@@ -277,3 +277,33 @@ fn queue_overflow_is_counted() {
     assert!(dropped >= 200, "queued {queued}, dropped {dropped}");
     assert!(queued <= 10_000 + 100, "queued {queued}");
 }
+
+#[test]
+fn https_urls_speak_tls() {
+    // A plain TCP listener standing in for an https backend: what arrives
+    // first must be a TLS handshake record (0x16), never plaintext HTTP.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("https://{}/hooks", listener.local_addr().expect("addr"));
+    let mut config = test_config();
+    config.webhooks.url = url.into();
+    config.webhooks.timeout = Duration::from_millis(500);
+    let server = TestServer::start(config);
+    let _amy = server.connect(Some("amy"));
+    let (mut stream, _) = listener.accept().expect("the webhook connection");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut first = [0u8; 1];
+    std::io::Read::read_exact(&mut stream, &mut first).expect("first byte");
+    assert_eq!(first[0], 0x16, "a TLS ClientHello");
+    drop(stream);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&server, "wshub_webhook_failed_attempts_total") < 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the failed handshake was not counted"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(metric(&server, "wshub_webhook_events_delivered_total"), 0);
+}
