@@ -84,7 +84,7 @@ impl EventLoop {
             .want_user(parked.user.as_deref())
             .into_iter()
             .collect::<Vec<_>>();
-        for room in &parked.rooms {
+        for room in parked.stream.iter().flat_map(|s| s.rooms.iter()) {
             wait.extend(link.want_room(room));
         }
         let Some(ticket) = wait
