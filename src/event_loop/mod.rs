@@ -184,7 +184,14 @@ impl EventLoop {
         let limits = Limits::from_config(&parts.config.websocket);
         let rules = Rules::from_config(&parts.config.websocket);
         let webhooks = crate::webhooks::Webhooks::start(&parts.config.webhooks);
-        let history = History::new(&parts.config.history);
+        // Config::load refuses the pair; a Config built in code is told here.
+        let history = History::new(&parts.config.history).filter(|_| {
+            let alone = parts.cluster.is_none();
+            if !alone {
+                log::warn!("history is not supported with cluster.redis yet: history off");
+            }
+            alone
+        });
         let sse_marks = history.as_ref().map(|_| {
             let bits = std::hash::BuildHasher::hash_one(&std::hash::RandomState::new(), start);
             crate::sse::marks::Marks::new(bits, millis(parts.config.history.ttl))
