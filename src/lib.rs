@@ -33,6 +33,7 @@
 //! | `transport` | the stream under a session: plain TCP or TLS; **a new transport is a variant of `transport::Transport`** |
 //! | `tls` | `tls.cert`/`tls.key` → a rustls server config; reload on SIGHUP |
 //! | [`http`] | request heads (`httparse`) and responses |
+//! | `http_slots` | which idle pre-upgrade connection gives up its slot at `max_http_connections` |
 //! | `rest` | the HTTP endpoints: answer, upgrade or push |
 //! | [`frame`] | WebSocket frames in (validated, reassembled) and out (encoded once) |
 //! | [`deflate`] | permessage-deflate: negotiation, compress once per broadcast, bounded inflate |
@@ -86,6 +87,7 @@ pub mod frame;
 pub(crate) mod handle;
 pub(crate) mod hooks;
 pub mod http;
+pub(crate) mod http_slots;
 pub mod ids;
 pub mod jwt;
 pub mod message;

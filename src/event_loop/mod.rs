@@ -42,6 +42,7 @@ use crate::deflate::Codec;
 use crate::frame::{self, Kind, Wire};
 use crate::handle::Inbox;
 use crate::hooks::{Actions, Hooks};
+use crate::http_slots::IdleHttp;
 use crate::metrics::{Metrics, Shared};
 use crate::rate::Bucket;
 use crate::router::{Limits, Router};
@@ -128,6 +129,9 @@ pub(crate) struct EventLoop {
     http_connections: usize,
     /// The last accept was refused at `max_http_connections` (logged once per streak).
     http_full: bool,
+    /// Pre-upgrade connections in the order they became idle: at
+    /// `max_http_connections` the oldest gives up its slot.
+    idle_http: IdleHttp,
     /// Paused sessions whose client has taken its responses: read on next pass.
     resume: Vec<usize>,
     /// Rate-limit buckets by session index, only while
@@ -195,6 +199,7 @@ impl EventLoop {
             open_websockets: 0,
             http_connections: 0,
             http_full: false,
+            idle_http: IdleHttp::default(),
             resume: Vec::new(),
             rates: HashMap::new(),
             accept_retry_ms: None,
