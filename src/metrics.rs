@@ -128,6 +128,8 @@ pub struct Metrics {
     pub http_evictions: u64,
     /// Keep-alive connections closed after their 1000th request.
     pub http_request_cap_closes: u64,
+    /// TLS handshake reads put off to a later pass (over the per-pass budget).
+    pub handshakes_deferred: u64,
     handshake_failures: [u64; HandshakeFailure::ALL.len()],
     close_codes: [u64; CLOSE_CODES.len() + 1],
     iterations: u64,
@@ -167,7 +169,7 @@ impl Metrics {
     /// The Prometheus text exposition (format 0.0.4).
     pub fn render(&self, shared: &Shared, heap_bytes: Option<usize>) -> String {
         let mut out = String::with_capacity(4096);
-        let simple: [Single<'_>; 17] = [
+        let simple: [Single<'_>; 18] = [
             (
                 "wshub_connections_open",
                 "gauge",
@@ -251,6 +253,12 @@ impl Metrics {
                 "counter",
                 "Keep-alive connections closed after serving 1000 requests.",
                 self.http_request_cap_closes,
+            ),
+            (
+                "wshub_tls_handshakes_deferred_total",
+                "counter",
+                "TLS handshake reads put off to a later loop pass (over the per-pass budget).",
+                self.handshakes_deferred,
             ),
             (
                 "wshub_rate_limit_closes_total",

@@ -4,7 +4,7 @@
 //! | step | file | what it does |
 //! | --- | --- | --- |
 //! | poll | `mod.rs` | waits for readiness, at most until the next deadline |
-//! | read | `read.rs` | drains ready sockets through their sessions |
+//! | read | `read.rs` | drains ready sockets through their sessions (TLS handshakes: a budget per pass, `handshakes.rs`) |
 //! | dispatch | `dispatch.rs` | acts on each complete unit: REST, upgrade, frames → router → queues |
 //! | accept | `accept.rs` | takes new connections |
 //! | commands | `commands.rs` | handle commands (bounded per pass), hook actions, signals |
@@ -58,6 +58,7 @@ mod cluster;
 mod commands;
 mod deliver;
 mod dispatch;
+mod handshakes;
 mod read;
 mod timers;
 mod write;
@@ -129,6 +130,8 @@ pub(crate) struct EventLoop {
     http_connections: usize,
     /// The last accept was refused at `max_http_connections` (logged once per streak).
     http_full: bool,
+    /// TLS handshake reads left this pass, and the sessions waiting for one.
+    handshakes: handshakes::Handshakes,
     /// Pre-upgrade connections in the order they became idle: at
     /// `max_http_connections` the oldest gives up its slot.
     idle_http: IdleHttp,
@@ -200,6 +203,7 @@ impl EventLoop {
             http_connections: 0,
             http_full: false,
             idle_http: IdleHttp::default(),
+            handshakes: handshakes::Handshakes::default(),
             resume: Vec::new(),
             rates: HashMap::new(),
             accept_retry_ms: None,
@@ -228,7 +232,9 @@ impl EventLoop {
             self.now_ms = self.ms_since_start(pass_start);
             let mut accept = false;
             let mut commands = self.commands_left;
-            // read (and dispatch what was read)
+            // read (and dispatch what was read): TLS handshakes that waited
+            // first, within this pass's budget
+            self.handshakes_pass();
             for event in events.iter() {
                 match event.token() {
                     LISTENER => accept = true,
@@ -273,6 +279,7 @@ impl EventLoop {
             || !self.actions.is_empty()
             || !self.resume.is_empty()
             || !self.backlog.is_empty()
+            || self.handshakes.has_waiting()
         {
             return Some(Duration::ZERO);
         }

@@ -190,6 +190,8 @@ pub(crate) struct Session<S = TcpStream> {
     pub timer: Option<(TimerId, u64)>,
     /// The loop's bookkeeping: already in this pass's list of answers to write.
     pub dirty: bool,
+    /// The loop's bookkeeping: its handshake read waits for a later pass.
+    pub handshake_waiting: bool,
 }
 
 impl<S: Socket> Session<S> {
@@ -220,6 +222,7 @@ impl<S: Socket> Session<S> {
             requests: 0,
             timer: None,
             dirty: false,
+            handshake_waiting: false,
         }
     }
 
@@ -283,6 +286,11 @@ impl<S: Socket> Session<S> {
     pub(crate) fn count_request(&mut self) -> bool {
         self.requests = self.requests.saturating_add(1);
         self.requests < MAX_REQUESTS_PER_CONNECTION
+    }
+
+    /// Its TLS handshake is still in progress.
+    pub(crate) fn tls_handshaking(&self) -> bool {
+        self.transport.is_handshaking()
     }
 
     /// Not read until its client takes the responses it owes.
