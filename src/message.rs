@@ -32,6 +32,10 @@ pub struct Incoming<'a> {
     /// Any JSON value, relayed verbatim.
     #[serde(default, borrow)]
     pub content: Option<&'a RawValue>,
+    /// On a `join` with history on: the last position the client saw in
+    /// the room (any JSON here, so other messages parse as before).
+    #[serde(default, borrow)]
+    pub since: Option<&'a RawValue>,
 }
 
 impl Incoming<'_> {

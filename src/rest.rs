@@ -11,6 +11,7 @@ use crate::auth;
 use crate::cluster::view::View;
 use crate::config::{Config, WebSocketConfig};
 use crate::deflate;
+use crate::history::position::Since;
 use crate::http::{switching_protocols, Method, Request, Response};
 use crate::ids;
 use crate::message::{self, Incoming, Outgoing};
@@ -25,6 +26,8 @@ pub enum Endpoint {
     Chat,
     /// `/api/ws/echo`: every message echoed back.
     Echo,
+    /// `/api/ws/sse`: chat traffic received as Server-Sent Events.
+    Sse,
 }
 
 /// An accepted upgrade.
@@ -38,6 +41,11 @@ pub struct Upgrade {
     pub response: Vec<u8>,
     /// permessage-deflate, when enabled and a client's offer was accepted.
     pub compression: Option<deflate::Params>,
+    /// `?recover=1` or `?since=` on a chat upgrade while history is on:
+    /// the positions to resume from (none for a fresh start).
+    pub(crate) resume: Option<Box<Since>>,
+    /// Rooms to join at once (`?rooms=` of an SSE stream), in order.
+    pub rooms: Vec<String>,
 }
 
 /// What the loop does with a request.
@@ -69,7 +77,7 @@ pub struct Context<'a> {
     pub mode: Mode,
     /// The indexes, for status.
     pub router: &'a Router,
-    /// Open WebSocket sessions (chat and echo), for `max_connections`.
+    /// Open sessions (chat, echo and SSE), for `max_connections`.
     pub open_websockets: usize,
     /// Seconds since the Unix epoch, for token expiry.
     pub now_unix: u64,
@@ -190,7 +198,7 @@ impl Route {
 /// Every endpoint but the demo page's files (PROTOCOL.md sections 3 and 6).
 /// A new endpoint is one row here; it needs the admin token unless the row
 /// says `.public()`. A wrong method gets 405 before the token is looked at.
-const ROUTES: [Route; 7] = [
+const ROUTES: [Route; 8] = [
     Route::new(Verb::Get, "/health", Scope::Always, |_, _, ctx| health(ctx)).public(),
     Route::new(Verb::Get, "/metrics", Scope::Always, |_, _, _| {
         Outcome::Metrics
@@ -204,6 +212,10 @@ const ROUTES: [Route; 7] = [
     .public(),
     Route::new(Verb::Get, "/api/ws/echo", Scope::Echo, |request, _, ctx| {
         upgrade(request, ctx, Endpoint::Echo)
+    })
+    .public(),
+    Route::new(Verb::Get, "/api/ws/sse", Scope::Api, |request, _, ctx| {
+        sse(request, ctx)
     })
     .public(),
     Route::new(Verb::Get, "/api/ws/status", Scope::Api, |_, _, ctx| {
@@ -411,12 +423,14 @@ fn upgrade(request: &Request, ctx: &Context<'_>, endpoint: Endpoint) -> Outcome 
     if !auth::origin_allowed(&ws.allowed_origins, request.origin.as_deref()) {
         return refuse(403, "origin not allowed", HandshakeFailure::Origin);
     }
-    let user = match endpoint {
-        Endpoint::Echo => None,
-        Endpoint::Chat => match identity(request, ctx) {
-            Ok(user) => user,
-            Err(outcome) => return outcome,
-        },
+    let (user, resume) = match endpoint {
+        Endpoint::Echo => (None, None),
+        Endpoint::Chat | Endpoint::Sse => {
+            match identity(request, ctx).and_then(|u| Ok((u, resume(request, ctx)?))) {
+                Ok(found) => found,
+                Err(outcome) => return outcome,
+            }
+        }
     };
     if ctx.open_websockets >= ws.max_connections {
         return refuse(503, "server at capacity", HandshakeFailure::Capacity);
@@ -434,7 +448,66 @@ fn upgrade(request: &Request, ctx: &Context<'_>, endpoint: Endpoint) -> Outcome 
         user,
         response: switching_protocols(&accept, agreement.as_ref().map(|a| a.response.as_str())),
         compression: agreement.map(|a| a.params),
+        resume,
+        rooms: Vec::new(),
     })
+}
+
+/// `GET /api/ws/sse`: the same checks as a chat upgrade (Origin, identity,
+/// capacity), answered with the head of an event stream.
+fn sse(request: &Request, ctx: &Context<'_>) -> Outcome {
+    let ws = &ctx.config.websocket;
+    if !auth::origin_allowed(&ws.allowed_origins, request.origin.as_deref()) {
+        return refuse(403, "origin not allowed", HandshakeFailure::Origin);
+    }
+    let rooms = match auth::query_param(&request.target, "rooms") {
+        Ok(list) => crate::sse::rooms(list.as_deref().unwrap_or_default()),
+        Err(e) => return refuse(400, &e.to_string(), HandshakeFailure::BadRequest),
+    };
+    let user = match identity(request, ctx) {
+        Ok(user) => user,
+        Err(outcome) => return outcome,
+    };
+    if ctx.open_websockets >= ws.max_connections {
+        return refuse(503, "server at capacity", HandshakeFailure::Capacity);
+    }
+    // Echoed for cross-origin EventSource; only a plain header value is.
+    let origin = request
+        .origin
+        .as_deref()
+        .filter(|o| !o.is_empty() && o.iter().all(u8::is_ascii_graphic))
+        .and_then(|o| std::str::from_utf8(o).ok());
+    Outcome::Upgrade(Upgrade {
+        endpoint: Endpoint::Sse,
+        user,
+        response: crate::sse::response_head(origin),
+        compression: None,
+        rooms,
+        resume: None,
+    })
+}
+
+/// `?recover=1` / `?since=P1,P2`, read only while history is on (off, the
+/// parameters are ignored as before). A `since` that does not parse: 400.
+fn resume(request: &Request, ctx: &Context<'_>) -> Result<Option<Box<Since>>, Outcome> {
+    if !ctx.config.history.enabled() {
+        return Ok(None);
+    }
+    let query = |name: &str| {
+        auth::query_param(&request.target, name)
+            .map_err(|e| refuse(400, &e.to_string(), HandshakeFailure::BadRequest))
+    };
+    let recover = matches!(query("recover")?.as_deref(), Some("1" | "true"));
+    match query("since")? {
+        Some(text) => Since::parse(&text).map(|s| Some(Box::new(s))).map_err(|e| {
+            refuse(
+                400,
+                &format!("invalid since: {e}"),
+                HandshakeFailure::BadRequest,
+            )
+        }),
+        None => Ok(recover.then(Box::default)),
+    }
 }
 
 fn identity(request: &Request, ctx: &Context<'_>) -> Result<Option<String>, Outcome> {
@@ -523,7 +596,10 @@ mod tests {
             .map(|r| r.path)
             .collect();
         // Widening this list is a security decision: PROTOCOL.md section 6.
-        assert_eq!(public, ["/health", "/api/ws/connect", "/api/ws/echo"]);
+        assert_eq!(
+            public,
+            ["/health", "/api/ws/connect", "/api/ws/echo", "/api/ws/sse"]
+        );
         let mut config = Config::default();
         config.websocket.admin_token = "adm".into();
         config.websocket.echo = true;

@@ -318,10 +318,11 @@ impl Router {
                 };
                 Route::Reply(pong.to_json())
             }
-            // A client's "error" would arrive byte-identical to the server's own.
-            kind @ ("error" | "pong") => Route::Reply(message::error_json(&format!(
-                "type \"{kind}\" is reserved for the server"
-            ))),
+            // A client's "error" would arrive byte-identical to the server's own;
+            // welcome and recovered speak for the server's history.
+            kind @ ("error" | "pong" | "welcome" | "recovered") => Route::Reply(
+                message::error_json(&format!("type \"{kind}\" is reserved for the server")),
+            ),
             "join" | "leave" => match message.room() {
                 None => Route::Reply(message::error_json(&format!(
                     "{} needs a \"room\"",

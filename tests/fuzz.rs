@@ -1491,6 +1491,9 @@ fn http_pipelined_requests_with_an_unread_response_side() {
                     expected.push(*status);
                 }
             }
+            // One keep-alive connection serves at most 1000 requests: the
+            // 1000th response closes it.
+            expected.truncate(1000);
             let addr = if reads {
                 reading_server.addr
             } else {

@@ -27,11 +27,17 @@ impl EventLoop {
                 self.metrics.open_echo -= 1;
                 return;
             }
-            Some(Left::Chat(user)) => user,
+            Some(Left::Chat(user)) => {
+                self.metrics.open_chat -= 1;
+                user
+            }
+            Some(Left::Sse(user)) => {
+                self.metrics.open_sse -= 1;
+                user
+            }
         };
         self.open_websockets -= 1;
         let change = self.router.remove_session(key, user.as_deref());
-        self.metrics.open_chat -= 1;
         if let (Some(link), Change::LastMember) = (self.cluster.as_mut(), change) {
             link.departed();
         }
@@ -87,8 +93,11 @@ impl EventLoop {
         let Some(session) = self.sessions.get_mut(index) else {
             return;
         };
+        let sse = session.is_sse();
         let deadline = session.close(code, text, deadline);
-        self.metrics.close_sent(code);
+        if !sse {
+            self.metrics.close_sent(code);
+        }
         self.closing_until(index, deadline);
     }
 
@@ -97,11 +106,16 @@ impl EventLoop {
         let Some(session) = self.sessions.get(index) else {
             return;
         };
-        if session.key != key || !session.is_open_websocket() {
+        if session.key != key || !session.is_open() {
             return;
         }
+        let ending = if session.is_sse() {
+            "ending the event stream"
+        } else {
+            "closing with 1013"
+        };
         warn!(
-            "slow consumer user={} peer={}: {} messages / {} bytes queued; closing with 1013",
+            "slow consumer user={} peer={}: {} messages / {} bytes queued; {ending}",
             ids::shown(session.user().map(|u| &**u)),
             session.peer,
             session.out().queued_messages(),
