@@ -14,6 +14,7 @@ use crate::deflate;
 use crate::history::position::Since;
 use crate::http::{switching_protocols, Method, Request, Response};
 use crate::ids;
+use crate::jwt;
 use crate::message::{self, Incoming, Outgoing};
 use crate::metrics::HandshakeFailure;
 use crate::router::Router;
@@ -37,6 +38,9 @@ pub struct Upgrade {
     pub endpoint: Endpoint,
     /// The session's user id (chat only; `None` is anonymous).
     pub user: Option<String>,
+    /// The connect token's claims, when the user came from a token (the
+    /// rooms it grants, say).
+    pub claims: Option<jwt::Claims>,
     /// The complete 101 response.
     pub response: Vec<u8>,
     /// permessage-deflate, when enabled and a client's offer was accepted.
@@ -81,6 +85,8 @@ pub struct Context<'a> {
     pub open_websockets: usize,
     /// Seconds since the Unix epoch, for token expiry.
     pub now_unix: u64,
+    /// Checks connect tokens against `jwt:`.
+    pub jwt: &'a jwt::Verifier,
     /// How this node sees the cluster (`Off` unless `cluster.redis` is set).
     pub cluster: Cluster<'a>,
 }
@@ -423,10 +429,10 @@ fn upgrade(request: &Request, ctx: &Context<'_>, endpoint: Endpoint) -> Outcome 
     if !auth::origin_allowed(&ws.allowed_origins, request.origin.as_deref()) {
         return refuse(403, "origin not allowed", HandshakeFailure::Origin);
     }
-    let (user, resume) = match endpoint {
-        Endpoint::Echo => (None, None),
+    let (identity, resume) = match endpoint {
+        Endpoint::Echo => (auth::Identity::default(), None),
         Endpoint::Chat | Endpoint::Sse => {
-            match identity(request, ctx).and_then(|u| Ok((u, resume(request, ctx)?))) {
+            match identity(request, ctx).and_then(|i| Ok((i, resume(request, ctx)?))) {
                 Ok(found) => found,
                 Err(outcome) => return outcome,
             }
@@ -445,7 +451,8 @@ fn upgrade(request: &Request, ctx: &Context<'_>, endpoint: Endpoint) -> Outcome 
         .and_then(deflate::negotiate);
     Outcome::Upgrade(Upgrade {
         endpoint,
-        user,
+        user: identity.user,
+        claims: identity.claims,
         response: switching_protocols(&accept, agreement.as_ref().map(|a| a.response.as_str())),
         compression: agreement.map(|a| a.params),
         resume,
@@ -464,8 +471,8 @@ fn sse(request: &Request, ctx: &Context<'_>) -> Outcome {
         Ok(list) => crate::sse::rooms(list.as_deref().unwrap_or_default()),
         Err(e) => return refuse(400, &e.to_string(), HandshakeFailure::BadRequest),
     };
-    let user = match identity(request, ctx) {
-        Ok(user) => user,
+    let identity = match identity(request, ctx) {
+        Ok(identity) => identity,
         Err(outcome) => return outcome,
     };
     if ctx.open_websockets >= ws.max_connections {
@@ -479,7 +486,8 @@ fn sse(request: &Request, ctx: &Context<'_>) -> Outcome {
         .and_then(|o| std::str::from_utf8(o).ok());
     Outcome::Upgrade(Upgrade {
         endpoint: Endpoint::Sse,
-        user,
+        user: identity.user,
+        claims: identity.claims,
         response: crate::sse::response_head(origin),
         compression: None,
         rooms,
@@ -510,24 +518,23 @@ fn resume(request: &Request, ctx: &Context<'_>) -> Result<Option<Box<Since>>, Ou
     }
 }
 
-fn identity(request: &Request, ctx: &Context<'_>) -> Result<Option<String>, Outcome> {
+fn identity(request: &Request, ctx: &Context<'_>) -> Result<auth::Identity, Outcome> {
     let query = |name: &str| {
         auth::query_param(&request.target, name)
             .map_err(|e| refuse(400, &e.to_string(), HandshakeFailure::BadRequest))
     };
     let user_id = query("user_id")?;
     let query_token = query("token")?;
-    let jwt = &ctx.config.jwt;
-    let user = auth::connect_identity(
-        jwt.secret.expose(),
-        jwt.required,
+    let identity = auth::connect_identity(
+        ctx.jwt,
+        ctx.config.jwt.required,
         auth::bearer_token(request.authorization.as_deref()),
         query_token.as_deref(),
         user_id.as_deref(),
         ctx.now_unix,
     )
     .map_err(|e| refuse(401, &e.to_string(), HandshakeFailure::Auth))?;
-    if let Some(user) = &user {
+    if let Some(user) = &identity.user {
         ids::check(user, ctx.config.websocket.max_id_bytes).map_err(|e| {
             refuse(
                 400,
@@ -536,7 +543,7 @@ fn identity(request: &Request, ctx: &Context<'_>) -> Result<Option<String>, Outc
             )
         })?;
     }
-    Ok(user)
+    Ok(identity)
 }
 
 /// A key is the base64 of 16 bytes: 24 characters ending in "==".
@@ -583,6 +590,7 @@ mod tests {
             router: &router,
             open_websockets: 2,
             now_unix: 1_700_000_000,
+            jwt: &jwt::Verifier::from_config(&config.jwt).unwrap(),
             cluster: Cluster::Off,
         };
         handle(&request(text), body.as_bytes(), &ctx)
@@ -669,6 +677,7 @@ mod tests {
                 router: &router,
                 open_websockets: 0,
                 now_unix: 0,
+                jwt: &jwt::Verifier::from_config(&config.jwt).unwrap(),
                 cluster: view.map_or(Cluster::Down, Cluster::Up),
             };
             status_and_body(handle(

@@ -205,7 +205,7 @@ impl<'a> Encoded<'a> {
     /// The frame for a session with these parameters (`None`: no
     /// compression negotiated).
     pub fn for_session(&mut self, params: Option<&Params>, codec: &mut Codec) -> Wire {
-        if !params.is_some_and(|p| !p.plain_output) || !self.compress {
+        if params.is_none_or(|p| p.plain_output) || !self.compress {
             return self.plain();
         }
         if let Some(wire) = &self.deflated {

@@ -75,6 +75,7 @@ impl EventLoop {
             router: &self.router,
             open_websockets: self.open_websockets,
             now_unix,
+            jwt: &self.jwt,
             cluster: match self.cluster.as_ref() {
                 None => rest::Cluster::Off,
                 Some(link) => link.view().map_or(rest::Cluster::Down, rest::Cluster::Up),
