@@ -37,7 +37,9 @@ impl EventLoop {
             }
         };
         self.open_websockets -= 1;
+        let rooms = self.webhook_rooms_of(key);
         let change = self.router.remove_session(key, user.as_deref());
+        self.webhook_disconnected(user.as_deref(), &rooms);
         if let (Some(link), Change::LastMember) = (self.cluster.as_mut(), change) {
             link.departed();
         }

@@ -114,6 +114,9 @@ impl EventLoop {
                 if let Some(history) = self.history.as_ref() {
                     history.render_metrics(&mut text);
                 }
+                if let Some(webhooks) = self.webhooks.as_ref() {
+                    webhooks.render_metrics(&mut text);
+                }
                 let response = Response::raw(200, "text/plain; version=0.0.4", text.into_bytes());
                 self.respond(index, &response, keep_alive);
             }
@@ -189,6 +192,7 @@ impl EventLoop {
                 if let Some(link) = self.cluster.as_mut() {
                     link.connected(user.as_deref());
                 }
+                self.webhook_connected(user.as_deref(), peer);
                 self.publish_online();
                 info!(
                     "connect user={} peer={peer} online={}",
@@ -227,6 +231,7 @@ impl EventLoop {
                 if let Some(link) = self.cluster.as_mut() {
                     link.joined_room(room);
                 }
+                self.webhook_room(room, Change::FirstMember);
             }
             Ok(_) => {}
             Err(JoinError::TooManyRooms) => self.reply(index, &refused("too many rooms")),
@@ -374,6 +379,9 @@ impl EventLoop {
         match self.router.route(key, user.as_deref(), &message) {
             Route::Reply(json) => self.reply(index, &json),
             Route::Done(change) => {
+                if let Some(room) = message.room() {
+                    self.webhook_room(room, change);
+                }
                 if let (Some(link), Some(room)) = (self.cluster.as_mut(), message.room()) {
                     match change {
                         Change::FirstMember => link.joined_room(room),
