@@ -48,8 +48,9 @@ pub struct Upgrade {
     /// `?recover=1` or `?since=` on a chat upgrade while history is on:
     /// the positions to resume from (none for a fresh start).
     pub(crate) resume: Option<Box<Since>>,
-    /// Rooms to join at once (`?rooms=` of an SSE stream), in order.
-    pub rooms: Vec<String>,
+    /// What an SSE stream asked for (`None` for WebSockets); boxed, so an
+    /// upgrade stays small.
+    pub stream: Option<Box<crate::sse::Open>>,
 }
 
 /// What the loop does with a request.
@@ -456,7 +457,7 @@ fn upgrade(request: &Request, ctx: &Context<'_>, endpoint: Endpoint) -> Outcome 
         response: switching_protocols(&accept, agreement.as_ref().map(|a| a.response.as_str())),
         compression: agreement.map(|a| a.params),
         resume,
-        rooms: Vec::new(),
+        stream: None,
     })
 }
 
@@ -470,6 +471,13 @@ fn sse(request: &Request, ctx: &Context<'_>) -> Outcome {
     let rooms = match auth::query_param(&request.target, "rooms") {
         Ok(list) => crate::sse::rooms(list.as_deref().unwrap_or_default()),
         Err(e) => return refuse(400, &e.to_string(), HandshakeFailure::BadRequest),
+    };
+    let last_event_id = match request.last_event_id.as_deref() {
+        Some(id) => Some(id.to_owned()),
+        None => match auth::query_param(&request.target, "last_event_id") {
+            Ok(id) => id,
+            Err(e) => return refuse(400, &e.to_string(), HandshakeFailure::BadRequest),
+        },
     };
     let identity = match identity(request, ctx) {
         Ok(identity) => identity,
@@ -490,8 +498,11 @@ fn sse(request: &Request, ctx: &Context<'_>) -> Outcome {
         claims: identity.claims,
         response: crate::sse::response_head(origin),
         compression: None,
-        rooms,
         resume: None,
+        stream: Some(Box::new(crate::sse::Open {
+            rooms,
+            last_event_id,
+        })),
     })
 }
 

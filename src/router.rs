@@ -207,6 +207,11 @@ impl Router {
         self.rooms.get(room).is_some_and(|m| m.contains(&key))
     }
 
+    /// The rooms `key` is in, in no order.
+    pub fn rooms_of(&self, key: SessionKey) -> impl Iterator<Item = &Rc<str>> {
+        self.memberships.get(&key).into_iter().flatten()
+    }
+
     /// Rooms with at least one member.
     pub fn room_count(&self) -> usize {
         self.rooms.len()

@@ -7,6 +7,7 @@
 //! | read | `read.rs` | drains ready sockets through their sessions (TLS handshakes: a budget per pass, `handshakes.rs`) |
 //! | dispatch | `dispatch.rs` | acts on each complete unit: REST, upgrade, frames → router → queues |
 //! | (resume) | `resume.rs` | with history on: welcome, replay and `recovered` at upgrade and join |
+//! | (resume) | `stream.rs` | with history on: an event stream's `id:` tokens, and its resume at open |
 //! | accept | `accept.rs` | takes new connections |
 //! | commands | `commands.rs` | handle commands (bounded per pass), hook actions, signals |
 //! | timers | `timers.rs` | applies what each due session timer found; history expiry |
@@ -63,6 +64,7 @@ mod dispatch;
 mod handshakes;
 mod read;
 mod resume;
+mod stream;
 mod timers;
 mod webhooks;
 mod write;
@@ -163,6 +165,9 @@ pub(crate) struct EventLoop {
     /// The last messages per audience for resuming sessions; `None` while
     /// `history.size` is 0 (then nothing of it runs).
     history: Option<History>,
+    /// With history on: the marks that make one `id:` per fan-out resume
+    /// every stream of an event stream (`stream.rs`).
+    sse_marks: Option<crate::sse::marks::Marks>,
 }
 
 /// What the server was built with.
@@ -186,7 +191,18 @@ impl EventLoop {
         let limits = Limits::from_config(&parts.config.websocket);
         let rules = Rules::from_config(&parts.config.websocket);
         let webhooks = crate::webhooks::Webhooks::start(&parts.config.webhooks);
-        let history = History::new(&parts.config.history);
+        // Config::load refuses the pair; a Config built in code is told here.
+        let history = History::new(&parts.config.history).filter(|_| {
+            let alone = parts.cluster.is_none();
+            if !alone {
+                log::warn!("history is not supported with cluster.redis yet: history off");
+            }
+            alone
+        });
+        let sse_marks = history.as_ref().map(|_| {
+            let bits = std::hash::BuildHasher::hash_one(&std::hash::RandomState::new(), start);
+            crate::sse::marks::Marks::new(bits, millis(parts.config.history.ttl))
+        });
         EventLoop {
             poll: parts.poll,
             listener: parts.listener,
@@ -229,6 +245,7 @@ impl EventLoop {
             codec: Codec::default(),
             cluster: parts.cluster,
             tls: parts.tls,
+            sse_marks,
             jwt: parts.jwt,
             webhooks,
             history,
