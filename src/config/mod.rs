@@ -26,9 +26,10 @@ use log::LevelFilter;
 use serde_norway::Value;
 
 use values::{
-    parse_algorithms, parse_count, parse_duration, parse_events, parse_flag, parse_host,
-    parse_http_url, parse_level, parse_name, parse_origins, parse_path, parse_port, parse_prefix,
-    parse_rate, parse_redis_url, parse_secret, parse_secret_url, parse_text, parse_ttl,
+    parse_algorithms, parse_byte_rate, parse_count, parse_duration, parse_events, parse_flag,
+    parse_host, parse_http_url, parse_level, parse_name, parse_origins, parse_path, parse_port,
+    parse_prefix, parse_rate, parse_redis_url, parse_secret, parse_secret_url, parse_text,
+    parse_ttl,
 };
 
 mod values;
@@ -278,6 +279,10 @@ section! {
         /// Client messages per second per session, with a burst of as many;
         /// over it a message is dropped with an error reply. `0` is off. Default `0`.
         pub max_messages_per_second: u32 = 0, parse parse_rate;
+        /// Bytes of client data messages per second per session, charged by
+        /// their inflated size, with a burst of as many; over it a message is
+        /// dropped with an error reply. `0` is off. Default `0`.
+        pub max_bytes_per_second: usize = 0, parse parse_byte_rate;
         /// Clients may broadcast (a message with neither `room` nor `to`); when
         /// false such a message gets an error reply. Default `true`.
         pub client_broadcast: bool = true, parse parse_flag;

@@ -88,6 +88,7 @@ fn defaults_are_protocol_section_2() {
             max_rooms_per_session: 64,
             max_json_depth: 32,
             max_messages_per_second: 0,
+            max_bytes_per_second: 0,
             client_broadcast: true,
             compression: false,
             compression_min_bytes: 128,
@@ -169,6 +170,7 @@ websocket:
   max_rooms_per_session: 11
   max_json_depth: 12
   max_messages_per_second: 13
+  max_bytes_per_second: 14
   client_broadcast: false
   compression: true
   compression_min_bytes: 9
@@ -212,6 +214,7 @@ jwt:
             max_rooms_per_session: 11,
             max_json_depth: 12,
             max_messages_per_second: 13,
+            max_bytes_per_second: 14,
             client_broadcast: false,
             compression: true,
             compression_min_bytes: 9,
@@ -555,6 +558,18 @@ fn abuse_bounds_at_their_limits_and_one_past() {
         error("websocket:\n  max_messages_per_second: fast\n"),
         "config.yaml: websocket.max_messages_per_second: expected a non-negative integer \
              (0 = off), got \"fast\""
+    );
+    assert_eq!(
+        websocket("  max_bytes_per_second: 1099511627776\n").max_bytes_per_second,
+        1 << 40
+    );
+    assert_eq!(
+        error("websocket:\n  max_bytes_per_second: 1099511627777\n"),
+        "config.yaml: websocket.max_bytes_per_second: must be at most 1099511627776, got 1099511627777"
+    );
+    assert_eq!(
+        error("websocket:\n  max_bytes_per_second: -1\n"),
+        "config.yaml: websocket.max_bytes_per_second: expected a non-negative integer (0 = off), got -1"
     );
     assert!(!websocket("  client_broadcast: false\n").client_broadcast);
     assert_eq!(

@@ -12,12 +12,19 @@ impl EventLoop {
         if !self.sessions.contains(index) {
             return;
         }
-        if event.is_readable() || event.is_read_closed() || event.is_error() {
+        if (event.is_readable() || event.is_read_closed() || event.is_error())
+            && self.may_read_now(index)
+        {
             self.on_readable(index, event.is_read_closed() || event.is_error());
         }
         if event.is_writable() {
             self.schedule_write(index);
         }
+    }
+
+    /// Reads a session whose turn came after its readiness event.
+    pub(super) fn read_ready(&mut self, index: usize, to_the_end: bool) {
+        self.on_readable(index, to_the_end);
     }
 
     /// Reads until the socket is drained. `peer_closed`: the event also
