@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use serde_json::value::RawValue;
-use wshub::deflate::{Codec, Encoded, History, Params};
+use wshub::deflate::{Codec, Encoded, Params};
 use wshub::frame::{self, Decoder, Inbound, Kind, Step, Wire};
 use wshub::http::{self, Method, Response};
 use wshub::message::{self, Outgoing};
@@ -333,9 +333,8 @@ Can you order for me? The usual, and a coffee with oat milk please. ";
 
 /// What a browser negotiates.
 const BROWSER: Params = Params {
-    server_window_bits: 15,
     client_window_bits: 15,
-    client_no_context_takeover: false,
+    plain_output: false,
 };
 
 /// One broadcast pass as the loop runs it with compression: the message is
@@ -383,7 +382,7 @@ fn deflate(c: &mut Criterion) {
     let json = chat_text_json(300);
     let plain_len = frame::encode(Kind::Text, &json).len();
     let deflated_len = codec
-        .compress(&json, 15)
+        .compress(&json)
         .map(|d| frame::encode_compressed(Kind::Text, d).len())
         .unwrap_or(0);
     assert!(
@@ -419,16 +418,15 @@ fn deflate(c: &mut Criterion) {
     }
     group.throughput(Throughput::Bytes(json.len() as u64));
     group.bench_function("compress_300B", |b| {
-        b.iter(|| black_box(codec.compress(black_box(&json), 15).map(<[u8]>::len)))
+        b.iter(|| black_box(codec.compress(black_box(&json)).map(<[u8]>::len)))
     });
     let deflated = codec
-        .compress(&json, 15)
+        .compress(&json)
         .map(<[u8]>::to_vec)
         .unwrap_or_default();
-    let mut history = History::default();
-    group.bench_function("inflate_300B_with_history", |b| {
+    group.bench_function("inflate_300B", |b| {
         b.iter(|| {
-            let out = codec.inflate(&BROWSER, &mut history, black_box(&deflated), MAX_MESSAGE);
+            let out = codec.inflate(black_box(&deflated), MAX_MESSAGE);
             assert_eq!(out.as_deref().ok(), Some(&json[..]));
         })
     });

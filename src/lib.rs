@@ -34,6 +34,7 @@
 //! | `tls` | `tls.cert`/`tls.key` → a rustls server config; reload on SIGHUP |
 //! | [`client_ip`] | the client behind proxies: trusted blocks, forwarding-header walks, the PROXY header, per-address counts |
 //! | [`http`] | request heads (`httparse`) and responses |
+//! | `http_slots` | which idle pre-upgrade connection gives up its slot at `max_http_connections` |
 //! | `rest` | the HTTP endpoints: answer, upgrade or push |
 //! | [`frame`] | WebSocket frames in (validated, reassembled) and out (encoded once) |
 //! | `sse` | Server-Sent Events: the stream's head, events (encoded once) and heartbeat |
@@ -92,6 +93,7 @@ pub(crate) mod handle;
 pub(crate) mod history;
 pub(crate) mod hooks;
 pub mod http;
+pub(crate) mod http_slots;
 pub mod ids;
 pub(crate) mod jwks;
 pub mod jwt;

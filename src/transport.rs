@@ -79,6 +79,12 @@ impl<S: Socket> Transport<S> {
         matches!(self, Transport::Tls(_))
     }
 
+    /// A TLS handshake is still in progress (its next read may cost a
+    /// signature).
+    pub(crate) fn is_handshaking(&self) -> bool {
+        matches!(self, Transport::Tls(tls) if tls.conn.is_handshaking())
+    }
+
     /// Output is waiting below the plaintext (TLS records, handshake).
     pub(crate) fn has_pending(&self) -> bool {
         match self {

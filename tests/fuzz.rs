@@ -1493,6 +1493,9 @@ fn http_pipelined_requests_with_an_unread_response_side() {
                     expected.push(*status);
                 }
             }
+            // One keep-alive connection serves at most 1000 requests: the
+            // 1000th response closes it.
+            expected.truncate(1000);
             let addr = if reads {
                 reading_server.addr
             } else {
@@ -2073,4 +2076,120 @@ fn regression_json_array_is_not_a_message() {
         (400, r#"{"error":"message must be a JSON object"}"#)
     );
     assert_eq!(b.sync(), Vec::<Value>::new(), "an array was delivered");
+}
+
+// ------------------------------------------- permessage-deflate (issue 19)
+
+/// Words offers are made of, for the mutator.
+const OFFER_WORDS: &[&[u8]] = &[
+    b"permessage-deflate",
+    b"; ",
+    b", ",
+    b"server_no_context_takeover",
+    b"client_no_context_takeover",
+    b"server_max_window_bits",
+    b"client_max_window_bits",
+    b"=",
+    b"\"",
+    b"8",
+    b"9",
+    b"14",
+    b"15",
+    b"16",
+    b"010",
+    b"x-webkit-deflate-frame",
+];
+
+fn offer_input() -> impl Strategy<Value = String> {
+    let seeds = vec![
+        "permessage-deflate; client_max_window_bits".to_owned(),
+        "permessage-deflate; server_max_window_bits=10; client_no_context_takeover".to_owned(),
+        "permessage-deflate; server_max_window_bits=8, permessage-deflate".to_owned(),
+        "permessage-deflate; client_max_window_bits=\"12\"; server_max_window_bits=15".to_owned(),
+    ];
+    (
+        proptest::sample::select(seeds),
+        proptest::collection::vec(mutation(OFFER_WORDS), 0..6),
+    )
+        .prop_map(|(seed, mutations)| {
+            let mut bytes = seed.into_bytes();
+            mutate(&mut bytes, &mutations);
+            String::from_utf8_lossy(&bytes).into_owned()
+        })
+}
+
+/// Every offer either is declined or gets an answer that takes no context
+/// over either way (no inflate history: section 7a), sends plain frames to
+/// a client that limited the server's window, and repeats only parameters
+/// the client offered.
+#[test]
+fn deflate_offers_are_declined_or_answered_without_context_takeover() {
+    fuzz("deflate_negotiate", offer_input(), true, |header| {
+        let Some(agreement) = wshub::deflate::negotiate(&header) else {
+            return Ok(());
+        };
+        let response = &agreement.response;
+        prop_assert!(
+            response.starts_with(
+                "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
+            ),
+            "{}",
+            response
+        );
+        let lower = header.to_ascii_lowercase();
+        let limited =
+            (9..15).any(|bits| response.contains(&format!("server_max_window_bits={bits}")));
+        prop_assert_eq!(agreement.params.plain_output, limited, "{}", response);
+        prop_assert!(
+            !response.contains("server_max_window_bits=8"),
+            "{}",
+            response
+        );
+        for name in ["server_max_window_bits", "client_max_window_bits"] {
+            if response.contains(name) {
+                prop_assert!(lower.contains(name), "{} answered but not offered", name);
+            }
+        }
+        prop_assert!((8..=15).contains(&agreement.params.client_window_bits));
+        Ok(())
+    });
+}
+
+/// Arbitrary bytes as a compressed message: inflated, refused as corrupt or
+/// as too big, never past the limit and never a panic; a valid message
+/// inflates to exactly what was compressed.
+#[test]
+fn deflate_inflate_holds_its_limit_on_any_input() {
+    let strategy = (
+        proptest::collection::vec(any::<u8>(), 0..2048),
+        proptest::collection::vec(mutation(&[b"\x00\x00\xff\xff", b"\x03\x00"]), 0..4),
+        proptest::sample::select(vec![0usize, 1, 100, 4096, 1 << 20]),
+    );
+    fuzz(
+        "deflate_inflate",
+        strategy,
+        true,
+        |(plain, mutations, max)| {
+            let mut codec = wshub::deflate::Codec::default();
+            let mut bytes = codec
+                .compress(&plain)
+                .map(<[u8]>::to_vec)
+                .unwrap_or_default();
+            let valid = mutations.is_empty() && !bytes.is_empty();
+            mutate(&mut bytes, &mutations);
+            match codec.inflate(&bytes, max) {
+                Ok(out) => {
+                    prop_assert!(out.len() <= max);
+                    if valid {
+                        prop_assert_eq!(out, plain);
+                    }
+                }
+                Err(wshub::deflate::InflateError::TooBig) => {
+                    prop_assert!(!valid || plain.len() > max);
+                }
+                Err(wshub::deflate::InflateError::Corrupt(_)) => prop_assert!(!valid),
+            }
+            Ok(())
+        },
+    );
 }

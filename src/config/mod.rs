@@ -26,10 +26,10 @@ use log::LevelFilter;
 use serde_norway::Value;
 
 use values::{
-    parse_algorithms, parse_client_ip_header, parse_count, parse_duration, parse_events,
-    parse_flag, parse_host, parse_http_url, parse_level, parse_name, parse_origins, parse_path,
-    parse_port, parse_prefix, parse_rate, parse_redis_url, parse_secret, parse_secret_url,
-    parse_text, parse_trusted, parse_ttl,
+    parse_algorithms, parse_byte_rate, parse_client_ip_header, parse_count, parse_duration,
+    parse_events, parse_flag, parse_host, parse_http_url, parse_level, parse_name, parse_origins,
+    parse_path, parse_port, parse_prefix, parse_rate, parse_redis_url, parse_secret,
+    parse_secret_url, parse_text, parse_trusted, parse_ttl,
 };
 
 use crate::client_ip::{ClientIpHeader, Trusted};
@@ -292,6 +292,10 @@ section! {
         /// Client messages per second per session, with a burst of as many;
         /// over it a message is dropped with an error reply. `0` is off. Default `0`.
         pub max_messages_per_second: u32 = 0, parse parse_rate;
+        /// Bytes of client data messages per second per session, charged by
+        /// their inflated size, with a burst of as many; over it a message is
+        /// dropped with an error reply. `0` is off. Default `0`.
+        pub max_bytes_per_second: usize = 0, parse parse_byte_rate;
         /// Clients may broadcast (a message with neither `room` nor `to`); when
         /// false such a message gets an error reply. Default `true`.
         pub client_broadcast: bool = true, parse parse_flag;
@@ -348,6 +352,14 @@ section! {
         /// Nodes with the same Redis and prefix form one cluster; channels and
         /// keys start with it. Default `"wshub"`.
         pub channel_prefix: String = "wshub".to_owned(), parse parse_prefix;
+        /// Shared secret: envelopes on Redis carry its HMAC and unsigned or
+        /// wrongly signed ones are dropped. Default `""`: not signed.
+        pub secret: Secret = Secret::default(), parse parse_secret;
+        /// Bytes of messages queued for Redis, and bytes received from it
+        /// not yet delivered (each way). Past it a publish is refused
+        /// ("cluster unavailable") and a received message dropped (counted).
+        /// Default 64 MiB, at least 1 MiB.
+        pub max_queue_bytes: usize = 64 << 20, parse |v| parse_count(v, 1 << 20);
     }
 }
 

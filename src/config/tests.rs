@@ -91,6 +91,7 @@ fn defaults_are_protocol_section_2() {
             max_rooms_per_session: 64,
             max_json_depth: 32,
             max_messages_per_second: 0,
+            max_bytes_per_second: 0,
             client_broadcast: true,
             compression: false,
             compression_min_bytes: 128,
@@ -173,6 +174,7 @@ websocket:
   max_rooms_per_session: 11
   max_json_depth: 12
   max_messages_per_second: 13
+  max_bytes_per_second: 14
   client_broadcast: false
   compression: true
   compression_min_bytes: 9
@@ -219,6 +221,7 @@ jwt:
             max_rooms_per_session: 11,
             max_json_depth: 12,
             max_messages_per_second: 13,
+            max_bytes_per_second: 14,
             client_broadcast: false,
             compression: true,
             compression_min_bytes: 9,
@@ -302,6 +305,16 @@ fn cluster_section_and_reuse_port() {
     assert_eq!(
         error("cluster:\n  channel_prefix: \"\"\n"),
         "config.yaml: cluster.channel_prefix: must not be empty"
+    );
+    let config = parse("cluster:\n  secret: \"s3\"\n  max_queue_bytes: 2097152\n");
+    assert_eq!(config.cluster.secret, "s3");
+    assert_eq!(config.cluster.max_queue_bytes, 2 << 20);
+    assert_eq!(Config::default().cluster.max_queue_bytes, 64 << 20);
+    assert!(Config::default().cluster.secret.is_empty());
+    let small = error("cluster:\n  max_queue_bytes: 1000\n");
+    assert!(
+        small.starts_with("config.yaml: cluster.max_queue_bytes: "),
+        "{small}"
     );
     let bad = error("cluster:\n  redis: \"http://user:hunter2@x\"\n");
     assert!(
@@ -553,6 +566,18 @@ fn abuse_bounds_at_their_limits_and_one_past() {
         error("websocket:\n  max_messages_per_second: fast\n"),
         "config.yaml: websocket.max_messages_per_second: expected a non-negative integer \
              (0 = off), got \"fast\""
+    );
+    assert_eq!(
+        websocket("  max_bytes_per_second: 1099511627776\n").max_bytes_per_second,
+        1 << 40
+    );
+    assert_eq!(
+        error("websocket:\n  max_bytes_per_second: 1099511627777\n"),
+        "config.yaml: websocket.max_bytes_per_second: must be at most 1099511627776, got 1099511627777"
+    );
+    assert_eq!(
+        error("websocket:\n  max_bytes_per_second: -1\n"),
+        "config.yaml: websocket.max_bytes_per_second: expected a non-negative integer (0 = off), got -1"
     );
     assert!(!websocket("  client_broadcast: false\n").client_broadcast);
     assert_eq!(

@@ -21,6 +21,10 @@ const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
 /// thousandths of a message per millisecond, which this keeps far from overflow.
 const MAX_RATE: u32 = 1_000_000;
 
+/// The highest `max_bytes_per_second` (1 TiB/s, far above any link): the
+/// byte bucket counts in thousandths of a byte per millisecond in a `u64`.
+const MAX_BYTE_RATE: u64 = 1 << 40;
+
 /// `cluster.presence_ttl`: a duration of at least one second.
 pub(super) fn parse_ttl(v: &Value) -> Result<Duration, String> {
     match parse_duration(v)? {
@@ -260,6 +264,18 @@ pub(super) fn parse_rate(v: &Value) -> Result<u32, String> {
         )),
         Some(n) if n > u64::from(MAX_RATE) => Err(format!("must be at most {MAX_RATE}, got {n}")),
         Some(n) => Ok(n as u32),
+    }
+}
+
+/// Bytes per second: `0` (off) up to [`MAX_BYTE_RATE`].
+pub(super) fn parse_byte_rate(v: &Value) -> Result<usize, String> {
+    match v.as_u64() {
+        None => Err(format!(
+            "expected a non-negative integer (0 = off), got {}",
+            shown(v)
+        )),
+        Some(n) if n > MAX_BYTE_RATE => Err(format!("must be at most {MAX_BYTE_RATE}, got {n}")),
+        Some(n) => Ok(n as usize),
     }
 }
 

@@ -4,7 +4,7 @@
 //! | step | file | what it does |
 //! | --- | --- | --- |
 //! | poll | `mod.rs` | waits for readiness, at most until the next deadline |
-//! | read | `read.rs` | drains ready sockets through their sessions |
+//! | read | `read.rs` | drains ready sockets through their sessions (TLS handshakes: a budget per pass, `handshakes.rs`) |
 //! | dispatch | `dispatch.rs` | acts on each complete unit: REST, upgrade, frames → router → queues |
 //! | (resume) | `resume.rs` | with history on: welcome, replay and `recovered` at upgrade and join |
 //! | (resume) | `stream.rs` | with history on: an event stream's `id:` tokens, and its resume at open |
@@ -46,6 +46,7 @@ use crate::deflate::Codec;
 use crate::handle::Inbox;
 use crate::history::History;
 use crate::hooks::{Actions, Hooks};
+use crate::http_slots::IdleHttp;
 use crate::jwt::Verifier;
 use crate::metrics::{Metrics, Shared};
 use crate::rate::Bucket;
@@ -63,6 +64,7 @@ mod cluster;
 mod commands;
 mod deliver;
 mod dispatch;
+mod handshakes;
 mod read;
 mod resume;
 mod stream;
@@ -137,6 +139,11 @@ pub(crate) struct EventLoop {
     http_connections: usize,
     /// The last accept was refused at `max_http_connections` (logged once per streak).
     http_full: bool,
+    /// TLS handshake reads left this pass, and the sessions waiting for one.
+    handshakes: handshakes::Handshakes,
+    /// Pre-upgrade connections in the order they became idle: at
+    /// `max_http_connections` the oldest gives up its slot.
+    idle_http: IdleHttp,
     /// Paused sessions whose client has taken its responses: read on next pass.
     resume: Vec<usize>,
     /// Rate-limit buckets by session index, only while
@@ -233,6 +240,8 @@ impl EventLoop {
             open_websockets: 0,
             http_connections: 0,
             http_full: false,
+            idle_http: IdleHttp::default(),
+            handshakes: handshakes::Handshakes::default(),
             resume: Vec::new(),
             rates: HashMap::new(),
             accept_retry_ms: None,
@@ -266,7 +275,9 @@ impl EventLoop {
             self.now_ms = self.ms_since_start(pass_start);
             let mut accept = false;
             let mut commands = self.commands_left;
-            // read (and dispatch what was read)
+            // read (and dispatch what was read): TLS handshakes that waited
+            // first, within this pass's budget
+            self.handshakes_pass();
             for event in events.iter() {
                 match event.token() {
                     LISTENER => accept = true,
@@ -312,6 +323,7 @@ impl EventLoop {
             || !self.actions.is_empty()
             || !self.resume.is_empty()
             || !self.backlog.is_empty()
+            || self.handshakes.has_waiting()
         {
             return Some(Duration::ZERO);
         }

@@ -317,18 +317,18 @@ impl<S: Socket> Session<S> {
     /// Inflates a permessage-deflate message within `max` bytes (checked
     /// while inflating); text must be UTF-8 once inflated.
     pub(crate) fn inflate(
-        &mut self,
+        &self,
         codec: &mut Codec,
         text: bool,
         compressed: &[u8],
         max: usize,
     ) -> Result<Vec<u8>, DecodeError> {
-        let Some(params) = self.deflate else {
+        if self.deflate.is_none() {
             return Err(DecodeError::Protocol(
                 "compressed message without the extension",
             ));
-        };
-        let inflated = match codec.inflate(&params, &mut self.history, compressed, max) {
+        }
+        let inflated = match codec.inflate(compressed, max) {
             Ok(bytes) => bytes,
             Err(InflateError::TooBig) => return Err(DecodeError::TooBig),
             Err(InflateError::Corrupt(_)) => return Err(DecodeError::BadCompression),

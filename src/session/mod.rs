@@ -27,8 +27,9 @@ use mio::net::TcpStream;
 
 use crate::audience::SessionKey;
 use crate::config::WebSocketConfig;
-use crate::deflate::{History, Params};
+use crate::deflate::Params;
 use crate::frame::{DecodeError, Decoder, Wire};
+use crate::http_slots::MAX_REQUESTS_PER_CONNECTION;
 use crate::outbound::Outbound;
 use crate::rest::Endpoint;
 use crate::transport::{Socket, Transport};
@@ -213,9 +214,6 @@ pub(crate) struct Session<S = TcpStream> {
     /// permessage-deflate parameters, when negotiated. Inline: a broadcast
     /// reads them for every recipient.
     deflate: Option<Params>,
-    /// What a client that takes its context over sent last (unallocated
-    /// until it sends a compressed message).
-    history: History,
     out: Outbound,
     /// Loop-clock ms of the last complete frame (WebSocket) or of the start
     /// of the current request (HTTP).
@@ -231,6 +229,8 @@ pub(crate) struct Session<S = TcpStream> {
     paused: bool,
     /// Counted against `max_http_connections` (until upgraded or reaped).
     counted_http: bool,
+    /// Requests answered on this connection (keep-alive is capped).
+    requests: u16,
     /// An event stream: messages go out as events, and it ends without a
     /// Close frame (kept through `Closing`, unlike the phase).
     sse: bool,
@@ -238,6 +238,8 @@ pub(crate) struct Session<S = TcpStream> {
     pub timer: Option<(TimerId, u64)>,
     /// The loop's bookkeeping: already in this pass's list of answers to write.
     pub dirty: bool,
+    /// The loop's bookkeeping: its handshake read waits for a later pass.
+    pub handshake_waiting: bool,
 }
 
 impl<S: Socket> Session<S> {
@@ -261,7 +263,6 @@ impl<S: Socket> Session<S> {
             input_needed: 0,
             decoder: Decoder::default(),
             deflate: None,
-            history: History::default(),
             out: Outbound::default(),
             last_seen_ms: now_ms,
             next_ping_ms: u64::MAX,
@@ -269,9 +270,11 @@ impl<S: Socket> Session<S> {
             writable_interest: false,
             paused: false,
             counted_http: true,
+            requests: 0,
             sse: false,
             timer: None,
             dirty: false,
+            handshake_waiting: false,
         }
     }
 
@@ -332,6 +335,35 @@ impl<S: Socket> Session<S> {
     /// Still counted against `max_http_connections`.
     pub(crate) fn counted_http(&self) -> bool {
         self.counted_http
+    }
+
+    /// A pre-upgrade connection between requests (or that has sent
+    /// nothing): no request partly read, no response being written. Returns
+    /// the loop-clock ms it has been idle since (`None`: busy, or upgraded).
+    pub(crate) fn http_idle_since(&self) -> Option<u64> {
+        let idle = matches!(self.phase, Phase::Http)
+            && self.pending_input.is_empty()
+            && self.out.is_empty()
+            && !self.transport.has_pending();
+        idle.then_some(self.last_seen_ms)
+    }
+
+    /// No longer counted against `max_http_connections` (its slot was
+    /// given to a new connection); `true` if it was counted.
+    pub(crate) fn uncount_http(&mut self) -> bool {
+        std::mem::replace(&mut self.counted_http, false)
+    }
+
+    /// Counts a request answered; `false` once the connection has served
+    /// [`MAX_REQUESTS_PER_CONNECTION`]: this response closes it.
+    pub(crate) fn count_request(&mut self) -> bool {
+        self.requests = self.requests.saturating_add(1);
+        self.requests < MAX_REQUESTS_PER_CONNECTION
+    }
+
+    /// Its TLS handshake is still in progress.
+    pub(crate) fn tls_handshaking(&self) -> bool {
+        self.transport.is_handshaking()
     }
 
     /// Whether this session receives positions (and may resume).

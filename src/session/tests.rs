@@ -596,8 +596,10 @@ fn ping_jitter_stays_within_a_tenth_and_spreads_consecutive_sessions() {
 fn a_session_stays_small() {
     // Every idle connection pays this in the slab (BENCHMARKS.md).
     // 304 before permessage-deflate, whose RSV1 flag in the decoder and
-    // history pointer take 16 more; the client address behind proxies 8
-    // more (the peer is kept as address and port, not a 32-byte SocketAddr).
+    // parameters take 8 more (no inflate history is kept since issue 19);
+    // the request count and flags of issue 19 and SSE fill the last 8; the
+    // client address behind proxies 8 more (the peer is kept as address
+    // and port, not a 32-byte SocketAddr).
     let size = std::mem::size_of::<Session>();
     assert!(size <= 328, "{size} bytes");
 }
