@@ -14,7 +14,9 @@
 //! offer permessage-deflate like a browser, and a `wshub-deflate` column runs
 //! the binary with `compression: true`), `--sse` (a `wshub-sse` column: the
 //! same binary, its receivers Server-Sent Events streams instead of
-//! WebSockets), `--size B` (broadcast body bytes,
+//! WebSockets), `--history` (a `wshub-history` column: the same binary with
+//! `history.size: 100`, its receivers not recovering: the cost of keeping
+//! history), `--size B` (broadcast body bytes,
 //! default 100), `--sus-rx N` (sustained receivers, default 1,000),
 //! `--cluster` (instead of the above: one node against three nodes over a
 //! private `redis-server`; relay and REST broadcast, see `load/cluster.rs`).
@@ -196,6 +198,7 @@ struct Flags {
     serve_ceiling: Option<String>,
     compression: bool,
     sse: bool,
+    history: bool,
     size: Option<String>,
     sus_rx: Option<String>,
 }
@@ -217,6 +220,7 @@ fn read_flags(args: &[String]) -> Result<Flags> {
             "--no-ceiling" => f.no_ceiling = true,
             "--compression" => f.compression = true,
             "--sse" => f.sse = true,
+            "--history" => f.history = true,
             "--size" => f.size = Some(value()?),
             "--sus-rx" => f.sus_rx = Some(value()?),
             "--peer" => f.peers.push(value()?),
@@ -298,6 +302,9 @@ fn server_list(f: &Flags) -> Result<Vec<Flavor>> {
         }
         if f.sse {
             servers.push(Flavor::WshubSse);
+        }
+        if f.history {
+            servers.push(Flavor::WshubHistory);
         }
     }
     if f.baseline.is_some() {

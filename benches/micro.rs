@@ -1,7 +1,8 @@
 //! Criterion micro-benches for wshub's CPU paths (issue 7, part 1): frame
 //! encoding and decoding, broadcast fan-out to 10k sessions with mock
 //! sockets, HTTP head parsing, and JSON message routing. The timer wheel has
-//! its own file (`benches/wheel.rs`).
+//! its own file (`benches/wheel.rs`). Issue 24 adds the client-address
+//! derivation (`client_ip`: header walks, PROXY header, per-address count).
 //!
 //! Touches only the public `frame`, `http`, `message`, `router` and
 //! `outbound` modules: no sockets, no threads. Every fixture is checked with
@@ -18,7 +19,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use serde_json::value::RawValue;
-use wshub::deflate::{Codec, Encoded, History, Params};
+use wshub::deflate::{Codec, Encoded, Params};
 use wshub::frame::{self, Decoder, Inbound, Kind, Step, Wire};
 use wshub::http::{self, Method, Response};
 use wshub::message::{self, Outgoing};
@@ -332,9 +333,8 @@ Can you order for me? The usual, and a coffee with oat milk please. ";
 
 /// What a browser negotiates.
 const BROWSER: Params = Params {
-    server_window_bits: 15,
     client_window_bits: 15,
-    client_no_context_takeover: false,
+    plain_output: false,
 };
 
 /// One broadcast pass as the loop runs it with compression: the message is
@@ -382,7 +382,7 @@ fn deflate(c: &mut Criterion) {
     let json = chat_text_json(300);
     let plain_len = frame::encode(Kind::Text, &json).len();
     let deflated_len = codec
-        .compress(&json, 15)
+        .compress(&json)
         .map(|d| frame::encode_compressed(Kind::Text, d).len())
         .unwrap_or(0);
     assert!(
@@ -418,16 +418,15 @@ fn deflate(c: &mut Criterion) {
     }
     group.throughput(Throughput::Bytes(json.len() as u64));
     group.bench_function("compress_300B", |b| {
-        b.iter(|| black_box(codec.compress(black_box(&json), 15).map(<[u8]>::len)))
+        b.iter(|| black_box(codec.compress(black_box(&json)).map(<[u8]>::len)))
     });
     let deflated = codec
-        .compress(&json, 15)
+        .compress(&json)
         .map(<[u8]>::to_vec)
         .unwrap_or_default();
-    let mut history = History::default();
-    group.bench_function("inflate_300B_with_history", |b| {
+    group.bench_function("inflate_300B", |b| {
         b.iter(|| {
-            let out = codec.inflate(&BROWSER, &mut history, black_box(&deflated), MAX_MESSAGE);
+            let out = codec.inflate(black_box(&deflated), MAX_MESSAGE);
             assert_eq!(out.as_deref().ok(), Some(&json[..]));
         })
     });
@@ -636,9 +635,88 @@ fn quick() -> Criterion {
         .measurement_time(Duration::from_secs(2))
 }
 
+// ---- client addresses ----
+
+/// What deriving a connection's client costs (issue 24): the check every
+/// connection pays (an untrusted peer: its own address), the header walks
+/// a request from a trusted proxy pays, the PROXY header a balancer's
+/// connection pays, and one admit/release of `max_connections_per_ip`.
+fn client_addresses(c: &mut Criterion) {
+    use std::net::IpAddr;
+    use wshub::client_ip::proxy::{self, Parsed};
+    use wshub::client_ip::{ClientIpHeader, Clients, PerIp, Trusted};
+
+    let mut group = c.benchmark_group("client_ip");
+    let trusted = Trusted::parse(&["10.0.0.0/8", "172.16.0.0/12", "fd00::/8"]).expect("blocks");
+    let clients = |header| Clients {
+        trusted: trusted.clone(),
+        header,
+        proxy_protocol: false,
+        per_ip: PerIp::new(0),
+    };
+    let head = b"GET /api/ws/connect?user_id=u1 HTTP/1.1\r\nHost: x\r\n\
+X-Forwarded-For: 198.51.100.9, 203.0.113.7, 10.0.0.2, 10.0.0.3\r\n\
+Forwarded: for=198.51.100.9, for=\"[2001:db8::7]:4711\";proto=https, for=10.0.0.2, for=10.0.0.3\r\n\r\n";
+    let request = http::parse_head(head, 16384, 0)
+        .expect("valid")
+        .expect("whole");
+    let proxy: IpAddr = "10.0.0.4".parse().expect("ip");
+    let stranger: IpAddr = "192.0.2.1".parse().expect("ip");
+
+    let xff = clients(ClientIpHeader::XForwardedFor);
+    assert_eq!(xff.client_of(stranger, &request), stranger);
+    group.bench_function("untrusted_peer", |b| {
+        b.iter(|| xff.client_of(black_box(stranger), black_box(&request)))
+    });
+    assert_eq!(xff.client_of(proxy, &request).to_string(), "203.0.113.7");
+    group.bench_function("x_forwarded_for_4_hops", |b| {
+        b.iter(|| xff.client_of(black_box(proxy), black_box(&request)))
+    });
+    let fwd = clients(ClientIpHeader::Forwarded);
+    assert_eq!(fwd.client_of(proxy, &request).to_string(), "2001:db8::7");
+    group.bench_function("forwarded_4_hops", |b| {
+        b.iter(|| fwd.client_of(black_box(proxy), black_box(&request)))
+    });
+
+    let v1 = b"PROXY TCP4 203.0.113.7 10.0.0.1 4660 443\r\nGET / HTTP/1.1\r\n";
+    assert!(matches!(
+        proxy::parse(v1),
+        Parsed::Header {
+            len: 42,
+            source: Some(_)
+        }
+    ));
+    group.bench_function("proxy_v1", |b| b.iter(|| proxy::parse(black_box(v1))));
+    let mut v2 = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x12".to_vec();
+    v2.extend([203, 0, 113, 7, 10, 0, 0, 1, 0x12, 0x34, 0x01, 0xbb]);
+    v2.extend([0xEA, 0x00, 0x03, b'v', b'p', b'c']);
+    assert!(matches!(
+        proxy::parse(&v2),
+        Parsed::Header {
+            len: 34,
+            source: Some(_)
+        }
+    ));
+    group.bench_function("proxy_v2", |b| b.iter(|| proxy::parse(black_box(&v2))));
+
+    let mut limit = PerIp::new(16);
+    for i in 0..10_000u32 {
+        assert!(limit.admit(IpAddr::from(i.to_be_bytes())));
+    }
+    let client: IpAddr = "203.0.113.7".parse().expect("ip");
+    group.bench_function("per_ip_admit_release_10k_addresses", |b| {
+        b.iter(|| {
+            let admitted = limit.admit(black_box(client));
+            limit.release(client);
+            admitted
+        })
+    });
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = quick();
-    targets = frames, fanout, deflate, http_heads, json_routing
+    targets = frames, fanout, deflate, http_heads, json_routing, client_addresses
 }
 criterion_main!(benches);

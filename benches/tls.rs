@@ -5,6 +5,11 @@
 //! after another, lets them go idle, and reads the server's counting
 //! allocator (`wshub_heap_allocated_bytes` in `/metrics`) before and after.
 //! Prints one Markdown row per transport: heap per idle session in bytes.
+//! `--deflate` adds two rows over plain TCP with `compression: true`:
+//! sessions that negotiated permessage-deflate and sent one compressed
+//! message before going idle, beside plain sessions that sent the same
+//! message plain (issue 19: an idle compressed session costs what a plain
+//! one does, after traffic too).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -52,9 +57,18 @@ impl Drop for Server {
 
 impl Server {
     fn start(bin: &Path, dir: &Path, tls: Option<(&Path, &Path)>) -> Result<Server, Error> {
+        Server::start_with(bin, dir, tls, "")
+    }
+
+    fn start_with(
+        bin: &Path,
+        dir: &Path,
+        tls: Option<(&Path, &Path)>,
+        websocket: &str,
+    ) -> Result<Server, Error> {
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let mut yaml = format!(
-            "app:\n  host: 127.0.0.1\n  port: {port}\nlog:\n  level: warn\nwebsocket:\n  max_connections: 20000\n  max_http_connections: 20000\n"
+            "app:\n  host: 127.0.0.1\n  port: {port}\nlog:\n  level: warn\nwebsocket:\n  max_connections: 20000\n  max_http_connections: 20000\n{websocket}"
         );
         if let Some((cert, key)) = tls {
             yaml.push_str(&format!(
@@ -123,10 +137,15 @@ impl Server {
 
     /// An upgraded chat session, its 101 read, left idle.
     fn open_session(&self, i: usize) -> Result<Conn, Error> {
+        self.open_session_with(i, "")
+    }
+
+    /// [`Server::open_session`] with extra request headers.
+    fn open_session_with(&self, i: usize, headers: &str) -> Result<Conn, Error> {
         let mut conn = self.connect()?;
         let io = conn.io();
         let request = format!(
-            "GET /api/ws/connect?user_id=u{i} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            "GET /api/ws/connect?user_id=u{i} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{headers}\r\n"
         );
         io.write_all(request.as_bytes())?;
         let mut reader = BufReader::new(io);
@@ -192,6 +211,53 @@ fn raise_descriptor_limit() {
     }
 }
 
+/// Heap per idle session, in bytes, for `n` sessions that each sent one
+/// 94-byte ping (compressed when `deflate`) and read its pong.
+fn measure_after_message(server: &Server, n: usize, deflate: bool) -> Result<f64, Error> {
+    let ping =
+        br#"{"type":"ping","content":"an idle session after one message, compressed or not....."}"#;
+    let frame = if deflate {
+        let mut z = flate2::Compress::new(flate2::Compression::default(), false);
+        let mut out = Vec::with_capacity(256);
+        z.compress_vec(ping, &mut out, flate2::FlushCompress::Sync)?;
+        out.truncate(out.len() - 4);
+        masked(0xC1, &out)
+    } else {
+        masked(0x81, ping)
+    };
+    let headers = if deflate {
+        "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+    } else {
+        ""
+    };
+    let before = server.heap()?;
+    let mut sessions = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut conn = server.open_session_with(i, headers)?;
+        let io = conn.io();
+        io.write_all(&frame)?;
+        // The pong: 2-byte head, then the JSON echoing the content.
+        let mut head = [0u8; 2];
+        io.read_exact(&mut head)?;
+        let mut body = vec![0u8; usize::from(head[1] & 0x7f)];
+        io.read_exact(&mut body)?;
+        sessions.push(conn);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let after = server.heap()?;
+    drop(sessions);
+    // Let the server reap them before the next round's baseline.
+    std::thread::sleep(Duration::from_secs(2));
+    Ok((after as f64 - before as f64) / n as f64)
+}
+
+/// A masked client frame of under 126 bytes.
+fn masked(first: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = vec![first, 0x80 | payload.len() as u8, 0, 0, 0, 0];
+    out.extend_from_slice(payload);
+    out
+}
+
 /// Heap per idle session, in bytes, for `n` sessions.
 fn measure(server: &Server, n: usize) -> Result<f64, Error> {
     let before = server.heap()?;
@@ -230,6 +296,16 @@ fn main() -> Result<(), Error> {
     let tls = Server::start(&bin, &dir, Some((&cert, &key)))?;
     println!("| TLS 1.3 | {:.0} |", measure(&tls, n)?);
     drop(tls);
+    if args.iter().any(|a| a == "--deflate") {
+        let server = Server::start_with(&bin, &dir, None, "  compression: true\n")?;
+        // A first round makes the loop's one compressor and inflater and
+        // grows its tables; then compressed, then plain, on the same server.
+        measure_after_message(&server, n, true)?;
+        let deflated = measure_after_message(&server, n, true)?;
+        let plain = measure_after_message(&server, n, false)?;
+        println!("| plain TCP, compression on, after one compressed message | {deflated:.0} |");
+        println!("| plain TCP, compression on, after one plain message | {plain:.0} |");
+    }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

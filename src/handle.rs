@@ -203,15 +203,24 @@ impl Handle {
         })
     }
 
-    /// For the cluster's bridge threads: waits while the queue is full
-    /// instead of failing, so nothing from other nodes is dropped here;
-    /// the back-pressure reaches Redis. Fails once the loop is gone.
+    /// For the cluster's bridge threads' control events (link state, view,
+    /// confirmations: few and small): waits while the queue is full
+    /// instead of failing. Fails once the loop is gone.
     pub(crate) fn send_from_bridge(&self, event: crate::cluster::Event) -> Result<(), HandleError> {
         self.enqueue(|sender| {
             sender
                 .send(Command::Cluster(event))
                 .map_err(|_| HandleError::Closed)
         })
+    }
+
+    /// For a message from another node: never waits (the subscriber must
+    /// keep reading its Redis connection); `QueueFull` drops it.
+    pub(crate) fn try_send_from_bridge(
+        &self,
+        event: crate::cluster::Event,
+    ) -> Result<(), HandleError> {
+        self.send(Command::Cluster(event))
     }
 
     fn send(&self, command: Command) -> Result<(), HandleError> {

@@ -7,7 +7,7 @@
 //! the thread that serves every connection.
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use crate::audience::Audience;
 use crate::audience::SessionKey;
@@ -26,8 +26,12 @@ pub struct SessionInfo<'a> {
     pub key: SessionKey,
     /// Its user id; `None` for anonymous sessions.
     pub user: Option<&'a str>,
-    /// The peer's address.
+    /// The address that connected: the TCP peer, or the source a PROXY
+    /// header from a trusted balancer named.
     pub peer: SocketAddr,
+    /// The client behind trusted proxies (README "Behind a proxy"); the
+    /// peer's address when no proxy is trusted.
+    pub client: IpAddr,
 }
 
 /// Why a session ended.

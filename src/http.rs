@@ -52,8 +52,37 @@ pub struct Request {
     pub websocket_extensions: Option<String>,
     /// `Authorization`, when sent.
     pub authorization: Option<Vec<u8>>,
+    /// The headers a proxy names the client in, kept for
+    /// `app.client_ip_header` (read only from trusted peers); `None` when
+    /// the request has none (boxed: most requests carry none, and every
+    /// request passes through the decoder's units by value).
+    pub forwarding: Option<Box<Forwarding>>,
     /// `Last-Event-ID` (an `EventSource` resuming), when sent as text.
     pub last_event_id: Option<Box<str>>,
+}
+
+/// Forwarding headers as sent, every line of each joined in order
+/// (`X-Forwarded-For` and `Forwarded` with `, `, as one list; `X-Real-IP`
+/// with `,`, which makes several lines no address at all). Unallocated
+/// when absent.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Forwarding {
+    /// `X-Forwarded-For`.
+    pub x_forwarded_for: Option<Vec<u8>>,
+    /// RFC 7239 `Forwarded`.
+    pub forwarded: Option<Vec<u8>>,
+    /// `X-Real-IP`.
+    pub x_real_ip: Option<Vec<u8>>,
+}
+
+fn append_line(joined: &mut Option<Vec<u8>>, separator: &[u8], value: &[u8]) {
+    match joined {
+        Some(all) => {
+            all.extend_from_slice(separator);
+            all.extend_from_slice(value);
+        }
+        None => *joined = Some(value.to_vec()),
+    }
 }
 
 /// Why a request head was refused; each maps to one status code.
@@ -167,6 +196,7 @@ pub fn parse_complete_head(
         origin: None,
         websocket_extensions: None,
         authorization: None,
+        forwarding: None,
         last_event_id: None,
     };
     let mut content_length: Option<usize> = None;
@@ -225,6 +255,15 @@ fn apply_header(
         request.origin = Some(value.trim_ascii().to_vec());
     } else if name.eq_ignore_ascii_case("authorization") {
         request.authorization = Some(value.to_vec());
+    } else if name.eq_ignore_ascii_case("x-forwarded-for") {
+        let forwarding = request.forwarding.get_or_insert_with(Box::default);
+        append_line(&mut forwarding.x_forwarded_for, b", ", value);
+    } else if name.eq_ignore_ascii_case("forwarded") {
+        let forwarding = request.forwarding.get_or_insert_with(Box::default);
+        append_line(&mut forwarding.forwarded, b", ", value);
+    } else if name.eq_ignore_ascii_case("x-real-ip") {
+        let forwarding = request.forwarding.get_or_insert_with(Box::default);
+        append_line(&mut forwarding.x_real_ip, b",", value);
     } else if name.eq_ignore_ascii_case("last-event-id") {
         request.last_event_id = std::str::from_utf8(value.trim_ascii()).ok().map(Box::from);
     }
@@ -393,6 +432,28 @@ mod tests {
             std::mem::size_of::<Request>() < 256,
             "a unit of input stays small"
         );
+    }
+
+    #[test]
+    fn forwarding_headers_join_their_lines_in_order() {
+        let head = b"GET / HTTP/1.1\r\nX-Forwarded-For: 1.1.1.1\r\nHost: x\r\n\
+x-forwarded-for: 2.2.2.2, 3.3.3.3\r\nForwarded: for=a\r\nFORWARDED: for=b\r\n\
+X-Real-IP: 4.4.4.4\r\nX-Real-Ip: 5.5.5.5\r\n\r\n";
+        let req = parse_head(head, 16384, 0).unwrap().unwrap();
+        let forwarding = req.forwarding.unwrap();
+        assert_eq!(
+            forwarding.x_forwarded_for.as_deref(),
+            Some(&b"1.1.1.1, 2.2.2.2, 3.3.3.3"[..])
+        );
+        assert_eq!(forwarding.forwarded.as_deref(), Some(&b"for=a, for=b"[..]));
+        assert_eq!(
+            forwarding.x_real_ip.as_deref(),
+            Some(&b"4.4.4.4,5.5.5.5"[..])
+        );
+        let plain = parse_head(b"GET / HTTP/1.1\r\n\r\n", 16384, 0)
+            .unwrap()
+            .unwrap();
+        assert!(plain.forwarding.is_none());
     }
 
     #[test]

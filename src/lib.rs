@@ -32,7 +32,9 @@
 //! | `session` | one connection as a state machine over its transport: phase, input, decoder, queue, deadlines; reports what happened, the loop applies it |
 //! | `transport` | the stream under a session: plain TCP or TLS; **a new transport is a variant of `transport::Transport`** |
 //! | `tls` | `tls.cert`/`tls.key` → a rustls server config; reload on SIGHUP |
+//! | [`client_ip`] | the client behind proxies: trusted blocks, forwarding-header walks, the PROXY header, per-address counts |
 //! | [`http`] | request heads (`httparse`) and responses |
+//! | `http_slots` | which idle pre-upgrade connection gives up its slot at `max_http_connections` |
 //! | `rest` | the HTTP endpoints: answer, upgrade or push |
 //! | [`frame`] | WebSocket frames in (validated, reassembled) and out (encoded once) |
 //! | `sse` | Server-Sent Events: the stream's head, events (encoded once) and heartbeat |
@@ -81,6 +83,7 @@ pub mod app;
 pub mod audience;
 pub(crate) mod auth;
 pub(crate) mod cli;
+pub mod client_ip;
 pub(crate) mod cluster;
 pub mod config;
 pub mod deflate;
@@ -90,6 +93,7 @@ pub(crate) mod handle;
 pub(crate) mod history;
 pub(crate) mod hooks;
 pub mod http;
+pub(crate) mod http_slots;
 pub mod ids;
 pub(crate) mod jwks;
 pub mod jwt;

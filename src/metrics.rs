@@ -28,10 +28,14 @@ pub enum HandshakeFailure {
     Hook,
     /// A new connection at `max_http_connections` (503).
     HttpCapacity,
+    /// A client address at `max_connections_per_ip` (503, or closed).
+    IpLimit,
+    /// `proxy_protocol`: no valid PROXY header, or one from an untrusted peer.
+    ProxyHeader,
 }
 
 impl HandshakeFailure {
-    const ALL: [HandshakeFailure; 8] = [
+    const ALL: [HandshakeFailure; 10] = [
         HandshakeFailure::BadRequest,
         HandshakeFailure::Origin,
         HandshakeFailure::Auth,
@@ -40,6 +44,8 @@ impl HandshakeFailure {
         HandshakeFailure::Timeout,
         HandshakeFailure::Hook,
         HandshakeFailure::HttpCapacity,
+        HandshakeFailure::IpLimit,
+        HandshakeFailure::ProxyHeader,
     ];
 
     fn label(self) -> &'static str {
@@ -52,6 +58,8 @@ impl HandshakeFailure {
             HandshakeFailure::Timeout => "timeout",
             HandshakeFailure::Hook => "hook",
             HandshakeFailure::HttpCapacity => "http_capacity",
+            HandshakeFailure::IpLimit => "ip_limit",
+            HandshakeFailure::ProxyHeader => "proxy_header",
         }
     }
 }
@@ -122,6 +130,16 @@ pub struct Metrics {
     pub rate_limited_messages: u64,
     /// Sessions closed with 1008 for flooding.
     pub rate_limit_closes: u64,
+    /// Client messages dropped over `max_bytes_per_second` (also counted
+    /// in `rate_limited_messages`).
+    pub byte_limited_messages: u64,
+    /// Idle pre-upgrade connections closed to make room for a new one at
+    /// `max_http_connections`.
+    pub http_evictions: u64,
+    /// Keep-alive connections closed after their 1000th request.
+    pub http_request_cap_closes: u64,
+    /// TLS handshake reads put off to a later pass (over the per-pass budget).
+    pub handshakes_deferred: u64,
     handshake_failures: [u64; HandshakeFailure::ALL.len()],
     close_codes: [u64; CLOSE_CODES.len() + 1],
     iterations: u64,
@@ -161,7 +179,7 @@ impl Metrics {
     /// The Prometheus text exposition (format 0.0.4).
     pub fn render(&self, shared: &Shared, heap_bytes: Option<usize>) -> String {
         let mut out = String::with_capacity(4096);
-        let simple: [Single<'_>; 15] = [
+        let simple: [Single<'_>; 19] = [
             (
                 "wshub_connections_open",
                 "gauge",
@@ -231,8 +249,32 @@ impl Metrics {
             (
                 "wshub_rate_limited_messages_total",
                 "counter",
-                "Client messages dropped over max_messages_per_second (the 1008 closes included).",
+                "Client messages dropped over max_messages_per_second or max_bytes_per_second (the 1008 closes included).",
                 self.rate_limited_messages,
+            ),
+            (
+                "wshub_byte_limited_messages_total",
+                "counter",
+                "Client messages dropped over max_bytes_per_second (also in wshub_rate_limited_messages_total).",
+                self.byte_limited_messages,
+            ),
+            (
+                "wshub_http_evictions_total",
+                "counter",
+                "Idle pre-upgrade connections closed to make room at max_http_connections.",
+                self.http_evictions,
+            ),
+            (
+                "wshub_http_request_cap_closes_total",
+                "counter",
+                "Keep-alive connections closed after serving 1000 requests.",
+                self.http_request_cap_closes,
+            ),
+            (
+                "wshub_tls_handshakes_deferred_total",
+                "counter",
+                "TLS handshake reads put off to a later loop pass (over the per-pass budget).",
+                self.handshakes_deferred,
             ),
             (
                 "wshub_rate_limit_closes_total",

@@ -206,7 +206,10 @@ impl Route {
 /// A new endpoint is one row here; it needs the admin token unless the row
 /// says `.public()`. A wrong method gets 405 before the token is looked at.
 const ROUTES: [Route; 8] = [
-    Route::new(Verb::Get, "/health", Scope::Always, |_, _, ctx| health(ctx)).public(),
+    Route::new(Verb::Get, "/health", Scope::Always, |r, _, ctx| {
+        health(r, ctx)
+    })
+    .public(),
     Route::new(Verb::Get, "/metrics", Scope::Always, |_, _, _| {
         Outcome::Metrics
     }),
@@ -313,13 +316,22 @@ fn static_file(path: &str, get: bool, ctx: &Context<'_>) -> Option<Outcome> {
     )))
 }
 
-fn health(ctx: &Context<'_>) -> Outcome {
+/// Cut off from Redis the node still serves its own sessions, so plain
+/// `/health` stays 200 (degraded): a shared Redis outage must not make a
+/// load balancer drain every node at once. `?cluster=required` answers 503
+/// then, for balancers that should drain a node cut off alone.
+fn health(request: &Request, ctx: &Context<'_>) -> Outcome {
     match ctx.cluster {
-        // Load balancers drain a node cut off from the others.
-        Cluster::Down => Outcome::Respond(Response::json(
-            503,
-            &serde_json::json!({ "status": "degraded", "cluster": "down" }),
-        )),
+        Cluster::Down => {
+            let required = auth::query_param(&request.target, "cluster")
+                .ok()
+                .flatten()
+                .is_some_and(|v| v == "required");
+            Outcome::Respond(Response::json(
+                if required { 503 } else { 200 },
+                &serde_json::json!({ "status": "degraded", "cluster": "down" }),
+            ))
+        }
         _ => ok(serde_json::json!({ "status": "ok" })),
     }
 }
@@ -710,7 +722,15 @@ mod tests {
         );
         assert_eq!(
             get("/health", None),
+            (200, r#"{"cluster":"down","status":"degraded"}"#.into())
+        );
+        assert_eq!(
+            get("/health?cluster=required", None),
             (503, r#"{"cluster":"down","status":"degraded"}"#.into())
+        );
+        assert_eq!(
+            get("/health?cluster=required", Some(&view)),
+            (200, r#"{"status":"ok"}"#.into())
         );
         assert_eq!(
             get("/api/ws/status", None),

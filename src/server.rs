@@ -46,6 +46,8 @@ pub enum ServerError {
     },
     /// `tls.cert` or `tls.key` cannot be used (the error names which).
     Tls(crate::tls::TlsError),
+    /// The cluster refused to start (the message names the key).
+    Cluster(String),
     /// A `jwt:` key cannot be used (the error names which).
     Jwt(crate::jwt::KeyError),
     /// Setting up or running the event loop failed.
@@ -65,6 +67,7 @@ impl fmt::Display for ServerError {
             }
             ServerError::Io { context, source } => write!(f, "{context}: {source}"),
             ServerError::Tls(e) => write!(f, "config: {e}"),
+            ServerError::Cluster(e) => write!(f, "config: {e}"),
             ServerError::Jwt(e) => write!(f, "config: {e}"),
         }
     }
@@ -75,6 +78,7 @@ impl std::error::Error for ServerError {
         match self {
             ServerError::Bind { source, .. } | ServerError::Io { source, .. } => Some(source),
             ServerError::Tls(e) => Some(e),
+            ServerError::Cluster(_) => None,
             ServerError::Jwt(e) => Some(e),
         }
     }
@@ -221,11 +225,29 @@ impl Server {
             },
             self.config.websocket.max_connections
         );
-        let cluster = self
-            .config
-            .cluster
-            .enabled()
-            .then(|| Link::start(&self.config.cluster, self.handle.clone()));
+        let app = &self.config.app;
+        if !app.trusted_proxies.is_empty() {
+            log::info!(
+                "client addresses: trusted proxies [{}], {}",
+                app.trusted_proxies,
+                if app.proxy_protocol {
+                    "PROXY protocol required".to_owned()
+                } else {
+                    format!("header {}", app.client_ip_header.name())
+                }
+            );
+        }
+        let cluster = match self.config.cluster.enabled() {
+            true => Some(
+                Link::start(
+                    &self.config.cluster,
+                    &self.config.websocket,
+                    self.handle.clone(),
+                )
+                .map_err(ServerError::Cluster)?,
+            ),
+            false => None,
+        };
         self.jwt.start_refresh();
         EventLoop::new(Parts {
             poll: self.poll,

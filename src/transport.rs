@@ -29,11 +29,20 @@ use rustls::ServerConnection;
 pub(crate) trait Socket: Read + Write {
     /// Sends FIN: the peer reads the end, we can still read.
     fn shutdown_write(&mut self) -> io::Result<()>;
+
+    /// Reads without consuming (`MSG_PEEK`): a PROXY header is looked at
+    /// until it is whole, and only its own bytes are taken, so what follows
+    /// stays for the transport (TLS included).
+    fn peek(&mut self, buf: &mut [u8]) -> io::Result<usize>;
 }
 
 impl Socket for TcpStream {
     fn shutdown_write(&mut self) -> io::Result<()> {
         self.shutdown(Shutdown::Write)
+    }
+
+    fn peek(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        TcpStream::peek(self, buf)
     }
 }
 
@@ -68,6 +77,12 @@ impl<S: Socket> Transport<S> {
     /// taken only part of what is waiting. Read until `WouldBlock`.
     pub(crate) fn reads_to_block(&self) -> bool {
         matches!(self, Transport::Tls(_))
+    }
+
+    /// A TLS handshake is still in progress (its next read may cost a
+    /// signature).
+    pub(crate) fn is_handshaking(&self) -> bool {
+        matches!(self, Transport::Tls(tls) if tls.conn.is_handshaking())
     }
 
     /// Output is waiting below the plaintext (TLS records, handshake).
@@ -232,6 +247,21 @@ pub(crate) mod mock {
         fn shutdown_write(&mut self) -> io::Result<()> {
             self.shut_write = true;
             Ok(())
+        }
+
+        fn peek(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.input.is_empty() {
+                return if self.eof {
+                    Ok(0)
+                } else {
+                    Err(io::ErrorKind::WouldBlock.into())
+                };
+            }
+            let n = buf.len().min(self.input.len());
+            for (to, from) in buf.iter_mut().zip(self.input.iter()) {
+                *to = *from;
+            }
+            Ok(n)
         }
     }
 

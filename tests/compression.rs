@@ -32,9 +32,12 @@ struct Raw {
     stream: TcpStream,
     /// The server's `Sec-WebSocket-Extensions`, if any.
     extensions: Option<String>,
-    /// The client's compressor; it keeps its context (as browsers do)
-    /// unless reset by the test.
+    /// The client's compressor: reset before each message, as the server
+    /// answers `client_no_context_takeover` (PROTOCOL.md section 7a),
+    /// unless `keep_context` is set.
     compressor: Compress,
+    /// Misbehave: keep the compressor's context across messages.
+    keep_context: bool,
 }
 
 impl Raw {
@@ -67,6 +70,7 @@ impl Raw {
             stream,
             extensions,
             compressor: Compress::new(Compression::default(), false),
+            keep_context: false,
         }
     }
 
@@ -78,8 +82,12 @@ impl Raw {
         self.send_raw(&client_frame(0x81, text.as_bytes()));
     }
 
-    /// Deflates `payload` with the client's context (sync flush, tail removed).
+    /// Deflates `payload` (sync flush, tail removed), from a fresh context
+    /// unless `keep_context`.
     fn deflate(&mut self, payload: &[u8]) -> Vec<u8> {
+        if !self.keep_context {
+            self.compressor.reset();
+        }
         let mut out = Vec::with_capacity(payload.len() + 1024);
         let mut input = payload;
         loop {
@@ -199,7 +207,7 @@ fn a_compressing_and_a_plain_client_share_one_room_and_one_broadcast() {
     );
     assert_eq!(
         deflating.extensions.as_deref(),
-        Some("permessage-deflate; server_no_context_takeover")
+        Some("permessage-deflate; server_no_context_takeover; client_no_context_takeover")
     );
     let mut plain = server.connect(Some("plain"));
     let mut sender = server.connect(Some("sender"));
@@ -269,11 +277,10 @@ fn a_compression_bomb_closes_with_1009_while_inflating() {
 }
 
 #[test]
-fn fragmented_and_context_taking_compressed_messages_inflate() {
+fn fragmented_compressed_messages_inflate_and_no_context_is_kept() {
     let server = TestServer::start(config(true));
     let mut raw = Raw::open(server.addr, "/api/ws/echo", Some(BROWSER_OFFER));
-    // Three messages from one compressor context: later ones refer back.
-    let text = "permessage-deflate keeps its context across messages. ".repeat(6);
+    let text = "each message is compressed from a fresh context. ".repeat(6);
     for _ in 0..3 {
         raw.send_compressed(&text);
         assert_eq!(raw.recv_message(), (true, text.clone()));
@@ -295,6 +302,15 @@ fn fragmented_and_context_taking_compressed_messages_inflate() {
     bad.extend(client_frame(0xC0, &deflated[third..]));
     raw.send_raw(&bad);
     assert_eq!(raw.expect_close(), 1002);
+
+    // A client that takes its context over despite the answer refers back
+    // into a message the server did not keep: invalid data, 1007.
+    let mut raw = Raw::open(server.addr, "/api/ws/echo", Some(BROWSER_OFFER));
+    raw.keep_context = true;
+    raw.send_compressed(&text);
+    assert_eq!(raw.recv_message(), (true, text.clone()));
+    raw.send_compressed(&text);
+    assert_eq!(raw.expect_close(), 1007);
 }
 
 #[test]
@@ -329,11 +345,11 @@ fn offers_we_decline_and_a_disabled_server_proceed_uncompressed() {
     let raw = Raw::open(
         server.addr,
         "/api/ws/echo",
-        Some("permessage-deflate; server_max_window_bits=8, permessage-deflate; client_no_context_takeover; server_max_window_bits=10"),
+        Some("permessage-deflate; server_max_window_bits=8, permessage-deflate; client_no_context_takeover; server_max_window_bits=15"),
     );
     assert_eq!(
         raw.extensions.as_deref(),
-        Some("permessage-deflate; server_no_context_takeover; client_no_context_takeover; server_max_window_bits=10")
+        Some("permessage-deflate; server_no_context_takeover; client_no_context_takeover; server_max_window_bits=15")
     );
 
     // compression: false (the default) never negotiates.
@@ -345,31 +361,39 @@ fn offers_we_decline_and_a_disabled_server_proceed_uncompressed() {
 }
 
 #[test]
-fn a_client_without_context_takeover_and_a_small_window_is_honoured() {
+fn a_small_server_window_gets_plain_frames_and_a_small_client_window_is_honoured() {
     let server = TestServer::start(config(true));
+    // A smaller server window would mean a second compression of every
+    // broadcast: that session is sent plain frames instead.
     let mut raw = Raw::open(
         server.addr,
         "/api/ws/echo",
-        Some("permessage-deflate; client_no_context_takeover; client_max_window_bits=9; server_max_window_bits=9"),
+        Some("permessage-deflate; server_max_window_bits=9; client_max_window_bits=9"),
     );
     assert_eq!(
         raw.extensions.as_deref(),
         Some("permessage-deflate; server_no_context_takeover; client_no_context_takeover; server_max_window_bits=9; client_max_window_bits=9")
     );
     raw.compressor = Compress::new_with_window_bits(Compression::default(), false, 9);
-    let text = "a small window and a fresh context each time. ".repeat(30);
+    let text = "a small server window gets it plain. ".repeat(30);
     for _ in 0..2 {
-        raw.compressor.reset();
         raw.send_compressed(&text);
-        let (first, payload) = raw.recv();
-        assert_eq!(first, 0xC1);
-        // The server kept to a 512-byte window: a 9-bit inflater reads it.
-        let mut input = payload.clone();
-        input.extend_from_slice(&TAIL);
-        let mut out = Vec::with_capacity(text.len() + 64);
-        Decompress::new_with_window_bits(false, 9)
-            .decompress_vec(&input, &mut out, FlushDecompress::Sync)
-            .unwrap();
-        assert_eq!(out, text.as_bytes());
+        assert_eq!(raw.recv_message(), (false, text.clone()));
+    }
+    // The usual offer: compressed both ways.
+    let mut raw = Raw::open(
+        server.addr,
+        "/api/ws/echo",
+        Some("permessage-deflate; client_max_window_bits=9"),
+    );
+    assert_eq!(
+        raw.extensions.as_deref(),
+        Some("permessage-deflate; server_no_context_takeover; client_no_context_takeover; client_max_window_bits=9")
+    );
+    raw.compressor = Compress::new_with_window_bits(Compression::default(), false, 9);
+    let text = "a small client window and a fresh context each time. ".repeat(30);
+    for _ in 0..2 {
+        raw.send_compressed(&text);
+        assert_eq!(raw.recv_message(), (true, text.clone()));
     }
 }

@@ -3,7 +3,9 @@
 //! messages — each through the pure function and, for the first two, through
 //! a live in-process server over loopback. Issue 10 adds pipelined requests
 //! from a client that does not read its responses (live), and sequences of
-//! room joins and leaves checked against a model (pure).
+//! room joins and leaves checked against a model (pure). Issue 24 adds the
+//! forwarding-header walks (against a literal right-to-left model) and the
+//! PROXY header parser (every cut, any tail, mutations).
 //!
 //! Each target runs at most `WSHUB_FUZZ_CASES` cases (default 256) and stops
 //! early after `WSHUB_FUZZ_SECS` seconds (default 30). `WSHUB_FUZZ_SEED`
@@ -1491,6 +1493,9 @@ fn http_pipelined_requests_with_an_unread_response_side() {
                     expected.push(*status);
                 }
             }
+            // One keep-alive connection serves at most 1000 requests: the
+            // 1000th response closes it.
+            expected.truncate(1000);
             let addr = if reads {
                 reading_server.addr
             } else {
@@ -1563,6 +1568,325 @@ fn http_pipelined_requests_with_an_unread_response_side() {
                 prop_assert!(ended || owed == 0, "an unread client was never closed");
             }
             assert_healthy(addr)
+        },
+    );
+}
+
+// ------------------------------------------------- client addresses ----
+
+/// One hop of a forwarding header, as the fuzzer builds it.
+#[derive(Debug, Clone)]
+enum Hop {
+    /// An address (`port`: written with one).
+    Addr(std::net::IpAddr, bool),
+    /// Something that is not an address (the model knows it).
+    NotAddr(String),
+}
+
+fn hop() -> impl Strategy<Value = Hop> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    let v4 = (prop_oneof![Just(10u8), 1u8..10], any::<[u8; 3]>())
+        .prop_map(|(first, rest)| IpAddr::V4(Ipv4Addr::new(first, rest[0], rest[1], rest[2])));
+    let v6 = (prop_oneof![Just(0xffffu16), 1u16..4], any::<u16>()).prop_map(|(third, last)| {
+        IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, third, 0, 0, 0, 0, last))
+    });
+    let not_addr = prop_oneof![
+        Just("unknown".to_owned()),
+        Just("_hidden".to_owned()),
+        Just(String::new()),
+        Just("fe80::1%eth0".to_owned()),
+        Just("1.2.3.4:99999999".to_owned()),
+        "[a-z_]{1,12}",
+    ];
+    prop_oneof![
+        4 => (prop_oneof![v4, v6], any::<bool>()).prop_map(|(ip, port)| Hop::Addr(ip, port)),
+        1 => not_addr.prop_map(Hop::NotAddr),
+    ]
+}
+
+fn walk_trusted() -> wshub::client_ip::Trusted {
+    wshub::client_ip::Trusted::parse(&["10.0.0.0/8", "2001:db8:ffff::/48", "127.0.0.2"]).unwrap()
+}
+
+/// The contract, literally: from the peer leftwards, skip trusted hops;
+/// the first untrusted is the client; a non-address stops at the proxy
+/// right of it; all trusted: the leftmost.
+fn walk_model(peer: std::net::IpAddr, hops: &[Hop]) -> std::net::IpAddr {
+    let trusted = walk_trusted();
+    let mut answer = peer;
+    for hop in hops.iter().rev() {
+        match hop {
+            Hop::NotAddr(_) => return answer,
+            Hop::Addr(ip, _) if !trusted.contains(*ip) => return *ip,
+            Hop::Addr(ip, _) => answer = *ip,
+        }
+    }
+    answer
+}
+
+fn xff_text(hop: &Hop) -> String {
+    match hop {
+        Hop::Addr(ip @ std::net::IpAddr::V6(_), true) => format!("[{ip}]:4711"),
+        Hop::Addr(ip, true) => format!("{ip}:4711"),
+        Hop::Addr(ip, false) => ip.to_string(),
+        Hop::NotAddr(text) => text.clone(),
+    }
+}
+
+fn forwarded_text(hop: &Hop, extra: bool) -> String {
+    let node = match hop {
+        Hop::Addr(ip @ std::net::IpAddr::V6(_), port) => {
+            format!("\"[{ip}]{}\"", if *port { ":4711" } else { "" })
+        }
+        Hop::Addr(ip, true) => format!("\"{ip}:4711\""),
+        Hop::Addr(ip, false) => ip.to_string(),
+        Hop::NotAddr(text) if text.is_empty() => return "proto=http".to_owned(),
+        Hop::NotAddr(text) => format!("\"{text}\""),
+    };
+    if extra {
+        format!("proto=https;for={node};host=\"a.example,b;c\"")
+    } else {
+        format!("for={node}")
+    }
+}
+
+/// Both header walks give the model's answer on any chain of trusted,
+/// untrusted and broken hops, in any number of header lines; and a
+/// forwarding header is never read from an untrusted peer.
+#[test]
+fn client_ip_header_walks_match_the_right_to_left_model() {
+    use wshub::client_ip::{client_address, ClientIpHeader};
+    let strategy = (
+        proptest::collection::vec(hop(), 0..10),
+        any::<bool>(),
+        proptest::collection::vec(any::<bool>(), 10),
+    );
+    fuzz(
+        "client_ip_walks",
+        strategy,
+        true,
+        |(hops, extra, line_breaks)| {
+            let trusted = walk_trusted();
+            let peer: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+            let expected = walk_model(peer, &hops);
+            // Several header lines arrive joined by ", ", as http.rs joins them.
+            let xff: Vec<String> = hops.iter().map(xff_text).collect();
+            let xff = xff.join(", ");
+            let got = client_address(
+                peer,
+                &trusted,
+                ClientIpHeader::XForwardedFor,
+                Some(xff.as_bytes()),
+            );
+            prop_assert_eq!(got, expected, "X-Forwarded-For: {}", xff);
+            let mut fwd = String::new();
+            for (i, hop) in hops.iter().enumerate() {
+                if i > 0 {
+                    fwd.push_str(if line_breaks[i] { ", " } else { "," });
+                }
+                fwd.push_str(&forwarded_text(hop, extra && i % 2 == 0));
+            }
+            let got = client_address(
+                peer,
+                &trusted,
+                ClientIpHeader::Forwarded,
+                Some(fwd.as_bytes()),
+            );
+            prop_assert_eq!(got, expected, "Forwarded: {}", fwd);
+            let untrusted: std::net::IpAddr = "127.0.0.3".parse().unwrap();
+            for header in [ClientIpHeader::XForwardedFor, ClientIpHeader::Forwarded] {
+                let got = client_address(untrusted, &trusted, header, Some(xff.as_bytes()));
+                prop_assert_eq!(got, untrusted);
+            }
+            Ok(())
+        },
+    );
+}
+
+const FORWARDING_DICTIONARY: &[&[u8]] = &[
+    b",",
+    b";",
+    b"\"",
+    b"\\",
+    b"[",
+    b"]",
+    b":",
+    b"=",
+    b"for=",
+    b"For=",
+    b"%",
+    b"unknown",
+    b"_x",
+    b"10.0.0.1",
+    b"::1",
+    b"2001:db8::1",
+    b" ",
+    b"\t",
+];
+
+/// Arbitrary and mutated header values: no panic, and the answer is the
+/// peer or an address written somewhere in the value.
+#[test]
+fn client_ip_header_walks_survive_arbitrary_values() {
+    use wshub::client_ip::{client_address, ClientIpHeader};
+    let strategy = (
+        proptest::collection::vec(hop(), 0..6),
+        proptest::collection::vec(mutation(FORWARDING_DICTIONARY), 0..6),
+        proptest::collection::vec(any::<u8>(), 0..64),
+        any::<bool>(),
+    );
+    fuzz(
+        "client_ip_arbitrary",
+        strategy,
+        true,
+        |(hops, mutations, noise, use_noise)| {
+            let trusted = walk_trusted();
+            let peer: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+            let mut value = if use_noise {
+                noise
+            } else {
+                let text: Vec<String> = hops.iter().map(|h| forwarded_text(h, false)).collect();
+                text.join(", ").into_bytes()
+            };
+            mutate(&mut value, &mutations);
+            for header in [
+                ClientIpHeader::XForwardedFor,
+                ClientIpHeader::Forwarded,
+                ClientIpHeader::XRealIp,
+            ] {
+                let got = client_address(peer, &trusted, header, Some(&value));
+                if got != peer {
+                    // Its text (in some spelling) is in the value.
+                    let text = String::from_utf8_lossy(&value).to_ascii_lowercase();
+                    let v4_mapped = format!("::ffff:{got}");
+                    prop_assert!(
+                        text.contains(&got.to_string())
+                            || text.contains(&v4_mapped)
+                            || got.is_ipv6(),
+                        "{:?} from {:?}",
+                        got,
+                        text
+                    );
+                }
+            }
+            Ok(())
+        },
+    );
+}
+
+/// A PROXY header as a balancer writes it, and the source it names.
+fn proxy_header() -> impl Strategy<Value = (Vec<u8>, Option<SocketAddr>)> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    let v4 = (any::<[u8; 4]>(), any::<u16>())
+        .prop_map(|(o, port)| SocketAddr::new(IpAddr::V4(Ipv4Addr::from(o)), port));
+    let v6 = (any::<[u8; 16]>(), any::<u16>())
+        .prop_map(|(o, port)| SocketAddr::new(IpAddr::V6(Ipv6Addr::from(o)).to_canonical(), port));
+    let source = prop_oneof![v4, v6];
+    let v1 = proptest::option::of(source.clone()).prop_map(|source| {
+        let line = match source {
+            None => "PROXY UNKNOWN\r\n".to_owned(),
+            Some(SocketAddr::V4(a)) => {
+                format!("PROXY TCP4 {} 127.0.0.1 {} 80\r\n", a.ip(), a.port())
+            }
+            Some(SocketAddr::V6(a)) => {
+                // A v4-mapped source reads back as IPv4.
+                format!("PROXY TCP6 {} ::1 {} 80\r\n", a.ip(), a.port())
+            }
+        };
+        let source = source.map(|s| SocketAddr::new(s.ip().to_canonical(), s.port()));
+        (line.into_bytes(), source)
+    });
+    let v2 = (
+        proptest::option::of(source),
+        any::<bool>(),
+        proptest::collection::vec(any::<u8>(), 0..64),
+    )
+        .prop_map(|(source, local, tlvs)| {
+            let mut addresses = Vec::new();
+            let family = match source {
+                None => 0x00,
+                Some(SocketAddr::V4(a)) => {
+                    addresses.extend(a.ip().octets());
+                    addresses.extend([127, 0, 0, 1]);
+                    addresses.extend(a.port().to_be_bytes());
+                    addresses.extend([0, 80]);
+                    0x11
+                }
+                Some(SocketAddr::V6(a)) => {
+                    addresses.extend(a.ip().octets());
+                    addresses.extend([0; 15]);
+                    addresses.push(1);
+                    addresses.extend(a.port().to_be_bytes());
+                    addresses.extend([0, 80]);
+                    0x21
+                }
+            };
+            let mut out = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+            out.push(if local { 0x20 } else { 0x21 });
+            out.push(family);
+            out.extend(((addresses.len() + tlvs.len()) as u16).to_be_bytes());
+            out.extend(addresses);
+            out.extend(tlvs);
+            (out, if local { None } else { source })
+        });
+    prop_oneof![v1, v2]
+}
+
+const PROXY_DICTIONARY: &[&[u8]] = &[
+    b"PROXY ",
+    b"TCP4 ",
+    b"TCP6 ",
+    b"UNKNOWN",
+    b"\r\n",
+    b"\r",
+    b"\n",
+    b" ",
+    b"\r\n\r\n\0\r\nQUIT\n",
+    b"\x21\x11",
+    b"\xff\xff",
+    b"\x16\x03\x01",
+];
+
+/// The PROXY parser: a valid header is `Incomplete` at every cut, then
+/// whole with its exact length and source, whatever follows it; any input
+/// (mutated headers, noise) never panics, never claims more bytes than it
+/// saw or than the bound, and more bytes never change a verdict.
+#[test]
+fn proxy_header_parser_is_total_and_split_stable() {
+    use wshub::client_ip::proxy::{parse, Parsed, MAX_HEADER};
+    let strategy = (
+        proxy_header(),
+        proptest::collection::vec(any::<u8>(), 0..32),
+        proptest::collection::vec(mutation(PROXY_DICTIONARY), 0..4),
+    );
+    fuzz(
+        "proxy_header",
+        strategy,
+        true,
+        |((header, source), tail, mutations)| {
+            for cut in 0..header.len() {
+                prop_assert_eq!(parse(&header[..cut]), Parsed::Incomplete, "cut {}", cut);
+            }
+            let mut input = header.clone();
+            input.extend(&tail);
+            let whole = Parsed::Header {
+                len: header.len(),
+                source,
+            };
+            prop_assert_eq!(parse(&input), whole);
+            mutate(&mut input, &mutations);
+            let mut before = Parsed::Incomplete;
+            for end in 0..=input.len() {
+                let now = parse(&input[..end]);
+                if let Parsed::Header { len, .. } = now {
+                    prop_assert!(len <= end && len <= MAX_HEADER);
+                }
+                if before != Parsed::Incomplete {
+                    prop_assert_eq!(now, before, "a verdict changed at {}", end);
+                }
+                before = now;
+            }
+            Ok(())
         },
     );
 }
@@ -1752,4 +2076,120 @@ fn regression_json_array_is_not_a_message() {
         (400, r#"{"error":"message must be a JSON object"}"#)
     );
     assert_eq!(b.sync(), Vec::<Value>::new(), "an array was delivered");
+}
+
+// ------------------------------------------- permessage-deflate (issue 19)
+
+/// Words offers are made of, for the mutator.
+const OFFER_WORDS: &[&[u8]] = &[
+    b"permessage-deflate",
+    b"; ",
+    b", ",
+    b"server_no_context_takeover",
+    b"client_no_context_takeover",
+    b"server_max_window_bits",
+    b"client_max_window_bits",
+    b"=",
+    b"\"",
+    b"8",
+    b"9",
+    b"14",
+    b"15",
+    b"16",
+    b"010",
+    b"x-webkit-deflate-frame",
+];
+
+fn offer_input() -> impl Strategy<Value = String> {
+    let seeds = vec![
+        "permessage-deflate; client_max_window_bits".to_owned(),
+        "permessage-deflate; server_max_window_bits=10; client_no_context_takeover".to_owned(),
+        "permessage-deflate; server_max_window_bits=8, permessage-deflate".to_owned(),
+        "permessage-deflate; client_max_window_bits=\"12\"; server_max_window_bits=15".to_owned(),
+    ];
+    (
+        proptest::sample::select(seeds),
+        proptest::collection::vec(mutation(OFFER_WORDS), 0..6),
+    )
+        .prop_map(|(seed, mutations)| {
+            let mut bytes = seed.into_bytes();
+            mutate(&mut bytes, &mutations);
+            String::from_utf8_lossy(&bytes).into_owned()
+        })
+}
+
+/// Every offer either is declined or gets an answer that takes no context
+/// over either way (no inflate history: section 7a), sends plain frames to
+/// a client that limited the server's window, and repeats only parameters
+/// the client offered.
+#[test]
+fn deflate_offers_are_declined_or_answered_without_context_takeover() {
+    fuzz("deflate_negotiate", offer_input(), true, |header| {
+        let Some(agreement) = wshub::deflate::negotiate(&header) else {
+            return Ok(());
+        };
+        let response = &agreement.response;
+        prop_assert!(
+            response.starts_with(
+                "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
+            ),
+            "{}",
+            response
+        );
+        let lower = header.to_ascii_lowercase();
+        let limited =
+            (9..15).any(|bits| response.contains(&format!("server_max_window_bits={bits}")));
+        prop_assert_eq!(agreement.params.plain_output, limited, "{}", response);
+        prop_assert!(
+            !response.contains("server_max_window_bits=8"),
+            "{}",
+            response
+        );
+        for name in ["server_max_window_bits", "client_max_window_bits"] {
+            if response.contains(name) {
+                prop_assert!(lower.contains(name), "{} answered but not offered", name);
+            }
+        }
+        prop_assert!((8..=15).contains(&agreement.params.client_window_bits));
+        Ok(())
+    });
+}
+
+/// Arbitrary bytes as a compressed message: inflated, refused as corrupt or
+/// as too big, never past the limit and never a panic; a valid message
+/// inflates to exactly what was compressed.
+#[test]
+fn deflate_inflate_holds_its_limit_on_any_input() {
+    let strategy = (
+        proptest::collection::vec(any::<u8>(), 0..2048),
+        proptest::collection::vec(mutation(&[b"\x00\x00\xff\xff", b"\x03\x00"]), 0..4),
+        proptest::sample::select(vec![0usize, 1, 100, 4096, 1 << 20]),
+    );
+    fuzz(
+        "deflate_inflate",
+        strategy,
+        true,
+        |(plain, mutations, max)| {
+            let mut codec = wshub::deflate::Codec::default();
+            let mut bytes = codec
+                .compress(&plain)
+                .map(<[u8]>::to_vec)
+                .unwrap_or_default();
+            let valid = mutations.is_empty() && !bytes.is_empty();
+            mutate(&mut bytes, &mutations);
+            match codec.inflate(&bytes, max) {
+                Ok(out) => {
+                    prop_assert!(out.len() <= max);
+                    if valid {
+                        prop_assert_eq!(out, plain);
+                    }
+                }
+                Err(wshub::deflate::InflateError::TooBig) => {
+                    prop_assert!(!valid || plain.len() > max);
+                }
+                Err(wshub::deflate::InflateError::Corrupt(_)) => prop_assert!(!valid),
+            }
+            Ok(())
+        },
+    );
 }

@@ -195,8 +195,9 @@ fn a_pipelining_client_that_reads_gets_every_response_in_order() {
     let server = TestServer::start(config);
     let mut stream = TcpStream::connect(server.addr).expect("connect");
     stream.set_read_timeout(Some(WAIT)).expect("timeout");
-    // Far more than 4 KiB of responses: reading pauses and resumes many times.
-    let count = 2000;
+    // Far more than 4 KiB of responses: reading pauses and resumes many
+    // times. 1000: all one keep-alive connection serves (section 7a).
+    let count = 1000;
     let mut requests = Vec::new();
     for i in 0..count {
         let path = if i % 2 == 0 { "/health" } else { "/nope" };
@@ -266,10 +267,19 @@ fn max_http_connections_at_the_limit_and_one_past() {
     let mut config = test_config();
     config.websocket.max_http_connections = 3;
     let server = TestServer::start(config);
-    let idle: Vec<TcpStream> = (0..2)
-        .map(|_| TcpStream::connect(server.addr).expect("connect"))
+    // Every slot busy with a request in progress (idle ones would give up
+    // their slot: see tests/bounds.rs).
+    let busy: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut stream = TcpStream::connect(server.addr).expect("connect");
+            stream
+                .write_all(b"GET /health HTTP/1.1\r\n")
+                .expect("partial");
+            stream
+        })
         .collect();
-    // The third is at the limit: served, and kept open.
+    // The third is at the limit: served, and kept open, and starts its
+    // next request (an upgrade).
     let mut third = TcpStream::connect(server.addr).expect("connect");
     third.set_read_timeout(Some(WAIT)).expect("timeout");
     third
@@ -277,6 +287,10 @@ fn max_http_connections_at_the_limit_and_one_past() {
         .expect("write");
     let mut reader = std::io::BufReader::new(third.try_clone().expect("clone"));
     assert_eq!(read_response(&mut reader).0, 200);
+    let upgrade = upgrade_request("/api/ws/connect?user_id=u");
+    let (line, rest) = upgrade.split_at(upgrade.find("\r\n").expect("request line") + 2);
+    third.write_all(line.as_bytes()).expect("partial upgrade");
+    std::thread::sleep(Duration::from_millis(50));
     // One past: 503 and closed.
     let mut fourth = TcpStream::connect(server.addr).expect("connect");
     fourth.set_read_timeout(Some(WAIT)).expect("timeout");
@@ -288,8 +302,7 @@ fn max_http_connections_at_the_limit_and_one_past() {
         (503, r#"{"error":"too many connections"}"#)
     );
     // An upgraded connection no longer counts: its slot is free again.
-    let upgrade = upgrade_request("/api/ws/connect?user_id=u");
-    third.write_all(upgrade.as_bytes()).expect("upgrade");
+    third.write_all(rest.as_bytes()).expect("upgrade");
     let mut head = [0u8; 12];
     reader.read_exact(&mut head).expect("101");
     assert_eq!(&head, b"HTTP/1.1 101");
@@ -298,7 +311,7 @@ fn max_http_connections_at_the_limit_and_one_past() {
         "wshub_handshake_failures_total{reason=\"http_capacity\"}",
     );
     assert_eq!(refused, 1);
-    drop(idle);
+    drop(busy);
 }
 
 // ------------------------------------------------------------- 3. rooms

@@ -7,7 +7,12 @@
 //!   per pair; completed messages/s, latency p50/p99, loss;
 //! - relay at a steady 10k messages/s over the same pairs: p50/p99, loss;
 //! - a REST broadcast (posted to the first node) to 10k sessions spread over
-//!   the nodes, timed until every session has it: p50/p99.
+//!   the nodes, timed until every session has it: p50/p99;
+//! - connects to the first node, each for a new user: latency p50/p99 of
+//!   one at a time (request written → 101 read), then a storm of 10k with
+//!   512 in flight: upgrades/s and the time until the last 101. In the
+//!   cluster a 101 is written only once the user's channel is subscribed,
+//!   so that last 101 is the moment every session is subscribed.
 //!
 //! Every server (nodes and Redis) is pinned to core 0 like the single node,
 //! the client to core 1, so the columns compare the same CPU budget; Redis's
@@ -46,6 +51,10 @@ pub struct ClusterPlan {
     pub fan_sessions: usize,
     /// Broadcasts timed.
     pub fan_count: usize,
+    /// Connects timed one at a time.
+    pub connect_one: usize,
+    /// Connects in the storm.
+    pub storm: usize,
 }
 
 impl ClusterPlan {
@@ -58,6 +67,8 @@ impl ClusterPlan {
             steady_rate: 10_000,
             fan_sessions: 10_000,
             fan_count: 20,
+            connect_one: 300,
+            storm: 10_000,
         }
     }
 
@@ -69,6 +80,8 @@ impl ClusterPlan {
             steady_rate: 2_000,
             fan_sessions: 600,
             fan_count: 5,
+            connect_one: 50,
+            storm: 1000,
             ..ClusterPlan::full()
         }
     }
@@ -274,6 +287,8 @@ fn measure(
 ) -> Result<RunResult> {
     let setup = Setup::start(paths, wshub, nodes)?;
     let mut res = RunResult::new();
+    connects(&setup, plan, &mut res, notes)?;
+    std::thread::sleep(Duration::from_millis(500));
     relay(&setup, plan, Pace::Max, &mut res, notes)?;
     std::thread::sleep(Duration::from_millis(500));
     relay(&setup, plan, Pace::Steady, &mut res, notes)?;
@@ -469,6 +484,61 @@ fn relay(
     Ok(())
 }
 
+/// Connect latency one at a time, then a storm (see the module doc).
+fn connects(
+    setup: &Setup,
+    plan: &ClusterPlan,
+    res: &mut RunResult,
+    notes: &mut Vec<String>,
+) -> Result<()> {
+    let node = setup.addrs()[0];
+    let mut c = Client::new(node)?;
+    let mut lat = Samples::with_capacity(plan.connect_one);
+    for i in 0..plan.connect_one {
+        let t = Instant::now();
+        let id = c.connect_ws(&format!("/api/ws/connect?user_id=c1x{i}"))?;
+        let (mut open, mut closed) = (None, None);
+        while open.is_none() && closed.is_none() && t.elapsed() < Duration::from_secs(5) {
+            c.poll(Duration::from_millis(1), |ev| match ev {
+                Event::Open { id: i } if i == id => open = Some(Instant::now()),
+                Event::Closed { why, .. } => closed = Some(why.to_string()),
+                _ => {}
+            })?;
+        }
+        let Some(at) = open else {
+            return Err(BenchError::Scenario(format!(
+                "connect {i} did not open in 5 s ({closed:?})"
+            )));
+        };
+        lat.push(at - t);
+    }
+    for (key, p) in [("conn_p50", 0.5), ("conn_p99", 0.99)] {
+        if let Some(v) = lat.pct_ms(p) {
+            res.insert(key, v);
+        }
+    }
+    c.close_all();
+    setup.wait_status(0, Duration::from_secs(10))?;
+    let cpu0 = setup.ticks();
+    let t0 = Instant::now();
+    let opened = open_path(&mut c, plan.storm, 512, notes, |j| {
+        format!("/api/ws/connect?user_id=c2x{j}")
+    })?;
+    setup.record_cpu(
+        cpu0,
+        t0.elapsed(),
+        ("storm_redis_cpu", "storm_nodes_cpu"),
+        res,
+    );
+    if opened.secs > 0.0 {
+        res.insert("storm_rate", opened.opened as f64 / opened.secs);
+        res.insert("storm_all_ms", opened.secs * 1000.0);
+    }
+    c.close_all();
+    setup.wait_status(0, Duration::from_secs(20))?;
+    Ok(())
+}
+
 fn broadcast(
     setup: &Setup,
     plan: &ClusterPlan,
@@ -514,7 +584,18 @@ fn table(single: &[RunResult], cluster: &[RunResult], plan: &ClusterPlan, runs: 
         stats::median(&vals)
     };
     let show = |v: Option<f64>| v.map_or("—".to_owned(), crate::report::fmt_val);
-    let rows: [(&str, &str, &str); 6] = [
+    let rows: [(&str, &str, &str); 9] = [
+        (
+            "connect one at a time: p50 / p99 ms",
+            "conn_p50",
+            "conn_p99",
+        ),
+        ("connect storm: upgrades/s", "storm_rate", ""),
+        (
+            "connect storm: ms until the last 101 (all subscribed)",
+            "storm_all_ms",
+            "",
+        ),
         ("relay at max rate: messages/s", "max_rate", ""),
         ("relay at max rate: p50 / p99 ms", "max_p50", "max_p99"),
         ("steady relay: messages/s achieved", "steady_rate", ""),
@@ -523,8 +604,8 @@ fn table(single: &[RunResult], cluster: &[RunResult], plan: &ClusterPlan, runs: 
         ("lost messages (max / steady)", "max_loss", "steady_loss"),
     ];
     let mut out = format!(
-        "## Cluster scenario (median of {runs}; {} pairs, window {}, steady {}/s, broadcast to {} sessions)\n\n| metric | 1 node | 3 nodes + Redis | 3 nodes / 1 node |\n| --- | --- | --- | --- |\n",
-        plan.pairs, plan.window, plan.steady_rate, plan.fan_sessions
+        "## Cluster scenario (median of {runs}; {} pairs, window {}, steady {}/s, broadcast to {} sessions, {} + {} connects)\n\n| metric | 1 node | 3 nodes + Redis | 3 nodes / 1 node |\n| --- | --- | --- | --- |\n",
+        plan.pairs, plan.window, plan.steady_rate, plan.fan_sessions, plan.connect_one, plan.storm
     );
     for (name, a, b) in rows {
         let cell = |rs: &[RunResult]| match b {
@@ -549,6 +630,11 @@ fn table(single: &[RunResult], cluster: &[RunResult], plan: &ClusterPlan, runs: 
         )
     };
     for (name, redis, nodes) in [
+        (
+            "CPU (cores) during the storm",
+            "storm_redis_cpu",
+            "storm_nodes_cpu",
+        ),
         ("CPU (cores) at max rate", "max_redis_cpu", "max_nodes_cpu"),
         (
             "CPU (cores) at steady rate",

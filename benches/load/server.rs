@@ -36,6 +36,8 @@ pub enum Flavor {
     /// The same binary and config, receivers over Server-Sent Events
     /// (`--sse`).
     WshubSse,
+    /// The same binary with `history.size: 100` (`--history`).
+    WshubHistory,
     /// shared/peers/node-ws (Node.js + ws).
     Node,
     /// shared/peers/go-hub (Go + gorilla/websocket).
@@ -54,6 +56,7 @@ impl Flavor {
             Flavor::Baseline => "wshub-base",
             Flavor::WshubDeflate => "wshub-deflate",
             Flavor::WshubSse => "wshub-sse",
+            Flavor::WshubHistory => "wshub-history",
             Flavor::Node => "node-ws",
             Flavor::Go => "go-hub",
             Flavor::Rust => "rust-axum",
@@ -116,7 +119,7 @@ impl Paths {
 pub fn prepare(flavor: Flavor, paths: &Paths) -> Result<()> {
     let peers = paths.target_dir.join("peers");
     match flavor {
-        Flavor::Wshub | Flavor::WshubDeflate | Flavor::WshubSse => match &paths.wshub_bin {
+        Flavor::Wshub | Flavor::WshubDeflate | Flavor::WshubSse | Flavor::WshubHistory => match &paths.wshub_bin {
             Some(p) if p.exists() => Ok(()),
             Some(p) => Err(BenchError::Server(format!("wshub binary {} does not exist", p.display()))),
             None => Err(BenchError::Server("no wshub binary (run through `cargo bench` in the wshub crate or pass --wshub PATH)".into())),
@@ -353,7 +356,11 @@ fn command(flavor: Flavor, paths: &Paths, port: u16) -> Result<Command> {
     cmd.args(["-c", "0"]);
     let peers = paths.target_dir.join("peers");
     match flavor {
-        Flavor::Wshub | Flavor::WshubDeflate | Flavor::WshubSse | Flavor::Baseline => {
+        Flavor::Wshub
+        | Flavor::WshubDeflate
+        | Flavor::WshubSse
+        | Flavor::WshubHistory
+        | Flavor::Baseline => {
             let bin = match flavor {
                 Flavor::Baseline => paths.baseline_bin.clone(),
                 _ => paths.wshub_bin.clone(),
@@ -361,7 +368,12 @@ fn command(flavor: Flavor, paths: &Paths, port: u16) -> Result<Command> {
             .ok_or_else(|| BenchError::Server(format!("no {} binary", flavor.name())))?;
             let cfg = paths.work_dir.join(format!("wshub-{port}.yaml"));
             let compression = flavor == Flavor::WshubDeflate;
-            fs::write(&cfg, wshub_config(port, compression))
+            let history = if flavor == Flavor::WshubHistory {
+                100
+            } else {
+                0
+            };
+            fs::write(&cfg, wshub_config(port, compression, history))
                 .map_err(|e| BenchError::io(format!("write {}", cfg.display()), e))?;
             cmd.arg(bin).arg("--config").arg(cfg);
         }
@@ -389,10 +401,15 @@ fn command(flavor: Flavor, paths: &Paths, port: u16) -> Result<Command> {
     Ok(cmd)
 }
 
-fn wshub_config(port: u16, compression: bool) -> String {
-    format!(
+fn wshub_config(port: u16, compression: bool, history: usize) -> String {
+    let mut config = format!(
         "app:\n  host: \"127.0.0.1\"\n  port: {port}\nlog:\n  level: warn\nwebsocket:\n  echo: true\n  max_connections: 20000\n  ping_period: 50s\n  pong_wait: 60s\n  message_buffer_size: 1024\n  compression: {compression}\n"
-    )
+    );
+    // Only when on: a --baseline binary from before history still starts.
+    if history > 0 {
+        config.push_str(&format!("history:\n  size: {history}\n"));
+    }
+    config
 }
 
 fn free_port() -> Result<u16> {

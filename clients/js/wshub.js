@@ -1,7 +1,8 @@
 //! wshub.js — the browser (and Node ≥ 20) client for a wshub server.
 //! Holds one class, `WshubClient`: connect, reconnect with full-jitter
 //! backoff, the handshake-rejection policy (probe `GET /health`), the offline
-//! queue, room re-joins, `flush()`, and (opt-in, `sseFallback`) receiving
+//! queue, room re-joins, `flush()`, (opt-in, `recover`) positions kept and
+//! resumed after a reconnect, and (opt-in, `sseFallback`) receiving
 //! over Server-Sent Events when WebSocket upgrades keep failing while the
 //! server is up. It touches nothing but the WebSocket, EventSource, fetch
 //! and timer implementations it is given (globals by default).
@@ -62,6 +63,20 @@ export const LIFECYCLE_EVENTS = Object.freeze([
   'open', 'close', 'reconnecting', 'fatal', 'overflow', 'state', 'invalid', 'fallback',
 ]);
 
+/**
+ * The stream a position belongs to: 'a', 'u', or 'r:<room>' ('' if the
+ * text is not a position).
+ * @param {string} pos "<kind>:<epoch>:<offset>"
+ * @param {string} [room] the message's room, for 'r' positions
+ */
+export function streamOf(pos, room) {
+  if (typeof pos !== 'string') return '';
+  const kind = pos.split(':', 1)[0];
+  if (kind === 'a' || kind === 'u') return kind;
+  if (kind === 'r' && typeof room === 'string' && room !== '') return `r:${room}`;
+  return '';
+}
+
 const DEFAULTS = Object.freeze({
   baseDelay: 500,
   maxDelay: 30000,
@@ -70,6 +85,7 @@ const DEFAULTS = Object.freeze({
   maxQueue: 100,
   probeTimeout: 5000,
   sseFallback: false,
+  recover: false,
 });
 
 const OPEN = 1;
@@ -103,6 +119,13 @@ export class WshubClient {
     this._rejections = 0;
     this._openedAt = null;
     this._generation = 0; // bumped per attempt so a stale probe cannot act
+    /**
+     * With `recover: true`: the last position seen per stream ('a', 'u',
+     * 'r:<room>'), sent back on reconnect to resume.
+     */
+    this.positions = new Map();
+    this._asked = new Set(); // streams this connection asked to resume
+    this._welcome = new Map(); // this connection's welcome positions
   }
 
   // ---- public API ---------------------------------------------------------
@@ -188,6 +211,7 @@ export class WshubClient {
   /** Leaves `room` and stops re-joining it. */
   leave(room) {
     const removed = this.rooms.delete(room);
+    this.positions.delete(`r:${room}`);
     if (this._isOpen()) this._ws.send(JSON.stringify({ type: 'leave', room }));
     else if (removed && this._source) this._openStream();
   }
@@ -232,7 +256,7 @@ export class WshubClient {
     let ws;
     try {
       if (typeof Impl !== 'function') throw new Error('no WebSocket implementation (pass options.WebSocket)');
-      ws = new Impl(this._currentUrl());
+      ws = new Impl(this._resumeUrl());
     } catch (err) {
       this._fatal({ reason: `cannot create WebSocket: ${err.message}` });
       return;
@@ -251,7 +275,11 @@ export class WshubClient {
     this._rejections = 0;
     this.stats.opens += 1;
     this._setState('open');
-    for (const room of this.rooms) this._ws.send(JSON.stringify({ type: 'join', room }));
+    for (const room of this.rooms) {
+      const since = this.options.recover ? this.positions.get(`r:${room}`) : undefined;
+      if (since) this._asked.add(`r:${room}`);
+      this._ws.send(JSON.stringify(since ? { type: 'join', room, since } : { type: 'join', room }));
+    }
     const queue = this._queue;
     this._queue = [];
     for (const item of queue) {
@@ -427,8 +455,70 @@ export class WshubClient {
       this._settleFlush(msg.content, null);
       return;
     }
+    if (this.options.recover && this._track(msg)) return;
     if (!LIFECYCLE_EVENTS.includes(msg.type)) this._emit(msg.type, msg);
     this._emit('*', msg);
+  }
+
+  // ---- recovery (`recover: true`) ------------------------------------------
+
+  // The URL with `recover=1` and the `a`/`u` positions held as `since`.
+  _resumeUrl() {
+    const url = this._currentUrl();
+    this._asked = new Set();
+    this._welcome = new Map();
+    if (!this.options.recover) return url;
+    try {
+      const u = new URL(url);
+      u.searchParams.set('recover', '1');
+      const since = ['a', 'u'].filter((s) => this.positions.has(s));
+      for (const s of since) this._asked.add(s);
+      if (since.length > 0) u.searchParams.set('since', since.map((s) => this.positions.get(s)).join(','));
+      else u.searchParams.delete('since');
+      return u.toString();
+    } catch {
+      return url;
+    }
+  }
+
+  // Keeps positions from welcome, each message's `pos` and `recovered`;
+  // true when the message was a `recovered` (emitted here, enriched).
+  _track(msg) {
+    if (msg.type === 'welcome' && msg.content && typeof msg.content === 'object') {
+      for (const [kind, pos] of Object.entries(msg.content)) {
+        const stream = kind === 'r' ? streamOf(pos, msg.room) : streamOf(pos);
+        if (!stream) continue;
+        this._welcome.set(stream, pos);
+        // A stream being resumed keeps its old position until `recovered`,
+        // so a drop during the replay resumes from what really arrived.
+        if (!this._asked.has(stream)) this.positions.set(stream, pos);
+      }
+      return false;
+    }
+    if (msg.type === 'recovered' && msg.content && typeof msg.content === 'object') {
+      const results = typeof msg.room === 'string'
+        ? [[`r:${msg.room}`, msg.content]]
+        : Object.entries(msg.content).map(([kind, r]) => [kind, r]);
+      const failed = [];
+      let replayed = 0;
+      for (const [stream, result] of results) {
+        this._asked.delete(stream);
+        if (result && result.ok === true) replayed += Number(result.replayed) || 0;
+        else failed.push(stream);
+        // Reloaded or complete: continue from the welcome's position.
+        const fresh = this._welcome.get(stream);
+        if (fresh && !(result && result.ok === true && this.positions.has(stream))) this.positions.set(stream, fresh);
+      }
+      const event = { ...msg, failed, replayed };
+      this._emit('recovered', event);
+      this._emit('*', event);
+      return true;
+    }
+    if (typeof msg.pos === 'string') {
+      const stream = streamOf(msg.pos, msg.room);
+      if (stream) this.positions.set(stream, msg.pos);
+    }
+    return false;
   }
 
   _enqueue(text, obj) {

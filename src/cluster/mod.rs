@@ -13,32 +13,35 @@
 //! | --- | --- |
 //! | [`wire`] | channel and key names, the envelope around each message |
 //! | [`view`] | presence entries and the view of the other nodes |
+//! | `gate` | work waiting for a subscription or a publish to be confirmed |
 //! | `publisher` | the thread that publishes (pipelined) and keeps presence |
 //! | `subscriber` | the thread that subscribes and forwards what arrives |
 //!
 //! Nothing here runs when `cluster.redis` is empty: the loop holds no
 //! `Link` then, and its hot path is what it was.
 
-use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::audience::Audience;
-use crate::config::ClusterConfig;
+use crate::config::{ClusterConfig, WebSocketConfig};
 use crate::handle::Handle;
 use crate::metrics::{self, Single};
 use crate::router::Router;
 
+pub(crate) mod gate;
 mod publisher;
 mod subscriber;
 pub mod view;
 pub mod wire;
 
+use gate::{Gate, Outcome, Ticket, Waiter};
 use view::View;
-use wire::{Names, Origin, Publication};
+use wire::{Key, Names, Origin, Publication};
 
 /// Messages waiting for the publisher; a full queue refuses the next publish.
 const PUBLISH_QUEUE: usize = 16_384;
@@ -49,13 +52,22 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 /// Longest pause between reconnect attempts: well inside the 5 s in which
 /// subscriptions and presence must be back after Redis returns.
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
-/// Connect, command and reply deadline on both connections.
-const IO_TIMEOUT: Duration = Duration::from_secs(2);
+/// Connect, command and reply deadline on both connections. With presence
+/// refreshed at least every `REFRESH_MAX`, a Redis that hangs (stopped, not
+/// closed) is noticed within 1.5 s.
+const IO_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a REST push waits for Redis to accept its publish.
+const PUBLISH_WAIT: Duration = Duration::from_secs(1);
+/// How long a connect or a join waits for its channel's subscription.
+const SUBSCRIBE_WAIT: Duration = Duration::from_secs(2);
 /// How often presence is written and the other nodes' entries read; the
 /// view is never older than about twice this.
 const REFRESH_MAX: Duration = Duration::from_millis(500);
 /// How long `start` waits for the first connection attempts.
 const STARTUP_WAIT: Duration = Duration::from_secs(3);
+/// How long a live node's `node_id` lock outlives its last refresh: a node
+/// restarting after a crash waits at most this for it.
+const LOCK_TTL: Duration = Duration::from_millis(1700);
 /// How long a stopping node waits for its threads (presence removal).
 const STOP_WAIT: Duration = Duration::from_secs(2);
 
@@ -82,6 +94,27 @@ pub(crate) enum Event {
         side: Side,
         state: Result<u64, String>,
     },
+    /// Every interest change up to this version is applied: Redis sends
+    /// this node what is published on those channels from now on.
+    Subscribed(u64),
+    /// Redis accepted (`ok`) or refused every acknowledged publish up to
+    /// this sequence number.
+    Published { upto: u64, ok: bool },
+}
+
+/// What waits in the gate for the cluster (see [`gate`]).
+#[derive(Debug)]
+pub(crate) enum Held {
+    /// A chat upgrade: its 101 and `on_connect` wait for the user's channel.
+    Upgrade(Box<crate::rest::Upgrade>),
+    /// A join: the session's next message waits for the room's channel.
+    Join,
+    /// A REST push, delivered here and answered once Redis accepted it.
+    Push {
+        target: Audience<String>,
+        json: Vec<u8>,
+        keep_alive: bool,
+    },
 }
 
 /// Counters the threads keep; rendered into `/metrics`.
@@ -93,6 +126,44 @@ pub(crate) struct Stats {
     garbage: AtomicU64,
     dropped: AtomicU64,
     duplicates: AtomicU64,
+    /// Publishes refused at `max_queue_bytes`.
+    publish_refused: AtomicU64,
+    /// Received messages dropped at `max_queue_bytes` or a full loop queue.
+    receive_dropped: AtomicU64,
+}
+
+/// Bytes in flight one way between the loop and Redis, bounded.
+#[derive(Debug)]
+struct Budget {
+    used: AtomicUsize,
+    max: usize,
+}
+
+impl Budget {
+    fn new(max: usize) -> Budget {
+        Budget {
+            used: AtomicUsize::new(0),
+            max,
+        }
+    }
+
+    /// Takes `n` bytes; false (nothing taken) past the bound.
+    fn try_take(&self, n: usize) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                let after = used.checked_add(n)?;
+                (after <= self.max).then_some(after)
+            })
+            .is_ok()
+    }
+
+    fn give_back(&self, n: usize) {
+        let _ = self
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                Some(used.saturating_sub(n))
+            });
+    }
 }
 
 /// Which channels this node needs. The loop writes, the subscriber applies.
@@ -100,6 +171,8 @@ pub(crate) struct Stats {
 struct Interest {
     wanted: HashSet<String>,
     changed: HashSet<String>,
+    /// Bumped by every change: the subscriber confirms versions.
+    version: u64,
 }
 
 /// What the loop and both threads share.
@@ -108,6 +181,12 @@ struct Bridge {
     names: Names,
     node_id: String,
     epoch: u64,
+    /// What received messages are held to (size, depth, MAC).
+    rules: wire::Rules,
+    /// Bytes queued for the publisher.
+    outbound: Budget,
+    /// Bytes handed to the loop, not yet delivered.
+    inbound: Budget,
     url: String,
     presence_ttl: Duration,
     interest: Mutex<Interest>,
@@ -130,6 +209,10 @@ impl Bridge {
     fn interest(&self) -> MutexGuard<'_, Interest> {
         // A thread that panicked holding the lock left a valid set behind.
         self.interest.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn key(&self) -> Option<&Key> {
+        self.rules.key.as_ref()
     }
 
     fn refresh_period(&self) -> Duration {
@@ -163,7 +246,13 @@ impl Bridge {
 
 /// A job for the publisher thread.
 enum Job {
-    Publish(Publication),
+    /// `ack`: report the outcome (for `seq`), and do not send it at all
+    /// past that deadline (the loop has answered 503 by then).
+    Publish {
+        publication: Publication,
+        seq: u64,
+        ack: Option<Instant>,
+    },
     Leave,
 }
 
@@ -236,8 +325,19 @@ pub(crate) struct Link {
     outage_since: Option<Instant>,
     address: String,
     view: View,
-    users: HashSet<String>,
-    rooms: HashSet<String>,
+    /// User and room channels wanted, with the interest version that
+    /// asked for them (confirmed once the subscriber reports it).
+    users: HashMap<String, u64>,
+    rooms: HashMap<String, u64>,
+    /// Channels kept while a waiter for them is parked.
+    pins: HashMap<String, usize>,
+    gate: Gate<Held>,
+    /// The sessions whose input waits in the gate.
+    held: HashSet<crate::audience::SessionKey>,
+    /// Waiters out of the gate, for the loop to act on.
+    settled: Vec<(Waiter<Held>, Outcome)>,
+    /// Waiters refused (timeout, failed publish, outage), for `/metrics`.
+    refused: u64,
     presence_dirty: bool,
     departures: bool,
     next_tick_ms: u64,
@@ -246,7 +346,13 @@ pub(crate) struct Link {
 impl Link {
     /// Starts the bridge threads and waits (bounded) for their first
     /// connection, so a node whose Redis is up starts up, not degraded.
-    pub(crate) fn start(config: &ClusterConfig, handle: Handle) -> Link {
+    /// Refuses to start (the error names `cluster.node_id`) while another
+    /// live node holds this `node_id`.
+    pub(crate) fn start(
+        config: &ClusterConfig,
+        ws: &WebSocketConfig,
+        handle: Handle,
+    ) -> Result<Link, String> {
         let node_id = if config.node_id.is_empty() {
             default_node_id()
         } else {
@@ -259,6 +365,14 @@ impl Link {
             names: Names::new(&config.channel_prefix),
             node_id,
             epoch,
+            rules: wire::Rules {
+                max_message_size: ws.max_message_size,
+                max_json_depth: ws.max_json_depth,
+                key: (!config.secret.is_empty())
+                    .then(|| Key::new(config.secret.expose().as_bytes())),
+            },
+            outbound: Budget::new(config.max_queue_bytes),
+            inbound: Budget::new(config.max_queue_bytes),
             url: config.redis.expose().to_owned(),
             presence_ttl: config.presence_ttl,
             interest: Mutex::default(),
@@ -272,6 +386,7 @@ impl Link {
             |_| "?".to_owned(),
             |c| c.get_connection_info().addr.to_string(),
         );
+        claim_node_id(&bridge)?;
         let (jobs, job_queue) = mpsc::sync_channel(PUBLISH_QUEUE);
         let (ready_tx, ready) = mpsc::sync_channel(2);
         let (done_tx, done) = mpsc::sync_channel(2);
@@ -306,8 +421,13 @@ impl Link {
             outage_since: None,
             address,
             view: View::default(),
-            users: HashSet::new(),
-            rooms: HashSet::new(),
+            users: HashMap::new(),
+            rooms: HashMap::new(),
+            pins: HashMap::new(),
+            gate: Gate::default(),
+            settled: Vec::new(),
+            held: HashSet::new(),
+            refused: 0,
             presence_dirty: true,
             departures: false,
             next_tick_ms: 0,
@@ -330,12 +450,14 @@ impl Link {
                 link.address
             );
         }
-        link
+        Ok(link)
     }
 
     /// When [`Link::tick`] wants to run next (ms since the loop started).
     pub(crate) fn next_tick_ms(&self) -> u64 {
-        self.next_tick_ms
+        self.gate
+            .next_deadline()
+            .map_or(self.next_tick_ms, |at| at.min(self.next_tick_ms))
     }
 
     /// Both connections are up: the node is part of the cluster.
@@ -357,8 +479,30 @@ impl Link {
     /// Hands `json` for `target` to the publisher. False when the cluster
     /// is down or the queue is full: nothing was published.
     pub(crate) fn publish(&mut self, audience: Audience<&str>, json: &[u8]) -> bool {
+        self.enqueue(audience, json, None).is_some()
+    }
+
+    /// Like [`Link::publish`], and the publisher reports when Redis
+    /// accepted it ([`Event::Published`]): returns the ticket to wait for,
+    /// until `now_ms` + 1 s.
+    pub(crate) fn publish_acked(
+        &mut self,
+        audience: Audience<&str>,
+        json: &[u8],
+    ) -> Option<Ticket> {
+        let deadline = Instant::now() + PUBLISH_WAIT;
+        self.enqueue(audience, json, Some(deadline))
+            .map(Ticket::Published)
+    }
+
+    fn enqueue(
+        &mut self,
+        audience: Audience<&str>,
+        json: &[u8],
+        ack: Option<Instant>,
+    ) -> Option<u64> {
         if !self.up() {
-            return false;
+            return None;
         }
         self.seq += 1;
         let b = &self.bridge;
@@ -367,36 +511,134 @@ impl Link {
             epoch: b.epoch,
             seq: self.seq,
         };
-        let job = Job::Publish(Publication::new(&b.names, audience, &origin, json));
+        let publication = Publication::new(&b.names, audience, &origin, json, b.key().is_some());
+        let bytes = publication.len();
+        if !b.outbound.try_take(bytes) {
+            b.stats.publish_refused.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        let job = Job::Publish {
+            publication,
+            seq: self.seq,
+            ack,
+        };
         match self.jobs.try_send(job) {
-            Ok(()) => true,
+            Ok(()) => Some(self.seq),
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                b.stats.dropped.fetch_add(1, Ordering::Relaxed);
-                false
+                b.outbound.give_back(bytes);
+                b.stats.publish_refused.fetch_add(1, Ordering::Relaxed);
+                None
             }
         }
     }
 
-    /// A session (of `user`, if not anonymous) opened here: receive that
-    /// user's channel.
-    pub(crate) fn connected(&mut self, user: Option<&str>) {
+    /// A chat session (of `user`, if not anonymous) is about to open here:
+    /// receive that user's channel. Returns what to wait for, and the
+    /// channel to pin meanwhile, while the subscription is not confirmed
+    /// and the cluster is up (down, the node serves its own sessions).
+    pub(crate) fn want_user(&mut self, user: Option<&str>) -> Option<(Ticket, String)> {
         self.presence_dirty = true;
-        let Some(user) = user else {
-            return;
+        let user = user?;
+        let channel = self.bridge.names.channel(Audience::User(user));
+        let version = match self.users.get(user) {
+            Some(version) => *version,
+            None => {
+                let version = self.want(channel.clone(), true);
+                self.users.insert(user.to_owned(), version);
+                version
+            }
         };
-        if !self.users.contains(user) {
-            self.users.insert(user.to_owned());
-            self.want(self.bridge.names.channel(Audience::User(user)), true);
+        self.wait_for(version, channel)
+    }
+
+    /// A session here joined `room`: receive that room's channel. Returns
+    /// what the session's next message waits for, as [`Link::want_user`].
+    pub(crate) fn want_room(&mut self, room: &str) -> Option<(Ticket, String)> {
+        self.presence_dirty = true;
+        let channel = self.bridge.names.channel(Audience::room(room));
+        let version = match self.rooms.get(room) {
+            Some(version) => *version,
+            None => {
+                let version = self.want(channel.clone(), true);
+                self.rooms.insert(room.to_owned(), version);
+                version
+            }
+        };
+        self.wait_for(version, channel)
+    }
+
+    fn wait_for(&self, version: u64, channel: String) -> Option<(Ticket, String)> {
+        let ticket = Ticket::Subscribed(version);
+        (self.up() && !self.gate.confirmed(ticket)).then_some((ticket, channel))
+    }
+
+    /// Parks work until its ticket is confirmed (or refused; see
+    /// [`Link::take_settled`]). A subscription wait gives up after 2 s, a
+    /// publish after 1 s.
+    pub(crate) fn park(
+        &mut self,
+        now_ms: u64,
+        key: crate::audience::SessionKey,
+        ticket: Ticket,
+        pins: Vec<String>,
+        what: Held,
+    ) {
+        let wait = match ticket {
+            Ticket::Subscribed(_) => SUBSCRIBE_WAIT,
+            Ticket::Published(_) => PUBLISH_WAIT,
+        };
+        for channel in &pins {
+            *self.pins.entry(channel.clone()).or_default() += 1;
+        }
+        self.held.insert(key);
+        self.gate.park(Waiter {
+            ticket,
+            deadline_ms: now_ms + crate::wheel::millis(wait),
+            key,
+            pins,
+            what,
+        });
+    }
+
+    /// Whether session `key` waits in the gate.
+    pub(crate) fn holds(&self, key: crate::audience::SessionKey) -> bool {
+        !self.held.is_empty() && self.held.contains(&key)
+    }
+
+    /// Parked work that was confirmed or refused since the last call.
+    pub(crate) fn take_settled(&mut self) -> Vec<(Waiter<Held>, Outcome)> {
+        let settled = std::mem::take(&mut self.settled);
+        for (waiter, outcome) in &settled {
+            self.held.remove(&waiter.key);
+            if *outcome == Outcome::Failed {
+                self.refused += 1;
+            }
+            for channel in &waiter.pins {
+                if let Some(count) = self.pins.get_mut(channel) {
+                    *count -= 1;
+                    if *count == 0 {
+                        self.pins.remove(channel);
+                        // Its session may never have opened: look again.
+                        self.departures = true;
+                    }
+                }
+            }
+        }
+        settled
+    }
+
+    /// A confirmation from the bridge threads.
+    pub(crate) fn on_confirmed(&mut self, upto: Ticket, ok: bool) {
+        match (upto, ok) {
+            (_, true) => self.gate.confirm(upto, &mut self.settled),
+            (Ticket::Published(seq), false) => self.gate.fail_published(seq, &mut self.settled),
+            (Ticket::Subscribed(_), false) => {}
         }
     }
 
-    /// A session here joined `room`: receive that room's channel.
-    pub(crate) fn joined_room(&mut self, room: &str) {
+    /// Something presence counts changed (a member joined or left).
+    pub(crate) fn changed(&mut self) {
         self.presence_dirty = true;
-        if !self.rooms.contains(room) {
-            self.rooms.insert(room.to_owned());
-            self.want(self.bridge.names.channel(Audience::room(room)), true);
-        }
     }
 
     /// A user's last session here closed, or a room's last member here
@@ -407,7 +649,9 @@ impl Link {
         self.departures = true;
     }
 
-    fn want(&self, channel: String, wanted: bool) {
+    /// Changes the interest; returns the version the subscriber will
+    /// confirm once the change is applied.
+    fn want(&self, channel: String, wanted: bool) -> u64 {
         let mut interest = self.bridge.interest();
         if wanted {
             interest.wanted.insert(channel.clone());
@@ -415,13 +659,18 @@ impl Link {
             interest.wanted.remove(&channel);
         }
         interest.changed.insert(channel);
+        interest.version += 1;
         self.bridge.interest_changed.store(true, Ordering::Release);
+        interest.version
     }
 
     /// Periodic work, when due (see [`Link::next_tick_ms`]): hands over the
     /// presence entry when it changed and releases channels no local
     /// session needs.
     pub(crate) fn tick(&mut self, now_ms: u64, router: &Router) {
+        if !self.gate.is_empty() {
+            self.gate.expire(now_ms, &mut self.settled);
+        }
         if now_ms < self.next_tick_ms {
             return;
         }
@@ -440,21 +689,20 @@ impl Link {
     }
 
     fn release(&mut self, router: &Router) {
-        let names = &self.bridge.names;
+        let (names, pins) = (&self.bridge.names, &self.pins);
         let mut gone = Vec::new();
-        self.users.retain(|user| {
-            let keep = router.user_sessions(user) > 0;
-            if !keep {
-                gone.push(names.channel(Audience::User(user)));
+        let mut unneeded = |channel: String| {
+            let pinned = pins.contains_key(&channel);
+            if !pinned {
+                gone.push(channel);
             }
-            keep
+            !pinned
+        };
+        self.users.retain(|user, _| {
+            router.user_sessions(user) > 0 || !unneeded(names.channel(Audience::User(user)))
         });
-        self.rooms.retain(|room| {
-            let keep = router.room_size(room) > 0;
-            if !keep {
-                gone.push(names.channel(Audience::room(room)));
-            }
-            keep
+        self.rooms.retain(|room, _| {
+            router.room_size(room) > 0 || !unneeded(names.channel(Audience::room(room)))
         });
         for channel in gone {
             self.want(channel, false);
@@ -469,6 +717,10 @@ impl Link {
         match side {
             Side::Publisher => self.publisher = generation,
             Side::Subscriber => self.subscriber = generation,
+        }
+        if was_up && !self.up() {
+            // Nothing parked will be confirmed now: refuse it at once.
+            self.gate.fail_all(&mut self.settled);
         }
         if let Err(why) = state {
             if self.outage_since.is_none() {
@@ -494,6 +746,11 @@ impl Link {
         was_up != self.up()
     }
 
+    /// A message from another node of `bytes` was taken off the queue.
+    pub(crate) fn delivered(&mut self, bytes: usize) {
+        self.bridge.inbound.give_back(bytes);
+    }
+
     /// Replaces the view of the other nodes.
     pub(crate) fn on_view(&mut self, view: View) {
         self.view = view;
@@ -503,6 +760,7 @@ impl Link {
     pub(crate) fn leave(&mut self) {
         self.publisher = None;
         self.subscriber = None;
+        self.gate.fail_all(&mut self.settled);
         self.view = View::default();
         let _ = self.jobs.try_send(Job::Leave);
     }
@@ -511,7 +769,7 @@ impl Link {
     pub(crate) fn render_metrics(&self, out: &mut String) {
         let s = &self.bridge.stats;
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let lines: [Single<'_>; 8] = [
+        let lines: [Single<'_>; 12] = [
             (
                 "wshub_cluster_up",
                 "gauge",
@@ -564,6 +822,30 @@ impl Link {
                 "Messages from other nodes dropped as already seen.",
                 load(&s.duplicates),
             ),
+            (
+                "wshub_cluster_publish_refused_total",
+                "counter",
+                "Messages not published: cluster.max_queue_bytes (or the queue's count) reached.",
+                load(&s.publish_refused),
+            ),
+            (
+                "wshub_cluster_receive_dropped_total",
+                "counter",
+                "Messages from other nodes dropped: cluster.max_queue_bytes reached or the loop's queue full.",
+                load(&s.receive_dropped),
+            ),
+            (
+                "wshub_cluster_waiting",
+                "gauge",
+                "Connects, joins and REST pushes waiting for Redis to confirm a subscription or publish.",
+                self.gate.len() as u64,
+            ),
+            (
+                "wshub_cluster_wait_refused_total",
+                "counter",
+                "Waits that ended without Redis confirming (503, or an error to the session).",
+                self.refused,
+            ),
         ];
         metrics::write_single(out, &lines);
     }
@@ -593,6 +875,44 @@ fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Option<JoinHandle<()>
     }
 }
 
+/// Sets or extends the `node_id` lock when it is free or ours (`ARGV[1]`
+/// is this run's epoch): one live run per id.
+pub(crate) const LOCK_SCRIPT: &str = "local v = redis.call('GET', KEYS[1]) \
+if v == false or v == ARGV[1] then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end \
+return 0";
+
+/// Takes this run's `node_id` lock, waiting out a crashed run's (at most
+/// `LOCK_TTL`). With Redis unreachable the node starts degraded and the
+/// publisher takes the lock once it connects.
+fn claim_node_id(bridge: &Bridge) -> Result<(), String> {
+    let Ok(mut con) = bridge.connect() else {
+        return Ok(());
+    };
+    let key = bridge.names.lock_key(&bridge.node_id);
+    let deadline = Instant::now() + LOCK_TTL + Duration::from_millis(200);
+    loop {
+        let taken: redis::RedisResult<i64> = redis::cmd("EVAL")
+            .arg(LOCK_SCRIPT)
+            .arg(1)
+            .arg(&key)
+            .arg(bridge.epoch)
+            .arg(LOCK_TTL.as_millis() as u64)
+            .query(&mut con);
+        match taken {
+            Ok(1) => return Ok(()),
+            Ok(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+            Ok(_) => {
+                return Err(format!(
+                    "cluster.node_id: node id {:?} is in use by a live node (Redis key {key} is held); give each node its own id",
+                    bridge.node_id
+                ))
+            }
+            // Redis misbehaving: the publisher's backoff deals with it.
+            Err(_) => return Ok(()),
+        }
+    }
+}
+
 /// Host name and process id: unique per machine, readable in presence.
 fn default_node_id() -> String {
     let mut buf = [0u8; 256];
@@ -613,4 +933,30 @@ fn default_node_id() -> String {
         host
     };
     format!("{host}-{}", std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_budget_refuses_past_its_bound_and_refills() {
+        let budget = Budget::new(100);
+        assert!(budget.try_take(60));
+        assert!(!budget.try_take(41), "past the bound: nothing taken");
+        assert!(budget.try_take(40));
+        assert!(!budget.try_take(1));
+        budget.give_back(60);
+        assert!(budget.try_take(60));
+        // Giving back more than was taken cannot wrap around.
+        budget.give_back(1000);
+        assert!(budget.try_take(100));
+        assert!(!budget.try_take(usize::MAX));
+    }
+
+    #[test]
+    fn the_node_id_lock_script_is_one_eval_line() {
+        // Sent as EVAL's body: Lua statements, one run's epoch as ARGV[1].
+        assert!(LOCK_SCRIPT.contains("ARGV[1]") && LOCK_SCRIPT.contains("'PX'"));
+    }
 }

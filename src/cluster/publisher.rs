@@ -8,7 +8,7 @@
 //! when idle, a lone message goes out at once. A batch that fails is dropped
 //! (counted), never re-sent: delivery stays at-most-once.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
@@ -26,7 +26,7 @@ const STALE_CHECK: Duration = Duration::from_millis(50);
 pub(super) fn run(bridge: &Bridge, mut reporter: Reporter, jobs: &Receiver<Job>) {
     let mut state = Presence::default();
     let mut backoff = BACKOFF_MIN;
-    let mut batch: Vec<Publication> = Vec::with_capacity(PIPELINE_MAX);
+    let mut batch = Batch::default();
     loop {
         state.fresh_connection = true;
         // Resend the view: the loop may have ignored the last one while down.
@@ -59,14 +59,28 @@ pub(super) fn run(bridge: &Bridge, mut reporter: Reporter, jobs: &Receiver<Job>)
                 .saturating_duration_since(Instant::now())
                 .min(STALE_CHECK);
             let leave = match jobs.recv_timeout(wait) {
-                Ok(job) => take(job, &mut batch, jobs),
+                Ok(job) => take(bridge, job, &mut batch, jobs),
                 Err(RecvTimeoutError::Timeout) => false,
                 Err(RecvTimeoutError::Disconnected) => true,
             };
-            if !batch.is_empty() {
-                let sent = batch.len() as u64;
-                let result = publish(&mut con, &batch);
-                batch.clear();
+            if !batch.publications.is_empty() {
+                let sent = batch.publications.len() as u64;
+                if let Some(key) = bridge.key() {
+                    for publication in &mut batch.publications {
+                        publication.sign(key);
+                    }
+                }
+                let result = publish(&mut con, &batch.publications);
+                let bytes = batch.publications.iter().map(Publication::len).sum();
+                bridge.outbound.give_back(bytes);
+                batch.publications.clear();
+                let acked = batch.acked.take();
+                if let Some(upto) = acked {
+                    let ok = result.is_ok();
+                    let _ = reporter
+                        .handle
+                        .send_from_bridge(Event::Published { upto, ok });
+                }
                 if let Err(e) = result {
                     bridge.stats.dropped.fetch_add(sent, Ordering::Relaxed);
                     reporter.failed(e.to_string());
@@ -93,15 +107,48 @@ pub(super) fn run(bridge: &Bridge, mut reporter: Reporter, jobs: &Receiver<Job>)
     }
 }
 
+/// One pipeline's publications, and the highest acknowledged sequence
+/// number among them.
+struct Batch {
+    publications: Vec<Publication>,
+    acked: Option<u64>,
+}
+
+impl Default for Batch {
+    fn default() -> Self {
+        Batch {
+            publications: Vec::with_capacity(PIPELINE_MAX),
+            acked: None,
+        }
+    }
+}
+
 /// Adds `first` and whatever else is queued to the batch; true on `Leave`.
-fn take(first: Job, batch: &mut Vec<Publication>, jobs: &Receiver<Job>) -> bool {
+/// An acknowledged publish whose deadline passed is not sent: its REST
+/// client has had its 503 ("delivered nothing").
+fn take(bridge: &Bridge, first: Job, batch: &mut Batch, jobs: &Receiver<Job>) -> bool {
     let mut job = first;
+    let now = Instant::now();
     loop {
         match job {
-            Job::Publish(publication) => batch.push(publication),
+            Job::Publish {
+                publication,
+                seq,
+                ack,
+            } => match ack {
+                Some(deadline) if deadline <= now => {
+                    bridge.outbound.give_back(publication.len());
+                    bridge.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+                Some(_) => {
+                    batch.acked = Some(seq);
+                    batch.publications.push(publication);
+                }
+                None => batch.publications.push(publication),
+            },
             Job::Leave => return true,
         }
-        if batch.len() >= PIPELINE_MAX {
+        if batch.publications.len() >= PIPELINE_MAX {
             return false;
         }
         match jobs.try_recv() {
@@ -135,7 +182,8 @@ fn wait_dropping(bridge: &Bridge, jobs: &Receiver<Job>, pause: Duration) -> bool
             return true;
         }
         match jobs.recv_timeout(wait.min(Duration::from_millis(50))) {
-            Ok(Job::Publish(_)) => {
+            Ok(Job::Publish { publication, .. }) => {
+                bridge.outbound.give_back(publication.len());
                 bridge.stats.dropped.fetch_add(1, Ordering::Relaxed);
             }
             Ok(Job::Leave) | Err(RecvTimeoutError::Disconnected) => return false,
@@ -149,6 +197,9 @@ fn remove_presence(bridge: &Bridge, con: &mut Connection) {
     let _: RedisResult<()> = redis::pipe()
         .cmd("DEL")
         .arg(names.node_key(&bridge.node_id))
+        .ignore()
+        .cmd("DEL")
+        .arg(names.lock_key(&bridge.node_id))
         .ignore()
         .cmd("SREM")
         .arg(names.nodes_key())
@@ -168,6 +219,11 @@ struct Presence {
     fresh_connection: bool,
     /// The other nodes' raw entries at the last view sent to the loop.
     seen: HashMap<String, Vec<u8>>,
+    /// The other live nodes' ids, kept across reconnects: logged as they
+    /// appear and go.
+    peers: BTreeSet<String>,
+    /// Another run held our node_id lock at the last refresh (logged once).
+    lock_lost: bool,
 }
 
 impl Presence {
@@ -212,12 +268,19 @@ impl Presence {
             .arg(names.nodes_key())
             .arg(&bridge.node_id)
             .ignore();
+        // Keeps this run's node_id lock (see `claim_node_id`).
+        pipe.cmd("EVAL")
+            .arg(super::LOCK_SCRIPT)
+            .arg(1)
+            .arg(names.lock_key(&bridge.node_id))
+            .arg(bridge.epoch)
+            .arg(super::LOCK_TTL.as_millis() as u64);
         pipe.cmd("PEXPIRE")
             .arg(names.nodes_key())
             .arg(ttl_ms * 2)
             .ignore();
         pipe.cmd("SMEMBERS").arg(names.nodes_key());
-        let (first, members): (redis::Value, Vec<String>) = match pipe.query(con) {
+        let (first, locked, members): (redis::Value, i64, Vec<String>) = match pipe.query(con) {
             Ok(replies) => replies,
             Err(e) => {
                 // Not written: try again on the next connection.
@@ -228,6 +291,13 @@ impl Presence {
             }
         };
         self.fresh_connection = false;
+        if locked != 1 && !self.lock_lost {
+            log::error!(
+                "cluster: another live node runs with node_id {:?}; give each node its own cluster.node_id",
+                bridge.node_id
+            );
+        }
+        self.lock_lost = locked != 1;
         match write {
             Some(entry) => self.written = Some(entry),
             None if first == redis::Value::Int(0) => {
@@ -268,6 +338,7 @@ impl Presence {
                 .arg(stale)
                 .query::<()>(con)?;
         }
+        self.log_peers(&live);
         if live != self.seen {
             let mut nodes = Vec::with_capacity(live.len());
             for (id, raw) in &live {
@@ -284,6 +355,26 @@ impl Presence {
                 .send_from_bridge(Event::View(View::new(nodes)));
         }
         Ok(())
+    }
+}
+
+impl Presence {
+    /// One log line per node that joined or left since the last look.
+    fn log_peers(&mut self, live: &HashMap<String, Vec<u8>>) {
+        if live.len() == self.peers.len() && live.keys().all(|id| self.peers.contains(id)) {
+            return;
+        }
+        let now: BTreeSet<String> = live.keys().cloned().collect();
+        for id in now.difference(&self.peers) {
+            log::info!("cluster: node {id} appeared ({} live nodes)", now.len() + 1);
+        }
+        for id in self.peers.difference(&now) {
+            log::warn!(
+                "cluster: node {id} is gone (presence expired or removed; {} live nodes)",
+                now.len() + 1
+            );
+        }
+        self.peers = now;
     }
 }
 

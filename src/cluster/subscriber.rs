@@ -5,12 +5,19 @@
 //!
 //! It reads with a short timeout, so interest changes are applied within
 //! `POLL` even when no message arrives. After a reconnect it subscribes to
-//! the whole interest again. Malformed payloads are dropped and counted,
-//! with at most one warning per `WARN_EVERY`. A message whose (node, run,
-//! seq) is not newer than the last one seen from that run is a duplicate
-//! and dropped: nothing reaches a session twice.
+//! the whole interest again. Malformed, oversized or (with a secret)
+//! unsigned payloads are dropped and counted, with at most one warning per
+//! `WARN_EVERY`. A message whose (node, run, seq) was among the last
+//! `WINDOW` seen from that run is a duplicate and dropped; the window is a
+//! set, not a high-water mark, so one forged sequence number cannot hide
+//! a node's later messages.
+//!
+//! It never waits for the loop: what it hands over is bounded in bytes
+//! (`Bridge::inbound`), and past that bound, or with the loop's queue
+//! full, a message is dropped and counted, so Redis never sees a slow
+//! subscriber (and never disconnects it at its output-buffer limit).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -20,14 +27,18 @@ use super::wire::{self, Garbage};
 use super::{Bridge, Event, Reporter, BACKOFF_MAX, BACKOFF_MIN, IO_TIMEOUT};
 use crate::audience::Audience;
 
-/// Longest wait for a message before interest changes are looked at.
-const POLL: Duration = Duration::from_millis(20);
+/// Longest wait for a message before interest changes are looked at. A
+/// connect or a join waits for its subscription (PROTOCOL.md 10a), so this
+/// is part of their latency; an idle node wakes 200 times a second for it.
+const POLL: Duration = Duration::from_millis(5);
 /// Channels per SUBSCRIBE command when (re)subscribing to everything.
 const CHUNK: usize = 512;
 /// At most one warning about malformed payloads this often.
 const WARN_EVERY: Duration = Duration::from_secs(10);
 /// Runs remembered for duplicate detection; forgotten all at once past it.
-const MAX_RUNS: usize = 1024;
+const MAX_RUNS: usize = 64;
+/// Sequence numbers remembered per run for duplicate detection.
+const WINDOW: usize = 1024;
 
 /// The thread's body; returns when the node stops or the loop goes away.
 pub(super) fn run(bridge: &Bridge, mut reporter: Reporter) {
@@ -46,17 +57,21 @@ pub(super) fn run(bridge: &Bridge, mut reporter: Reporter) {
             }
         };
         let mut pubsub = con.as_pubsub();
-        if let Err(e) = subscribe_all(bridge, &mut pubsub) {
-            reporter.failed(e.to_string());
-            drop(pubsub);
-            if !bridge.pause(backoff) {
-                return;
+        let version = match subscribe_all(bridge, &mut pubsub) {
+            Ok(version) => version,
+            Err(e) => {
+                reporter.failed(e.to_string());
+                drop(pubsub);
+                if !bridge.pause(backoff) {
+                    return;
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
             }
-            backoff = (backoff * 2).min(BACKOFF_MAX);
-            continue;
-        }
+        };
         backoff = BACKOFF_MIN;
         reporter.connected();
+        let _ = reporter.handle.send_from_bridge(Event::Subscribed(version));
         match receive(bridge, &mut pubsub, &mut state, &reporter) {
             Ok(Exit::Stop) => return,
             Err(e) => reporter.failed(e.to_string()),
@@ -68,32 +83,38 @@ enum Exit {
     Stop,
 }
 
-fn subscribe_all(bridge: &Bridge, pubsub: &mut PubSub<'_>) -> RedisResult<()> {
+/// Subscribes to the whole interest; returns the version it applied.
+fn subscribe_all(bridge: &Bridge, pubsub: &mut PubSub<'_>) -> RedisResult<u64> {
     bridge.interest_changed.store(false, Ordering::Relaxed);
-    let mut channels: Vec<String> = {
+    let (mut channels, version): (Vec<String>, u64) = {
         let mut interest = bridge.interest();
         interest.changed.clear();
-        interest.wanted.iter().cloned().collect()
+        (interest.wanted.iter().cloned().collect(), interest.version)
     };
     channels.push(bridge.names.channel(Audience::EVERYONE));
     pubsub.set_read_timeout(Some(IO_TIMEOUT))?;
     for chunk in channels.chunks(CHUNK) {
         pubsub.subscribe(chunk)?;
     }
-    Ok(())
+    Ok(version)
 }
 
-/// Applies interest changes made since the last look.
-fn apply_interest(bridge: &Bridge, pubsub: &mut PubSub<'_>) -> RedisResult<()> {
-    let (subscribe, unsubscribe): (Vec<String>, Vec<String>) = {
+/// Applies interest changes made since the last look; returns the version
+/// applied. Everything changed meanwhile goes in one go (one SUBSCRIBE per
+/// `CHUNK` channels), so a connect storm costs a few round trips, not one
+/// per session. Redis executes a SUBSCRIBE whole before it answers, so its
+/// first reply means every channel in it is live.
+fn apply_interest(bridge: &Bridge, pubsub: &mut PubSub<'_>) -> RedisResult<Option<u64>> {
+    let (subscribe, unsubscribe, version): (Vec<String>, Vec<String>, u64) = {
         let mut interest = bridge.interest();
         if interest.changed.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         let changed = std::mem::take(&mut interest.changed);
-        changed
+        let (subscribe, unsubscribe) = changed
             .into_iter()
-            .partition(|channel| interest.wanted.contains(channel))
+            .partition(|channel| interest.wanted.contains(channel));
+        (subscribe, unsubscribe, interest.version)
     };
     // Replies may take longer than a poll on a loaded machine.
     pubsub.set_read_timeout(Some(IO_TIMEOUT))?;
@@ -103,7 +124,7 @@ fn apply_interest(bridge: &Bridge, pubsub: &mut PubSub<'_>) -> RedisResult<()> {
     for chunk in unsubscribe.chunks(CHUNK) {
         pubsub.unsubscribe(chunk)?;
     }
-    Ok(())
+    Ok(Some(version))
 }
 
 fn receive(
@@ -126,7 +147,15 @@ fn receive(
         // Cleared before the set is read: a change made meanwhile sets it
         // again and is applied on the next turn.
         if bridge.interest_changed.swap(false, Ordering::Acquire) {
-            apply_interest(bridge, pubsub)?;
+            if let Some(version) = apply_interest(bridge, pubsub)? {
+                if reporter
+                    .handle
+                    .send_from_bridge(Event::Subscribed(version))
+                    .is_err()
+                {
+                    return Ok(Exit::Stop);
+                }
+            }
             polling = false;
         }
         if !polling {
@@ -141,19 +170,66 @@ fn receive(
         let channel = message.get_channel_name();
         let payload = message.get_payload_bytes();
         if let Some(event) = state.accept(bridge, channel, payload) {
-            if reporter.handle.send_from_bridge(event).is_err() {
+            let bytes = event_bytes(&event);
+            if !bridge.inbound.try_take(bytes) {
+                bridge.stats.receive_dropped.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            match reporter.handle.try_send_from_bridge(event) {
+                Ok(()) => {}
+                Err(crate::handle::HandleError::QueueFull) => {
+                    bridge.inbound.give_back(bytes);
+                    bridge.stats.receive_dropped.fetch_add(1, Ordering::Relaxed);
+                }
                 // The loop is gone.
-                return Ok(Exit::Stop);
+                Err(_) => return Ok(Exit::Stop),
             }
         }
+    }
+}
+
+fn event_bytes(event: &Event) -> usize {
+    match event {
+        Event::Deliver { json, .. } => json.len(),
+        _ => 0,
+    }
+}
+
+/// The sequence numbers last seen from one run of one node.
+#[derive(Debug, Default)]
+pub(super) struct Window {
+    run: u64,
+    order: VecDeque<u64>,
+    seen: HashSet<u64>,
+}
+
+impl Window {
+    /// True the first time `seq` of `run` is offered (within the window).
+    /// A new run of the node starts a new window.
+    pub(super) fn first_time(&mut self, run: u64, seq: u64) -> bool {
+        if run != self.run {
+            self.run = run;
+            self.order.clear();
+            self.seen.clear();
+        }
+        if !self.seen.insert(seq) {
+            return false;
+        }
+        self.order.push_back(seq);
+        if self.order.len() > WINDOW {
+            if let Some(old) = self.order.pop_front() {
+                self.seen.remove(&old);
+            }
+        }
+        true
     }
 }
 
 /// What the receiving side remembers across messages and reconnects.
 #[derive(Default)]
 struct Receiving {
-    /// node id → (run, last seq seen).
-    last: HashMap<String, (u64, u64)>,
+    /// node id → the window of its current run.
+    windows: HashMap<String, Window>,
     garbage_since_warning: u64,
     last_warning: Option<Instant>,
 }
@@ -165,14 +241,16 @@ impl Receiving {
             self.garbage(bridge, channel, "not a wshub channel");
             return None;
         };
-        let (origin, json) = match wire::decode(payload) {
+        let (origin, json) = match wire::decode(channel, payload, &bridge.rules) {
             Ok(decoded) => decoded,
-            Err(Garbage::Header) => {
-                self.garbage(bridge, channel, "no wshub1 header");
-                return None;
-            }
-            Err(Garbage::Body) => {
-                self.garbage(bridge, channel, "body is not a wshub message");
+            Err(why) => {
+                let why = match why {
+                    Garbage::Header => "no wshub1 header",
+                    Garbage::Body => "body is not a wshub message",
+                    Garbage::TooLarge => "larger than max_message_size or max_json_depth",
+                    Garbage::Unsigned => "no valid MAC for cluster.secret",
+                };
+                self.garbage(bridge, channel, why);
                 return None;
             }
         };
@@ -180,28 +258,16 @@ impl Receiving {
             // Our own: delivered locally when it was published.
             return None;
         }
-        match self.last.get_mut(origin.node_id) {
-            Some((epoch, seq)) if *epoch == origin.epoch => {
-                if origin.seq <= *seq {
-                    bridge.stats.duplicates.fetch_add(1, Ordering::Relaxed);
-                    return None;
-                }
-                *seq = origin.seq;
-            }
-            Some(run) => *run = (origin.epoch, origin.seq),
-            None => {
-                if self.last.len() >= MAX_RUNS {
-                    self.last.clear();
-                }
-                self.last
-                    .insert(origin.node_id.to_owned(), (origin.epoch, origin.seq));
-            }
+        if !self.windows.contains_key(origin.node_id) && self.windows.len() >= MAX_RUNS {
+            self.windows.clear();
+        }
+        let window = self.windows.entry(origin.node_id.to_owned()).or_default();
+        if !window.first_time(origin.epoch, origin.seq) {
+            bridge.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+            return None;
         }
         bridge.stats.received.fetch_add(1, Ordering::Relaxed);
-        Some(Event::Deliver {
-            target,
-            json: json.to_vec(),
-        })
+        Some(Event::Deliver { target, json })
     }
 
     /// Counts a malformed payload; warns at most once per `WARN_EVERY`.
@@ -221,5 +287,38 @@ impl Receiving {
             std::mem::take(&mut self.garbage_since_warning),
             channel
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_forged_sequence_number_hides_no_later_message() {
+        let mut window = Window::default();
+        assert!(window.first_time(7, 1));
+        assert!(!window.first_time(7, 1), "a duplicate");
+        // A forged "last" sequence number...
+        assert!(window.first_time(7, u64::MAX));
+        // ...and the node's real messages still get through, once.
+        assert!(window.first_time(7, 2));
+        assert!(window.first_time(7, 3));
+        assert!(!window.first_time(7, 3));
+        // A new run of the node starts afresh.
+        assert!(window.first_time(8, 1));
+    }
+
+    #[test]
+    fn the_window_is_bounded() {
+        let mut window = Window::default();
+        for seq in 0..(WINDOW as u64 * 3) {
+            assert!(window.first_time(1, seq));
+        }
+        assert_eq!(window.seen.len(), WINDOW);
+        assert_eq!(window.order.len(), WINDOW);
+        // Recent ones are still known, the oldest forgotten.
+        assert!(!window.first_time(1, WINDOW as u64 * 3 - 1));
+        assert!(window.first_time(1, 0));
     }
 }

@@ -2,16 +2,32 @@
 //! around each message published for other nodes.
 //!
 //! Pure: names and bytes in, names and bytes out. The envelope is one header
-//! line, `wshub1 <node_id> <epoch> <seq>`, then the message's JSON exactly
+//! line, `wshub1 <node_id> <epoch> <seq>[ <mac>]`, then the message's JSON
 //! as clients receive it. `epoch` tells two runs of one `node_id` apart;
 //! `seq` grows by one per message a run publishes, so a receiver can drop
-//! anything it has already seen from that run (nothing is delivered twice,
-//! whatever a connection does).
+//! a message it has already seen from that run. With `cluster.secret` set,
+//! `mac` is the HMAC-SHA256 (base64url) of the channel, the header before
+//! it and the JSON, so an envelope cannot be forged or moved to another
+//! channel; receivers then drop unsigned ones.
+//!
+//! Whatever arrives is rebuilt, never relayed as is: [`decode`] keeps only
+//! the five keys clients receive and holds the result to the node's
+//! `max_message_size` and `max_json_depth`.
 
 use std::io::Write as _;
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
 use crate::audience::Audience;
-use crate::message;
+use crate::message::{self, Outgoing};
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// Length of a MAC in the header: 32 bytes in unpadded base64url.
+const MAC_LEN: usize = 43;
 
 /// First word of every envelope: a message that lacks it is not ours.
 const MAGIC: &str = "wshub1";
@@ -67,6 +83,11 @@ impl Names {
         format!("{}:node:{node_id}", self.prefix)
     }
 
+    /// The key a live node holds so no second node runs with its id.
+    pub fn lock_key(&self, node_id: &str) -> String {
+        format!("{}:lock:{node_id}", self.prefix)
+    }
+
     /// The set of node ids that may have a presence key.
     pub fn nodes_key(&self) -> String {
         format!("{}:nodes", self.prefix)
@@ -84,19 +105,64 @@ pub struct Origin<'a> {
     pub seq: u64,
 }
 
+/// The shared secret of `cluster.secret`, ready to sign and check.
+#[derive(Clone)]
+pub struct Key(HmacSha256);
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Key(..)")
+    }
+}
+
+impl Key {
+    /// The key for `secret` (any length).
+    pub fn new(secret: &[u8]) -> Key {
+        // HMAC takes keys of any length: the error case cannot happen.
+        Key(HmacSha256::new_from_slice(secret).unwrap_or_else(|_| unreachable_key()))
+    }
+
+    fn mac(&self, channel: &[u8], header: &[u8], json: &[u8]) -> HmacSha256 {
+        let mut mac = self.0.clone();
+        mac.update(channel);
+        mac.update(b"\n");
+        mac.update(header);
+        mac.update(b"\n");
+        mac.update(json);
+        mac
+    }
+}
+
+#[cold]
+fn unreachable_key() -> HmacSha256 {
+    // `new_from_slice` never fails for HMAC; an empty key is still a key.
+    <HmacSha256 as hmac::digest::KeyInit>::new(&Default::default())
+}
+
 /// One PUBLISH: the channel and the enveloped message, in one allocation.
 #[derive(Debug)]
 pub struct Publication {
     bytes: Vec<u8>,
     channel_end: usize,
+    /// Where the MAC goes in `bytes` (after the header's seq and a space),
+    /// when it is to be signed; filled by [`Publication::sign`].
+    mac_at: Option<usize>,
 }
 
 impl Publication {
-    /// Wraps `json` from `origin` for `audience`.
-    pub fn new(names: &Names, audience: Audience<&str>, origin: &Origin<'_>, json: &[u8]) -> Self {
+    /// Wraps `json` from `origin` for `audience`; `signed` leaves room for
+    /// a MAC that [`Publication::sign`] fills in (on the publisher thread,
+    /// not the loop's).
+    pub fn new(
+        names: &Names,
+        audience: Audience<&str>,
+        origin: &Origin<'_>,
+        json: &[u8],
+        signed: bool,
+    ) -> Self {
         let channel = names.channel_parts(audience);
-        // Three spaces, a newline, and at most 20 digits per number.
-        let header = MAGIC.len() + origin.node_id.len() + 2 * 20 + 4;
+        // Three spaces, a newline, at most 20 digits per number, the MAC.
+        let header = MAGIC.len() + origin.node_id.len() + 2 * 20 + 4 + 1 + MAC_LEN;
         let channel_len: usize = channel.iter().map(|part| part.len()).sum();
         let mut bytes = Vec::with_capacity(channel_len + header + json.len());
         for part in channel {
@@ -104,13 +170,44 @@ impl Publication {
         }
         let channel_end = bytes.len();
         // Writing into a Vec cannot fail.
-        let _ = writeln!(
+        let _ = write!(
             bytes,
             "{MAGIC} {} {} {}",
             origin.node_id, origin.epoch, origin.seq
         );
+        let mac_at = signed.then(|| {
+            bytes.push(b' ');
+            let at = bytes.len();
+            bytes.extend_from_slice(&[b'-'; MAC_LEN]);
+            at
+        });
+        bytes.push(b'\n');
         bytes.extend_from_slice(json);
-        Publication { bytes, channel_end }
+        Publication {
+            bytes,
+            channel_end,
+            mac_at,
+        }
+    }
+
+    /// Fills in the MAC (a no-op unless made `signed`).
+    pub fn sign(&mut self, key: &Key) {
+        let Some(at) = self.mac_at else {
+            return;
+        };
+        let header_end = at - 1;
+        let json_start = at + MAC_LEN + 1;
+        let (head, json) = self.bytes.split_at_mut(json_start);
+        let mac = key
+            .mac(
+                &head[..self.channel_end],
+                &head[self.channel_end..header_end],
+                json,
+            )
+            .finalize()
+            .into_bytes();
+        // 32 bytes are exactly MAC_LEN characters of unpadded base64.
+        let _ = URL_SAFE_NO_PAD.encode_slice(mac, &mut head[at..at + MAC_LEN]);
     }
 
     /// The channel it is published on.
@@ -122,6 +219,11 @@ impl Publication {
     pub fn payload(&self) -> &[u8] {
         &self.bytes[self.channel_end..]
     }
+
+    /// Bytes held, for the publish queue's byte bound.
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
 }
 
 /// Why a payload on one of our channels was dropped.
@@ -131,34 +233,84 @@ pub enum Garbage {
     Header,
     /// The body is not a message clients may receive.
     Body,
+    /// Larger than `max_message_size` (or nested deeper than allowed).
+    TooLarge,
+    /// No MAC, or a wrong one, while `cluster.secret` is set.
+    Unsigned,
 }
 
-/// Splits a payload into its origin and JSON, validating both: only a
-/// message of the shape clients receive gets through.
-pub fn decode(payload: &[u8]) -> Result<(Origin<'_>, &[u8]), Garbage> {
+/// What a receiving node holds messages from Redis to.
+#[derive(Debug, Clone)]
+pub struct Rules {
+    /// `websocket.max_message_size`: of the rebuilt JSON.
+    pub max_message_size: usize,
+    /// `websocket.max_json_depth`.
+    pub max_json_depth: usize,
+    /// `cluster.secret`: envelopes must carry its MAC.
+    pub key: Option<Key>,
+}
+
+/// Splits a payload on `channel` into its origin and the message, checked
+/// (MAC when a key is set, shape, size) and rebuilt from the five keys
+/// clients receive.
+pub fn decode<'a>(
+    channel: &str,
+    payload: &'a [u8],
+    rules: &Rules,
+) -> Result<(Origin<'a>, Vec<u8>), Garbage> {
     let newline = payload
         .iter()
         .position(|b| *b == b'\n')
         .ok_or(Garbage::Header)?;
     let header = std::str::from_utf8(&payload[..newline]).map_err(|_| Garbage::Header)?;
     let mut words = header.split(' ');
-    let (Some(MAGIC), Some(node_id), Some(epoch), Some(seq), None) = (
-        words.next(),
-        words.next(),
-        words.next(),
-        words.next(),
-        words.next(),
-    ) else {
+    let (Some(MAGIC), Some(node_id), Some(epoch), Some(seq)) =
+        (words.next(), words.next(), words.next(), words.next())
+    else {
         return Err(Garbage::Header);
     };
+    let mac = words.next();
+    if words.next().is_some() {
+        return Err(Garbage::Header);
+    }
     let origin = Origin {
         node_id,
         epoch: epoch.parse().map_err(|_| Garbage::Header)?,
         seq: seq.parse().map_err(|_| Garbage::Header)?,
     };
     let json = &payload[newline + 1..];
-    message::parse(json).map_err(|_| Garbage::Body)?;
-    Ok((origin, json))
+    if let Some(key) = &rules.key {
+        let text = mac.ok_or(Garbage::Unsigned)?;
+        let mac = URL_SAFE_NO_PAD
+            .decode(text)
+            .map_err(|_| Garbage::Unsigned)?;
+        // The header before " <mac>" (the MAC is its last word).
+        let signed_header = &header.as_bytes()[..header.len() - text.len() - 1];
+        key.mac(channel.as_bytes(), signed_header, json)
+            .verify_slice(&mac)
+            .map_err(|_| Garbage::Unsigned)?;
+    }
+    if json.len() > rules.max_message_size.saturating_mul(2) {
+        // Not worth parsing: even rebuilt it cannot shrink under the bound
+        // by half (only whitespace and extra keys go).
+        return Err(Garbage::TooLarge);
+    }
+    let message = message::parse_limited(json, rules.max_json_depth).map_err(|e| match e {
+        message::MessageError::TooDeep { .. } => Garbage::TooLarge,
+        _ => Garbage::Body,
+    })?;
+    let rebuilt = Outgoing {
+        kind: &message.kind,
+        to: message.to(),
+        from: message.from(),
+        room: message.room(),
+        content: message.content,
+    }
+    .to_json();
+    if rebuilt.len() > rules.max_message_size {
+        return Err(Garbage::TooLarge);
+    }
+    Ok((origin, rebuilt))
 }
 
 #[cfg(test)]
@@ -197,13 +349,99 @@ mod tests {
         };
         let names = Names::new("wshub");
         let json = br#"{"type":"chat","content":"a\nb"}"#;
-        let publication = Publication::new(&names, Audience::room("r"), &sent, json);
-        assert_eq!(publication.channel(), b"wshub:room:r");
-        // Allocated once, to the size: the longest numbers fill it exactly.
-        assert_eq!(publication.bytes.capacity(), publication.bytes.len());
-        let (origin, json) = decode(publication.payload()).unwrap();
-        assert_eq!(origin, sent);
-        assert_eq!(json, br#"{"type":"chat","content":"a\nb"}"#);
+        for signed in [false, true] {
+            let mut publication =
+                Publication::new(&names, Audience::room("r"), &sent, json, signed);
+            assert_eq!(publication.channel(), b"wshub:room:r");
+            // Allocated once: the longest numbers fill it exactly when signed.
+            assert!(publication.bytes.capacity() >= publication.bytes.len());
+            let key = Key::new(b"k");
+            publication.sign(&key);
+            if signed {
+                assert_eq!(publication.bytes.capacity(), publication.bytes.len());
+            }
+            let rules = Rules {
+                key: signed.then_some(key),
+                ..rules()
+            };
+            let (origin, json) = decode("wshub:room:r", publication.payload(), &rules).unwrap();
+            assert_eq!(origin, sent);
+            assert_eq!(json, br#"{"type":"chat","content":"a\nb"}"#);
+        }
+    }
+
+    fn rules() -> Rules {
+        Rules {
+            max_message_size: 64,
+            max_json_depth: 4,
+            key: None,
+        }
+    }
+
+    #[test]
+    fn what_arrives_is_rebuilt_and_held_to_the_bounds() {
+        let rules = rules();
+        let decode = |payload: &[u8]| decode("wshub:all", payload, &rules).map(|(_, j)| j);
+        // Extra keys and spacing go; the five keys stay, in one order.
+        assert_eq!(
+            decode(b"wshub1 n 1 1\n{ \"x\":1,\"content\":[1, 2],\"type\":\"t\",\"from\":\"f\"}")
+                .unwrap(),
+            br#"{"type":"t","from":"f","content":[1, 2]}"#
+        );
+        let big = format!(
+            "wshub1 n 1 1\n{{\"type\":\"t\",\"content\":\"{}\"}}",
+            "a".repeat(60)
+        );
+        assert_eq!(decode(big.as_bytes()), Err(Garbage::TooLarge));
+        let huge = format!(
+            "wshub1 n 1 1\n{{\"type\":\"t\",\"content\":\"{}\"}}",
+            "a".repeat(1000)
+        );
+        assert_eq!(decode(huge.as_bytes()), Err(Garbage::TooLarge));
+        assert_eq!(
+            decode(b"wshub1 n 1 1\n{\"type\":\"t\",\"content\":[[[[[1]]]]]}"),
+            Err(Garbage::TooLarge)
+        );
+    }
+
+    #[test]
+    fn with_a_secret_unsigned_forged_and_moved_envelopes_are_refused() {
+        let names = Names::new("wshub");
+        let origin = Origin {
+            node_id: "n1",
+            epoch: 1,
+            seq: 2,
+        };
+        let json = br#"{"type":"chat"}"#;
+        let mut good = Publication::new(&names, Audience::User("u"), &origin, json, true);
+        good.sign(&Key::new(b"right"));
+        let mut wrong = Publication::new(&names, Audience::User("u"), &origin, json, true);
+        wrong.sign(&Key::new(b"wrong"));
+        let unsigned = Publication::new(&names, Audience::User("u"), &origin, json, false);
+        let rules = Rules {
+            key: Some(Key::new(b"right")),
+            ..rules()
+        };
+        assert!(decode("wshub:user:u", good.payload(), &rules).is_ok());
+        for (channel, payload) in [
+            ("wshub:user:u", wrong.payload()),
+            ("wshub:user:u", unsigned.payload()),
+            // A signed envelope replayed on another channel.
+            ("wshub:all", good.payload()),
+        ] {
+            assert_eq!(
+                decode(channel, payload, &rules).map(|_| ()),
+                Err(Garbage::Unsigned)
+            );
+        }
+        // A changed body breaks the MAC too.
+        let mut tampered = good.payload().to_vec();
+        let last = tampered.len() - 2;
+        tampered[last] = b'X';
+        assert_eq!(
+            decode("wshub:user:u", &tampered, &rules).map(|_| ()),
+            Err(Garbage::Unsigned)
+        );
     }
 
     #[test]
@@ -219,7 +457,7 @@ mod tests {
         ];
         for (payload, why) in cases {
             assert_eq!(
-                decode(payload).map(|_| ()),
+                decode("wshub:all", payload, &rules()).map(|_| ()),
                 Err(why),
                 "{}",
                 String::from_utf8_lossy(payload)

@@ -26,10 +26,13 @@ use log::LevelFilter;
 use serde_norway::Value;
 
 use values::{
-    parse_algorithms, parse_count, parse_duration, parse_events, parse_flag, parse_host,
-    parse_http_url, parse_level, parse_name, parse_origins, parse_path, parse_port, parse_prefix,
-    parse_rate, parse_redis_url, parse_secret, parse_secret_url, parse_text, parse_ttl,
+    parse_algorithms, parse_byte_rate, parse_client_ip_header, parse_count, parse_duration,
+    parse_events, parse_flag, parse_host, parse_http_url, parse_level, parse_name, parse_origins,
+    parse_path, parse_port, parse_prefix, parse_rate, parse_redis_url, parse_secret,
+    parse_secret_url, parse_text, parse_trusted, parse_ttl,
 };
+
+use crate::client_ip::{ClientIpHeader, Trusted};
 
 mod values;
 
@@ -210,6 +213,17 @@ section! {
         /// Bind with `SO_REUSEPORT`, so several nodes on one machine share the
         /// port and the kernel spreads connections over them. Default `false`.
         pub reuse_port: bool = false, parse parse_flag;
+        /// CIDR blocks (or single addresses) of the proxies whose forwarding
+        /// headers and PROXY headers are believed. Default `[]`: none, the
+        /// client is the TCP peer.
+        pub trusted_proxies: Trusted = Trusted::default(), parse parse_trusted;
+        /// The header trusted proxies name the client in: `x-forwarded-for`,
+        /// `forwarded` (RFC 7239) or `x-real-ip`. Default `x-forwarded-for`.
+        pub client_ip_header: ClientIpHeader = ClientIpHeader::XForwardedFor,
+            parse parse_client_ip_header;
+        /// Every connection starts with a PROXY protocol header (v1 or v2)
+        /// from a trusted proxy; needs `trusted_proxies`. Default `false`.
+        pub proxy_protocol: bool = false, parse parse_flag;
     }
 }
 
@@ -278,6 +292,10 @@ section! {
         /// Client messages per second per session, with a burst of as many;
         /// over it a message is dropped with an error reply. `0` is off. Default `0`.
         pub max_messages_per_second: u32 = 0, parse parse_rate;
+        /// Bytes of client data messages per second per session, charged by
+        /// their inflated size, with a burst of as many; over it a message is
+        /// dropped with an error reply. `0` is off. Default `0`.
+        pub max_bytes_per_second: usize = 0, parse parse_byte_rate;
         /// Clients may broadcast (a message with neither `room` nor `to`); when
         /// false such a message gets an error reply. Default `true`.
         pub client_broadcast: bool = true, parse parse_flag;
@@ -287,6 +305,9 @@ section! {
         /// Outbound messages shorter than this many bytes go out uncompressed
         /// even to sessions that negotiated compression. Default `128`.
         pub compression_min_bytes: usize = 128, parse |v| parse_count(v, 0);
+        /// Open connections (HTTP and WebSocket) per client address, IPv6
+        /// per /64; the next gets 503. `0` is off. Default `0`.
+        pub max_connections_per_ip: usize = 0, parse |v| parse_count(v, 0);
     }
 }
 
@@ -331,6 +352,14 @@ section! {
         /// Nodes with the same Redis and prefix form one cluster; channels and
         /// keys start with it. Default `"wshub"`.
         pub channel_prefix: String = "wshub".to_owned(), parse parse_prefix;
+        /// Shared secret: envelopes on Redis carry its HMAC and unsigned or
+        /// wrongly signed ones are dropped. Default `""`: not signed.
+        pub secret: Secret = Secret::default(), parse parse_secret;
+        /// Bytes of messages queued for Redis, and bytes received from it
+        /// not yet delivered (each way). Past it a publish is refused
+        /// ("cluster unavailable") and a received message dropped (counted).
+        /// Default 64 MiB, at least 1 MiB.
+        pub max_queue_bytes: usize = 64 << 20, parse |v| parse_count(v, 1 << 20);
     }
 }
 
@@ -575,6 +604,15 @@ impl Config {
                 ),
             ));
         }
+        if self.app.proxy_protocol && self.app.trusted_proxies.is_empty() {
+            return Err(invalid(
+                origin,
+                "app.proxy_protocol",
+                "true needs app.trusted_proxies (the balancers allowed to send the header), \
+                 or every connection would be refused"
+                    .to_owned(),
+            ));
+        }
         let jwt = &self.jwt;
         if jwt.required && !jwt.has_key() {
             return Err(invalid(
@@ -582,6 +620,16 @@ impl Config {
                 "jwt.required",
                 "true needs a key (jwt.secret, jwt.public_key or jwt.jwks_url), or no connect \
                  could succeed"
+                    .to_owned(),
+            ));
+        }
+        if self.history.enabled() && self.cluster.enabled() {
+            return Err(invalid(
+                origin,
+                "history.size",
+                "history is not supported together with cluster.redis yet (a node alone \
+                 cannot vouch for what the others published); set 0 or leave cluster.redis \
+                 empty"
                     .to_owned(),
             ));
         }

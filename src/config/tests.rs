@@ -63,6 +63,9 @@ fn defaults_are_protocol_section_2() {
             port: 8889,
             demo: true,
             reuse_port: false,
+            trusted_proxies: Default::default(),
+            client_ip_header: Default::default(),
+            proxy_protocol: false,
         },
         log: LogConfig {
             level: LevelFilter::Info,
@@ -88,9 +91,11 @@ fn defaults_are_protocol_section_2() {
             max_rooms_per_session: 64,
             max_json_depth: 32,
             max_messages_per_second: 0,
+            max_bytes_per_second: 0,
             client_broadcast: true,
             compression: false,
             compression_min_bytes: 128,
+            max_connections_per_ip: 0,
         },
         jwt: JwtConfig {
             secret: Secret::default(),
@@ -169,6 +174,7 @@ websocket:
   max_rooms_per_session: 11
   max_json_depth: 12
   max_messages_per_second: 13
+  max_bytes_per_second: 14
   client_broadcast: false
   compression: true
   compression_min_bytes: 9
@@ -187,6 +193,9 @@ jwt:
             port: 1,
             demo: false,
             reuse_port: false,
+            trusted_proxies: Default::default(),
+            client_ip_header: Default::default(),
+            proxy_protocol: false,
         },
         log: LogConfig {
             level: LevelFilter::Debug,
@@ -212,9 +221,11 @@ jwt:
             max_rooms_per_session: 11,
             max_json_depth: 12,
             max_messages_per_second: 13,
+            max_bytes_per_second: 14,
             client_broadcast: false,
             compression: true,
             compression_min_bytes: 9,
+            max_connections_per_ip: 0,
         },
         jwt: JwtConfig {
             secret: "s3".into(),
@@ -261,6 +272,12 @@ fn history_section_defaults_off_and_checks_its_bounds() {
         "config.yaml: history.size: expected a non-negative integer, got -1"
     );
     assert_eq!(
+        error("history:\n  size: 10\ncluster:\n  redis: \"redis://127.0.0.1:6379/0\"\n"),
+        "config.yaml: history.size: history is not supported together with cluster.redis yet \
+         (a node alone cannot vouch for what the others published); set 0 or leave \
+         cluster.redis empty"
+    );
+    assert_eq!(
         error("history:\n  sizes: 1\n"),
         "config.yaml: unknown key \"history.sizes\""
     );
@@ -288,6 +305,16 @@ fn cluster_section_and_reuse_port() {
     assert_eq!(
         error("cluster:\n  channel_prefix: \"\"\n"),
         "config.yaml: cluster.channel_prefix: must not be empty"
+    );
+    let config = parse("cluster:\n  secret: \"s3\"\n  max_queue_bytes: 2097152\n");
+    assert_eq!(config.cluster.secret, "s3");
+    assert_eq!(config.cluster.max_queue_bytes, 2 << 20);
+    assert_eq!(Config::default().cluster.max_queue_bytes, 64 << 20);
+    assert!(Config::default().cluster.secret.is_empty());
+    let small = error("cluster:\n  max_queue_bytes: 1000\n");
+    assert!(
+        small.starts_with("config.yaml: cluster.max_queue_bytes: "),
+        "{small}"
     );
     let bad = error("cluster:\n  redis: \"http://user:hunter2@x\"\n");
     assert!(
@@ -540,6 +567,18 @@ fn abuse_bounds_at_their_limits_and_one_past() {
         "config.yaml: websocket.max_messages_per_second: expected a non-negative integer \
              (0 = off), got \"fast\""
     );
+    assert_eq!(
+        websocket("  max_bytes_per_second: 1099511627776\n").max_bytes_per_second,
+        1 << 40
+    );
+    assert_eq!(
+        error("websocket:\n  max_bytes_per_second: 1099511627777\n"),
+        "config.yaml: websocket.max_bytes_per_second: must be at most 1099511627776, got 1099511627777"
+    );
+    assert_eq!(
+        error("websocket:\n  max_bytes_per_second: -1\n"),
+        "config.yaml: websocket.max_bytes_per_second: expected a non-negative integer (0 = off), got -1"
+    );
     assert!(!websocket("  client_broadcast: false\n").client_broadcast);
     assert_eq!(
         error("websocket:\n  client_broadcast: no\n"),
@@ -783,5 +822,49 @@ fn tls_keys_come_in_pairs() {
     assert_eq!(
         error("tls:\n  key: k.pem\n"),
         "config.yaml: tls.cert: must be set when tls.key is (TLS needs both files)"
+    );
+}
+
+#[test]
+fn client_address_keys() {
+    let config = parse(
+        "app:\n  trusted_proxies: [\"10.0.0.0/8\", \"::1\"]\n  client_ip_header: Forwarded\n  proxy_protocol: true\nwebsocket:\n  max_connections_per_ip: 20\n",
+    );
+    assert!(config
+        .app
+        .trusted_proxies
+        .contains("10.1.2.3".parse().unwrap()));
+    assert!(config.app.trusted_proxies.contains("::1".parse().unwrap()));
+    assert!(!config
+        .app
+        .trusted_proxies
+        .contains("11.0.0.1".parse().unwrap()));
+    assert_eq!(config.app.client_ip_header, ClientIpHeader::Forwarded);
+    assert!(config.app.proxy_protocol);
+    assert_eq!(config.websocket.max_connections_per_ip, 20);
+    assert!(Config::default().app.trusted_proxies.is_empty());
+    assert_eq!(
+        error("app:\n  trusted_proxies: [\"10.0.0.0/8\", \"10.0.0.0/33\"]\n"),
+        "config.yaml: app.trusted_proxies: \"10.0.0.0/33\" is not a CIDR block or an IP address"
+    );
+    assert_eq!(
+        error("app:\n  trusted_proxies: \"10.0.0.0/8\"\n"),
+        "config.yaml: app.trusted_proxies: expected a list of CIDR blocks such as [\"10.0.0.0/8\", \"::1/128\"], got \"10.0.0.0/8\""
+    );
+    assert_eq!(
+        error("app:\n  trusted_proxies: [8]\n"),
+        "config.yaml: app.trusted_proxies: item 0: expected a CIDR block, got 8"
+    );
+    assert_eq!(
+        error("app:\n  client_ip_header: x-client-ip\n"),
+        "config.yaml: app.client_ip_header: expected one of x-forwarded-for, forwarded, x-real-ip, got \"x-client-ip\""
+    );
+    assert_eq!(
+        error("app:\n  proxy_protocol: true\n"),
+        "config.yaml: app.proxy_protocol: true needs app.trusted_proxies (the balancers allowed to send the header), or every connection would be refused"
+    );
+    assert_eq!(
+        error("websocket:\n  max_connections_per_ip: -1\n"),
+        "config.yaml: websocket.max_connections_per_ip: expected a non-negative integer, got -1"
     );
 }

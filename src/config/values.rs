@@ -11,6 +11,7 @@ use serde_norway::Value;
 
 use super::Secret;
 use crate::auth;
+use crate::client_ip::{ClientIpHeader, Trusted};
 
 /// Durations above this are refused: the event loop adds them to `Instant`s,
 /// and an absurd value would overflow instead of meaning "never".
@@ -19,6 +20,10 @@ const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
 /// The highest `max_messages_per_second`: the token bucket counts in
 /// thousandths of a message per millisecond, which this keeps far from overflow.
 const MAX_RATE: u32 = 1_000_000;
+
+/// The highest `max_bytes_per_second` (1 TiB/s, far above any link): the
+/// byte bucket counts in thousandths of a byte per millisecond in a `u64`.
+const MAX_BYTE_RATE: u64 = 1 << 40;
 
 /// `cluster.presence_ttl`: a duration of at least one second.
 pub(super) fn parse_ttl(v: &Value) -> Result<Duration, String> {
@@ -262,6 +267,18 @@ pub(super) fn parse_rate(v: &Value) -> Result<u32, String> {
     }
 }
 
+/// Bytes per second: `0` (off) up to [`MAX_BYTE_RATE`].
+pub(super) fn parse_byte_rate(v: &Value) -> Result<usize, String> {
+    match v.as_u64() {
+        None => Err(format!(
+            "expected a non-negative integer (0 = off), got {}",
+            shown(v)
+        )),
+        Some(n) if n > MAX_BYTE_RATE => Err(format!("must be at most {MAX_BYTE_RATE}, got {n}")),
+        Some(n) => Ok(n as usize),
+    }
+}
+
 pub(super) fn parse_duration(v: &Value) -> Result<Duration, String> {
     let parsed = match v {
         Value::Number(n) => n.as_u64().map(Duration::from_secs),
@@ -324,4 +341,36 @@ pub(super) fn parse_origins(v: &Value) -> Result<Vec<String>, String> {
             )),
         })
         .collect()
+}
+
+/// `app.trusted_proxies`: a list of CIDR blocks or addresses.
+pub(super) fn parse_trusted(v: &Value) -> Result<Trusted, String> {
+    let not_a_list = || {
+        format!(
+            "expected a list of CIDR blocks such as [\"10.0.0.0/8\", \"::1/128\"], got {}",
+            shown(v)
+        )
+    };
+    let items = v.as_sequence().ok_or_else(not_a_list)?;
+    let entries = items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            item.as_str()
+                .ok_or_else(|| format!("item {i}: expected a CIDR block, got {}", shown(item)))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Trusted::parse(&entries)
+}
+
+/// `app.client_ip_header`: one of the three header names.
+pub(super) fn parse_client_ip_header(v: &Value) -> Result<ClientIpHeader, String> {
+    v.as_str()
+        .and_then(ClientIpHeader::from_name)
+        .ok_or_else(|| {
+            format!(
+                "expected one of x-forwarded-for, forwarded, x-real-ip, got {}",
+                shown(v)
+            )
+        })
 }

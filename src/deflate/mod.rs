@@ -1,19 +1,17 @@
 //! permessage-deflate (RFC 7692): negotiation, the loop's one compressor
-//! and one inflater, and what a session keeps between its messages.
+//! and one inflater.
 //!
-//! Outbound, the server never takes context over (`server_no_context_takeover`),
-//! so a message is compressed from a fresh context: [`Encoded`] compresses
-//! it at most once per window size and frames it once, and every session
-//! with that window gets the same shared bytes.
+//! Outbound, the server never takes context over (`server_no_context_takeover`)
+//! and always uses the full window (a session that asked for less gets plain
+//! frames), so a message is compressed from a fresh context at most once:
+//! [`Encoded`] frames it once, and every compressing session gets the same
+//! shared bytes.
 //!
-//! Inbound, one [`Codec`] inflates for every session, bounded by
-//! `max_message_size` while it inflates. A client that takes its context
-//! over (the browser default) refers back to what it sent before; rather
-//! than a zlib state per session (~40 KiB), a session keeps only the tail of
-//! its own inflated messages (`Inflate::history`, at most the client's
-//! window and usually far less), which primes the shared inflater as a
-//! preset dictionary. A session that does not take context over, or has sent
-//! nothing compressed, keeps nothing.
+//! Inbound, the server answers `client_no_context_takeover` to every offer,
+//! so each client message is compressed from a fresh context too: one
+//! [`Codec`] inflates for every session, bounded while it inflates, and a
+//! session keeps nothing between its messages. An idle compressed session
+//! costs what a plain one does, after traffic as before (BENCHMARKS.md).
 //!
 //! Touches no sockets and no sessions: bytes in, bytes out.
 
@@ -53,57 +51,11 @@ impl fmt::Display for InflateError {
     }
 }
 
-/// The tail of what a client that takes its context over has sent, which
-/// its next message may refer back into: at most its window. Nothing is
-/// allocated until such a client sends a compressed message, so an idle
-/// session holds no buffer here.
-#[derive(Debug, Default)]
-// Boxed: every session carries one, and a pointer is 8 bytes where a Vec is
-// 24; the extra hop is taken only on an inbound compressed message.
-#[allow(clippy::box_collection)]
-pub struct History(Option<Box<Vec<u8>>>);
-
-impl History {
-    /// Bytes kept.
-    pub fn len(&self) -> usize {
-        self.0.as_ref().map_or(0, |h| h.len())
-    }
-
-    /// Nothing kept.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    fn bytes(&self) -> &[u8] {
-        self.0.as_deref().map_or(&[], Vec::as_slice)
-    }
-
-    /// Keeps the end of `message` for the next one, if the client takes its
-    /// context over. Never more than the window (zlib turns a window of 8
-    /// bits into 9, so 9 bits are kept at least).
-    fn remember(&mut self, params: &Params, message: &[u8]) {
-        if params.client_no_context_takeover || message.is_empty() {
-            return;
-        }
-        let window = 1 << params.client_window_bits.max(9);
-        let history = self.0.get_or_insert_with(Box::default);
-        if message.len() >= window {
-            history.clear();
-            history.extend_from_slice(&message[message.len() - window..]);
-        } else {
-            let excess = (history.len() + message.len()).saturating_sub(window);
-            history.drain(..excess);
-            history.extend_from_slice(message);
-        }
-        history.shrink_to(window);
-    }
-}
-
-/// The loop's compressors (one per window size in use, created on first
-/// use) and its one inflater, with a scratch buffer reused across messages.
+/// The loop's one compressor and one inflater (each created on first use),
+/// with a scratch buffer reused across messages.
 #[derive(Default)]
 pub struct Codec {
-    compressors: [Option<Compress>; 7],
+    compressor: Option<Compress>,
     /// Created on the first compressed message: a server without
     /// compressing clients holds no zlib state.
     inflater: Option<Decompress>,
@@ -117,14 +69,12 @@ impl fmt::Debug for Codec {
 }
 
 impl Codec {
-    /// Compresses `payload` from a fresh context with a window of
-    /// `window_bits` (9..=15), without the trailing empty block. `None` if
-    /// compressing does not make it smaller: then it goes out plain.
-    pub fn compress(&mut self, payload: &[u8], window_bits: u8) -> Option<&[u8]> {
-        let bits = window_bits.clamp(9, MAX_WINDOW_BITS);
-        let slot = &mut self.compressors[usize::from(bits - 9)];
-        let compressor = slot.get_or_insert_with(|| {
-            Compress::new_with_window_bits(Compression::default(), false, bits)
+    /// Compresses `payload` from a fresh context with the full window,
+    /// without the trailing empty block. `None` if compressing does not make
+    /// it smaller: then it goes out plain.
+    pub fn compress(&mut self, payload: &[u8]) -> Option<&[u8]> {
+        let compressor = self.compressor.get_or_insert_with(|| {
+            Compress::new_with_window_bits(Compression::default(), false, MAX_WINDOW_BITS)
         });
         compressor.reset();
         let out = &mut self.scratch;
@@ -147,26 +97,15 @@ impl Codec {
         (out.len() < payload.len()).then_some(&out[..])
     }
 
-    /// Inflates one message from a session with these parameters. `max`
-    /// bounds the inflated size while inflating: the output never grows past
-    /// `max + 1` bytes. Updates the session's history when it takes its
-    /// context over.
-    pub fn inflate(
-        &mut self,
-        params: &Params,
-        history: &mut History,
-        compressed: &[u8],
-        max: usize,
-    ) -> Result<Vec<u8>, InflateError> {
+    /// Inflates one client message, compressed from a fresh context (every
+    /// session agreed to `client_no_context_takeover`). `max` bounds the
+    /// inflated size while inflating: the output never grows past `max + 1`
+    /// bytes, so the work is bounded by `max` too.
+    pub fn inflate(&mut self, compressed: &[u8], max: usize) -> Result<Vec<u8>, InflateError> {
         let inflater = self
             .inflater
             .get_or_insert_with(|| Decompress::new_with_window_bits(false, MAX_WINDOW_BITS));
         inflater.reset(false);
-        if !params.client_no_context_takeover && !history.is_empty() {
-            inflater
-                .set_dictionary(history.bytes())
-                .map_err(|e| InflateError::Corrupt(e.to_string()))?;
-        }
         let limit = max.saturating_add(1);
         let mut out: Vec<u8> = Vec::new();
         let mut input = compressed;
@@ -203,24 +142,23 @@ impl Codec {
                 return Err(InflateError::Corrupt("deflate stream stalled".into()));
             }
         }
-        history.remember(params, &out);
         Ok(out)
     }
 }
 
 /// One outbound message, framed at most once per form: plain for sessions
 /// without compression (or messages under `compression_min_bytes`),
-/// compressed once per server window size, and as a Server-Sent Event.
-/// Every recipient gets a clone of the same [`Wire`].
+/// compressed once, and as a Server-Sent Event. Every recipient gets a
+/// clone of the same [`Wire`].
 #[derive(Debug)]
 pub struct Encoded<'a> {
     kind: Kind,
     payload: &'a [u8],
     compress: bool,
     plain: Option<Wire>,
-    /// Per window size 9..=15: `Some(frame)` once compressed (the plain
-    /// frame when compressing did not pay off).
-    deflated: [Option<Wire>; 7],
+    /// `Some(frame)` once compressed (the plain frame when compressing did
+    /// not pay off).
+    deflated: Option<Wire>,
     /// The Server-Sent Events form, once an SSE session receives it.
     sse: Option<Wire>,
     /// The event's `id:` (history on: the resume token of this message).
@@ -236,7 +174,7 @@ impl<'a> Encoded<'a> {
             payload,
             compress: payload.len() >= min_bytes,
             plain: None,
-            deflated: Default::default(),
+            deflated: None,
             sse: None,
             sse_id: None,
         }
@@ -280,18 +218,17 @@ impl<'a> Encoded<'a> {
     /// The frame for a session with these parameters (`None`: no
     /// compression negotiated).
     pub fn for_session(&mut self, params: Option<&Params>, codec: &mut Codec) -> Wire {
-        let Some(params) = params.filter(|_| self.compress) else {
+        if params.is_none_or(|p| p.plain_output) || !self.compress {
             return self.plain();
-        };
-        let slot = usize::from(params.server_window_bits.clamp(9, MAX_WINDOW_BITS) - 9);
-        if let Some(wire) = &self.deflated[slot] {
+        }
+        if let Some(wire) = &self.deflated {
             return wire.clone();
         }
-        let wire = match codec.compress(self.payload, params.server_window_bits) {
+        let wire = match codec.compress(self.payload) {
             Some(bytes) => frame::encode_compressed(self.kind, bytes),
             None => self.plain(),
         };
-        self.deflated[slot] = Some(wire.clone());
+        self.deflated = Some(wire.clone());
         wire
     }
 }
@@ -300,130 +237,98 @@ impl<'a> Encoded<'a> {
 mod tests {
     use super::*;
 
-    fn params(server: u8, client: u8, no_context: bool) -> Params {
-        Params {
-            server_window_bits: server,
-            client_window_bits: client,
-            client_no_context_takeover: no_context,
-        }
-    }
-
-    /// A client compressor that keeps its context, as browsers do.
-    fn client_stream(messages: &[&[u8]], bits: u8) -> Vec<Vec<u8>> {
-        let mut c = Compress::new_with_window_bits(Compression::default(), false, bits);
-        messages
-            .iter()
-            .map(|m| {
-                let mut out = Vec::with_capacity(m.len() + 64);
-                c.compress_vec(m, &mut out, FlushCompress::Sync).unwrap();
-                assert!(out.ends_with(&TAIL));
-                out.truncate(out.len() - 4);
-                out
-            })
-            .collect()
-    }
+    const PARAMS: Params = Params {
+        client_window_bits: 15,
+        plain_output: false,
+    };
 
     #[test]
     fn compressed_messages_round_trip_through_a_fresh_context() {
         let mut codec = Codec::default();
         let text =
             br#"{"type":"chat","room":"lobby","content":"hello hello hello hello hello hello"}"#;
-        let compressed = codec.compress(text, 15).unwrap().to_vec();
+        let compressed = codec.compress(text).unwrap().to_vec();
         assert!(compressed.len() < text.len());
-        let (p, mut history) = (params(15, 15, true), History::default());
-        assert_eq!(
-            codec.inflate(&p, &mut history, &compressed, 1000).unwrap(),
-            text
-        );
-        assert!(history.0.is_none(), "no context kept");
-        assert_eq!(codec.compress(b"abc", 15), None, "incompressible");
+        assert_eq!(codec.inflate(&compressed, 1000).unwrap(), text);
+        assert_eq!(codec.compress(b"abc"), None, "incompressible");
     }
 
     #[test]
-    fn context_takeover_is_followed_through_the_session_history() {
-        let messages: Vec<Vec<u8>> = (0..20)
-            .map(|i| {
-                format!(r#"{{"type":"chat","to":"bob","content":"message number {i} of many"}}"#)
-                    .into_bytes()
-            })
-            .collect();
-        let refs: Vec<&[u8]> = messages.iter().map(|m| &m[..]).collect();
-        let stream = client_stream(&refs, 10);
-        let mut codec = Codec::default();
-        let (p, mut history) = (params(15, 10, false), History::default());
-        for (message, compressed) in messages.iter().zip(&stream) {
-            // Another session's message in between must not disturb it.
-            let mut other = History::default();
-            let noise = codec.compress(&[b'z'; 300], 15).unwrap().to_vec();
-            codec
-                .inflate(&params(15, 15, false), &mut other, &noise, 1000)
+    fn a_message_that_refers_back_to_an_earlier_one_is_corrupt() {
+        // A client that kept its context despite client_no_context_takeover:
+        // its second message points into the first, which nobody kept.
+        let first = br#"{"type":"chat","content":"the same words again and again"}"#;
+        let mut client = Compress::new_with_window_bits(Compression::default(), false, 15);
+        let mut stream = Vec::new();
+        for _ in 0..2 {
+            let mut out = Vec::with_capacity(256);
+            client
+                .compress_vec(first, &mut out, FlushCompress::Sync)
                 .unwrap();
-            assert_eq!(
-                &codec.inflate(&p, &mut history, compressed, 1000).unwrap(),
-                message
-            );
-            assert!(history.len() <= 1024);
+            out.truncate(out.len() - TAIL.len());
+            stream.push(out);
         }
-        assert_eq!(history.len(), 1024, "the window, not more");
-        assert!(stream[19].len() < messages[19].len() / 2, "context helped");
+        let mut codec = Codec::default();
+        assert_eq!(codec.inflate(&stream[0], 1000).unwrap(), first);
+        assert!(matches!(
+            codec.inflate(&stream[1], 1000),
+            Err(InflateError::Corrupt(_))
+        ));
     }
 
     #[test]
     fn the_size_limit_holds_while_inflating() {
         let bomb_source = vec![b'a'; 4 << 20];
         let mut codec = Codec::default();
-        let bomb = codec.compress(&bomb_source, 15).unwrap().to_vec();
+        let bomb = codec.compress(&bomb_source).unwrap().to_vec();
         assert!(bomb.len() < 30_000, "{}", bomb.len());
-        let (p, mut history) = (params(15, 15, false), History::default());
-        assert_eq!(
-            codec.inflate(&p, &mut history, &bomb, 1 << 20),
-            Err(InflateError::TooBig)
-        );
-        assert!(history.0.is_none());
-        assert_eq!(
-            codec
-                .inflate(&p, &mut history, &bomb, 4 << 20)
-                .unwrap()
-                .len(),
-            4 << 20
-        );
+        assert_eq!(codec.inflate(&bomb, 1 << 20), Err(InflateError::TooBig));
+        assert_eq!(codec.inflate(&bomb, 4 << 20).unwrap().len(), 4 << 20);
     }
 
     #[test]
     fn garbage_is_corrupt_not_a_panic() {
         let mut codec = Codec::default();
-        let (p, mut history) = (params(15, 15, false), History::default());
         for junk in [&[0xff_u8; 40][..], &[0x07], &[]] {
-            let got = codec.inflate(&p, &mut history, junk, 1000);
+            let got = codec.inflate(junk, 1000);
             assert!(
                 matches!(got, Err(InflateError::Corrupt(_)) | Ok(_)),
                 "{got:?}"
             );
         }
         assert!(matches!(
-            codec.inflate(&p, &mut history, &[0xff; 40], 1000),
+            codec.inflate(&[0xff; 40], 1000),
             Err(InflateError::Corrupt(_))
         ));
     }
 
     #[test]
-    fn one_compression_per_window_size_and_plain_below_the_minimum() {
+    fn one_compression_per_message_and_plain_below_the_minimum() {
         let mut codec = Codec::default();
         let payload = vec![b'x'; 500];
         let mut encoded = Encoded::new(Kind::Text, &payload, 128);
-        let a = encoded.for_session(Some(&params(15, 15, false)), &mut codec);
-        let b = encoded.for_session(Some(&params(15, 9, true)), &mut codec);
-        let c = encoded.for_session(Some(&params(10, 15, false)), &mut codec);
+        let a = encoded.for_session(Some(&PARAMS), &mut codec);
+        let b = encoded.for_session(
+            Some(&Params {
+                client_window_bits: 9,
+                plain_output: false,
+            }),
+            &mut codec,
+        );
         let plain = encoded.for_session(None, &mut codec);
-        assert!(std::rc::Rc::ptr_eq(&a, &b), "same window: same bytes");
-        assert!(!std::rc::Rc::ptr_eq(&a, &c));
+        let small_window = encoded.for_session(
+            Some(&Params {
+                client_window_bits: 15,
+                plain_output: true,
+            }),
+            &mut codec,
+        );
+        assert!(std::rc::Rc::ptr_eq(&a, &b), "one compressed copy");
+        assert!(std::rc::Rc::ptr_eq(&plain, &small_window), "and one plain");
         assert_eq!(a[0], 0xC1, "FIN + RSV1 + text");
         assert_eq!(plain[0], 0x81);
         let small = b"short";
         let mut encoded = Encoded::new(Kind::Text, small, 128);
-        assert_eq!(
-            encoded.for_session(Some(&params(15, 15, false)), &mut codec)[0],
-            0x81
-        );
+        assert_eq!(encoded.for_session(Some(&PARAMS), &mut codec)[0], 0x81);
     }
 }

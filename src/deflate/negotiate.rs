@@ -2,28 +2,36 @@
 //! offer in `Sec-WebSocket-Extensions` that the server can honour and writes
 //! the response parameters.
 //!
-//! The server always answers `server_no_context_takeover`: every message it
-//! sends is compressed from a fresh context, so one compressed copy of a
-//! broadcast is valid for every session with the same window. Offers the
-//! server cannot honour are declined one by one (RFC 7692 section 5): unknown
-//! or repeated parameters, bad values, and `server_max_window_bits=8` (zlib
-//! cannot write raw deflate with a 256-byte window). When none is left the
-//! connection proceeds uncompressed.
+//! The server always answers `server_no_context_takeover` and compresses
+//! with the full window: every message it sends is compressed from a fresh
+//! context, so one compressed copy of a broadcast is valid for every
+//! session, whatever it negotiated. It also always answers
+//! `client_no_context_takeover` (RFC 7692 7.1.1.2 lets a server add it to any
+//! offer), so it keeps no inflate history for any session. An offer that
+//! limits the server's window (`server_max_window_bits` below 15; browsers
+//! never send one) is accepted, but that session is sent every message
+//! uncompressed (RFC 7692 section 6 lets a sender leave any message
+//! uncompressed): a second window size would mean a second compression of
+//! every broadcast. Declining it instead would leave such a client without
+//! compressed uploads, and conformance suites count that as unimplemented.
+//! Offers the server cannot honour are declined one by one (RFC 7692
+//! section 5): unknown or repeated parameters, bad values, and
+//! `server_max_window_bits=8` (zlib cannot write raw deflate with a 256-byte
+//! window). When none is left the connection proceeds uncompressed.
 //!
 //! Pure: header text in, parameters out.
 
-/// What one session agreed to.
+/// What one session agreed to, beyond what every session agrees to (no
+/// context takeover either way).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Params {
-    /// Window (log2) the server compresses with: 9..=15. Sessions with the
-    /// same value share one compressed copy of a message.
-    pub server_window_bits: u8,
-    /// Window (log2) the client compresses with: 8..=15. Bounds how much
-    /// inflated text is kept for its context takeover.
+    /// Window (log2) the client compresses with: 8..=15. The inflater's
+    /// full window reads any of them.
     pub client_window_bits: u8,
-    /// The client compresses each message from a fresh context, so the
-    /// server keeps nothing between its messages.
-    pub client_no_context_takeover: bool,
+    /// The client limited the server's window below 15: it is sent every
+    /// message uncompressed, so the one compressed copy of a message (full
+    /// window) serves every other session.
+    pub plain_output: bool,
 }
 
 /// The largest LZ77 window, and the default on both sides.
@@ -61,7 +69,6 @@ fn accept(offer: &str) -> Option<Agreement> {
     let mut server_bits = None;
     // `Some(None)`: offered without a value.
     let mut client_bits: Option<Option<u8>> = None;
-    let mut client_no_context = false;
     for param in parts {
         let (name, value) = match param.split_once('=') {
             Some((name, value)) => (name.trim(), Some(unquote(value.trim())?)),
@@ -72,8 +79,7 @@ fn accept(offer: &str) -> Option<Agreement> {
             return None;
         }
         match (name.as_str(), value) {
-            ("server_no_context_takeover", None) => {}
-            ("client_no_context_takeover", None) => client_no_context = true,
+            ("server_no_context_takeover", None) | ("client_no_context_takeover", None) => {}
             ("server_max_window_bits", Some(v)) => server_bits = Some(window_bits(v)?),
             ("client_max_window_bits", None) => client_bits = Some(None),
             ("client_max_window_bits", Some(v)) => client_bits = Some(Some(window_bits(v)?)),
@@ -81,14 +87,13 @@ fn accept(offer: &str) -> Option<Agreement> {
         }
         seen.push(name);
     }
-    let server_window_bits = server_bits.unwrap_or(MAX_WINDOW_BITS);
-    if server_window_bits < 9 {
+    // 8 stays declined as before: the agreement promises a window zlib can write.
+    if server_bits.is_some_and(|bits| bits < 9) {
         return None;
     }
-    let mut response = String::from("permessage-deflate; server_no_context_takeover");
-    if client_no_context {
-        response.push_str("; client_no_context_takeover");
-    }
+    let plain_output = server_bits.is_some_and(|bits| bits < MAX_WINDOW_BITS);
+    let mut response =
+        String::from("permessage-deflate; server_no_context_takeover; client_no_context_takeover");
     if let Some(bits) = server_bits {
         response.push_str(&format!("; server_max_window_bits={bits}"));
     }
@@ -103,9 +108,8 @@ fn accept(offer: &str) -> Option<Agreement> {
     };
     Some(Agreement {
         params: Params {
-            server_window_bits,
             client_window_bits,
-            client_no_context_takeover: client_no_context,
+            plain_output,
         },
         response,
     })
@@ -154,38 +158,52 @@ mod tests {
         negotiate(header).map(|a| (a.params, a.response))
     }
 
+    const BOTH: &str = "permessage-deflate; server_no_context_takeover; client_no_context_takeover";
+
     #[test]
-    fn a_browser_offer_gets_server_no_context_takeover() {
+    fn a_browser_offer_gets_no_context_takeover_both_ways() {
         let (params, response) = agreed("permessage-deflate; client_max_window_bits").unwrap();
-        assert_eq!(response, "permessage-deflate; server_no_context_takeover");
+        assert_eq!(response, BOTH);
         assert_eq!(
             params,
             Params {
-                server_window_bits: 15,
                 client_window_bits: 15,
-                client_no_context_takeover: false
+                plain_output: false
+            }
+        );
+        let (_, response) = agreed("permessage-deflate").unwrap();
+        assert_eq!(response, BOTH, "asked for or not");
+    }
+
+    #[test]
+    fn client_window_limits_are_honoured_and_a_full_server_window_confirmed() {
+        let (params, response) = agreed(
+            "permessage-deflate; client_no_context_takeover; client_max_window_bits=\"10\"; server_max_window_bits=15",
+        )
+        .unwrap();
+        assert_eq!(
+            response,
+            format!("{BOTH}; server_max_window_bits=15; client_max_window_bits=10")
+        );
+        assert_eq!(
+            params,
+            Params {
+                client_window_bits: 10,
+                plain_output: false
             }
         );
     }
 
     #[test]
-    fn window_limits_and_client_no_context_takeover_are_honoured() {
-        let (params, response) = agreed(
-            "permessage-deflate; client_no_context_takeover; client_max_window_bits=\"10\"; server_max_window_bits=9",
-        )
-        .unwrap();
-        assert_eq!(
-            response,
-            "permessage-deflate; server_no_context_takeover; client_no_context_takeover; server_max_window_bits=9; client_max_window_bits=10"
-        );
-        assert_eq!(
-            params,
-            Params {
-                server_window_bits: 9,
-                client_window_bits: 10,
-                client_no_context_takeover: true
-            }
-        );
+    fn a_limited_server_window_is_agreed_and_answered_with_plain_frames() {
+        for bits in 9..=14 {
+            let (params, response) = agreed(&format!(
+                "permessage-deflate; server_max_window_bits={bits}"
+            ))
+            .unwrap();
+            assert!(params.plain_output, "{bits}");
+            assert_eq!(response, format!("{BOTH}; server_max_window_bits={bits}"));
+        }
     }
 
     #[test]
@@ -205,20 +223,21 @@ mod tests {
             assert_eq!(agreed(bad), None, "{bad}");
         }
         // The next acceptable offer in the list is taken.
-        let (params, _) = agreed(
-            "permessage-deflate; server_max_window_bits=8, permessage-deflate; server_max_window_bits=12",
+        let (params, response) = agreed(
+            "permessage-deflate; server_max_window_bits=8, permessage-deflate; client_max_window_bits=12",
         )
         .unwrap();
-        assert_eq!(params.server_window_bits, 12);
+        assert_eq!(params.client_window_bits, 12);
+        assert_eq!(response, format!("{BOTH}; client_max_window_bits=12"));
     }
 
     #[test]
     fn names_are_case_insensitive_and_spacing_is_free() {
-        let (params, _) = agreed(
-            "foo, PerMessage-Deflate ;Client_No_Context_Takeover ;server_max_window_bits=\"11\"",
+        let (params, response) = agreed(
+            "foo, PerMessage-Deflate ;Client_No_Context_Takeover ;server_max_window_bits=\"15\";client_max_window_bits=9",
         )
         .unwrap();
-        assert!(params.client_no_context_takeover);
-        assert_eq!(params.server_window_bits, 11);
+        assert_eq!(params.client_window_bits, 9);
+        assert!(response.starts_with(BOTH));
     }
 }

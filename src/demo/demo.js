@@ -12,7 +12,8 @@ const POLL_MS = 2000;
 
 /** Client options from the query string; anything absent keeps the client default. */
 function clientOptions() {
-  const opts = {};
+  // Resumes after a reconnect when the server keeps history (ignored otherwise).
+  const opts = { recover: true };
   for (const [param, key] of [['base', 'baseDelay'], ['cap', 'maxDelay'], ['maxRejections', 'maxRejections'], ['stableAfter', 'stableAfter']]) {
     const value = Number(params.get(param));
     if (params.has(param) && Number.isFinite(value) && value >= 0) opts[key] = value;
@@ -56,6 +57,11 @@ function wire(c, user) {
   c.on('fatal', mine(({ reason }) => {
     $('state-detail').textContent = `gave up: ${reason}`;
     logEvent(`gave up: ${reason}`);
+  }));
+  c.on('recovered', mine(({ room, replayed, failed }) => {
+    const where = room ? ` in ${room}` : '';
+    const lost = failed.length > 0 ? `; could not recover ${failed.join(', ')}: reload` : '';
+    logEvent(`recovered ${replayed} message${replayed === 1 ? '' : 's'}${where}${lost}`);
   }));
   c.on('overflow', mine(({ dropped }) => logEvent(`offline queue full: dropped a "${dropped.type}" message`)));
   c.on('*', mine((msg) => addMessage('in', msg)));

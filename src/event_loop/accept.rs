@@ -5,12 +5,13 @@
 
 use std::io;
 
-use log::{info, warn};
+use log::{debug, info, warn};
 use mio::net::TcpStream;
 use mio::{Interest, Token};
 
 use super::{EventLoop, ACCEPT_BACKOFF_MS, FIRST_SESSION};
 use crate::audience::SessionKey;
+use crate::hooks::CloseReason;
 use crate::http::Response;
 use crate::metrics::HandshakeFailure;
 use crate::session::Session;
@@ -43,11 +44,16 @@ impl EventLoop {
         }
     }
 
-    fn add_session(&mut self, stream: TcpStream, peer: std::net::SocketAddr) {
-        if self.http_connections >= self.config.websocket.max_http_connections {
+    fn add_session(&mut self, mut stream: TcpStream, peer: std::net::SocketAddr) {
+        if self.http_connections >= self.config.websocket.max_http_connections
+            && !self.evict_idle_http()
+        {
             return self.refuse_http_connection(stream, peer);
         }
         self.http_full = false;
+        let Some(admitted) = self.admit(&mut stream, peer) else {
+            return;
+        };
         // Small frames must not wait for Nagle: latency is the product.
         let _ = stream.set_nodelay(true);
         let entry = self.sessions.vacant_entry();
@@ -79,9 +85,69 @@ impl EventLoop {
             index: index as u32,
             generation: self.next_generation,
         };
-        entry.insert(Session::new(transport, key, peer, self.now_ms));
+        let mut session = Session::new(transport, key, peer, self.now_ms);
+        admitted.apply(&mut session);
+        entry.insert(session);
         self.http_connections += 1;
+        self.http_idle(index);
         self.arm(index, self.now_ms + self.rules.handshake_ms);
+    }
+
+    /// Notes that a pre-upgrade connection is idle now (accepted, or its
+    /// response written with no request pending), for [`evict_idle_http`].
+    ///
+    /// [`evict_idle_http`]: EventLoop::evict_idle_http
+    pub(super) fn http_idle(&mut self, index: usize) {
+        let Some(session) = self.sessions.get(index) else {
+            return;
+        };
+        let (key, Some(since)) = (session.key, session.http_idle_since()) else {
+            return;
+        };
+        let sessions = &self.sessions;
+        self.idle_http
+            .push(key, since, self.http_connections, |key, since| {
+                still_idle(sessions, key, since)
+            });
+    }
+
+    /// At `max_http_connections`: closes the connection idle the longest
+    /// to make room (its slot is free at once). `false`: every slot is busy
+    /// with a request in progress.
+    fn evict_idle_http(&mut self) -> bool {
+        loop {
+            let sessions = &self.sessions;
+            let Some(key) = self
+                .idle_http
+                .take_oldest(|key, since| still_idle(sessions, key, since))
+            else {
+                return false;
+            };
+            let index = key.index as usize;
+            let Some(session) = self.sessions.get_mut(index) else {
+                continue;
+            };
+            // Bytes the loop has not read yet (they arrived in this pass):
+            // a request is starting, so this connection is busy.
+            if session
+                .socket_mut()
+                .peek(&mut [0u8; 1])
+                .is_ok_and(|n| n > 0)
+            {
+                continue;
+            }
+            debug!(
+                "max_http_connections: closing idle connection from {}",
+                session.peer()
+            );
+            if session.uncount_http() {
+                self.http_connections -= 1;
+            }
+            self.metrics.http_evictions += 1;
+            // Never upgraded, so no hook hears the reason.
+            self.kill(index, CloseReason::Server);
+            return true;
+        }
     }
 
     /// At `max_http_connections`: 503 and close, without a session. The
@@ -115,6 +181,13 @@ impl EventLoop {
         // reset the connection and could destroy the 503 in flight.
         let _ = stream.read(&mut self.read_buf);
     }
+}
+
+/// `key` is still the same pre-upgrade connection, idle since `since`.
+fn still_idle(sessions: &slab::Slab<Session>, key: SessionKey, since: u64) -> bool {
+    sessions
+        .get(key.index as usize)
+        .is_some_and(|s| s.key == key && s.http_idle_since() == Some(since))
 }
 
 fn is_transient_accept_error(e: &io::Error) -> bool {

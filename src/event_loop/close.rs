@@ -19,7 +19,7 @@ impl EventLoop {
         let Some(session) = self.sessions.get_mut(index) else {
             return;
         };
-        let (key, peer) = (session.key, session.peer);
+        let (key, peer, client) = (session.key, session.peer(), session.client);
         let user = match session.leave() {
             None => return,
             Some(Left::Echo) => {
@@ -45,7 +45,7 @@ impl EventLoop {
         }
         self.publish_online();
         info!(
-            "disconnect user={} peer={peer} reason={reason} online={}",
+            "disconnect user={} peer={client} reason={reason} online={}",
             ids::shown(user.as_deref()),
             self.router.online_count()
         );
@@ -53,6 +53,7 @@ impl EventLoop {
             key,
             user: user.as_deref(),
             peer,
+            client,
         };
         self.hooks.on_disconnect(&info, reason, &mut self.actions);
     }
@@ -119,7 +120,7 @@ impl EventLoop {
         warn!(
             "slow consumer user={} peer={}: {} messages / {} bytes queued; {ending}",
             ids::shown(session.user().map(|u| &**u)),
-            session.peer,
+            session.client,
             session.out().queued_messages(),
             session.out().queued_bytes()
         );
@@ -135,7 +136,7 @@ impl EventLoop {
         warn!(
             "rate limit: user={} peer={} kept sending at over 10x max_messages_per_second; closing with 1008",
             ids::shown(session.user().map(|u| &**u)),
-            session.peer
+            session.client
         );
         self.metrics.rate_limited_messages += 1;
         self.metrics.rate_limit_closes += 1;
@@ -169,6 +170,7 @@ impl EventLoop {
                 if session.counted_http() {
                     self.http_connections -= 1;
                 }
+                self.release_client(&session);
                 if self.rates.remove(&index).is_some()
                     && self.rates.capacity() > 64
                     && self.rates.len() * 4 < self.rates.capacity()

@@ -11,7 +11,8 @@ use serde_json::json;
 
 use super::EventLoop;
 use crate::audience::Audience;
-use crate::cluster::Event;
+use crate::cluster::gate::{Outcome, Ticket};
+use crate::cluster::{Event, Held};
 use crate::deflate::Encoded;
 use crate::frame::Kind;
 use crate::http::Response;
@@ -19,6 +20,8 @@ use crate::message;
 
 /// What a client is told when its message reached this node only.
 const LOCAL_ONLY: &str = "cluster unavailable: delivered on this node only";
+/// What a session is told when its room's channel was not confirmed.
+const JOINED_LOCALLY: &str = "cluster unavailable: room joined on this node only";
 
 impl EventLoop {
     /// A handle or hook push: here, and to the other nodes when the
@@ -35,19 +38,152 @@ impl EventLoop {
     }
 
     /// A REST push: refused whole (503) unless it can reach every node, so
-    /// a retry cannot duplicate it.
-    pub(super) fn rest_push(&mut self, target: &Audience<String>, json: &[u8]) -> Response {
-        let sent = match self.cluster.as_mut() {
-            None => self.push_local(target, json),
-            Some(link) => {
-                if !link.publish(target.as_deref(), json) {
-                    return Response::error(503, "cluster unavailable");
-                }
-                let remote = link.view().map_or(0, |v| v.addressed(target));
-                remote + self.push_local(target, json)
-            }
+    /// a retry cannot duplicate it. In a cluster the answer (and the
+    /// delivery here) waits, session held, until Redis accepted the
+    /// publish: `None` then, and [`EventLoop::settle_cluster`] answers.
+    pub(super) fn rest_push(
+        &mut self,
+        index: usize,
+        target: Audience<String>,
+        json: Vec<u8>,
+        keep_alive: bool,
+    ) -> Option<Response> {
+        let Some(link) = self.cluster.as_mut() else {
+            let sent = self.push_local(&target, &json);
+            return Some(Response::json(200, &json!({ "sent": sent })));
         };
-        Response::json(200, &json!({ "sent": sent }))
+        let Some(ticket) = link.publish_acked(target.as_deref(), &json) else {
+            return Some(Response::error(503, "cluster unavailable"));
+        };
+        let session = self.sessions.get_mut(index)?;
+        let what = Held::Push {
+            target,
+            json,
+            keep_alive,
+        };
+        link.park(self.now_ms, session.key, ticket, Vec::new(), what);
+        None
+    }
+
+    /// A chat session or event stream of `user` is about to open: `true`
+    /// when its answer must wait for the user's channel (and an event
+    /// stream's rooms'); the session is then held, and the upgrade parked
+    /// until [`EventLoop::settle_cluster`].
+    pub(super) fn hold_upgrade(
+        &mut self,
+        index: usize,
+        upgrade: &mut Option<crate::rest::Upgrade>,
+    ) -> bool {
+        let Some(link) = self.cluster.as_mut() else {
+            return false;
+        };
+        let Some(parked) = upgrade.as_ref() else {
+            return false;
+        };
+        let mut wait = link
+            .want_user(parked.user.as_deref())
+            .into_iter()
+            .collect::<Vec<_>>();
+        for room in parked.stream.iter().flat_map(|s| s.rooms.iter()) {
+            wait.extend(link.want_room(room));
+        }
+        let Some(ticket) = wait
+            .iter()
+            .map(|(ticket, _)| *ticket)
+            .max_by_key(|t| match t {
+                Ticket::Subscribed(v) | Ticket::Published(v) => *v,
+            })
+        else {
+            return false;
+        };
+        let (Some(session), Some(parked)) = (self.sessions.get_mut(index), upgrade.take()) else {
+            return false;
+        };
+        let pins = wait.into_iter().map(|(_, channel)| channel).collect();
+        let what = Held::Upgrade(Box::new(parked));
+        link.park(self.now_ms, session.key, ticket, pins, what);
+        true
+    }
+
+    /// A session joined `room` here: its next message waits (session
+    /// held) until the room's channel is confirmed.
+    pub(super) fn hold_after_join(&mut self, index: usize, room: &str) {
+        let Some(link) = self.cluster.as_mut() else {
+            return;
+        };
+        let Some((ticket, pin)) = link.want_room(room) else {
+            return;
+        };
+        let Some(session) = self.sessions.get_mut(index) else {
+            return;
+        };
+        link.park(self.now_ms, session.key, ticket, vec![pin], Held::Join);
+    }
+
+    /// Whether session `index` waits for the cluster: its input is then
+    /// neither read nor handled (what was read stays kept, in order).
+    pub(super) fn held(&self, index: usize) -> bool {
+        let Some(link) = self.cluster.as_ref() else {
+            return false;
+        };
+        self.sessions.get(index).is_some_and(|s| link.holds(s.key))
+    }
+
+    /// Acts on parked work the cluster confirmed or refused: opens the
+    /// WebSocket or answers 503, lets a joined session go on, answers a
+    /// REST push (delivering it here first when Redis took it).
+    pub(super) fn settle_cluster(&mut self) {
+        let Some(link) = self.cluster.as_mut() else {
+            return;
+        };
+        for (waiter, outcome) in link.take_settled() {
+            let index = waiter.key.index as usize;
+            if !self
+                .sessions
+                .get(index)
+                .is_some_and(|s| s.key == waiter.key && !s.is_dead())
+            {
+                // Gone meanwhile (a push already published is not undone).
+                continue;
+            }
+            match (waiter.what, outcome) {
+                (Held::Upgrade(upgrade), Outcome::Confirmed) => {
+                    self.open_websocket(index, *upgrade)
+                }
+                (Held::Upgrade(_), Outcome::Failed) => {
+                    log::warn!("session {index}: the user's channel was not subscribed in time; answered 503");
+                    let response = Response::error(503, "cluster unavailable").closing();
+                    self.respond(index, &response, false);
+                }
+                (Held::Join, Outcome::Confirmed) => {}
+                (Held::Join, Outcome::Failed) => {
+                    self.reply(index, &message::error_json(JOINED_LOCALLY));
+                }
+                (
+                    Held::Push {
+                        target,
+                        json,
+                        keep_alive,
+                    },
+                    Outcome::Confirmed,
+                ) => {
+                    let local = self.push_local(&target, &json);
+                    let remote = self
+                        .cluster
+                        .as_ref()
+                        .and_then(|link| link.view())
+                        .map_or(0, |v| v.addressed(&target));
+                    let response = Response::json(200, &json!({ "sent": local + remote }));
+                    self.respond(index, &response, keep_alive);
+                }
+                (Held::Push { keep_alive, .. }, Outcome::Failed) => {
+                    let response = Response::error(503, "cluster unavailable");
+                    self.respond(index, &response, keep_alive);
+                }
+            }
+            self.release_held(index);
+        }
+        self.apply_actions();
     }
 
     /// After a client message was delivered here: publish it for the
@@ -70,6 +206,7 @@ impl EventLoop {
         };
         match event {
             Event::Deliver { target, json } => {
+                link.delivered(json.len());
                 self.push_local(&target, &json);
             }
             Event::View(view) => {
@@ -80,7 +217,10 @@ impl EventLoop {
                 link.on_link(side, state);
                 self.publish_online();
             }
+            Event::Subscribed(version) => link.on_confirmed(Ticket::Subscribed(version), true),
+            Event::Published { upto, ok } => link.on_confirmed(Ticket::Published(upto), ok),
         }
+        self.settle_cluster();
     }
 
     fn push_local(&mut self, target: &Audience<String>, json: &[u8]) -> usize {
@@ -117,6 +257,7 @@ impl EventLoop {
     pub(super) fn cluster_tick(&mut self) {
         if let Some(link) = self.cluster.as_mut() {
             link.tick(self.now_ms, &self.router);
+            self.settle_cluster();
         }
     }
 }

@@ -95,7 +95,7 @@ impl EventLoop {
                 Some(Phase::Chat { .. } | Phase::Echo | Phase::Sse { .. }) => {
                     self.server_close(index, 1001, "server shutting down", CloseReason::Shutdown)
                 }
-                Some(Phase::Http) => self.kill(index, CloseReason::Shutdown),
+                Some(Phase::Http | Phase::Proxy) => self.kill(index, CloseReason::Shutdown),
                 _ => {}
             }
         }

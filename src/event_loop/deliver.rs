@@ -1,7 +1,7 @@
 //! Delivering: queues a framed message to one session or to every session
 //! of an audience the router names. No allocation or JSON work per
 //! recipient and no socket write: the frame is built once (plain,
-//! compressed once per window size, or as a Server-Sent Event) and shared,
+//! compressed once, or as a Server-Sent Event) and shared,
 //! and the recipients join the write backlog. A recipient that cannot keep
 //! up is closed (1013; an event stream's response ends).
 //!

@@ -11,7 +11,7 @@ use log::{debug, info};
 
 use super::EventLoop;
 use crate::deflate::Encoded;
-use crate::frame::{self, Inbound, Kind, Payload};
+use crate::frame::{self, DecodeError, Inbound, Kind};
 use crate::hooks::{CloseReason, SessionInfo, Verdict};
 use crate::http::{self, HttpError, Response};
 use crate::ids;
@@ -28,6 +28,10 @@ impl EventLoop {
     pub(super) fn dispatch(&mut self, index: usize, buf: &mut [u8]) -> usize {
         let mut at = 0;
         while at < buf.len() {
+            if self.held(index) {
+                // Waiting for the cluster (cluster.rs): keep the rest.
+                return at;
+            }
             let Some(session) = self.sessions.get_mut(index) else {
                 return buf.len();
             };
@@ -66,6 +70,9 @@ impl EventLoop {
 
     fn on_request(&mut self, index: usize, request: &http::Request, body: &[u8]) {
         self.metrics.http_requests += 1;
+        if !self.client_from_request(index, request) {
+            return;
+        }
         let now_unix = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
@@ -99,7 +106,7 @@ impl EventLoop {
                     let reason = String::from_utf8_lossy(&response.body);
                     info!(
                         "refused {} from {}: {} {reason}",
-                        request.path, session.peer, response.status
+                        request.path, session.client, response.status
                     );
                 }
                 self.respond(index, &response, keep_alive);
@@ -121,19 +128,25 @@ impl EventLoop {
                 self.respond(index, &response, keep_alive);
             }
             Outcome::Push { target, json } => {
-                let response = self.rest_push(&target, &json);
-                self.respond(index, &response, keep_alive);
+                if let Some(response) = self.rest_push(index, target, json, keep_alive) {
+                    self.respond(index, &response, keep_alive);
+                }
             }
             Outcome::Upgrade(upgrade) => self.upgrade(index, upgrade),
         }
     }
 
-    fn respond(&mut self, index: usize, response: &Response, keep_alive: bool) {
-        let keep = keep_alive && !response.close;
+    pub(super) fn respond(&mut self, index: usize, response: &Response, keep_alive: bool) {
         let (now, rules) = (self.now_ms, self.rules);
         let Some(session) = self.sessions.get_mut(index) else {
             return;
         };
+        let mut keep = keep_alive && !response.close;
+        if keep && !session.count_request() {
+            // At most 1000 requests per connection: slots turn over.
+            self.metrics.http_request_cap_closes += 1;
+            keep = false;
+        }
         let closing = session.respond(response.to_bytes(keep), keep, now, &rules);
         self.mark_dirty(index);
         if let Some(deadline) = closing {
@@ -141,15 +154,33 @@ impl EventLoop {
         }
     }
 
-    fn upgrade(&mut self, index: usize, mut upgrade: Upgrade) {
+    fn upgrade(&mut self, index: usize, upgrade: Upgrade) {
+        let mut upgrade = Some(upgrade);
+        if upgrade
+            .as_ref()
+            .is_some_and(|u| u.endpoint != Endpoint::Echo)
+            && self.hold_upgrade(index, &mut upgrade)
+        {
+            // Answered once the user's (and an event stream's rooms')
+            // channels are subscribed (cluster.rs).
+            return;
+        }
+        if let Some(upgrade) = upgrade {
+            self.open_websocket(index, upgrade);
+        }
+    }
+
+    /// Runs `on_connect`, then writes the 101 and opens the session.
+    pub(super) fn open_websocket(&mut self, index: usize, mut upgrade: Upgrade) {
         let Some(session) = self.sessions.get(index) else {
             return;
         };
-        let (key, peer) = (session.key, session.peer);
+        let (key, peer, client) = (session.key, session.peer(), session.client);
         let info = SessionInfo {
             key,
             user: upgrade.user.as_deref(),
             peer,
+            client,
         };
         if upgrade.endpoint != Endpoint::Echo {
             if let Err(reason) = self.hooks.on_connect(&info, &mut self.actions) {
@@ -179,18 +210,20 @@ impl EventLoop {
         match upgrade.endpoint {
             Endpoint::Chat | Endpoint::Sse => {
                 self.router.add_session(key, user.as_ref());
+                if let Some(link) = self.cluster.as_mut() {
+                    // The entry may have been encoded while the upgrade
+                    // waited for its channel, before the session was here.
+                    link.changed();
+                }
                 if upgrade.endpoint == Endpoint::Sse {
                     self.metrics.open_sse += 1;
                 } else {
                     self.metrics.open_chat += 1;
                 }
-                if let Some(link) = self.cluster.as_mut() {
-                    link.connected(user.as_deref());
-                }
                 self.webhook_connected(user.as_deref(), peer);
                 self.publish_online();
                 info!(
-                    "connect user={} peer={peer} online={}",
+                    "connect user={} peer={client} online={}",
                     ids::shown(user.as_deref()),
                     self.router.online_count()
                 );
@@ -227,8 +260,10 @@ impl EventLoop {
         }
         match self.router.join(key, room) {
             Ok(Change::FirstMember) => {
+                // An event stream's rooms were subscribed before its
+                // response (see `hold_upgrade`): nothing to wait for here.
                 if let Some(link) = self.cluster.as_mut() {
-                    link.joined_room(room);
+                    let _ = link.want_room(room);
                 }
                 self.webhook_room(room, Change::FirstMember);
             }
@@ -238,21 +273,9 @@ impl EventLoop {
     }
 
     fn on_inbound(&mut self, index: usize, inbound: Inbound<'_>) {
-        let echo = matches!(
-            self.sessions.get(index).map(|s| s.phase()),
-            Some(Phase::Echo)
-        );
         match inbound {
-            Inbound::Text(payload) if echo => self.echo(index, Kind::Text, payload.bytes()),
-            Inbound::Binary(payload) if echo => self.echo(index, Kind::Binary, payload.bytes()),
-            Inbound::Text(payload) => self.on_chat_message(index, payload.bytes()),
-            Inbound::Binary(_) => {
-                self.metrics.messages_in += 1;
-                self.reply(
-                    index,
-                    &message::error_json("binary messages are not supported"),
-                );
-            }
+            Inbound::Text(payload) => self.on_plain(index, Kind::Text, payload.bytes()),
+            Inbound::Binary(payload) => self.on_plain(index, Kind::Binary, payload.bytes()),
             Inbound::Ping(data) => {
                 let pong = frame::encode(Kind::Pong, data);
                 if let Some(session) = self.sessions.get_mut(index) {
@@ -268,54 +291,112 @@ impl EventLoop {
         }
     }
 
-    /// Inflates a permessage-deflate message within `max_message_size`,
-    /// then handles it like a plain one.
+    /// An uncompressed data message: counted by the rate limits, then handled.
+    fn on_plain(&mut self, index: usize, kind: Kind, bytes: &[u8]) {
+        if self.rate_admit(index, bytes.len()).is_some() && self.rate_spend(index, bytes.len()) {
+            self.on_data(index, kind, bytes);
+        }
+    }
+
+    /// A permessage-deflate message takes its rate-limit token first, then
+    /// inflates within `max_message_size` and the bytes its session has
+    /// left (both checked while inflating), and is handled like a plain one.
     fn on_compressed(&mut self, index: usize, text: bool, compressed: &[u8]) {
+        let Some(allowed) = self.rate_admit(index, compressed.len()) else {
+            return;
+        };
         let max = self.rules.max_message_size;
+        let limit = max.min(allowed);
         let Some(session) = self.sessions.get_mut(index) else {
             return;
         };
-        let inflated = match session.inflate(&mut self.codec, text, compressed, max) {
+        let inflated = match session.inflate(&mut self.codec, text, compressed, limit) {
             Ok(bytes) => bytes,
+            // Past the bytes left, not past the size limit: over the rate.
+            Err(DecodeError::TooBig) if limit < max => {
+                self.rate_spend(index, limit.saturating_add(1));
+                return;
+            }
             Err(error) => return self.protocol_close(index, &error),
         };
-        let payload = Payload::Owned(inflated);
-        self.on_inbound(
-            index,
-            if text {
-                Inbound::Text(payload)
-            } else {
-                Inbound::Binary(payload)
-            },
-        );
+        if self.rate_spend(index, inflated.len()) {
+            let kind = if text { Kind::Text } else { Kind::Binary };
+            self.on_data(index, kind, &inflated);
+        }
     }
 
-    fn echo(&mut self, index: usize, kind: Kind, payload: &[u8]) {
+    /// The session's bucket admits one data message of `wire` bytes as
+    /// received: `Some(bytes it may inflate to)`, or `None` when it was
+    /// dropped (with an error reply) or the session closed for flooding.
+    fn rate_admit(&mut self, index: usize, wire: usize) -> Option<usize> {
         self.metrics.messages_in += 1;
-        self.queue_message(index, kind, payload);
+        let limits = self.rate_limits();
+        if limits.is_off() {
+            return Some(usize::MAX);
+        }
+        let now = self.now_ms;
+        let bucket = self.rates.entry(index).or_insert_with(|| Bucket::new(now));
+        match bucket.admit(now, limits, wire) {
+            rate::Verdict::Allow(bytes) => Some(bytes),
+            rate::Verdict::Drop => {
+                self.metrics.rate_limited_messages += 1;
+                self.reply(index, &message::error_json("rate limit exceeded"));
+                None
+            }
+            rate::Verdict::Close => {
+                self.rate_limit_close(index);
+                None
+            }
+        }
+    }
+
+    /// Charges an admitted message's (inflated) size; `false`: over
+    /// `max_bytes_per_second`, dropped with an error reply.
+    fn rate_spend(&mut self, index: usize, bytes: usize) -> bool {
+        let limits = self.rate_limits();
+        let Some(bucket) = self.rates.get_mut(&index) else {
+            return true;
+        };
+        if bucket.spend(limits, bytes) {
+            return true;
+        }
+        self.metrics.rate_limited_messages += 1;
+        self.metrics.byte_limited_messages += 1;
+        self.reply(index, &message::error_json("rate limit exceeded"));
+        false
+    }
+
+    fn rate_limits(&self) -> rate::Limits {
+        let ws = &self.config.websocket;
+        rate::Limits {
+            messages: ws.max_messages_per_second,
+            bytes: ws.max_bytes_per_second as u64,
+        }
+    }
+
+    /// A data message within the limits: echoed, routed, or refused.
+    fn on_data(&mut self, index: usize, kind: Kind, bytes: &[u8]) {
+        let echo = matches!(
+            self.sessions.get(index).map(|s| s.phase()),
+            Some(Phase::Echo)
+        );
+        match kind {
+            _ if echo => self.queue_message(index, kind, bytes),
+            Kind::Text => self.on_chat_message(index, bytes),
+            _ => self.reply(
+                index,
+                &message::error_json("binary messages are not supported"),
+            ),
+        }
     }
 
     fn on_chat_message(&mut self, index: usize, bytes: &[u8]) {
-        self.metrics.messages_in += 1;
-        let ws = &self.config.websocket;
-        let (rate, max_depth) = (ws.max_messages_per_second, ws.max_json_depth);
-        let Some(session) = self.sessions.get_mut(index) else {
+        let max_depth = self.config.websocket.max_json_depth;
+        let Some(session) = self.sessions.get(index) else {
             return;
         };
-        if rate > 0 {
-            let now = self.now_ms;
-            let bucket = self.rates.entry(index).or_insert_with(|| Bucket::new(now));
-            match bucket.take(now, rate) {
-                rate::Verdict::Allow => {}
-                rate::Verdict::Drop => {
-                    self.metrics.rate_limited_messages += 1;
-                    return self.reply(index, &message::error_json("rate limit exceeded"));
-                }
-                rate::Verdict::Close => return self.rate_limit_close(index),
-            }
-        }
         let key = session.key;
-        let peer = session.peer;
+        let (peer, client) = (session.peer(), session.client);
         let user = session.user().cloned();
         let message = match message::parse_limited(bytes, max_depth) {
             Ok(message) => message,
@@ -325,6 +406,7 @@ impl EventLoop {
             key,
             user: user.as_deref(),
             peer,
+            client,
         };
         if self.hooks.on_message(&info, &message, &mut self.actions) == Verdict::Consume {
             return self.apply_actions();
@@ -337,9 +419,11 @@ impl EventLoop {
                 }
                 if let (Some(link), Some(room)) = (self.cluster.as_mut(), message.room()) {
                     match change {
-                        Change::FirstMember => link.joined_room(room),
+                        Change::FirstMember | Change::Member if message.kind == "join" => {
+                            self.hold_after_join(index, room)
+                        }
                         Change::LastMember => link.departed(),
-                        Change::Member | Change::Unchanged => {}
+                        _ => link.changed(),
                     }
                 }
                 if let ("join", Some(room)) = (&*message.kind, message.room()) {

@@ -4,11 +4,12 @@
 //! | step | file | what it does |
 //! | --- | --- | --- |
 //! | poll | `mod.rs` | waits for readiness, at most until the next deadline |
-//! | read | `read.rs` | drains ready sockets through their sessions |
+//! | read | `read.rs` | drains ready sockets through their sessions (TLS handshakes: a budget per pass, `handshakes.rs`) |
 //! | dispatch | `dispatch.rs` | acts on each complete unit: REST, upgrade, frames → router → queues |
 //! | (resume) | `resume.rs` | with history on: welcome, replay and `recovered` at upgrade and join |
 //! | (resume) | `stream.rs` | with history on: an event stream's `id:` tokens, and its resume at open |
 //! | accept | `accept.rs` | takes new connections |
+//! | clients | `clients.rs` | who is behind a connection (proxies, PROXY header) and `max_connections_per_ip` |
 //! | commands | `commands.rs` | handle commands (bounded per pass), hook actions, signals |
 //! | timers | `timers.rs` | applies what each due session timer found; history expiry |
 //! | cluster | `cluster.rs` | presence and channels of the other nodes |
@@ -38,12 +39,14 @@ use mio::{Events, Poll, Token};
 use slab::Slab;
 
 use crate::audience::SessionKey;
+use crate::client_ip::Clients;
 use crate::cluster::Link;
 use crate::config::Config;
 use crate::deflate::Codec;
 use crate::handle::Inbox;
 use crate::history::History;
 use crate::hooks::{Actions, Hooks};
+use crate::http_slots::IdleHttp;
 use crate::jwt::Verifier;
 use crate::metrics::{Metrics, Shared};
 use crate::rate::Bucket;
@@ -55,11 +58,13 @@ use crate::wheel::{millis, Wheel};
 use write::backlog::Backlog;
 
 mod accept;
+mod clients;
 mod close;
 mod cluster;
 mod commands;
 mod deliver;
 mod dispatch;
+mod handshakes;
 mod read;
 mod resume;
 mod stream;
@@ -134,6 +139,11 @@ pub(crate) struct EventLoop {
     http_connections: usize,
     /// The last accept was refused at `max_http_connections` (logged once per streak).
     http_full: bool,
+    /// TLS handshake reads left this pass, and the sessions waiting for one.
+    handshakes: handshakes::Handshakes,
+    /// Pre-upgrade connections in the order they became idle: at
+    /// `max_http_connections` the oldest gives up its slot.
+    idle_http: IdleHttp,
     /// Paused sessions whose client has taken its responses: read on next pass.
     resume: Vec<usize>,
     /// Rate-limit buckets by session index, only while
@@ -158,6 +168,9 @@ pub(crate) struct EventLoop {
     /// The last messages per audience for resuming sessions; `None` while
     /// `history.size` is 0 (then nothing of it runs).
     history: Option<History>,
+    /// Who is behind each connection: the proxy policy and the counts of
+    /// `max_connections_per_ip` (see `clients.rs`).
+    clients: Clients,
     /// With history on: the marks that make one `id:` per fan-out resume
     /// every stream of an event stream (`stream.rs`).
     sse_marks: Option<crate::sse::marks::Marks>,
@@ -184,11 +197,19 @@ impl EventLoop {
         let limits = Limits::from_config(&parts.config.websocket);
         let rules = Rules::from_config(&parts.config.websocket);
         let webhooks = crate::webhooks::Webhooks::start(&parts.config.webhooks);
-        let history = History::new(&parts.config.history);
+        // Config::load refuses the pair; a Config built in code is told here.
+        let history = History::new(&parts.config.history).filter(|_| {
+            let alone = parts.cluster.is_none();
+            if !alone {
+                log::warn!("history is not supported with cluster.redis yet: history off");
+            }
+            alone
+        });
         let sse_marks = history.as_ref().map(|_| {
             let bits = std::hash::BuildHasher::hash_one(&std::hash::RandomState::new(), start);
             crate::sse::marks::Marks::new(bits, millis(parts.config.history.ttl))
         });
+        let clients = Clients::from_config(&parts.config);
         EventLoop {
             poll: parts.poll,
             listener: parts.listener,
@@ -219,6 +240,8 @@ impl EventLoop {
             open_websockets: 0,
             http_connections: 0,
             http_full: false,
+            idle_http: IdleHttp::default(),
+            handshakes: handshakes::Handshakes::default(),
             resume: Vec::new(),
             rates: HashMap::new(),
             accept_retry_ms: None,
@@ -233,6 +256,7 @@ impl EventLoop {
             jwt: parts.jwt,
             webhooks,
             history,
+            clients,
         }
     }
 
@@ -251,7 +275,9 @@ impl EventLoop {
             self.now_ms = self.ms_since_start(pass_start);
             let mut accept = false;
             let mut commands = self.commands_left;
-            // read (and dispatch what was read)
+            // read (and dispatch what was read): TLS handshakes that waited
+            // first, within this pass's budget
+            self.handshakes_pass();
             for event in events.iter() {
                 match event.token() {
                     LISTENER => accept = true,
@@ -297,6 +323,7 @@ impl EventLoop {
             || !self.actions.is_empty()
             || !self.resume.is_empty()
             || !self.backlog.is_empty()
+            || self.handshakes.has_waiting()
         {
             return Some(Duration::ZERO);
         }

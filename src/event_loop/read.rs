@@ -12,12 +12,19 @@ impl EventLoop {
         if !self.sessions.contains(index) {
             return;
         }
-        if event.is_readable() || event.is_read_closed() || event.is_error() {
+        if (event.is_readable() || event.is_read_closed() || event.is_error())
+            && self.may_read_now(index)
+        {
             self.on_readable(index, event.is_read_closed() || event.is_error());
         }
         if event.is_writable() {
             self.schedule_write(index);
         }
+    }
+
+    /// Reads a session whose turn came after its readiness event.
+    pub(super) fn read_ready(&mut self, index: usize, to_the_end: bool) {
+        self.on_readable(index, to_the_end);
     }
 
     /// Reads until the socket is drained. `peer_closed`: the event also
@@ -28,7 +35,7 @@ impl EventLoop {
             let Some(session) = self.sessions.get(index) else {
                 return;
             };
-            if session.is_dead() || session.is_paused() {
+            if session.is_dead() || session.is_paused() || self.held(index) {
                 return;
             }
             let (outcome, full) = self.read_once(index);
@@ -40,6 +47,8 @@ impl EventLoop {
                 Ok(ReadOutcome::Data(_)) if full || peer_closed => continue,
                 Ok(ReadOutcome::Data(_)) | Ok(ReadOutcome::WouldBlock) => return,
                 Ok(ReadOutcome::Eof) => return self.on_eof(index),
+                Ok(ReadOutcome::Proxied) => self.on_proxy_header(index),
+                Ok(ReadOutcome::NotProxied(why)) => return self.refuse_proxy_header(index, why),
                 Err(e) => return self.kill(index, CloseReason::Io(e.to_string())),
             }
         }
@@ -86,6 +95,22 @@ impl EventLoop {
         if let Some(session) = self.sessions.get_mut(index) {
             session.return_input(input, consumed);
         }
+    }
+
+    /// Ends a session's hold (see `cluster.rs`): first the input already
+    /// read, then the socket, to its end (the edge that announced those
+    /// bytes has passed).
+    pub(super) fn release_held(&mut self, index: usize) {
+        let Some(session) = self.sessions.get(index) else {
+            return;
+        };
+        if session.is_dead() || session.is_paused() || self.held(index) {
+            return;
+        }
+        if session.has_input() {
+            self.dispatch_kept_input(index);
+        }
+        self.on_readable(index, true);
     }
 
     /// The peer's FIN: what it means depends on the session's phase.

@@ -310,7 +310,11 @@ impl History {
         let slot = self.slot_or_new(stream, now);
         let s = &mut self.streams[slot];
         let offset = s.last + 1;
-        let stamped = position::stamp(json, s.kind, &s.epoch, offset)?;
+        let room = match stream {
+            StreamRef::Room(room) => Some(room),
+            StreamRef::All | StreamRef::User(_) => None,
+        };
+        let stamped = position::stamp(json, s.kind, room, &s.epoch, offset)?;
         let wire = frame::encode(frame::Kind::Text, &stamped);
         s.last = offset;
         s.touched_ms = now;

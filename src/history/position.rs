@@ -184,22 +184,47 @@ pub(crate) fn format(kind: Kind, epoch: &Epoch, offset: u64) -> String {
 }
 
 /// `json` (an object, as the server encodes messages) with `"pos":P` added
-/// as its last key; `None` if it is not an object.
-pub(crate) fn stamp(json: &[u8], kind: Kind, epoch: &Epoch, offset: u64) -> Option<Vec<u8>> {
+/// as its last key; `None` if it is not an object. A room stream's message
+/// that does not name its room (a handle push may not) gets `"room":R`
+/// too, since an `r` position means nothing without it.
+pub(crate) fn stamp(
+    json: &[u8],
+    kind: Kind,
+    room: Option<&str>,
+    epoch: &Epoch,
+    offset: u64,
+) -> Option<Vec<u8>> {
     let body = json.strip_suffix(b"}")?;
     if json.first() != Some(&b'{') {
         return None;
     }
-    let mut out = Vec::with_capacity(json.len() + 40);
+    let room = room.filter(|_| !names_room(json));
+    let mut out = Vec::with_capacity(json.len() + 40 + room.map_or(0, |r| r.len() + 10));
     out.extend_from_slice(body);
     // `{}` has no key yet to follow.
     if body.len() > 1 {
+        out.push(b',');
+    }
+    if let Some(room) = room {
+        out.extend_from_slice(b"\"room\":");
+        // Writing a string into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut out, room);
         out.push(b',');
     }
     out.extend_from_slice(b"\"pos\":\"");
     write(&mut out, kind, epoch, offset);
     out.extend_from_slice(b"\"}");
     Some(out)
+}
+
+/// Whether a JSON object has a top-level `room` key (once per room
+/// message, not per recipient).
+fn names_room(json: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Room {
+        room: Option<serde::de::IgnoredAny>,
+    }
+    serde_json::from_slice::<Room>(json).is_ok_and(|r| r.room.is_some())
 }
 
 /// One stream's answer to a resume.
@@ -335,17 +360,32 @@ mod tests {
     #[test]
     fn stamping_adds_pos_as_the_last_key() {
         let epoch = Epoch::from_bits(7);
-        let stamped = stamp(br#"{"type":"x","content":1}"#, Kind::All, &epoch, 3).unwrap();
+        let stamped = stamp(br#"{"type":"x","content":1}"#, Kind::All, None, &epoch, 3).unwrap();
         let value: serde_json::Value = serde_json::from_slice(&stamped).unwrap();
         assert_eq!(value["pos"], format(Kind::All, &epoch, 3));
         assert_eq!(value["content"], 1);
         assert!(stamped.ends_with(b"\"}"));
         assert_eq!(
-            stamp(b"{}", Kind::Room, &epoch, 1).unwrap().len(),
+            stamp(b"{}", Kind::All, None, &epoch, 1).unwrap().len(),
             10 + 2 + EPOCH_LEN + 2
         );
-        assert_eq!(stamp(b"[1]", Kind::All, &epoch, 1), None);
-        assert_eq!(stamp(b"", Kind::All, &epoch, 1), None);
+        assert_eq!(stamp(b"[1]", Kind::All, None, &epoch, 1), None);
+        assert_eq!(stamp(b"", Kind::All, None, &epoch, 1), None);
+        // A room message without its room gets it; one with it keeps its own.
+        let named = stamp(
+            br#"{"type":"x","room":"r1"}"#,
+            Kind::Room,
+            Some("r1"),
+            &epoch,
+            2,
+        );
+        let named = named.unwrap();
+        assert_eq!(named.windows(6).filter(|w| w == b"\"room\"").count(), 1);
+        let unnamed = stamp(br#"{"type":"x"}"#, Kind::Room, Some("a\"b"), &epoch, 2).unwrap();
+        let value: serde_json::Value = serde_json::from_slice(&unnamed).unwrap();
+        assert_eq!(value["room"], "a\"b");
+        assert_eq!(value["type"], "x");
+        assert_eq!(value["pos"], format(Kind::Room, &epoch, 2));
     }
 
     #[test]

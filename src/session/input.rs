@@ -8,6 +8,7 @@ use std::io::{self, Read};
 use log::debug;
 
 use super::{Closing, Phase, Rules, Session, MIN_READ};
+use crate::client_ip::proxy::{self, Parsed};
 use crate::deflate::{Codec, InflateError};
 use crate::frame::{DecodeError, Inbound, Step};
 use crate::http::{self, HttpError};
@@ -22,6 +23,11 @@ pub(crate) enum ReadOutcome {
     WouldBlock,
     /// The peer closed its side.
     Eof,
+    /// A whole PROXY header was read: `peer` is now the source it names
+    /// (or stays the TCP peer for `LOCAL`/`UNKNOWN`), and HTTP follows.
+    Proxied,
+    /// Not a (valid) PROXY header: close without a response.
+    NotProxied(&'static str),
 }
 
 /// One read, and where its bytes went.
@@ -88,6 +94,14 @@ impl<S: Socket> Session<S> {
     /// declared: a peer that announces 512 KiB and sends 2 bytes costs a
     /// few KiB.
     pub(crate) fn read(&mut self, shared: &mut [u8]) -> Received {
+        if matches!(self.phase, Phase::Proxy) {
+            return Received {
+                outcome: self.read_proxy_header(shared),
+                full: false,
+                into_shared: true,
+                must_write: false,
+            };
+        }
         let drain = self.transport.reads_to_block();
         if self.pending_input.is_empty() {
             let outcome = self.read_into(shared);
@@ -122,6 +136,49 @@ impl<S: Socket> Session<S> {
             into_shared: false,
             must_write: self.transport.has_pending(),
         }
+    }
+
+    /// Peeks at what has arrived (below TLS) and, once a whole PROXY header
+    /// is there, consumes exactly its bytes. An unfinished header is left in
+    /// the socket: more bytes raise a new readiness edge, and the peek sees
+    /// them all again (at most [`proxy::MAX_HEADER`] bytes, in the shared
+    /// buffer: the session keeps nothing).
+    fn read_proxy_header(&mut self, shared: &mut [u8]) -> io::Result<ReadOutcome> {
+        let window = shared.len().min(proxy::MAX_HEADER);
+        let socket = self.transport.socket_mut();
+        let seen = loop {
+            match socket.peek(&mut shared[..window]) {
+                Ok(0) => return Ok(ReadOutcome::Eof),
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return Ok(ReadOutcome::WouldBlock)
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        };
+        let (len, source) = match proxy::parse(&shared[..seen]) {
+            Parsed::Incomplete => return Ok(ReadOutcome::WouldBlock),
+            Parsed::Invalid(why) => return Ok(ReadOutcome::NotProxied(why)),
+            Parsed::Header { len, source } => (len, source),
+        };
+        // Peeked, so present: these reads take exactly the header.
+        let mut taken = 0;
+        while taken < len {
+            match socket.read(&mut shared[taken..len]) {
+                Ok(0) => return Ok(ReadOutcome::Eof),
+                Ok(n) => taken += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if let Some(source) = source {
+            self.peer_ip = source.ip();
+            self.peer_port = source.port();
+            self.client = source.ip();
+        }
+        self.phase = Phase::Http;
+        Ok(ReadOutcome::Proxied)
     }
 
     fn read_into(&mut self, buf: &mut [u8]) -> io::Result<ReadOutcome> {
@@ -222,6 +279,8 @@ impl<S: Socket> Session<S> {
                     Next::Unit(consumed, unit)
                 }
             },
+            // Read by `read_proxy_header`, never handed out as input.
+            Phase::Proxy => Next::Incomplete,
             // An event stream's client has nothing more to say.
             Phase::Sse { .. } | Phase::Closing(_) | Phase::Dead => Next::Discard,
         }
@@ -258,18 +317,18 @@ impl<S: Socket> Session<S> {
     /// Inflates a permessage-deflate message within `max` bytes (checked
     /// while inflating); text must be UTF-8 once inflated.
     pub(crate) fn inflate(
-        &mut self,
+        &self,
         codec: &mut Codec,
         text: bool,
         compressed: &[u8],
         max: usize,
     ) -> Result<Vec<u8>, DecodeError> {
-        let Some(params) = self.deflate else {
+        if self.deflate.is_none() {
             return Err(DecodeError::Protocol(
                 "compressed message without the extension",
             ));
-        };
-        let inflated = match codec.inflate(&params, &mut self.history, compressed, max) {
+        }
+        let inflated = match codec.inflate(compressed, max) {
             Ok(bytes) => bytes,
             Err(InflateError::TooBig) => return Err(DecodeError::TooBig),
             Err(InflateError::Corrupt(_)) => return Err(DecodeError::BadCompression),

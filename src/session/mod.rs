@@ -2,10 +2,12 @@
 //! in, the unfinished input it keeps between reads, its frame decoder, its
 //! outbound queue and its deadlines.
 //!
-//! Phases: `Http` (reading request heads; keep-alive REST) → `Chat` or `Echo`
-//! (an upgraded WebSocket) or `Sse` (an event stream: written, never read)
-//! → `Closing` (flushing, waiting for the peer's Close or FIN, bounded by a
-//! deadline) → `Dead` (reaped by the loop).
+//! Phases: `Proxy` (only with `app.proxy_protocol`: reading the PROXY
+//! header, straight from the socket, below TLS) → `Http` (reading request
+//! heads; keep-alive REST) → `Chat` or `Echo` (an upgraded WebSocket) or
+//! `Sse` (an event stream: written, never read) → `Closing` (flushing,
+//! waiting for the peer's Close or FIN, bounded by a deadline) → `Dead`
+//! (reaped by the loop).
 //!
 //! The session makes every phase change itself and reports what happened as
 //! a value ([`Next`], [`Unit`], [`Eof`], [`output::Wrote`], [`Fired`],
@@ -18,15 +20,16 @@
 //! Here: the phases, their changes and the deadlines; `input.rs`: reading
 //! and decoding units; `output.rs`: queueing and writing.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 
 use mio::net::TcpStream;
 
 use crate::audience::SessionKey;
 use crate::config::WebSocketConfig;
-use crate::deflate::{History, Params};
+use crate::deflate::Params;
 use crate::frame::{DecodeError, Decoder, Wire};
+use crate::http_slots::MAX_REQUESTS_PER_CONNECTION;
 use crate::outbound::Outbound;
 use crate::rest::Endpoint;
 use crate::transport::{Socket, Transport};
@@ -75,6 +78,9 @@ impl Rules {
 /// Where a connection is in its life.
 #[derive(Debug)]
 pub(crate) enum Phase {
+    /// Waiting for the PROXY header (`app.proxy_protocol`); counts against
+    /// `handshake_timeout` like the request that follows.
+    Proxy,
     /// Reading HTTP request heads (REST with keep-alive, or an upgrade).
     Http,
     /// An upgraded `/api/ws/connect` session; `None` is anonymous.
@@ -187,8 +193,16 @@ pub(crate) struct Session<S = TcpStream> {
     transport: Transport<S>,
     /// This session's key (slot and generation).
     pub key: SessionKey,
-    /// Peer address, for logs.
-    pub peer: SocketAddr,
+    /// The address that connected (see [`Session::peer`]), kept as its
+    /// parts: a `SocketAddr` would take 32 bytes per idle connection.
+    peer_ip: IpAddr,
+    peer_port: u16,
+    /// The client behind the proxies (README "Behind a proxy"): for logs,
+    /// hooks and `max_connections_per_ip`. The peer until derived.
+    pub client: IpAddr,
+    /// `client` is counted against `max_connections_per_ip` (the loop's
+    /// count; released when the session is reaped or its client changes).
+    pub ip_counted: bool,
     phase: Phase,
     /// Unfinished input kept between reads; empty (unallocated) when idle.
     pending_input: Vec<u8>,
@@ -200,9 +214,6 @@ pub(crate) struct Session<S = TcpStream> {
     /// permessage-deflate parameters, when negotiated. Inline: a broadcast
     /// reads them for every recipient.
     deflate: Option<Params>,
-    /// What a client that takes its context over sent last (unallocated
-    /// until it sends a compressed message).
-    history: History,
     out: Outbound,
     /// Loop-clock ms of the last complete frame (WebSocket) or of the start
     /// of the current request (HTTP).
@@ -218,6 +229,8 @@ pub(crate) struct Session<S = TcpStream> {
     paused: bool,
     /// Counted against `max_http_connections` (until upgraded or reaped).
     counted_http: bool,
+    /// Requests answered on this connection (keep-alive is capped).
+    requests: u16,
     /// An event stream: messages go out as events, and it ends without a
     /// Close frame (kept through `Closing`, unlike the phase).
     sse: bool,
@@ -225,6 +238,8 @@ pub(crate) struct Session<S = TcpStream> {
     pub timer: Option<(TimerId, u64)>,
     /// The loop's bookkeeping: already in this pass's list of answers to write.
     pub dirty: bool,
+    /// The loop's bookkeeping: its handshake read waits for a later pass.
+    pub handshake_waiting: bool,
 }
 
 impl<S: Socket> Session<S> {
@@ -238,14 +253,16 @@ impl<S: Socket> Session<S> {
         Session {
             transport,
             key,
-            peer,
+            peer_ip: peer.ip(),
+            peer_port: peer.port(),
+            client: peer.ip().to_canonical(),
+            ip_counted: false,
             phase: Phase::Http,
             pending_input: Vec::new(),
             head_scanned: 0,
             input_needed: 0,
             decoder: Decoder::default(),
             deflate: None,
-            history: History::default(),
             out: Outbound::default(),
             last_seen_ms: now_ms,
             next_ping_ms: u64::MAX,
@@ -253,13 +270,28 @@ impl<S: Socket> Session<S> {
             writable_interest: false,
             paused: false,
             counted_http: true,
+            requests: 0,
             sse: false,
             timer: None,
             dirty: false,
+            handshake_waiting: false,
+        }
+    }
+
+    /// Reads a PROXY header before anything else (`app.proxy_protocol`).
+    pub(crate) fn await_proxy_header(&mut self) {
+        if matches!(self.phase, Phase::Http) {
+            self.phase = Phase::Proxy;
         }
     }
 
     // ---- what the loop reads ----
+
+    /// The address that connected: the TCP peer, or the source a PROXY
+    /// header from a trusted balancer named.
+    pub(crate) fn peer(&self) -> SocketAddr {
+        SocketAddr::new(self.peer_ip, self.peer_port)
+    }
 
     pub(crate) fn phase(&self) -> &Phase {
         &self.phase
@@ -303,6 +335,35 @@ impl<S: Socket> Session<S> {
     /// Still counted against `max_http_connections`.
     pub(crate) fn counted_http(&self) -> bool {
         self.counted_http
+    }
+
+    /// A pre-upgrade connection between requests (or that has sent
+    /// nothing): no request partly read, no response being written. Returns
+    /// the loop-clock ms it has been idle since (`None`: busy, or upgraded).
+    pub(crate) fn http_idle_since(&self) -> Option<u64> {
+        let idle = matches!(self.phase, Phase::Http)
+            && self.pending_input.is_empty()
+            && self.out.is_empty()
+            && !self.transport.has_pending();
+        idle.then_some(self.last_seen_ms)
+    }
+
+    /// No longer counted against `max_http_connections` (its slot was
+    /// given to a new connection); `true` if it was counted.
+    pub(crate) fn uncount_http(&mut self) -> bool {
+        std::mem::replace(&mut self.counted_http, false)
+    }
+
+    /// Counts a request answered; `false` once the connection has served
+    /// [`MAX_REQUESTS_PER_CONNECTION`]: this response closes it.
+    pub(crate) fn count_request(&mut self) -> bool {
+        self.requests = self.requests.saturating_add(1);
+        self.requests < MAX_REQUESTS_PER_CONNECTION
+    }
+
+    /// Its TLS handshake is still in progress.
+    pub(crate) fn tls_handshaking(&self) -> bool {
+        self.transport.is_handshaking()
     }
 
     /// Whether this session receives positions (and may resume).
@@ -520,7 +581,7 @@ impl<S: Socket> Session<S> {
                     None => Fired::Arm(now.saturating_add(write_wait)),
                 }
             }
-            Phase::Http => {
+            Phase::Http | Phase::Proxy => {
                 let deadline = self.last_seen_ms.saturating_add(rules.handshake_ms);
                 if now < deadline {
                     return Fired::Arm(deadline);

@@ -94,7 +94,7 @@ impl EventLoop {
             self.resume.push(index);
         }
         match wrote.then {
-            AfterWrite::Idle => {}
+            AfterWrite::Idle => self.http_idle(index),
             AfterWrite::Waiting { stall_deadline } => self.arm(index, stall_deadline),
             AfterWrite::Finished => self.kill(index, CloseReason::Finished),
             AfterWrite::Failed(e) => self.kill(index, CloseReason::Io(e.to_string())),
