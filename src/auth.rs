@@ -1,4 +1,4 @@
-//! Request authorisation policy (PROTOCOL.md §2, §3, §6): bearer tokens, the
+//! Request authorisation policy (docs/protocol.md §2, §3, §6): bearer tokens, the
 //! admin token, the Origin allow-list, a connect request's identity, and
 //! query-parameter decoding.
 //!

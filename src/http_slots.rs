@@ -1,5 +1,5 @@
 //! Which pre-upgrade connection gives up its slot at `max_http_connections`
-//! (PROTOCOL.md section 7a): the one idle the longest, where idle means a
+//! (docs/protocol.md section 7a): the one idle the longest, where idle means a
 //! keep-alive connection between requests or one that has sent nothing. Only
 //! when none is idle does a new connection get 503.
 //!

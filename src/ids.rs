@@ -1,4 +1,4 @@
-//! User ids and room names (PROTOCOL.md section 7): the bound on their
+//! User ids and room names (docs/protocol.md section 7): the bound on their
 //! length, the refusal of control characters, and an escaped form for log
 //! lines, so that no id can forge a log line or reach a terminal raw.
 //!

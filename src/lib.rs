@@ -4,7 +4,7 @@
 //! messages (`{"type", "to", "room", "content"}`) that the server routes to a
 //! user, a room or everyone; backends push over REST (`/api/ws/broadcast`,
 //! `/api/ws/send`) or, when embedding the crate, through a [`Handle`] from
-//! any thread. The contract is PROTOCOL.md; the README says how to run it.
+//! any thread. The contract is docs/protocol.md in the repository; the README says how to run it.
 //!
 //! ```no_run
 //! use wshub::{Config, Message, Mode, Server};

@@ -1,4 +1,4 @@
-//! The JSON messages on the socket and in REST bodies (PROTOCOL.md section 4).
+//! The JSON messages on the socket and in REST bodies (docs/protocol.md section 4).
 //!
 //! [`Incoming`] is what a client or a REST caller sent, validated: a JSON
 //! object with a non-empty string `type`, optional string `to`/`room`/`from`,

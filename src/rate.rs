@@ -1,4 +1,4 @@
-//! The per-session rate limits on client data messages (PROTOCOL.md
+//! The per-session rate limits on client data messages (docs/protocol.md
 //! section 7 and 7a): a token bucket by count (`max_messages_per_second`)
 //! and one by bytes (`max_bytes_per_second`, charged by the inflated size),
 //! each with a burst of its per-second figure, and the flood detector that

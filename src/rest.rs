@@ -1,4 +1,4 @@
-//! The HTTP endpoints of PROTOCOL.md section 3: decides, for one complete
+//! The HTTP endpoints of docs/protocol.md section 3: decides, for one complete
 //! request, what the loop does — answer, upgrade, or push and then answer.
 //!
 //! Pure: reads the config and the router's indexes, returns an [`Outcome`].
@@ -202,7 +202,7 @@ impl Route {
     }
 }
 
-/// Every endpoint but the demo page's files (PROTOCOL.md sections 3 and 6).
+/// Every endpoint but the demo page's files (docs/protocol.md sections 3 and 6).
 /// A new endpoint is one row here; it needs the admin token unless the row
 /// says `.public()`. A wrong method gets 405 before the token is looked at.
 const ROUTES: [Route; 8] = [
@@ -626,7 +626,7 @@ mod tests {
             .filter(|r| r.access == Access::Public)
             .map(|r| r.path)
             .collect();
-        // Widening this list is a security decision: PROTOCOL.md section 6.
+        // Widening this list is a security decision: docs/protocol.md section 6.
         assert_eq!(
             public,
             ["/health", "/api/ws/connect", "/api/ws/echo", "/api/ws/sse"]

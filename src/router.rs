@@ -1,5 +1,5 @@
 //! Who receives a message: the indexes `user → sessions`, `room → sessions`,
-//! `session → rooms`, and the routing rules of PROTOCOL.md section 4.
+//! `session → rooms`, and the routing rules of docs/protocol.md section 4.
 //!
 //! The router never sees a socket. It names an [`Audience`]; the event loop
 //! resolves it with [`Router::for_each_member`] and writes the bytes. That
@@ -32,7 +32,7 @@ pub enum Route<'a> {
     Deliver(Audience<&'a str>, Vec<u8>),
 }
 
-/// What the router enforces on client messages (PROTOCOL.md section 7).
+/// What the router enforces on client messages (docs/protocol.md section 7).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Rooms one session may be in at once.

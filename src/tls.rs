@@ -1,4 +1,4 @@
-//! TLS on the listener (PROTOCOL.md section 8): turns `tls.cert` and
+//! TLS on the listener (docs/protocol.md section 8): turns `tls.cert` and
 //! `tls.key` into a rustls [`ServerConfig`] (the `ring` provider, TLS 1.2
 //! and 1.3, ALPN `http/1.1`), with errors that name the key at fault.
 //!

@@ -1,5 +1,5 @@
 //! The byte stream under a session: plain TCP, or TLS over TCP
-//! (PROTOCOL.md section 8). A new transport goes here, as a variant of
+//! (docs/protocol.md section 8). A new transport goes here, as a variant of
 //! [`Transport`] that reads and writes plaintext like the others.
 //!
 //! Both variants read and write like a non-blocking socket: `WouldBlock`

@@ -1,4 +1,4 @@
-//! Black-box tests of PROTOCOL.md section 7a, the second round of bounds
+//! Black-box tests of docs/protocol.md section 7a, the second round of bounds
 //! (issue 19): one test per finding of the review that is not about the
 //! cluster, each reproducing the attack over real loopback sockets.
 //!

@@ -1,4 +1,4 @@
-//! Cluster tests (PROTOCOL.md section 10): three real `wshub` processes,
+//! Cluster tests (docs/protocol.md section 10): three real `wshub` processes,
 //! each with its own config, over a private `redis-server` on a free
 //! loopback port. Each test starts its own Redis and stops it by PID.
 //!
@@ -742,7 +742,7 @@ impl Redis {
     }
 }
 
-/// PROTOCOL.md 10a: after the 101, and after the pong that follows a
+/// docs/protocol.md 10a: after the 101, and after the pong that follows a
 /// join, a message sent from another node at once arrives (it was lost
 /// 19 times in 20 when the node subscribed after the fact).
 #[test]
@@ -803,7 +803,7 @@ fn a_message_right_after_the_101_or_a_join_arrives() {
     assert_eq!(a.metric("wshub_cluster_wait_refused_total"), 0);
 }
 
-/// PROTOCOL.md 10a: a hung Redis (SIGSTOP) is down within 2 s; meanwhile
+/// docs/protocol.md 10a: a hung Redis (SIGSTOP) is down within 2 s; meanwhile
 /// and after, REST pushes answer 503 within about 1 s and deliver nothing;
 /// plain /health stays 200 (degraded), ?cluster=required is 503.
 #[test]
@@ -881,7 +881,7 @@ fn a_hung_redis_gets_honest_answers_and_health_does_not_cascade() {
     assert!(a.metric("wshub_cluster_wait_refused_total") >= 1);
 }
 
-/// PROTOCOL.md 10a: a node that restarts with its explicit node_id
+/// docs/protocol.md 10a: a node that restarts with its explicit node_id
 /// replaces its old presence at once, not after presence_ttl; the others
 /// log when it goes and when it appears.
 #[test]
@@ -965,7 +965,7 @@ fn forge(redis: &Redis, channel: &str, payloads: &[Vec<u8>]) {
     let () = pipe.query(&mut con).expect("publish");
 }
 
-/// PROTOCOL.md 7a: a second live node with a node_id in use is refused at
+/// docs/protocol.md 7a: a second live node with a node_id in use is refused at
 /// start (exit 1, naming cluster.node_id); a node whose previous run died
 /// starts within 2 s.
 #[test]
@@ -994,7 +994,7 @@ fn a_second_live_node_id_is_refused_and_a_crashed_one_restarts_at_once() {
     assert!(took < Duration::from_millis(2500), "restart took {took:?}");
 }
 
-/// PROTOCOL.md 7a: what comes from Redis is rebuilt (five keys), held to
+/// docs/protocol.md 7a: what comes from Redis is rebuilt (five keys), held to
 /// max_message_size, and one forged sequence number does not silence the
 /// node whose run it names.
 #[test]
@@ -1063,7 +1063,7 @@ fn forged_envelopes_are_rebuilt_bounded_and_silence_nobody() {
     assert!(a.metric("wshub_cluster_garbage_total") >= 1);
 }
 
-/// PROTOCOL.md 7a: with cluster.secret, envelopes are signed and unsigned
+/// docs/protocol.md 7a: with cluster.secret, envelopes are signed and unsigned
 /// or wrongly signed ones are dropped and counted.
 #[test]
 fn with_a_secret_only_signed_envelopes_are_delivered() {
@@ -1093,7 +1093,7 @@ fn with_a_secret_only_signed_envelopes_are_delivered() {
     assert_eq!(a.metric("wshub_cluster_garbage_total"), before + 2);
 }
 
-/// PROTOCOL.md 7a: what a node takes from Redis is bounded in bytes; a
+/// docs/protocol.md 7a: what a node takes from Redis is bounded in bytes; a
 /// flood is dropped and counted, the subscriber keeps reading (Redis never
 /// cuts it off) and the node keeps answering.
 #[test]

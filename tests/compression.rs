@@ -1,4 +1,4 @@
-//! permessage-deflate (PROTOCOL.md section 9) over real loopback sockets.
+//! permessage-deflate (docs/protocol.md section 9) over real loopback sockets.
 //!
 //! tungstenite does not speak permessage-deflate, so compressing clients
 //! here are raw TCP with `flate2` on the client side: they offer the
@@ -33,7 +33,7 @@ struct Raw {
     /// The server's `Sec-WebSocket-Extensions`, if any.
     extensions: Option<String>,
     /// The client's compressor: reset before each message, as the server
-    /// answers `client_no_context_takeover` (PROTOCOL.md section 7a),
+    /// answers `client_no_context_takeover` (docs/protocol.md section 7a),
     /// unless `keep_context` is set.
     compressor: Compress,
     /// Misbehave: keep the compressor's context across messages.

@@ -1,5 +1,5 @@
 //! The core contract over real loopback sockets: endpoints, routing rules,
-//! status, keep-alive, bad input and modes (PROTOCOL.md sections 1, 3, 4).
+//! status, keep-alive, bad input and modes (docs/protocol.md sections 1, 3, 4).
 
 mod common;
 

@@ -1,4 +1,4 @@
-//! Embedding wshub as a library (PROTOCOL.md section 5): the `Handle` pushed
+//! Embedding wshub as a library (docs/protocol.md section 5): the `Handle` pushed
 //! from other threads, its errors (offline user, stopped server, full
 //! command queue), and the hooks (connect, message, disconnect, and the
 //! actions they request), all against a real server over loopback.

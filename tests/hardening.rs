@@ -1,4 +1,4 @@
-//! Black-box tests of PROTOCOL.md section 7 (issue 10): every byte a client
+//! Black-box tests of docs/protocol.md section 7 (issue 10): every byte a client
 //! makes the server hold is bounded, and the abuse limits operators expect.
 //! One test per finding of the review, each reproducing the attack over a
 //! real loopback socket, and each new key at its limit and one past it.

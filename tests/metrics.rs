@@ -1,4 +1,4 @@
-//! `GET /metrics` (PROTOCOL.md section 3, issue 5): the Prometheus text is
+//! `GET /metrics` (docs/protocol.md section 3, issue 5): the Prometheus text is
 //! well-formed (a small parser of exposition format 0.0.4 checks it, and
 //! `promtool check metrics` too when it is installed), and after a scripted
 //! session every counter and gauge has its exact expected value.

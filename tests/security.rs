@@ -1,4 +1,4 @@
-//! Black-box security tests over loopback (PROTOCOL.md §3, §6; issue 4): JWT
+//! Black-box security tests over loopback (docs/protocol.md §3, §6; issue 4): JWT
 //! on connect, the admin token on the push API, the Origin allow-list, the
 //! upgrade rejection order, and that no secret reaches a log line.
 //!

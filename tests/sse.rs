@@ -1,4 +1,4 @@
-//! Server-Sent Events (`GET /api/ws/sse`, PROTOCOL.md section 13) over raw
+//! Server-Sent Events (`GET /api/ws/sse`, docs/protocol.md section 13) over raw
 //! loopback sockets, plain and TLS: the response head, events byte-equal to
 //! what a WebSocket session of the same user and rooms receives, `?rooms=`,
 //! the heartbeat comment, authentication and Origin, `max_connections` and

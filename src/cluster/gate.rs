@@ -1,4 +1,4 @@
-//! Work that waits for the cluster (PROTOCOL.md section 10a): a 101 until
+//! Work that waits for the cluster (docs/protocol.md section 10a): a 101 until
 //! the user's channel is subscribed, a session's next message until its
 //! room's channel is, a REST answer until Redis accepted the publish.
 //!

@@ -1,4 +1,4 @@
-//! Several wshub nodes acting as one server over Redis (PROTOCOL.md
+//! Several wshub nodes acting as one server over Redis (docs/protocol.md
 //! section 10): the loop's end of the bridge, [`Link`], and the two bridge
 //! threads it starts.
 //!

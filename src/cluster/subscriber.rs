@@ -28,7 +28,7 @@ use super::{Bridge, Event, Reporter, BACKOFF_MAX, BACKOFF_MIN, IO_TIMEOUT};
 use crate::audience::Audience;
 
 /// Longest wait for a message before interest changes are looked at. A
-/// connect or a join waits for its subscription (PROTOCOL.md 10a), so this
+/// connect or a join waits for its subscription (docs/protocol.md 10a), so this
 /// is part of their latency; an idle node wakes 200 times a second for it.
 const POLL: Duration = Duration::from_millis(5);
 /// Channels per SUBSCRIBE command when (re)subscribing to everything.

@@ -160,9 +160,9 @@ pub struct Config {
     pub jwt: JwtConfig,
     /// `webhooks:` — presence events for your backend.
     pub webhooks: WebhooksConfig,
-    /// `cluster:` — several nodes over Redis (PROTOCOL.md section 10).
+    /// `cluster:` — several nodes over Redis (docs/protocol.md section 10).
     pub cluster: ClusterConfig,
-    /// `tls:` — the listener speaks TLS (PROTOCOL.md section 8).
+    /// `tls:` — the listener speaks TLS (docs/protocol.md section 8).
     pub tls: TlsConfig,
     /// `history:` — messages kept per audience for resuming sessions.
     pub history: HistoryConfig,

@@ -20,7 +20,7 @@ fn websocket(text: &str) -> WebSocketConfig {
     parse(&format!("websocket:\n{text}")).websocket
 }
 
-/// PROTOCOL.md section 2, verbatim.
+/// The documented defaults of every section-2 key, verbatim.
 const PROTOCOL_YAML: &str = r#"
 app:
   host: "0.0.0.0"

@@ -1,5 +1,5 @@
 //! The single-threaded event loop: one `mio::Poll`, the session slab, and
-//! one pass as STYLE.md describes it. Each step of a pass has its file:
+//! one pass: poll, then the steps below, in order. Each step of a pass has its file:
 //!
 //! | step | file | what it does |
 //! | --- | --- | --- |
