@@ -82,6 +82,17 @@ impl std::error::Error for JwtError {}
 /// `exp` and `nbf` are honoured with [`LEEWAY_SECS`] of slack against
 /// `now_unix` (seconds since the Unix epoch). Never panics.
 pub fn verify_hs256(token: &str, secret: &[u8], now_unix: u64) -> Result<String, JwtError> {
+    subject(&verify_hs256_claims(token, secret, now_unix)?)
+}
+
+/// Verifies an HS256 JWT as [`verify_hs256`] does (header, signature,
+/// `exp`, `nbf`) and returns all its claims, for callers that need more
+/// than the user id (the `rooms` claim, join tokens).
+pub fn verify_hs256_claims(
+    token: &str,
+    secret: &[u8],
+    now_unix: u64,
+) -> Result<Map<String, Value>, JwtError> {
     if token.len() > MAX_TOKEN_LEN {
         return Err(JwtError::Malformed);
     }
@@ -95,7 +106,7 @@ pub fn verify_hs256(token: &str, secret: &[u8], now_unix: u64) -> Result<String,
     check_signature(header, payload, signature, secret)?;
     let claims = decode_object(payload)?;
     check_time(&claims, now_unix)?;
-    subject(&claims)
+    Ok(claims)
 }
 
 /// Signs `claims` (normally a JSON object) with HS256 under a

@@ -44,6 +44,7 @@
 //! | `rate` | the per-session token bucket and flood detector |
 //! | `handle` | the cross-thread [`Handle`] (bounded channel + waker) |
 //! | `hooks` | application callbacks on the loop thread |
+//! | [`rooms`] | who may join a room (join modes, grants, join tokens), presence events |
 //! | `cluster` | several nodes over Redis: bridge threads, presence, channels |
 //! | `metrics` | counters and the Prometheus text |
 //! | [`config`], `cli`, [`app`] | settings, arguments, what the binaries run |
@@ -93,6 +94,7 @@ pub(crate) mod metrics;
 pub mod outbound;
 pub(crate) mod rate;
 pub(crate) mod rest;
+pub mod rooms;
 pub mod router;
 pub mod server;
 pub(crate) mod session;
@@ -103,6 +105,6 @@ pub mod wheel;
 pub use audience::{Audience, SessionKey};
 pub use config::Config;
 pub use handle::{Handle, HandleError};
-pub use hooks::{Actions, CloseReason, Hooks, SessionInfo, Verdict};
+pub use hooks::{Actions, Admission, CloseReason, Hooks, SessionInfo, Verdict};
 pub use message::Message;
 pub use server::{Mode, Server, ServerError};

@@ -32,9 +32,17 @@ pub struct Incoming<'a> {
     /// Any JSON value, relayed verbatim.
     #[serde(default, borrow)]
     pub content: Option<&'a RawValue>,
+    /// A join token (`join` in `rooms.join: token` mode); never relayed.
+    #[serde(default, borrow)]
+    pub token: Option<std::borrow::Cow<'a, str>>,
 }
 
 impl Incoming<'_> {
+    /// `token`, with an empty string treated as absent.
+    pub fn token(&self) -> Option<&str> {
+        non_empty(&self.token)
+    }
+
     /// `to`, with an empty string treated as absent.
     pub fn to(&self) -> Option<&str> {
         non_empty(&self.to)

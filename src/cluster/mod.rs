@@ -74,6 +74,13 @@ pub(crate) enum Event {
         target: Audience<String>,
         json: Vec<u8>,
     },
+    /// Another node asks to add `user`'s sessions here to `room` (REST
+    /// join), or to remove them (`join` false).
+    Membership {
+        user: String,
+        room: String,
+        join: bool,
+    },
     /// A fresh view of the other nodes.
     View(View),
     /// A connection came up in a generation (see [`Bridge::generation`])
@@ -352,6 +359,19 @@ impl Link {
     /// Hands `json` for `target` to the publisher. False when the cluster
     /// is down or the queue is full: nothing was published.
     pub(crate) fn publish(&mut self, audience: Audience<&str>, json: &[u8]) -> bool {
+        self.send(|names, origin| Publication::new(names, audience, origin, json))
+    }
+
+    /// Asks every node holding sessions of `user` to add them to `room`
+    /// (`join`) or remove them. False when the cluster is down or the
+    /// queue is full: nothing was published.
+    pub(crate) fn publish_membership(&mut self, user: &str, room: &str, join: bool) -> bool {
+        self.send(|names, origin| Publication::membership(names, user, room, join, origin))
+    }
+
+    /// Hands the next publication of this run (numbered in one sequence)
+    /// to the publisher.
+    fn send(&mut self, make: impl FnOnce(&Names, &Origin<'_>) -> Publication) -> bool {
         if !self.up() {
             return false;
         }
@@ -362,8 +382,7 @@ impl Link {
             epoch: b.epoch,
             seq: self.seq,
         };
-        let job = Job::Publish(Publication::new(&b.names, audience, &origin, json));
-        match self.jobs.try_send(job) {
+        match self.jobs.try_send(Job::Publish(make(&b.names, &origin))) {
             Ok(()) => true,
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 b.stats.dropped.fetch_add(1, Ordering::Relaxed);
@@ -392,6 +411,12 @@ impl Link {
             self.rooms.insert(room.to_owned());
             self.want(self.bridge.names.channel(Audience::room(room)), true);
         }
+    }
+
+    /// Sessions or room members changed here without a first or last
+    /// member: the presence entry (counts, room members) is written again.
+    pub(crate) fn touched(&mut self) {
+        self.presence_dirty = true;
     }
 
     /// A user's last session here closed, or a room's last member here
@@ -489,9 +514,9 @@ impl Link {
         was_up != self.up()
     }
 
-    /// Replaces the view of the other nodes.
-    pub(crate) fn on_view(&mut self, view: View) {
-        self.view = view;
+    /// Replaces the view of the other nodes; returns the one it replaced.
+    pub(crate) fn on_view(&mut self, view: View) -> View {
+        std::mem::replace(&mut self.view, view)
     }
 
     /// Removes this node's presence now (a graceful shutdown).

@@ -165,7 +165,7 @@ impl Receiving {
             self.garbage(bridge, channel, "not a wshub channel");
             return None;
         };
-        let (origin, json) = match wire::decode(payload) {
+        let (origin, body) = match wire::decode(payload) {
             Ok(decoded) => decoded,
             Err(Garbage::Header) => {
                 self.garbage(bridge, channel, "no wshub1 header");
@@ -198,10 +198,23 @@ impl Receiving {
             }
         }
         bridge.stats.received.fetch_add(1, Ordering::Relaxed);
-        Some(Event::Deliver {
-            target,
-            json: json.to_vec(),
-        })
+        match (body, target) {
+            (wire::Body::Message(json), target) => Some(Event::Deliver {
+                target,
+                json: json.to_vec(),
+            }),
+            (wire::Body::Membership { join, room }, Audience::User(user)) => {
+                Some(Event::Membership {
+                    user,
+                    room: room.to_owned(),
+                    join,
+                })
+            }
+            (wire::Body::Membership { .. }, _) => {
+                self.garbage(bridge, channel, "a membership change not on a user channel");
+                None
+            }
+        }
     }
 
     /// Counts a malformed payload; warns at most once per `WARN_EVERY`.

@@ -3,7 +3,9 @@
 //!
 //! Pure: names and bytes in, names and bytes out. The envelope is one header
 //! line, `wshub1 <node_id> <epoch> <seq>`, then the message's JSON exactly
-//! as clients receive it. `epoch` tells two runs of one `node_id` apart;
+//! as clients receive it. A membership change (REST `join` / `leave`, sent
+//! on the user's channel) has a fifth word, `join` or `leave`, and the room
+//! name as its body. `epoch` tells two runs of one `node_id` apart;
 //! `seq` grows by one per message a run publishes, so a receiver can drop
 //! anything it has already seen from that run (nothing is delivered twice,
 //! whatever a connection does).
@@ -113,6 +115,31 @@ impl Publication {
         Publication { bytes, channel_end }
     }
 
+    /// Asks the nodes holding sessions of `user` to add them to `room`
+    /// (`join`) or remove them from it.
+    pub fn membership(
+        names: &Names,
+        user: &str,
+        room: &str,
+        join: bool,
+        origin: &Origin<'_>,
+    ) -> Self {
+        let mut bytes = Vec::new();
+        for part in names.channel_parts(Audience::User(user)) {
+            bytes.extend_from_slice(part.as_bytes());
+        }
+        let channel_end = bytes.len();
+        let verb = if join { JOIN } else { LEAVE };
+        // Writing into a Vec cannot fail.
+        let _ = writeln!(
+            bytes,
+            "{MAGIC} {} {} {} {verb}",
+            origin.node_id, origin.epoch, origin.seq
+        );
+        bytes.extend_from_slice(room.as_bytes());
+        Publication { bytes, channel_end }
+    }
+
     /// The channel it is published on.
     pub fn channel(&self) -> &[u8] {
         &self.bytes[..self.channel_end]
@@ -124,6 +151,24 @@ impl Publication {
     }
 }
 
+/// The fifth header word of a membership change.
+const JOIN: &str = "join";
+const LEAVE: &str = "leave";
+
+/// What an envelope carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Body<'a> {
+    /// A message for the channel's audience, as clients receive it.
+    Message(&'a [u8]),
+    /// Add (`join`) the channel's user's sessions to `room`, or remove them.
+    Membership {
+        /// Join or leave.
+        join: bool,
+        /// The room.
+        room: &'a str,
+    },
+}
+
 /// Why a payload on one of our channels was dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Garbage {
@@ -133,16 +178,18 @@ pub enum Garbage {
     Body,
 }
 
-/// Splits a payload into its origin and JSON, validating both: only a
-/// message of the shape clients receive gets through.
-pub fn decode(payload: &[u8]) -> Result<(Origin<'_>, &[u8]), Garbage> {
+/// Splits a payload into its origin and body, validating both: only a
+/// message of the shape clients receive, or a membership change naming a
+/// room, gets through.
+pub fn decode(payload: &[u8]) -> Result<(Origin<'_>, Body<'_>), Garbage> {
     let newline = payload
         .iter()
         .position(|b| *b == b'\n')
         .ok_or(Garbage::Header)?;
     let header = std::str::from_utf8(&payload[..newline]).map_err(|_| Garbage::Header)?;
     let mut words = header.split(' ');
-    let (Some(MAGIC), Some(node_id), Some(epoch), Some(seq), None) = (
+    let (Some(MAGIC), Some(node_id), Some(epoch), Some(seq), verb, None) = (
+        words.next(),
         words.next(),
         words.next(),
         words.next(),
@@ -156,9 +203,21 @@ pub fn decode(payload: &[u8]) -> Result<(Origin<'_>, &[u8]), Garbage> {
         epoch: epoch.parse().map_err(|_| Garbage::Header)?,
         seq: seq.parse().map_err(|_| Garbage::Header)?,
     };
-    let json = &payload[newline + 1..];
-    message::parse(json).map_err(|_| Garbage::Body)?;
-    Ok((origin, json))
+    let body = &payload[newline + 1..];
+    let join = match verb {
+        None => {
+            message::parse(body).map_err(|_| Garbage::Body)?;
+            return Ok((origin, Body::Message(body)));
+        }
+        Some(JOIN) => true,
+        Some(LEAVE) => false,
+        Some(_) => return Err(Garbage::Header),
+    };
+    let room = std::str::from_utf8(body).map_err(|_| Garbage::Body)?;
+    if room.is_empty() {
+        return Err(Garbage::Body);
+    }
+    Ok((origin, Body::Membership { join, room }))
 }
 
 #[cfg(test)]
@@ -203,12 +262,35 @@ mod tests {
         assert_eq!(publication.bytes.capacity(), publication.bytes.len());
         let (origin, json) = decode(publication.payload()).unwrap();
         assert_eq!(origin, sent);
-        assert_eq!(json, br#"{"type":"chat","content":"a\nb"}"#);
+        assert_eq!(
+            json,
+            Body::Message(br#"{"type":"chat","content":"a\nb"}"#)
+        );
+    }
+
+    #[test]
+    fn membership_changes_round_trip() {
+        let sent = Origin {
+            node_id: "n1",
+            epoch: 7,
+            seq: 9,
+        };
+        let names = Names::new("wshub");
+        for join in [true, false] {
+            let publication = Publication::membership(&names, "amy", "r 1", join, &sent);
+            assert_eq!(publication.channel(), b"wshub:user:amy");
+            let (origin, body) = decode(publication.payload()).unwrap();
+            assert_eq!(origin, sent);
+            assert_eq!(body, Body::Membership { join, room: "r 1" });
+        }
     }
 
     #[test]
     fn each_kind_of_garbage_is_refused() {
-        let cases: [(&[u8], Garbage); 7] = [
+        let cases: [(&[u8], Garbage); 10] = [
+            (b"wshub1 n1 7 1 kick\nr", Garbage::Header),
+            (b"wshub1 n1 7 1 join\n", Garbage::Body),
+            (b"wshub1 n1 7 1 join x\nr", Garbage::Header),
             (b"hello", Garbage::Header),
             (b"{\"type\":\"x\"}", Garbage::Header),
             (b"wshub1 n1 7\n{\"type\":\"x\"}", Garbage::Header),

@@ -27,7 +27,8 @@ use serde_norway::Value;
 
 use values::{
     parse_count, parse_duration, parse_flag, parse_host, parse_level, parse_name, parse_origins,
-    parse_path, parse_port, parse_prefix, parse_rate, parse_redis_url, parse_secret, parse_ttl,
+    parse_join_mode, parse_path, parse_port, parse_prefix, parse_rate, parse_redis_url,
+    parse_secret, parse_ttl,
 };
 
 mod values;
@@ -158,6 +159,8 @@ pub struct Config {
     pub cluster: ClusterConfig,
     /// `tls:` — the listener speaks TLS (PROTOCOL.md section 8).
     pub tls: TlsConfig,
+    /// `rooms:` — who may join, presence events (PROTOCOL.md section 11).
+    pub rooms: RoomsConfig,
 }
 
 /// The YAML document: each section optional.
@@ -165,7 +168,7 @@ pub struct Config {
 #[serde(
     deny_unknown_fields,
     default,
-    expecting = "a mapping of sections (app, log, websocket, jwt, cluster, tls)"
+    expecting = "a mapping of sections (app, log, websocket, jwt, cluster, tls, rooms)"
 )]
 struct RawConfig {
     app: Option<RawApp>,
@@ -174,6 +177,7 @@ struct RawConfig {
     jwt: Option<RawJwt>,
     cluster: Option<RawCluster>,
     tls: Option<RawTls>,
+    rooms: Option<RawRooms>,
 }
 
 impl RawConfig {
@@ -185,6 +189,7 @@ impl RawConfig {
             jwt: self.jwt.unwrap_or_default().into_config(origin)?,
             cluster: self.cluster.unwrap_or_default().into_config(origin)?,
             tls: self.tls.unwrap_or_default().into_config(origin)?,
+            rooms: self.rooms.unwrap_or_default().into_config(origin)?,
         })
     }
 }
@@ -321,6 +326,31 @@ section! {
         /// PEM private key file (PKCS#8, PKCS#1 or SEC1). Default `""`.
         pub key: String = String::new(), parse parse_path;
     }
+}
+
+section! {
+    /// `rooms:` — who may join a room, and presence events.
+    pub struct RoomsConfig as "rooms", raw RawRooms, expecting "a mapping of rooms settings" {
+        /// Who may join a room: `open` (anyone), `claims` (the connect
+        /// token's `rooms` claim) or `token` (the claim, or a join token).
+        /// Default `open`; `claims` and `token` need `jwt.secret`.
+        pub join: JoinMode = JoinMode::Open, parse parse_join_mode;
+        /// Members receive `joined` / `left` when a user's first session
+        /// enters a room or its last one leaves. Default `false`.
+        pub presence: bool = false, parse parse_flag;
+    }
+}
+
+/// `rooms.join`: who may join a room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum JoinMode {
+    /// Any session may join any room (the default).
+    #[default]
+    Open,
+    /// Only rooms the connect token's `rooms` claim grants.
+    Claims,
+    /// As `Claims`, or with a join token for that user and room.
+    Token,
 }
 
 impl TlsConfig {
@@ -503,6 +533,13 @@ impl Config {
                 origin,
                 "jwt.required",
                 "true needs a non-empty jwt.secret, or no connect could succeed".to_owned(),
+            ));
+        }
+        if self.rooms.join != JoinMode::Open && self.jwt.secret.is_empty() {
+            return Err(invalid(
+                origin,
+                "rooms.join",
+                "claims and token need a JWT key (jwt.secret) to check tokens with".to_owned(),
             ));
         }
         let tls = &self.tls;

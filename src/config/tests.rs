@@ -98,6 +98,10 @@ fn defaults_are_protocol_section_2() {
         },
         cluster: ClusterConfig::default(),
         tls: TlsConfig::default(),
+        rooms: RoomsConfig {
+            join: JoinMode::Open,
+            presence: false,
+        },
     };
     assert_eq!(Config::default(), expected);
     assert_eq!(parse(PROTOCOL_YAML), expected);
@@ -160,6 +164,7 @@ websocket:
   compression: true
   compression_min_bytes: 9
 jwt: {secret: "s3", required: true}
+rooms: {join: token, presence: true}
 "#;
     let expected = Config {
         app: AppConfig {
@@ -202,6 +207,10 @@ jwt: {secret: "s3", required: true}
         },
         cluster: ClusterConfig::default(),
         tls: TlsConfig::default(),
+        rooms: RoomsConfig {
+            join: JoinMode::Token,
+            presence: true,
+        },
     };
     assert_eq!(parse(text), expected);
 }
@@ -313,7 +322,7 @@ fn wrong_types_are_named() {
             ),
             (
                 "just text\n",
-                r#"config.yaml: invalid type: string "just text", expected a mapping of sections (app, log, websocket, jwt, cluster, tls)"#,
+                r#"config.yaml: invalid type: string "just text", expected a mapping of sections (app, log, websocket, jwt, cluster, tls, rooms)"#,
             ),
             (
                 "websocket:\n  allowed_origins: https://a.example\n",
@@ -530,6 +539,34 @@ fn jwt_required_needs_a_secret() {
     assert_eq!(
         error("jwt:\n  required: true\n"),
         "config.yaml: jwt.required: true needs a non-empty jwt.secret, or no connect could succeed"
+    );
+}
+
+#[test]
+fn rooms_join_modes_and_their_key() {
+    assert_eq!(parse("").rooms.join, JoinMode::Open);
+    assert!(!parse("").rooms.presence);
+    let with_key = |mode: &str| parse(&format!("jwt: {{secret: s}}\nrooms: {{join: {mode}}}\n"));
+    assert_eq!(with_key("open").rooms.join, JoinMode::Open);
+    assert_eq!(with_key("claims").rooms.join, JoinMode::Claims);
+    assert_eq!(with_key("token").rooms.join, JoinMode::Token);
+    for mode in ["claims", "token"] {
+        assert_eq!(
+            error(&format!("rooms:\n  join: {mode}\n")),
+            "config.yaml: rooms.join: claims and token need a JWT key (jwt.secret) to check tokens with"
+        );
+    }
+    assert_eq!(
+        error("rooms:\n  join: closed\n"),
+        "config.yaml: rooms.join: expected open, claims or token, got \"closed\""
+    );
+    assert_eq!(
+        error("rooms:\n  presence: 1\n"),
+        "config.yaml: rooms.presence: expected true or false, got 1"
+    );
+    assert_eq!(
+        error("rooms:\n  joins: open\n"),
+        "config.yaml: unknown key \"rooms.joins\""
     );
 }
 

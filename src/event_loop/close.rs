@@ -30,11 +30,16 @@ impl EventLoop {
             Some(Left::Chat(user)) => user,
         };
         self.open_websockets -= 1;
+        let rooms = self.rooms_before_leaving(key, user.as_deref());
         let change = self.router.remove_session(key, user.as_deref());
         self.metrics.open_chat -= 1;
-        if let (Some(link), Change::LastMember) = (self.cluster.as_mut(), change) {
-            link.departed();
+        if let Some(link) = self.cluster.as_mut() {
+            match change {
+                Change::LastMember => link.departed(),
+                _ => link.touched(),
+            }
         }
+        self.left_rooms(key, user.as_deref(), rooms);
         self.publish_online();
         info!(
             "disconnect user={} peer={peer} reason={reason} online={}",

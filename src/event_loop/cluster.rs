@@ -69,9 +69,13 @@ impl EventLoop {
             Event::Deliver { target, json } => {
                 self.push_local(&target, &json);
             }
+            Event::Membership { user, room, join } => {
+                self.cluster_membership(&user, &room, join);
+            }
             Event::View(view) => {
-                link.on_view(view);
+                let old = link.on_view(view);
                 self.publish_online();
+                self.presence_after_view(&old);
             }
             Event::Link { side, state } => {
                 link.on_link(side, state);

@@ -19,7 +19,7 @@ use crate::message;
 use crate::metrics::HandshakeFailure;
 use crate::rate::{self, Bucket};
 use crate::rest::{self, Endpoint, Outcome, Upgrade};
-use crate::router::{Change, Route};
+use crate::router::Route;
 use crate::session::{Next, Phase, Unit};
 
 impl EventLoop {
@@ -79,6 +79,7 @@ impl EventLoop {
                 None => rest::Cluster::Off,
                 Some(link) => link.view().map_or(rest::Cluster::Down, rest::Cluster::Up),
             },
+            rooms: &self.rooms,
         };
         let keep_alive = request.keep_alive;
         if !request.upgrade_websocket {
@@ -115,6 +116,10 @@ impl EventLoop {
             }
             Outcome::Push { target, json } => {
                 let response = self.rest_push(&target, &json);
+                self.respond(index, &response, keep_alive);
+            }
+            Outcome::Membership { user, room, join } => {
+                let response = self.rest_membership(&user, &room, join);
                 self.respond(index, &response, keep_alive);
             }
             Outcome::Upgrade(upgrade) => self.upgrade(index, upgrade),
@@ -163,6 +168,7 @@ impl EventLoop {
             upgrade.response,
             upgrade.endpoint,
             user.clone(),
+            upgrade.grants,
             upgrade.compression,
             now,
             &rules,
@@ -282,15 +288,15 @@ impl EventLoop {
         if self.hooks.on_message(&info, &message, &mut self.actions) == Verdict::Consume {
             return self.apply_actions();
         }
+        if message.kind == "join" && !self.may_join(index, &info, &message) {
+            return self.apply_actions();
+        }
         match self.router.route(key, user.as_deref(), &message) {
             Route::Reply(json) => self.reply(index, &json),
             Route::Done(change) => {
-                if let (Some(link), Some(room)) = (self.cluster.as_mut(), message.room()) {
-                    match change {
-                        Change::FirstMember => link.joined_room(room),
-                        Change::LastMember => link.departed(),
-                        Change::Member | Change::Unchanged => {}
-                    }
+                if let Some(room) = message.room() {
+                    let joined = message.kind == "join";
+                    self.member_changed(key, user.as_deref(), room, joined, change);
                 }
             }
             Route::Deliver(audience, json) => {

@@ -10,6 +10,7 @@
 //! | commands | `commands.rs` | handle commands (bounded per pass), hook actions, signals |
 //! | timers | `timers.rs` | applies what each due session timer found |
 //! | cluster | `cluster.rs` | presence and channels of the other nodes |
+//! | rooms | `rooms.rs` | who may join, server-side membership, presence events |
 //! | write | `write/` | answers first, then a bounded share of the fan-out backlog |
 //! | close | `close.rs` | leaving the indexes, closing handshakes, reaping |
 //!
@@ -44,6 +45,7 @@ use crate::handle::Inbox;
 use crate::hooks::{Actions, Hooks};
 use crate::metrics::{Metrics, Shared};
 use crate::rate::Bucket;
+use crate::rooms::Rooms;
 use crate::router::{Limits, Router};
 use crate::server::Mode;
 use crate::session::{Rules, Session};
@@ -58,6 +60,7 @@ mod commands;
 mod deliver;
 mod dispatch;
 mod read;
+mod rooms;
 mod timers;
 mod write;
 
@@ -142,6 +145,8 @@ pub(crate) struct EventLoop {
     codec: Codec,
     /// `None` unless `cluster.redis` is set.
     cluster: Option<Link>,
+    /// Join modes and presence (`rooms:`); see `rooms.rs`.
+    rooms: Rooms,
     /// What new connections' TLS uses; `None`: plain TCP. SIGHUP replaces it.
     tls: Option<Arc<rustls::ServerConfig>>,
 }
@@ -165,6 +170,7 @@ impl EventLoop {
         let start = Instant::now();
         let limits = Limits::from_config(&parts.config.websocket);
         let rules = Rules::from_config(&parts.config.websocket);
+        let rooms = Rooms::from_config(&parts.config);
         EventLoop {
             poll: parts.poll,
             listener: parts.listener,
@@ -204,6 +210,7 @@ impl EventLoop {
             ping: frame::encode(Kind::Ping, b""),
             codec: Codec::default(),
             cluster: parts.cluster,
+            rooms,
             tls: parts.tls,
         }
     }

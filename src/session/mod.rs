@@ -28,6 +28,7 @@ use crate::deflate::{History, Params};
 use crate::frame::{DecodeError, Decoder, Wire};
 use crate::outbound::Outbound;
 use crate::rest::Endpoint;
+use crate::rooms::Grants;
 use crate::transport::{Socket, Transport};
 use crate::wheel::{millis, TimerId};
 
@@ -80,6 +81,9 @@ pub(crate) enum Phase {
     Chat {
         /// User id, shared with the router's index.
         user: Option<Rc<str>>,
+        /// Rooms its connect token lets it join (`rooms.join: claims` or
+        /// `token`); `None` in `open` mode and without a grant.
+        grants: Option<Box<Grants>>,
     },
     /// An upgraded `/api/ws/echo` session.
     Echo,
@@ -232,7 +236,15 @@ impl<S: Socket> Session<S> {
     /// The user id of a chat session.
     pub(crate) fn user(&self) -> Option<&Rc<str>> {
         match &self.phase {
-            Phase::Chat { user } => user.as_ref(),
+            Phase::Chat { user, .. } => user.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// The rooms a chat session's connect token granted.
+    pub(crate) fn grants(&self) -> Option<&Grants> {
+        match &self.phase {
+            Phase::Chat { grants, .. } => grants.as_deref(),
             _ => None,
         }
     }
@@ -316,6 +328,7 @@ impl<S: Socket> Session<S> {
         response: Vec<u8>,
         endpoint: Endpoint,
         user: Option<Rc<str>>,
+        grants: Option<Box<Grants>>,
         compression: Option<Params>,
         now: u64,
         rules: &Rules,
@@ -327,7 +340,7 @@ impl<S: Socket> Session<S> {
         }
         self.counted_http = false;
         self.phase = match endpoint {
-            Endpoint::Chat => Phase::Chat { user },
+            Endpoint::Chat => Phase::Chat { user, grants },
             Endpoint::Echo => Phase::Echo,
         };
         self.last_seen_ms = now;
@@ -340,7 +353,7 @@ impl<S: Socket> Session<S> {
     /// indexes once. `None` if it was not open.
     pub(crate) fn leave(&mut self) -> Option<Left> {
         let left = match &mut self.phase {
-            Phase::Chat { user } => Left::Chat(user.take()),
+            Phase::Chat { user, .. } => Left::Chat(user.take()),
             Phase::Echo => Left::Echo,
             _ => return None,
         };
