@@ -189,7 +189,9 @@ fn hub() -> Hub {
         let user: Rc<str> = Rc::from(format!("u{}", i / 3));
         router.add_session(key(i), Some(&user));
         if i % 10 == 0 {
-            router.join(key(i), None, ROOM).expect("one room per session");
+            router
+                .join(key(i), None, ROOM)
+                .expect("one room per session");
         }
     }
     Hub {

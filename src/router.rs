@@ -390,20 +390,24 @@ impl Router {
             }
             // A client's "error" would arrive byte-identical to the server's
             // own; "joined"/"left" would forge presence.
-            kind @ ("error" | "pong" | "joined" | "left" | "welcome" | "recovered") => Route::Reply(message::error_json(&format!(
-                "type \"{kind}\" is reserved for the server"
-            ))),
+            kind @ ("error" | "pong" | "joined" | "left" | "welcome" | "recovered") => {
+                Route::Reply(message::error_json(&format!(
+                    "type \"{kind}\" is reserved for the server"
+                )))
+            }
             "join" | "leave" => match message.room() {
                 None => Route::Reply(message::error_json(&format!(
                     "{} needs a \"room\"",
                     message.kind
                 ))),
-                Some(room) if message.kind == "join" => match self.join(sender, sender_user, room) {
-                    Ok(change) => Route::Done(change),
-                    Err(JoinError::TooManyRooms) => {
-                        Route::Reply(message::error_json("too many rooms"))
+                Some(room) if message.kind == "join" => {
+                    match self.join(sender, sender_user, room) {
+                        Ok(change) => Route::Done(change),
+                        Err(JoinError::TooManyRooms) => {
+                            Route::Reply(message::error_json("too many rooms"))
+                        }
                     }
-                },
+                }
                 Some(room) => Route::Done(self.leave(sender, room)),
             },
             kind => self.relay(sender, sender_user, kind, message),
@@ -680,7 +684,11 @@ mod tests {
             assert!(r.join(key(1), None, room).is_ok(), "{room}");
         }
         assert_eq!(r.join(key(1), None, "d"), Err(JoinError::TooManyRooms));
-        assert_eq!(r.join(key(1), None, "a"), Ok(Change::Unchanged), "rejoin is fine");
+        assert_eq!(
+            r.join(key(1), None, "a"),
+            Ok(Change::Unchanged),
+            "rejoin is fine"
+        );
         r.add_session(key(2), None);
         assert_eq!(r.join(key(2), None, "e"), Ok(Change::FirstMember));
         assert_eq!(

@@ -54,7 +54,13 @@ fn refused(room: &str) -> Vec<Value> {
 }
 
 fn listing(server: &TestServer, room: &str) -> Value {
-    let (status, body) = http(server.addr, "GET", &format!("/api/ws/rooms/{room}"), &[], "");
+    let (status, body) = http(
+        server.addr,
+        "GET",
+        &format!("/api/ws/rooms/{room}"),
+        &[],
+        "",
+    );
     assert_eq!(status, 200, "{body}");
     serde_json::from_str(&body).expect("JSON")
 }
@@ -99,7 +105,10 @@ fn claims_grant_exact_names_and_prefixes_and_nothing_else() {
         [json!({"type": "error", "content": "not a member of room \"team:42\""})]
     );
     let (_, metrics) = http(server.addr, "GET", "/metrics", &[], "");
-    assert!(metrics.contains("\nwshub_joins_refused_total 5\n"), "{metrics}");
+    assert!(
+        metrics.contains("\nwshub_joins_refused_total 5\n"),
+        "{metrics}"
+    );
 }
 
 #[test]
@@ -108,7 +117,11 @@ fn bad_rooms_claims_grant_nothing() {
     config.websocket.max_id_bytes = 16;
     let server = TestServer::start(config);
     // Not an array of strings: no grant at all.
-    for claim in [json!("team:42"), json!(["team:42", 7]), json!({"team:42": true})] {
+    for claim in [
+        json!("team:42"),
+        json!(["team:42", 7]),
+        json!({"team:42": true}),
+    ] {
         let mut c = connect_with(&server, json!({"sub": "amy", "rooms": claim}));
         assert_eq!(join(&mut c, "team:42", None), refused("team:42"), "{claim}");
     }
@@ -125,7 +138,10 @@ fn bad_rooms_claims_grant_nothing() {
         json!({"sub": "amy", "rooms": [long.clone(), format!("{long}*"), "short"]}),
     );
     assert_eq!(join(&mut c, "short", None), Vec::<Value>::new());
-    assert_eq!(join(&mut c, &"l".repeat(16), None), refused(&"l".repeat(16)));
+    assert_eq!(
+        join(&mut c, &"l".repeat(16), None),
+        refused(&"l".repeat(16))
+    );
     let reply = join(&mut c, &long, None);
     assert_eq!(
         reply,
@@ -159,10 +175,7 @@ fn join_tokens_are_checked_for_key_user_room_and_expiry() {
             "another room",
             token(json!({"sub": "amy", "room": "order:2", "exp": exp})),
         ),
-        (
-            "no exp",
-            token(json!({"sub": "amy", "room": "order:1"})),
-        ),
+        ("no exp", token(json!({"sub": "amy", "room": "order:1"}))),
         ("alg none", {
             let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
             let claims = json!({"sub": "amy", "room": "order:1", "exp": exp});
@@ -171,7 +184,11 @@ fn join_tokens_are_checked_for_key_user_room_and_expiry() {
         ("garbage", "not.a.token".to_owned()),
     ];
     for (what, bad) in &cases {
-        assert_eq!(join(&mut amy, "order:1", Some(bad)), refused("order:1"), "{what}");
+        assert_eq!(
+            join(&mut amy, "order:1", Some(bad)),
+            refused("order:1"),
+            "{what}"
+        );
     }
     assert_eq!(listing(&server, "order:1")["count"], 0);
     assert_eq!(join(&mut amy, "order:1", Some(&good)), Vec::<Value>::new());
@@ -223,7 +240,9 @@ fn server_types_are_refused_from_clients() {
         amy.send_json(json!({"type": kind, "to": "bob", "room": "", "content": 1}));
         assert_eq!(
             amy.sync(),
-            [json!({"type": "error", "content": format!("type {kind:?} is reserved for the server")})]
+            [
+                json!({"type": "error", "content": format!("type {kind:?} is reserved for the server")})
+            ]
         );
     }
     bob.expect_silence(200);
@@ -238,7 +257,10 @@ fn rest_membership_acts_on_every_session_of_the_user() {
     let admin = [("Authorization", "Bearer adm")];
     let call = |path: &str, body: &str| {
         let (status, body) = http(server.addr, "POST", path, &admin, body);
-        (status, serde_json::from_str::<Value>(&body).unwrap_or(Value::Null))
+        (
+            status,
+            serde_json::from_str::<Value>(&body).unwrap_or(Value::Null),
+        )
     };
     let mut tab1 = server.connect(Some("amy"));
     let mut tab2 = server.connect(Some("amy"));
@@ -246,7 +268,11 @@ fn rest_membership_acts_on_every_session_of_the_user() {
     assert_eq!(join(&mut bob, "ticket:7", None), Vec::<Value>::new());
     let body = r#"{"user":"amy","room":"ticket:7"}"#;
     assert_eq!(call("/api/ws/join", body), (200, json!({"sessions": 2})));
-    assert_eq!(call("/api/ws/join", body), (200, json!({"sessions": 0})), "no change");
+    assert_eq!(
+        call("/api/ws/join", body),
+        (200, json!({"sessions": 0})),
+        "no change"
+    );
     bob.send_json(json!({"type": "say", "room": "ticket:7", "content": "hi"}));
     let said = json!({"type": "say", "from": "bob", "room": "ticket:7", "content": "hi"});
     assert_eq!(tab1.recv_json(), said);
@@ -257,7 +283,10 @@ fn rest_membership_acts_on_every_session_of_the_user() {
         serde_json::from_str::<Value>(&body).unwrap(),
         json!({"room": "ticket:7", "count": 3, "users": ["amy", "bob"]})
     );
-    assert_eq!(call("/api/ws/leave", body_of("amy", "ticket:7")), (200, json!({"sessions": 2})));
+    assert_eq!(
+        call("/api/ws/leave", body_of("amy", "ticket:7")),
+        (200, json!({"sessions": 2}))
+    );
     let (_, body) = http(server.addr, "GET", "/api/ws/rooms/ticket:7", &admin, "");
     assert_eq!(
         serde_json::from_str::<Value>(&body).unwrap(),
@@ -267,19 +296,41 @@ fn rest_membership_acts_on_every_session_of_the_user() {
     // max_rooms_per_session: a full session is skipped and not counted.
     assert_eq!(join(&mut tab1, "a", None), Vec::<Value>::new());
     assert_eq!(join(&mut tab1, "b", None), Vec::<Value>::new());
-    assert_eq!(call("/api/ws/join", body_of("amy", "c")), (200, json!({"sessions": 1})));
+    assert_eq!(
+        call("/api/ws/join", body_of("amy", "c")),
+        (200, json!({"sessions": 1}))
+    );
     let (_, metrics) = http(server.addr, "GET", "/metrics", &admin, "");
-    assert!(metrics.contains("\nwshub_joins_skipped_full_total 1\n"), "{metrics}");
+    assert!(
+        metrics.contains("\nwshub_joins_skipped_full_total 1\n"),
+        "{metrics}"
+    );
 
     // An offline user: nothing to change.
-    assert_eq!(call("/api/ws/join", body_of("nobody", "r")), (200, json!({"sessions": 0})));
+    assert_eq!(
+        call("/api/ws/join", body_of("nobody", "r")),
+        (200, json!({"sessions": 0}))
+    );
     // Without the admin token: 401, for the listing too.
-    let (status, _) = http(server.addr, "POST", "/api/ws/join", &[], body_of("amy", "r"));
+    let (status, _) = http(
+        server.addr,
+        "POST",
+        "/api/ws/join",
+        &[],
+        body_of("amy", "r"),
+    );
     assert_eq!(status, 401);
     let (status, _) = http(server.addr, "GET", "/api/ws/rooms/r", &[], "");
     assert_eq!(status, 401);
     // Bad bodies: 400.
-    for bad in ["", "{", "[]", r#"{"user":"amy"}"#, r#"{"user":"","room":"r"}"#, r#"{"user":5,"room":"r"}"#] {
+    for bad in [
+        "",
+        "{",
+        "[]",
+        r#"{"user":"amy"}"#,
+        r#"{"user":"","room":"r"}"#,
+        r#"{"user":5,"room":"r"}"#,
+    ] {
         assert_eq!(call("/api/ws/join", bad).0, 400, "{bad}");
         assert_eq!(call("/api/ws/leave", bad).0, 400, "{bad}");
     }
@@ -288,7 +339,11 @@ fn rest_membership_acts_on_every_session_of_the_user() {
 }
 
 fn body_of(user: &str, room: &str) -> &'static str {
-    Box::leak(json!({"user": user, "room": room}).to_string().into_boxed_str())
+    Box::leak(
+        json!({"user": user, "room": room})
+            .to_string()
+            .into_boxed_str(),
+    )
 }
 
 #[test]
@@ -302,7 +357,10 @@ fn the_handle_joins_and_leaves_like_rest() {
     assert_eq!(server.handle.join("amy", "bad\nroom"), Ok(0));
     assert_eq!(join(&mut bob, "r", None), Vec::<Value>::new());
     bob.send_json(json!({"type": "say", "room": "r"}));
-    assert_eq!(amy.recv_json(), json!({"type": "say", "from": "bob", "room": "r"}));
+    assert_eq!(
+        amy.recv_json(),
+        json!({"type": "say", "from": "bob", "room": "r"})
+    );
     assert_eq!(server.handle.leave("amy", "r"), Ok(1));
     assert_eq!(listing(&server, "r")["users"], json!(["bob"]));
 }
@@ -321,7 +379,11 @@ fn presence_is_one_event_per_user_not_per_tab() {
 
     assert_eq!(join(&mut tab1, "r", None), Vec::<Value>::new());
     assert_eq!(watcher.recv_json(), joined);
-    assert_eq!(join(&mut tab2, "r", None), Vec::<Value>::new(), "the joiner gets no event");
+    assert_eq!(
+        join(&mut tab2, "r", None),
+        Vec::<Value>::new(),
+        "the joiner gets no event"
+    );
     // Leaving with one tab still in: nothing. The last one leaves: left.
     tab1.send_json(json!({"type": "leave", "room": "r"}));
     tab1.sync();
@@ -340,7 +402,11 @@ fn presence_is_one_event_per_user_not_per_tab() {
     let _t4 = server.connect(Some("amy"));
     server.wait_online(4);
     let (status, body) = post(&server, "/api/ws/join", r#"{"user":"amy","room":"r"}"#);
-    assert_eq!((status, body), (200, json!({"sessions": 3})), "tab1, t3, t4");
+    assert_eq!(
+        (status, body),
+        (200, json!({"sessions": 3})),
+        "tab1, t3, t4"
+    );
     assert_eq!(watcher.recv_json(), joined);
     let (status, body) = post(&server, "/api/ws/leave", r#"{"user":"amy","room":"r"}"#);
     assert_eq!((status, body), (200, json!({"sessions": 3})));

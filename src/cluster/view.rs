@@ -133,7 +133,14 @@ impl View {
     pub fn merged_room_users<'a>(&'a self, room: &str, local: Vec<&'a str>) -> Vec<&'a str> {
         let mut users = local;
         for (_, entry) in &self.nodes {
-            users.extend(entry.members.get(room).into_iter().flatten().map(String::as_str));
+            users.extend(
+                entry
+                    .members
+                    .get(room)
+                    .into_iter()
+                    .flatten()
+                    .map(String::as_str),
+            );
         }
         users.sort_unstable();
         users.dedup();
@@ -188,10 +195,16 @@ mod tests {
         router.add_session(key(1), Some(&Rc::from("amy")));
         router.add_session(key(2), Some(&Rc::from("amy")));
         router.add_session(key(3), None);
-        router.join(key(1), Some("amy"), "r").expect("within the room cap");
-        router.join(key(2), Some("amy"), "r").expect("within the room cap");
+        router
+            .join(key(1), Some("amy"), "r")
+            .expect("within the room cap");
+        router
+            .join(key(2), Some("amy"), "r")
+            .expect("within the room cap");
         router.join(key(3), None, "r").expect("within the room cap");
-        router.join(key(3), None, "anon").expect("within the room cap");
+        router
+            .join(key(3), None, "anon")
+            .expect("within the room cap");
         let json = String::from_utf8(encode_local(&router)).unwrap();
         assert_eq!(
             json,
@@ -225,14 +238,21 @@ mod tests {
         let before = View::new(vec![
             (
                 "a".into(),
-                entry(r#"{"sessions":2,"users":{"amy":1,"bob":1},"rooms":{"r":2},"members":{"r":["amy","bob"]}}"#),
+                entry(
+                    r#"{"sessions":2,"users":{"amy":1,"bob":1},"rooms":{"r":2},"members":{"r":["amy","bob"]}}"#,
+                ),
             ),
             (
                 "b".into(),
-                entry(r#"{"sessions":1,"users":{"bob":1},"rooms":{"r":1},"members":{"r":["bob"]}}"#),
+                entry(
+                    r#"{"sessions":1,"users":{"bob":1},"rooms":{"r":1},"members":{"r":["bob"]}}"#,
+                ),
             ),
         ]);
-        assert_eq!(before.merged_room_users("r", vec!["cat"]), ["amy", "bob", "cat"]);
+        assert_eq!(
+            before.merged_room_users("r", vec!["cat"]),
+            ["amy", "bob", "cat"]
+        );
         assert!(before.user_in_room("amy", "r") && !before.user_in_room("amy", "s"));
         assert!(!before.members_truncated());
         let after = View::new(vec![(
@@ -262,7 +282,11 @@ mod tests {
         let entry: Entry = serde_json::from_slice(&encode_local(&router)).unwrap();
         assert_eq!(entry.members.len(), MAX_MEMBERS);
         assert!(entry.members_truncated);
-        assert_eq!(entry.rooms.len(), MAX_MEMBERS + 1, "every room still counted");
+        assert_eq!(
+            entry.rooms.len(),
+            MAX_MEMBERS + 1,
+            "every room still counted"
+        );
         let view = View::new(vec![("a".into(), entry)]);
         assert!(view.members_truncated());
     }

@@ -262,10 +262,7 @@ mod tests {
         assert_eq!(publication.bytes.capacity(), publication.bytes.len());
         let (origin, json) = decode(publication.payload()).unwrap();
         assert_eq!(origin, sent);
-        assert_eq!(
-            json,
-            Body::Message(br#"{"type":"chat","content":"a\nb"}"#)
-        );
+        assert_eq!(json, Body::Message(br#"{"type":"chat","content":"a\nb"}"#));
     }
 
     #[test]

@@ -26,9 +26,9 @@ use log::LevelFilter;
 use serde_norway::Value;
 
 use values::{
-    parse_count, parse_duration, parse_flag, parse_host, parse_level, parse_name, parse_origins,
-    parse_join_mode, parse_path, parse_port, parse_prefix, parse_rate, parse_redis_url,
-    parse_secret, parse_ttl,
+    parse_count, parse_duration, parse_flag, parse_host, parse_join_mode, parse_level, parse_name,
+    parse_origins, parse_path, parse_port, parse_prefix, parse_rate, parse_redis_url, parse_secret,
+    parse_ttl,
 };
 
 mod values;

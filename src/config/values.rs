@@ -99,10 +99,7 @@ pub(super) fn parse_join_mode(v: &Value) -> Result<JoinMode, String> {
         Some("open") => Ok(JoinMode::Open),
         Some("claims") => Ok(JoinMode::Claims),
         Some("token") => Ok(JoinMode::Token),
-        _ => Err(format!(
-            "expected open, claims or token, got {}",
-            shown(v)
-        )),
+        _ => Err(format!("expected open, claims or token, got {}", shown(v))),
     }
 }
 

@@ -168,11 +168,11 @@ impl EventLoop {
             upgrade.response,
             upgrade.endpoint,
             user.clone(),
-            upgrade.grants,
             upgrade.compression,
             now,
             &rules,
         );
+        session.grant(upgrade.grants);
         self.open_websockets += 1;
         self.metrics.connections_total += 1;
         match upgrade.endpoint {

@@ -92,7 +92,10 @@ impl EventLoop {
             return;
         }
         let link = self.cluster.as_ref();
-        if link.and_then(|l| l.view()).is_some_and(|v| v.user_in_room(user, room)) {
+        if link
+            .and_then(|l| l.view())
+            .is_some_and(|v| v.user_in_room(user, room))
+        {
             return;
         }
         let json = event.json(room, user);
@@ -153,15 +156,13 @@ impl EventLoop {
             log::debug!("handle membership refused: invalid user or room");
             return 0;
         }
-        let remote = match self.cluster.as_mut() {
-            Some(link) => {
-                if link.publish_membership(user, room, join) {
-                    remote_sessions(link.view(), user)
-                } else {
-                    0
-                }
-            }
-            None => 0,
+        let published = self
+            .cluster
+            .as_mut()
+            .is_some_and(|link| link.publish_membership(user, room, join));
+        let remote = match self.cluster.as_ref() {
+            Some(link) if published => remote_sessions(link.view(), user),
+            _ => 0,
         };
         remote + self.apply_membership(user, room, join)
     }

@@ -115,7 +115,12 @@ mod tests {
 
     #[test]
     fn a_claim_of_the_wrong_type_grants_nothing() {
-        for claim in [json!("team:42"), json!(["a", 1]), json!({"a": 1}), json!(null)] {
+        for claim in [
+            json!("team:42"),
+            json!(["a", 1]),
+            json!({"a": 1}),
+            json!(null),
+        ] {
             assert_eq!(grants(claim.clone()), None, "{claim}");
         }
         assert_eq!(Grants::from_claim(None, 16), None);

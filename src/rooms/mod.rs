@@ -77,9 +77,8 @@ impl Rooms {
             JoinMode::Claims => grants.is_some_and(|g| g.allows(room)),
             JoinMode::Token => {
                 grants.is_some_and(|g| g.allows(room))
-                    || join_token.is_some_and(|t| {
-                        token::join_allowed(t, &self.secret, user, room, now_unix)
-                    })
+                    || join_token
+                        .is_some_and(|t| token::join_allowed(t, &self.secret, user, room, now_unix))
             }
         }
     }

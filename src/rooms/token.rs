@@ -63,7 +63,10 @@ mod tests {
         assert!(!allowed(good.clone(), Some("v"), "r"), "another user");
         assert!(!allowed(good.clone(), Some("u"), "s"), "another room");
         assert!(!allowed(good, None, "r"), "anonymous");
-        assert!(!allowed(json!({"sub": "u", "room": "r"}), Some("u"), "r"), "no exp");
+        assert!(
+            !allowed(json!({"sub": "u", "room": "r"}), Some("u"), "r"),
+            "no exp"
+        );
         let expired = json!({"sub": "u", "room": "r", "exp": NOW - 3600});
         assert!(!allowed(expired, Some("u"), "r"));
         let id_only = json!({"id": "u", "room": "r", "exp": NOW + 60});

@@ -328,7 +328,6 @@ impl<S: Socket> Session<S> {
         response: Vec<u8>,
         endpoint: Endpoint,
         user: Option<Rc<str>>,
-        grants: Option<Box<Grants>>,
         compression: Option<Params>,
         now: u64,
         rules: &Rules,
@@ -340,12 +339,19 @@ impl<S: Socket> Session<S> {
         }
         self.counted_http = false;
         self.phase = match endpoint {
-            Endpoint::Chat => Phase::Chat { user, grants },
+            Endpoint::Chat => Phase::Chat { user, grants: None },
             Endpoint::Echo => Phase::Echo,
         };
         self.last_seen_ms = now;
         let period = rules.ping_period_ms;
         self.next_ping_ms = now + period - ping_jitter(self.key, period);
+    }
+
+    /// Keeps the rooms a chat session's connect token granted.
+    pub(crate) fn grant(&mut self, rooms: Option<Box<Grants>>) {
+        if let Phase::Chat { grants, .. } = &mut self.phase {
+            *grants = rooms;
+        }
     }
 
     /// An open session starts closing (with a default deadline, set by the

@@ -136,7 +136,7 @@ fn open_echo(stream: MockStream) -> Session<MockStream> {
     let (seen, _) = read_units(&mut session, 0);
     assert!(matches!(seen[..], [Seen::Request { upgrade: true, .. }]));
     let response = http::switching_protocols("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=", None);
-    session.upgrade(response, Endpoint::Echo, None, None, None, 0, &rules());
+    session.upgrade(response, Endpoint::Echo, None, None, 0, &rules());
     let wrote = session.write(0, &rules());
     assert!(matches!(wrote.then, AfterWrite::Idle));
     assert!(written(&mut session).starts_with(b"HTTP/1.1 101 Switching Protocols\r\n"));
@@ -164,7 +164,7 @@ fn handshake_upgrades_and_the_first_frame_follows_in_the_same_read() {
     };
     assert_eq!(request.path, "/api/ws/echo");
     let response = http::switching_protocols("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=", None);
-    session.upgrade(response, Endpoint::Echo, None, None, None, 5, &rules);
+    session.upgrade(response, Endpoint::Echo, None, None, 5, &rules);
     assert!(session.is_open_websocket() && !session.counted_http());
     // The first Ping is due within ping_period, jittered by at most a tenth.
     let deadline = session.open_deadline(&rules);
