@@ -87,6 +87,8 @@ export class WshubClient {
     /** Counters since construction; `attempts` counts WebSocket constructions. */
     this.stats = { attempts: 0, opens: 0, rejections: 0, dropped: 0 };
     this.rooms = new Set();
+    /** room → the join token it was joined with (token mode), re-sent on reconnect. */
+    this._roomTokens = new Map();
     this._handlers = new Map();
     this._queue = [];
     this._flushes = new Map();
@@ -167,17 +169,32 @@ export class WshubClient {
     return false;
   }
 
-  /** Joins `room` now (if open) and again after every reconnect. */
-  join(room) {
+  /**
+   * Joins `room` now (if open) and again after every reconnect. `token`: a
+   * join token from your backend (server in `rooms.join: token` mode), sent
+   * with this join and every re-join. A refused join arrives as an `error`.
+   */
+  join(room, { token } = {}) {
     if (typeof room !== 'string' || room === '') throw new TypeError('wshub: room must be a non-empty string');
+    if (token !== undefined && (typeof token !== 'string' || token === '')) {
+      throw new TypeError('wshub: token must be a non-empty string');
+    }
     this.rooms.add(room);
-    if (this._isOpen()) this._ws.send(JSON.stringify({ type: 'join', room }));
+    if (token === undefined) this._roomTokens.delete(room);
+    else this._roomTokens.set(room, token);
+    if (this._isOpen()) this._ws.send(this._joinText(room));
   }
 
   /** Leaves `room` and stops re-joining it. */
   leave(room) {
     this.rooms.delete(room);
+    this._roomTokens.delete(room);
     if (this._isOpen()) this._ws.send(JSON.stringify({ type: 'leave', room }));
+  }
+
+  _joinText(room) {
+    const token = this._roomTokens.get(room);
+    return JSON.stringify(token === undefined ? { type: 'join', room } : { type: 'join', room, token });
   }
 
   /**
@@ -239,7 +256,7 @@ export class WshubClient {
     this._rejections = 0;
     this.stats.opens += 1;
     this._setState('open');
-    for (const room of this.rooms) this._ws.send(JSON.stringify({ type: 'join', room }));
+    for (const room of this.rooms) this._ws.send(this._joinText(room));
     const queue = this._queue;
     this._queue = [];
     for (const item of queue) {
