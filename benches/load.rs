@@ -12,7 +12,9 @@
 //! `--window W`, `--via ws|http` (sustained sender path), `--conns N1,N2`
 //! (connection counts instead of 10,000 and 19,000), `--compression` (clients
 //! offer permessage-deflate like a browser, and a `wshub-deflate` column runs
-//! the binary with `compression: true`), `--size B` (broadcast body bytes,
+//! the binary with `compression: true`), `--sse` (a `wshub-sse` column: the
+//! same binary, its receivers Server-Sent Events streams instead of
+//! WebSockets), `--size B` (broadcast body bytes,
 //! default 100), `--sus-rx N` (sustained receivers, default 1,000),
 //! `--cluster` (instead of the above: one node against three nodes over a
 //! private `redis-server`; relay and REST broadcast, see `load/cluster.rs`).
@@ -193,6 +195,7 @@ struct Flags {
     baseline: Option<String>,
     serve_ceiling: Option<String>,
     compression: bool,
+    sse: bool,
     size: Option<String>,
     sus_rx: Option<String>,
 }
@@ -213,6 +216,7 @@ fn read_flags(args: &[String]) -> Result<Flags> {
             "--no-wshub" => f.no_wshub = true,
             "--no-ceiling" => f.no_ceiling = true,
             "--compression" => f.compression = true,
+            "--sse" => f.sse = true,
             "--size" => f.size = Some(value()?),
             "--sus-rx" => f.sus_rx = Some(value()?),
             "--peer" => f.peers.push(value()?),
@@ -291,6 +295,9 @@ fn server_list(f: &Flags) -> Result<Vec<Flavor>> {
         servers.push(Flavor::Wshub);
         if f.compression {
             servers.push(Flavor::WshubDeflate);
+        }
+        if f.sse {
+            servers.push(Flavor::WshubSse);
         }
     }
     if f.baseline.is_some() {
@@ -468,6 +475,8 @@ fn measure_one(
     plan: &Plan,
     notes: &mut Vec<String>,
 ) -> scenario::RunResult {
+    let sse = flavor == Flavor::WshubSse;
+    client::RECEIVE_SSE.store(sse, std::sync::atomic::Ordering::Relaxed);
     let mut srv = match ServerProc::start(flavor, paths) {
         Ok(s) => s,
         Err(e) => {

@@ -21,12 +21,12 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use serde_json::value::RawValue;
+use wshub::config::{Config, JoinMode};
 use wshub::deflate::{Codec, Encoded, History, Params};
 use wshub::frame::{self, Decoder, Inbound, Kind, Step, Wire};
 use wshub::http::{self, Method, Response};
 use wshub::message::{self, Outgoing};
 use wshub::outbound::{Flushed, Outbound};
-use wshub::config::{Config, JoinMode};
 use wshub::rooms::Rooms;
 use wshub::router::{Route, Router};
 use wshub::{Audience, SessionKey};
@@ -713,23 +713,47 @@ fn room_joins(c: &mut Criterion) {
         ),
         (
             "claims_exact",
-            Box::new(|| claims.admits(Some(&grants), Some("amy"), black_box("team:019"), None, NOW)),
+            Box::new(|| {
+                claims.admits(Some(&grants), Some("amy"), black_box("team:019"), None, NOW)
+            }),
             true,
         ),
         (
             "claims_prefix",
-            Box::new(|| claims.admits(Some(&grants), Some("amy"), black_box("news:today"), None, NOW)),
+            Box::new(|| {
+                claims.admits(
+                    Some(&grants),
+                    Some("amy"),
+                    black_box("news:today"),
+                    None,
+                    NOW,
+                )
+            }),
             true,
         ),
         (
             "claims_refused",
-            Box::new(|| claims.admits(Some(&grants), Some("amy"), black_box("private:1"), None, NOW)),
+            Box::new(|| {
+                claims.admits(
+                    Some(&grants),
+                    Some("amy"),
+                    black_box("private:1"),
+                    None,
+                    NOW,
+                )
+            }),
             false,
         ),
         (
             "token_join_token",
             Box::new(|| {
-                token_mode.admits(None, Some("amy"), black_box("order:1"), Some(&join_token), NOW)
+                token_mode.admits(
+                    None,
+                    Some("amy"),
+                    black_box("order:1"),
+                    Some(&join_token),
+                    NOW,
+                )
             }),
             true,
         ),

@@ -143,7 +143,9 @@ fn open(addr: SocketAddr, user: Option<&str>) -> io::Result<TcpStream> {
         head.push(byte[0]);
     }
     if !head.starts_with(b"HTTP/1.1 101") {
-        return Err(io::Error::other(String::from_utf8_lossy(&head).into_owned()));
+        return Err(io::Error::other(
+            String::from_utf8_lossy(&head).into_owned(),
+        ));
     }
     Ok(stream)
 }
@@ -151,7 +153,10 @@ fn open(addr: SocketAddr, user: Option<&str>) -> io::Result<TcpStream> {
 fn http_get(addr: SocketAddr, path: &str) -> io::Result<String> {
     let mut stream = TcpStream::connect(addr)?;
     stream.set_read_timeout(Some(WAIT))?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n")?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n"
+    )?;
     let mut reader = BufReader::new(stream);
     let mut line = String::new();
     let mut length = 0;
@@ -193,7 +198,11 @@ fn wait_room_count(addr: SocketAddr, count: usize) -> io::Result<()> {
 
 /// Reads server frames from `stream` until `events` presence events came;
 /// returns (joined, left). Other frames (none expected) are an error.
-fn read_events(stream: &mut TcpStream, events: usize, buf: &mut Vec<u8>) -> io::Result<(usize, usize)> {
+fn read_events(
+    stream: &mut TcpStream,
+    events: usize,
+    buf: &mut Vec<u8>,
+) -> io::Result<(usize, usize)> {
     let (mut joined, mut left) = (0, 0);
     let mut chunk = [0u8; 65536];
     buf.clear();
@@ -248,7 +257,12 @@ struct Round {
     wall_s: f64,
 }
 
-fn round(addr: SocketAddr, members: &mut [TcpStream], tabs: &mut [TcpStream], users: usize) -> io::Result<Round> {
+fn round(
+    addr: SocketAddr,
+    members: &mut [TcpStream],
+    tabs: &mut [TcpStream],
+    users: usize,
+) -> io::Result<Round> {
     let events0 = metric(addr, "wshub_presence_events_total")?;
     let out0 = metric(addr, "wshub_messages_out_total")?;
     let loop0 = metric(addr, "wshub_loop_iteration_seconds_sum")?;

@@ -35,6 +35,7 @@
 //! | [`http`] | request heads (`httparse`) and responses |
 //! | `rest` | the HTTP endpoints: answer, upgrade or push |
 //! | [`frame`] | WebSocket frames in (validated, reassembled) and out (encoded once) |
+//! | `sse` | Server-Sent Events: the stream's head, events (encoded once) and heartbeat |
 //! | [`deflate`] | permessage-deflate: negotiation, compress once per broadcast, bounded inflate |
 //! | [`message`] | the JSON message shapes |
 //! | [`audience`] | who a message is for ([`Audience`]) and [`SessionKey`] |
@@ -43,6 +44,7 @@
 //! | [`wheel`] | the hashed timer wheel for pings and timeouts |
 //! | `rate` | the per-session token bucket and flood detector |
 //! | `handle` | the cross-thread [`Handle`] (bounded channel + waker) |
+//! | `history` | the last messages per audience (stream), positions, replay for resuming sessions |
 //! | `hooks` | application callbacks on the loop thread |
 //! | [`rooms`] | who may join a room (join modes, grants, join tokens), presence events |
 //! | `cluster` | several nodes over Redis: bridge threads, presence, channels |
@@ -85,6 +87,7 @@ pub mod deflate;
 mod event_loop;
 pub mod frame;
 pub(crate) mod handle;
+pub(crate) mod history;
 pub(crate) mod hooks;
 pub mod http;
 pub mod ids;
@@ -98,6 +101,7 @@ pub mod rooms;
 pub mod router;
 pub mod server;
 pub(crate) mod session;
+pub(crate) mod sse;
 pub(crate) mod tls;
 pub(crate) mod transport;
 pub mod wheel;

@@ -35,6 +35,10 @@ pub struct Incoming<'a> {
     /// A join token (`join` in `rooms.join: token` mode); never relayed.
     #[serde(default, borrow)]
     pub token: Option<std::borrow::Cow<'a, str>>,
+    /// On a `join` with history on: the last position the client saw in
+    /// the room (any JSON here, so other messages parse as before).
+    #[serde(default, borrow)]
+    pub since: Option<&'a RawValue>,
 }
 
 impl Incoming<'_> {

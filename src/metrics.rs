@@ -100,6 +100,8 @@ pub struct Metrics {
     pub open_chat: u64,
     /// Echo sessions open now.
     pub open_echo: u64,
+    /// Server-Sent Events streams open now.
+    pub open_sse: u64,
     /// Data messages received.
     pub messages_in: u64,
     /// Bytes read from sockets.
@@ -165,7 +167,7 @@ impl Metrics {
     /// The Prometheus text exposition (format 0.0.4).
     pub fn render(&self, shared: &Shared, heap_bytes: Option<usize>) -> String {
         let mut out = String::with_capacity(4096);
-        let simple: [Single<'_>; 17] = [
+        let simple: [Single<'_>; 18] = [
             (
                 "wshub_connections_open",
                 "gauge",
@@ -179,9 +181,15 @@ impl Metrics {
                 self.open_echo,
             ),
             (
+                "wshub_sse_connections_open",
+                "gauge",
+                "Open Server-Sent Events streams.",
+                self.open_sse,
+            ),
+            (
                 "wshub_connections_total",
                 "counter",
-                "WebSocket sessions opened since start.",
+                "Sessions opened since start (WebSocket and Server-Sent Events).",
                 self.connections_total,
             ),
             (

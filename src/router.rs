@@ -389,7 +389,8 @@ impl Router {
                 Route::Reply(pong.to_json())
             }
             // A client's "error" would arrive byte-identical to the server's
-            // own; "joined"/"left" would forge presence.
+            // own; "joined"/"left" would forge presence; welcome and
+            // recovered speak for the server's history.
             kind @ ("error" | "pong" | "joined" | "left" | "welcome" | "recovered") => {
                 Route::Reply(message::error_json(&format!(
                     "type \"{kind}\" is reserved for the server"

@@ -1,4 +1,5 @@
-//! The load client: many WebSocket (and a few keep-alive HTTP) connections on one
+//! The load client: many WebSocket or Server-Sent Events receivers (and a few
+//! keep-alive HTTP connections) on one
 //! raw, edge-triggered mio `Poll`. One shared read buffer for all connections;
 //! per connection only its socket, a phase, and byte buffers that stay empty
 //! unless a frame straddles two reads or a write is short. Client sockets are
@@ -26,6 +27,9 @@ use crate::wire::{self, WireError};
 
 /// Size of the one read buffer shared by every connection.
 const SHARED_READ_BUF: usize = 256 * 1024;
+/// `--sse`: the `wshub-sse` column's receivers are event streams.
+pub static RECEIVE_SSE: AtomicBool = AtomicBool::new(false);
+
 /// Source addresses used round-robin: 127.0.0.2 ..= 127.0.0.40.
 const SOURCE_FIRST: u8 = 2;
 const SOURCE_COUNT: u32 = 39;
@@ -54,7 +58,8 @@ pub enum CloseWhy {
     Eof,
     /// A socket call failed.
     Io(io::ErrorKind),
-    /// The upgrade was answered with this HTTP status instead of 101.
+    /// The upgrade was answered with this HTTP status instead of 101 (200
+    /// for an event stream).
     Status(u16),
     /// The 101 response carried a wrong or no `Sec-WebSocket-Accept`.
     BadAccept,
@@ -138,6 +143,8 @@ enum Phase {
 enum Kind {
     Ws,
     Http,
+    /// An event stream (`GET /api/ws/sse`): a 200 head, then events.
+    Sse,
 }
 
 struct Conn {
@@ -295,6 +302,16 @@ impl Client {
             out.extend_from_slice(b"\r\n");
         }
         self.connect(Kind::Ws, out)
+    }
+
+    /// Starts an event stream (`GET` of `path`, e.g. `/api/ws/sse?user_id=u1`);
+    /// each event is reported as a [`Event::Message`] with its data.
+    pub fn connect_sse(&mut self, path: &str) -> Result<usize> {
+        let out = format!(
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n\r\n",
+            self.core.host
+        );
+        self.connect(Kind::Sse, out.into_bytes())
     }
 
     /// Data-frame bytes on the wire (heads included) and messages received so far.
@@ -473,7 +490,7 @@ impl Core {
             match connect_result(&conn.stream) {
                 Ok(false) => return,
                 Ok(true) => {
-                    if conn.kind == Kind::Ws {
+                    if conn.kind != Kind::Http {
                         conn.phase = Phase::Handshake;
                     } else {
                         conn.phase = Phase::Open;
@@ -572,7 +589,16 @@ fn process<F: FnMut(Event<'_>)>(
     f: &mut F,
 ) -> std::result::Result<usize, CloseWhy> {
     let mut pos = 0;
-    if conn.phase == Phase::Handshake {
+    if conn.phase == Phase::Handshake && conn.kind == Kind::Sse {
+        match parse_stream_head(buf)? {
+            None => return Ok(0),
+            Some(head_len) => {
+                conn.phase = Phase::Open;
+                f(Event::Open { id: cx.id });
+                pos = head_len;
+            }
+        }
+    } else if conn.phase == Phase::Handshake {
         match parse_upgrade_response(buf, cx.accept)? {
             None => return Ok(0),
             Some((head_len, deflate)) => {
@@ -586,7 +612,45 @@ fn process<F: FnMut(Event<'_>)>(
     match conn.kind {
         Kind::Ws => process_frames(conn, buf, pos, cx, f),
         Kind::Http => process_responses(buf, pos, cx.id, f),
+        Kind::Sse => process_events(buf, pos, cx, f),
     }
+}
+
+/// The head length of a complete `200` event-stream response.
+fn parse_stream_head(buf: &[u8]) -> std::result::Result<Option<usize>, CloseWhy> {
+    let mut headers = [httparse::EMPTY_HEADER; 24];
+    let mut resp = httparse::Response::new(&mut headers);
+    match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) if resp.code == Some(200) => Ok(Some(n)),
+        Ok(httparse::Status::Complete(_)) => Err(CloseWhy::Status(resp.code.unwrap_or(0))),
+        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => Err(CloseWhy::BadResponse),
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(_) => Err(CloseWhy::BadResponse),
+    }
+}
+
+/// Complete events (up to a blank line): the data of each, comments
+/// skipped. wshub sends one `data:` line per message for these payloads.
+fn process_events<F: FnMut(Event<'_>)>(
+    buf: &[u8],
+    mut pos: usize,
+    cx: &mut Cx<'_>,
+    f: &mut F,
+) -> std::result::Result<usize, CloseWhy> {
+    while let Some(len) = buf[pos..].windows(2).position(|w| w == b"\n\n") {
+        let block = &buf[pos..pos + len];
+        pos += len + 2;
+        if let Some(data) = block.strip_prefix(b"data: ") {
+            *cx.rx_bytes += (len + 2) as u64;
+            *cx.rx_messages += 1;
+            f(Event::Message {
+                id: cx.id,
+                at: cx.at,
+                data,
+            });
+        }
+    }
+    Ok(pos)
 }
 
 /// `Some(head length)` for a complete, valid 101 response.

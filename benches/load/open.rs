@@ -5,7 +5,9 @@
 
 use std::time::{Duration, Instant};
 
-use crate::client::{Client, Event};
+use std::sync::atomic::Ordering;
+
+use crate::client::{Client, Event, RECEIVE_SSE};
 use crate::error::{BenchError, Result};
 
 /// Result of opening connections.
@@ -70,19 +72,26 @@ impl Tally {
     }
 }
 
-/// Opens `n` WebSockets to `/api/ws/connect?user_id=uK` with at most `in_flight` handshakes pending.
+/// Opens `n` receivers, `/api/ws/connect?user_id=uK` (or `/api/ws/sse`
+/// with `--sse` for the `wshub-sse` column) with at most `in_flight`
+/// handshakes pending.
 pub fn open_many(
     c: &mut Client,
     n: usize,
     in_flight: usize,
     notes: &mut Vec<String>,
 ) -> Result<Opened> {
+    let endpoint = if RECEIVE_SSE.load(Ordering::Relaxed) {
+        "sse"
+    } else {
+        "connect"
+    };
     open_path(c, n, in_flight, notes, |k| {
-        format!("/api/ws/connect?user_id=u{k}")
+        format!("/api/ws/{endpoint}?user_id=u{k}")
     })
 }
 
-/// Opens `n` WebSockets to `path(k)`; a few failures are noted, many are an error.
+/// Opens `n` WebSockets (event streams for `/api/ws/sse` paths) to `path(k)`; a few failures are noted, many are an error.
 pub fn open_path(
     c: &mut Client,
     n: usize,
@@ -106,7 +115,13 @@ pub fn open_path(
         }
         while t.pending < in_flight && t.started < n {
             t.started += 1;
-            match c.connect_ws(&path(base + t.started)) {
+            let p = path(base + t.started);
+            let started = if p.starts_with("/api/ws/sse") {
+                c.connect_sse(&p)
+            } else {
+                c.connect_ws(&p)
+            };
+            match started {
                 Ok(_) => t.pending += 1,
                 Err(e) => {
                     t.failed += 1;

@@ -33,6 +33,9 @@ pub enum Flavor {
     Baseline,
     /// The same binary with `websocket.compression: true` (`--compression`).
     WshubDeflate,
+    /// The same binary and config, receivers over Server-Sent Events
+    /// (`--sse`).
+    WshubSse,
     /// shared/peers/node-ws (Node.js + ws).
     Node,
     /// shared/peers/go-hub (Go + gorilla/websocket).
@@ -50,6 +53,7 @@ impl Flavor {
             Flavor::Wshub => "wshub",
             Flavor::Baseline => "wshub-base",
             Flavor::WshubDeflate => "wshub-deflate",
+            Flavor::WshubSse => "wshub-sse",
             Flavor::Node => "node-ws",
             Flavor::Go => "go-hub",
             Flavor::Rust => "rust-axum",
@@ -112,7 +116,7 @@ impl Paths {
 pub fn prepare(flavor: Flavor, paths: &Paths) -> Result<()> {
     let peers = paths.target_dir.join("peers");
     match flavor {
-        Flavor::Wshub | Flavor::WshubDeflate => match &paths.wshub_bin {
+        Flavor::Wshub | Flavor::WshubDeflate | Flavor::WshubSse => match &paths.wshub_bin {
             Some(p) if p.exists() => Ok(()),
             Some(p) => Err(BenchError::Server(format!("wshub binary {} does not exist", p.display()))),
             None => Err(BenchError::Server("no wshub binary (run through `cargo bench` in the wshub crate or pass --wshub PATH)".into())),
@@ -349,7 +353,7 @@ fn command(flavor: Flavor, paths: &Paths, port: u16) -> Result<Command> {
     cmd.args(["-c", "0"]);
     let peers = paths.target_dir.join("peers");
     match flavor {
-        Flavor::Wshub | Flavor::WshubDeflate | Flavor::Baseline => {
+        Flavor::Wshub | Flavor::WshubDeflate | Flavor::WshubSse | Flavor::Baseline => {
             let bin = match flavor {
                 Flavor::Baseline => paths.baseline_bin.clone(),
                 _ => paths.wshub_bin.clone(),

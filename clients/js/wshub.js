@@ -1,8 +1,10 @@
 //! wshub.js — the browser (and Node ≥ 20) client for a wshub server.
 //! Holds one class, `WshubClient`: connect, reconnect with full-jitter
 //! backoff, the handshake-rejection policy (probe `GET /health`), the offline
-//! queue, room re-joins and `flush()`. It touches nothing but the WebSocket,
-//! fetch and timer implementations it is given (globals by default).
+//! queue, room re-joins, `flush()`, and (opt-in, `sseFallback`) receiving
+//! over Server-Sent Events when WebSocket upgrades keep failing while the
+//! server is up. It touches nothing but the WebSocket, EventSource, fetch
+//! and timer implementations it is given (globals by default).
 //! No dependencies, no build step: serve it as-is and `import` it.
 
 /** Close codes after which the client reconnects (transient conditions). */
@@ -57,7 +59,7 @@ export function backoffDelay(attempt, base, cap, random) {
 
 /** Names the client emits itself; a server message of one of these types is delivered to '*' only. */
 export const LIFECYCLE_EVENTS = Object.freeze([
-  'open', 'close', 'reconnecting', 'fatal', 'overflow', 'state', 'invalid',
+  'open', 'close', 'reconnecting', 'fatal', 'overflow', 'state', 'invalid', 'fallback',
 ]);
 
 const DEFAULTS = Object.freeze({
@@ -67,9 +69,11 @@ const DEFAULTS = Object.freeze({
   maxRejections: 3,
   maxQueue: 100,
   probeTimeout: 5000,
+  sseFallback: false,
 });
 
 const OPEN = 1;
+const STREAM_CLOSED = 2; // EventSource.CLOSED: the browser will not retry
 let nonceCounter = 0;
 
 /** A WebSocket client for wshub's JSON message protocol. */
@@ -89,10 +93,13 @@ export class WshubClient {
     this.rooms = new Set();
     /** room → the join token it was joined with (token mode), re-sent on reconnect. */
     this._roomTokens = new Map();
+    /** 'websocket', or 'sse' after the fallback (receiving only). */
+    this.transport = 'websocket';
     this._handlers = new Map();
     this._queue = [];
     this._flushes = new Map();
     this._ws = null;
+    this._source = null;
     this._timer = null;
     this._retry = 0;
     this._rejections = 0;
@@ -105,6 +112,7 @@ export class WshubClient {
   /** Starts connecting (also after `close()` or 'fatal'). No-op while active. */
   connect() {
     if (this.state === 'connecting' || this.state === 'open' || this.state === 'reconnecting') return;
+    this._closeStream();
     this._retry = 0;
     this._rejections = 0;
     this._attempt();
@@ -121,6 +129,7 @@ export class WshubClient {
     this._queue = [];
     this._rejectFlushes(() => true, 'client closed');
     this._setState('closed');
+    this._closeStream();
     const ws = this._ws;
     if (ws && ws.readyState <= OPEN) ws.close(code, reason);
   }
@@ -179,17 +188,20 @@ export class WshubClient {
     if (token !== undefined && (typeof token !== 'string' || token === '')) {
       throw new TypeError('wshub: token must be a non-empty string');
     }
+    const added = !this.rooms.has(room);
     this.rooms.add(room);
     if (token === undefined) this._roomTokens.delete(room);
     else this._roomTokens.set(room, token);
     if (this._isOpen()) this._ws.send(this._joinText(room));
+    else if (added && this._source) this._openStream();
   }
 
   /** Leaves `room` and stops re-joining it. */
   leave(room) {
-    this.rooms.delete(room);
+    const removed = this.rooms.delete(room);
     this._roomTokens.delete(room);
     if (this._isOpen()) this._ws.send(JSON.stringify({ type: 'leave', room }));
+    else if (removed && this._source) this._openStream();
   }
 
   _joinText(room) {
@@ -299,6 +311,9 @@ export class WshubClient {
       this._rejections += 1;
       this.stats.rejections += 1;
       if (this._rejections >= this.options.maxRejections) {
+        // Something between us and the server (a proxy) may break upgrades:
+        // receive over Server-Sent Events instead, if the app asked for it.
+        if (this.options.sseFallback && this._openStream()) return;
         this._fatal({ reason: `handshake rejected ${this._rejections} times while the server is up`, code });
         return;
       }
@@ -328,6 +343,79 @@ export class WshubClient {
     this._setState('reconnecting');
     this._timer = this._clock().setTimeout(() => this._attempt(), delay);
     this._emit('reconnecting', { attempt: this._retry, delay, code });
+  }
+
+  // ---- Server-Sent Events fallback (receiving only) ------------------------
+
+  // Opens (or re-opens, with the current rooms) the event stream; false if
+  // there is no EventSource or no URL for it.
+  _openStream() {
+    const Impl = this.options.EventSource || globalThis.EventSource;
+    const url = this._streamUrl();
+    if (typeof Impl !== 'function' || !url) return false;
+    const previous = this._source;
+    this._source = null;
+    if (previous) previous.close();
+    let source;
+    try {
+      source = new Impl(url);
+    } catch {
+      return false;
+    }
+    this._generation += 1;
+    this._source = source;
+    this.stats.streams = (this.stats.streams || 0) + 1;
+    if (this.transport !== 'sse') {
+      this.transport = 'sse';
+      this._emit('fallback', { transport: 'sse', url });
+    }
+    this._setState('connecting');
+    source.onopen = () => this._source === source && this._onStreamOpen();
+    source.onmessage = (ev) => this._source === source && this._onMessage(ev.data);
+    source.onerror = () => this._source === source && this._onStreamError(source);
+    return true;
+  }
+
+  _onStreamOpen() {
+    this._rejections = 0;
+    this.stats.opens += 1;
+    this._setState('open');
+    this._emit('open', { reconnect: this.stats.opens > 1, transport: 'sse' });
+  }
+
+  // The browser reconnects an interrupted stream by itself; a refused one
+  // (an HTTP error, a wrong content type) is closed for good.
+  _onStreamError(source) {
+    if (source.readyState === STREAM_CLOSED) {
+      this._source = null;
+      this._emit('close', { code: 1006, reason: 'event stream refused', willReconnect: false });
+      this._fatal({ reason: 'event stream refused', code: 1006 });
+      return;
+    }
+    if (this.state === 'reconnecting') return;
+    this._setState('reconnecting');
+    this._emit('close', { code: 1006, reason: 'event stream interrupted', willReconnect: true });
+  }
+
+  _closeStream() {
+    const source = this._source;
+    this._source = null;
+    if (source) source.close();
+    this.transport = 'websocket';
+  }
+
+  // The WebSocket URL with http(s), `/sse` for `/connect`, and the rooms.
+  _streamUrl() {
+    try {
+      const u = new URL(this.options.sseUrl || this._currentUrl());
+      if (u.protocol === 'ws:') u.protocol = 'http:';
+      if (u.protocol === 'wss:') u.protocol = 'https:';
+      if (!this.options.sseUrl) u.pathname = u.pathname.replace(/\/connect$/, '/sse');
+      if (this.rooms.size > 0) u.searchParams.set('rooms', [...this.rooms].join(','));
+      return u.toString();
+    } catch {
+      return null;
+    }
   }
 
   _fatal(detail) {

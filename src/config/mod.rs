@@ -159,6 +159,8 @@ pub struct Config {
     pub cluster: ClusterConfig,
     /// `tls:` — the listener speaks TLS (PROTOCOL.md section 8).
     pub tls: TlsConfig,
+    /// `history:` — messages kept per audience for resuming sessions.
+    pub history: HistoryConfig,
     /// `rooms:` — who may join, presence events (PROTOCOL.md section 11).
     pub rooms: RoomsConfig,
 }
@@ -168,7 +170,7 @@ pub struct Config {
 #[serde(
     deny_unknown_fields,
     default,
-    expecting = "a mapping of sections (app, log, websocket, jwt, cluster, tls, rooms)"
+    expecting = "a mapping of sections (app, log, websocket, jwt, cluster, tls, history, rooms)"
 )]
 struct RawConfig {
     app: Option<RawApp>,
@@ -177,6 +179,7 @@ struct RawConfig {
     jwt: Option<RawJwt>,
     cluster: Option<RawCluster>,
     tls: Option<RawTls>,
+    history: Option<RawHistory>,
     rooms: Option<RawRooms>,
 }
 
@@ -189,6 +192,7 @@ impl RawConfig {
             jwt: self.jwt.unwrap_or_default().into_config(origin)?,
             cluster: self.cluster.unwrap_or_default().into_config(origin)?,
             tls: self.tls.unwrap_or_default().into_config(origin)?,
+            history: self.history.unwrap_or_default().into_config(origin)?,
             rooms: self.rooms.unwrap_or_default().into_config(origin)?,
         })
     }
@@ -325,6 +329,33 @@ section! {
         pub cert: String = String::new(), parse parse_path;
         /// PEM private key file (PKCS#8, PKCS#1 or SEC1). Default `""`.
         pub key: String = String::new(), parse parse_path;
+    }
+}
+
+section! {
+    /// `history:` — what is kept so a session can resume without losing
+    /// messages (README "History and resume"). Off while `size` is 0.
+    pub struct HistoryConfig as "history", raw RawHistory,
+        expecting "a mapping of history settings"
+    {
+        /// Messages kept per stream (everyone, each user, each room); 0 turns
+        /// history off and nothing changes. Default `0`.
+        pub size: usize = 0, parse |v| parse_count(v, 0);
+        /// Entries older than this are dropped. Default 2 min, at least 1 s.
+        pub ttl: Duration = Duration::from_secs(120), parse parse_ttl;
+        /// Bytes of all entries of this node together; the oldest go first.
+        /// Default `67108864` (64 MiB), at least 1024.
+        pub max_bytes: usize = 64 << 20, parse |v| parse_count(v, 1024);
+        /// How long a stream's epoch and last offset outlive its entries.
+        /// Default 24 h, at least 1 s.
+        pub meta_ttl: Duration = Duration::from_secs(24 * 3600), parse parse_ttl;
+    }
+}
+
+impl HistoryConfig {
+    /// Whether history is kept.
+    pub fn enabled(&self) -> bool {
+        self.size > 0
     }
 }
 

@@ -98,6 +98,7 @@ fn defaults_are_protocol_section_2() {
         },
         cluster: ClusterConfig::default(),
         tls: TlsConfig::default(),
+        history: HistoryConfig::default(),
         rooms: RoomsConfig {
             join: JoinMode::Open,
             presence: false,
@@ -207,12 +208,44 @@ rooms: {join: token, presence: true}
         },
         cluster: ClusterConfig::default(),
         tls: TlsConfig::default(),
+        history: HistoryConfig::default(),
         rooms: RoomsConfig {
             join: JoinMode::Token,
             presence: true,
         },
     };
     assert_eq!(parse(text), expected);
+}
+
+#[test]
+fn history_section_defaults_off_and_checks_its_bounds() {
+    let default = Config::default().history;
+    assert!(!default.enabled());
+    assert_eq!(default.ttl, Duration::from_secs(120));
+    assert_eq!(default.max_bytes, 64 << 20);
+    assert_eq!(default.meta_ttl, Duration::from_secs(86_400));
+    let config = parse("history:\n  size: 100\n  ttl: 30s\n  max_bytes: 4096\n  meta_ttl: 1h\n");
+    assert!(config.history.enabled());
+    assert_eq!(config.history.size, 100);
+    assert_eq!(config.history.ttl, Duration::from_secs(30));
+    assert_eq!(config.history.max_bytes, 4096);
+    assert_eq!(config.history.meta_ttl, Duration::from_secs(3600));
+    assert_eq!(
+        error("history:\n  ttl: 10ms\n"),
+        "config.yaml: history.ttl: must be at least 1s, got \"10ms\""
+    );
+    assert_eq!(
+        error("history:\n  max_bytes: 10\n"),
+        "config.yaml: history.max_bytes: must be at least 1024, got 10"
+    );
+    assert_eq!(
+        error("history:\n  size: -1\n"),
+        "config.yaml: history.size: expected a non-negative integer, got -1"
+    );
+    assert_eq!(
+        error("history:\n  sizes: 1\n"),
+        "config.yaml: unknown key \"history.sizes\""
+    );
 }
 
 #[test]
@@ -322,7 +355,7 @@ fn wrong_types_are_named() {
             ),
             (
                 "just text\n",
-                r#"config.yaml: invalid type: string "just text", expected a mapping of sections (app, log, websocket, jwt, cluster, tls, rooms)"#,
+                r#"config.yaml: invalid type: string "just text", expected a mapping of sections (app, log, websocket, jwt, cluster, tls, history, rooms)"#,
             ),
             (
                 "websocket:\n  allowed_origins: https://a.example\n",

@@ -209,9 +209,9 @@ impl Codec {
 }
 
 /// One outbound message, framed at most once per form: plain for sessions
-/// without compression (or messages under `compression_min_bytes`), and
-/// compressed once per server window size. Every recipient gets a clone of
-/// the same [`Wire`].
+/// without compression (or messages under `compression_min_bytes`),
+/// compressed once per server window size, and as a Server-Sent Event.
+/// Every recipient gets a clone of the same [`Wire`].
 #[derive(Debug)]
 pub struct Encoded<'a> {
     kind: Kind,
@@ -221,6 +221,8 @@ pub struct Encoded<'a> {
     /// Per window size 9..=15: `Some(frame)` once compressed (the plain
     /// frame when compressing did not pay off).
     deflated: [Option<Wire>; 7],
+    /// The Server-Sent Events form, once an SSE session receives it.
+    sse: Option<Wire>,
 }
 
 impl<'a> Encoded<'a> {
@@ -233,13 +235,32 @@ impl<'a> Encoded<'a> {
             compress: payload.len() >= min_bytes,
             plain: None,
             deflated: Default::default(),
+            sse: None,
         }
+    }
+
+    /// The same message whose uncompressed frame is already built.
+    pub fn with_plain(mut self, plain: Wire) -> Encoded<'a> {
+        self.plain = Some(plain);
+        self
+    }
+
+    /// The message's payload (the JSON text).
+    pub fn payload(&self) -> &'a [u8] {
+        self.payload
     }
 
     /// The uncompressed frame, built on first use.
     pub fn plain(&mut self) -> Wire {
         self.plain
             .get_or_insert_with(|| frame::encode(self.kind, self.payload))
+            .clone()
+    }
+
+    /// The event for a Server-Sent Events session, built on first use.
+    pub fn sse(&mut self) -> Wire {
+        self.sse
+            .get_or_insert_with(|| crate::sse::event(self.payload))
             .clone()
     }
 

@@ -27,12 +27,18 @@ impl EventLoop {
                 self.metrics.open_echo -= 1;
                 return;
             }
-            Some(Left::Chat(user)) => user,
+            Some(Left::Chat(user)) => {
+                self.metrics.open_chat -= 1;
+                user
+            }
+            Some(Left::Sse(user)) => {
+                self.metrics.open_sse -= 1;
+                user
+            }
         };
         self.open_websockets -= 1;
         let rooms = self.rooms_before_leaving(key, user.as_deref());
         let change = self.router.remove_session(key, user.as_deref());
-        self.metrics.open_chat -= 1;
         if let Some(link) = self.cluster.as_mut() {
             match change {
                 Change::LastMember => link.departed(),
@@ -92,8 +98,11 @@ impl EventLoop {
         let Some(session) = self.sessions.get_mut(index) else {
             return;
         };
+        let sse = session.is_sse();
         let deadline = session.close(code, text, deadline);
-        self.metrics.close_sent(code);
+        if !sse {
+            self.metrics.close_sent(code);
+        }
         self.closing_until(index, deadline);
     }
 
@@ -102,11 +111,16 @@ impl EventLoop {
         let Some(session) = self.sessions.get(index) else {
             return;
         };
-        if session.key != key || !session.is_open_websocket() {
+        if session.key != key || !session.is_open() {
             return;
         }
+        let ending = if session.is_sse() {
+            "ending the event stream"
+        } else {
+            "closing with 1013"
+        };
         warn!(
-            "slow consumer user={} peer={}: {} messages / {} bytes queued; closing with 1013",
+            "slow consumer user={} peer={}: {} messages / {} bytes queued; {ending}",
             ids::shown(session.user().map(|u| &**u)),
             session.peer,
             session.out().queued_messages(),

@@ -103,7 +103,7 @@ impl EventLoop {
         let indexes: Vec<usize> = self.sessions.iter().map(|(i, _)| i).collect();
         for index in indexes {
             match self.sessions.get(index).map(|s| s.phase()) {
-                Some(Phase::Chat { .. } | Phase::Echo) => {
+                Some(Phase::Chat { .. } | Phase::Echo | Phase::Sse { .. }) => {
                     self.server_close(index, 1001, "server shutting down", CloseReason::Shutdown)
                 }
                 Some(Phase::Http) => self.kill(index, CloseReason::Shutdown),

@@ -1,13 +1,20 @@
 //! Delivering: queues a framed message to one session or to every session
 //! of an audience the router names. No allocation or JSON work per
-//! recipient and no socket write: the frame is built once (plain, or
-//! compressed once per window size) and shared, and the recipients join the
-//! write backlog. A recipient that cannot keep up is closed (1013).
+//! recipient and no socket write: the frame is built once (plain,
+//! compressed once per window size, or as a Server-Sent Event) and shared,
+//! and the recipients join the write backlog. A recipient that cannot keep
+//! up is closed (1013; an event stream's response ends).
+//!
+//! With history on, each delivery is also appended once to its audience's
+//! stream; sessions that asked to recover get that stamped form (with
+//! `"pos"`), also encoded once and shared, while the others get exactly
+//! the bytes they would get with history off.
 
 use super::EventLoop;
 use crate::audience::Audience;
 use crate::deflate::Encoded;
 use crate::frame::{Kind, Wire};
+use crate::history::StreamRef;
 
 impl EventLoop {
     /// Queues the same bytes to every session of the audience; returns how
@@ -17,6 +24,28 @@ impl EventLoop {
     /// writes happen later, from the backlog (a recipient already waiting
     /// there takes this frame with the earlier ones).
     pub(super) fn deliver(&mut self, audience: Audience<&str>, message: &mut Encoded<'_>) -> usize {
+        let now = self.now_ms;
+        let appended = self
+            .history
+            .as_mut()
+            .and_then(|h| h.append(StreamRef::of(audience), message.payload(), now));
+        let min_bytes = self.config.websocket.compression_min_bytes;
+        let mut stamped = appended
+            .as_ref()
+            .map(|a| Encoded::new(Kind::Text, &a.json, min_bytes).with_plain(a.wire.clone()));
+        self.fan_out(audience, message, stamped.as_mut())
+    }
+
+    /// Queues `message` to every session of the audience (`stamped`, the
+    /// same message with its position, to recovering sessions), without
+    /// keeping it in history: what a message that is not part of any
+    /// stream uses (e.g. presence).
+    pub(super) fn fan_out(
+        &mut self,
+        audience: Audience<&str>,
+        message: &mut Encoded<'_>,
+        mut stamped: Option<&mut Encoded<'_>>,
+    ) -> usize {
         let rules = &self.rules;
         let sessions = &mut self.sessions;
         let backlog = &mut self.backlog;
@@ -31,7 +60,16 @@ impl EventLoop {
             if session.key != key {
                 return;
             }
-            let wire = message.for_session(session.deflate_params(), codec);
+            let wire = if session.is_sse() {
+                message.sse()
+            } else {
+                match stamped.as_deref_mut() {
+                    Some(stamped) if session.recovering() => {
+                        stamped.for_session(session.deflate_params(), codec)
+                    }
+                    _ => message.for_session(session.deflate_params(), codec),
+                }
+            };
             match session.queue(wire, rules, bytes_out) {
                 Ok(()) => {
                     sent += 1;
@@ -61,8 +99,12 @@ impl EventLoop {
         let Some(session) = self.sessions.get(index) else {
             return;
         };
-        let wire = Encoded::new(kind, payload, min_bytes)
-            .for_session(session.deflate_params(), &mut self.codec);
+        let mut encoded = Encoded::new(kind, payload, min_bytes);
+        let wire = if session.is_sse() {
+            encoded.sse()
+        } else {
+            encoded.for_session(session.deflate_params(), &mut self.codec)
+        };
         self.queue_data(index, wire);
     }
 

@@ -19,7 +19,8 @@ use crate::message;
 use crate::metrics::HandshakeFailure;
 use crate::rate::{self, Bucket};
 use crate::rest::{self, Endpoint, Outcome, Upgrade};
-use crate::router::Route;
+use crate::rooms::Grants;
+use crate::router::{JoinError, Route};
 use crate::session::{Next, Phase, Unit};
 
 impl EventLoop {
@@ -111,6 +112,9 @@ impl EventLoop {
                 if let Some(link) = self.cluster.as_ref() {
                     link.render_metrics(&mut text);
                 }
+                if let Some(history) = self.history.as_ref() {
+                    history.render_metrics(&mut text);
+                }
                 let response = Response::raw(200, "text/plain; version=0.0.4", text.into_bytes());
                 self.respond(index, &response, keep_alive);
             }
@@ -139,7 +143,7 @@ impl EventLoop {
         }
     }
 
-    fn upgrade(&mut self, index: usize, upgrade: Upgrade) {
+    fn upgrade(&mut self, index: usize, mut upgrade: Upgrade) {
         let Some(session) = self.sessions.get(index) else {
             return;
         };
@@ -149,7 +153,7 @@ impl EventLoop {
             user: upgrade.user.as_deref(),
             peer,
         };
-        if upgrade.endpoint == Endpoint::Chat {
+        if upgrade.endpoint != Endpoint::Echo {
             if let Err(reason) = self.hooks.on_connect(&info, &mut self.actions) {
                 self.metrics.handshake_failed(HandshakeFailure::Hook);
                 let response = Response::error(403, &reason).closing();
@@ -172,13 +176,18 @@ impl EventLoop {
             now,
             &rules,
         );
-        session.grant(upgrade.grants);
+        // A stream's rooms (below) are checked against the grants too.
+        let grants = upgrade.grants.take();
         self.open_websockets += 1;
         self.metrics.connections_total += 1;
         match upgrade.endpoint {
-            Endpoint::Chat => {
+            Endpoint::Chat | Endpoint::Sse => {
                 self.router.add_session(key, user.as_ref());
-                self.metrics.open_chat += 1;
+                if upgrade.endpoint == Endpoint::Sse {
+                    self.metrics.open_sse += 1;
+                } else {
+                    self.metrics.open_chat += 1;
+                }
                 if let Some(link) = self.cluster.as_mut() {
                     link.connected(user.as_deref());
                 }
@@ -188,12 +197,49 @@ impl EventLoop {
                     ids::shown(user.as_deref()),
                     self.router.online_count()
                 );
+                if let Some(since) = upgrade.resume.take() {
+                    self.resume_session(index, user.as_deref(), *since);
+                }
             }
             Endpoint::Echo => self.metrics.open_echo += 1,
+        }
+        for room in &upgrade.rooms {
+            self.join_room(index, room, grants.as_deref());
+        }
+        if let Some(session) = self.sessions.get_mut(index) {
+            session.grant(grants);
         }
         self.mark_dirty(index);
         self.rearm_open(index);
         self.apply_actions();
+    }
+
+    /// A session joins `room` as a WebSocket `join` message would make it
+    /// (name bounds, `max_rooms_per_session`); a refused join is answered
+    /// with the same error message. For the rooms an event stream names.
+    /// `rooms.join` and `on_join` decide as for a `join` message.
+    fn join_room(&mut self, index: usize, room: &str, grants: Option<&Grants>) {
+        let Some(session) = self.sessions.get(index) else {
+            return;
+        };
+        let (key, peer, user) = (session.key, session.peer, session.user().cloned());
+        let refused = |reason: &str| message::error_json(reason);
+        let max = self.config.websocket.max_id_bytes;
+        if let Err(e) = ids::check_fields([("room", Some(room))], max) {
+            return self.reply(index, &refused(&e.to_string()));
+        }
+        let info = SessionInfo {
+            key,
+            user: user.as_deref(),
+            peer,
+        };
+        if !self.admit(index, &info, room, grants, None) {
+            return;
+        }
+        match self.router.join(key, user.as_deref(), room) {
+            Ok(change) => self.member_changed(key, user.as_deref(), room, true, change),
+            Err(JoinError::TooManyRooms) => self.reply(index, &refused("too many rooms")),
+        }
     }
 
     fn on_inbound(&mut self, index: usize, inbound: Inbound<'_>) {
@@ -297,6 +343,9 @@ impl EventLoop {
                 if let Some(room) = message.room() {
                     let joined = message.kind == "join";
                     self.member_changed(key, user.as_deref(), room, joined, change);
+                }
+                if let ("join", Some(room)) = (&*message.kind, message.room()) {
+                    self.joined(index, room, message.since);
                 }
             }
             Route::Deliver(audience, json) => {

@@ -6,9 +6,10 @@
 //! | poll | `mod.rs` | waits for readiness, at most until the next deadline |
 //! | read | `read.rs` | drains ready sockets through their sessions |
 //! | dispatch | `dispatch.rs` | acts on each complete unit: REST, upgrade, frames → router → queues |
+//! | (resume) | `resume.rs` | with history on: welcome, replay and `recovered` at upgrade and join |
 //! | accept | `accept.rs` | takes new connections |
 //! | commands | `commands.rs` | handle commands (bounded per pass), hook actions, signals |
-//! | timers | `timers.rs` | applies what each due session timer found |
+//! | timers | `timers.rs` | applies what each due session timer found; history expiry |
 //! | cluster | `cluster.rs` | presence and channels of the other nodes |
 //! | rooms | `rooms.rs` | who may join, server-side membership, presence events |
 //! | write | `write/` | answers first, then a bounded share of the fan-out backlog |
@@ -40,15 +41,15 @@ use crate::audience::SessionKey;
 use crate::cluster::Link;
 use crate::config::Config;
 use crate::deflate::Codec;
-use crate::frame::{self, Kind, Wire};
 use crate::handle::Inbox;
+use crate::history::History;
 use crate::hooks::{Actions, Hooks};
 use crate::metrics::{Metrics, Shared};
 use crate::rate::Bucket;
 use crate::rooms::Rooms;
 use crate::router::{Limits, Router};
 use crate::server::Mode;
-use crate::session::{Rules, Session};
+use crate::session::{Heartbeat, Rules, Session};
 
 use crate::wheel::{millis, Wheel};
 use write::backlog::Backlog;
@@ -60,6 +61,7 @@ mod commands;
 mod deliver;
 mod dispatch;
 mod read;
+mod resume;
 mod rooms;
 mod timers;
 mod write;
@@ -141,7 +143,8 @@ pub(crate) struct EventLoop {
     accept_failing: bool,
     commands_left: bool,
     shutdown_deadline_ms: Option<u64>,
-    ping: Wire,
+    /// The shared Ping frame and event-stream heartbeat.
+    heartbeat: Heartbeat,
     codec: Codec,
     /// `None` unless `cluster.redis` is set.
     cluster: Option<Link>,
@@ -149,6 +152,9 @@ pub(crate) struct EventLoop {
     rooms: Rooms,
     /// What new connections' TLS uses; `None`: plain TCP. SIGHUP replaces it.
     tls: Option<Arc<rustls::ServerConfig>>,
+    /// The last messages per audience for resuming sessions; `None` while
+    /// `history.size` is 0 (then nothing of it runs).
+    history: Option<History>,
 }
 
 /// What the server was built with.
@@ -171,6 +177,7 @@ impl EventLoop {
         let limits = Limits::from_config(&parts.config.websocket);
         let rules = Rules::from_config(&parts.config.websocket);
         let rooms = Rooms::from_config(&parts.config);
+        let history = History::new(&parts.config.history);
         EventLoop {
             poll: parts.poll,
             listener: parts.listener,
@@ -207,11 +214,12 @@ impl EventLoop {
             accept_failing: false,
             commands_left: false,
             shutdown_deadline_ms: None,
-            ping: frame::encode(Kind::Ping, b""),
+            heartbeat: Heartbeat::default(),
             codec: Codec::default(),
             cluster: parts.cluster,
             rooms,
             tls: parts.tls,
+            history,
         }
     }
 
@@ -284,6 +292,7 @@ impl EventLoop {
             self.accept_retry_ms,
             self.shutdown_deadline_ms,
             cluster_tick_ms,
+            self.history.as_ref().and_then(History::next_deadline),
         ]
         .into_iter()
         .flatten()

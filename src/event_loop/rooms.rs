@@ -20,7 +20,7 @@ use crate::hooks::{Admission, SessionInfo};
 use crate::http::Response;
 use crate::ids;
 use crate::message::Incoming;
-use crate::rooms::{self, presence::Event};
+use crate::rooms::{self, presence::Event, Grants};
 use crate::router::{Change, JoinError};
 
 impl EventLoop {
@@ -39,14 +39,36 @@ impl EventLoop {
         if ids::check(room, self.config.websocket.max_id_bytes).is_err() {
             return true;
         }
+        // The grants stay in the session: checked here, before the hook
+        // (which needs the loop mutably) runs.
         let admitted = self.rooms.mode() == JoinMode::Open || {
-            let now_unix = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
             let grants = self.sessions.get(index).and_then(|s| s.grants());
             self.rooms
-                .admits(grants, info.user, room, message.token(), now_unix)
+                .admits(grants, info.user, room, message.token(), unix_now())
         };
+        self.decide(index, info, room, admitted)
+    }
+
+    /// [`EventLoop::may_join`] for a join the server makes on a session's
+    /// behalf from what it asked at its upgrade (an event stream's rooms).
+    pub(super) fn admit(
+        &mut self,
+        index: usize,
+        info: &SessionInfo<'_>,
+        room: &str,
+        grants: Option<&Grants>,
+        token: Option<&str>,
+    ) -> bool {
+        let admitted = self.rooms.mode() == JoinMode::Open
+            || self
+                .rooms
+                .admits(grants, info.user, room, token, unix_now());
+        self.decide(index, info, room, admitted)
+    }
+
+    /// The hook has the last word over an admitted join; a refusal is
+    /// answered and counted.
+    fn decide(&mut self, index: usize, info: &SessionInfo<'_>, room: &str, admitted: bool) -> bool {
         let allowed =
             admitted && self.hooks.on_join(info, room, &mut self.actions) == Admission::Allow;
         if !allowed {
@@ -227,6 +249,12 @@ impl EventLoop {
             self.deliver_event(&room, None, &json);
         }
     }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// Sessions of `user` on the other nodes, as the view counts them.

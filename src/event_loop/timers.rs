@@ -36,6 +36,9 @@ impl EventLoop {
     }
 
     pub(super) fn fire_timers(&mut self) {
+        if let Some(history) = self.history.as_mut() {
+            history.tick(self.now_ms);
+        }
         let mut due = std::mem::take(&mut self.due);
         self.wheel.poll(self.now_ms, &mut due);
         for key in due.drain(..) {
@@ -56,7 +59,7 @@ impl EventLoop {
         let Some(session) = self.sessions.get_mut(index) else {
             return;
         };
-        match session.on_timer(now, &rules, &self.ping) {
+        match session.on_timer(now, &rules, &self.heartbeat) {
             Fired::Arm(at) => self.arm(index, at),
             Fired::Ping(at) => {
                 self.schedule_write(index);

@@ -220,7 +220,8 @@ impl<S: Socket> Session<S> {
                     Next::Unit(consumed, unit)
                 }
             },
-            Phase::Closing(_) | Phase::Dead => Next::Discard,
+            // An event stream's client has nothing more to say.
+            Phase::Sse { .. } | Phase::Closing(_) | Phase::Dead => Next::Discard,
         }
     }
 

@@ -3,8 +3,9 @@
 //! outbound queue and its deadlines.
 //!
 //! Phases: `Http` (reading request heads; keep-alive REST) → `Chat` or `Echo`
-//! (an upgraded WebSocket) → `Closing` (flushing, waiting for the peer's
-//! Close or FIN, bounded by a deadline) → `Dead` (reaped by the loop).
+//! (an upgraded WebSocket) or `Sse` (an event stream: written, never read)
+//! → `Closing` (flushing, waiting for the peer's Close or FIN, bounded by a
+//! deadline) → `Dead` (reaped by the loop).
 //!
 //! The session makes every phase change itself and reports what happened as
 //! a value ([`Next`], [`Unit`], [`Eof`], [`output::Wrote`], [`Fired`],
@@ -84,9 +85,19 @@ pub(crate) enum Phase {
         /// Rooms its connect token lets it join (`rooms.join: claims` or
         /// `token`); `None` in `open` mode and without a grant.
         grants: Option<Box<Grants>>,
+        /// Asked to resume (`?recover=1` or `?since=`, history on): its
+        /// messages carry their position. Kept in the phase, where the
+        /// enum has room for it, so a session grows by nothing.
+        recovering: bool,
     },
     /// An upgraded `/api/ws/echo` session.
     Echo,
+    /// An `/api/ws/sse` event stream; `None` is anonymous. Nothing more is
+    /// read; the peer's FIN ends it.
+    Sse {
+        /// User id, shared with the router's index.
+        user: Option<Rc<str>>,
+    },
     /// On its way out; see [`Closing`].
     Closing(Closing),
     /// Removed at the end of this loop pass; nothing more is read or written.
@@ -126,6 +137,8 @@ pub(crate) enum Left {
     Chat(Option<Rc<str>>),
     /// An echo session.
     Echo,
+    /// An event stream, with its user id.
+    Sse(Option<Rc<str>>),
 }
 
 /// What a session's timer found.
@@ -145,12 +158,31 @@ pub(crate) enum Expiry {
     /// No complete request within `handshake_timeout`; `partial`: some of
     /// one had arrived.
     Handshake { partial: bool },
-    /// Nothing heard for `pong_wait`.
+    /// Nothing heard for `pong_wait` (WebSocket only: an event stream's
+    /// client says nothing; a dead one shows as a stalled write).
     PongWait,
     /// Output made no progress for `write_wait`.
     WriteStalled,
     /// The closing handshake ran out of time.
     Closing,
+}
+
+/// The shared heartbeats, one per kind of session.
+#[derive(Debug)]
+pub(crate) struct Heartbeat {
+    /// The WebSocket Ping frame.
+    pub ping: Wire,
+    /// The Server-Sent Events comment line.
+    pub comment: Wire,
+}
+
+impl Default for Heartbeat {
+    fn default() -> Heartbeat {
+        Heartbeat {
+            ping: crate::frame::encode(crate::frame::Kind::Ping, b""),
+            comment: Rc::from(crate::sse::HEARTBEAT),
+        }
+    }
 }
 
 /// One connection.
@@ -190,6 +222,9 @@ pub(crate) struct Session<S = TcpStream> {
     paused: bool,
     /// Counted against `max_http_connections` (until upgraded or reaped).
     counted_http: bool,
+    /// An event stream: messages go out as events, and it ends without a
+    /// Close frame (kept through `Closing`, unlike the phase).
+    sse: bool,
     /// The loop's bookkeeping: the session's one wheel timer and its deadline.
     pub timer: Option<(TimerId, u64)>,
     /// The loop's bookkeeping: already in this pass's list of answers to write.
@@ -222,6 +257,7 @@ impl<S: Socket> Session<S> {
             writable_interest: false,
             paused: false,
             counted_http: true,
+            sse: false,
             timer: None,
             dirty: false,
         }
@@ -233,10 +269,10 @@ impl<S: Socket> Session<S> {
         &self.phase
     }
 
-    /// The user id of a chat session.
+    /// The user id of a chat session or an event stream.
     pub(crate) fn user(&self) -> Option<&Rc<str>> {
         match &self.phase {
-            Phase::Chat { user, .. } => user.as_ref(),
+            Phase::Chat { user, .. } | Phase::Sse { user } => user.as_ref(),
             _ => None,
         }
     }
@@ -249,9 +285,17 @@ impl<S: Socket> Session<S> {
         }
     }
 
-    /// Upgraded and not closing.
-    pub(crate) fn is_open_websocket(&self) -> bool {
-        matches!(self.phase, Phase::Chat { .. } | Phase::Echo)
+    /// Upgraded (WebSocket or event stream) and not closing.
+    pub(crate) fn is_open(&self) -> bool {
+        matches!(
+            self.phase,
+            Phase::Chat { .. } | Phase::Echo | Phase::Sse { .. }
+        )
+    }
+
+    /// An event stream (open or closing): messages go out as events.
+    pub(crate) fn is_sse(&self) -> bool {
+        self.sse
     }
 
     pub(crate) fn is_dead(&self) -> bool {
@@ -273,6 +317,31 @@ impl<S: Socket> Session<S> {
         self.counted_http
     }
 
+    /// Whether this session receives positions (and may resume).
+    pub(crate) fn recovering(&self) -> bool {
+        matches!(
+            self.phase,
+            Phase::Chat {
+                recovering: true,
+                ..
+            }
+        )
+    }
+
+    /// From now on this chat session's messages carry their position.
+    pub(crate) fn set_recovering(&mut self) {
+        if let Phase::Chat { recovering, .. } = &mut self.phase {
+            *recovering = true;
+        }
+    }
+
+    /// Whether `count` more data frames of `bytes` in all fit the queue's
+    /// bounds (a replay is queued whole or not at all).
+    pub(crate) fn has_room(&self, count: usize, bytes: usize, rules: &Rules) -> bool {
+        self.out.queued_messages() + count <= rules.message_buffer_size
+            && (count == 0 || self.out.queued_bytes() + bytes <= rules.max_buffered_bytes)
+    }
+
     /// Not read until its client takes the responses it owes.
     pub(crate) fn is_paused(&self) -> bool {
         self.paused
@@ -289,11 +358,13 @@ impl<S: Socket> Session<S> {
     }
 
     /// Loop-clock ms at which an open session's timer must next fire:
-    /// the next Ping, `pong_wait` silence or a `write_wait` stall.
+    /// the next Ping, `pong_wait` silence (not for an event stream, whose
+    /// client never speaks) or a `write_wait` stall.
     pub(crate) fn open_deadline(&self, rules: &Rules) -> u64 {
-        let mut next = self
-            .next_ping_ms
-            .min(self.last_seen_ms.saturating_add(rules.pong_wait_ms));
+        let mut next = self.next_ping_ms;
+        if !self.sse {
+            next = next.min(self.last_seen_ms.saturating_add(rules.pong_wait_ms));
+        }
         if let Some(stalled) = self.stalled_since_ms {
             next = next.min(stalled.saturating_add(rules.write_wait_ms));
         }
@@ -321,8 +392,9 @@ impl<S: Socket> Session<S> {
         Some(self.begin_closing(false, now.saturating_add(rules.write_wait_ms)))
     }
 
-    /// The upgrade succeeded: queues the 101 and opens the WebSocket, with
-    /// its first Ping due within `ping_period` (minus a per-session jitter).
+    /// The upgrade succeeded: queues the 101 (or the head of the event
+    /// stream) and opens the session, with its first Ping (or heartbeat
+    /// comment) due within `ping_period` (minus a per-session jitter).
     pub(crate) fn upgrade(
         &mut self,
         response: Vec<u8>,
@@ -339,8 +411,16 @@ impl<S: Socket> Session<S> {
         }
         self.counted_http = false;
         self.phase = match endpoint {
-            Endpoint::Chat => Phase::Chat { user, grants: None },
+            Endpoint::Chat => Phase::Chat {
+                user,
+                recovering: false,
+                grants: None,
+            },
             Endpoint::Echo => Phase::Echo,
+            Endpoint::Sse => {
+                self.sse = true;
+                Phase::Sse { user }
+            }
         };
         self.last_seen_ms = now;
         let period = rules.ping_period_ms;
@@ -361,6 +441,7 @@ impl<S: Socket> Session<S> {
         let left = match &mut self.phase {
             Phase::Chat { user, .. } => Left::Chat(user.take()),
             Phase::Echo => Left::Echo,
+            Phase::Sse { user } => Left::Sse(user.take()),
             _ => return None,
         };
         self.phase = Phase::Closing(Closing::default());
@@ -390,8 +471,13 @@ impl<S: Socket> Session<S> {
     }
 
     /// The server ends the session: what is queued goes first, then Close;
-    /// the peer's Close is awaited until `deadline_ms`.
+    /// the peer's Close is awaited until `deadline_ms`. An event stream ends
+    /// its response instead: a comment saying why, then our FIN.
     pub(crate) fn close(&mut self, code: u16, text: &str, deadline_ms: u64) -> u64 {
+        if self.sse {
+            self.out.push_unbounded(crate::sse::comment(text));
+            return self.begin_closing(false, deadline_ms);
+        }
         self.out
             .push_unbounded(crate::frame::encode_close(code, text));
         self.begin_closing(true, deadline_ms)
@@ -438,8 +524,8 @@ impl<S: Socket> Session<S> {
     // ---- time ----
 
     /// The session's timer fired at `now`: the phase decides which
-    /// deadline that was. `ping` is the shared Ping frame.
-    pub(crate) fn on_timer(&mut self, now: u64, rules: &Rules, ping: &Wire) -> Fired {
+    /// deadline that was. `beat` holds the shared Ping frame and comment.
+    pub(crate) fn on_timer(&mut self, now: u64, rules: &Rules, beat: &Heartbeat) -> Fired {
         let write_wait = rules.write_wait_ms;
         match &self.phase {
             Phase::Http if !self.out.is_empty() => {
@@ -463,8 +549,8 @@ impl<S: Socket> Session<S> {
                     partial: !self.pending_input.is_empty(),
                 })
             }
-            Phase::Chat { .. } | Phase::Echo => {
-                if now >= self.last_seen_ms.saturating_add(rules.pong_wait_ms) {
+            Phase::Chat { .. } | Phase::Echo | Phase::Sse { .. } => {
+                if !self.sse && now >= self.last_seen_ms.saturating_add(rules.pong_wait_ms) {
                     return Fired::Expired(Expiry::PongWait);
                 }
                 if self
@@ -475,7 +561,8 @@ impl<S: Socket> Session<S> {
                 }
                 self.out.release_memory(0);
                 if now >= self.next_ping_ms {
-                    self.out.push_control(ping.clone());
+                    let beat = if self.sse { &beat.comment } else { &beat.ping };
+                    self.out.push_control(beat.clone());
                     self.next_ping_ms = now.saturating_add(rules.ping_period_ms);
                     return Fired::Ping(self.open_deadline(rules));
                 }

@@ -165,7 +165,7 @@ fn handshake_upgrades_and_the_first_frame_follows_in_the_same_read() {
     assert_eq!(request.path, "/api/ws/echo");
     let response = http::switching_protocols("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=", None);
     session.upgrade(response, Endpoint::Echo, None, None, 5, &rules);
-    assert!(session.is_open_websocket() && !session.counted_http());
+    assert!(session.is_open() && !session.counted_http());
     // The first Ping is due within ping_period, jittered by at most a tenth.
     let deadline = session.open_deadline(&rules);
     assert!(
@@ -367,7 +367,7 @@ fn a_frame_trickling_in_byte_by_byte_arrives_whole_and_counts_as_life_only_then(
         assert!(seen.is_empty(), "{seen:?}");
     }
     assert!(session.has_input());
-    let ping: Wire = Rc::from(&b""[..]);
+    let ping = Heartbeat::default();
     assert_eq!(
         session.on_timer(60_000, &rules(), &ping),
         Fired::Expired(Expiry::PongWait),
@@ -472,11 +472,11 @@ fn close_handshake_started_by_the_server_waits_for_the_answer_within_the_deadlin
     session.write(2, &rules());
     assert!(session.socket_mut().shut_write);
     assert_eq!(
-        session.on_timer(4_999, &rules(), &Rc::from(&b""[..])),
+        session.on_timer(4_999, &rules(), &Heartbeat::default()),
         Fired::Arm(5_000)
     );
     assert_eq!(
-        session.on_timer(5_000, &rules(), &Rc::from(&b""[..])),
+        session.on_timer(5_000, &rules(), &Heartbeat::default()),
         Fired::Expired(Expiry::Closing)
     );
     // Garbage instead of an answer drops the connection at once.
@@ -522,7 +522,7 @@ fn a_slow_writer_is_bounded_then_stalled() {
         Err(Overflow::Messages)
     );
     // Nothing leaves for write_wait: stalled.
-    let ping: Wire = Rc::from(&b""[..]);
+    let ping = Heartbeat::default();
     assert_eq!(session.on_timer(10_099, &rules, &ping), Fired::Arm(10_100));
     assert_eq!(
         session.on_timer(10_100, &rules, &ping),
@@ -551,7 +551,7 @@ fn an_http_connection_without_a_whole_request_expires() {
     let mut session = plain(MockStream::default());
     feed(&mut session, b"GET / HT");
     read_units(&mut session, 0);
-    let ping: Wire = Rc::from(&b""[..]);
+    let ping = Heartbeat::default();
     assert_eq!(session.on_timer(9_999, &rules(), &ping), Fired::Arm(10_000));
     assert_eq!(
         session.on_timer(10_000, &rules(), &ping),
@@ -600,4 +600,71 @@ fn a_session_stays_small() {
     // grants (rooms.join: claims / token) 8 more.
     let size = std::mem::size_of::<Session>();
     assert!(size <= 328, "{size} bytes");
+}
+
+#[test]
+fn an_event_stream_discards_input_beats_with_comments_and_ends_without_a_close_frame() {
+    let rules = rules();
+    let mut session = plain(MockStream::default());
+    feed(&mut session, b"GET /api/ws/sse HTTP/1.1\r\nHost: x\r\n\r\n");
+    let (seen, _) = read_units(&mut session, 0);
+    assert!(
+        matches!(&seen[..], [Seen::Request { path, upgrade: false, .. }] if path == "/api/ws/sse")
+    );
+    let head = crate::sse::response_head(None);
+    session.upgrade(
+        head.clone(),
+        Endpoint::Sse,
+        Some(Rc::from("u1")),
+        None,
+        0,
+        &rules,
+    );
+    assert!(session.is_open() && session.is_sse() && !session.counted_http());
+    assert_eq!(session.user().map(|u| &**u), Some("u1"));
+    session.write(0, &rules);
+    assert_eq!(written(&mut session), head);
+    // Whatever the client sends now is not a request: it is dropped.
+    feed(&mut session, b"GET /health HTTP/1.1\r\n\r\n");
+    let (seen, _) = read_units(&mut session, 1);
+    assert!(seen.is_empty(), "{seen:?}");
+    assert!(!session.has_input());
+    // No pong_wait for a client that never speaks: the next deadline is the
+    // heartbeat, and past pong_wait the stream is still open.
+    let beat = Heartbeat::default();
+    let first = session.open_deadline(&rules);
+    assert!(first <= rules.ping_period_ms, "{first}");
+    assert!(matches!(
+        session.on_timer(first, &rules, &beat),
+        Fired::Ping(_)
+    ));
+    let second = first + rules.ping_period_ms;
+    assert_eq!(session.open_deadline(&rules), second);
+    session.write(first, &rules);
+    assert_eq!(written(&mut session), crate::sse::HEARTBEAT);
+    assert!(matches!(
+        session.on_timer(second, &rules, &beat),
+        Fired::Ping(_)
+    ));
+    assert!(second > rules.pong_wait_ms);
+    session.write(second, &rules);
+    assert_eq!(written(&mut session), crate::sse::HEARTBEAT);
+    // The server ends it: a comment, then FIN; no WebSocket Close frame.
+    let mut bytes_out = 0;
+    session
+        .queue(crate::sse::event(b"{}"), &rules, &mut bytes_out)
+        .unwrap();
+    assert!(matches!(session.leave(), Some(Left::Sse(Some(user))) if &*user == "u1"));
+    session.close(1013, "slow consumer", second + 10);
+    assert!(matches!(
+        session.write(second, &rules).then,
+        AfterWrite::Idle
+    ));
+    assert_eq!(written(&mut session), b"data: {}\n\n: slow consumer\n\n");
+    assert!(session.socket_mut().shut_write);
+    assert_eq!(session.on_eof(second + 1, &rules), Eof::Flush);
+    assert!(matches!(
+        session.write(second + 1, &rules).then,
+        AfterWrite::Finished
+    ));
 }

@@ -1,0 +1,678 @@
+//! Server-Sent Events (`GET /api/ws/sse`, PROTOCOL.md section 13) over raw
+//! loopback sockets, plain and TLS: the response head, events byte-equal to
+//! what a WebSocket session of the same user and rooms receives, `?rooms=`,
+//! the heartbeat comment, authentication and Origin, `max_connections` and
+//! status, and the bounds that end a stream (`message_buffer_size`,
+//! `max_buffered_bytes`, `write_wait`).
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use common::tls;
+use common::{http, test_config, TestServer, WAIT};
+use serde_json::{json, Value};
+use wshub::jwt::sign_hs256;
+use wshub::{Config, Message};
+
+const SECRET: &str = "sse-jwt-secret-for-tests";
+const ADMIN: &str = "sse-admin-token";
+
+/// What one read of the stream gave: an event, or a comment line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Item {
+    /// An event: its type (`message` unless named), its id and its data.
+    Event {
+        name: String,
+        id: Option<String>,
+        data: String,
+    },
+    /// A `:` line.
+    Comment(String),
+}
+
+/// A client of an event stream: the response head, then items as an
+/// `EventSource` parses them (the HTML standard's rules, simplified to LF).
+struct Stream<R: Read> {
+    reader: BufReader<R>,
+    status: u16,
+    headers: Vec<(String, String)>,
+}
+
+impl<R: Read> Stream<R> {
+    /// Reads the head; the body is whatever follows.
+    fn open(stream: R) -> Stream<R> {
+        let mut reader = BufReader::new(stream);
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("status line");
+        let status = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("bad status line {line:?}"));
+        let mut headers = Vec::new();
+        loop {
+            let mut header = String::new();
+            reader.read_line(&mut header).expect("header");
+            let header = header.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            let (name, value) = header.split_once(':').expect("header line");
+            headers.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
+        }
+        Stream {
+            reader,
+            status,
+            headers,
+        }
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The next event or comment; `None` at the end of the stream.
+    fn next_item(&mut self) -> Option<Item> {
+        let (mut name, mut id, mut data) = (None, None, Vec::<String>::new());
+        loop {
+            let mut line = String::new();
+            match self.reader.read_line(&mut line) {
+                Ok(0) => return None,
+                Ok(_) => {}
+                Err(e) => panic!("stream read failed: {e}"),
+            }
+            assert!(line.ends_with('\n'), "stream ended inside a line: {line:?}");
+            let line = line.trim_end_matches('\n');
+            if line.is_empty() {
+                if data.is_empty() {
+                    continue;
+                }
+                return Some(Item::Event {
+                    name: name.unwrap_or_else(|| "message".to_owned()),
+                    id,
+                    data: data.join("\n"),
+                });
+            }
+            if let Some(text) = line.strip_prefix(':') {
+                if data.is_empty() && name.is_none() {
+                    return Some(Item::Comment(text.trim_start().to_owned()));
+                }
+                continue;
+            }
+            let (field, value) = line.split_once(':').unwrap_or((line, ""));
+            let value = value.strip_prefix(' ').unwrap_or(value);
+            match field {
+                "data" => data.push(value.to_owned()),
+                "event" => name = Some(value.to_owned()),
+                "id" => id = Some(value.to_owned()),
+                other => panic!("unexpected field {other:?}"),
+            }
+        }
+    }
+
+    /// The next event's data (comments skipped), as raw text.
+    fn next_data(&mut self) -> String {
+        loop {
+            match self.next_item() {
+                Some(Item::Event { data, .. }) => return data,
+                Some(Item::Comment(_)) => continue,
+                None => panic!("stream ended while an event was expected"),
+            }
+        }
+    }
+
+    fn next_json(&mut self) -> Value {
+        let data = self.next_data();
+        serde_json::from_str(&data).unwrap_or_else(|e| panic!("not JSON ({e}): {data}"))
+    }
+}
+
+impl Stream<TcpStream> {
+    fn set_timeout(&mut self, timeout: Duration) {
+        self.reader
+            .get_ref()
+            .set_read_timeout(Some(timeout))
+            .unwrap();
+    }
+
+    /// Reads until the server ends the stream; returns what came before.
+    fn read_to_end(&mut self) -> Vec<Item> {
+        let mut items = Vec::new();
+        while let Some(item) = self.next_item() {
+            items.push(item);
+        }
+        items
+    }
+}
+
+/// Sends a GET for `path` with `headers` on a fresh connection.
+fn request(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    let mut text = format!("GET {path} HTTP/1.1\r\nHost: test\r\nAccept: text/event-stream\r\n");
+    for (name, value) in headers {
+        text.push_str(&format!("{name}: {value}\r\n"));
+    }
+    text.push_str("\r\n");
+    stream.write_all(text.as_bytes()).unwrap();
+    stream
+}
+
+fn open(addr: SocketAddr, path: &str) -> Stream<TcpStream> {
+    let stream = Stream::open(request(addr, path, &[]));
+    assert_eq!(stream.status, 200, "{path}");
+    stream
+}
+
+fn admin_config() -> Config {
+    let mut config = test_config();
+    config.websocket.admin_token = ADMIN.into();
+    config
+}
+
+fn post(server: &TestServer, path: &str, body: Value) -> Value {
+    let auth = format!("Bearer {ADMIN}");
+    let (status, text) = http(
+        server.addr,
+        "POST",
+        path,
+        &[("Authorization", &auth)],
+        &body.to_string(),
+    );
+    assert_eq!(status, 200, "{path}: {text}");
+    serde_json::from_str(&text).unwrap()
+}
+
+/// Waits until `online_count` is `count` (status needs the admin token here).
+fn wait_online(server: &TestServer, count: usize) {
+    let auth = format!("Bearer {ADMIN}");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (_, body) = http(
+            server.addr,
+            "GET",
+            "/api/ws/status",
+            &[("Authorization", &auth)],
+            "",
+        );
+        let v: Value = serde_json::from_str(&body).unwrap();
+        if v["online_count"] == count {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "online_count never {count}: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn the_head_says_event_stream_no_cache_and_no_proxy_buffering() {
+    let server = TestServer::start(admin_config());
+    let stream = open(server.addr, "/api/ws/sse?user_id=alice");
+    assert_eq!(stream.header("content-type"), Some("text/event-stream"));
+    assert_eq!(stream.header("cache-control"), Some("no-cache"));
+    assert_eq!(stream.header("x-accel-buffering"), Some("no"));
+    assert_eq!(stream.header("connection"), Some("close"));
+    assert_eq!(stream.header("content-length"), None, "close-delimited");
+    assert_eq!(stream.header("transfer-encoding"), None);
+    wait_online(&server, 1);
+    // A POST is not a stream.
+    let (status, _) = http(server.addr, "POST", "/api/ws/sse", &[], "");
+    assert_eq!(status, 405);
+}
+
+#[test]
+fn events_are_byte_equal_to_what_a_websocket_of_the_same_user_and_rooms_gets() {
+    let server = TestServer::start(admin_config());
+    let mut sse = open(server.addr, "/api/ws/sse?user_id=alice&rooms=lobby,team");
+    let mut ws = server.connect(Some("alice"));
+    ws.send_json(json!({"type": "join", "room": "lobby"}));
+    ws.send_json(json!({"type": "join", "room": "team"}));
+    ws.sync();
+    let mut bob = server.connect(Some("bob"));
+    bob.send_json(json!({"type": "join", "room": "lobby"}));
+    bob.sync();
+    wait_online(&server, 3);
+    // A REST push to the user, a broadcast, a room push, a client's room
+    // message and a client's direct message, with content that has line
+    // breaks as JSON whitespace.
+    assert_eq!(
+        post(
+            &server,
+            "/api/ws/send",
+            json!({"type": "note", "to": "alice", "content": {"n": 1}})
+        ),
+        json!({"sent": 2})
+    );
+    post(
+        &server,
+        "/api/ws/broadcast",
+        json!({"type": "news", "content": "all"}),
+    );
+    post(
+        &server,
+        "/api/ws/broadcast",
+        json!({"type": "t", "room": "team", "content": [1, 2]}),
+    );
+    bob.send_json(json!({"type": "chat", "room": "lobby", "content": "hi: there"}));
+    bob.send_text("{\"type\":\"dm\",\"to\":\"alice\",\"content\":{\n  \"multi\": \"line\"\n}}");
+    for _ in 0..5 {
+        let from_ws = ws.recv_text();
+        let from_sse = sse.next_data();
+        assert_eq!(from_sse, from_ws, "the same JSON, byte for byte");
+    }
+    // Neither is in "other": nothing from there; the next thing both get
+    // is the next push to alice.
+    post(
+        &server,
+        "/api/ws/broadcast",
+        json!({"type": "x", "room": "other"}),
+    );
+    post(
+        &server,
+        "/api/ws/send",
+        json!({"type": "last", "to": "alice"}),
+    );
+    assert_eq!(sse.next_data(), ws.recv_text());
+    // A handle push reaches it too.
+    let mut message = Message::new("from_handle", json!(7));
+    message.to = Some("alice".into());
+    server.handle.send_to_user("alice", &message).unwrap();
+    let from_ws = ws.recv_json();
+    assert_eq!(from_ws["type"], "from_handle");
+    assert_eq!(sse.next_json(), from_ws);
+}
+
+#[test]
+fn rooms_are_joined_as_a_websocket_join_and_refusals_arrive_as_error_events() {
+    let mut config = admin_config();
+    config.websocket.max_rooms_per_session = 2;
+    config.websocket.max_id_bytes = 16;
+    let server = TestServer::start(config);
+    let long = "r".repeat(17);
+    let path = format!("/api/ws/sse?rooms=a,b%2Cc,,a,{long},d");
+    let mut sse = open(server.addr, &path);
+    // The list is decoded, then split: a, b, c, a (again), the long name, d.
+    // a and b fill the session; c and d are too many, the long name invalid.
+    let first = sse.next_json();
+    assert_eq!(first["type"], "error");
+    assert_eq!(first["content"], "too many rooms", "{first}");
+    let second = sse.next_json();
+    assert_eq!(second["type"], "error");
+    assert!(
+        second["content"]
+            .as_str()
+            .unwrap()
+            .contains("longer than 16 bytes"),
+        "{second}"
+    );
+    assert_eq!(sse.next_json()["content"], "too many rooms");
+    let auth = format!("Bearer {ADMIN}");
+    for (room, sent) in [("a", 1), ("b", 1), ("c", 0), ("d", 0)] {
+        let body = json!({"type": "r", "room": room, "content": room}).to_string();
+        let (_, text) = http(
+            server.addr,
+            "POST",
+            "/api/ws/broadcast",
+            &[("Authorization", &auth)],
+            &body,
+        );
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["sent"], sent, "room {room}");
+    }
+    assert_eq!(sse.next_json()["content"], "a");
+    assert_eq!(sse.next_json()["content"], "b");
+}
+
+#[test]
+fn a_comment_line_every_ping_period() {
+    let mut config = admin_config();
+    config.websocket.ping_period = Duration::from_millis(200);
+    config.websocket.pong_wait = Duration::from_millis(300);
+    let server = TestServer::start(config);
+    let mut sse = open(server.addr, "/api/ws/sse?user_id=quiet");
+    let start = Instant::now();
+    let mut comments = 0;
+    // Well past pong_wait: a client that never speaks is not timed out.
+    while comments < 5 {
+        match sse.next_item() {
+            Some(Item::Comment(_)) => comments += 1,
+            other => panic!("expected a heartbeat, got {other:?}"),
+        }
+    }
+    let took = start.elapsed();
+    assert!(took >= Duration::from_millis(600), "{took:?}");
+    wait_online(&server, 1);
+}
+
+#[test]
+fn authentication_and_origin_follow_the_websocket_rules() {
+    let mut config = admin_config();
+    config.jwt.secret = SECRET.into();
+    config.jwt.required = true;
+    config.websocket.allowed_origins = vec!["https://app.example".into()];
+    config.websocket.max_id_bytes = 8;
+    let server = TestServer::start(config);
+    let exp = SystemTimeExt::now_secs() + 300;
+    let token = sign_hs256(&json!({"id": "carol", "exp": exp}), SECRET.as_bytes());
+    // No token: 401.
+    let refused = Stream::open(request(server.addr, "/api/ws/sse?user_id=carol", &[]));
+    assert_eq!(refused.status, 401);
+    // A bad token: 401.
+    let bad = Stream::open(request(server.addr, "/api/ws/sse?token=x.y.z", &[]));
+    assert_eq!(bad.status, 401);
+    // Token in the query, and in the header.
+    let mut by_query = open(server.addr, &format!("/api/ws/sse?token={token}"));
+    let bearer = format!("Bearer {token}");
+    let mut by_header = Stream::open(request(
+        server.addr,
+        "/api/ws/sse",
+        &[("Authorization", &bearer)],
+    ));
+    assert_eq!(by_header.status, 200);
+    wait_online(&server, 2);
+    post(
+        &server,
+        "/api/ws/send",
+        json!({"type": "hi", "to": "carol"}),
+    );
+    assert_eq!(by_query.next_json()["to"], "carol");
+    assert_eq!(by_header.next_json()["to"], "carol");
+    // A listed Origin is echoed for cross-origin EventSource; another is 403.
+    let listed = Stream::open(request(
+        server.addr,
+        &format!("/api/ws/sse?token={token}"),
+        &[("Origin", "https://app.example")],
+    ));
+    assert_eq!(listed.status, 200);
+    assert_eq!(
+        listed.header("access-control-allow-origin"),
+        Some("https://app.example")
+    );
+    let other = Stream::open(request(
+        server.addr,
+        &format!("/api/ws/sse?token={token}"),
+        &[("Origin", "https://evil.example")],
+    ));
+    assert_eq!(other.status, 403);
+    // user_id rules: too long is 400 (without the JWT requirement).
+    let mut config = admin_config();
+    config.websocket.max_id_bytes = 8;
+    let open_server = TestServer::start(config);
+    let long = Stream::open(request(
+        open_server.addr,
+        "/api/ws/sse?user_id=waytoolongid",
+        &[],
+    ));
+    assert_eq!(long.status, 400);
+    let escaped = Stream::open(request(open_server.addr, "/api/ws/sse?user_id=a%0Ab", &[]));
+    assert_eq!(escaped.status, 400);
+}
+
+/// Seconds since the Unix epoch.
+struct SystemTimeExt;
+
+impl SystemTimeExt {
+    fn now_secs() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+}
+
+#[test]
+fn streams_count_in_max_connections_status_and_metrics() {
+    let mut config = admin_config();
+    config.websocket.max_connections = 2;
+    let server = TestServer::start(config);
+    let _a = open(server.addr, "/api/ws/sse?user_id=a");
+    let _ws = server.connect(Some("b"));
+    wait_online(&server, 2);
+    let full = Stream::open(request(server.addr, "/api/ws/sse?user_id=c", &[]));
+    assert_eq!(full.status, 503);
+    let auth = format!("Bearer {ADMIN}");
+    let (_, status) = http(
+        server.addr,
+        "GET",
+        "/api/ws/status",
+        &[("Authorization", &auth)],
+        "",
+    );
+    let status: Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["online_users"], json!(["a", "b"]));
+    let (_, metrics) = http(
+        server.addr,
+        "GET",
+        "/metrics",
+        &[("Authorization", &auth)],
+        "",
+    );
+    assert!(
+        metrics.contains("\nwshub_sse_connections_open 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("\nwshub_connections_open 1\n"),
+        "{metrics}"
+    );
+    // The client goes away: its place is free again.
+    drop(_a);
+    wait_online(&server, 1);
+    let _c = open(server.addr, "/api/ws/sse?user_id=c");
+    wait_online(&server, 2);
+}
+
+#[test]
+fn a_stream_over_message_buffer_size_or_max_buffered_bytes_ends() {
+    for (messages, bytes) in [(4, 1 << 20), (10_000, 8 * 1024)] {
+        let mut config = admin_config();
+        config.websocket.message_buffer_size = messages;
+        config.websocket.max_buffered_bytes = bytes;
+        let server = TestServer::start(config);
+        let stream = request(server.addr, "/api/ws/sse?user_id=slow", &[]);
+        // The client reads nothing while pushes fill the socket buffers and
+        // then the queue.
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        wait_online(&server, 1);
+        let content = "x".repeat(16 * 1024);
+        let mut pushed = 0;
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let auth = format!("Bearer {ADMIN}");
+            let body = json!({"type": "big", "to": "slow", "content": content}).to_string();
+            let (_, text) = http(
+                server.addr,
+                "POST",
+                "/api/ws/send",
+                &[("Authorization", &auth)],
+                &body,
+            );
+            pushed += 1;
+            if serde_json::from_str::<Value>(&text).unwrap()["sent"] == 0 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "never ended after {pushed} pushes"
+            );
+        }
+        wait_online(&server, 0);
+        // What was queued still arrives, then a comment says why, then the end.
+        let mut stream = Stream::open(stream);
+        assert_eq!(stream.status, 200);
+        let items = stream.read_to_end();
+        let events = items
+            .iter()
+            .filter(|i| matches!(i, Item::Event { .. }))
+            .count();
+        assert!(events > 0 && events < pushed, "{events} of {pushed}");
+        assert_eq!(
+            items.last(),
+            Some(&Item::Comment("slow consumer".into())),
+            "({messages}, {bytes})"
+        );
+        let (_, metrics) = http(
+            server.addr,
+            "GET",
+            "/metrics",
+            &[("Authorization", &format!("Bearer {ADMIN}"))],
+            "",
+        );
+        assert!(
+            metrics.contains("\nwshub_slow_consumer_closes_total 1\n"),
+            "{metrics}"
+        );
+    }
+}
+
+#[test]
+fn a_stream_whose_client_takes_nothing_for_write_wait_is_dropped() {
+    let mut config = admin_config();
+    config.websocket.write_wait = Duration::from_millis(300);
+    config.websocket.max_buffered_bytes = 256 << 20;
+    config.websocket.message_buffer_size = 100_000;
+    let server = TestServer::start(config);
+    let stream = request(server.addr, "/api/ws/sse?user_id=stuck", &[]);
+    wait_online(&server, 1);
+    let content = "y".repeat(64 * 1024);
+    let auth = format!("Bearer {ADMIN}");
+    // Enough to fill both socket buffers, well within the queue bounds.
+    for _ in 0..256 {
+        let body = json!({"type": "big", "to": "stuck", "content": content}).to_string();
+        let (status, _) = http(
+            server.addr,
+            "POST",
+            "/api/ws/send",
+            &[("Authorization", &auth)],
+            &body,
+        );
+        assert_eq!(status, 200);
+        if server_dropped(&server) {
+            break;
+        }
+    }
+    wait_online(&server, 0);
+    let (_, metrics) = http(
+        server.addr,
+        "GET",
+        "/metrics",
+        &[("Authorization", &auth)],
+        "",
+    );
+    assert!(
+        metrics.contains("\nwshub_slow_consumer_closes_total 0\n"),
+        "ended by write_wait, not by the queue bounds: {metrics}"
+    );
+    drop(stream);
+}
+
+fn server_dropped(server: &TestServer) -> bool {
+    let auth = format!("Bearer {ADMIN}");
+    let (_, body) = http(
+        server.addr,
+        "GET",
+        "/api/ws/status",
+        &[("Authorization", &auth)],
+        "",
+    );
+    serde_json::from_str::<Value>(&body).unwrap()["online_count"] == 0
+}
+
+#[test]
+fn disconnecting_the_user_and_shutting_down_end_the_stream() {
+    let server = TestServer::start(admin_config());
+    let mut sse = open(server.addr, "/api/ws/sse?user_id=dave");
+    wait_online(&server, 1);
+    server.handle.disconnect_user("dave").unwrap();
+    assert_eq!(
+        sse.read_to_end(),
+        [Item::Comment("disconnected by server".into())]
+    );
+    wait_online(&server, 0);
+    drop(sse);
+    let mut sse = open(server.addr, "/api/ws/sse?user_id=erin");
+    wait_online(&server, 1);
+    server.handle.shutdown().unwrap();
+    assert_eq!(
+        sse.read_to_end(),
+        [Item::Comment("server shutting down".into())]
+    );
+    drop(sse);
+    server.stop().unwrap();
+}
+
+#[test]
+fn input_after_the_request_is_ignored_and_fin_ends_the_session() {
+    let server = TestServer::start(admin_config());
+    let mut stream = request(server.addr, "/api/ws/sse?user_id=talker", &[]);
+    stream
+        .write_all(b"GET /health HTTP/1.1\r\n\r\njunk\x00\xff")
+        .unwrap();
+    let mut sse = Stream::open(stream.try_clone().unwrap());
+    assert_eq!(sse.status, 200);
+    wait_online(&server, 1);
+    post(
+        &server,
+        "/api/ws/send",
+        json!({"type": "still", "to": "talker"}),
+    );
+    assert_eq!(
+        sse.next_json()["type"],
+        "still",
+        "no response to the pipelined GET"
+    );
+    stream.shutdown(std::net::Shutdown::Write).unwrap();
+    wait_online(&server, 0);
+    sse.set_timeout(WAIT);
+    assert!(sse.read_to_end().is_empty());
+}
+
+#[test]
+fn over_tls_too() {
+    let dir = tls::temp_dir("sse");
+    let cert = tls::make_cert(&dir, "sse");
+    let client = tls::client_config(&[&cert]);
+    let mut config = admin_config();
+    config.tls.cert = cert.cert.to_string_lossy().into_owned();
+    config.tls.key = cert.key.to_string_lossy().into_owned();
+    let server = TestServer::start(config);
+    let mut stream = tls::connect(server.addr, &client).expect("TLS handshake");
+    stream
+        .write_all(b"GET /api/ws/sse?user_id=tina&rooms=r HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut sse = Stream::open(stream);
+    assert_eq!(sse.status, 200);
+    assert_eq!(sse.header("content-type"), Some("text/event-stream"));
+    let auth = format!("Bearer {ADMIN}");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let body = json!({"type": "t", "room": "r", "content": "secure"}).to_string();
+        let (_, text) = tls::https(
+            server.addr,
+            &client,
+            "POST",
+            "/api/ws/broadcast",
+            &[("Authorization", &auth)],
+            &body,
+        );
+        if serde_json::from_str::<Value>(&text).unwrap()["sent"] == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the stream never joined r");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(
+        sse.next_json(),
+        json!({"type": "t", "room": "r", "content": "secure"})
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
