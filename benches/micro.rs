@@ -25,6 +25,7 @@ use wshub::config::{Config, JoinMode};
 use wshub::deflate::{Codec, Encoded, History, Params};
 use wshub::frame::{self, Decoder, Inbound, Kind, Step, Wire};
 use wshub::http::{self, Method, Response};
+use wshub::jwt::Verifier;
 use wshub::message::{self, Outgoing};
 use wshub::outbound::{Flushed, Outbound};
 use wshub::rooms::Rooms;
@@ -670,7 +671,8 @@ fn rooms_for(mode: JoinMode) -> Rooms {
     let mut config = Config::default();
     config.rooms.join = mode;
     config.jwt.secret = "bench-key".into();
-    Rooms::from_config(&config)
+    let verifier = Verifier::from_config(&config.jwt).expect("an HS256 key");
+    Rooms::new(&config, verifier)
 }
 
 /// Allocations made by `runs` calls of `check`.
@@ -697,8 +699,22 @@ fn room_joins(c: &mut Criterion) {
         &serde_json::json!({"sub": "amy", "rooms": entries}),
         b"bench-key",
     );
+    let verifier = Verifier::from_config(
+        &Config {
+            jwt: wshub::config::JwtConfig {
+                secret: "bench-key".into(),
+                ..Default::default()
+            },
+            ..Config::default()
+        }
+        .jwt,
+    )
+    .expect("an HS256 key");
+    let connect_claims = verifier
+        .verify(&connect, NOW)
+        .expect("a valid connect token");
     let grants = claims
-        .connect_grants(Some(&connect), NOW)
+        .grants(&connect_claims)
         .expect("the claim grants rooms");
     let join_token = wshub::jwt::sign_hs256(
         &serde_json::json!({"sub": "amy", "room": "order:1", "exp": NOW + 60}),

@@ -3,7 +3,8 @@
 //! query-parameter decoding.
 //!
 //! Pure functions over raw header values and request targets; no I/O, no
-//! clock (callers pass `now_unix`). Touches only [`crate::jwt`], `sha2` and
+//! clock (callers pass `now_unix`). Touches only [`crate::jwt`] (whose
+//! verifier reads a shared key snapshot, never the network), `sha2` and
 //! `subtle`.
 //!
 //! Choices made here, where the contract leaves room:
@@ -26,7 +27,7 @@ use std::fmt;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::jwt::{self, JwtError};
+use crate::jwt::{Claims, JwtError, Verifier};
 
 /// Extracts the token of an `Authorization: Bearer <t>` header: the scheme
 /// matches case-insensitively and may be followed by one space or more; the
@@ -185,32 +186,54 @@ impl std::error::Error for ConnectIdentityError {
     }
 }
 
-/// Decides the user id of a connect request (`None` = anonymous).
+/// Who a connect request is.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Identity {
+    /// The user id (`None` = anonymous).
+    pub user: Option<String>,
+    /// The verified token's claims, when the identity came from a token
+    /// (the rooms it grants, say).
+    pub claims: Option<Claims>,
+}
+
+/// Decides the identity of a connect request.
 ///
-/// With a non-empty `secret`: a token from the header wins over `?token=`; a
-/// valid token's id overrides `query_user_id`; an invalid token is an error
-/// even when `query_user_id` is given; with no token, `query_user_id` unless
-/// `required`, then [`ConnectIdentityError::TokenRequired`]. Without a
-/// secret: `query_user_id` as given, tokens and `required` ignored. Empty
-/// strings count as absent throughout.
+/// With a key configured ([`Verifier::enabled`]): a token from the header
+/// wins over `?token=`; a valid token's id overrides `query_user_id`; an
+/// invalid token is an error even when `query_user_id` is given; with no
+/// token, `query_user_id` unless `required`, then
+/// [`ConnectIdentityError::TokenRequired`]. Without a key: `query_user_id`
+/// as given, tokens and `required` ignored. Empty strings count as absent
+/// throughout.
 pub fn connect_identity(
-    secret: &str,
+    verifier: &Verifier,
     required: bool,
     header_token: Option<&str>,
     query_token: Option<&str>,
     query_user_id: Option<&str>,
     now_unix: u64,
-) -> Result<Option<String>, ConnectIdentityError> {
+) -> Result<Identity, ConnectIdentityError> {
     let user_id = non_empty(query_user_id).map(str::to_owned);
-    if secret.is_empty() {
-        return Ok(user_id);
+    let anonymous_or_named = Identity {
+        user: user_id,
+        claims: None,
+    };
+    if !verifier.enabled() {
+        return Ok(anonymous_or_named);
     }
     match non_empty(header_token).or(non_empty(query_token)) {
-        Some(token) => jwt::verify_hs256(token, secret.as_bytes(), now_unix)
-            .map(Some)
-            .map_err(ConnectIdentityError::Jwt),
+        Some(token) => {
+            let claims = verifier
+                .verify(token, now_unix)
+                .map_err(ConnectIdentityError::Jwt)?;
+            let user = claims.user().map_err(ConnectIdentityError::Jwt)?;
+            Ok(Identity {
+                user: Some(user),
+                claims: Some(claims),
+            })
+        }
         None if required => Err(ConnectIdentityError::TokenRequired),
-        None => Ok(user_id),
+        None => Ok(anonymous_or_named),
     }
 }
 
@@ -311,12 +334,31 @@ mod tests {
         sign_hs256(&claims, SECRET.as_bytes())
     }
 
+    fn verifier(secret: &str) -> Verifier {
+        let config = crate::config::JwtConfig {
+            secret: secret.into(),
+            ..Default::default()
+        };
+        Verifier::from_config(&config).unwrap()
+    }
+
+    fn user_of(
+        secret: &str,
+        required: bool,
+        header: Option<&str>,
+        query: Option<&str>,
+        user_id: Option<&str>,
+    ) -> Result<Option<String>, ConnectIdentityError> {
+        connect_identity(&verifier(secret), required, header, query, user_id, NOW)
+            .map(|identity| identity.user)
+    }
+
     fn identity(
         header: Option<&str>,
         query: Option<&str>,
         user_id: Option<&str>,
     ) -> Result<Option<String>, ConnectIdentityError> {
-        connect_identity(SECRET, false, header, query, user_id, NOW)
+        user_of(SECRET, false, header, query, user_id)
     }
 
     #[test]
@@ -404,16 +446,16 @@ mod tests {
         assert_eq!(identity(None, None, None), Ok(None));
         assert_eq!(identity(None, None, Some("")), Ok(None));
         assert_eq!(
-            connect_identity(SECRET, true, None, None, Some("u"), NOW),
+            user_of(SECRET, true, None, None, Some("u")),
             Err(ConnectIdentityError::TokenRequired)
         );
         assert_eq!(
-            connect_identity(SECRET, true, None, Some(""), None, NOW),
+            user_of(SECRET, true, None, Some(""), None),
             Err(ConnectIdentityError::TokenRequired)
         );
         let t = token(json!({"id": "r"}));
         assert_eq!(
-            connect_identity(SECRET, true, None, Some(&t), None, NOW),
+            user_of(SECRET, true, None, Some(&t), None),
             Ok(Some("r".into()))
         );
     }
@@ -422,17 +464,11 @@ mod tests {
     fn without_secret_tokens_are_ignored() {
         let garbage = Some("not-a-token");
         assert_eq!(
-            connect_identity("", false, garbage, garbage, Some("u"), NOW),
+            user_of("", false, garbage, garbage, Some("u")),
             Ok(Some("u".into()))
         );
-        assert_eq!(
-            connect_identity("", true, garbage, None, None, NOW),
-            Ok(None)
-        );
-        assert_eq!(
-            connect_identity("", false, None, None, Some(""), NOW),
-            Ok(None)
-        );
+        assert_eq!(user_of("", true, garbage, None, None), Ok(None));
+        assert_eq!(user_of("", false, None, None, Some("")), Ok(None));
     }
 
     #[test]

@@ -50,7 +50,7 @@
 //! | `cluster` | several nodes over Redis: bridge threads, presence, channels |
 //! | `metrics` | counters and the Prometheus text |
 //! | [`config`], `cli`, [`app`] | settings, arguments, what the binaries run |
-//! | `auth`, [`jwt`] | admin token, origin and JWT checks |
+//! | `auth`, [`jwt`], `jwks` | admin token, origin and JWT checks (on `jsonwebtoken`); JWKS fetched off the loop |
 //! | [`ids`] | user id and room name bounds, escaped for logs |
 //! | [`alloc`] | the counting allocator behind heap statistics |
 //!
@@ -91,6 +91,7 @@ pub(crate) mod history;
 pub(crate) mod hooks;
 pub mod http;
 pub mod ids;
+pub(crate) mod jwks;
 pub mod jwt;
 pub mod message;
 pub(crate) mod metrics;

@@ -18,6 +18,7 @@ use crate::config::Config;
 use crate::event_loop::{EventLoop, Parts, LISTENER, SIGNALS, WAKER};
 use crate::handle::{self, Handle, Inbox};
 use crate::hooks::{Hooks, NoHooks};
+use crate::jwt::Verifier;
 use crate::metrics::Shared;
 
 /// Commands a handle may queue before pushes fail with `QueueFull`.
@@ -45,6 +46,8 @@ pub enum ServerError {
     },
     /// `tls.cert` or `tls.key` cannot be used (the error names which).
     Tls(crate::tls::TlsError),
+    /// A `jwt:` key cannot be used (the error names which).
+    Jwt(crate::jwt::KeyError),
     /// Setting up or running the event loop failed.
     Io {
         /// What was being done.
@@ -62,6 +65,7 @@ impl fmt::Display for ServerError {
             }
             ServerError::Io { context, source } => write!(f, "{context}: {source}"),
             ServerError::Tls(e) => write!(f, "config: {e}"),
+            ServerError::Jwt(e) => write!(f, "config: {e}"),
         }
     }
 }
@@ -71,6 +75,7 @@ impl std::error::Error for ServerError {
         match self {
             ServerError::Bind { source, .. } | ServerError::Io { source, .. } => Some(source),
             ServerError::Tls(e) => Some(e),
+            ServerError::Jwt(e) => Some(e),
         }
     }
 }
@@ -92,6 +97,7 @@ pub struct Server {
     hooks: Box<dyn Hooks>,
     signals: Option<signal_hook_mio::v1_0::Signals>,
     tls: Option<Arc<rustls::ServerConfig>>,
+    jwt: Verifier,
 }
 
 impl fmt::Debug for Server {
@@ -142,6 +148,7 @@ impl Server {
         mode: Mode,
     ) -> Result<Server, ServerError> {
         let tls = crate::tls::load(&config.tls).map_err(ServerError::Tls)?;
+        let jwt = Verifier::from_config(&config.jwt).map_err(ServerError::Jwt)?;
         let local_addr = listener
             .local_addr()
             .map_err(io_error("read listener address"))?;
@@ -164,6 +171,7 @@ impl Server {
             hooks: Box::new(NoHooks),
             signals: None,
             tls,
+            jwt,
         })
     }
 
@@ -218,6 +226,7 @@ impl Server {
             .cluster
             .enabled()
             .then(|| Link::start(&self.config.cluster, self.handle.clone()));
+        self.jwt.start_refresh();
         EventLoop::new(Parts {
             poll: self.poll,
             listener: self.listener,
@@ -229,6 +238,7 @@ impl Server {
             signals: self.signals,
             cluster,
             tls: self.tls,
+            jwt: self.jwt,
         })
         .run()
         .map_err(io_error("event loop"))

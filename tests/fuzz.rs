@@ -1284,7 +1284,7 @@ fn check_parse_error(bytes: &[u8], error: &MessageError) -> TestCaseResult {
     prop_assert!(!error.to_string().is_empty());
     check_sent(&message::error_json(&error.to_string()))?;
     match serde_json::from_slice::<Value>(bytes) {
-        Ok(Value::Object(map)) if map.get("type").map_or(true, Value::is_null) => {
+        Ok(Value::Object(map)) if map.get("type").is_none_or(Value::is_null) => {
             prop_assert_eq!(error, &MessageError::MissingType)
         }
         Ok(Value::Object(_)) => {}
@@ -1391,7 +1391,7 @@ fn json_messages_parse_and_route_to_the_five_keys_only() {
                 );
                 prop_assert!(!message.kind.is_empty());
                 for field in [message.to(), message.room(), message.from()] {
-                    prop_assert!(field.map_or(true, |f| !f.is_empty()));
+                    prop_assert!(field.is_none_or(|f| !f.is_empty()));
                 }
                 check_route(&message, sender, &joined)
             }

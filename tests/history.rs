@@ -197,7 +197,7 @@ fn seam_under_continuous_traffic_loses_and_repeats_nothing() {
                 while handle.broadcast(&Message::new("seq", json!(n))).is_err() {
                     std::thread::sleep(Duration::from_micros(200));
                 }
-                if n % 10 == 0 {
+                if n.is_multiple_of(10) {
                     std::thread::sleep(Duration::from_millis(1));
                 }
             }

@@ -14,7 +14,7 @@ struct Row {
 
 fn rows(plan: &Plan) -> Vec<Row> {
     let k = |n: usize| {
-        if n % 1000 == 0 {
+        if n.is_multiple_of(1000) {
             format!("{}k", n / 1000)
         } else {
             n.to_string()

@@ -26,9 +26,9 @@ use log::LevelFilter;
 use serde_norway::Value;
 
 use values::{
-    parse_count, parse_duration, parse_flag, parse_host, parse_join_mode, parse_level, parse_name,
-    parse_origins, parse_path, parse_port, parse_prefix, parse_rate, parse_redis_url, parse_secret,
-    parse_ttl,
+    parse_algorithms, parse_count, parse_duration, parse_flag, parse_host, parse_http_url,
+    parse_join_mode, parse_level, parse_name, parse_origins, parse_path, parse_port, parse_prefix,
+    parse_rate, parse_redis_url, parse_secret, parse_text, parse_ttl,
 };
 
 mod values;
@@ -291,13 +291,26 @@ section! {
 }
 
 section! {
-    /// `jwt:` — token checks on connect.
+    /// `jwt:` — token checks on connect (README "Identity providers").
+    /// Tokens are looked at once any key is set: `secret`, `public_key` or
+    /// `jwks_url`.
     pub struct JwtConfig as "jwt", raw RawJwt, expecting "a mapping of jwt settings" {
-        /// Non-empty: HS256 tokens are verified on connect. Default `""` (no checks).
+        /// Non-empty: the HMAC key for HS256/384/512 tokens. Default `""`.
         pub secret: Secret = Secret::default(), parse parse_secret;
-        /// A connect without a valid token gets 401; needs a non-empty `secret`.
-        /// Default `false`.
+        /// A connect without a valid token gets 401; needs a key. Default `false`.
         pub required: bool = false, parse parse_flag;
+        /// The only algorithms accepted. Default `[HS256]`.
+        pub algorithms: Vec<String> = vec!["HS256".to_owned()], parse parse_algorithms;
+        /// PEM public key file (RSA, EC or Ed25519) for the asymmetric
+        /// algorithms, read at start. Default `""`.
+        pub public_key: String = String::new(), parse parse_path;
+        /// The identity provider's JWKS URL (http or https), fetched at
+        /// start and refreshed off the event loop. Default `""`.
+        pub jwks_url: String = String::new(), parse parse_http_url;
+        /// Non-empty: `iss` must equal it. Default `""`.
+        pub issuer: String = String::new(), parse parse_text;
+        /// Non-empty: `aud` must be it or a list containing it. Default `""`.
+        pub audience: String = String::new(), parse parse_text;
     }
 }
 
@@ -364,7 +377,7 @@ section! {
     pub struct RoomsConfig as "rooms", raw RawRooms, expecting "a mapping of rooms settings" {
         /// Who may join a room: `open` (anyone), `claims` (the connect
         /// token's `rooms` claim) or `token` (the claim, or a join token).
-        /// Default `open`; `claims` and `token` need `jwt.secret`.
+        /// Default `open`; `claims` and `token` need a JWT key.
         pub join: JoinMode = JoinMode::Open, parse parse_join_mode;
         /// Members receive `joined` / `left` when a user's first session
         /// enters a room or its last one leaves. Default `false`.
@@ -388,6 +401,13 @@ impl TlsConfig {
     /// Whether the listener speaks TLS.
     pub fn enabled(&self) -> bool {
         !self.cert.is_empty()
+    }
+}
+
+impl JwtConfig {
+    /// Whether any key is set, so that tokens are verified.
+    pub fn has_key(&self) -> bool {
+        !self.secret.is_empty() || !self.public_key.is_empty() || !self.jwks_url.is_empty()
     }
 }
 
@@ -532,6 +552,8 @@ impl Config {
         // The files behind the names are checked now, so a bad pair is a
         // config error before anything else starts.
         crate::tls::load(&config.tls).map_err(|e| invalid(&origin, e.key, e.message))?;
+        crate::jwt::Verifier::from_config(&config.jwt)
+            .map_err(|e| invalid(&origin, e.key, e.message))?;
         Ok((config, ConfigSource::File(path.to_path_buf())))
     }
 
@@ -559,18 +581,25 @@ impl Config {
                 ),
             ));
         }
-        if self.jwt.required && self.jwt.secret.is_empty() {
+        let jwt = &self.jwt;
+        if jwt.required && !jwt.has_key() {
             return Err(invalid(
                 origin,
                 "jwt.required",
-                "true needs a non-empty jwt.secret, or no connect could succeed".to_owned(),
+                "true needs a key (jwt.secret, jwt.public_key or jwt.jwks_url), or no connect \
+                 could succeed"
+                    .to_owned(),
             ));
         }
-        if self.rooms.join != JoinMode::Open && self.jwt.secret.is_empty() {
+        let jwt = &self.jwt;
+        let no_key = jwt.secret.is_empty() && jwt.public_key.is_empty() && jwt.jwks_url.is_empty();
+        if self.rooms.join != JoinMode::Open && no_key {
             return Err(invalid(
                 origin,
                 "rooms.join",
-                "claims and token need a JWT key (jwt.secret) to check tokens with".to_owned(),
+                "claims and token need a JWT key (jwt.secret, jwt.public_key or jwt.jwks_url) \
+                 to check tokens with"
+                    .to_owned(),
             ));
         }
         let tls = &self.tls;

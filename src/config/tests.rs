@@ -95,6 +95,11 @@ fn defaults_are_protocol_section_2() {
         jwt: JwtConfig {
             secret: Secret::default(),
             required: false,
+            algorithms: vec!["HS256".to_owned()],
+            public_key: String::new(),
+            jwks_url: String::new(),
+            issuer: String::new(),
+            audience: String::new(),
         },
         cluster: ClusterConfig::default(),
         tls: TlsConfig::default(),
@@ -164,7 +169,14 @@ websocket:
   client_broadcast: false
   compression: true
   compression_min_bytes: 9
-jwt: {secret: "s3", required: true}
+jwt:
+  secret: "s3"
+  required: true
+  algorithms: [HS512, RS256, PS256, ES384, EdDSA]
+  public_key: ""
+  jwks_url: "https://idp.example/.well-known/jwks.json"
+  issuer: "https://idp.example/"
+  audience: "wshub"
 rooms: {join: token, presence: true}
 "#;
     let expected = Config {
@@ -205,6 +217,13 @@ rooms: {join: token, presence: true}
         jwt: JwtConfig {
             secret: "s3".into(),
             required: true,
+            algorithms: ["HS512", "RS256", "PS256", "ES384", "EdDSA"]
+                .map(str::to_owned)
+                .to_vec(),
+            public_key: String::new(),
+            jwks_url: "https://idp.example/.well-known/jwks.json".to_owned(),
+            issuer: "https://idp.example/".to_owned(),
+            audience: "wshub".to_owned(),
         },
         cluster: ClusterConfig::default(),
         tls: TlsConfig::default(),
@@ -568,11 +587,71 @@ fn rust_log_plain_level_overrides_config() {
 }
 
 #[test]
-fn jwt_required_needs_a_secret() {
+fn jwt_required_needs_a_key() {
     assert_eq!(
         error("jwt:\n  required: true\n"),
-        "config.yaml: jwt.required: true needs a non-empty jwt.secret, or no connect could succeed"
+        "config.yaml: jwt.required: true needs a key (jwt.secret, jwt.public_key or \
+         jwt.jwks_url), or no connect could succeed"
     );
+    let with_jwks = "jwt:\n  required: true\n  algorithms: [RS256]\n  jwks_url: http://idp/k\n";
+    assert!(parse(with_jwks).jwt.required);
+}
+
+#[test]
+fn jwt_algorithms_and_urls_are_checked() {
+    assert_eq!(
+        parse("jwt: {algorithms: [EdDSA, PS512]}\n").jwt.algorithms,
+        ["EdDSA", "PS512"]
+    );
+    assert_eq!(
+        error("jwt:\n  algorithms: [none]\n"),
+        "config.yaml: jwt.algorithms: item 0: expected one of HS256 HS384 HS512 RS256 RS384 \
+         RS512 PS256 PS384 PS512 ES256 ES384 EdDSA, got \"none\""
+    );
+    assert_eq!(
+        error("jwt:\n  algorithms: []\n"),
+        "config.yaml: jwt.algorithms: must list at least one algorithm"
+    );
+    assert_eq!(
+        error("jwt:\n  algorithms: hs256\n"),
+        "config.yaml: jwt.algorithms: expected a list of algorithms such as [HS256, RS256], got \"hs256\""
+    );
+    for bad in [
+        "ftp://idp/k",
+        "http://",
+        "https:///path",
+        "idp.example/jwks",
+        "http://a b",
+    ] {
+        assert_eq!(
+            error(&format!("jwt:\n  jwks_url: \"{bad}\"\n")),
+            "config.yaml: jwt.jwks_url: expected an http:// or https:// URL with a host",
+            "{bad}"
+        );
+    }
+    assert_eq!(
+        error("jwt:\n  issuer: [a]\n"),
+        "config.yaml: jwt.issuer: expected a string, got a list"
+    );
+}
+
+#[test]
+fn jwt_public_key_is_read_at_load() -> io::Result<()> {
+    let path = temp_path("jwt-key.yaml");
+    std::fs::write(
+        &path,
+        "jwt:\n  algorithms: [RS256]\n  public_key: /nonexistent/key.pem\n",
+    )?;
+    let message = Config::load(Some(&path)).unwrap_err().to_string();
+    let _ = std::fs::remove_file(&path);
+    assert!(
+        message.starts_with(&format!(
+            "{}: jwt.public_key: cannot read /nonexistent/key.pem",
+            path.display()
+        )),
+        "{message}"
+    );
+    Ok(())
 }
 
 #[test]
@@ -583,10 +662,16 @@ fn rooms_join_modes_and_their_key() {
     assert_eq!(with_key("open").rooms.join, JoinMode::Open);
     assert_eq!(with_key("claims").rooms.join, JoinMode::Claims);
     assert_eq!(with_key("token").rooms.join, JoinMode::Token);
+    let jwks = "jwt: {algorithms: [RS256], jwks_url: \"https://idp.example/jwks\"}\nrooms: {join: claims}\n";
+    assert_eq!(
+        parse(jwks).rooms.join,
+        JoinMode::Claims,
+        "a JWKS is a key too"
+    );
     for mode in ["claims", "token"] {
         assert_eq!(
             error(&format!("rooms:\n  join: {mode}\n")),
-            "config.yaml: rooms.join: claims and token need a JWT key (jwt.secret) to check tokens with"
+            "config.yaml: rooms.join: claims and token need a JWT key (jwt.secret, jwt.public_key or jwt.jwks_url) to check tokens with"
         );
     }
     assert_eq!(

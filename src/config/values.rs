@@ -51,6 +51,70 @@ pub(super) fn parse_redis_url(v: &Value) -> Result<Secret, String> {
     Err("expected a URL such as \"redis://127.0.0.1:6379/0\" (redis:// or unix://)".to_owned())
 }
 
+/// The JWT algorithms `jwt.algorithms` may list (`none` is not one).
+pub(super) const JWT_ALGORITHMS: [&str; 12] = [
+    "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256",
+    "ES384", "EdDSA",
+];
+
+/// `jwt.algorithms`: a non-empty list of names from [`JWT_ALGORITHMS`]
+/// (exact case, as they appear in token headers).
+pub(super) fn parse_algorithms(v: &Value) -> Result<Vec<String>, String> {
+    let expected = || {
+        format!(
+            "expected a list of algorithms such as [HS256, RS256], got {}",
+            shown(v)
+        )
+    };
+    let items = v.as_sequence().ok_or_else(expected)?;
+    if items.is_empty() {
+        return Err("must list at least one algorithm".to_owned());
+    }
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| match item.as_str() {
+            Some(s) if JWT_ALGORITHMS.contains(&s) => Ok(s.to_owned()),
+            _ => Err(format!(
+                "item {i}: expected one of {}, got {}",
+                JWT_ALGORITHMS.join(" "),
+                shown(item)
+            )),
+        })
+        .collect()
+}
+
+/// Empty, or an `http://` or `https://` URL with a host. Never echoed: it
+/// may carry credentials.
+pub(super) fn parse_http_url(v: &Value) -> Result<String, String> {
+    let Some(url) = v.as_str() else {
+        return Err(format!("expected an http(s) URL, got {}", kind(v)));
+    };
+    if url.is_empty() {
+        return Ok(String::new());
+    }
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"));
+    match rest {
+        Some(rest)
+            if !rest.is_empty()
+                && !rest.starts_with(['/', '?', '#'])
+                && !url.contains(char::is_whitespace) =>
+        {
+            Ok(url.to_owned())
+        }
+        _ => Err("expected an http:// or https:// URL with a host".to_owned()),
+    }
+}
+
+/// Any string (an issuer or audience name).
+pub(super) fn parse_text(v: &Value) -> Result<String, String> {
+    v.as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| format!("expected a string, got {}", shown(v)))
+}
+
 /// A node id or channel prefix: printable, no spaces (they go into Redis
 /// keys, channel names and message headers), at most 128 bytes.
 pub(super) fn parse_name(v: &Value) -> Result<String, String> {

@@ -76,11 +76,11 @@ impl EventLoop {
             router: &self.router,
             open_websockets: self.open_websockets,
             now_unix,
+            jwt: &self.jwt,
             cluster: match self.cluster.as_ref() {
                 None => rest::Cluster::Off,
                 Some(link) => link.view().map_or(rest::Cluster::Down, rest::Cluster::Up),
             },
-            rooms: &self.rooms,
         };
         let keep_alive = request.keep_alive;
         if !request.upgrade_websocket {
@@ -176,8 +176,9 @@ impl EventLoop {
             now,
             &rules,
         );
-        // A stream's rooms (below) are checked against the grants too.
-        let grants = upgrade.grants.take();
+        // Kept compactly for the session (nothing in `open` mode); a
+        // stream's rooms (below) are checked against them too.
+        let grants = upgrade.claims.take().and_then(|c| self.rooms.grants(&c));
         self.open_websockets += 1;
         self.metrics.connections_total += 1;
         match upgrade.endpoint {

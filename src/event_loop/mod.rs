@@ -44,6 +44,7 @@ use crate::deflate::Codec;
 use crate::handle::Inbox;
 use crate::history::History;
 use crate::hooks::{Actions, Hooks};
+use crate::jwt::Verifier;
 use crate::metrics::{Metrics, Shared};
 use crate::rate::Bucket;
 use crate::rooms::Rooms;
@@ -152,6 +153,8 @@ pub(crate) struct EventLoop {
     rooms: Rooms,
     /// What new connections' TLS uses; `None`: plain TCP. SIGHUP replaces it.
     tls: Option<Arc<rustls::ServerConfig>>,
+    /// Checks connect tokens; its JWKS keys (if any) refresh on their own thread.
+    jwt: Verifier,
     /// The last messages per audience for resuming sessions; `None` while
     /// `history.size` is 0 (then nothing of it runs).
     history: Option<History>,
@@ -169,6 +172,7 @@ pub(crate) struct Parts {
     pub signals: Option<signal_hook_mio::v1_0::Signals>,
     pub cluster: Option<Link>,
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub jwt: Verifier,
 }
 
 impl EventLoop {
@@ -176,7 +180,7 @@ impl EventLoop {
         let start = Instant::now();
         let limits = Limits::from_config(&parts.config.websocket);
         let rules = Rules::from_config(&parts.config.websocket);
-        let rooms = Rooms::from_config(&parts.config);
+        let rooms = Rooms::new(&parts.config, parts.jwt.clone());
         let history = History::new(&parts.config.history);
         EventLoop {
             poll: parts.poll,
@@ -219,6 +223,7 @@ impl EventLoop {
             cluster: parts.cluster,
             rooms,
             tls: parts.tls,
+            jwt: parts.jwt,
             history,
         }
     }

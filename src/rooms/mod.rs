@@ -4,7 +4,7 @@
 //! | module | holds |
 //! | --- | --- |
 //! | [`grants`] | the connect token's `rooms` claim, parsed once at the upgrade into [`Grants`] |
-//! | [`token`] | join tokens, and the one function that reads a token's claims |
+//! | [`token`] | join tokens, checked with the server's JWT verifier |
 //! | [`presence`] | the `joined` / `left` events and who they are for |
 //!
 //! Pure: [`Rooms`] decides a join from what the loop passes in (the
@@ -12,7 +12,8 @@
 //! decision (`src/event_loop/rooms.rs`). With `rooms.join: open` the check
 //! is one comparison and the session holds no grants.
 
-use crate::config::{Config, JoinMode, Secret};
+use crate::config::{Config, JoinMode};
+use crate::jwt::{Claims, Verifier};
 
 pub mod grants;
 pub mod presence;
@@ -25,18 +26,20 @@ pub use grants::Grants;
 pub struct Rooms {
     mode: JoinMode,
     presence: bool,
-    /// The key join tokens are checked with (the connect token's).
-    secret: Secret,
+    /// Checks join tokens with the connect token's keys (a clone of the
+    /// server's verifier: one `Arc`).
+    verifier: Verifier,
     max_id_bytes: usize,
 }
 
 impl Rooms {
-    /// The settings a configuration makes.
-    pub fn from_config(config: &Config) -> Rooms {
+    /// The settings a configuration makes; join tokens are checked with
+    /// `verifier`, the one connect tokens are.
+    pub fn new(config: &Config, verifier: Verifier) -> Rooms {
         Rooms {
             mode: config.rooms.join,
             presence: config.rooms.presence,
-            secret: config.jwt.secret.clone(),
+            verifier,
             max_id_bytes: config.websocket.max_id_bytes,
         }
     }
@@ -51,13 +54,12 @@ impl Rooms {
         self.presence
     }
 
-    /// The grants of a connect token, read at the upgrade; `None` in `open`
-    /// mode (nothing is kept per session) and without a token.
-    pub fn connect_grants(&self, token: Option<&str>, now_unix: u64) -> Option<Box<Grants>> {
+    /// The grants of a verified connect token, read at the upgrade; `None`
+    /// in `open` mode (nothing is kept per session) and without a grant.
+    pub fn grants(&self, claims: &Claims) -> Option<Box<Grants>> {
         if self.mode == JoinMode::Open {
             return None;
         }
-        let claims = token::claims(token?, &self.secret, now_unix).ok()?;
         Grants::from_claim(claims.get("rooms"), self.max_id_bytes).map(Box::new)
     }
 
@@ -77,8 +79,9 @@ impl Rooms {
             JoinMode::Claims => grants.is_some_and(|g| g.allows(room)),
             JoinMode::Token => {
                 grants.is_some_and(|g| g.allows(room))
-                    || join_token
-                        .is_some_and(|t| token::join_allowed(t, &self.secret, user, room, now_unix))
+                    || join_token.is_some_and(|t| {
+                        token::join_allowed(&self.verifier, t, user, room, now_unix)
+                    })
             }
         }
     }
@@ -101,14 +104,24 @@ mod tests {
         let mut config = Config::default();
         config.rooms.join = mode;
         config.jwt.secret = "k".into();
-        Rooms::from_config(&config)
+        let verifier = Verifier::from_config(&config.jwt).expect("an HS256 key");
+        Rooms::new(&config, verifier)
+    }
+
+    /// The grants of `token`, verified as a connect token would be.
+    fn grants_of(rooms: &Rooms, token: &str) -> Option<Box<Grants>> {
+        rooms
+            .verifier
+            .verify(token, NOW)
+            .ok()
+            .and_then(|c| rooms.grants(&c))
     }
 
     #[test]
     fn open_admits_everything_and_keeps_no_grants() {
         let open = rooms(JoinMode::Open);
         let token = sign_hs256(&json!({"sub": "u", "rooms": ["a"]}), b"k");
-        assert!(open.connect_grants(Some(&token), NOW).is_none());
+        assert!(grants_of(&open, &token).is_none());
         assert!(open.admits(None, None, "any", None, NOW));
     }
 
@@ -116,14 +129,14 @@ mod tests {
     fn claims_admit_what_the_connect_token_grants() {
         let claims = rooms(JoinMode::Claims);
         let token = sign_hs256(&json!({"sub": "u", "rooms": ["a", "chat:*"]}), b"k");
-        let grants = claims.connect_grants(Some(&token), NOW);
+        let grants = grants_of(&claims, &token);
         let grants = grants.as_deref();
         assert!(claims.admits(grants, Some("u"), "a", None, NOW));
         assert!(claims.admits(grants, Some("u"), "chat:1", None, NOW));
         assert!(!claims.admits(grants, Some("u"), "b", None, NOW));
         assert!(!claims.admits(None, Some("u"), "a", None, NOW), "no token");
         let forged = sign_hs256(&json!({"sub": "u", "rooms": ["*"]}), b"other");
-        assert!(claims.connect_grants(Some(&forged), NOW).is_none());
+        assert!(grants_of(&claims, &forged).is_none());
         let join = sign_hs256(&json!({"sub": "u", "room": "b", "exp": NOW + 60}), b"k");
         assert!(
             !claims.admits(grants, Some("u"), "b", Some(&join), NOW),

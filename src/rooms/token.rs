@@ -1,26 +1,15 @@
 //! Join tokens (`{"type":"join","room":R,"token":T}` in `token` mode): a JWT
-//! checked with the connect token's key, whose `room` must equal R, whose
-//! `sub` must equal the session's user id, and which must carry `exp`.
-//!
-//! [`claims`] is the one place this feature reads a token: the `rooms`
-//! claim at the upgrade and join tokens both go through it.
+//! checked with the connect token's keys and algorithms (the server's
+//! [`Verifier`]), whose `room` must equal R, whose `sub` must equal the
+//! session's user id, and which must carry `exp`.
 
-use serde_json::{Map, Value};
-
-use crate::config::Secret;
-use crate::jwt::{self, JwtError};
-
-/// A verified token's claims (signature, algorithm, `exp` and `nbf`
-/// checked against `now_unix`).
-pub fn claims(token: &str, secret: &Secret, now_unix: u64) -> Result<Map<String, Value>, JwtError> {
-    jwt::verify_hs256_claims(token, secret.expose().as_bytes(), now_unix)
-}
+use crate::jwt::Verifier;
 
 /// Whether `token` lets `user` join `room`. Anonymous sessions cannot use
 /// join tokens.
 pub fn join_allowed(
+    verifier: &Verifier,
     token: &str,
-    secret: &Secret,
     user: Option<&str>,
     room: &str,
     now_unix: u64,
@@ -28,32 +17,37 @@ pub fn join_allowed(
     let Some(user) = user else {
         return false;
     };
-    let claims = match claims(token, secret, now_unix) {
-        Ok(claims) => claims,
+    match verifier.verify_join(token, room, user, now_unix) {
+        Ok(_) => true,
         Err(e) => {
             log::debug!("join token refused: {e}");
-            return false;
+            false
         }
-    };
-    let text = |name| claims.get(name).and_then(Value::as_str);
-    claims.get("exp").is_some_and(Value::is_number)
-        && text("room") == Some(room)
-        && text("sub") == Some(user)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::JwtConfig;
     use crate::jwt::sign_hs256;
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     use base64::Engine as _;
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     const NOW: u64 = 1_700_000_000;
 
+    fn verifier() -> Verifier {
+        let config = JwtConfig {
+            secret: "k".into(),
+            ..JwtConfig::default()
+        };
+        Verifier::from_config(&config).expect("an HS256 key")
+    }
+
     fn allowed(claims: Value, user: Option<&str>, room: &str) -> bool {
         let token = sign_hs256(&claims, b"k");
-        join_allowed(&token, &"k".into(), user, room, NOW)
+        join_allowed(&verifier(), &token, user, room, NOW)
     }
 
     #[test]
@@ -77,11 +71,11 @@ mod tests {
     fn forged_and_unsigned_tokens_are_refused() {
         let claims = json!({"sub": "u", "room": "r", "exp": NOW + 60});
         let forged = sign_hs256(&claims, b"not-the-key");
-        assert!(!join_allowed(&forged, &"k".into(), Some("u"), "r", NOW));
+        assert!(!join_allowed(&verifier(), &forged, Some("u"), "r", NOW));
         let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
         let payload = URL_SAFE_NO_PAD.encode(claims.to_string());
         let none = format!("{header}.{payload}.");
-        assert!(!join_allowed(&none, &"k".into(), Some("u"), "r", NOW));
-        assert!(!join_allowed("garbage", &"k".into(), Some("u"), "r", NOW));
+        assert!(!join_allowed(&verifier(), &none, Some("u"), "r", NOW));
+        assert!(!join_allowed(&verifier(), "garbage", Some("u"), "r", NOW));
     }
 }

@@ -12,6 +12,7 @@ use tungstenite::protocol::WebSocket;
 use tungstenite::Message as WsMessage;
 use wshub::{Config, Handle, Mode, Server};
 
+pub mod backend;
 pub mod tls;
 
 /// How long any single wait in a test may take before it fails.
