@@ -48,6 +48,7 @@
 //! | `hooks` | application callbacks on the loop thread |
 //! | [`rooms`] | who may join a room (join modes, grants, join tokens), presence events |
 //! | `cluster` | several nodes over Redis: bridge threads, presence, channels |
+//! | `webhooks` | presence events for the backend: decided on the loop, batched, signed and POSTed by their own thread |
 //! | `metrics` | counters and the Prometheus text |
 //! | [`config`], `cli`, [`app`] | settings, arguments, what the binaries run |
 //! | `auth`, [`jwt`], `jwks` | admin token, origin and JWT checks (on `jsonwebtoken`); JWKS fetched off the loop |
@@ -105,6 +106,7 @@ pub(crate) mod session;
 pub(crate) mod sse;
 pub(crate) mod tls;
 pub(crate) mod transport;
+pub(crate) mod webhooks;
 pub mod wheel;
 
 pub use audience::{Audience, SessionKey};

@@ -170,6 +170,14 @@ impl Router {
         change
     }
 
+    /// The rooms `key` is in (before it leaves them, for webhooks).
+    pub fn session_rooms(&self, key: SessionKey) -> Vec<Rc<str>> {
+        self.memberships
+            .get(&key)
+            .map(|m| m.rooms.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// Open chat sessions, anonymous ones included.
     pub fn online_count(&self) -> usize {
         self.everyone.len()

@@ -350,6 +350,11 @@ impl Link {
         self.publisher.is_some() && self.publisher == self.subscriber
     }
 
+    /// This node's id in presence.
+    pub(crate) fn node_id(&self) -> &str {
+        &self.bridge.node_id
+    }
+
     /// The other live nodes; `None` while down (the node then answers for
     /// its own sessions only).
     pub(crate) fn view(&self) -> Option<&View> {

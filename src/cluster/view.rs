@@ -118,6 +118,32 @@ impl View {
         self.nodes.iter().filter_map(|(_, e)| get(e)).sum()
     }
 
+    /// Whether any other node holds a session of `user`.
+    pub fn has_user(&self, user: &str) -> bool {
+        self.nodes.iter().any(|(_, e)| e.users.contains_key(user))
+    }
+
+    /// Whether any other node holds a member of `room`.
+    pub fn has_room(&self, room: &str) -> bool {
+        self.nodes.iter().any(|(_, e)| e.rooms.contains_key(room))
+    }
+
+    /// The other live nodes' ids, in order.
+    pub fn node_ids(&self) -> impl Iterator<Item = &str> {
+        self.nodes.iter().map(|(id, _)| id.as_str())
+    }
+
+    /// Every (node, user) and (node, room) pair, for diffing two views.
+    pub fn users_and_rooms(&self) -> (Vec<&str>, Vec<&str>) {
+        let mut users = Vec::new();
+        let mut rooms = Vec::new();
+        for (_, entry) in &self.nodes {
+            users.extend(entry.users.keys().map(String::as_str));
+            rooms.extend(entry.rooms.keys().map(String::as_str));
+        }
+        (users, rooms)
+    }
+
     /// Distinct user ids online here (`local`) or on any other node, sorted.
     pub fn merged_users<'a>(&'a self, local: Vec<&'a str>) -> Vec<&'a str> {
         let mut users = local;

@@ -26,9 +26,10 @@ use log::LevelFilter;
 use serde_norway::Value;
 
 use values::{
-    parse_algorithms, parse_count, parse_duration, parse_flag, parse_host, parse_http_url,
-    parse_join_mode, parse_level, parse_name, parse_origins, parse_path, parse_port, parse_prefix,
-    parse_rate, parse_redis_url, parse_secret, parse_text, parse_ttl,
+    parse_algorithms, parse_count, parse_duration, parse_events, parse_flag, parse_host,
+    parse_http_url, parse_join_mode, parse_level, parse_name, parse_origins, parse_path,
+    parse_port, parse_prefix, parse_rate, parse_redis_url, parse_secret, parse_secret_url,
+    parse_text, parse_ttl,
 };
 
 mod values;
@@ -155,6 +156,8 @@ pub struct Config {
     pub websocket: WebSocketConfig,
     /// `jwt:` — token checks on connect.
     pub jwt: JwtConfig,
+    /// `webhooks:` — presence events for your backend.
+    pub webhooks: WebhooksConfig,
     /// `cluster:` — several nodes over Redis (PROTOCOL.md section 10).
     pub cluster: ClusterConfig,
     /// `tls:` — the listener speaks TLS (PROTOCOL.md section 8).
@@ -170,13 +173,14 @@ pub struct Config {
 #[serde(
     deny_unknown_fields,
     default,
-    expecting = "a mapping of sections (app, log, websocket, jwt, cluster, tls, history, rooms)"
+    expecting = "a mapping of sections (app, log, websocket, jwt, webhooks, cluster, tls, history, rooms)"
 )]
 struct RawConfig {
     app: Option<RawApp>,
     log: Option<RawLog>,
     websocket: Option<RawWebSocket>,
     jwt: Option<RawJwt>,
+    webhooks: Option<RawWebhooks>,
     cluster: Option<RawCluster>,
     tls: Option<RawTls>,
     history: Option<RawHistory>,
@@ -190,6 +194,7 @@ impl RawConfig {
             log: self.log.unwrap_or_default().into_config(origin)?,
             websocket: self.websocket.unwrap_or_default().into_config(origin)?,
             jwt: self.jwt.unwrap_or_default().into_config(origin)?,
+            webhooks: self.webhooks.unwrap_or_default().into_config(origin)?,
             cluster: self.cluster.unwrap_or_default().into_config(origin)?,
             tls: self.tls.unwrap_or_default().into_config(origin)?,
             history: self.history.unwrap_or_default().into_config(origin)?,
@@ -401,6 +406,25 @@ impl TlsConfig {
     /// Whether the listener speaks TLS.
     pub fn enabled(&self) -> bool {
         !self.cert.is_empty()
+    }
+}
+
+section! {
+    /// `webhooks:` — presence events POSTed to your backend (README "Webhooks").
+    pub struct WebhooksConfig as "webhooks", raw RawWebhooks,
+        expecting "a mapping of webhooks settings"
+    {
+        /// `http://` or `https://` URL to POST to. Default `""`: off.
+        pub url: Secret = Secret::default(), parse parse_secret_url;
+        /// HMAC-SHA256 key of `X-Wshub-Signature`. Default `""`.
+        pub secret: Secret = Secret::default(), parse parse_secret;
+        /// The events sent. Default `[user_online, user_offline]`.
+        pub events: Vec<String> = vec!["user_online".to_owned(), "user_offline".to_owned()],
+            parse parse_events;
+        /// `user_offline` (and `room_vacated`) only after this long gone. Default 5 s.
+        pub offline_delay: Duration = Duration::from_secs(5), parse parse_duration;
+        /// One POST may take this long. Default 5 s.
+        pub timeout: Duration = Duration::from_secs(5), parse parse_duration;
     }
 }
 

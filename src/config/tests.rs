@@ -101,6 +101,13 @@ fn defaults_are_protocol_section_2() {
             issuer: String::new(),
             audience: String::new(),
         },
+        webhooks: WebhooksConfig {
+            url: Secret::default(),
+            secret: Secret::default(),
+            events: vec!["user_online".to_owned(), "user_offline".to_owned()],
+            offline_delay: Duration::from_secs(5),
+            timeout: Duration::from_secs(5),
+        },
         cluster: ClusterConfig::default(),
         tls: TlsConfig::default(),
         history: HistoryConfig::default(),
@@ -225,6 +232,7 @@ rooms: {join: token, presence: true}
             issuer: "https://idp.example/".to_owned(),
             audience: "wshub".to_owned(),
         },
+        webhooks: WebhooksConfig::default(),
         cluster: ClusterConfig::default(),
         tls: TlsConfig::default(),
         history: HistoryConfig::default(),
@@ -374,7 +382,7 @@ fn wrong_types_are_named() {
             ),
             (
                 "just text\n",
-                r#"config.yaml: invalid type: string "just text", expected a mapping of sections (app, log, websocket, jwt, cluster, tls, history, rooms)"#,
+                r#"config.yaml: invalid type: string "just text", expected a mapping of sections (app, log, websocket, jwt, webhooks, cluster, tls, history, rooms)"#,
             ),
             (
                 "websocket:\n  allowed_origins: https://a.example\n",
@@ -633,6 +641,47 @@ fn jwt_algorithms_and_urls_are_checked() {
         error("jwt:\n  issuer: [a]\n"),
         "config.yaml: jwt.issuer: expected a string, got a list"
     );
+}
+
+#[test]
+fn webhooks_section() {
+    let defaults = Config::default().webhooks;
+    assert!(defaults.url.is_empty());
+    assert_eq!(defaults.events, ["user_online", "user_offline"]);
+    assert_eq!(defaults.offline_delay, Duration::from_secs(5));
+    assert_eq!(defaults.timeout, Duration::from_secs(5));
+    let config = parse(
+        "webhooks:\n  url: \"https://backend.example/hooks?key=k\"\n  secret: whsec\n  \
+         events: [room_occupied, room_vacated, user_online]\n  offline_delay: 500ms\n  timeout: 2\n",
+    );
+    let w = &config.webhooks;
+    assert_eq!(w.url, "https://backend.example/hooks?key=k");
+    assert_eq!(w.secret, "whsec");
+    assert_eq!(w.events, ["room_occupied", "room_vacated", "user_online"]);
+    assert_eq!(w.offline_delay, Duration::from_millis(500));
+    assert_eq!(w.timeout, Duration::from_secs(2));
+    let debug = format!("{config:?}");
+    assert!(
+        !debug.contains("key=k") && !debug.contains("whsec"),
+        "{debug}"
+    );
+    assert_eq!(
+        error("webhooks:\n  events: [user_joined]\n"),
+        "config.yaml: webhooks.events: item 0: expected one of user_online user_offline \
+         room_occupied room_vacated, got \"user_joined\""
+    );
+    assert_eq!(
+        error("webhooks:\n  url: \"backend.example/hooks\"\n"),
+        "config.yaml: webhooks.url: expected an http:// or https:// URL with a host"
+    );
+    assert_eq!(
+        error("webhooks:\n  offline_delay: 0\n"),
+        "config.yaml: webhooks.offline_delay: must be greater than zero, got 0"
+    );
+    assert!(parse("webhooks:\n  events: []\n")
+        .webhooks
+        .events
+        .is_empty());
 }
 
 #[test]

@@ -108,6 +108,39 @@ pub(super) fn parse_http_url(v: &Value) -> Result<String, String> {
     }
 }
 
+/// `webhooks.url`: as [`parse_http_url`], kept secret (a URL may carry a token).
+pub(super) fn parse_secret_url(v: &Value) -> Result<Secret, String> {
+    parse_http_url(v).map(Secret::from)
+}
+
+/// `webhooks.events`: a list of event kinds (it may be empty: none sent).
+pub(super) fn parse_events(v: &Value) -> Result<Vec<String>, String> {
+    const KINDS: [&str; 4] = [
+        "user_online",
+        "user_offline",
+        "room_occupied",
+        "room_vacated",
+    ];
+    let items = v.as_sequence().ok_or_else(|| {
+        format!(
+            "expected a list such as [user_online, user_offline], got {}",
+            shown(v)
+        )
+    })?;
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| match item.as_str() {
+            Some(s) if KINDS.contains(&s) => Ok(s.to_owned()),
+            _ => Err(format!(
+                "item {i}: expected one of {}, got {}",
+                KINDS.join(" "),
+                shown(item)
+            )),
+        })
+        .collect()
+}
+
 /// Any string (an issuer or audience name).
 pub(super) fn parse_text(v: &Value) -> Result<String, String> {
     v.as_str()

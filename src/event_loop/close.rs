@@ -38,7 +38,9 @@ impl EventLoop {
         };
         self.open_websockets -= 1;
         let rooms = self.rooms_before_leaving(key, user.as_deref());
+        let webhook_rooms = self.webhook_rooms_of(key);
         let change = self.router.remove_session(key, user.as_deref());
+        self.webhook_disconnected(user.as_deref(), &webhook_rooms);
         if let Some(link) = self.cluster.as_mut() {
             match change {
                 Change::LastMember => link.departed(),

@@ -62,6 +62,9 @@ impl EventLoop {
     }
 
     pub(super) fn on_cluster(&mut self, event: Event) {
+        if let Event::View(view) = &event {
+            self.webhook_view(view);
+        }
         let Some(link) = self.cluster.as_mut() else {
             return;
         };

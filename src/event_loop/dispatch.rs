@@ -115,6 +115,9 @@ impl EventLoop {
                 if let Some(history) = self.history.as_ref() {
                     history.render_metrics(&mut text);
                 }
+                if let Some(webhooks) = self.webhooks.as_ref() {
+                    webhooks.render_metrics(&mut text);
+                }
                 let response = Response::raw(200, "text/plain; version=0.0.4", text.into_bytes());
                 self.respond(index, &response, keep_alive);
             }
@@ -192,6 +195,7 @@ impl EventLoop {
                 if let Some(link) = self.cluster.as_mut() {
                     link.connected(user.as_deref());
                 }
+                self.webhook_connected(user.as_deref(), peer);
                 self.publish_online();
                 info!(
                     "connect user={} peer={peer} online={}",

@@ -65,6 +65,7 @@ mod read;
 mod resume;
 mod rooms;
 mod timers;
+mod webhooks;
 mod write;
 
 /// The listening socket.
@@ -155,6 +156,8 @@ pub(crate) struct EventLoop {
     tls: Option<Arc<rustls::ServerConfig>>,
     /// Checks connect tokens; its JWKS keys (if any) refresh on their own thread.
     jwt: Verifier,
+    /// Presence events for the backend; `None` while `webhooks.url` is empty.
+    webhooks: Option<crate::webhooks::Webhooks>,
     /// The last messages per audience for resuming sessions; `None` while
     /// `history.size` is 0 (then nothing of it runs).
     history: Option<History>,
@@ -181,6 +184,7 @@ impl EventLoop {
         let limits = Limits::from_config(&parts.config.websocket);
         let rules = Rules::from_config(&parts.config.websocket);
         let rooms = Rooms::new(&parts.config, parts.jwt.clone());
+        let webhooks = crate::webhooks::Webhooks::start(&parts.config.webhooks);
         let history = History::new(&parts.config.history);
         EventLoop {
             poll: parts.poll,
@@ -224,6 +228,7 @@ impl EventLoop {
             rooms,
             tls: parts.tls,
             jwt: parts.jwt,
+            webhooks,
             history,
         }
     }
@@ -263,6 +268,7 @@ impl EventLoop {
             }
             // timers, cluster
             self.fire_timers();
+            self.webhook_tick();
             self.cluster_tick();
             // Disconnect hooks run wherever a session closes (a peer's Close,
             // a timer, a handle command): what they asked for applies here.
@@ -298,6 +304,7 @@ impl EventLoop {
             self.shutdown_deadline_ms,
             cluster_tick_ms,
             self.history.as_ref().and_then(History::next_deadline),
+            self.webhook_deadline(),
         ]
         .into_iter()
         .flatten()

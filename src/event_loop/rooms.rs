@@ -88,14 +88,17 @@ impl EventLoop {
         joined: bool,
         change: Change,
     ) {
+        if change == Change::Unchanged {
+            return;
+        }
         if let Some(link) = self.cluster.as_mut() {
             match change {
                 Change::FirstMember => link.joined_room(room),
                 Change::LastMember => link.departed(),
-                Change::Member => link.touched(),
-                Change::Unchanged => return,
+                Change::Member | Change::Unchanged => link.touched(),
             }
         }
+        self.webhook_room(room, change);
         let event = if joined { Event::Joined } else { Event::Left };
         self.presence(Some(key), user, room, event);
     }
