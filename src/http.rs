@@ -52,6 +52,8 @@ pub struct Request {
     pub websocket_extensions: Option<String>,
     /// `Authorization`, when sent.
     pub authorization: Option<Vec<u8>>,
+    /// `Last-Event-ID` (an `EventSource` resuming), when sent as text.
+    pub last_event_id: Option<Box<str>>,
 }
 
 /// Why a request head was refused; each maps to one status code.
@@ -165,6 +167,7 @@ pub fn parse_complete_head(
         origin: None,
         websocket_extensions: None,
         authorization: None,
+        last_event_id: None,
     };
     let mut content_length: Option<usize> = None;
     for header in parsed.headers.iter() {
@@ -222,6 +225,8 @@ fn apply_header(
         request.origin = Some(value.trim_ascii().to_vec());
     } else if name.eq_ignore_ascii_case("authorization") {
         request.authorization = Some(value.to_vec());
+    } else if name.eq_ignore_ascii_case("last-event-id") {
+        request.last_event_id = std::str::from_utf8(value.trim_ascii()).ok().map(Box::from);
     }
     Ok(())
 }
@@ -380,6 +385,14 @@ mod tests {
         );
         assert_eq!(req.websocket_version.as_deref(), Some("13"));
         assert_eq!(req.origin.as_deref(), Some(&b"http://a.example"[..]));
+        assert_eq!(req.last_event_id, None);
+        let resuming = b"GET /api/ws/sse HTTP/1.1\r\nLast-Event-ID:  ab-12 \r\n\r\n";
+        let req = parse_head(resuming, 1024, 0).unwrap().unwrap();
+        assert_eq!(req.last_event_id.as_deref(), Some("ab-12"));
+        assert!(
+            std::mem::size_of::<Request>() < 256,
+            "a unit of input stays small"
+        );
     }
 
     #[test]

@@ -39,6 +39,9 @@ struct Stream<R: Read> {
     reader: BufReader<R>,
     status: u16,
     headers: Vec<(String, String)>,
+    /// The id an `EventSource` would resume from (set by `id:` lines, even
+    /// in a block without data).
+    last_id: Option<String>,
 }
 
 impl<R: Read> Stream<R> {
@@ -67,6 +70,7 @@ impl<R: Read> Stream<R> {
             reader,
             status,
             headers,
+            last_id: None,
         }
     }
 
@@ -90,7 +94,12 @@ impl<R: Read> Stream<R> {
             assert!(line.ends_with('\n'), "stream ended inside a line: {line:?}");
             let line = line.trim_end_matches('\n');
             if line.is_empty() {
+                if id.is_some() {
+                    self.last_id.clone_from(&id);
+                }
                 if data.is_empty() {
+                    name = None;
+                    id = None;
                     continue;
                 }
                 return Some(Item::Event {
@@ -675,4 +684,180 @@ fn over_tls_too() {
         json!({"type": "t", "room": "r", "content": "secure"})
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn history_config(size: usize) -> Config {
+    let mut config = admin_config();
+    config.history.size = size;
+    config
+}
+
+/// The next event (comments skipped): its name, id and data.
+fn next_event(stream: &mut Stream<TcpStream>) -> (String, Option<String>, String) {
+    loop {
+        match stream.next_item() {
+            Some(Item::Event { name, id, data }) => return (name, id, data),
+            Some(Item::Comment(_)) => continue,
+            None => panic!("stream ended while an event was expected"),
+        }
+    }
+}
+
+/// Pushes `content` to alice (`u`), the lobby (`r`) or everyone (`a`).
+fn push_to(server: &TestServer, stream: char, content: i64) {
+    let (path, body) = match stream {
+        'u' => (
+            "/api/ws/send",
+            json!({"type": "n", "to": "alice", "content": content}),
+        ),
+        'r' => (
+            "/api/ws/broadcast",
+            json!({"type": "n", "room": "lobby", "content": content}),
+        ),
+        _ => (
+            "/api/ws/broadcast",
+            json!({"type": "n", "content": content}),
+        ),
+    };
+    post(server, path, body);
+}
+
+#[test]
+fn with_history_ids_resume_every_stream_of_the_connection_with_nothing_lost_or_repeated() {
+    let server = TestServer::start(history_config(100));
+    let path = "/api/ws/sse?user_id=alice&rooms=lobby";
+    let mut sse = open(server.addr, path);
+    let mut ws = server.connect_path("/api/ws/connect?user_id=alice&recover=1");
+    ws.send_json(json!({"type": "join", "room": "lobby"}));
+    ws.sync();
+    wait_online(&server, 2);
+    for (n, stream) in [(1, 'u'), (2, 'r'), (3, 'a')] {
+        push_to(&server, stream, n);
+    }
+    let mut ids = Vec::new();
+    for n in 1..=3 {
+        let (name, id, data) = next_event(&mut sse);
+        assert_eq!(name, "message");
+        // What a recovering WebSocket of the same user and rooms gets.
+        let from_ws = loop {
+            let v = ws.recv_json();
+            if v["type"] == "n" {
+                break v;
+            }
+        };
+        let from_sse: Value = serde_json::from_str(&data).unwrap();
+        assert_eq!(from_sse, from_ws, "same JSON, \"pos\" included");
+        assert_eq!(from_sse["content"], n);
+        assert!(from_sse["pos"].is_string(), "{data}");
+        ids.push(id.expect("every kept message has an id"));
+    }
+    assert_eq!(
+        ids.iter().collect::<std::collections::HashSet<_>>().len(),
+        3
+    );
+    let last = sse.last_id.clone().unwrap();
+    assert_eq!(last, ids[2]);
+    drop(sse);
+    wait_online(&server, 1);
+    // Missed while away: two per stream, interleaved.
+    for (n, stream) in (4..).zip(['u', 'r', 'a', 'a', 'r', 'u']) {
+        push_to(&server, stream, n);
+    }
+    let mut back = Stream::open(request(server.addr, path, &[("Last-Event-ID", &last)]));
+    assert_eq!(back.status, 200);
+    let mut replayed = Vec::new();
+    for _ in 0..6 {
+        let (name, id, data) = next_event(&mut back);
+        assert_eq!(name, "message", "no reset: {data}");
+        assert_eq!(id, None, "replayed events carry no id of their own");
+        let v: Value = serde_json::from_str(&data).unwrap();
+        replayed.push(v["content"].as_i64().unwrap());
+    }
+    // Per stream, in stream order: everyone, the user, then the room.
+    assert_eq!(replayed, [6, 7, 4, 9, 5, 8]);
+    push_to(&server, 'a', 10);
+    let (_, id, data) = next_event(&mut back);
+    assert_eq!(serde_json::from_str::<Value>(&data).unwrap()["content"], 10);
+    assert!(id.is_some());
+    // The token handed out after the replay already covered 4..9: a cut
+    // right after the replay resumes with nothing repeated.
+    let now = back.last_id.clone().unwrap();
+    drop(back);
+    wait_online(&server, 1);
+    let query = format!("{path}&last_event_id={now}");
+    let mut again = open(server.addr, &query);
+    push_to(&server, 'u', 11);
+    let (_, _, data) = next_event(&mut again);
+    assert_eq!(serde_json::from_str::<Value>(&data).unwrap()["content"], 11);
+    let (_, metrics) = http(
+        server.addr,
+        "GET",
+        "/metrics",
+        &[("Authorization", &format!("Bearer {ADMIN}"))],
+        "",
+    );
+    assert!(
+        metrics.contains("\nwshub_history_replayed_total 6\n"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn streams_that_cannot_be_replayed_are_named_in_a_reset_before_live_events() {
+    let server = TestServer::start(history_config(2));
+    let path = "/api/ws/sse?user_id=alice&rooms=lobby";
+    let mut sse = open(server.addr, path);
+    push_to(&server, 'a', 1);
+    next_event(&mut sse);
+    let last = sse.last_id.clone().unwrap();
+    drop(sse);
+    wait_online(&server, 0);
+    // Three to alice: one more than history keeps. One to everyone: kept.
+    for n in 2..=4 {
+        push_to(&server, 'u', n);
+    }
+    push_to(&server, 'a', 5);
+    let mut back = Stream::open(request(server.addr, path, &[("Last-Event-ID", &last)]));
+    let (name, id, data) = next_event(&mut back);
+    assert_eq!((name.as_str(), id), ("reset", None));
+    assert_eq!(
+        serde_json::from_str::<Value>(&data).unwrap(),
+        json!({"streams": ["u"]})
+    );
+    let (name, _, data) = next_event(&mut back);
+    assert_eq!(name, "message");
+    assert_eq!(serde_json::from_str::<Value>(&data).unwrap()["content"], 5);
+    push_to(&server, 'r', 6);
+    let (_, _, data) = next_event(&mut back);
+    assert_eq!(serde_json::from_str::<Value>(&data).unwrap()["content"], 6);
+    drop(back);
+    // A token of another run (or garbage) cannot be vouched for: every
+    // stream of the connection is named.
+    wait_online(&server, 0);
+    for token in ["AAAAAAAA-1", "garbage", ""] {
+        let mut stranger = Stream::open(request(server.addr, path, &[("Last-Event-ID", token)]));
+        let (name, _, data) = next_event(&mut stranger);
+        assert_eq!(name, "reset", "{token:?}");
+        assert_eq!(
+            serde_json::from_str::<Value>(&data).unwrap(),
+            json!({"streams": ["a", "u", "r:lobby"]})
+        );
+    }
+}
+
+#[test]
+fn without_history_events_have_no_id_and_last_event_id_is_ignored() {
+    let server = TestServer::start(admin_config());
+    let mut sse = Stream::open(request(
+        server.addr,
+        "/api/ws/sse?user_id=alice",
+        &[("Last-Event-ID", "x-1")],
+    ));
+    assert_eq!(sse.status, 200);
+    wait_online(&server, 1);
+    push_to(&server, 'u', 1);
+    let (name, id, data) = next_event(&mut sse);
+    assert_eq!((name.as_str(), id), ("message", None));
+    assert_eq!(data, r#"{"type":"n","to":"alice","content":1}"#);
+    assert_eq!(sse.last_id, None);
 }

@@ -223,6 +223,8 @@ pub struct Encoded<'a> {
     deflated: [Option<Wire>; 7],
     /// The Server-Sent Events form, once an SSE session receives it.
     sse: Option<Wire>,
+    /// The event's `id:` (history on: the resume token of this message).
+    sse_id: Option<String>,
 }
 
 impl<'a> Encoded<'a> {
@@ -236,6 +238,7 @@ impl<'a> Encoded<'a> {
             plain: None,
             deflated: Default::default(),
             sse: None,
+            sse_id: None,
         }
     }
 
@@ -257,10 +260,20 @@ impl<'a> Encoded<'a> {
             .clone()
     }
 
+    /// The same message whose Server-Sent Event carries `id` (history on).
+    pub fn with_sse_id(mut self, id: Option<String>) -> Encoded<'a> {
+        self.sse_id = id;
+        self
+    }
+
     /// The event for a Server-Sent Events session, built on first use.
     pub fn sse(&mut self) -> Wire {
+        let (payload, id) = (self.payload, self.sse_id.as_deref());
         self.sse
-            .get_or_insert_with(|| crate::sse::event(self.payload))
+            .get_or_insert_with(|| match id {
+                Some(id) => crate::sse::event_with_id(id, payload),
+                None => crate::sse::event(payload),
+            })
             .clone()
     }
 

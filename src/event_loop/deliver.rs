@@ -8,7 +8,9 @@
 //! With history on, each delivery is also appended once to its audience's
 //! stream; sessions that asked to recover get that stamped form (with
 //! `"pos"`), also encoded once and shared, while the others get exactly
-//! the bytes they would get with history off.
+//! the bytes they would get with history off. Event streams get the
+//! stamped form too, as one event whose `id:` is the message's resume
+//! token (`stream.rs`), also built once.
 
 use super::EventLoop;
 use crate::audience::Audience;
@@ -30,9 +32,15 @@ impl EventLoop {
             .as_mut()
             .and_then(|h| h.append(StreamRef::of(audience), message.payload(), now));
         let min_bytes = self.config.websocket.compression_min_bytes;
-        let mut stamped = appended
-            .as_ref()
-            .map(|a| Encoded::new(Kind::Text, &a.json, min_bytes).with_plain(a.wire.clone()));
+        let id = match appended {
+            Some(_) => self.mark_kept(audience),
+            None => None,
+        };
+        let mut stamped = appended.as_ref().map(|a| {
+            Encoded::new(Kind::Text, &a.json, min_bytes)
+                .with_plain(a.wire.clone())
+                .with_sse_id(id)
+        });
         self.fan_out(audience, message, stamped.as_mut())
     }
 
@@ -60,15 +68,15 @@ impl EventLoop {
             if session.key != key {
                 return;
             }
-            let wire = if session.is_sse() {
-                message.sse()
-            } else {
-                match stamped.as_deref_mut() {
-                    Some(stamped) if session.recovering() => {
-                        stamped.for_session(session.deflate_params(), codec)
-                    }
-                    _ => message.for_session(session.deflate_params(), codec),
+            // An event stream with history on always gets the stamped
+            // form: its `id:` is how it resumes.
+            let wire = match stamped.as_deref_mut() {
+                Some(stamped) if session.is_sse() => stamped.sse(),
+                Some(stamped) if session.recovering() => {
+                    stamped.for_session(session.deflate_params(), codec)
                 }
+                _ if session.is_sse() => message.sse(),
+                _ => message.for_session(session.deflate_params(), codec),
             };
             match session.queue(wire, rules, bytes_out) {
                 Ok(()) => {

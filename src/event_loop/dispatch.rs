@@ -208,11 +208,15 @@ impl EventLoop {
             }
             Endpoint::Echo => self.metrics.open_echo += 1,
         }
-        for room in &upgrade.rooms {
+        let stream = upgrade.stream.take().map(|open| *open).unwrap_or_default();
+        for room in &stream.rooms {
             self.join_room(index, room, grants.as_deref());
         }
         if let Some(session) = self.sessions.get_mut(index) {
             session.grant(grants);
+        }
+        if upgrade.endpoint == Endpoint::Sse {
+            self.open_stream(index, stream.last_event_id.as_deref());
         }
         self.mark_dirty(index);
         self.rearm_open(index);

@@ -7,6 +7,7 @@
 //! | read | `read.rs` | drains ready sockets through their sessions |
 //! | dispatch | `dispatch.rs` | acts on each complete unit: REST, upgrade, frames → router → queues |
 //! | (resume) | `resume.rs` | with history on: welcome, replay and `recovered` at upgrade and join |
+//! | (resume) | `stream.rs` | with history on: an event stream's `id:` tokens, and its resume at open |
 //! | accept | `accept.rs` | takes new connections |
 //! | commands | `commands.rs` | handle commands (bounded per pass), hook actions, signals |
 //! | timers | `timers.rs` | applies what each due session timer found; history expiry |
@@ -64,6 +65,7 @@ mod dispatch;
 mod read;
 mod resume;
 mod rooms;
+mod stream;
 mod timers;
 mod webhooks;
 mod write;
@@ -161,6 +163,9 @@ pub(crate) struct EventLoop {
     /// The last messages per audience for resuming sessions; `None` while
     /// `history.size` is 0 (then nothing of it runs).
     history: Option<History>,
+    /// With history on: the marks that make one `id:` per fan-out resume
+    /// every stream of an event stream (`stream.rs`).
+    sse_marks: Option<crate::sse::marks::Marks>,
 }
 
 /// What the server was built with.
@@ -186,6 +191,10 @@ impl EventLoop {
         let rooms = Rooms::new(&parts.config, parts.jwt.clone());
         let webhooks = crate::webhooks::Webhooks::start(&parts.config.webhooks);
         let history = History::new(&parts.config.history);
+        let sse_marks = history.as_ref().map(|_| {
+            let bits = std::hash::BuildHasher::hash_one(&std::hash::RandomState::new(), start);
+            crate::sse::marks::Marks::new(bits, millis(parts.config.history.ttl))
+        });
         EventLoop {
             poll: parts.poll,
             listener: parts.listener,
@@ -227,6 +236,7 @@ impl EventLoop {
             cluster: parts.cluster,
             rooms,
             tls: parts.tls,
+            sse_marks,
             jwt: parts.jwt,
             webhooks,
             history,

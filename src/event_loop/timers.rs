@@ -39,6 +39,9 @@ impl EventLoop {
         if let Some(history) = self.history.as_mut() {
             history.tick(self.now_ms);
         }
+        if let Some(marks) = self.sse_marks.as_mut() {
+            marks.tick(self.now_ms);
+        }
         let mut due = std::mem::take(&mut self.due);
         self.wheel.poll(self.now_ms, &mut due);
         for key in due.drain(..) {

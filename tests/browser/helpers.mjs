@@ -40,10 +40,12 @@ export function freePort() {
 
 /**
  * config.yaml for a test server; `jwtSecret` turns token checks on,
- * `compression` permessage-deflate, `tls` ({cert, key} file paths) TLS.
+ * `compression` permessage-deflate, `tls` ({cert, key} file paths) TLS,
+ * `historySize` history (section `history:`).
  */
-export function configYaml({ port, jwtSecret = '', adminToken = '', compression = false, tls = null }) {
+export function configYaml({ port, jwtSecret = '', adminToken = '', compression = false, tls = null, historySize = 0 }) {
   const tlsLines = tls ? ['tls:', `  cert: "${tls.cert}"`, `  key: "${tls.key}"`] : [];
+  const historyLines = historySize > 0 ? ['history:', `  size: ${historySize}`] : [];
   return [
     'app:',
     '  host: "127.0.0.1"',
@@ -61,6 +63,7 @@ export function configYaml({ port, jwtSecret = '', adminToken = '', compression 
     'jwt:',
     `  secret: "${jwtSecret}"`,
     ...tlsLines,
+    ...historyLines,
     '',
   ].join('\n');
 }

@@ -16,6 +16,17 @@ use std::rc::Rc;
 
 use crate::frame::Wire;
 
+pub(crate) mod marks;
+
+/// What a request for a stream asked for, besides who it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Open {
+    /// Rooms to join at once (`?rooms=`), in order.
+    pub rooms: Vec<String>,
+    /// Where it resumes: `Last-Event-ID`, or `?last_event_id=`.
+    pub last_event_id: Option<String>,
+}
+
 /// The heartbeat sent every `ping_period`: a comment line, which every
 /// client ignores and every proxy sees as traffic.
 pub(crate) const HEARTBEAT: &[u8] = b":\n\n";
@@ -48,6 +59,68 @@ pub fn event(json: &[u8]) -> Wire {
     push_data(&mut out, json);
     out.push(b'\n');
     Rc::from(out)
+}
+
+/// One message as one event with an `id:` (the resume token, see
+/// `marks`), which the browser sends back as `Last-Event-ID`.
+pub fn event_with_id(id: &str, json: &[u8]) -> Wire {
+    let mut out = Vec::with_capacity(id.len() + json.len() + 16);
+    push_id(&mut out, id);
+    push_data(&mut out, json);
+    out.push(b'\n');
+    Rc::from(out)
+}
+
+/// An event of a named type (`event: reset`), which `onmessage` does not
+/// receive: a client listens for it by name.
+pub fn named_event(name: &str, json: &[u8]) -> Wire {
+    let mut out = Vec::with_capacity(name.len() + json.len() + 16);
+    out.extend_from_slice(b"event: ");
+    out.extend_from_slice(name.as_bytes());
+    out.push(b'\n');
+    push_data(&mut out, json);
+    out.push(b'\n');
+    Rc::from(out)
+}
+
+/// An `id:` alone: sets the id the browser resumes from without
+/// dispatching an event.
+pub fn id_only(id: &str) -> Wire {
+    let mut out = Vec::with_capacity(id.len() + 8);
+    push_id(&mut out, id);
+    out.push(b'\n');
+    Rc::from(out)
+}
+
+fn push_id(out: &mut Vec<u8>, id: &str) {
+    out.extend_from_slice(b"id: ");
+    // A line break would end the field early; NUL makes a browser ignore it.
+    out.extend(id.bytes().filter(|b| !matches!(b, b'\n' | b'\r' | 0)));
+    out.push(b'\n');
+}
+
+/// The payload of an unmasked, unfragmented WebSocket frame (what history
+/// keeps), to send it again as an event.
+pub(crate) fn frame_payload(frame: &[u8]) -> Option<&[u8]> {
+    let (&first, rest) = frame.split_first()?;
+    let (&second, rest) = rest.split_first()?;
+    if first & 0x80 == 0 || second & 0x80 != 0 {
+        return None;
+    }
+    let (len, rest) = match second & 0x7f {
+        126 => {
+            let (bytes, rest) = rest.split_at_checked(2)?;
+            (usize::from(u16::from_be_bytes([bytes[0], bytes[1]])), rest)
+        }
+        127 => {
+            let (bytes, rest) = rest.split_at_checked(8)?;
+            let mut be = [0u8; 8];
+            be.copy_from_slice(bytes);
+            (usize::try_from(u64::from_be_bytes(be)).ok()?, rest)
+        }
+        short => (usize::from(short), rest),
+    };
+    (rest.len() == len).then_some(rest)
 }
 
 /// A comment line: `text` on one line (line breaks become spaces).
@@ -153,6 +226,26 @@ mod tests {
         let value: serde_json::Value = serde_json::from_str(&got[0].1).unwrap();
         assert_eq!(value["content"], serde_json::json!([1, 2]));
         assert_eq!(parse(&event(b"x\n")), [("message".into(), "x\n".into())]);
+    }
+
+    #[test]
+    fn ids_named_events_and_frames_kept_by_history() {
+        let wire = event_with_id("run-7", b"{}");
+        assert_eq!(&wire[..], b"id: run-7\ndata: {}\n\n");
+        assert_eq!(&id_only("run-\n8")[..], b"id: run-8\n\n");
+        let reset = named_event("reset", br#"{"streams":["a"]}"#);
+        assert_eq!(
+            parse(&reset),
+            [("reset".into(), r#"{"streams":["a"]}"#.into())]
+        );
+        for len in [0, 5, 125, 126, 300, 70_000] {
+            let payload = vec![b'x'; len];
+            let frame = crate::frame::encode(crate::frame::Kind::Text, &payload);
+            assert_eq!(frame_payload(&frame), Some(&payload[..]), "{len}");
+            assert_eq!(frame_payload(&frame[..frame.len().saturating_sub(1)]), None);
+        }
+        assert_eq!(frame_payload(&[0x01, 0x00]), None, "a fragment");
+        assert_eq!(frame_payload(&[]), None);
     }
 
     #[test]
