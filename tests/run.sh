@@ -24,7 +24,12 @@ if [ -n "${WSHUB_QUICK:-}" ]; then
   cargo test --doc --quiet || status=1
   exit $status
 fi
-cargo nextest run --no-fail-fast --run-ignored all || status=1
+# The Redis flood test is load-sensitive (a debug-build subscriber starved
+# by the rest of the suite gets cut off by Redis's own output-buffer limit),
+# so it runs alone right after the others.
+flood='test(a_flood_from_redis_is_bounded_in_bytes_and_never_blocks)'
+cargo nextest run --no-fail-fast --run-ignored all -E "not $flood" || status=1
+cargo nextest run --no-fail-fast --run-ignored all --test cluster -E "$flood" || status=1
 cargo test --doc --quiet || status=1
 
 step "Fuzzing (proptest harnesses, bounded: ${WSHUB_FUZZ_SECS:=20} s per target)"
