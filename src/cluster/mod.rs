@@ -71,6 +71,13 @@ const LOCK_TTL: Duration = Duration::from_millis(1700);
 /// How long a stopping node waits for its threads (presence removal).
 const STOP_WAIT: Duration = Duration::from_secs(2);
 
+/// Whose channel a subscription is for.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    User,
+    Room,
+}
+
 /// Which connection an [`Event::Link`] is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Side {
@@ -542,11 +549,7 @@ impl Link {
         let channel = self.bridge.names.channel(Audience::User(user));
         let version = match self.users.get(user) {
             Some(version) => *version,
-            None => {
-                let version = self.want(channel.clone(), true);
-                self.users.insert(user.to_owned(), version);
-                version
-            }
+            None => self.subscribe(Kind::User, user, channel.clone()),
         };
         self.wait_for(version, channel)
     }
@@ -558,13 +561,21 @@ impl Link {
         let channel = self.bridge.names.channel(Audience::room(room));
         let version = match self.rooms.get(room) {
             Some(version) => *version,
-            None => {
-                let version = self.want(channel.clone(), true);
-                self.rooms.insert(room.to_owned(), version);
-                version
-            }
+            None => self.subscribe(Kind::Room, room, channel.clone()),
         };
         self.wait_for(version, channel)
+    }
+
+    /// Asks for `channel` (the first local user or room member needs it)
+    /// and records the version that confirms it.
+    fn subscribe(&mut self, kind: Kind, name: &str, channel: String) -> u64 {
+        let version = self.want(channel, true);
+        let versions = match kind {
+            Kind::User => &mut self.users,
+            Kind::Room => &mut self.rooms,
+        };
+        versions.insert(name.to_owned(), version);
+        version
     }
 
     fn wait_for(&self, version: u64, channel: String) -> Option<(Ticket, String)> {
