@@ -317,8 +317,12 @@ impl Router {
         sender_user: Option<&'m str>,
         message: &'m Incoming<'m>,
     ) -> Route<'m> {
-        if let Err(reason) = self.check_names(message) {
-            return Route::Reply(message::error_json(&reason));
+        // A ping is answered whatever else it carries: its `room` and `to`
+        // name nothing, so they are not judged (docs/protocol.md §4).
+        if &*message.kind != "ping" {
+            if let Err(reason) = self.check_names(message) {
+                return Route::Reply(message::error_json(&reason));
+            }
         }
         match &*message.kind {
             "ping" => {
@@ -710,6 +714,23 @@ mod tests {
         );
         let (to, _) = route_text(&mut r, 1, Some("alice"), r#"{"type":"dm","to":"bob"}"#);
         assert_eq!(to, Some(vec![2]));
+    }
+
+    #[test]
+    fn a_ping_is_answered_whatever_its_room_and_to_hold() {
+        let mut r = Router::with_limits(Limits {
+            max_id_bytes: 4,
+            ..Limits::default()
+        });
+        r.add_session(key(1), None);
+        for text in [
+            r#"{"type":"ping","to":"\n"}"#,
+            r#"{"type":"ping","room":"abcdefgh"}"#,
+        ] {
+            let (to, reply) = route_text(&mut r, 1, None, text);
+            assert_eq!(to, None, "{text}");
+            assert_eq!(reply, r#"{"type":"pong"}"#, "{text}");
+        }
     }
 
     #[test]
