@@ -93,6 +93,13 @@ pub(crate) enum Event {
         target: Audience<String>,
         json: Vec<u8>,
     },
+    /// Another node asks to add `user`'s sessions here to `room` (REST
+    /// join), or to remove them (`join` false).
+    Membership {
+        user: String,
+        room: String,
+        join: bool,
+    },
     /// A fresh view of the other nodes.
     View(View),
     /// A connection came up in a generation (see [`Bridge::generation`])
@@ -120,6 +127,14 @@ pub(crate) enum Held {
     Push {
         target: Audience<String>,
         json: Vec<u8>,
+        keep_alive: bool,
+    },
+    /// A REST join or leave, applied here and answered once Redis
+    /// accepted it.
+    Membership {
+        user: String,
+        room: String,
+        join: bool,
         keep_alive: bool,
     },
 }
@@ -375,6 +390,7 @@ impl Link {
             rules: wire::Rules {
                 max_message_size: ws.max_message_size,
                 max_json_depth: ws.max_json_depth,
+                max_id_bytes: ws.max_id_bytes,
                 key: (!config.secret.is_empty())
                     .then(|| Key::new(config.secret.expose().as_bytes())),
             },
@@ -486,7 +502,30 @@ impl Link {
     /// Hands `json` for `target` to the publisher. False when the cluster
     /// is down or the queue is full: nothing was published.
     pub(crate) fn publish(&mut self, audience: Audience<&str>, json: &[u8]) -> bool {
-        self.enqueue(audience, json, None).is_some()
+        let signed = self.bridge.key().is_some();
+        let make = |names: &Names, origin: &Origin<'_>| {
+            Publication::new(names, audience, origin, json, signed)
+        };
+        self.enqueue(make, None).is_some()
+    }
+
+    /// Asks every node holding sessions of `user` to add them to `room`
+    /// (`join`) or remove them. `acked`: the publisher reports when Redis
+    /// accepted it, as for [`Link::publish_acked`]. `None` when the cluster
+    /// is down or the queue is full: nothing was published.
+    pub(crate) fn publish_membership(
+        &mut self,
+        user: &str,
+        room: &str,
+        join: bool,
+        acked: bool,
+    ) -> Option<Ticket> {
+        let signed = self.bridge.key().is_some();
+        let make = |names: &Names, origin: &Origin<'_>| {
+            Publication::membership(names, user, room, join, origin, signed)
+        };
+        let ack = acked.then(|| Instant::now() + PUBLISH_WAIT);
+        self.enqueue(make, ack).map(Ticket::Published)
     }
 
     /// Like [`Link::publish`], and the publisher reports when Redis
@@ -498,14 +537,18 @@ impl Link {
         json: &[u8],
     ) -> Option<Ticket> {
         let deadline = Instant::now() + PUBLISH_WAIT;
-        self.enqueue(audience, json, Some(deadline))
-            .map(Ticket::Published)
+        let signed = self.bridge.key().is_some();
+        let make = |names: &Names, origin: &Origin<'_>| {
+            Publication::new(names, audience, origin, json, signed)
+        };
+        self.enqueue(make, Some(deadline)).map(Ticket::Published)
     }
 
+    /// Hands the next publication of this run (numbered in one sequence)
+    /// to the publisher, within the outbound byte budget.
     fn enqueue(
         &mut self,
-        audience: Audience<&str>,
-        json: &[u8],
+        make: impl FnOnce(&Names, &Origin<'_>) -> Publication,
         ack: Option<Instant>,
     ) -> Option<u64> {
         if !self.up() {
@@ -518,7 +561,7 @@ impl Link {
             epoch: b.epoch,
             seq: self.seq,
         };
-        let publication = Publication::new(&b.names, audience, &origin, json, b.key().is_some());
+        let publication = make(&b.names, &origin);
         let bytes = publication.len();
         if !b.outbound.try_take(bytes) {
             b.stats.publish_refused.fetch_add(1, Ordering::Relaxed);
@@ -647,7 +690,9 @@ impl Link {
         }
     }
 
-    /// Something presence counts changed (a member joined or left).
+    /// Something presence counts changed (a session opened, a member joined
+    /// or left without being a first or last one): the presence entry
+    /// (counts, room members) is written again.
     pub(crate) fn changed(&mut self) {
         self.presence_dirty = true;
     }
@@ -762,9 +807,9 @@ impl Link {
         self.bridge.inbound.give_back(bytes);
     }
 
-    /// Replaces the view of the other nodes.
-    pub(crate) fn on_view(&mut self, view: View) {
-        self.view = view;
+    /// Replaces the view of the other nodes; returns the one it replaced.
+    pub(crate) fn on_view(&mut self, view: View) -> View {
+        std::mem::replace(&mut self.view, view)
     }
 
     /// Removes this node's presence now (a graceful shutdown).

@@ -241,7 +241,7 @@ impl Receiving {
             self.garbage(bridge, channel, "not a wshub channel");
             return None;
         };
-        let (origin, json) = match wire::decode(channel, payload, &bridge.rules) {
+        let (origin, body) = match wire::decode(channel, payload, &bridge.rules) {
             Ok(decoded) => decoded,
             Err(why) => {
                 let why = match why {
@@ -267,7 +267,20 @@ impl Receiving {
             return None;
         }
         bridge.stats.received.fetch_add(1, Ordering::Relaxed);
-        Some(Event::Deliver { target, json })
+        match (body, target) {
+            (wire::Body::Message(json), target) => Some(Event::Deliver { target, json }),
+            (wire::Body::Membership { join, room }, Audience::User(user)) => {
+                Some(Event::Membership {
+                    user,
+                    room: room.to_owned(),
+                    join,
+                })
+            }
+            (wire::Body::Membership { .. }, _) => {
+                self.garbage(bridge, channel, "a membership change not on a user channel");
+                None
+            }
+        }
     }
 
     /// Counts a malformed payload; warns at most once per `WARN_EVERY`.
