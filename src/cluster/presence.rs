@@ -196,7 +196,7 @@ impl Counts {
             *self = snapshot;
         }
         let deltas = pending.deltas;
-        if deltas.sessions == 0 && deltas.len() == 0 {
+        if deltas.is_empty() {
             return changed;
         }
         self.sessions = self

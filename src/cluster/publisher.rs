@@ -282,11 +282,9 @@ impl Presence {
             .arg(ttl_ms * 2)
             .ignore();
         pipe.cmd("SMEMBERS").arg(names.nodes_key());
-        let (first, locked, members): (redis::Value, i64, Vec<String>) = match pipe.query(con) {
-            Ok(replies) => replies,
-            // Not written: `dirty` or `fresh_connection` try again.
-            Err(e) => return Err(e),
-        };
+        let (first, locked, members): (redis::Value, i64, Vec<String>) = 
+            // Not written on error: `dirty` or `fresh_connection` try again.
+            pipe.query(con)?;
         self.fresh_connection = false;
         if locked != 1 && !self.lock_lost {
             log::error!(
