@@ -282,9 +282,8 @@ impl Presence {
             .arg(ttl_ms * 2)
             .ignore();
         pipe.cmd("SMEMBERS").arg(names.nodes_key());
-        let (first, locked, members): (redis::Value, i64, Vec<String>) = 
-            // Not written on error: `dirty` or `fresh_connection` try again.
-            pipe.query(con)?;
+        // Not written on error: `dirty` or `fresh_connection` try again.
+        let (first, locked, members): (redis::Value, i64, Vec<String>) = pipe.query(con)?;
         self.fresh_connection = false;
         if locked != 1 && !self.lock_lost {
             log::error!(
