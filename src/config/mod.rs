@@ -623,16 +623,6 @@ impl Config {
                     .to_owned(),
             ));
         }
-        if self.history.enabled() && self.cluster.enabled() {
-            return Err(invalid(
-                origin,
-                "history.size",
-                "history is not supported together with cluster.redis yet (a node alone \
-                 cannot vouch for what the others published); set 0 or leave cluster.redis \
-                 empty"
-                    .to_owned(),
-            ));
-        }
         let tls = &self.tls;
         if tls.cert.is_empty() != tls.key.is_empty() {
             let (missing, set) = if tls.key.is_empty() {
