@@ -161,7 +161,10 @@ impl Node {
 
     fn send(&self, user: &str, n: u64) {
         assert_eq!(
-            self.post("/api/ws/send", json!({"type": "dm", "to": user, "content": n})),
+            self.post(
+                "/api/ws/send",
+                json!({"type": "dm", "to": user, "content": n})
+            ),
             200
         );
     }
@@ -235,7 +238,9 @@ fn contents(messages: &[Value]) -> Vec<u64> {
 }
 
 fn split(pos: &Value) -> (String, String, u64) {
-    let text = pos.as_str().unwrap_or_else(|| panic!("not a position: {pos}"));
+    let text = pos
+        .as_str()
+        .unwrap_or_else(|| panic!("not a position: {pos}"));
     let mut parts = text.splitn(3, ':');
     let kind = parts.next().unwrap().to_owned();
     let epoch = parts.next().unwrap().to_owned();
@@ -260,8 +265,14 @@ fn a_client_resumes_on_another_node_exactly_and_in_order() {
     a.send("ann", 2);
     let live = take(&mut ann, 2);
     assert_eq!(contents(&live), [1, 2]);
-    assert_eq!(split(&live[0]["pos"]), ("a".into(), epoch_a.clone(), start_a + 1));
-    assert_eq!(split(&live[1]["pos"]), ("u".into(), epoch_u.clone(), start_u + 1));
+    assert_eq!(
+        split(&live[0]["pos"]),
+        ("a".into(), epoch_a.clone(), start_a + 1)
+    );
+    assert_eq!(
+        split(&live[1]["pos"]),
+        ("u".into(), epoch_u.clone(), start_u + 1)
+    );
     let seen = plain.recv_json();
     assert_eq!(seen, json!({"type": "news", "content": 1}), "no pos for it");
     ann.close();
@@ -272,11 +283,7 @@ fn a_client_resumes_on_another_node_exactly_and_in_order() {
     for n in 8..11 {
         [&a, &b][n as usize % 2].send("ann", n);
     }
-    let since = format!(
-        "a:{epoch_a}:{},u:{epoch_u}:{}",
-        start_a + 1,
-        start_u + 1
-    );
+    let since = format!("a:{epoch_a}:{},u:{epoch_u}:{}", start_a + 1, start_u + 1);
     let (mut ann, welcome) = b.welcome(&format!("user_id=ann&since={since}"));
     assert_eq!(split(&welcome["content"]["a"]).2, start_a + 6);
     assert_eq!(split(&welcome["content"]["u"]).2, start_u + 4);
@@ -310,14 +317,19 @@ fn a_client_resumes_on_another_node_exactly_and_in_order() {
     // What Redis holds: one stream and one hash per audience.
     let len: i64 = redis.query(redis::cmd("XLEN").arg("h:h:all")).unwrap();
     assert_eq!(len, 7);
-    let ttl: i64 = redis.query(redis::cmd("PTTL").arg("h:hm:user:ann")).unwrap();
+    let ttl: i64 = redis
+        .query(redis::cmd("PTTL").arg("h:hm:user:ann"))
+        .unwrap();
     assert!(ttl > 0, "the hash expires: {ttl}");
 }
 
 #[test]
 fn the_seam_under_continuous_traffic_loses_and_repeats_nothing() {
     let redis = Redis::start();
-    let nodes = [Node::start("a", &redis, 1000), Node::start("b", &redis, 1000)];
+    let nodes = [
+        Node::start("a", &redis, 1000),
+        Node::start("b", &redis, 1000),
+    ];
     let (mut client, welcome) = nodes[0].welcome("recover=1");
     let (_, epoch, mut last) = split(&welcome["content"]["a"]);
     let stop = Arc::new(AtomicBool::new(false));
@@ -330,7 +342,13 @@ fn the_seam_under_continuous_traffic_loses_and_repeats_nothing() {
             while !stop.load(Ordering::Relaxed) && n < 1_000_000 {
                 n += 1;
                 let body = json!({"type": "news", "content": n}).to_string();
-                let (status, _) = http(addrs[n as usize % 2], "POST", "/api/ws/broadcast", &[], &body);
+                let (status, _) = http(
+                    addrs[n as usize % 2],
+                    "POST",
+                    "/api/ws/broadcast",
+                    &[],
+                    &body,
+                );
                 assert_eq!(status, 200);
                 sent.store(n, Ordering::Relaxed);
             }
@@ -358,7 +376,11 @@ fn the_seam_under_continuous_traffic_loses_and_repeats_nothing() {
             received.push((split(&m["pos"]).2, m["content"].as_u64().unwrap()));
         }
         last = replayed.last().map_or(last, |m| split(&m["pos"]).2);
-        assert_eq!(split(&welcome["content"]["a"]).2, last, "replayed up to the welcome");
+        assert_eq!(
+            split(&welcome["content"]["a"]).2,
+            last,
+            "replayed up to the welcome"
+        );
     }
     stop.store(true, Ordering::Relaxed);
     publisher.join().unwrap();
@@ -392,7 +414,11 @@ fn streams_that_cannot_be_vouched_for_answer_ok_false() {
     b.send("ann", 11);
     let (mut ann, _) = b.welcome(&format!("user_id=ann&since={pos_a},{pos_u}"));
     let (replayed, recovered) = until_recovered(&mut ann);
-    assert_eq!(contents(&replayed), [11], "the user stream only: nothing partial");
+    assert_eq!(
+        contents(&replayed),
+        [11],
+        "the user stream only: nothing partial"
+    );
     assert_eq!(
         recovered["content"],
         json!({"a": {"ok": false, "replayed": 0}, "u": {"ok": true, "replayed": 1}})
@@ -416,7 +442,10 @@ fn streams_that_cannot_be_vouched_for_answer_ok_false() {
     let (mut ann, welcome) = b.welcome(&format!("user_id=ann&since={pos_u}"));
     let (replayed, recovered) = until_recovered(&mut ann);
     assert!(replayed.is_empty());
-    assert_eq!(recovered["content"]["u"], json!({"ok": false, "replayed": 0}));
+    assert_eq!(
+        recovered["content"]["u"],
+        json!({"ok": false, "replayed": 0})
+    );
     assert_ne!(split(&welcome["content"]["u"]).1, split(&json!(pos_u)).1);
     ann.close();
     let failed = a.metric("wshub_history_resumes_failed_total")
@@ -424,16 +453,28 @@ fn streams_that_cannot_be_vouched_for_answer_ok_false() {
     assert_eq!(failed, 4);
     // Redis down: the resume answers ok:false at once, nothing else moves.
     redis.stop();
-    wait_for(WAIT, "the node to see Redis gone", || (!a.healthy()).then_some(()));
+    wait_for(WAIT, "the node to see Redis gone", || {
+        (!a.healthy()).then_some(())
+    });
     let (mut ann, welcome) = a.welcome(&format!("user_id=ann&since={pos_u}"));
     assert_eq!(welcome["content"]["a"], "a:0:0", "{welcome}");
     let (replayed, recovered) = until_recovered(&mut ann);
     assert!(replayed.is_empty());
-    assert_eq!(recovered["content"]["u"], json!({"ok": false, "replayed": 0}));
+    assert_eq!(
+        recovered["content"]["u"],
+        json!({"ok": false, "replayed": 0})
+    );
     // Degraded as section 10 says: this node's sessions still get pushes.
-    assert_eq!(a.post("/api/ws/send", json!({"type": "dm", "to": "ann", "content": 13})), 503);
+    assert_eq!(
+        a.post(
+            "/api/ws/send",
+            json!({"type": "dm", "to": "ann", "content": 13})
+        ),
+        503
+    );
     let mut local = a.connect("user_id=cy");
-    a.connect("user_id=dee").send_json(json!({"type": "chat", "to": "cy", "content": 14}));
+    a.connect("user_id=dee")
+        .send_json(json!({"type": "chat", "to": "cy", "content": 14}));
     assert_eq!(local.recv_json()["content"], 14);
 }
 
@@ -623,7 +664,11 @@ impl ChaosClient {
         };
         match m["type"].as_str() {
             Some("welcome") => {
-                for pos in m["content"].as_object().into_iter().flat_map(|o| o.values()) {
+                for pos in m["content"]
+                    .as_object()
+                    .into_iter()
+                    .flat_map(|o| o.values())
+                {
                     let Some((kind, epoch, offset)) = pos.as_str().and_then(split_text) else {
                         continue;
                     };
@@ -737,7 +782,12 @@ struct Published {
     rooms: Vec<AtomicU64>,
 }
 
-fn chaos_publisher(addrs: [SocketAddr; 2], published: Arc<Published>, stop: Arc<AtomicBool>, rate: u64) {
+fn chaos_publisher(
+    addrs: [SocketAddr; 2],
+    published: Arc<Published>,
+    stop: Arc<AtomicBool>,
+    rate: u64,
+) {
     let mut rng = Rng(7);
     let interval = Duration::from_secs_f64(1.0 / rate as f64);
     let mut next = Instant::now();
@@ -753,12 +803,18 @@ fn chaos_publisher(addrs: [SocketAddr; 2], published: Arc<Published>, stop: Arc<
             1 => {
                 let r = rng.below(ROOMS as u64) as usize;
                 let n = published.rooms[r].load(Ordering::Relaxed) + 1;
-                ("/api/ws/broadcast", json!({"type": "r", "room": format!("room{r}"), "content": n}))
+                (
+                    "/api/ws/broadcast",
+                    json!({"type": "r", "room": format!("room{r}"), "content": n}),
+                )
             }
             _ => {
                 let u = rng.below(CHAOS_CLIENTS as u64) as usize;
                 let n = published.users[u].load(Ordering::Relaxed) + 1;
-                ("/api/ws/send", json!({"type": "u", "to": format!("c{u}"), "content": n}))
+                (
+                    "/api/ws/send",
+                    json!({"type": "u", "to": format!("c{u}"), "content": n}),
+                )
             }
         };
         let (status, answer) = http(addr, "POST", path, &[], &body.to_string());
@@ -789,7 +845,10 @@ fn chaos_across_two_nodes_loses_and_repeats_nothing() {
     let max_secs = env("WSHUB_CLUSTER_CHAOS_MAX_SECS", 15);
     let cut_ms = env("WSHUB_CLUSTER_CHAOS_CUT_MS", 1000);
     let redis = Redis::start();
-    let nodes = [Node::start("a", &redis, 2000), Node::start("b", &redis, 2000)];
+    let nodes = [
+        Node::start("a", &redis, 2000),
+        Node::start("b", &redis, 2000),
+    ];
     let addrs = [nodes[0].addr, nodes[1].addr];
     let published = Arc::new(Published {
         all: AtomicU64::new(0),
@@ -926,7 +985,10 @@ fn chaos_across_two_nodes_loses_and_repeats_nothing() {
         ("reset_cuts", json!(cuts.load(Ordering::Relaxed))),
         ("reconnects", json!(total.reconnects)),
         ("server_ended", json!(total.ended)),
-        ("published_all", json!(published.all.load(Ordering::Relaxed))),
+        (
+            "published_all",
+            json!(published.all.load(Ordering::Relaxed)),
+        ),
         ("received", json!(total.received)),
         ("replayed", json!(total.replayed)),
         ("declared_failed_streams", json!(total.declared_failed)),
@@ -937,10 +999,18 @@ fn chaos_across_two_nodes_loses_and_repeats_nothing() {
         ("total_secs", json!(started.elapsed().as_secs())),
     ]);
     eprintln!("cluster chaos: {}", serde_json::to_string(&report).unwrap());
-    assert!(cuts.load(Ordering::Relaxed) >= reconnect_target.min(100), "too few cuts: {report:?}");
+    assert!(
+        cuts.load(Ordering::Relaxed) >= reconnect_target.min(100),
+        "too few cuts: {report:?}"
+    );
     assert!(total.replayed > 0, "nothing was ever replayed: {report:?}");
     assert_eq!(
-        (total.lost, total.duplicated, total.misordered, total.wrong_content),
+        (
+            total.lost,
+            total.duplicated,
+            total.misordered,
+            total.wrong_content
+        ),
         (0, 0, 0, 0),
         "{report:?}"
     );

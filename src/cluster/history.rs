@@ -158,7 +158,9 @@ pub(crate) struct KeptHeader<'a> {
 /// Splits `wshubh <epoch> <offset> <except>\n<envelope>`; `None` when the
 /// payload does not start that way (a plain envelope).
 pub(crate) fn split_kept(payload: &[u8]) -> Option<Result<KeptHeader<'_>, ()>> {
-    let rest = payload.strip_prefix(KEPT_MAGIC.as_bytes())?.strip_prefix(b" ")?;
+    let rest = payload
+        .strip_prefix(KEPT_MAGIC.as_bytes())?
+        .strip_prefix(b" ")?;
     let parse = || {
         let newline = rest.iter().position(|b| *b == b'\n').ok_or(())?;
         let header = std::str::from_utf8(&rest[..newline]).map_err(|_| ())?;
@@ -260,7 +262,10 @@ impl Reader {
             Err(e) => {
                 self.con = None;
                 let why = format!("Redis read failed: {e}");
-                return reads.into_iter().map(|r| (r.id, Err(why.clone()))).collect();
+                return reads
+                    .into_iter()
+                    .map(|r| (r.id, Err(why.clone())))
+                    .collect();
             }
         };
         for (read, answer) in reads.into_iter().zip(answers) {
@@ -382,9 +387,9 @@ fn parse_answer(bridge: &Bridge, read: &Read, answer: Value) -> ReadResult {
         };
         let mut fields = fields.into_iter();
         let epoch = match fields.next() {
-            Some(Value::BulkString(bytes)) => std::str::from_utf8(&bytes)
-                .ok()
-                .and_then(Epoch::from_text),
+            Some(Value::BulkString(bytes)) => {
+                std::str::from_utf8(&bytes).ok().and_then(Epoch::from_text)
+            }
             _ => None,
         };
         let Some(epoch) = epoch else {
@@ -472,7 +477,10 @@ mod tests {
         assert_eq!(kept.envelope, b"wshub1 n 1 2\n{}");
         let none = format!("wshubh {e} 1 -\nx");
         assert_eq!(split_kept(none.as_bytes()).unwrap().unwrap().except, None);
-        assert!(split_kept(b"wshub1 n 1 2\n{}").is_none(), "a plain envelope");
+        assert!(
+            split_kept(b"wshub1 n 1 2\n{}").is_none(),
+            "a plain envelope"
+        );
         for bad in [
             "wshubh short 1 -\nx",
             &format!("wshubh {e} x -\nx"),

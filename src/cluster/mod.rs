@@ -545,6 +545,12 @@ impl Link {
         }
     }
 
+    /// Messages from Redis dropped so far (`cluster.max_queue_bytes`, or
+    /// the loop's queue full): a recovering session may have missed one.
+    pub(crate) fn receive_drops(&self) -> u64 {
+        self.bridge.stats.receive_dropped.load(Ordering::Relaxed)
+    }
+
     /// Hands `json` for `target` to the publisher. False when the cluster
     /// is down or the queue is full: nothing was published.
     pub(crate) fn publish(&mut self, audience: Audience<&str>, json: &[u8]) -> bool {

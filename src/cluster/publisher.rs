@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use redis::{Connection, RedisResult};
 
-use super::view::{Entry, View};
 use super::history;
+use super::view::{Entry, View};
 use super::wire::Publication;
 use super::{Bridge, Event, Job, Reporter, BACKOFF_MAX, BACKOFF_MIN, PIPELINE_MAX};
 

@@ -68,10 +68,45 @@ impl EventLoop {
 
     /// Delivers a message published here (`published`: Redis will send it
     /// back with its position, which recovering sessions wait for).
-    pub(super) fn deliver_here(&mut self, audience: Audience<&str>, json: &[u8], published: bool) -> usize {
+    pub(super) fn deliver_here(
+        &mut self,
+        audience: Audience<&str>,
+        json: &[u8],
+        published: bool,
+    ) -> usize {
         let min_bytes = self.config.websocket.compression_min_bytes;
         let mut plain = Encoded::new(FrameKind::Text, json, min_bytes);
         self.fan_out_kept(audience, Some(&mut plain), None, published)
+    }
+
+    /// A message from Redis was dropped before the loop saw it (bounded
+    /// queue): recovering sessions here may have missed it, and a later
+    /// message would move their position past it. They are closed (1013)
+    /// and resume, which replays it. Runs before each kept message.
+    pub(super) fn check_drops(&mut self) {
+        let drops = self.cluster.as_ref().map_or(0, |link| link.receive_drops());
+        if !self.remote.as_mut().is_some_and(|r| r.dropped_since(drops)) {
+            return;
+        }
+        let gapped: Vec<usize> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.is_open() && s.recovering() && !s.is_sse())
+            .map(|(index, _)| index)
+            .collect();
+        if gapped.is_empty() {
+            return;
+        }
+        log::warn!(
+            "history: messages from Redis were dropped (queue full); closing {} recovering session(s) with 1013 so they resume",
+            gapped.len()
+        );
+        if let Some(remote) = self.remote.as_mut() {
+            remote.stats.gap_closes += gapped.len() as u64;
+        }
+        for index in gapped {
+            self.server_close(index, 1013, "missed a message, resume", CloseReason::Server);
+        }
     }
 
     /// A message with its position from Redis.
@@ -83,6 +118,7 @@ impl EventLoop {
         offset: u64,
         own: bool,
     ) {
+        self.check_drops();
         let audience = target.as_deref();
         let (kind, room) = match audience {
             Audience::Everyone { .. } => (Kind::All, None),
@@ -187,7 +223,10 @@ impl EventLoop {
         if let Some(user) = user {
             streams.push(ReadStream {
                 audience: Audience::User(user.to_owned()),
-                since: own.as_ref().and_then(|p| p.as_ref()).map(|p| (p.epoch.clone(), p.offset)),
+                since: own
+                    .as_ref()
+                    .and_then(|p| p.as_ref())
+                    .map(|p| (p.epoch.clone(), p.offset)),
             });
         }
         let wanted = Wanted::Session {
@@ -217,7 +256,10 @@ impl EventLoop {
         });
         let streams = vec![ReadStream {
             audience: Audience::room(room.to_owned()),
-            since: since.as_ref().and_then(|p| p.as_ref()).map(|p| (p.epoch.clone(), p.offset)),
+            since: since
+                .as_ref()
+                .and_then(|p| p.as_ref())
+                .map(|p| (p.epoch.clone(), p.offset)),
         }];
         let wanted = Wanted::Room {
             room: Rc::from(room),
@@ -326,7 +368,10 @@ impl EventLoop {
                 self.reply(index, &position::recovered_json(all, own));
             }
             Wanted::Room { room, since } => {
-                self.reply(index, &position::room_welcome_json(&room, &at(0, Kind::Room)));
+                self.reply(
+                    index,
+                    &position::room_welcome_json(&room, &at(0, Kind::Room)),
+                );
                 let Some(since) = since else {
                     return;
                 };

@@ -65,6 +65,9 @@ pub(crate) struct Stats {
     /// Reads that failed or timed out (the session was closed with 1013),
     /// or could not be asked (Redis down, queue full: `ok:false`).
     pub reads_failed: u64,
+    /// Recovering sessions closed (1013) because a message from Redis was
+    /// dropped before the loop saw it: they resume and get it replayed.
+    pub gap_closes: u64,
 }
 
 /// What one session waits for.
@@ -85,6 +88,8 @@ pub(crate) struct Remote {
     waits: HashMap<SessionKey, Waits>,
     /// What was counted.
     pub stats: Stats,
+    /// The link's count of dropped messages when last looked at.
+    drops_seen: u64,
 }
 
 impl Remote {
@@ -162,6 +167,12 @@ impl Remote {
             || matches!(audience, Audience::Room { room, .. } if waits.rooms.iter().any(|r| &**r == room))
     }
 
+    /// Whether messages from Redis were dropped since the last call
+    /// (`drops`: the link's count so far).
+    pub(crate) fn dropped_since(&mut self, drops: u64) -> bool {
+        std::mem::replace(&mut self.drops_seen, drops) != drops
+    }
+
     /// Counts one stream's answer.
     pub(crate) fn count(&mut self, ok: bool, replayed: usize) {
         if ok {
@@ -197,6 +208,12 @@ impl Remote {
                     "counter",
                     "Resume reads from Redis that failed, timed out or could not be queued.",
                     s.reads_failed,
+                ),
+                (
+                    "wshub_history_gap_closes_total",
+                    "counter",
+                    "Recovering sessions closed (1013) after a message from Redis was dropped (cluster.max_queue_bytes or the loop's queue full), so they resume it.",
+                    s.gap_closes,
                 ),
                 (
                     "wshub_history_reads_waiting",
@@ -262,6 +279,15 @@ mod tests {
         remote.take(5);
         assert!(!remote.skips(key(1), Audience::room("r")));
         assert!(!remote.holds(key(1)));
+    }
+
+    #[test]
+    fn drops_are_noticed_once() {
+        let mut remote = Remote::default();
+        assert!(!remote.dropped_since(0));
+        assert!(remote.dropped_since(3));
+        assert!(!remote.dropped_since(3));
+        assert!(remote.dropped_since(4));
     }
 
     #[test]
