@@ -435,7 +435,10 @@ fn stamp_all(
         let Value::BulkString(envelope) = entry else {
             return None;
         };
-        let (_, json) = wire::decode(&channel, &envelope, &bridge.rules).ok()?;
+        let wire::Body::Message(json) = wire::decode(&channel, &envelope, &bridge.rules).ok()?.1
+        else {
+            return None;
+        };
         out.push(position::stamp(&json, kind, room, epoch, offset)?);
     }
     Some(out)

@@ -115,6 +115,13 @@ pub(crate) enum Event {
         result: history::ReadResult,
         bytes: usize,
     },
+    /// Another node asks to add `user`'s sessions here to `room` (REST
+    /// join), or to remove them (`join` false).
+    Membership {
+        user: String,
+        room: String,
+        join: bool,
+    },
     /// A fresh view of the other nodes.
     View(View),
     /// A connection came up in a generation (see [`Bridge::generation`])
@@ -142,6 +149,14 @@ pub(crate) enum Held {
     Push {
         target: Audience<String>,
         json: Vec<u8>,
+        keep_alive: bool,
+    },
+    /// A REST join or leave, applied here and answered once Redis
+    /// accepted it.
+    Membership {
+        user: String,
+        room: String,
+        join: bool,
         keep_alive: bool,
     },
 }
@@ -283,9 +298,11 @@ enum Job {
         publication: Publication,
         seq: u64,
         ack: Option<Instant>,
-        /// The session the sender's node leaves out (history only: it
-        /// receives its own messages back with their position).
-        except: Option<crate::audience::SessionKey>,
+        /// A message for an audience, appended to its stream while history
+        /// is on (`None`: a membership change, only published), with the
+        /// session the sender's node leaves out (it receives its own
+        /// messages back with their position).
+        keep: Option<Option<crate::audience::SessionKey>>,
     },
     Leave,
 }
@@ -406,6 +423,7 @@ impl Link {
             rules: wire::Rules {
                 max_message_size: ws.max_message_size,
                 max_json_depth: ws.max_json_depth,
+                max_id_bytes: ws.max_id_bytes,
                 key: (!config.secret.is_empty())
                     .then(|| Key::new(config.secret.expose().as_bytes())),
             },
@@ -554,7 +572,31 @@ impl Link {
     /// Hands `json` for `target` to the publisher. False when the cluster
     /// is down or the queue is full: nothing was published.
     pub(crate) fn publish(&mut self, audience: Audience<&str>, json: &[u8]) -> bool {
-        self.enqueue(audience, json, None).is_some()
+        let signed = self.bridge.key().is_some();
+        let make = |names: &Names, origin: &Origin<'_>| {
+            Publication::new(names, audience, origin, json, signed)
+        };
+        self.enqueue(make, None, Some(except_of(audience)))
+            .is_some()
+    }
+
+    /// Asks every node holding sessions of `user` to add them to `room`
+    /// (`join`) or remove them. `acked`: the publisher reports when Redis
+    /// accepted it, as for [`Link::publish_acked`]. `None` when the cluster
+    /// is down or the queue is full: nothing was published.
+    pub(crate) fn publish_membership(
+        &mut self,
+        user: &str,
+        room: &str,
+        join: bool,
+        acked: bool,
+    ) -> Option<Ticket> {
+        let signed = self.bridge.key().is_some();
+        let make = |names: &Names, origin: &Origin<'_>| {
+            Publication::membership(names, user, room, join, origin, signed)
+        };
+        let ack = acked.then(|| Instant::now() + PUBLISH_WAIT);
+        self.enqueue(make, ack, None).map(Ticket::Published)
     }
 
     /// Like [`Link::publish`], and the publisher reports when Redis
@@ -566,15 +608,21 @@ impl Link {
         json: &[u8],
     ) -> Option<Ticket> {
         let deadline = Instant::now() + PUBLISH_WAIT;
-        self.enqueue(audience, json, Some(deadline))
+        let signed = self.bridge.key().is_some();
+        let make = |names: &Names, origin: &Origin<'_>| {
+            Publication::new(names, audience, origin, json, signed)
+        };
+        self.enqueue(make, Some(deadline), Some(except_of(audience)))
             .map(Ticket::Published)
     }
 
+    /// Hands the next publication of this run (numbered in one sequence)
+    /// to the publisher, within the outbound byte budget.
     fn enqueue(
         &mut self,
-        audience: Audience<&str>,
-        json: &[u8],
+        make: impl FnOnce(&Names, &Origin<'_>) -> Publication,
         ack: Option<Instant>,
+        keep: Option<Option<crate::audience::SessionKey>>,
     ) -> Option<u64> {
         if !self.up() {
             return None;
@@ -586,21 +634,17 @@ impl Link {
             epoch: b.epoch,
             seq: self.seq,
         };
-        let publication = Publication::new(&b.names, audience, &origin, json, b.key().is_some());
+        let publication = make(&b.names, &origin);
         let bytes = publication.len();
         if !b.outbound.try_take(bytes) {
             b.stats.publish_refused.fetch_add(1, Ordering::Relaxed);
             return None;
         }
-        let except = match audience {
-            Audience::Everyone { except } | Audience::Room { except, .. } => except,
-            Audience::User(_) => None,
-        };
         let job = Job::Publish {
             publication,
             seq: self.seq,
             ack,
-            except,
+            keep,
         };
         match self.jobs.try_send(job) {
             Ok(()) => Some(self.seq),
@@ -720,7 +764,9 @@ impl Link {
         }
     }
 
-    /// Something presence counts changed (a member joined or left).
+    /// Something presence counts changed (a session opened, a member joined
+    /// or left without being a first or last one): the presence entry
+    /// (counts, room members) is written again.
     pub(crate) fn changed(&mut self) {
         self.presence_dirty = true;
     }
@@ -835,9 +881,9 @@ impl Link {
         self.bridge.inbound.give_back(bytes);
     }
 
-    /// Replaces the view of the other nodes.
-    pub(crate) fn on_view(&mut self, view: View) {
-        self.view = view;
+    /// Replaces the view of the other nodes; returns the one it replaced.
+    pub(crate) fn on_view(&mut self, view: View) -> View {
+        std::mem::replace(&mut self.view, view)
     }
 
     /// Removes this node's presence now (a graceful shutdown).
@@ -946,6 +992,14 @@ impl Drop for Link {
                 let _ = thread.join();
             }
         }
+    }
+}
+
+/// The session a message for `audience` leaves out, if any.
+fn except_of(audience: Audience<&str>) -> Option<crate::audience::SessionKey> {
+    match audience {
+        Audience::Everyone { except } | Audience::Room { except, .. } => except,
+        Audience::User(_) => None,
     }
 }
 

@@ -78,7 +78,7 @@ pub(super) fn run(bridge: &Bridge, mut reporter: Reporter, jobs: &Receiver<Job>)
                 let bytes = batch.publications.iter().map(Publication::len).sum();
                 bridge.outbound.give_back(bytes);
                 batch.publications.clear();
-                batch.excepts.clear();
+                batch.keeps.clear();
                 let acked = batch.acked.take();
                 if let Some(upto) = acked {
                     let ok = result.is_ok();
@@ -116,8 +116,9 @@ pub(super) fn run(bridge: &Bridge, mut reporter: Reporter, jobs: &Receiver<Job>)
 /// number among them.
 struct Batch {
     publications: Vec<Publication>,
-    /// Per publication, the session its node leaves out (history only).
-    excepts: Vec<Option<crate::audience::SessionKey>>,
+    /// Per publication, whether it is kept in history (with the session
+    /// its node leaves out); `None`: only published.
+    keeps: Vec<Option<Option<crate::audience::SessionKey>>>,
     acked: Option<u64>,
     /// New epochs for streams Redis does not know (history only).
     random: std::hash::RandomState,
@@ -128,7 +129,7 @@ impl Default for Batch {
     fn default() -> Self {
         Batch {
             publications: Vec::with_capacity(PIPELINE_MAX),
-            excepts: Vec::with_capacity(PIPELINE_MAX),
+            keeps: Vec::with_capacity(PIPELINE_MAX),
             acked: None,
             random: std::hash::RandomState::new(),
             epochs: 0,
@@ -148,7 +149,7 @@ fn take(bridge: &Bridge, first: Job, batch: &mut Batch, jobs: &Receiver<Job>) ->
                 publication,
                 seq,
                 ack,
-                except,
+                keep,
             } => match ack {
                 Some(deadline) if deadline <= now => {
                     bridge.outbound.give_back(publication.len());
@@ -157,11 +158,11 @@ fn take(bridge: &Bridge, first: Job, batch: &mut Batch, jobs: &Receiver<Job>) ->
                 Some(_) => {
                     batch.acked = Some(seq);
                     batch.publications.push(publication);
-                    batch.excepts.push(except);
+                    batch.keeps.push(keep);
                 }
                 None => {
                     batch.publications.push(publication);
-                    batch.excepts.push(except);
+                    batch.keeps.push(keep);
                 }
             },
             Job::Leave => return true,
@@ -187,11 +188,15 @@ fn publish(bridge: &Bridge, con: &mut Connection, batch: &mut Batch) -> RedisRes
         }
         return pipe.query(con);
     };
-    for (publication, except) in batch.publications.iter().zip(&batch.excepts) {
+    for (publication, keep) in batch.publications.iter().zip(&batch.keeps) {
         let target = std::str::from_utf8(publication.channel())
             .ok()
             .and_then(|channel| bridge.names.target(channel));
-        let Some(target) = target else {
+        let (Some(except), Some(target)) = (keep, target) else {
+            pipe.cmd("PUBLISH")
+                .arg(publication.channel())
+                .arg(publication.payload())
+                .ignore();
             continue;
         };
         let (meta, stream) = history::keys(&bridge.names, target.as_deref());

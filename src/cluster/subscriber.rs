@@ -343,7 +343,7 @@ impl Receiving {
             None => None,
         };
         let envelope = kept.as_ref().map_or(payload, |k| k.envelope);
-        let (origin, json) = match wire::decode(channel, envelope, &bridge.rules) {
+        let (origin, body) = match wire::decode(channel, envelope, &bridge.rules) {
             Ok(decoded) => decoded,
             Err(why) => {
                 let why = match why {
@@ -370,6 +370,22 @@ impl Receiving {
             return None;
         }
         bridge.stats.received.fetch_add(1, Ordering::Relaxed);
+        let json = match body {
+            wire::Body::Message(json) => json,
+            wire::Body::Membership { join, room } => {
+                return match (target, &kept) {
+                    (Audience::User(user), None) => Some(Event::Membership {
+                        user,
+                        room: room.to_owned(),
+                        join,
+                    }),
+                    _ => {
+                        self.garbage(bridge, channel, "a membership change not on a user channel");
+                        None
+                    }
+                };
+            }
+        };
         let Some(kept) = kept else {
             return Some(Event::Deliver { target, json });
         };

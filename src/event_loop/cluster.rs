@@ -137,7 +137,8 @@ impl EventLoop {
 
     /// Acts on parked work the cluster confirmed or refused: opens the
     /// WebSocket or answers 503, lets a joined session go on, answers a
-    /// REST push (delivering it here first when Redis took it).
+    /// REST push or membership change (acting on it here first when Redis
+    /// took it).
     pub(super) fn settle_cluster(&mut self) {
         let Some(link) = self.cluster.as_mut() else {
             return;
@@ -185,7 +186,22 @@ impl EventLoop {
                     let response = Response::json(200, &json!({ "sent": local + remote }));
                     self.respond(index, &response, keep_alive);
                 }
-                (Held::Push { keep_alive, .. }, Outcome::Failed) => {
+                (
+                    Held::Membership {
+                        user,
+                        room,
+                        join,
+                        keep_alive,
+                    },
+                    Outcome::Confirmed,
+                ) => {
+                    let response = self.membership_settled(&user, &room, join);
+                    self.respond(index, &response, keep_alive);
+                }
+                (
+                    Held::Push { keep_alive, .. } | Held::Membership { keep_alive, .. },
+                    Outcome::Failed,
+                ) => {
                     let response = Response::error(503, "cluster unavailable");
                     self.respond(index, &response, keep_alive);
                 }
@@ -232,9 +248,13 @@ impl EventLoop {
                 link.delivered(bytes);
                 self.on_history_read(id, result);
             }
+            Event::Membership { user, room, join } => {
+                self.cluster_membership(&user, &room, join);
+            }
             Event::View(view) => {
-                link.on_view(view);
+                let old = link.on_view(view);
                 self.publish_online();
+                self.presence_after_view(&old);
             }
             Event::Link { side, state } => {
                 link.on_link(side, state);

@@ -14,6 +14,7 @@
 //! | commands | `commands.rs` | handle commands (bounded per pass), hook actions, signals |
 //! | timers | `timers.rs` | applies what each due session timer found; history expiry |
 //! | cluster | `cluster.rs` | presence and channels of the other nodes |
+//! | rooms | `rooms.rs` | who may join, server-side membership, presence events |
 //! | write | `write/` | answers first, then a bounded share of the fan-out backlog |
 //! | close | `close.rs` | leaving the indexes, closing handshakes, reaping |
 //!
@@ -51,6 +52,7 @@ use crate::http_slots::IdleHttp;
 use crate::jwt::Verifier;
 use crate::metrics::{Metrics, Shared};
 use crate::rate::Bucket;
+use crate::rooms::Rooms;
 use crate::router::{Limits, Router};
 use crate::server::Mode;
 use crate::session::{Heartbeat, Rules, Session};
@@ -69,6 +71,7 @@ mod handshakes;
 mod read;
 mod remote;
 mod resume;
+mod rooms;
 mod stream;
 mod timers;
 mod webhooks;
@@ -161,6 +164,8 @@ pub(crate) struct EventLoop {
     codec: Codec,
     /// `None` unless `cluster.redis` is set.
     cluster: Option<Link>,
+    /// Join modes and presence (`rooms:`); see `rooms.rs`.
+    rooms: Rooms,
     /// What new connections' TLS uses; `None`: plain TCP. SIGHUP replaces it.
     tls: Option<Arc<rustls::ServerConfig>>,
     /// Checks connect tokens; its JWKS keys (if any) refresh on their own thread.
@@ -201,6 +206,7 @@ impl EventLoop {
         let start = Instant::now();
         let limits = Limits::from_config(&parts.config.websocket);
         let rules = Rules::from_config(&parts.config.websocket);
+        let rooms = Rooms::new(&parts.config, parts.jwt.clone());
         let webhooks = crate::webhooks::Webhooks::start(&parts.config.webhooks);
         // Config::load refuses the pair; a Config built in code is told here.
         // In a cluster the streams live in Redis (`remote.rs`).
@@ -256,6 +262,7 @@ impl EventLoop {
             heartbeat: Heartbeat::default(),
             codec: Codec::default(),
             cluster: parts.cluster,
+            rooms,
             tls: parts.tls,
             sse_marks,
             jwt: parts.jwt,
