@@ -46,10 +46,10 @@
 //! | [`wheel`] | the hashed timer wheel for pings and timeouts |
 //! | `rate` | the per-session token bucket and flood detector |
 //! | `handle` | the cross-thread [`Handle`] (bounded channel + waker) |
-//! | `history` | the last messages per audience (stream), positions, replay for resuming sessions |
+//! | `history` | the last messages per audience (stream), positions, replay for resuming sessions; in a cluster, resumes waiting for Redis (`remote`) |
 //! | `hooks` | application callbacks on the loop thread |
 //! | [`rooms`] | who may join a room (join modes, grants, join tokens), presence events |
-//! | `cluster` | several nodes over Redis: bridge threads, presence, channels |
+//! | `cluster` | several nodes over Redis: bridge threads, presence, channels; with history on, the streams in Redis (`history`) |
 //! | `webhooks` | presence events for the backend: decided on the loop, batched, signed and POSTed by their own thread |
 //! | `metrics` | counters and the Prometheus text |
 //! | [`config`], `cli`, [`app`] | settings, arguments, what the binaries run |

@@ -18,6 +18,7 @@
 //! | `gate` | work waiting for a subscription or a publish to be confirmed |
 //! | `publisher` | the thread that publishes (pipelined) and keeps presence |
 //! | `subscriber` | the thread that subscribes and forwards what arrives |
+//! | `history` | with `history` on: the streams in Redis, appends and resume reads |
 //!
 //! Nothing here runs when `cluster.redis` is empty: the loop holds no
 //! `Link` then, and its hot path is what it was.
@@ -30,12 +31,13 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::audience::Audience;
-use crate::config::{ClusterConfig, WebSocketConfig};
+use crate::config::{ClusterConfig, HistoryConfig, WebSocketConfig};
 use crate::handle::Handle;
 use crate::metrics::{self, Single};
 use crate::router::Router;
 
 pub(crate) mod gate;
+pub(crate) mod history;
 mod presence;
 mod publisher;
 mod subscriber;
@@ -48,6 +50,9 @@ use wire::{Key, Names, Origin, Publication};
 
 /// Messages waiting for the publisher; a full queue refuses the next publish.
 const PUBLISH_QUEUE: usize = 16_384;
+/// Resume reads waiting for the subscriber thread; a full queue fails the
+/// next resume (the session is closed and reconnects).
+const READ_QUEUE: usize = 1024;
 /// Publishes sent in one pipeline (one write, one read of the replies).
 const PIPELINE_MAX: usize = 1024;
 /// First pause between reconnect attempts; doubles up to [`BACKOFF_MAX`].
@@ -95,6 +100,23 @@ pub(crate) enum Event {
     Deliver {
         target: Audience<String>,
         json: Vec<u8>,
+    },
+    /// With history on: a message for sessions here with its position in
+    /// its stream (from any node; `own`: from this one, whose sessions
+    /// that did not ask to recover already have it).
+    Kept {
+        target: Audience<String>,
+        json: Vec<u8>,
+        epoch: crate::history::position::Epoch,
+        offset: u64,
+        own: bool,
+    },
+    /// The answer to [`Link::read_history`], in stream order with the
+    /// live messages; `bytes` go back to the inbound budget once used.
+    HistoryRead {
+        id: u64,
+        result: history::ReadResult,
+        bytes: usize,
     },
     /// Another node asks to add `user`'s sessions here to `room` (REST
     /// join), or to remove them (`join` false).
@@ -217,6 +239,8 @@ struct Bridge {
     inbound: Budget,
     url: String,
     presence_ttl: Duration,
+    /// With `history` on: appends go through Redis's streams.
+    history: Option<history::Settings>,
     interest: Mutex<Interest>,
     /// Set after each change to `interest`, so the subscriber looks at the
     /// set only when there is something to apply: receiving a message
@@ -286,6 +310,11 @@ enum Job {
         publication: Publication,
         seq: u64,
         ack: Option<Instant>,
+        /// A message for an audience, appended to its stream while history
+        /// is on (`None`: a membership change, only published), with the
+        /// session the sender's node leaves out (it receives its own
+        /// messages back with their position).
+        keep: Option<Option<crate::audience::SessionKey>>,
     },
     Leave,
 }
@@ -350,6 +379,9 @@ impl Reporter {
 pub(crate) struct Link {
     bridge: Arc<Bridge>,
     jobs: SyncSender<Job>,
+    /// Resume reads for the subscriber thread (history on).
+    reads: SyncSender<history::Read>,
+    next_read: u64,
     threads: Vec<JoinHandle<()>>,
     done: Receiver<()>,
     seq: u64,
@@ -384,6 +416,7 @@ impl Link {
     pub(crate) fn start(
         config: &ClusterConfig,
         ws: &WebSocketConfig,
+        kept: &HistoryConfig,
         handle: Handle,
     ) -> Result<Link, String> {
         let node_id = if config.node_id.is_empty() {
@@ -409,6 +442,11 @@ impl Link {
             inbound: Budget::new(config.max_queue_bytes),
             url: config.redis.expose().to_owned(),
             presence_ttl: config.presence_ttl,
+            history: kept.enabled().then(|| history::Settings {
+                size: kept.size,
+                ttl_ms: crate::wheel::millis(kept.ttl),
+                meta_ttl_ms: crate::wheel::millis(kept.meta_ttl),
+            }),
             interest: Mutex::default(),
             interest_changed: AtomicBool::new(false),
             presence: Mutex::default(),
@@ -422,6 +460,7 @@ impl Link {
         );
         claim_node_id(&bridge)?;
         let (jobs, job_queue) = mpsc::sync_channel(PUBLISH_QUEUE);
+        let (reads, read_queue) = mpsc::sync_channel(READ_QUEUE);
         let (ready_tx, ready) = mpsc::sync_channel(2);
         let (done_tx, done) = mpsc::sync_channel(2);
         let reporter = |side| Reporter {
@@ -440,13 +479,15 @@ impl Link {
         }));
         let (b, r, d) = (bridge.clone(), reporter(Side::Subscriber), done_tx);
         threads.push(spawn("wshub-cluster-sub", move || {
-            subscriber::run(&b, r);
+            subscriber::run(&b, r, &read_queue);
             drop(d);
         }));
         drop(ready_tx);
         let mut link = Link {
             bridge,
             jobs,
+            reads,
+            next_read: 0,
             threads: threads.into_iter().flatten().collect(),
             done,
             seq: 0,
@@ -509,6 +550,35 @@ impl Link {
         self.up().then_some(&self.view)
     }
 
+    /// Whether history is kept in Redis (`history` on).
+    pub(crate) fn keeps_history(&self) -> bool {
+        self.bridge.history.is_some()
+    }
+
+    /// Asks the subscriber thread to read a resume's streams; returns the
+    /// id its [`Event::HistoryRead`] will carry. `None` (nothing asked)
+    /// while the cluster is down or the read queue is full.
+    pub(crate) fn read_history(&mut self, streams: Vec<history::ReadStream>) -> Option<u64> {
+        if !self.up() || self.bridge.history.is_none() {
+            return None;
+        }
+        self.next_read += 1;
+        let read = history::Read {
+            id: self.next_read,
+            streams,
+        };
+        match self.reads.try_send(read) {
+            Ok(()) => Some(self.next_read),
+            Err(_) => None,
+        }
+    }
+
+    /// Messages from Redis dropped so far (`cluster.max_queue_bytes`, or
+    /// the loop's queue full): a recovering session may have missed one.
+    pub(crate) fn receive_drops(&self) -> u64 {
+        self.bridge.stats.receive_dropped.load(Ordering::Relaxed)
+    }
+
     /// Hands `json` for `target` to the publisher. False when the cluster
     /// is down or the queue is full: nothing was published.
     pub(crate) fn publish(&mut self, audience: Audience<&str>, json: &[u8]) -> bool {
@@ -516,7 +586,8 @@ impl Link {
         let make = |names: &Names, origin: &Origin<'_>| {
             Publication::new(names, audience, origin, json, signed)
         };
-        self.enqueue(make, None).is_some()
+        self.enqueue(make, None, Some(except_of(audience)))
+            .is_some()
     }
 
     /// Asks every node holding sessions of `user` to add them to `room`
@@ -535,7 +606,7 @@ impl Link {
             Publication::membership(names, user, room, join, origin, signed)
         };
         let ack = acked.then(|| Instant::now() + PUBLISH_WAIT);
-        self.enqueue(make, ack).map(Ticket::Published)
+        self.enqueue(make, ack, None).map(Ticket::Published)
     }
 
     /// Like [`Link::publish`], and the publisher reports when Redis
@@ -551,7 +622,8 @@ impl Link {
         let make = |names: &Names, origin: &Origin<'_>| {
             Publication::new(names, audience, origin, json, signed)
         };
-        self.enqueue(make, Some(deadline)).map(Ticket::Published)
+        self.enqueue(make, Some(deadline), Some(except_of(audience)))
+            .map(Ticket::Published)
     }
 
     /// Hands the next publication of this run (numbered in one sequence)
@@ -560,6 +632,7 @@ impl Link {
         &mut self,
         make: impl FnOnce(&Names, &Origin<'_>) -> Publication,
         ack: Option<Instant>,
+        keep: Option<Option<crate::audience::SessionKey>>,
     ) -> Option<u64> {
         if !self.up() {
             return None;
@@ -581,6 +654,7 @@ impl Link {
             publication,
             seq: self.seq,
             ack,
+            keep,
         };
         match self.jobs.try_send(job) {
             Ok(()) => Some(self.seq),
@@ -944,6 +1018,14 @@ impl Drop for Link {
                 let _ = thread.join();
             }
         }
+    }
+}
+
+/// The session a message for `audience` leaves out, if any.
+fn except_of(audience: Audience<&str>) -> Option<crate::audience::SessionKey> {
+    match audience {
+        Audience::Everyone { except } | Audience::Room { except, .. } => except,
+        Audience::User(_) => None,
     }
 }
 

@@ -8,6 +8,9 @@
 //! pile up while a pipeline is in flight, so the next one carries them all;
 //! when idle, a lone message goes out at once. A batch that fails is dropped
 //! (counted), never re-sent: delivery stays at-most-once.
+//!
+//! With history on, each message is appended by `history`'s script
+//! instead of a bare PUBLISH (offset, stream entry and publish in one step).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
@@ -16,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use redis::{Connection, RedisResult};
 
+use super::history;
 use super::presence::Counts;
 use super::view::{self, View};
 use super::wire::Publication;
@@ -72,10 +76,11 @@ pub(super) fn run(bridge: &Bridge, mut reporter: Reporter, jobs: &Receiver<Job>)
                         publication.sign(key);
                     }
                 }
-                let result = publish(&mut con, &batch.publications);
+                let result = publish(bridge, &mut con, &mut batch);
                 let bytes = batch.publications.iter().map(Publication::len).sum();
                 bridge.outbound.give_back(bytes);
                 batch.publications.clear();
+                batch.keeps.clear();
                 let acked = batch.acked.take();
                 if let Some(upto) = acked {
                     let ok = result.is_ok();
@@ -113,14 +118,23 @@ pub(super) fn run(bridge: &Bridge, mut reporter: Reporter, jobs: &Receiver<Job>)
 /// number among them.
 struct Batch {
     publications: Vec<Publication>,
+    /// Per publication, whether it is kept in history (with the session
+    /// its node leaves out); `None`: only published.
+    keeps: Vec<Option<Option<crate::audience::SessionKey>>>,
     acked: Option<u64>,
+    /// New epochs for streams Redis does not know (history only).
+    random: std::hash::RandomState,
+    epochs: u64,
 }
 
 impl Default for Batch {
     fn default() -> Self {
         Batch {
             publications: Vec::with_capacity(PIPELINE_MAX),
+            keeps: Vec::with_capacity(PIPELINE_MAX),
             acked: None,
+            random: std::hash::RandomState::new(),
+            epochs: 0,
         }
     }
 }
@@ -137,6 +151,7 @@ fn take(bridge: &Bridge, first: Job, batch: &mut Batch, jobs: &Receiver<Job>) ->
                 publication,
                 seq,
                 ack,
+                keep,
             } => match ack {
                 Some(deadline) if deadline <= now => {
                     bridge.outbound.give_back(publication.len());
@@ -145,8 +160,12 @@ fn take(bridge: &Bridge, first: Job, batch: &mut Batch, jobs: &Receiver<Job>) ->
                 Some(_) => {
                     batch.acked = Some(seq);
                     batch.publications.push(publication);
+                    batch.keeps.push(keep);
                 }
-                None => batch.publications.push(publication),
+                None => {
+                    batch.publications.push(publication);
+                    batch.keeps.push(keep);
+                }
             },
             Job::Leave => return true,
         }
@@ -160,11 +179,42 @@ fn take(bridge: &Bridge, first: Job, batch: &mut Batch, jobs: &Receiver<Job>) ->
     }
 }
 
-fn publish(con: &mut Connection, batch: &[Publication]) -> RedisResult<()> {
+fn publish(bridge: &Bridge, con: &mut Connection, batch: &mut Batch) -> RedisResult<()> {
     let mut pipe = redis::pipe();
-    for publication in batch {
-        pipe.cmd("PUBLISH")
+    let Some(settings) = bridge.history else {
+        for publication in &batch.publications {
+            pipe.cmd("PUBLISH")
+                .arg(publication.channel())
+                .arg(publication.payload())
+                .ignore();
+        }
+        return pipe.query(con);
+    };
+    for (publication, keep) in batch.publications.iter().zip(&batch.keeps) {
+        let target = std::str::from_utf8(publication.channel())
+            .ok()
+            .and_then(|channel| bridge.names.target(channel));
+        let (Some(except), Some(target)) = (keep, target) else {
+            pipe.cmd("PUBLISH")
+                .arg(publication.channel())
+                .arg(publication.payload())
+                .ignore();
+            continue;
+        };
+        let (meta, stream) = history::keys(&bridge.names, target.as_deref());
+        batch.epochs += 1;
+        let epoch = history::new_epoch(&batch.random, batch.epochs);
+        pipe.cmd("EVAL")
+            .arg(history::APPEND_SCRIPT)
+            .arg(2)
+            .arg(meta)
+            .arg(stream)
+            .arg(epoch.as_str())
+            .arg(settings.size)
+            .arg(settings.ttl_ms)
+            .arg(settings.meta_ttl_ms)
             .arg(publication.channel())
+            .arg(history::except_text(*except))
             .arg(publication.payload())
             .ignore();
     }

@@ -50,6 +50,11 @@ impl Names {
         }
     }
 
+    /// The prefix every channel and key starts with.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     /// The channel a message for `audience` is published on (the sender a
     /// relayed message leaves out is on this node, so it does not matter).
     pub fn channel(&self, audience: Audience<&str>) -> String {

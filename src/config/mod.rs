@@ -652,16 +652,6 @@ impl Config {
                     .to_owned(),
             ));
         }
-        if self.history.enabled() && self.cluster.enabled() {
-            return Err(invalid(
-                origin,
-                "history.size",
-                "history is not supported together with cluster.redis yet (a node alone \
-                 cannot vouch for what the others published); set 0 or leave cluster.redis \
-                 empty"
-                    .to_owned(),
-            ));
-        }
         let jwt = &self.jwt;
         let no_key = jwt.secret.is_empty() && jwt.public_key.is_empty() && jwt.jwks_url.is_empty();
         if self.rooms.join != JoinMode::Open && no_key {

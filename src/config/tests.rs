@@ -280,12 +280,9 @@ fn history_section_defaults_off_and_checks_its_bounds() {
         error("history:\n  size: -1\n"),
         "config.yaml: history.size: expected a non-negative integer, got -1"
     );
-    assert_eq!(
-        error("history:\n  size: 10\ncluster:\n  redis: \"redis://127.0.0.1:6379/0\"\n"),
-        "config.yaml: history.size: history is not supported together with cluster.redis yet \
-         (a node alone cannot vouch for what the others published); set 0 or leave \
-         cluster.redis empty"
-    );
+    // In a cluster the streams live in Redis (README "History and resume").
+    let both = parse("history:\n  size: 10\ncluster:\n  redis: \"redis://127.0.0.1:6379/0\"\n");
+    assert!(both.history.enabled() && both.cluster.enabled());
     assert_eq!(
         error("history:\n  sizes: 1\n"),
         "config.yaml: unknown key \"history.sizes\""

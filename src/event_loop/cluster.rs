@@ -27,6 +27,9 @@ impl EventLoop {
     /// A handle or hook push: here, and to the other nodes when the
     /// cluster is up. Returns the sessions addressed (cluster-wide).
     pub(super) fn push(&mut self, target: &Audience<String>, json: &[u8]) -> usize {
+        if self.remote.is_some() {
+            return self.push_kept(target, json);
+        }
         let local = self.push_local(target, json);
         let Some(link) = self.cluster.as_mut() else {
             return local;
@@ -126,7 +129,10 @@ impl EventLoop {
         let Some(link) = self.cluster.as_ref() else {
             return false;
         };
-        self.sessions.get(index).is_some_and(|s| link.holds(s.key))
+        let remote = self.remote.as_ref();
+        self.sessions
+            .get(index)
+            .is_some_and(|s| link.holds(s.key) || remote.is_some_and(|r| r.holds(s.key)))
     }
 
     /// Acts on parked work the cluster confirmed or refused: opens the
@@ -168,7 +174,10 @@ impl EventLoop {
                     },
                     Outcome::Confirmed,
                 ) => {
-                    let local = self.push_local(&target, &json);
+                    let local = match self.remote {
+                        Some(_) => self.deliver_here(target.as_deref(), &json, true),
+                        None => self.push_local(&target, &json),
+                    };
                     let remote = self
                         .cluster
                         .as_ref()
@@ -225,6 +234,20 @@ impl EventLoop {
                 link.delivered(json.len());
                 self.push_local(&target, &json);
             }
+            Event::Kept {
+                target,
+                json,
+                epoch,
+                offset,
+                own,
+            } => {
+                link.delivered(json.len());
+                self.on_kept(&target, &json, &epoch, offset, own);
+            }
+            Event::HistoryRead { id, result, bytes } => {
+                link.delivered(bytes);
+                self.on_history_read(id, result);
+            }
             Event::Membership { user, room, join } => {
                 self.cluster_membership(&user, &room, join);
             }
@@ -277,6 +300,7 @@ impl EventLoop {
     pub(super) fn cluster_tick(&mut self) {
         if let Some(link) = self.cluster.as_mut() {
             link.tick(self.now_ms, &self.router);
+            self.remote_tick();
             self.settle_cluster();
         }
     }

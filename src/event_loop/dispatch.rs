@@ -119,6 +119,9 @@ impl EventLoop {
                 if let Some(link) = self.cluster.as_ref() {
                     link.render_metrics(&mut text);
                 }
+                if let Some(remote) = self.remote.as_ref() {
+                    remote.render_metrics(&mut text);
+                }
                 if let Some(history) = self.history.as_ref() {
                     history.render_metrics(&mut text);
                 }
@@ -441,8 +444,12 @@ impl EventLoop {
             }
             Route::Deliver(audience, json) => {
                 let min_bytes = self.config.websocket.compression_min_bytes;
-                self.deliver(audience, &mut Encoded::new(Kind::Text, &json, min_bytes));
-                self.relay_to_cluster(index, audience, &json);
+                if self.remote.is_some() {
+                    self.relay_kept(index, audience, &json);
+                } else {
+                    self.deliver(audience, &mut Encoded::new(Kind::Text, &json, min_bytes));
+                    self.relay_to_cluster(index, audience, &json);
+                }
             }
         }
         self.apply_actions();

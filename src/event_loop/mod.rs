@@ -7,6 +7,7 @@
 //! | read | `read.rs` | drains ready sockets through their sessions (TLS handshakes: a budget per pass, `handshakes.rs`) |
 //! | dispatch | `dispatch.rs` | acts on each complete unit: REST, upgrade, frames → router → queues |
 //! | (resume) | `resume.rs` | with history on: welcome, replay and `recovered` at upgrade and join |
+//! | (resume) | `remote.rs` | with history on in a cluster: positions from Redis, resume reads |
 //! | (resume) | `stream.rs` | with history on: an event stream's `id:` tokens, and its resume at open |
 //! | accept | `accept.rs` | takes new connections |
 //! | clients | `clients.rs` | who is behind a connection (proxies, PROXY header) and `max_connections_per_ip` |
@@ -68,6 +69,7 @@ mod deliver;
 mod dispatch;
 mod handshakes;
 mod read;
+mod remote;
 mod resume;
 mod rooms;
 mod stream;
@@ -173,6 +175,9 @@ pub(crate) struct EventLoop {
     /// The last messages per audience for resuming sessions; `None` while
     /// `history.size` is 0 (then nothing of it runs).
     history: Option<History>,
+    /// With history on in a cluster (the streams live in Redis): resumes
+    /// waiting for their read (`remote.rs`); `None` otherwise.
+    remote: Option<crate::history::remote::Remote>,
     /// Who is behind each connection: the proxy policy and the counts of
     /// `max_connections_per_ip` (see `clients.rs`).
     clients: Clients,
@@ -204,13 +209,13 @@ impl EventLoop {
         let rooms = Rooms::new(&parts.config, parts.jwt.clone());
         let webhooks = crate::webhooks::Webhooks::start(&parts.config.webhooks);
         // Config::load refuses the pair; a Config built in code is told here.
-        let history = History::new(&parts.config.history).filter(|_| {
-            let alone = parts.cluster.is_none();
-            if !alone {
-                log::warn!("history is not supported with cluster.redis yet: history off");
-            }
-            alone
-        });
+        // In a cluster the streams live in Redis (`remote.rs`).
+        let history = History::new(&parts.config.history).filter(|_| parts.cluster.is_none());
+        let remote = parts
+            .cluster
+            .as_ref()
+            .is_some_and(Link::keeps_history)
+            .then(crate::history::remote::Remote::default);
         let sse_marks = history.as_ref().map(|_| {
             let bits = std::hash::BuildHasher::hash_one(&std::hash::RandomState::new(), start);
             crate::sse::marks::Marks::new(bits, millis(parts.config.history.ttl))
@@ -263,6 +268,7 @@ impl EventLoop {
             jwt: parts.jwt,
             webhooks,
             history,
+            remote,
             clients,
         }
     }
@@ -341,6 +347,7 @@ impl EventLoop {
             self.shutdown_deadline_ms,
             cluster_tick_ms,
             self.history.as_ref().and_then(History::next_deadline),
+            self.remote.as_ref().and_then(|r| r.next_deadline()),
             self.webhook_deadline(),
         ]
         .into_iter()
