@@ -219,6 +219,36 @@ fn metric(addr: SocketAddr, name: &str) -> io::Result<f64> {
         .ok_or_else(|| io::Error::other(format!("no metric {name}")))
 }
 
+/// CPU seconds (user + system) of the threads of process `pid` whose name
+/// starts with `prefix` (`None`: the main thread, which runs the loop),
+/// from /proc (Linux). CPU time, not wall time: other load on the machine
+/// does not count.
+fn thread_cpu(pid: u32, prefix: Option<&str>) -> io::Result<f64> {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let mut total = 0.0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let task = task?;
+        let stat = std::fs::read_to_string(task.path().join("stat"))?;
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let wanted = match prefix {
+            Some(prefix) => stat[open + 1..close].starts_with(prefix),
+            None => task.file_name().to_str() == Some(&pid.to_string()),
+        };
+        if !wanted {
+            continue;
+        }
+        let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
+        // utime and stime: fields 14 and 15 of stat(5), 12 and 13 here.
+        let cpu: f64 =
+            fields[11].parse::<f64>().unwrap_or(0.0) + fields[12].parse::<f64>().unwrap_or(0.0);
+        total += cpu / ticks;
+    }
+    Ok(total)
+}
+
 /// One line of Redis's INFO, as a number.
 fn redis_info(con: &mut redis::Connection, field: &str) -> io::Result<f64> {
     let info: String = redis::cmd("INFO")
@@ -263,8 +293,8 @@ fn main() -> io::Result<()> {
     let client = redis::Client::open(format!("redis://127.0.0.1:{redis_port}/0"))
         .map_err(io::Error::other)?;
     let mut con = client.get_connection().map_err(io::Error::other)?;
-    let (_a, a) = start_node(&o.binary, "a", redis_port, o.sessions)?;
-    let (_b, b) = start_node(&o.binary, "b", redis_port, o.sessions)?;
+    let (a_process, a) = start_node(&o.binary, "a", redis_port, o.sessions)?;
+    let (b_process, b) = start_node(&o.binary, "b", redis_port, o.sessions)?;
     wait_until("both nodes", || {
         Ok(http_get(a, "/api/ws/status")?.contains("\"nodes\":2"))
     })?;
@@ -301,6 +331,15 @@ fn main() -> io::Result<()> {
         metric(b, "wshub_loop_iteration_seconds_sum")?,
     );
     let bytes0 = redis_bytes(&mut con)?;
+    let (pid_a, pid_b) = (a_process.child.id(), b_process.child.id());
+    let cpu_now = || -> io::Result<[f64; 3]> {
+        Ok([
+            thread_cpu(pid_a, None)?,
+            thread_cpu(pid_a, Some("wshub-cluster-p"))?,
+            thread_cpu(pid_b, None)?,
+        ])
+    };
+    let cpu0 = cpu_now()?;
     let started = Instant::now();
     let window = Duration::from_secs(o.seconds);
     let period = Duration::from_millis(1000 / o.hz.max(1));
@@ -330,6 +369,12 @@ fn main() -> io::Result<()> {
     }
     let wall = started.elapsed().as_secs_f64();
     let bytes = redis_bytes(&mut con)? - bytes0;
+    let cpu1 = cpu_now()?;
+    let cpu: Vec<f64> = cpu1
+        .iter()
+        .zip(cpu0)
+        .map(|(c1, c0)| (c1 - c0) / wall * 100.0)
+        .collect();
     let (loop_a, loop_b) = (
         metric(a, "wshub_loop_iteration_seconds_sum")? - loop_a0,
         metric(b, "wshub_loop_iteration_seconds_sum")? - loop_b0,
@@ -350,6 +395,10 @@ fn main() -> io::Result<()> {
         at(0.5),
         at(0.99),
         pings.len()
+    );
+    println!(
+        "  CPU: node a's loop thread {:.1} %, its publisher thread {:.1} %, node b's loop thread {:.1} %",
+        cpu[0], cpu[1], cpu[2]
     );
     println!(
         "  through Redis: {:.3} MiB/s, {:.1} KiB per 500 ms refresh period",
