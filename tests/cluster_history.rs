@@ -2,8 +2,9 @@
 //! section 12): real `wshub` processes over a private `redis-server` on a
 //! free loopback port (stopped by PID), real clients. Resume on another
 //! node (exact, in order, then `recovered`), the seam under continuous
-//! traffic, `ok:false` for an overflowed stream, a foreign position, a
-//! flushed Redis and a Redis that is down, room `since` across nodes, and
+//! traffic, `ok:false` for an overflowed stream, entries past the ttl, a
+//! foreign position, a flushed Redis and a Redis that is down (a hung one:
+//! `ok:false` or 1013, never silence), room `since` across nodes, and
 //! the two-node chaos test in its short form: clients cut with TCP resets
 //! and resumed on the other node lose and repeat nothing.
 
@@ -110,6 +111,10 @@ struct Node {
 
 impl Node {
     fn start(id: &str, redis: &Redis, size: usize) -> Node {
+        Node::start_ttl(id, redis, size, "2m")
+    }
+
+    fn start_ttl(id: &str, redis: &Redis, size: usize, ttl: &str) -> Node {
         let dir = scratch_dir();
         let port = free_port();
         let config = dir.join("config.yaml");
@@ -119,7 +124,7 @@ impl Node {
                 "app:\n  host: \"127.0.0.1\"\n  port: {port}\n  demo: false\n\
                  log:\n  level: info\n\
                  websocket:\n  shutdown_timeout: 2s\n  max_connections: 2000\n\
-                 history:\n  size: {size}\n\
+                 history:\n  size: {size}\n  ttl: {ttl}\n\
                  cluster:\n  redis: \"{}\"\n  node_id: \"{id}\"\n  presence_ttl: 2s\n  channel_prefix: \"h\"\n  secret: \"s3cret\"\n",
                 redis.url()
             ),
@@ -479,6 +484,36 @@ fn streams_that_cannot_be_vouched_for_answer_ok_false() {
 }
 
 #[test]
+fn entries_older_than_the_ttl_answer_ok_false() {
+    let redis = Redis::start();
+    let a = Node::start_ttl("a", &redis, 10, "1s");
+    let b = Node::start_ttl("b", &redis, 10, "1s");
+    let (client, welcome) = a.welcome("recover=1");
+    let pos = welcome["content"]["a"].as_str().unwrap().to_owned();
+    client.close();
+    b.broadcast(1);
+    std::thread::sleep(Duration::from_millis(1300));
+    let (mut client, welcome) = b.welcome(&format!("since={pos}"));
+    let (replayed, recovered) = until_recovered(&mut client);
+    assert!(replayed.is_empty(), "{replayed:?}");
+    assert_eq!(
+        recovered["content"]["a"],
+        json!({"ok": false, "replayed": 0})
+    );
+    // From the welcome's position, within the ttl, the resume replays.
+    let pos = welcome["content"]["a"].as_str().unwrap().to_owned();
+    client.close();
+    a.broadcast(2);
+    let (mut client, _) = b.welcome(&format!("since={pos}"));
+    let (replayed, recovered) = until_recovered(&mut client);
+    assert_eq!(contents(&replayed), [2]);
+    assert_eq!(
+        recovered["content"]["a"],
+        json!({"ok": true, "replayed": 1})
+    );
+}
+
+#[test]
 fn a_room_resumes_with_since_on_another_node() {
     let redis = Redis::start();
     let a = Node::start("a", &redis, 50);
@@ -526,6 +561,58 @@ fn a_room_resumes_with_since_on_another_node() {
     let (replayed, recovered) = until_recovered(&mut dee);
     assert!(replayed.is_empty());
     assert_eq!(recovered["content"], json!({"ok": false, "replayed": 0}));
+}
+
+#[test]
+fn a_hung_redis_answers_a_resume_with_ok_false_or_1013_never_silence() {
+    let redis = Redis::start();
+    let a = Node::start("a", &redis, 10);
+    let (client, welcome) = a.welcome("recover=1");
+    let pos = welcome["content"]["a"].as_str().unwrap().to_owned();
+    client.close();
+    let pid = redis.child.as_ref().map(|c| c.id()).unwrap() as libc::pid_t;
+    // SAFETY: kill(2) on the PID of a child we started and have not reaped.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let started = Instant::now();
+    let mut client = a.connect(&format!("since={pos}"));
+    // Either the node already knows Redis is gone (ok:false at once), or
+    // the read in flight fails and the session is closed to resume later.
+    let outcome = match client.ws.read().expect("read") {
+        WsMessage::Text(text) => {
+            let welcome: Value = serde_json::from_str(text.as_str()).unwrap();
+            assert_eq!(welcome["content"]["a"], "a:0:0", "{welcome}");
+            let (replayed, recovered) = until_recovered(&mut client);
+            assert!(replayed.is_empty());
+            assert_eq!(
+                recovered["content"]["a"],
+                json!({"ok": false, "replayed": 0})
+            );
+            "ok:false"
+        }
+        WsMessage::Close(Some(frame)) => {
+            assert_eq!(u16::from(frame.code), 1013, "{frame:?}");
+            "1013"
+        }
+        other => panic!("unexpected {other:?}"),
+    };
+    eprintln!("hung Redis: {outcome} after {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{outcome} after {:?}",
+        started.elapsed()
+    );
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    wait_for(WAIT, "the node to be back", || a.healthy().then_some(()));
+    a.broadcast(1);
+    let (mut client, _) = a.welcome(&format!("since={pos}"));
+    let (replayed, recovered) = until_recovered(&mut client);
+    assert_eq!(contents(&replayed), [1]);
+    assert_eq!(
+        recovered["content"]["a"],
+        json!({"ok": true, "replayed": 1})
+    );
+    assert!(a.metric("wshub_history_reads_failed_total") >= 1);
 }
 
 // ---- the two-node chaos test ------------------------------------------
