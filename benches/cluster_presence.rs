@@ -340,6 +340,10 @@ fn main() -> io::Result<()> {
         ])
     };
     let cpu0 = cpu_now()?;
+    eprintln!(
+        "cluster presence: measuring for {} s (node a is pid {pid_a})",
+        o.seconds
+    );
     let started = Instant::now();
     let window = Duration::from_secs(o.seconds);
     let period = Duration::from_millis(1000 / o.hz.max(1));

@@ -80,7 +80,7 @@ const LOCK_TTL: Duration = Duration::from_millis(1700);
 const STOP_WAIT: Duration = Duration::from_secs(2);
 
 /// Whose channel a subscription is for.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Kind {
     User,
     Room,
@@ -404,7 +404,10 @@ pub(crate) struct Link {
     settled: Vec<(Waiter<Held>, Outcome)>,
     /// Waiters refused (timeout, failed publish, outage), for `/metrics`.
     refused: u64,
-    departures: bool,
+    /// Users and rooms whose channel may no longer be needed (a last
+    /// session or member left, a pin dropped): looked at, and only they,
+    /// at the next tick. Never more than the names this node held.
+    leaving: HashSet<(Kind, String)>,
     next_tick_ms: u64,
 }
 
@@ -503,7 +506,7 @@ impl Link {
             settled: Vec::new(),
             held: HashSet::new(),
             refused: 0,
-            departures: false,
+            leaving: HashSet::new(),
             next_tick_ms: 0,
         };
         let deadline = Instant::now() + STARTUP_WAIT;
@@ -755,7 +758,15 @@ impl Link {
                     if *count == 0 {
                         self.pins.remove(channel);
                         // Its session may never have opened: look again.
-                        self.departures = true;
+                        match self.bridge.names.target(channel) {
+                            Some(Audience::User(user)) => {
+                                self.leaving.insert((Kind::User, user));
+                            }
+                            Some(Audience::Room { room, .. }) => {
+                                self.leaving.insert((Kind::Room, room));
+                            }
+                            _ => {}
+                        }
                     }
                 }
             }
@@ -779,13 +790,20 @@ impl Link {
     }
 
     /// A session of `user` in `rooms` is about to leave the router:
-    /// presence forgets it (O(its rooms)).
-    pub(crate) fn closing<'a>(&self, user: Option<&str>, rooms: impl Iterator<Item = &'a str>) {
+    /// presence forgets it, and the user's and rooms' channels are looked
+    /// at in the next tick (O(its rooms)).
+    pub(crate) fn closing<'a>(&mut self, user: Option<&str>, rooms: impl Iterator<Item = &'a str>) {
         let mut pending = self.bridge.pending();
         for room in rooms {
             pending.deltas.member(user, room, -1);
+            if self.rooms.contains_key(room) {
+                self.leaving.insert((Kind::Room, room.to_owned()));
+            }
         }
         pending.deltas.session(user, -1);
+        if let Some(user) = user.filter(|u| self.users.contains_key(*u)) {
+            self.leaving.insert((Kind::User, user.to_owned()));
+        }
     }
 
     /// A session of `user` joined (`joined`) or left `room`: presence
@@ -795,11 +813,10 @@ impl Link {
         self.bridge.pending().deltas.member(user, room, by);
     }
 
-    /// A user's last session here closed, or a room's last member here
-    /// left: its channel may be released at the next tick (unless someone
-    /// came back by then).
-    pub(crate) fn departed(&mut self) {
-        self.departures = true;
+    /// A room's last member here left: its channel may be released at the
+    /// next tick (unless someone came back by then).
+    pub(crate) fn departed(&mut self, room: &str) {
+        self.leaving.insert((Kind::Room, room.to_owned()));
     }
 
     /// Changes the interest; returns the version the subscriber will
@@ -828,7 +845,7 @@ impl Link {
             return;
         }
         self.next_tick_ms = now_ms + crate::wheel::millis(self.bridge.refresh_period()) / 2;
-        if std::mem::take(&mut self.departures) {
+        if !self.leaving.is_empty() {
             self.release(router);
         }
         if self.bridge.pending().deltas.overflowed() {
@@ -840,23 +857,31 @@ impl Link {
         }
     }
 
+    /// Lets go of the channels of `leaving` that no local session needs
+    /// and no waiter pins (a pinned one is looked at again when its pin
+    /// drops): O(names that left), never a walk of every channel.
     fn release(&mut self, router: &Router) {
-        let (names, pins) = (&self.bridge.names, &self.pins);
-        let mut gone = Vec::new();
-        let mut unneeded = |channel: String| {
-            let pinned = pins.contains_key(&channel);
-            if !pinned {
-                gone.push(channel);
+        for (kind, name) in std::mem::take(&mut self.leaving) {
+            let (needed, versions, audience) = match kind {
+                Kind::User => (
+                    router.user_sessions(&name) > 0,
+                    &mut self.users,
+                    Audience::User(name.as_str()),
+                ),
+                Kind::Room => (
+                    router.room_size(&name) > 0,
+                    &mut self.rooms,
+                    Audience::room(name.as_str()),
+                ),
+            };
+            if needed || !versions.contains_key(&name) {
+                continue;
             }
-            !pinned
-        };
-        self.users.retain(|user, _| {
-            router.user_sessions(user) > 0 || !unneeded(names.channel(Audience::User(user)))
-        });
-        self.rooms.retain(|room, _| {
-            router.room_size(room) > 0 || !unneeded(names.channel(Audience::room(room)))
-        });
-        for channel in gone {
+            let channel = self.bridge.names.channel(audience);
+            if self.pins.contains_key(&channel) {
+                continue;
+            }
+            versions.remove(&name);
             self.want(channel, false);
         }
     }

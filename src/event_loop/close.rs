@@ -10,7 +10,6 @@ use crate::audience::SessionKey;
 use crate::frame::DecodeError;
 use crate::hooks::{CloseReason, SessionInfo};
 use crate::ids;
-use crate::router::Change;
 use crate::session::Left;
 
 impl EventLoop {
@@ -39,14 +38,11 @@ impl EventLoop {
         self.open_websockets -= 1;
         let rooms = self.rooms_before_leaving(key, user.as_deref());
         let webhook_rooms = self.webhook_rooms_of(key);
-        if let Some(link) = self.cluster.as_ref() {
+        if let Some(link) = self.cluster.as_mut() {
             link.closing(user.as_deref(), self.router.rooms_of(key).map(|r| &**r));
         }
-        let change = self.router.remove_session(key, user.as_deref());
+        self.router.remove_session(key, user.as_deref());
         self.webhook_disconnected(user.as_deref(), &webhook_rooms);
-        if let (Some(link), Change::LastMember) = (self.cluster.as_mut(), change) {
-            link.departed();
-        }
         self.left_rooms(key, user.as_deref(), rooms);
         self.publish_online();
         info!(

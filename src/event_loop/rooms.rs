@@ -106,7 +106,7 @@ impl EventLoop {
                         let _ = link.want_room(room);
                     }
                 }
-                Change::LastMember => link.departed(),
+                Change::LastMember => link.departed(room),
                 _ => {}
             }
         }
