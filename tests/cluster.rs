@@ -1306,6 +1306,11 @@ fn forge_presence(redis: &Redis, node_id: &str, entry: &[u8]) {
         .expect("forge presence");
 }
 
+/// A presence entry as a node writes it without a secret.
+fn versioned(json: &str) -> Vec<u8> {
+    format!("wshub-presence1 1.1\n{json}").into_bytes()
+}
+
 /// Issue 19, finding 8: with cluster.secret, a presence key written by
 /// someone else (unsigned, or a real node's signed entry copied under
 /// another id) inflates nothing, and is counted.
@@ -1329,7 +1334,9 @@ fn with_a_secret_a_forged_presence_key_is_ignored() {
     forge_presence(
         &redis,
         "fake",
-        br#"{"sessions":1000000,"users":{"ghost":1000000},"rooms":{"r":1000000},"members":{"r":["ghost"]}}"#,
+        &versioned(
+            r#"{"sessions":1000000,"users":{"ghost":1000000},"rooms":{"r":1000000},"members":{"r":["ghost"]}}"#,
+        ),
     );
     forge_presence(&redis, "copy", &signed_b);
     wait_for(Duration::from_secs(4), "both forgeries refused", || {
@@ -1362,7 +1369,7 @@ fn a_presence_entry_past_its_bounds_is_ignored() {
     forge_presence(
         &redis,
         "liar",
-        br#"{"sessions":1,"users":{"ghost":1000000},"rooms":{}}"#,
+        &versioned(r#"{"sessions":1,"users":{"ghost":1000000},"rooms":{}}"#),
     );
     forge_presence(&redis, "junk", b"not json");
     wait_for(Duration::from_secs(4), "both entries refused", || {
@@ -1376,7 +1383,66 @@ fn a_presence_entry_past_its_bounds_is_ignored() {
     forge_presence(
         &redis,
         "plain",
-        br#"{"sessions":1,"users":{"zed":1},"rooms":{}}"#,
+        &versioned(r#"{"sessions":1,"users":{"zed":1},"rooms":{}}"#),
     );
     wait_status(&[&a], 1, &["zed"], 2, Duration::from_secs(4));
+}
+
+/// Redis's INFO counter `field` (bytes in or out since it started).
+fn redis_stat(redis: &Redis, field: &str) -> u64 {
+    let info: String = redis.query(redis::cmd("INFO").arg("stats")).expect("INFO");
+    info.lines()
+        .find_map(|l| {
+            l.strip_prefix(field)?
+                .strip_prefix(':')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no {field} in INFO"))
+}
+
+/// Issue 19, finding 6: a node reads another node's entry again only when
+/// its version changed; an idle cluster with a large entry costs Redis
+/// headers, not the entry, every refresh.
+#[test]
+fn an_unchanged_presence_entry_is_not_read_again() {
+    let redis = Redis::start();
+    let a = Node::start("a", redis.port);
+    let b = Node::start("b", redis.port);
+    for node in [&a, &b] {
+        wait_for(WAIT, "the node to join", || node.healthy().then_some(()));
+    }
+    // 32 sessions x 64 rooms of 100-byte names: a ~250 KB entry.
+    let room = |s: usize, k: usize| format!("{:0<100}", format!("r{s}-{k}-"));
+    let mut clients = Vec::new();
+    for s in 0..32 {
+        let mut client = a.connect(Some(&format!("u{s}")));
+        for k in 0..64 {
+            client.send_json(json!({"type": "join", "room": room(s, k)}));
+        }
+        clients.push(client);
+    }
+    let last = room(31, 63);
+    wait_for(WAIT, "every room in b's view", || {
+        (b.get(&format!("/api/ws/rooms/{last}")).1["count"] == 1).then_some(())
+    });
+    let entry: usize = redis
+        .query(redis::cmd("STRLEN").arg("t:node:a"))
+        .expect("STRLEN");
+    assert!(entry > 200_000, "a large entry: {entry} bytes");
+    // Idle: a extends its key, b looks at the header, every 500 ms.
+    std::thread::sleep(Duration::from_millis(1000));
+    let before = redis_stat(&redis, "total_net_output_bytes");
+    std::thread::sleep(Duration::from_millis(3000));
+    let idle = redis_stat(&redis, "total_net_output_bytes") - before;
+    // Reading the entry at each of the ~6 refreshes would be 1.5 MB.
+    assert!(idle < 100_000, "{idle} bytes out of Redis in 3 s idle");
+    // A change is read.
+    let mut late = a.connect(Some("late"));
+    late.send_json(json!({"type": "join", "room": "changed"}));
+    wait_for(Duration::from_secs(4), "the change in b's view", || {
+        (b.get("/api/ws/rooms/changed").1["users"] == json!(["late"])).then_some(())
+    });
+    drop(clients);
 }

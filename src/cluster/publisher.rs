@@ -15,13 +15,14 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use redis::{Connection, RedisResult};
 
 use super::history;
 use super::presence::Counts;
-use super::view::{self, View};
+use super::view::{self, Entry, View};
 use super::wire::Publication;
 use super::{Bridge, Event, Job, Reporter, BACKOFF_MAX, BACKOFF_MIN, PIPELINE_MAX};
 
@@ -272,8 +273,11 @@ struct Presence {
     written: Option<Vec<u8>>,
     /// A new connection: write the entry even if unchanged.
     fresh_connection: bool,
-    /// The other nodes' raw entries at the last view sent to the loop.
-    seen: HashMap<String, Vec<u8>>,
+    /// Entries this run wrote: the counter in their version.
+    writes: u64,
+    /// The other nodes' entries at the last view sent to the loop: the
+    /// version each header named, and the entry (`None`: refused).
+    seen: HashMap<String, (String, Option<Arc<Entry>>)>,
     /// The other live nodes' ids, kept across reconnects: logged as they
     /// appear and go.
     peers: BTreeSet<String>,
@@ -305,7 +309,14 @@ impl Presence {
             self.dirty |= self.counts.apply(pending);
         }
         let write = if self.dirty || self.written.is_none() {
-            Some(view::seal(&self.counts.encode(), bridge.key(), &key))
+            self.writes += 1;
+            let version = format!("{}.{}", bridge.epoch, self.writes);
+            Some(view::seal(
+                &self.counts.encode(),
+                &version,
+                bridge.key(),
+                &key,
+            ))
         } else if self.fresh_connection {
             self.written.clone()
         } else {
@@ -363,24 +374,43 @@ impl Presence {
             .into_iter()
             .filter(|id| *id != bridge.node_id)
             .collect();
-        let entries = read_entries(bridge, con, &others)?;
+        let reads = read_entries(bridge, con, &others, &self.seen)?;
         let mut live = HashMap::with_capacity(others.len());
         let mut stale = Vec::new();
-        for (id, entry) in others.into_iter().zip(entries) {
-            match entry {
-                Read::Entry(raw) => {
-                    live.insert(id, raw);
+        let mut changed = false;
+        for (id, read) in others.into_iter().zip(reads) {
+            let (version, entry) = match read {
+                Read::Missing => {
+                    stale.push(id);
+                    continue;
                 }
-                Read::TooLarge => {
+                Read::Unchanged => match self.seen.remove(&id) {
+                    Some(seen) => {
+                        live.insert(id, seen);
+                        continue;
+                    }
+                    None => continue,
+                },
+                Read::Refused(version, why) => (version, Err(why)),
+                Read::Fetched(raw) => {
+                    let version = view::version(&raw).unwrap_or_default().to_owned();
+                    let entry = view::open(&raw, bridge.key(), &names.node_key(&id));
+                    (version, entry)
+                }
+            };
+            changed = true;
+            let entry = match entry {
+                Ok(entry) => Some(Arc::new(entry)),
+                Err(why) => {
+                    log::debug!("cluster: presence of node {id:?} ignored: {why:?}");
                     bridge
                         .stats
                         .presence_refused
                         .fetch_add(1, Ordering::Relaxed);
-                    // Live, but not in the view: an empty entry stands in.
-                    live.insert(id, Vec::new());
+                    None
                 }
-                Read::Missing => stale.push(id),
-            }
+            };
+            live.insert(id, (version, entry));
         }
         if !stale.is_empty() {
             redis::cmd("SREM")
@@ -389,27 +419,18 @@ impl Presence {
                 .query::<()>(con)?;
         }
         self.log_peers(&live);
-        if live != self.seen {
-            let mut nodes = Vec::with_capacity(live.len());
-            for (id, raw) in &live {
-                if raw.is_empty() {
-                    continue;
-                }
-                match view::open(raw, bridge.key(), &names.node_key(id)) {
-                    Ok(entry) => nodes.push((id.clone(), entry)),
-                    Err(why) => {
-                        log::debug!("cluster: presence of node {id:?} ignored: {why:?}");
-                        bridge
-                            .stats
-                            .presence_refused
-                            .fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
-            self.seen = live;
+        // Whatever is left of the last view is gone now.
+        changed |= !self.seen.is_empty();
+        self.seen = live;
+        if changed {
+            let nodes = self
+                .seen
+                .iter()
+                .filter_map(|(id, (_, entry))| Some((id.clone(), entry.clone()?)))
+                .collect();
             let _ = reporter
                 .handle
-                .send_from_bridge(Event::View(View::new(nodes)));
+                .send_from_bridge(Event::View(View::shared(nodes)));
         }
         Ok(())
     }
@@ -417,7 +438,7 @@ impl Presence {
 
 impl Presence {
     /// One log line per node that joined or left since the last look.
-    fn log_peers(&mut self, live: &HashMap<String, Vec<u8>>) {
+    fn log_peers<V>(&mut self, live: &HashMap<String, V>) {
         if live.len() == self.peers.len() && live.keys().all(|id| self.peers.contains(id)) {
             return;
         }
@@ -437,19 +458,25 @@ impl Presence {
 
 /// One other node's entry, as read.
 enum Read {
-    Entry(Vec<u8>),
-    /// Past [`view::MAX_ENTRY_BYTES`]: not read.
-    TooLarge,
+    /// Read whole: it is new or its version changed.
+    Fetched(Vec<u8>),
+    /// Its version is the one last read: not read again.
+    Unchanged,
+    /// Not read (with the version its header names, if any).
+    Refused(String, view::Refused),
     /// Expired or removed: the node is gone.
     Missing,
 }
 
-/// The entries of `others`, each read only when within
-/// [`view::MAX_ENTRY_BYTES`] (its length is asked first).
+/// The entries of `others`: first each one's length and header (one
+/// pipeline), then, in one `MGET`, only those whose version is not the one
+/// in `seen` and that are within [`view::MAX_ENTRY_BYTES`]. An idle
+/// cluster reads headers only.
 fn read_entries(
     bridge: &Bridge,
     con: &mut Connection,
     others: &[String],
+    seen: &HashMap<String, (String, Option<Arc<Entry>>)>,
 ) -> RedisResult<Vec<Read>> {
     if others.is_empty() {
         return Ok(Vec::new());
@@ -458,28 +485,53 @@ fn read_entries(
     let mut pipe = redis::pipe();
     for key in &keys {
         pipe.cmd("STRLEN").arg(key);
+        pipe.cmd("GETRANGE")
+            .arg(key)
+            .arg(0)
+            .arg(view::HEADER_MAX - 1);
     }
-    let lengths: Vec<usize> = pipe.query(con)?;
-    let wanted: Vec<&String> = keys
-        .iter()
-        .zip(&lengths)
-        .filter(|(_, len)| (1..=view::MAX_ENTRY_BYTES).contains(*len))
-        .map(|(key, _)| key)
-        .collect();
-    let mut got: std::vec::IntoIter<Option<Vec<u8>>> = if wanted.is_empty() {
-        Vec::new().into_iter()
-    } else {
-        redis::cmd("MGET")
-            .arg(wanted)
-            .query::<Vec<Option<Vec<u8>>>>(con)?
-            .into_iter()
-    };
-    Ok(lengths
-        .into_iter()
-        .map(|len| match len {
-            0 => Read::Missing,
-            len if len > view::MAX_ENTRY_BYTES => Read::TooLarge,
-            _ => got.next().flatten().map_or(Read::Missing, Read::Entry),
+    let replies: Vec<(usize, Vec<u8>)> = pipe
+        .query::<Vec<redis::Value>>(con)?
+        .chunks(2)
+        .map(|pair| {
+            let len = redis::from_redis_value(&pair[0]).unwrap_or(0);
+            let head = pair
+                .get(1)
+                .and_then(|v| redis::from_redis_value(v).ok())
+                .unwrap_or_default();
+            (len, head)
         })
-        .collect())
+        .collect();
+    let mut reads = Vec::with_capacity(others.len());
+    let mut wanted = Vec::new();
+    for ((id, key), (len, head)) in others.iter().zip(&keys).zip(replies) {
+        // No header: "" (refused, and not counted again until it changes).
+        let version = view::version(&head).unwrap_or_default();
+        let read = match len {
+            0 => Read::Missing,
+            _ if seen.get(id).is_some_and(|(seen, _)| seen == version) => Read::Unchanged,
+            _ if version.is_empty() => Read::Refused(String::new(), view::Refused::Malformed),
+            len if len > view::MAX_ENTRY_BYTES => {
+                Read::Refused(version.to_owned(), view::Refused::TooLarge)
+            }
+            _ => {
+                wanted.push(key);
+                Read::Fetched(Vec::new())
+            }
+        };
+        reads.push(read);
+    }
+    if !wanted.is_empty() {
+        let got: Vec<Option<Vec<u8>>> = redis::cmd("MGET").arg(wanted).query(con)?;
+        let mut got = got.into_iter();
+        for read in &mut reads {
+            if let Read::Fetched(raw) = read {
+                match got.next().flatten() {
+                    Some(value) => *raw = value,
+                    None => *read = Read::Missing,
+                }
+            }
+        }
+    }
+    Ok(reads)
 }

@@ -14,6 +14,7 @@
 //! and says `members_truncated`.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -49,8 +50,13 @@ pub const MAX_ENTRY_BYTES: usize = 64 << 20;
 /// within its `sessions`.
 pub const MAX_SESSIONS: usize = 1 << 24;
 
-/// What a signed entry starts with: `wshub-presence1 <mac>\n<json>`.
-const SEALED: &[u8] = b"wshub-presence1 ";
+/// The first word of an entry's header line, `wshub-presence1 <version>[
+/// <mac>]`, before the JSON.
+const MAGIC: &str = "wshub-presence1";
+/// Most bytes of an entry a reader looks at to learn its version (the
+/// header line is shorter: the magic word, a 41-byte version at most, a
+/// 43-byte MAC).
+pub const HEADER_MAX: usize = 128;
 
 /// Why another node's entry was ignored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,18 +69,39 @@ pub enum Refused {
     TooLarge,
 }
 
-/// The value stored under `key_name` for `json`: signed with `key`.
-pub fn seal(json: &[u8], key: Option<&Key>, key_name: &str) -> Vec<u8> {
-    let Some(key) = key else {
-        return json.to_vec();
-    };
-    let mac = key.presence_mac(key_name, json);
-    let mut sealed = Vec::with_capacity(SEALED.len() + mac.len() + 1 + json.len());
-    sealed.extend_from_slice(SEALED);
-    sealed.extend_from_slice(mac.as_bytes());
+/// The value stored under `key_name` for `json`: a header line with
+/// `version` (which readers compare to skip an entry they already hold),
+/// signed with `key` when set.
+pub fn seal(json: &[u8], version: &str, key: Option<&Key>, key_name: &str) -> Vec<u8> {
+    let mut header = format!("{MAGIC} {version}");
+    if let Some(key) = key {
+        let mac = key.presence_mac(key_name, header.as_bytes(), json);
+        header.push(' ');
+        header.push_str(&mac);
+    }
+    let mut sealed = Vec::with_capacity(header.len() + 1 + json.len());
+    sealed.extend_from_slice(header.as_bytes());
     sealed.push(b'\n');
     sealed.extend_from_slice(json);
     sealed
+}
+
+/// The header line of an entry (found in its first [`HEADER_MAX`] bytes),
+/// and the rest.
+fn split(raw: &[u8]) -> Option<(&str, &[u8])> {
+    let newline = raw.iter().take(HEADER_MAX).position(|b| *b == b'\n')?;
+    let header = std::str::from_utf8(&raw[..newline]).ok()?;
+    header
+        .strip_prefix(MAGIC)?
+        .starts_with(' ')
+        .then_some((header, &raw[newline + 1..]))
+}
+
+/// The version an entry's header names (given at least its first
+/// [`HEADER_MAX`] bytes); `None` when it has no valid header.
+pub fn version(head: &[u8]) -> Option<&str> {
+    let (header, _) = split(head)?;
+    header.split(' ').nth(1).filter(|v| !v.is_empty())
 }
 
 /// Another node's entry as read from `key_name`: its MAC checked when
@@ -84,21 +111,19 @@ pub fn open(raw: &[u8], key: Option<&Key>, key_name: &str) -> Result<Entry, Refu
     if raw.len() > MAX_ENTRY_BYTES {
         return Err(Refused::TooLarge);
     }
-    let json = match raw.strip_prefix(SEALED) {
-        Some(rest) => {
-            let newline = rest
-                .iter()
-                .position(|b| *b == b'\n')
-                .ok_or(Refused::Malformed)?;
-            let (mac, json) = (&rest[..newline], &rest[newline + 1..]);
-            if key.is_some_and(|key| !key.presence_ok(key_name, json, mac)) {
-                return Err(Refused::Unsigned);
-            }
-            json
+    let (header, json) = split(raw).ok_or(Refused::Malformed)?;
+    let words: Vec<&str> = header.split(' ').collect();
+    if let Some(key) = key {
+        let [_, _, mac] = words[..] else {
+            return Err(Refused::Unsigned);
+        };
+        let signed = &header[..header.len() - mac.len() - 1];
+        if !key.presence_mac_ok(key_name, signed.as_bytes(), json, mac.as_bytes()) {
+            return Err(Refused::Unsigned);
         }
-        None if key.is_some() => return Err(Refused::Unsigned),
-        None => raw,
-    };
+    } else if !(2..=3).contains(&words.len()) {
+        return Err(Refused::Malformed);
+    }
     let entry: Entry = serde_json::from_slice(json).map_err(|_| Refused::Malformed)?;
     let within = |count: &usize| *count <= entry.sessions;
     let pairs = entry
@@ -123,12 +148,19 @@ pub fn open(raw: &[u8], key: Option<&Key>, key_name: &str) -> Result<Entry, Refu
 /// The other live nodes, as last read from Redis.
 #[derive(Debug, Default)]
 pub struct View {
-    nodes: Vec<(String, Entry)>,
+    nodes: Vec<(String, Arc<Entry>)>,
 }
 
 impl View {
     /// A view of `nodes` (node id, entry), this node left out by the caller.
-    pub fn new(mut nodes: Vec<(String, Entry)>) -> View {
+    #[cfg(test)]
+    pub fn new(nodes: Vec<(String, Entry)>) -> View {
+        View::shared(nodes.into_iter().map(|(id, e)| (id, Arc::new(e))).collect())
+    }
+
+    /// [`View::new`] of entries the caller keeps too (the publisher, so a
+    /// new view shares what did not change with the last one).
+    pub fn shared(mut nodes: Vec<(String, Arc<Entry>)>) -> View {
         nodes.sort_by(|a, b| a.0.cmp(&b.0));
         View { nodes }
     }
@@ -361,16 +393,27 @@ mod tests {
     fn with_a_secret_only_entries_signed_for_their_key_are_read() {
         let json = br#"{"sessions":1,"users":{"amy":1},"rooms":{}}"#;
         let key = Key::new(b"k");
-        let sealed = seal(json, Some(&key), "t:node:a");
+        let sealed = seal(json, "7.1", Some(&key), "t:node:a");
+        assert_eq!(
+            version(&sealed[..HEADER_MAX.min(sealed.len())]),
+            Some("7.1")
+        );
         assert_eq!(open(&sealed, Some(&key), "t:node:a").unwrap().sessions, 1);
         // Without a secret, signed or not, the entry is read.
+        let plain = seal(json, "7.1", None, "t:node:a");
+        assert_eq!(version(&plain), Some("7.1"));
         assert_eq!(open(&sealed, None, "t:node:a").unwrap().sessions, 1);
-        assert_eq!(open(json, None, "t:node:a").unwrap().sessions, 1);
+        assert_eq!(open(&plain, None, "t:node:a").unwrap().sessions, 1);
+        let renumbered = String::from_utf8(sealed.clone())
+            .unwrap()
+            .replacen("7.1", "7.2", 1)
+            .into_bytes();
         for (raw, name, why) in [
-            (json.to_vec(), "t:node:a", "unsigned"),
+            (plain.clone(), "t:node:a", "unsigned"),
+            (json.to_vec(), "t:node:a", "no header"),
             (sealed.clone(), "t:node:fake", "moved to another node's key"),
             (
-                seal(json, Some(&Key::new(b"other")), "t:node:a"),
+                seal(json, "7.1", Some(&Key::new(b"other")), "t:node:a"),
                 "t:node:a",
                 "another key",
             ),
@@ -379,11 +422,12 @@ mod tests {
                 "t:node:a",
                 "changed after signing",
             ),
+            (renumbered, "t:node:a", "another version"),
         ] {
-            assert_eq!(
-                open(&raw, Some(&key), name),
-                Err(Refused::Unsigned),
-                "{why}"
+            let refused = open(&raw, Some(&key), name);
+            assert!(
+                matches!(refused, Err(Refused::Unsigned | Refused::Malformed)),
+                "{why}: {refused:?}"
             );
         }
     }
@@ -399,7 +443,7 @@ mod tests {
             "sessions": 1, "users": {}, "rooms": {}, "members": {"r": many_members}
         })
         .to_string();
-        for (raw, why) in [
+        for (json, why) in [
             (big.as_str(), "too many sessions"),
             (
                 r#"{"sessions":1,"users":{"a":1,"b":1},"rooms":{}}"#,
@@ -415,13 +459,21 @@ mod tests {
             ),
             (members.as_str(), "too many pairs"),
             ("[]", "not an entry"),
-            ("wshub-presence1 no newline", "a broken seal"),
+        ] {
+            let raw = seal(json.as_bytes(), "1.1", None, "k");
+            assert_eq!(open(&raw, None, "k"), Err(Refused::Malformed), "{why}");
+        }
+        for raw in [
+            "wshub-presence1 no newline",
+            "wshub-presence1\n{}",
+            "{\"sessions\":0,\"users\":{},\"rooms\":{}}",
         ] {
             assert_eq!(
                 open(raw.as_bytes(), None, "k"),
                 Err(Refused::Malformed),
-                "{why}"
+                "{raw}"
             );
+            assert_eq!(version(raw.as_bytes()), None, "{raw}");
         }
         let huge = vec![b' '; MAX_ENTRY_BYTES + 1];
         assert_eq!(open(&huge, None, "k"), Err(Refused::TooLarge));
