@@ -10,8 +10,8 @@
 //! entry size, and the bytes through Redis (INFO `total_net_input_bytes` +
 //! `total_net_output_bytes`) per second and per presence refresh (500 ms).
 //! `--binary PATH` runs another build of wshub (to compare with an older
-//! one). Without `--bench` (as `cargo test --benches` does) it is a smoke
-//! run: 20 sessions × 4 rooms, 1 s. Every process is killed by PID at the
+//! one); `--hz 0` measures an idle cluster. Without `--bench` (as `cargo
+//! test --benches` does) it is a smoke run: 20 sessions × 4 rooms, 1 s. Every process is killed by PID at the
 //! end, also on failure; every wait is bounded; traffic stays on 127.0.0.1.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -351,7 +351,7 @@ fn main() -> io::Result<()> {
     let mut pings = Vec::new();
     let ping = frame(r#"{"type":"ping"}"#);
     while started.elapsed() < window {
-        if Instant::now() >= next_churn {
+        if o.hz > 0 && Instant::now() >= next_churn {
             let kind = if joined { "leave" } else { "join" };
             churn.write_all(&frame(&format!(
                 r#"{{"type":"{kind}","room":"churn-room"}}"#
