@@ -1283,3 +1283,100 @@ fn presence_events_are_cluster_wide_and_per_user() {
     assert_eq!(got, [left("amy"), left("cat")]);
     assert_eq!(drain(&mut watch_c), Vec::<Value>::new(), "exactly once");
 }
+
+/// Writes a presence entry for `node_id` and lists it as live, as anything
+/// with access to Redis could.
+fn forge_presence(redis: &Redis, node_id: &str, entry: &[u8]) {
+    let client = redis::Client::open(Redis::url(redis.port)).expect("client");
+    let mut con = client
+        .get_connection_with_timeout(Duration::from_secs(2))
+        .expect("connect");
+    let () = redis::pipe()
+        .cmd("SET")
+        .arg(format!("{PREFIX}:node:{node_id}"))
+        .arg(entry)
+        .arg("PX")
+        .arg(60_000)
+        .ignore()
+        .cmd("SADD")
+        .arg(format!("{PREFIX}:nodes"))
+        .arg(node_id)
+        .ignore()
+        .query(&mut con)
+        .expect("forge presence");
+}
+
+/// Issue 19, finding 8: with cluster.secret, a presence key written by
+/// someone else (unsigned, or a real node's signed entry copied under
+/// another id) inflates nothing, and is counted.
+#[test]
+fn with_a_secret_a_forged_presence_key_is_ignored() {
+    let redis = Redis::start();
+    let a = Node::start_with("a", redis.port, TTL_MS, "  secret: \"s3cret\"\n");
+    let b = Node::start_with("b", redis.port, TTL_MS, "  secret: \"s3cret\"\n");
+    for node in [&a, &b] {
+        wait_for(WAIT, "the node to join", || node.healthy().then_some(()));
+    }
+    let _amy = b.connect(Some("amy"));
+    wait_status(&[&a, &b], 1, &["amy"], 2, Duration::from_secs(4));
+    let signed_b: Vec<u8> = redis
+        .query(redis::cmd("GET").arg("t:node:b"))
+        .expect("b's entry");
+    assert!(
+        signed_b.starts_with(b"wshub-presence1 "),
+        "b signs its entry"
+    );
+    forge_presence(
+        &redis,
+        "fake",
+        br#"{"sessions":1000000,"users":{"ghost":1000000},"rooms":{"r":1000000},"members":{"r":["ghost"]}}"#,
+    );
+    forge_presence(&redis, "copy", &signed_b);
+    wait_for(Duration::from_secs(4), "both forgeries refused", || {
+        (a.metric("wshub_cluster_presence_refused_total") >= 2).then_some(())
+    });
+    // Several refreshes later, nothing of them shows anywhere.
+    std::thread::sleep(Duration::from_millis(1200));
+    for node in [&a, &b] {
+        let status = node.status();
+        assert_eq!(status["online_count"], 1, "{status}");
+        assert_eq!(status["online_users"], json!(["amy"]), "{status}");
+        assert_eq!(status["nodes"], 2, "{status}");
+        assert_eq!(
+            node.get("/api/ws/rooms/r").1,
+            json!({"room": "r", "count": 0, "users": []})
+        );
+        assert_eq!(node.metric("wshub_cluster_nodes"), 2);
+    }
+    let (code, body) = a.post("/api/ws/send", json!({"type": "t", "to": "ghost"}));
+    assert_eq!((code, body), (200, json!({"sent": 0})));
+}
+
+/// Issue 19, finding 8: without a secret, an entry claiming more than it
+/// can hold (users or rooms past its sessions) is ignored and counted.
+#[test]
+fn a_presence_entry_past_its_bounds_is_ignored() {
+    let redis = Redis::start();
+    let a = Node::start("a", redis.port);
+    wait_for(WAIT, "the node to join", || a.healthy().then_some(()));
+    forge_presence(
+        &redis,
+        "liar",
+        br#"{"sessions":1,"users":{"ghost":1000000},"rooms":{}}"#,
+    );
+    forge_presence(&redis, "junk", b"not json");
+    wait_for(Duration::from_secs(4), "both entries refused", || {
+        (a.metric("wshub_cluster_presence_refused_total") >= 2).then_some(())
+    });
+    let status = a.status();
+    assert_eq!(status["online_count"], 0, "{status}");
+    assert_eq!(status["online_users"], json!([]), "{status}");
+    // A well-formed entry within its bounds is what a node would write:
+    // without a secret it counts (README, "Cluster": use cluster.secret).
+    forge_presence(
+        &redis,
+        "plain",
+        br#"{"sessions":1,"users":{"zed":1},"rooms":{}}"#,
+    );
+    wait_status(&[&a], 1, &["zed"], 2, Duration::from_secs(4));
+}

@@ -5,7 +5,8 @@
 //! The event loop never touches Redis. It hands messages to publish to the
 //! publisher thread over a bounded channel, records which user and room
 //! channels it needs in a shared interest set that the subscriber thread
-//! applies, and leaves its presence entry in a one-slot mailbox. The threads
+//! applies, and records what changed in its presence (O(1) per change)
+//! for the publisher thread, which keeps and writes the entry. The threads
 //! answer through the loop's own command queue and waker ([`crate::handle`]):
 //! messages from other nodes, the view of the other nodes, link up or down.
 //!
@@ -13,6 +14,7 @@
 //! | --- | --- |
 //! | [`wire`] | channel and key names, the envelope around each message |
 //! | [`view`] | presence entries and the view of the other nodes |
+//! | `presence` | this node's presence: the loop's deltas, the publisher's counts |
 //! | `gate` | work waiting for a subscription or a publish to be confirmed |
 //! | `publisher` | the thread that publishes (pipelined) and keeps presence |
 //! | `subscriber` | the thread that subscribes and forwards what arrives |
@@ -36,6 +38,7 @@ use crate::router::Router;
 
 pub(crate) mod gate;
 pub(crate) mod history;
+mod presence;
 mod publisher;
 mod subscriber;
 pub mod view;
@@ -174,6 +177,9 @@ pub(crate) struct Stats {
     publish_refused: AtomicU64,
     /// Received messages dropped at `max_queue_bytes` or a full loop queue.
     receive_dropped: AtomicU64,
+    /// Other nodes' presence entries ignored: unsigned or forged (with
+    /// `cluster.secret`), malformed, or past the bounds.
+    presence_refused: AtomicU64,
 }
 
 /// Bytes in flight one way between the loop and Redis, bounded.
@@ -240,8 +246,9 @@ struct Bridge {
     /// set only when there is something to apply: receiving a message
     /// takes no lock.
     interest_changed: AtomicBool,
-    /// The loop's latest presence entry, not yet written.
-    presence: Mutex<Option<Vec<u8>>>,
+    /// What changed in this node's presence since the publisher last
+    /// looked (bounded, see [`presence`]).
+    presence: Mutex<presence::Pending>,
     stats: Stats,
     stop: AtomicBool,
     /// Bumped by the first side that sees its connection fail: the other
@@ -255,6 +262,11 @@ impl Bridge {
     fn interest(&self) -> MutexGuard<'_, Interest> {
         // A thread that panicked holding the lock left a valid set behind.
         self.interest.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn pending(&self) -> MutexGuard<'_, presence::Pending> {
+        // As for `interest`: the deltas are whole after a panic.
+        self.presence.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn key(&self) -> Option<&Key> {
@@ -392,7 +404,6 @@ pub(crate) struct Link {
     settled: Vec<(Waiter<Held>, Outcome)>,
     /// Waiters refused (timeout, failed publish, outage), for `/metrics`.
     refused: u64,
-    presence_dirty: bool,
     departures: bool,
     next_tick_ms: u64,
 }
@@ -492,7 +503,6 @@ impl Link {
             settled: Vec::new(),
             held: HashSet::new(),
             refused: 0,
-            presence_dirty: true,
             departures: false,
             next_tick_ms: 0,
         };
@@ -671,7 +681,6 @@ impl Link {
     /// channel to pin meanwhile, while the subscription is not confirmed
     /// and the cluster is up (down, the node serves its own sessions).
     pub(crate) fn want_user(&mut self, user: Option<&str>) -> Option<(Ticket, String)> {
-        self.presence_dirty = true;
         let user = user?;
         let channel = self.bridge.names.channel(Audience::User(user));
         let version = match self.users.get(user) {
@@ -684,7 +693,6 @@ impl Link {
     /// A session here joined `room`: receive that room's channel. Returns
     /// what the session's next message waits for, as [`Link::want_user`].
     pub(crate) fn want_room(&mut self, room: &str) -> Option<(Ticket, String)> {
-        self.presence_dirty = true;
         let channel = self.bridge.names.channel(Audience::room(room));
         let version = match self.rooms.get(room) {
             Some(version) => *version,
@@ -774,18 +782,33 @@ impl Link {
         }
     }
 
-    /// Something presence counts changed (a session opened, a member joined
-    /// or left without being a first or last one): the presence entry
-    /// (counts, room members) is written again.
-    pub(crate) fn changed(&mut self) {
-        self.presence_dirty = true;
+    /// A chat session or event stream of `user` (`None`: anonymous) was
+    /// added to the router: presence counts it (O(1)).
+    pub(crate) fn opened(&self, user: Option<&str>) {
+        self.bridge.pending().deltas.session(user, 1);
+    }
+
+    /// A session of `user` in `rooms` is about to leave the router:
+    /// presence forgets it (O(its rooms)).
+    pub(crate) fn closing<'a>(&self, user: Option<&str>, rooms: impl Iterator<Item = &'a str>) {
+        let mut pending = self.bridge.pending();
+        for room in rooms {
+            pending.deltas.member(user, room, -1);
+        }
+        pending.deltas.session(user, -1);
+    }
+
+    /// A session of `user` joined (`joined`) or left `room`: presence
+    /// follows (O(1)).
+    pub(crate) fn member(&self, user: Option<&str>, room: &str, joined: bool) {
+        let by = if joined { 1 } else { -1 };
+        self.bridge.pending().deltas.member(user, room, by);
     }
 
     /// A user's last session here closed, or a room's last member here
     /// left: its channel may be released at the next tick (unless someone
     /// came back by then).
     pub(crate) fn departed(&mut self) {
-        self.presence_dirty = true;
         self.departures = true;
     }
 
@@ -804,9 +827,9 @@ impl Link {
         interest.version
     }
 
-    /// Periodic work, when due (see [`Link::next_tick_ms`]): hands over the
-    /// presence entry when it changed and releases channels no local
-    /// session needs.
+    /// Periodic work, when due (see [`Link::next_tick_ms`]): releases
+    /// channels no local session needs, and hands over a snapshot of
+    /// presence if its deltas overflowed (the only walk of the router).
     pub(crate) fn tick(&mut self, now_ms: u64, router: &Router) {
         if !self.gate.is_empty() {
             self.gate.expire(now_ms, &mut self.settled);
@@ -818,13 +841,12 @@ impl Link {
         if std::mem::take(&mut self.departures) {
             self.release(router);
         }
-        if std::mem::take(&mut self.presence_dirty) {
-            let entry = view::encode_local(router);
-            *self
-                .bridge
-                .presence
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()) = Some(entry);
+        if self.bridge.pending().deltas.overflowed() {
+            let snapshot = presence::Counts::from_router(router);
+            *self.bridge.pending() = presence::Pending {
+                snapshot: Some(snapshot),
+                deltas: presence::Deltas::default(),
+            };
         }
     }
 
@@ -872,8 +894,6 @@ impl Link {
             }
         }
         if self.up() {
-            // A fresh Redis has no presence of ours: write it again.
-            self.presence_dirty = true;
             self.next_tick_ms = 0;
             if let Some(since) = self.outage_since.take() {
                 log::info!(
@@ -909,7 +929,7 @@ impl Link {
     pub(crate) fn render_metrics(&self, out: &mut String) {
         let s = &self.bridge.stats;
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let lines: [Single<'_>; 12] = [
+        let lines: [Single<'_>; 13] = [
             (
                 "wshub_cluster_up",
                 "gauge",
@@ -973,6 +993,12 @@ impl Link {
                 "counter",
                 "Messages from other nodes dropped: cluster.max_queue_bytes reached or the loop's queue full.",
                 load(&s.receive_dropped),
+            ),
+            (
+                "wshub_cluster_presence_refused_total",
+                "counter",
+                "Other nodes' presence entries ignored: unsigned or forged with cluster.secret set, malformed, or past the bounds.",
+                load(&s.presence_refused),
             ),
             (
                 "wshub_cluster_waiting",

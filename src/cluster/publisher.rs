@@ -1,5 +1,6 @@
 //! The publisher thread: owns one Redis connection, publishes what the loop
-//! queued, and keeps presence (this node's entry, the others' view).
+//! queued, and keeps presence: this node's counts (applying the loop's
+//! deltas, see [`super::presence`]) and entry, and the others' view.
 //!
 //! Batching: the thread blocks for the first queued message, then takes
 //! whatever else is already queued (up to `PIPELINE_MAX`) and sends them as
@@ -19,7 +20,8 @@ use std::time::{Duration, Instant};
 use redis::{Connection, RedisResult};
 
 use super::history;
-use super::view::{Entry, View};
+use super::presence::Counts;
+use super::view::{self, View};
 use super::wire::Publication;
 use super::{Bridge, Event, Job, Reporter, BACKOFF_MAX, BACKOFF_MIN, PIPELINE_MAX};
 
@@ -261,9 +263,12 @@ fn remove_presence(bridge: &Bridge, con: &mut Connection) {
 /// What the presence side remembers between refreshes.
 #[derive(Default)]
 struct Presence {
-    /// Our entry from the loop, not yet written.
-    pending: Option<Vec<u8>>,
-    /// Our entry as last written; `fresh_connection` asks to write it again.
+    /// This node's presence, with every delta the loop handed over.
+    counts: Counts,
+    /// `counts` changed since `written` was encoded.
+    dirty: bool,
+    /// Our entry (signed) as last written; `fresh_connection` asks to write
+    /// it again.
     written: Option<Vec<u8>>,
     /// A new connection: write the entry even if unchanged.
     fresh_connection: bool,
@@ -294,20 +299,17 @@ impl Presence {
             .saturating_sub(bridge.refresh_period())
             .as_millis() as u64;
         let key = names.node_key(&bridge.node_id);
-        let fresh = bridge
-            .presence
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        if fresh.is_some() {
-            self.pending = fresh;
+        // Taken under the lock, applied and encoded outside it.
+        let pending = bridge.pending().take();
+        if let Some(pending) = pending {
+            self.dirty |= self.counts.apply(pending);
         }
-        let write = match self.pending.take() {
-            Some(entry) => Some(entry),
-            None if self.fresh_connection || self.written.is_none() => {
-                Some(self.written.clone().unwrap_or_else(|| EMPTY.to_vec()))
-            }
-            None => None,
+        let write = if self.dirty || self.written.is_none() {
+            Some(view::seal(&self.counts.encode(), bridge.key(), &key))
+        } else if self.fresh_connection {
+            self.written.clone()
+        } else {
+            None
         };
         let mut pipe = redis::pipe();
         match &write {
@@ -330,16 +332,8 @@ impl Presence {
             .arg(ttl_ms * 2)
             .ignore();
         pipe.cmd("SMEMBERS").arg(names.nodes_key());
-        let (first, locked, members): (redis::Value, i64, Vec<String>) = match pipe.query(con) {
-            Ok(replies) => replies,
-            Err(e) => {
-                // Not written: try again on the next connection.
-                if self.pending.is_none() {
-                    self.pending = write;
-                }
-                return Err(e);
-            }
-        };
+        // Not written on error: `dirty` or `fresh_connection` try again.
+        let (first, locked, members): (redis::Value, i64, Vec<String>) = pipe.query(con)?;
         self.fresh_connection = false;
         if locked != 1 && !self.lock_lost {
             log::error!(
@@ -349,10 +343,13 @@ impl Presence {
         }
         self.lock_lost = locked != 1;
         match write {
-            Some(entry) => self.written = Some(entry),
+            Some(entry) => {
+                self.written = Some(entry);
+                self.dirty = false;
+            }
             None if first == redis::Value::Int(0) => {
                 // Our key vanished (Redis restarted or evicted it): write again.
-                let entry = self.written.clone().unwrap_or_else(|| EMPTY.to_vec());
+                let entry = self.written.clone().unwrap_or_default();
                 redis::cmd("SET")
                     .arg(&key)
                     .arg(&entry)
@@ -366,20 +363,23 @@ impl Presence {
             .into_iter()
             .filter(|id| *id != bridge.node_id)
             .collect();
-        let entries: Vec<Option<Vec<u8>>> = if others.is_empty() {
-            Vec::new()
-        } else {
-            let keys: Vec<String> = others.iter().map(|id| names.node_key(id)).collect();
-            redis::cmd("MGET").arg(keys).query(con)?
-        };
+        let entries = read_entries(bridge, con, &others)?;
         let mut live = HashMap::with_capacity(others.len());
         let mut stale = Vec::new();
         for (id, entry) in others.into_iter().zip(entries) {
             match entry {
-                Some(raw) => {
+                Read::Entry(raw) => {
                     live.insert(id, raw);
                 }
-                None => stale.push(id),
+                Read::TooLarge => {
+                    bridge
+                        .stats
+                        .presence_refused
+                        .fetch_add(1, Ordering::Relaxed);
+                    // Live, but not in the view: an empty entry stands in.
+                    live.insert(id, Vec::new());
+                }
+                Read::Missing => stale.push(id),
             }
         }
         if !stale.is_empty() {
@@ -392,10 +392,17 @@ impl Presence {
         if live != self.seen {
             let mut nodes = Vec::with_capacity(live.len());
             for (id, raw) in &live {
-                match serde_json::from_slice::<Entry>(raw) {
+                if raw.is_empty() {
+                    continue;
+                }
+                match view::open(raw, bridge.key(), &names.node_key(id)) {
                     Ok(entry) => nodes.push((id.clone(), entry)),
-                    Err(_) => {
-                        bridge.stats.garbage.fetch_add(1, Ordering::Relaxed);
+                    Err(why) => {
+                        log::debug!("cluster: presence of node {id:?} ignored: {why:?}");
+                        bridge
+                            .stats
+                            .presence_refused
+                            .fetch_add(1, Ordering::Relaxed);
                     }
                 }
             }
@@ -428,5 +435,51 @@ impl Presence {
     }
 }
 
-/// The entry of a node without sessions.
-const EMPTY: &[u8] = br#"{"sessions":0,"users":{},"rooms":{}}"#;
+/// One other node's entry, as read.
+enum Read {
+    Entry(Vec<u8>),
+    /// Past [`view::MAX_ENTRY_BYTES`]: not read.
+    TooLarge,
+    /// Expired or removed: the node is gone.
+    Missing,
+}
+
+/// The entries of `others`, each read only when within
+/// [`view::MAX_ENTRY_BYTES`] (its length is asked first).
+fn read_entries(
+    bridge: &Bridge,
+    con: &mut Connection,
+    others: &[String],
+) -> RedisResult<Vec<Read>> {
+    if others.is_empty() {
+        return Ok(Vec::new());
+    }
+    let keys: Vec<String> = others.iter().map(|id| bridge.names.node_key(id)).collect();
+    let mut pipe = redis::pipe();
+    for key in &keys {
+        pipe.cmd("STRLEN").arg(key);
+    }
+    let lengths: Vec<usize> = pipe.query(con)?;
+    let wanted: Vec<&String> = keys
+        .iter()
+        .zip(&lengths)
+        .filter(|(_, len)| (1..=view::MAX_ENTRY_BYTES).contains(*len))
+        .map(|(key, _)| key)
+        .collect();
+    let mut got: std::vec::IntoIter<Option<Vec<u8>>> = if wanted.is_empty() {
+        Vec::new().into_iter()
+    } else {
+        redis::cmd("MGET")
+            .arg(wanted)
+            .query::<Vec<Option<Vec<u8>>>>(con)?
+            .into_iter()
+    };
+    Ok(lengths
+        .into_iter()
+        .map(|len| match len {
+            0 => Read::Missing,
+            len if len > view::MAX_ENTRY_BYTES => Read::TooLarge,
+            _ => got.next().flatten().map_or(Read::Missing, Read::Entry),
+        })
+        .collect())
+}

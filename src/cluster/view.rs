@@ -3,20 +3,22 @@
 //! [`View`] of the other live nodes that status, REST `sent`, room listings,
 //! presence events and the handle's queries add to the local figures.
 //!
-//! Pure: the loop encodes its own entry from the router; the publisher
-//! thread parses the others' entries read from Redis into a `View`.
+//! Pure: the publisher thread encodes this node's entry (from the counts it
+//! keeps, see [`super::presence`]), signs it with `cluster.secret`, and
+//! parses the others' entries read from Redis, checked and bounded, into a
+//! `View`.
 //!
 //! Size: an entry grows with the node's users and rooms (one counter each)
 //! and with its distinct (room, user) pairs, of which it lists at most
 //! [`MAX_MEMBERS`]; past that it lists rooms in name order until the cap
 //! and says `members_truncated`.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
+use super::wire::Key;
 use crate::audience::Audience;
-use crate::router::Router;
 
 /// Most (room, user) pairs one node publishes: a bound on its entry, and on
 /// what every other node holds for it.
@@ -40,46 +42,82 @@ pub struct Entry {
     pub members_truncated: bool,
 }
 
-/// The JSON of this node's entry, from the router's indexes.
-pub fn encode_local(router: &Router) -> Vec<u8> {
-    #[derive(Serialize)]
-    struct Local<'a> {
-        sessions: usize,
-        users: BTreeMap<&'a str, usize>,
-        rooms: BTreeMap<&'a str, usize>,
-        members: BTreeMap<&'a str, Vec<&'a str>>,
-        #[serde(skip_serializing_if = "std::ops::Not::not")]
-        members_truncated: bool,
-    }
-    let mut all: Vec<(&str, Vec<&str>)> = router
-        .rooms_with_users()
-        .map(|(room, users)| {
-            let mut users: Vec<&str> = users.collect();
-            users.sort_unstable();
-            users.dedup();
-            (room, users)
-        })
-        .filter(|(_, users)| !users.is_empty())
-        .collect();
-    all.sort_unstable_by_key(|(room, _)| *room);
-    let mut members = BTreeMap::new();
-    let (mut listed, mut members_truncated) = (0, false);
-    for (room, users) in all {
-        if listed + users.len() > MAX_MEMBERS {
-            members_truncated = true;
-            break;
-        }
-        listed += users.len();
-        members.insert(room, users);
-    }
-    let local = Local {
-        sessions: router.online_count(),
-        users: router.users_counted().collect(),
-        rooms: router.rooms_counted().collect(),
-        members,
-        members_truncated,
+/// Largest entry read from Redis (and so parsed): 64 MiB, eight times the
+/// entry of a node with 64,000 rooms of 128-byte names.
+pub const MAX_ENTRY_BYTES: usize = 64 << 20;
+/// Most sessions one entry may claim; every user's and room's count is
+/// within its `sessions`.
+pub const MAX_SESSIONS: usize = 1 << 24;
+
+/// What a signed entry starts with: `wshub-presence1 <mac>\n<json>`.
+const SEALED: &[u8] = b"wshub-presence1 ";
+
+/// Why another node's entry was ignored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// Not signed, or not with our key, while `cluster.secret` is set.
+    Unsigned,
+    /// Not an entry, or claiming more than the bounds allow.
+    Malformed,
+    /// Larger than [`MAX_ENTRY_BYTES`].
+    TooLarge,
+}
+
+/// The value stored under `key_name` for `json`: signed with `key`.
+pub fn seal(json: &[u8], key: Option<&Key>, key_name: &str) -> Vec<u8> {
+    let Some(key) = key else {
+        return json.to_vec();
     };
-    serde_json::to_vec(&local).unwrap_or_default()
+    let mac = key.presence_mac(key_name, json);
+    let mut sealed = Vec::with_capacity(SEALED.len() + mac.len() + 1 + json.len());
+    sealed.extend_from_slice(SEALED);
+    sealed.extend_from_slice(mac.as_bytes());
+    sealed.push(b'\n');
+    sealed.extend_from_slice(json);
+    sealed
+}
+
+/// Another node's entry as read from `key_name`: its MAC checked when
+/// `key` is set (an unsigned one is refused then), its counts held to the
+/// bounds.
+pub fn open(raw: &[u8], key: Option<&Key>, key_name: &str) -> Result<Entry, Refused> {
+    if raw.len() > MAX_ENTRY_BYTES {
+        return Err(Refused::TooLarge);
+    }
+    let json = match raw.strip_prefix(SEALED) {
+        Some(rest) => {
+            let newline = rest
+                .iter()
+                .position(|b| *b == b'\n')
+                .ok_or(Refused::Malformed)?;
+            let (mac, json) = (&rest[..newline], &rest[newline + 1..]);
+            if key.is_some_and(|key| !key.presence_ok(key_name, json, mac)) {
+                return Err(Refused::Unsigned);
+            }
+            json
+        }
+        None if key.is_some() => return Err(Refused::Unsigned),
+        None => raw,
+    };
+    let entry: Entry = serde_json::from_slice(json).map_err(|_| Refused::Malformed)?;
+    let within = |count: &usize| *count <= entry.sessions;
+    let pairs = entry
+        .members
+        .values()
+        .try_fold(0usize, |sum, users| sum.checked_add(users.len()));
+    let users = entry
+        .users
+        .values()
+        .try_fold(0usize, |sum, n| sum.checked_add(*n));
+    let bounded = entry.sessions <= MAX_SESSIONS
+        && users.is_some_and(|n| n <= entry.sessions)
+        && entry.rooms.values().all(within)
+        && pairs.is_some_and(|n| n <= MAX_MEMBERS);
+    if bounded {
+        Ok(entry)
+    } else {
+        Err(Refused::Malformed)
+    }
 }
 
 /// The other live nodes, as last read from Redis.
@@ -205,6 +243,8 @@ impl View {
 mod tests {
     use super::*;
     use crate::audience::SessionKey;
+    use crate::cluster::presence::Counts;
+    use crate::router::Router;
     use std::rc::Rc;
 
     fn entry(json: &str) -> Entry {
@@ -231,7 +271,7 @@ mod tests {
         router
             .join(key(3), None, "anon")
             .expect("within the room cap");
-        let json = String::from_utf8(encode_local(&router)).unwrap();
+        let json = String::from_utf8(Counts::from_router(&router).encode()).unwrap();
         assert_eq!(
             json,
             r#"{"sessions":3,"users":{"amy":2},"rooms":{"anon":1,"r":3},"members":{"r":["amy"]}}"#
@@ -305,7 +345,7 @@ mod tests {
         for i in 0..=MAX_MEMBERS {
             router.join(key, Some("amy"), &format!("r{i:06}")).unwrap();
         }
-        let entry: Entry = serde_json::from_slice(&encode_local(&router)).unwrap();
+        let entry: Entry = serde_json::from_slice(&Counts::from_router(&router).encode()).unwrap();
         assert_eq!(entry.members.len(), MAX_MEMBERS);
         assert!(entry.members_truncated);
         assert_eq!(
@@ -315,5 +355,75 @@ mod tests {
         );
         let view = View::new(vec![("a".into(), entry)]);
         assert!(view.members_truncated());
+    }
+
+    #[test]
+    fn with_a_secret_only_entries_signed_for_their_key_are_read() {
+        let json = br#"{"sessions":1,"users":{"amy":1},"rooms":{}}"#;
+        let key = Key::new(b"k");
+        let sealed = seal(json, Some(&key), "t:node:a");
+        assert_eq!(open(&sealed, Some(&key), "t:node:a").unwrap().sessions, 1);
+        // Without a secret, signed or not, the entry is read.
+        assert_eq!(open(&sealed, None, "t:node:a").unwrap().sessions, 1);
+        assert_eq!(open(json, None, "t:node:a").unwrap().sessions, 1);
+        for (raw, name, why) in [
+            (json.to_vec(), "t:node:a", "unsigned"),
+            (sealed.clone(), "t:node:fake", "moved to another node's key"),
+            (
+                seal(json, Some(&Key::new(b"other")), "t:node:a"),
+                "t:node:a",
+                "another key",
+            ),
+            (
+                [&sealed[..sealed.len() - 2], b"9}"].concat(),
+                "t:node:a",
+                "changed after signing",
+            ),
+        ] {
+            assert_eq!(
+                open(&raw, Some(&key), name),
+                Err(Refused::Unsigned),
+                "{why}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_entry_claiming_past_the_bounds_is_refused() {
+        let big = format!(
+            r#"{{"sessions":{},"users":{{}},"rooms":{{}}}}"#,
+            MAX_SESSIONS + 1
+        );
+        let many_members: Vec<String> = (0..=MAX_MEMBERS).map(|i| format!("u{i}")).collect();
+        let members = serde_json::json!({
+            "sessions": 1, "users": {}, "rooms": {}, "members": {"r": many_members}
+        })
+        .to_string();
+        for (raw, why) in [
+            (big.as_str(), "too many sessions"),
+            (
+                r#"{"sessions":1,"users":{"a":1,"b":1},"rooms":{}}"#,
+                "users past sessions",
+            ),
+            (
+                r#"{"sessions":1,"users":{},"rooms":{"r":2}}"#,
+                "a room past sessions",
+            ),
+            (
+                r#"{"sessions":1,"users":{"a":18446744073709551615,"b":2},"rooms":{}}"#,
+                "a sum that overflows",
+            ),
+            (members.as_str(), "too many pairs"),
+            ("[]", "not an entry"),
+            ("wshub-presence1 no newline", "a broken seal"),
+        ] {
+            assert_eq!(
+                open(raw.as_bytes(), None, "k"),
+                Err(Refused::Malformed),
+                "{why}"
+            );
+        }
+        let huge = vec![b' '; MAX_ENTRY_BYTES + 1];
+        assert_eq!(open(&huge, None, "k"), Err(Refused::TooLarge));
     }
 }

@@ -140,7 +140,29 @@ impl Key {
         mac.update(json);
         mac
     }
+
+    /// The MAC (base64url) of a presence entry stored under `key_name`: it
+    /// names the node, so an entry cannot be copied to another node's key.
+    pub fn presence_mac(&self, key_name: &str, json: &[u8]) -> String {
+        let mac = self.mac(key_name.as_bytes(), PRESENCE, json);
+        URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+    }
+
+    /// Whether `mac` (base64url) is the MAC of a presence entry under
+    /// `key_name` (compared in constant time).
+    pub fn presence_ok(&self, key_name: &str, json: &[u8], mac: &[u8]) -> bool {
+        let Ok(mac) = URL_SAFE_NO_PAD.decode(mac) else {
+            return false;
+        };
+        self.mac(key_name.as_bytes(), PRESENCE, json)
+            .verify_slice(&mac)
+            .is_ok()
+    }
 }
+
+/// What a presence MAC signs besides the key name and the entry, so it is
+/// never valid as an envelope's.
+const PRESENCE: &[u8] = b"wshub-presence1";
 
 #[cold]
 fn unreachable_key() -> HmacSha256 {

@@ -39,13 +39,13 @@ impl EventLoop {
         self.open_websockets -= 1;
         let rooms = self.rooms_before_leaving(key, user.as_deref());
         let webhook_rooms = self.webhook_rooms_of(key);
+        if let Some(link) = self.cluster.as_ref() {
+            link.closing(user.as_deref(), self.router.rooms_of(key).map(|r| &**r));
+        }
         let change = self.router.remove_session(key, user.as_deref());
         self.webhook_disconnected(user.as_deref(), &webhook_rooms);
-        if let Some(link) = self.cluster.as_mut() {
-            match change {
-                Change::LastMember => link.departed(),
-                _ => link.changed(),
-            }
+        if let (Some(link), Change::LastMember) = (self.cluster.as_mut(), change) {
+            link.departed();
         }
         self.left_rooms(key, user.as_deref(), rooms);
         self.publish_online();

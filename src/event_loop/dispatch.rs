@@ -223,10 +223,8 @@ impl EventLoop {
         match upgrade.endpoint {
             Endpoint::Chat | Endpoint::Sse => {
                 self.router.add_session(key, user.as_ref());
-                if let Some(link) = self.cluster.as_mut() {
-                    // The entry may have been encoded while the upgrade
-                    // waited for its channel, before the session was here.
-                    link.changed();
+                if let Some(link) = self.cluster.as_ref() {
+                    link.opened(user.as_deref());
                 }
                 if upgrade.endpoint == Endpoint::Sse {
                     self.metrics.open_sse += 1;

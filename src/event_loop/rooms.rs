@@ -97,6 +97,7 @@ impl EventLoop {
             return;
         }
         if let Some(link) = self.cluster.as_mut() {
+            link.member(user, room, joined);
             match change {
                 Change::FirstMember | Change::Member if joined => {
                     if hold {
@@ -106,7 +107,7 @@ impl EventLoop {
                     }
                 }
                 Change::LastMember => link.departed(),
-                _ => link.changed(),
+                _ => {}
             }
         }
         self.webhook_room(room, change);
