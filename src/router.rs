@@ -21,6 +21,7 @@ use crate::message::{self, Incoming, Outgoing};
 
 /// What the loop must do with one client message.
 #[derive(Debug, PartialEq, Eq)]
+#[must_use = "a report the loop must apply"]
 pub enum Route<'a> {
     /// Send this JSON back to the sending connection only.
     Reply(Vec<u8>),

@@ -20,12 +20,17 @@
 //!
 //! A [`Session`] makes its own phase changes and reports them as values;
 //! these files apply the reports to what the loop owns (router, poll
-//! registration, wheel, metrics, hooks, cluster link). No socket is written
-//! during a fan-out: deliveries only queue a shared frame and put the
-//! recipient in the backlog, which drains [`WRITE_BUDGET`] sessions per
-//! pass in slot order; while it drains the loop keeps polling, so new
+//! registration, wheel, metrics, hooks, cluster link). A fan-out writes no
+//! socket but one whose queue is full: deliveries queue a shared frame and
+//! put the recipient in the backlog, which drains [`WRITE_BUDGET`] sessions
+//! per pass in slot order; while it drains the loop keeps polling, so new
 //! requests are read and later broadcasts join the queues of recipients not
-//! yet written, which then take them all in one `writev`.
+//! yet written, which then take them all in one `writev`. A recipient whose
+//! queue is full (`message_buffer_size` or `max_buffered_bytes`) is written
+//! at once, before it is judged a slow consumer (`Session::queue`): a burst
+//! within one pass is not slowness. Measured: 300 REST broadcasts pipelined
+//! into one pass to a client reading at full speed all arrive; without that
+//! write the client was closed with 1013 after 257 of them.
 //!
 //! Time is the loop clock: u64 milliseconds since the loop started, read
 //! once per pass (`now_ms`); the wheel and every session deadline use it.

@@ -127,6 +127,7 @@ pub(crate) struct Closing {
 
 /// What the peer's FIN means in the current phase.
 #[derive(Debug, PartialEq, Eq)]
+#[must_use = "a report the loop must apply"]
 pub(crate) enum Eof {
     /// Closing already: write what is left, then drop.
     Flush,
@@ -138,6 +139,7 @@ pub(crate) enum Eof {
 
 /// Who left the indexes when an open session started closing.
 #[derive(Debug, PartialEq, Eq)]
+#[must_use = "a report the loop must apply"]
 pub(crate) enum Left {
     /// A chat session, with its user id.
     Chat(Option<Rc<str>>),
@@ -149,6 +151,7 @@ pub(crate) enum Left {
 
 /// What a session's timer found.
 #[derive(Debug, PartialEq, Eq)]
+#[must_use = "a report the loop must apply"]
 pub(crate) enum Fired {
     /// Nothing due yet: arm again for this loop-clock ms.
     Arm(u64),
