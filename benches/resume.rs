@@ -46,8 +46,8 @@ fn start(sessions: usize, missed: usize) -> Server {
     let dir = std::env::temp_dir().join(format!("wshub-resume-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("scratch dir");
     let config = dir.join("config.yaml");
-    // max_http_connections: all N upgrades are written at once, and at the
-    // default cap (1024) the server would evict those it has not read yet.
+    // max_http_connections: all N upgrades are written at once, and past the
+    // default cap (1024 connections not yet upgraded) the server answers 503.
     std::fs::write(
         &config,
         format!(
