@@ -1,8 +1,10 @@
 //! Criterion micro-benches for wshub's CPU paths (issue 7, part 1): frame
 //! encoding and decoding, broadcast fan-out to 10k sessions with mock
-//! sockets, HTTP head parsing, and JSON message routing. The timer wheel has
-//! its own file (`benches/wheel.rs`). Issue 24 adds the client-address
-//! derivation (`client_ip`: header walks, PROXY header, per-address count).
+//! sockets, HTTP head parsing, JSON message routing, and the room join
+//! check of each `rooms.join` mode (with its allocation count). The timer
+//! wheel has its own file (`benches/wheel.rs`). Issue 24 adds the
+//! client-address derivation (`client_ip`: header walks, PROXY header,
+//! per-address count).
 //!
 //! Touches only the public `frame`, `http`, `message`, `router` and
 //! `outbound` modules: no sockets, no threads. Every fixture is checked with
@@ -12,20 +14,53 @@
 //! `cargo bench --bench micro [-- FILTER]`; without `--bench` (as in
 //! `cargo test --benches`) criterion runs each bench once as a test.
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::io::{self, IoSlice, Write};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use serde_json::value::RawValue;
+use wshub::config::{Config, JoinMode};
 use wshub::deflate::{Codec, Encoded, Params};
 use wshub::frame::{self, Decoder, Inbound, Kind, Step, Wire};
 use wshub::http::{self, Method, Response};
+use wshub::jwt::Verifier;
 use wshub::message::{self, Outgoing};
 use wshub::outbound::{Flushed, Outbound};
+use wshub::rooms::Rooms;
 use wshub::router::{Route, Router};
 use wshub::{Audience, SessionKey};
+
+/// Counts allocations (not bytes), so a bench can show a path makes none.
+struct CountingCalls;
+
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: defers to the system allocator; the counter is a relaxed atomic.
+unsafe impl GlobalAlloc for CountingCalls {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same layout contract as the caller's.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` came from `alloc` above with this layout.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: as for `alloc` and `dealloc`.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: CountingCalls = CountingCalls;
 
 /// The server's default `max_message_size`.
 const MAX_MESSAGE: usize = 1 << 20;
@@ -190,7 +225,9 @@ fn hub() -> Hub {
         let user: Rc<str> = Rc::from(format!("u{}", i / 3));
         router.add_session(key(i), Some(&user));
         if i % 10 == 0 {
-            router.join(key(i), ROOM).expect("one room per session");
+            router
+                .join(key(i), None, ROOM)
+                .expect("one room per session");
         }
     }
     Hub {
@@ -628,6 +665,129 @@ fn json_routing(c: &mut Criterion) {
     group.finish();
 }
 
+// ---- room joins ----
+
+fn rooms_for(mode: JoinMode) -> Rooms {
+    let mut config = Config::default();
+    config.rooms.join = mode;
+    config.jwt.secret = "bench-key".into();
+    let verifier = Verifier::from_config(&config.jwt).expect("an HS256 key");
+    Rooms::new(&config, verifier)
+}
+
+/// Allocations made by `runs` calls of `check`.
+fn allocations(runs: usize, mut check: impl FnMut() -> bool) -> usize {
+    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    for _ in 0..runs {
+        black_box(check());
+    }
+    ALLOCATIONS.load(Ordering::Relaxed) - before
+}
+
+/// The check a client's `join` goes through: nothing in `open` mode, a
+/// binary search and prefix compares over the session's grants in
+/// `claims`, and a JWT verification only when a join token is sent.
+fn room_joins(c: &mut Criterion) {
+    const NOW: u64 = 1_700_000_000;
+    let open = rooms_for(JoinMode::Open);
+    let claims = rooms_for(JoinMode::Claims);
+    let token_mode = rooms_for(JoinMode::Token);
+    // A realistic claim: 20 exact rooms and 4 prefixes.
+    let mut entries: Vec<String> = (0..20).map(|i| format!("team:{i:03}")).collect();
+    entries.extend(["chat:*", "order:77*", "support:*", "news:*"].map(str::to_owned));
+    let connect = wshub::jwt::sign_hs256(
+        &serde_json::json!({"sub": "amy", "rooms": entries}),
+        b"bench-key",
+    );
+    let verifier = Verifier::from_config(
+        &Config {
+            jwt: wshub::config::JwtConfig {
+                secret: "bench-key".into(),
+                ..Default::default()
+            },
+            ..Config::default()
+        }
+        .jwt,
+    )
+    .expect("an HS256 key");
+    let connect_claims = verifier
+        .verify(&connect, NOW)
+        .expect("a valid connect token");
+    let grants = claims
+        .grants(&connect_claims)
+        .expect("the claim grants rooms");
+    let join_token = wshub::jwt::sign_hs256(
+        &serde_json::json!({"sub": "amy", "room": "order:1", "exp": NOW + 60}),
+        b"bench-key",
+    );
+    type Check<'a> = Box<dyn Fn() -> bool + 'a>;
+    let cases: [(&str, Check<'_>, bool); 5] = [
+        (
+            "open",
+            Box::new(|| open.admits(None, Some("amy"), black_box("team:019"), None, NOW)),
+            true,
+        ),
+        (
+            "claims_exact",
+            Box::new(|| {
+                claims.admits(Some(&grants), Some("amy"), black_box("team:019"), None, NOW)
+            }),
+            true,
+        ),
+        (
+            "claims_prefix",
+            Box::new(|| {
+                claims.admits(
+                    Some(&grants),
+                    Some("amy"),
+                    black_box("news:today"),
+                    None,
+                    NOW,
+                )
+            }),
+            true,
+        ),
+        (
+            "claims_refused",
+            Box::new(|| {
+                claims.admits(
+                    Some(&grants),
+                    Some("amy"),
+                    black_box("private:1"),
+                    None,
+                    NOW,
+                )
+            }),
+            false,
+        ),
+        (
+            "token_join_token",
+            Box::new(|| {
+                token_mode.admits(
+                    None,
+                    Some("amy"),
+                    black_box("order:1"),
+                    Some(&join_token),
+                    NOW,
+                )
+            }),
+            true,
+        ),
+    ];
+    let mut group = c.benchmark_group("rooms");
+    group.throughput(Throughput::Elements(1));
+    for (name, check, expected) in &cases {
+        assert_eq!(check(), *expected, "{name}");
+        let made = allocations(10_000, check);
+        println!("rooms/join_check_{name}: {made} allocations in 10000 checks");
+        if !name.starts_with("token") {
+            assert_eq!(made, 0, "{name}: a join check must not allocate");
+        }
+        group.bench_function(format!("join_check_{name}"), |b| b.iter(check));
+    }
+    group.finish();
+}
+
 fn quick() -> Criterion {
     Criterion::default()
         .sample_size(20)
@@ -717,6 +877,6 @@ Forwarded: for=198.51.100.9, for=\"[2001:db8::7]:4711\";proto=https, for=10.0.0.
 criterion_group! {
     name = benches;
     config = quick();
-    targets = frames, fanout, deflate, http_heads, json_routing, client_addresses
+    targets = frames, fanout, deflate, http_heads, json_routing, client_addresses, room_joins
 }
 criterion_main!(benches);

@@ -283,13 +283,23 @@ pub fn query_param(target: &str, name: &str) -> Result<Option<String>, QueryErro
     Ok(None)
 }
 
+/// One percent-encoded path segment (`/api/ws/rooms/chat%3A1`), decoded;
+/// `+` stays `+` in a path. `None` for a malformed escape or non-UTF-8.
+pub fn path_segment(text: &str) -> Option<String> {
+    String::from_utf8(decode(text, false).ok()?).ok()
+}
+
 /// `application/x-www-form-urlencoded` decoding of one key or value.
 fn percent_decode(text: &str) -> Result<Vec<u8>, ()> {
+    decode(text, true)
+}
+
+fn decode(text: &str, plus_is_space: bool) -> Result<Vec<u8>, ()> {
     let mut out = Vec::with_capacity(text.len());
     let mut bytes = text.bytes();
     while let Some(b) = bytes.next() {
         out.push(match b {
-            b'+' => b' ',
+            b'+' if plus_is_space => b' ',
             b'%' => {
                 let hi = bytes.next().and_then(hex_value).ok_or(())?;
                 let lo = bytes.next().and_then(hex_value).ok_or(())?;

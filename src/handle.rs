@@ -28,6 +28,13 @@ pub(crate) enum Command {
         reply: Option<SyncSender<usize>>,
     },
     DisconnectUser(String),
+    /// Add every session of `user` (every node) to `room`, or remove them.
+    Membership {
+        user: String,
+        room: String,
+        join: bool,
+        reply: Option<SyncSender<usize>>,
+    },
     OnlineUsers(SyncSender<Vec<String>>),
     Shutdown,
     /// From the cluster's bridge threads.
@@ -163,6 +170,31 @@ impl Handle {
             message.to_json(),
             Some(reply),
         )?;
+        answer.recv_timeout(REPLY_TIMEOUT).map_err(reply_error)
+    }
+
+    /// Adds every open session of `user`, on every node, to `room`, as
+    /// `POST /api/ws/join` does, and waits for the number of sessions
+    /// changed (cluster-wide from the view). A session already in
+    /// `max_rooms_per_session` rooms is skipped.
+    pub fn join(&self, user: &str, room: &str) -> Result<usize, HandleError> {
+        self.membership(user, room, true)
+    }
+
+    /// Removes every open session of `user`, on every node, from `room`,
+    /// as `POST /api/ws/leave` does; returns the sessions changed.
+    pub fn leave(&self, user: &str, room: &str) -> Result<usize, HandleError> {
+        self.membership(user, room, false)
+    }
+
+    fn membership(&self, user: &str, room: &str, join: bool) -> Result<usize, HandleError> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        self.send(Command::Membership {
+            user: user.to_owned(),
+            room: room.to_owned(),
+            join,
+            reply: Some(reply),
+        })?;
         answer.recv_timeout(REPLY_TIMEOUT).map_err(reply_error)
     }
 

@@ -1,5 +1,5 @@
 //! Application hooks that run on the event-loop thread: connect (may refuse),
-//! message (may consume), disconnect (with the reason).
+//! message (may consume), join (may refuse), disconnect (with the reason).
 //!
 //! Hooks never touch sessions directly. What they want done (push, broadcast,
 //! disconnect) goes into [`Actions`], which the loop applies after the event
@@ -87,6 +87,15 @@ pub enum Verdict {
     Consume,
 }
 
+/// What `on_join` decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// The session joins the room.
+    Allow,
+    /// Refused: the client gets `not allowed to join "R"`.
+    Deny,
+}
+
 /// Work a hook asks the loop to do once the current event is handled.
 #[derive(Debug, Default)]
 pub struct Actions {
@@ -164,6 +173,18 @@ pub trait Hooks: Send {
         _actions: &mut Actions,
     ) -> Verdict {
         Verdict::Relay
+    }
+
+    /// A client asked to join `room` and `rooms.join` allowed it (in any
+    /// mode); return [`Admission::Deny`] to refuse. Joins made by the
+    /// server (REST, handle) do not ask.
+    fn on_join(
+        &mut self,
+        _session: &SessionInfo<'_>,
+        _room: &str,
+        _actions: &mut Actions,
+    ) -> Admission {
+        Admission::Allow
     }
 
     /// An HTTP request that is not a WebSocket upgrade, before wshub's own

@@ -46,9 +46,10 @@
 //! | [`wheel`] | the hashed timer wheel for pings and timeouts |
 //! | `rate` | the per-session token bucket and flood detector |
 //! | `handle` | the cross-thread [`Handle`] (bounded channel + waker) |
-//! | `history` | the last messages per audience (stream), positions, replay for resuming sessions |
+//! | `history` | the last messages per audience (stream), positions, replay for resuming sessions; in a cluster, resumes waiting for Redis (`remote`) |
 //! | `hooks` | application callbacks on the loop thread |
-//! | `cluster` | several nodes over Redis: bridge threads, presence, channels |
+//! | [`rooms`] | who may join a room (join modes, grants, join tokens), presence events |
+//! | `cluster` | several nodes over Redis: bridge threads, presence, channels; with history on, the streams in Redis (`history`) |
 //! | `webhooks` | presence events for the backend: decided on the loop, batched, signed and POSTed by their own thread |
 //! | `metrics` | counters and the Prometheus text |
 //! | [`config`], `cli`, [`app`] | settings, arguments, what the binaries run |
@@ -102,6 +103,7 @@ pub(crate) mod metrics;
 pub mod outbound;
 pub(crate) mod rate;
 pub(crate) mod rest;
+pub mod rooms;
 pub mod router;
 pub mod server;
 pub(crate) mod session;
@@ -114,6 +116,6 @@ pub mod wheel;
 pub use audience::{Audience, SessionKey};
 pub use config::Config;
 pub use handle::{Handle, HandleError};
-pub use hooks::{Actions, CloseReason, Hooks, SessionInfo, Verdict};
+pub use hooks::{Actions, Admission, CloseReason, Hooks, SessionInfo, Verdict};
 pub use message::Message;
 pub use server::{Mode, Server, ServerError};

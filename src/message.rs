@@ -32,6 +32,9 @@ pub struct Incoming<'a> {
     /// Any JSON value, relayed verbatim.
     #[serde(default, borrow)]
     pub content: Option<&'a RawValue>,
+    /// A join token (`join` in `rooms.join: token` mode); never relayed.
+    #[serde(default, borrow)]
+    pub token: Option<std::borrow::Cow<'a, str>>,
     /// On a `join` with history on: the last position the client saw in
     /// the room (any JSON here, so other messages parse as before).
     #[serde(default, borrow)]
@@ -39,6 +42,11 @@ pub struct Incoming<'a> {
 }
 
 impl Incoming<'_> {
+    /// `token`, with an empty string treated as absent.
+    pub fn token(&self) -> Option<&str> {
+        non_empty(&self.token)
+    }
+
     /// `to`, with an empty string treated as absent.
     pub fn to(&self) -> Option<&str> {
         non_empty(&self.to)

@@ -140,6 +140,12 @@ pub struct Metrics {
     pub http_request_cap_closes: u64,
     /// TLS handshake reads put off to a later pass (over the per-pass budget).
     pub handshakes_deferred: u64,
+    /// Client joins refused by `rooms.join` or the `on_join` hook.
+    pub joins_refused: u64,
+    /// Server-side joins skipped: the session was in `max_rooms_per_session` rooms.
+    pub joins_skipped_full: u64,
+    /// `joined` / `left` events fanned out (each once, whatever the audience).
+    pub presence_events: u64,
     handshake_failures: [u64; HandshakeFailure::ALL.len()],
     close_codes: [u64; CLOSE_CODES.len() + 1],
     iterations: u64,
@@ -179,7 +185,7 @@ impl Metrics {
     /// The Prometheus text exposition (format 0.0.4).
     pub fn render(&self, shared: &Shared, heap_bytes: Option<usize>) -> String {
         let mut out = String::with_capacity(4096);
-        let simple: [Single<'_>; 19] = [
+        let simple: [Single<'_>; 22] = [
             (
                 "wshub_connections_open",
                 "gauge",
@@ -289,6 +295,24 @@ impl Metrics {
                 self.http_requests,
             ),
             (
+                "wshub_joins_refused_total",
+                "counter",
+                "Client joins refused by rooms.join or the on_join hook.",
+                self.joins_refused,
+            ),
+            (
+                "wshub_joins_skipped_full_total",
+                "counter",
+                "Sessions a REST or handle join skipped: already in max_rooms_per_session rooms.",
+                self.joins_skipped_full,
+            ),
+            (
+                "wshub_presence_events_total",
+                "counter",
+                "Presence events (joined, left) sent to a room.",
+                self.presence_events,
+            ),
+            (
                 "wshub_command_queue_depth",
                 "gauge",
                 "Handle commands waiting for the loop.",
@@ -365,6 +389,7 @@ mod tests {
         m.handshake_failed(HandshakeFailure::HttpCapacity);
         m.rate_limited_messages = 9;
         m.rate_limit_closes = 1;
+        m.joins_refused = 4;
         m.close_sent(1013);
         m.close_sent(4000);
         m.iteration(Duration::from_micros(50));
@@ -376,6 +401,7 @@ mod tests {
         assert!(text.contains("wshub_handshake_failures_total{reason=\"http_capacity\"} 1\n"));
         assert!(text.contains("\nwshub_rate_limited_messages_total 9\n"));
         assert!(text.contains("\nwshub_rate_limit_closes_total 1\n"));
+        assert!(text.contains("\nwshub_joins_refused_total 4\n"));
         assert!(text.contains("wshub_close_codes_sent_total{code=\"1013\"} 1\n"));
         assert!(text.contains("wshub_close_codes_sent_total{code=\"other\"} 1\n"));
         assert!(text.contains("wshub_loop_iteration_seconds_bucket{le=\"0.0001\"} 1\n"));

@@ -21,6 +21,7 @@ use crate::message::{self, Incoming, Outgoing};
 
 /// What the loop must do with one client message.
 #[derive(Debug, PartialEq, Eq)]
+#[must_use = "a report the loop must apply"]
 pub enum Route<'a> {
     /// Send this JSON back to the sending connection only.
     Reply(Vec<u8>),
@@ -95,7 +96,15 @@ pub struct Router {
     everyone: HashSet<SessionKey>,
     users: Map<Rc<str>, Vec<SessionKey>>,
     rooms: Map<Rc<str>, HashSet<SessionKey>>,
-    memberships: Map<SessionKey, HashSet<Rc<str>>>,
+    memberships: Map<SessionKey, Membership>,
+}
+
+/// The rooms of one session that is in at least one, with its user id (the
+/// router's own `Rc`), so a room can list its users.
+#[derive(Debug, Default)]
+struct Membership {
+    user: Option<Rc<str>>,
+    rooms: HashSet<Rc<str>>,
 }
 
 /// Maps and sets smaller than this keep their memory (no churn on small
@@ -151,9 +160,9 @@ impl Router {
                 }
             }
         }
-        if let Some(rooms) = self.memberships.remove(&key) {
+        if let Some(membership) = self.memberships.remove(&key) {
             shrink_map(&mut self.memberships);
-            for room in rooms {
+            for room in membership.rooms {
                 if self.drop_member(&room, key) == Change::LastMember {
                     change = Change::LastMember;
                 }
@@ -166,7 +175,7 @@ impl Router {
     pub fn session_rooms(&self, key: SessionKey) -> Vec<Rc<str>> {
         self.memberships
             .get(&key)
-            .map(|rooms| rooms.iter().cloned().collect())
+            .map(|m| m.rooms.iter().cloned().collect())
             .unwrap_or_default()
     }
 
@@ -207,26 +216,71 @@ impl Router {
         self.rooms.get(room).is_some_and(|m| m.contains(&key))
     }
 
-    /// The rooms `key` is in, in no order.
-    pub fn rooms_of(&self, key: SessionKey) -> impl Iterator<Item = &Rc<str>> {
-        self.memberships.get(&key).into_iter().flatten()
-    }
-
     /// Rooms with at least one member.
     pub fn room_count(&self) -> usize {
         self.rooms.len()
     }
 
-    /// Adds `key` to `room` (idempotent), unless that would put the session
-    /// in more than `max_rooms_per_session` rooms. Each index is looked up
-    /// once.
-    pub fn join(&mut self, key: SessionKey, room: &str) -> Result<Change, JoinError> {
+    /// The rooms `key` is in, in no order.
+    pub fn rooms_of(&self, key: SessionKey) -> impl Iterator<Item = &Rc<str>> {
+        self.memberships
+            .get(&key)
+            .into_iter()
+            .flat_map(|m| m.rooms.iter())
+    }
+
+    /// Distinct user ids among the members of `room`, sorted (anonymous
+    /// members counted by [`Router::room_size`], not listed).
+    pub fn room_users(&self, room: &str) -> Vec<&str> {
+        let mut users: Vec<&str> = self
+            .rooms
+            .get(room)
+            .into_iter()
+            .flatten()
+            .filter_map(|key| self.memberships.get(key)?.user.as_deref())
+            .collect();
+        users.sort_unstable();
+        users.dedup();
+        users
+    }
+
+    /// Every room with its distinct user ids (unsorted, possibly repeated),
+    /// in no order: what presence tells other nodes.
+    pub fn rooms_with_users(&self) -> impl Iterator<Item = (&str, impl Iterator<Item = &str>)> {
+        self.rooms.iter().map(|(room, members)| {
+            let users = members
+                .iter()
+                .filter_map(|key| self.memberships.get(key)?.user.as_deref());
+            (&**room, users)
+        })
+    }
+
+    /// Whether a session of `user` other than `except` is in `room`: O(the
+    /// user's sessions).
+    pub fn user_in_room(&self, user: &str, room: &str, except: Option<SessionKey>) -> bool {
+        let (Some(sessions), Some(members)) = (self.users.get(user), self.rooms.get(room)) else {
+            return false;
+        };
+        sessions
+            .iter()
+            .any(|key| Some(*key) != except && members.contains(key))
+    }
+
+    /// Adds `key` (a session of `user`, `None` if anonymous) to `room`
+    /// (idempotent), unless that would put the session in more than
+    /// `max_rooms_per_session` rooms. Each index is looked up once.
+    pub fn join(
+        &mut self,
+        key: SessionKey,
+        user: Option<&str>,
+        room: &str,
+    ) -> Result<Change, JoinError> {
         if !self.everyone.contains(&key) {
             return Ok(Change::Unchanged);
         }
         let membership = self.memberships.entry(key);
         let joined = match &membership {
-            Entry::Occupied(rooms) => rooms.get().len(),
+            Entry::Occupied(m) => m.get().rooms.len(),
             Entry::Vacant(_) => 0,
         };
         let full = joined >= self.limits.max_rooms_per_session;
@@ -248,23 +302,35 @@ impl Router {
                 (name, Change::FirstMember)
             }
         };
-        membership.or_default().insert(name);
+        let users = &self.users;
+        membership
+            .or_insert_with(|| Membership {
+                // The index's own Rc: no allocation for the name.
+                user: user.map(|u| {
+                    users
+                        .get_key_value(u)
+                        .map_or_else(|| Rc::from(u), |(name, _)| name.clone())
+                }),
+                rooms: HashSet::new(),
+            })
+            .rooms
+            .insert(name);
         Ok(change)
     }
 
     /// Removes `key` from `room` (idempotent), in O(1).
     pub fn leave(&mut self, key: SessionKey, room: &str) -> Change {
-        let Some(rooms) = self.memberships.get_mut(&key) else {
+        let Some(membership) = self.memberships.get_mut(&key) else {
             return Change::Unchanged;
         };
-        if !rooms.remove(room) {
+        if !membership.rooms.remove(room) {
             return Change::Unchanged;
         }
-        if rooms.is_empty() {
+        if membership.rooms.is_empty() {
             self.memberships.remove(&key);
             shrink_map(&mut self.memberships);
         } else {
-            shrink_set(rooms);
+            shrink_set(&mut membership.rooms);
         }
         self.drop_member(room, key)
     }
@@ -335,22 +401,27 @@ impl Router {
                 };
                 Route::Reply(pong.to_json())
             }
-            // A client's "error" would arrive byte-identical to the server's own;
-            // welcome and recovered speak for the server's history.
-            kind @ ("error" | "pong" | "welcome" | "recovered") => Route::Reply(
-                message::error_json(&format!("type \"{kind}\" is reserved for the server")),
-            ),
+            // A client's "error" would arrive byte-identical to the server's
+            // own; "joined"/"left" would forge presence; welcome and
+            // recovered speak for the server's history.
+            kind @ ("error" | "pong" | "joined" | "left" | "welcome" | "recovered") => {
+                Route::Reply(message::error_json(&format!(
+                    "type \"{kind}\" is reserved for the server"
+                )))
+            }
             "join" | "leave" => match message.room() {
                 None => Route::Reply(message::error_json(&format!(
                     "{} needs a \"room\"",
                     message.kind
                 ))),
-                Some(room) if message.kind == "join" => match self.join(sender, room) {
-                    Ok(change) => Route::Done(change),
-                    Err(JoinError::TooManyRooms) => {
-                        Route::Reply(message::error_json("too many rooms"))
+                Some(room) if message.kind == "join" => {
+                    match self.join(sender, sender_user, room) {
+                        Ok(change) => Route::Done(change),
+                        Err(JoinError::TooManyRooms) => {
+                            Route::Reply(message::error_json("too many rooms"))
+                        }
                     }
-                },
+                }
                 Some(room) => Route::Done(self.leave(sender, room)),
             },
             kind => self.relay(sender, sender_user, kind, message),
@@ -583,13 +654,13 @@ mod tests {
     #[test]
     fn a_stale_key_is_not_a_member() {
         let mut r = setup();
-        assert_eq!(r.join(key(1), "r"), Ok(Change::FirstMember));
+        assert_eq!(r.join(key(1), None, "r"), Ok(Change::FirstMember));
         let stale = SessionKey {
             index: 1,
             generation: 0,
         };
         assert!(!r.is_member(stale, "r"));
-        assert_eq!(r.join(stale, "r"), Ok(Change::Unchanged));
+        assert_eq!(r.join(stale, None, "r"), Ok(Change::Unchanged));
         assert_eq!(
             members(
                 &r,
@@ -605,15 +676,15 @@ mod tests {
     #[test]
     fn joins_and_leaves_say_what_changed() {
         let mut r = setup();
-        assert_eq!(r.join(key(1), "r"), Ok(Change::FirstMember));
-        assert_eq!(r.join(key(1), "r"), Ok(Change::Unchanged));
-        assert_eq!(r.join(key(2), "r"), Ok(Change::Member));
+        assert_eq!(r.join(key(1), None, "r"), Ok(Change::FirstMember));
+        assert_eq!(r.join(key(1), None, "r"), Ok(Change::Unchanged));
+        assert_eq!(r.join(key(2), None, "r"), Ok(Change::Member));
         assert_eq!(r.leave(key(3), "r"), Change::Unchanged, "never joined");
         assert_eq!(r.leave(key(1), "r"), Change::Member);
         assert_eq!(r.leave(key(1), "r"), Change::Unchanged);
         assert_eq!(r.leave(key(2), "r"), Change::LastMember);
         assert_eq!(r.room_count(), 0);
-        assert_eq!(r.join(key(9), "r"), Ok(Change::Unchanged), "not open");
+        assert_eq!(r.join(key(9), None, "r"), Ok(Change::Unchanged), "not open");
     }
 
     #[test]
@@ -624,14 +695,18 @@ mod tests {
         });
         r.add_session(key(1), None);
         for room in ["a", "b", "c"] {
-            assert!(r.join(key(1), room).is_ok(), "{room}");
+            assert!(r.join(key(1), None, room).is_ok(), "{room}");
         }
-        assert_eq!(r.join(key(1), "d"), Err(JoinError::TooManyRooms));
-        assert_eq!(r.join(key(1), "a"), Ok(Change::Unchanged), "rejoin is fine");
-        r.add_session(key(2), None);
-        assert_eq!(r.join(key(2), "e"), Ok(Change::FirstMember));
+        assert_eq!(r.join(key(1), None, "d"), Err(JoinError::TooManyRooms));
         assert_eq!(
-            r.join(key(1), "e"),
+            r.join(key(1), None, "a"),
+            Ok(Change::Unchanged),
+            "rejoin is fine"
+        );
+        r.add_session(key(2), None);
+        assert_eq!(r.join(key(2), None, "e"), Ok(Change::FirstMember));
+        assert_eq!(
+            r.join(key(1), None, "e"),
             Err(JoinError::TooManyRooms),
             "an existing room too"
         );
@@ -639,7 +714,7 @@ mod tests {
         let (_, err) = route_text(&mut r, 1, None, r#"{"type":"join","room":"d"}"#);
         assert_eq!(err, r#"{"type":"error","content":"too many rooms"}"#);
         r.leave(key(1), "b");
-        assert!(r.join(key(1), "d").is_ok(), "a slot was freed");
+        assert!(r.join(key(1), None, "d").is_ok(), "a slot was freed");
     }
 
     #[test]
@@ -650,7 +725,7 @@ mod tests {
         });
         r.add_session(key(1), Some(&Rc::from("u")));
         for i in 0..20_000 {
-            assert!(r.join(key(1), &format!("room-{i}")).is_ok());
+            assert!(r.join(key(1), None, &format!("room-{i}")).is_ok());
         }
         let grown = r.rooms.capacity();
         assert!(grown >= 20_000);

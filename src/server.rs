@@ -242,6 +242,7 @@ impl Server {
                 Link::start(
                     &self.config.cluster,
                     &self.config.websocket,
+                    &self.config.history,
                     self.handle.clone(),
                 )
                 .map_err(ServerError::Cluster)?,

@@ -804,7 +804,8 @@ fn a_message_right_after_the_101_or_a_join_arrives() {
 }
 
 /// docs/protocol.md 10a: a hung Redis (SIGSTOP) is down within 2 s; meanwhile
-/// and after, REST pushes answer 503 within about 1 s and deliver nothing;
+/// and after, REST pushes and joins answer 503 within about 1 s and deliver
+/// or change nothing;
 /// plain /health stays 200 (degraded), ?cluster=required is 503.
 #[test]
 fn a_hung_redis_gets_honest_answers_and_health_does_not_cascade() {
@@ -830,6 +831,19 @@ fn a_hung_redis_gets_honest_answers_and_health_does_not_cascade() {
     assert!(
         took < Duration::from_millis(1600),
         "answered after {took:?}"
+    );
+    // A REST join likewise (docs/protocol.md 11), and it changed nothing here.
+    let started = Instant::now();
+    let (code, body) = a.post("/api/ws/join", json!({"user": "here", "room": "r"}));
+    let took = started.elapsed();
+    assert_eq!((code, body), (503, json!({"error": "cluster unavailable"})));
+    assert!(
+        took < Duration::from_millis(1600),
+        "answered after {took:?}"
+    );
+    assert_eq!(
+        a.get("/api/ws/rooms/r").1,
+        json!({"room": "r", "count": 0, "users": []})
     );
     wait_for(Duration::from_secs(5), "node a to see Redis down", || {
         (a.get("/health?cluster=required").0 == 503).then_some(())
@@ -1160,4 +1174,209 @@ fn a_flood_from_redis_is_bounded_in_bytes_and_never_blocks() {
     );
     let grown = a.rss_kib().saturating_sub(rss_before);
     assert!(grown < 200 * 1024, "RSS grew {grown} KiB");
+}
+
+/// Three nodes with presence events on.
+fn three_presence_nodes(redis: &Redis) -> (Node, Node, Node) {
+    let extra = "rooms:\n  presence: true\n";
+    let nodes = (
+        Node::start_with("a", redis.port, TTL_MS, extra),
+        Node::start_with("b", redis.port, TTL_MS, extra),
+        Node::start_with("c", redis.port, TTL_MS, extra),
+    );
+    for node in [&nodes.0, &nodes.1, &nodes.2] {
+        wait_for(WAIT, "the node to join", || node.healthy().then_some(()));
+    }
+    nodes
+}
+
+fn join_room(client: &mut Client, room: &str) {
+    client.send_json(json!({"type": "join", "room": room}));
+    assert_eq!(drain(client), Vec::<Value>::new());
+}
+
+#[test]
+fn rest_joins_and_room_listings_span_nodes() {
+    let redis = Redis::start();
+    let (a, b, c) = three_nodes(&redis);
+    let mut amy_a = a.connect(Some("amy"));
+    let mut amy_b = b.connect(Some("amy"));
+    let mut bob_c = c.connect(Some("bob"));
+    let _anon = c.connect(None);
+    join_room(&mut bob_c, "ticket:9");
+    wait_status(&[&a, &b, &c], 4, &["amy", "bob"], 3, Duration::from_secs(4));
+
+    // Asked on the node that holds none of amy's sessions.
+    let (status, body) = c.post("/api/ws/join", json!({"user": "amy", "room": "ticket:9"}));
+    assert_eq!((status, body), (200, json!({"sessions": 2})));
+    let listed = json!({"room": "ticket:9", "count": 3, "users": ["amy", "bob"]});
+    for node in [&a, &b, &c] {
+        wait_for(Duration::from_secs(2), "the listing on every node", || {
+            (node.get("/api/ws/rooms/ticket:9").1 == listed).then_some(())
+        });
+    }
+    bob_c.send_json(json!({"type": "say", "room": "ticket:9", "content": 1}));
+    let said = json!({"type": "say", "from": "bob", "room": "ticket:9", "content": 1});
+    assert_eq!(amy_a.recv_json(), said);
+    assert_eq!(amy_b.recv_json(), said);
+
+    let (status, body) = a.post("/api/ws/leave", json!({"user": "amy", "room": "ticket:9"}));
+    assert_eq!(status, 200);
+    assert_eq!(body["sessions"], 2, "one here, one on b from the view");
+    let listed = json!({"room": "ticket:9", "count": 1, "users": ["bob"]});
+    for node in [&a, &b, &c] {
+        wait_for(Duration::from_secs(2), "amy gone from the listing", || {
+            (node.get("/api/ws/rooms/ticket:9").1 == listed).then_some(())
+        });
+    }
+    let (status, body) = b.post("/api/ws/join", json!({"user": "nobody", "room": "r"}));
+    assert_eq!((status, body), (200, json!({"sessions": 0})));
+    let (status, body) = b.get("/api/ws/rooms/empty");
+    assert_eq!(
+        (status, body),
+        (200, json!({"room": "empty", "count": 0, "users": []}))
+    );
+}
+
+#[test]
+fn presence_events_are_cluster_wide_and_per_user() {
+    let redis = Redis::start();
+    let (mut a, b, c) = three_presence_nodes(&redis);
+    let mut watch_c = c.connect(Some("wat"));
+    join_room(&mut watch_c, "r");
+    let mut amy_a = a.connect(Some("amy"));
+    let mut amy_b = b.connect(Some("amy"));
+    let mut cat_a = a.connect(Some("cat"));
+    wait_status(
+        &[&a, &b, &c],
+        4,
+        &["amy", "cat", "wat"],
+        3,
+        Duration::from_secs(4),
+    );
+    let joined = |u: &str| json!({"type": "joined", "from": u, "room": "r"});
+    let left = |u: &str| json!({"type": "left", "from": u, "room": "r"});
+
+    join_room(&mut amy_a, "r");
+    assert_eq!(watch_c.recv_json(), joined("amy"));
+    // Amy's second tab, on another node, once the view shows the first.
+    wait_for(Duration::from_secs(2), "amy in r in the view", || {
+        (b.get("/api/ws/rooms/r").1["users"] == json!(["amy", "wat"])).then_some(())
+    });
+    join_room(&mut amy_b, "r");
+    amy_b.close();
+    join_room(&mut cat_a, "r");
+    assert_eq!(
+        watch_c.recv_json(),
+        joined("cat"),
+        "no second joined for amy"
+    );
+
+    // Node a dies with amy's only remaining session and cat's: both leave
+    // within presence_ttl, told once by the node that holds the watcher.
+    wait_for(Duration::from_secs(2), "b's departure in the view", || {
+        (c.get("/api/ws/rooms/r").1["count"] == 3).then_some(())
+    });
+    a.signal(libc::SIGKILL);
+    let mut got = vec![watch_c.recv_json(), watch_c.recv_json()];
+    got.sort_by_key(|v| v["from"].as_str().map(str::to_owned));
+    assert_eq!(got, [left("amy"), left("cat")]);
+    assert_eq!(drain(&mut watch_c), Vec::<Value>::new(), "exactly once");
+}
+
+/// Writes a presence entry for `node_id` and lists it as live, as anything
+/// with access to Redis could.
+fn forge_presence(redis: &Redis, node_id: &str, entry: &[u8]) {
+    let client = redis::Client::open(Redis::url(redis.port)).expect("client");
+    let mut con = client
+        .get_connection_with_timeout(Duration::from_secs(2))
+        .expect("connect");
+    let () = redis::pipe()
+        .cmd("SET")
+        .arg(format!("{PREFIX}:node:{node_id}"))
+        .arg(entry)
+        .arg("PX")
+        .arg(60_000)
+        .ignore()
+        .cmd("SADD")
+        .arg(format!("{PREFIX}:nodes"))
+        .arg(node_id)
+        .ignore()
+        .query(&mut con)
+        .expect("forge presence");
+}
+
+/// Issue 19, finding 8: with cluster.secret, a presence key written by
+/// someone else (unsigned, or a real node's signed entry copied under
+/// another id) inflates nothing, and is counted.
+#[test]
+fn with_a_secret_a_forged_presence_key_is_ignored() {
+    let redis = Redis::start();
+    let a = Node::start_with("a", redis.port, TTL_MS, "  secret: \"s3cret\"\n");
+    let b = Node::start_with("b", redis.port, TTL_MS, "  secret: \"s3cret\"\n");
+    for node in [&a, &b] {
+        wait_for(WAIT, "the node to join", || node.healthy().then_some(()));
+    }
+    let _amy = b.connect(Some("amy"));
+    wait_status(&[&a, &b], 1, &["amy"], 2, Duration::from_secs(4));
+    let signed_b: Vec<u8> = redis
+        .query(redis::cmd("GET").arg("t:node:b"))
+        .expect("b's entry");
+    assert!(
+        signed_b.starts_with(b"wshub-presence1 "),
+        "b signs its entry"
+    );
+    forge_presence(
+        &redis,
+        "fake",
+        br#"{"sessions":1000000,"users":{"ghost":1000000},"rooms":{"r":1000000},"members":{"r":["ghost"]}}"#,
+    );
+    forge_presence(&redis, "copy", &signed_b);
+    wait_for(Duration::from_secs(4), "both forgeries refused", || {
+        (a.metric("wshub_cluster_presence_refused_total") >= 2).then_some(())
+    });
+    // Several refreshes later, nothing of them shows anywhere.
+    std::thread::sleep(Duration::from_millis(1200));
+    for node in [&a, &b] {
+        let status = node.status();
+        assert_eq!(status["online_count"], 1, "{status}");
+        assert_eq!(status["online_users"], json!(["amy"]), "{status}");
+        assert_eq!(status["nodes"], 2, "{status}");
+        assert_eq!(
+            node.get("/api/ws/rooms/r").1,
+            json!({"room": "r", "count": 0, "users": []})
+        );
+        assert_eq!(node.metric("wshub_cluster_nodes"), 2);
+    }
+    let (code, body) = a.post("/api/ws/send", json!({"type": "t", "to": "ghost"}));
+    assert_eq!((code, body), (200, json!({"sent": 0})));
+}
+
+/// Issue 19, finding 8: without a secret, an entry claiming more than it
+/// can hold (users or rooms past its sessions) is ignored and counted.
+#[test]
+fn a_presence_entry_past_its_bounds_is_ignored() {
+    let redis = Redis::start();
+    let a = Node::start("a", redis.port);
+    wait_for(WAIT, "the node to join", || a.healthy().then_some(()));
+    forge_presence(
+        &redis,
+        "liar",
+        br#"{"sessions":1,"users":{"ghost":1000000},"rooms":{}}"#,
+    );
+    forge_presence(&redis, "junk", b"not json");
+    wait_for(Duration::from_secs(4), "both entries refused", || {
+        (a.metric("wshub_cluster_presence_refused_total") >= 2).then_some(())
+    });
+    let status = a.status();
+    assert_eq!(status["online_count"], 0, "{status}");
+    assert_eq!(status["online_users"], json!([]), "{status}");
+    // A well-formed entry within its bounds is what a node would write:
+    // without a secret it counts (README, "Cluster": use cluster.secret).
+    forge_presence(
+        &redis,
+        "plain",
+        br#"{"sessions":1,"users":{"zed":1},"rooms":{}}"#,
+    );
+    wait_status(&[&a], 1, &["zed"], 2, Duration::from_secs(4));
 }

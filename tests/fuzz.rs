@@ -1272,10 +1272,10 @@ fn router(sender: u32, joined: &[&str]) -> Router {
     router.add_session(key(1), Some(&alice));
     router.add_session(key(2), Some(&bob));
     router.add_session(key(3), None);
-    router.join(key(2), "r1").expect("room r1");
+    router.join(key(2), None, "r1").expect("room r1");
     for room in joined {
         router
-            .join(key(sender), room)
+            .join(key(sender), None, room)
             .expect("within max_rooms_per_session");
     }
     router
@@ -1956,7 +1956,7 @@ fn rooms_join_leave_sequences_match_a_model() {
                 }
                 RoomOp::Join(s, r) => {
                     let before = members(&model, r).len();
-                    let got = router.join(key(s), &name(r));
+                    let got = router.join(key(s), None, &name(r));
                     let want = match model.get_mut(&s) {
                         None => Ok(Change::Unchanged),
                         Some(rooms) if rooms.contains(&r) => Ok(Change::Unchanged),

@@ -107,6 +107,8 @@ export class WshubClient {
     /** Counters since construction; `attempts` counts WebSocket constructions. */
     this.stats = { attempts: 0, opens: 0, rejections: 0, dropped: 0 };
     this.rooms = new Set();
+    /** room → the join token it was joined with (token mode), re-sent on reconnect. */
+    this._roomTokens = new Map();
     /** 'websocket', or 'sse' after the fallback (receiving only). */
     this.transport = 'websocket';
     this._handlers = new Map();
@@ -199,12 +201,21 @@ export class WshubClient {
     return false;
   }
 
-  /** Joins `room` now (if open) and again after every reconnect. */
-  join(room) {
+  /**
+   * Joins `room` now (if open) and again after every reconnect. `token`: a
+   * join token from your backend (server in `rooms.join: token` mode), sent
+   * with this join and every re-join. A refused join arrives as an `error`.
+   */
+  join(room, { token } = {}) {
     if (typeof room !== 'string' || room === '') throw new TypeError('wshub: room must be a non-empty string');
+    if (token !== undefined && (typeof token !== 'string' || token === '')) {
+      throw new TypeError('wshub: token must be a non-empty string');
+    }
     const added = !this.rooms.has(room);
     this.rooms.add(room);
-    if (this._isOpen()) this._ws.send(JSON.stringify({ type: 'join', room }));
+    if (token === undefined) this._roomTokens.delete(room);
+    else this._roomTokens.set(room, token);
+    if (this._isOpen()) this._ws.send(this._joinText(room));
     else if (added && this._source) this._openStream();
   }
 
@@ -212,8 +223,17 @@ export class WshubClient {
   leave(room) {
     const removed = this.rooms.delete(room);
     this.positions.delete(`r:${room}`);
+    this._roomTokens.delete(room);
     if (this._isOpen()) this._ws.send(JSON.stringify({ type: 'leave', room }));
     else if (removed && this._source) this._openStream();
+  }
+
+  _joinText(room, since) {
+    const join = { type: 'join', room };
+    const token = this._roomTokens.get(room);
+    if (token !== undefined) join.token = token;
+    if (since) join.since = since;
+    return JSON.stringify(join);
   }
 
   /**
@@ -278,7 +298,7 @@ export class WshubClient {
     for (const room of this.rooms) {
       const since = this.options.recover ? this.positions.get(`r:${room}`) : undefined;
       if (since) this._asked.add(`r:${room}`);
-      this._ws.send(JSON.stringify(since ? { type: 'join', room, since } : { type: 'join', room }));
+      this._ws.send(this._joinText(room, since));
     }
     const queue = this._queue;
     this._queue = [];

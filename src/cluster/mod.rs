@@ -5,7 +5,8 @@
 //! The event loop never touches Redis. It hands messages to publish to the
 //! publisher thread over a bounded channel, records which user and room
 //! channels it needs in a shared interest set that the subscriber thread
-//! applies, and leaves its presence entry in a one-slot mailbox. The threads
+//! applies, and records what changed in its presence (O(1) per change)
+//! for the publisher thread, which keeps and writes the entry. The threads
 //! answer through the loop's own command queue and waker ([`crate::handle`]):
 //! messages from other nodes, the view of the other nodes, link up or down.
 //!
@@ -13,9 +14,11 @@
 //! | --- | --- |
 //! | [`wire`] | channel and key names, the envelope around each message |
 //! | [`view`] | presence entries and the view of the other nodes |
+//! | `presence` | this node's presence: the loop's deltas, the publisher's counts |
 //! | `gate` | work waiting for a subscription or a publish to be confirmed |
 //! | `publisher` | the thread that publishes (pipelined) and keeps presence |
 //! | `subscriber` | the thread that subscribes and forwards what arrives |
+//! | `history` | with `history` on: the streams in Redis, appends and resume reads |
 //!
 //! Nothing here runs when `cluster.redis` is empty: the loop holds no
 //! `Link` then, and its hot path is what it was.
@@ -28,12 +31,14 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::audience::Audience;
-use crate::config::{ClusterConfig, WebSocketConfig};
+use crate::config::{ClusterConfig, HistoryConfig, WebSocketConfig};
 use crate::handle::Handle;
 use crate::metrics::{self, Single};
 use crate::router::Router;
 
 pub(crate) mod gate;
+pub(crate) mod history;
+mod presence;
 mod publisher;
 mod subscriber;
 pub mod view;
@@ -45,6 +50,9 @@ use wire::{Key, Names, Origin, Publication};
 
 /// Messages waiting for the publisher; a full queue refuses the next publish.
 const PUBLISH_QUEUE: usize = 16_384;
+/// Resume reads waiting for the subscriber thread; a full queue fails the
+/// next resume (the session is closed and reconnects).
+const READ_QUEUE: usize = 1024;
 /// Publishes sent in one pipeline (one write, one read of the replies).
 const PIPELINE_MAX: usize = 1024;
 /// First pause between reconnect attempts; doubles up to [`BACKOFF_MAX`].
@@ -93,6 +101,30 @@ pub(crate) enum Event {
         target: Audience<String>,
         json: Vec<u8>,
     },
+    /// With history on: a message for sessions here with its position in
+    /// its stream (from any node; `own`: from this one, whose sessions
+    /// that did not ask to recover already have it).
+    Kept {
+        target: Audience<String>,
+        json: Vec<u8>,
+        epoch: crate::history::position::Epoch,
+        offset: u64,
+        own: bool,
+    },
+    /// The answer to [`Link::read_history`], in stream order with the
+    /// live messages; `bytes` go back to the inbound budget once used.
+    HistoryRead {
+        id: u64,
+        result: history::ReadResult,
+        bytes: usize,
+    },
+    /// Another node asks to add `user`'s sessions here to `room` (REST
+    /// join), or to remove them (`join` false).
+    Membership {
+        user: String,
+        room: String,
+        join: bool,
+    },
     /// A fresh view of the other nodes.
     View(View),
     /// A connection came up in a generation (see [`Bridge::generation`])
@@ -122,6 +154,14 @@ pub(crate) enum Held {
         json: Vec<u8>,
         keep_alive: bool,
     },
+    /// A REST join or leave, applied here and answered once Redis
+    /// accepted it.
+    Membership {
+        user: String,
+        room: String,
+        join: bool,
+        keep_alive: bool,
+    },
 }
 
 /// Counters the threads keep; rendered into `/metrics`.
@@ -137,6 +177,9 @@ pub(crate) struct Stats {
     publish_refused: AtomicU64,
     /// Received messages dropped at `max_queue_bytes` or a full loop queue.
     receive_dropped: AtomicU64,
+    /// Other nodes' presence entries ignored: unsigned or forged (with
+    /// `cluster.secret`), malformed, or past the bounds.
+    presence_refused: AtomicU64,
 }
 
 /// Bytes in flight one way between the loop and Redis, bounded.
@@ -196,13 +239,16 @@ struct Bridge {
     inbound: Budget,
     url: String,
     presence_ttl: Duration,
+    /// With `history` on: appends go through Redis's streams.
+    history: Option<history::Settings>,
     interest: Mutex<Interest>,
     /// Set after each change to `interest`, so the subscriber looks at the
     /// set only when there is something to apply: receiving a message
     /// takes no lock.
     interest_changed: AtomicBool,
-    /// The loop's latest presence entry, not yet written.
-    presence: Mutex<Option<Vec<u8>>>,
+    /// What changed in this node's presence since the publisher last
+    /// looked (bounded, see [`presence`]).
+    presence: Mutex<presence::Pending>,
     stats: Stats,
     stop: AtomicBool,
     /// Bumped by the first side that sees its connection fail: the other
@@ -216,6 +262,11 @@ impl Bridge {
     fn interest(&self) -> MutexGuard<'_, Interest> {
         // A thread that panicked holding the lock left a valid set behind.
         self.interest.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn pending(&self) -> MutexGuard<'_, presence::Pending> {
+        // As for `interest`: the deltas are whole after a panic.
+        self.presence.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn key(&self) -> Option<&Key> {
@@ -259,6 +310,11 @@ enum Job {
         publication: Publication,
         seq: u64,
         ack: Option<Instant>,
+        /// A message for an audience, appended to its stream while history
+        /// is on (`None`: a membership change, only published), with the
+        /// session the sender's node leaves out (it receives its own
+        /// messages back with their position).
+        keep: Option<Option<crate::audience::SessionKey>>,
     },
     Leave,
 }
@@ -323,6 +379,9 @@ impl Reporter {
 pub(crate) struct Link {
     bridge: Arc<Bridge>,
     jobs: SyncSender<Job>,
+    /// Resume reads for the subscriber thread (history on).
+    reads: SyncSender<history::Read>,
+    next_read: u64,
     threads: Vec<JoinHandle<()>>,
     done: Receiver<()>,
     seq: u64,
@@ -345,7 +404,6 @@ pub(crate) struct Link {
     settled: Vec<(Waiter<Held>, Outcome)>,
     /// Waiters refused (timeout, failed publish, outage), for `/metrics`.
     refused: u64,
-    presence_dirty: bool,
     departures: bool,
     next_tick_ms: u64,
 }
@@ -358,6 +416,7 @@ impl Link {
     pub(crate) fn start(
         config: &ClusterConfig,
         ws: &WebSocketConfig,
+        kept: &HistoryConfig,
         handle: Handle,
     ) -> Result<Link, String> {
         let node_id = if config.node_id.is_empty() {
@@ -375,6 +434,7 @@ impl Link {
             rules: wire::Rules {
                 max_message_size: ws.max_message_size,
                 max_json_depth: ws.max_json_depth,
+                max_id_bytes: ws.max_id_bytes,
                 key: (!config.secret.is_empty())
                     .then(|| Key::new(config.secret.expose().as_bytes())),
             },
@@ -382,6 +442,11 @@ impl Link {
             inbound: Budget::new(config.max_queue_bytes),
             url: config.redis.expose().to_owned(),
             presence_ttl: config.presence_ttl,
+            history: kept.enabled().then(|| history::Settings {
+                size: kept.size,
+                ttl_ms: crate::wheel::millis(kept.ttl),
+                meta_ttl_ms: crate::wheel::millis(kept.meta_ttl),
+            }),
             interest: Mutex::default(),
             interest_changed: AtomicBool::new(false),
             presence: Mutex::default(),
@@ -395,6 +460,7 @@ impl Link {
         );
         claim_node_id(&bridge)?;
         let (jobs, job_queue) = mpsc::sync_channel(PUBLISH_QUEUE);
+        let (reads, read_queue) = mpsc::sync_channel(READ_QUEUE);
         let (ready_tx, ready) = mpsc::sync_channel(2);
         let (done_tx, done) = mpsc::sync_channel(2);
         let reporter = |side| Reporter {
@@ -413,13 +479,15 @@ impl Link {
         }));
         let (b, r, d) = (bridge.clone(), reporter(Side::Subscriber), done_tx);
         threads.push(spawn("wshub-cluster-sub", move || {
-            subscriber::run(&b, r);
+            subscriber::run(&b, r, &read_queue);
             drop(d);
         }));
         drop(ready_tx);
         let mut link = Link {
             bridge,
             jobs,
+            reads,
+            next_read: 0,
             threads: threads.into_iter().flatten().collect(),
             done,
             seq: 0,
@@ -435,7 +503,6 @@ impl Link {
             settled: Vec::new(),
             held: HashSet::new(),
             refused: 0,
-            presence_dirty: true,
             departures: false,
             next_tick_ms: 0,
         };
@@ -483,10 +550,63 @@ impl Link {
         self.up().then_some(&self.view)
     }
 
+    /// Whether history is kept in Redis (`history` on).
+    pub(crate) fn keeps_history(&self) -> bool {
+        self.bridge.history.is_some()
+    }
+
+    /// Asks the subscriber thread to read a resume's streams; returns the
+    /// id its [`Event::HistoryRead`] will carry. `None` (nothing asked)
+    /// while the cluster is down or the read queue is full.
+    pub(crate) fn read_history(&mut self, streams: Vec<history::ReadStream>) -> Option<u64> {
+        if !self.up() || self.bridge.history.is_none() {
+            return None;
+        }
+        self.next_read += 1;
+        let read = history::Read {
+            id: self.next_read,
+            streams,
+        };
+        match self.reads.try_send(read) {
+            Ok(()) => Some(self.next_read),
+            Err(_) => None,
+        }
+    }
+
+    /// Messages from Redis dropped so far (`cluster.max_queue_bytes`, or
+    /// the loop's queue full): a recovering session may have missed one.
+    pub(crate) fn receive_drops(&self) -> u64 {
+        self.bridge.stats.receive_dropped.load(Ordering::Relaxed)
+    }
+
     /// Hands `json` for `target` to the publisher. False when the cluster
     /// is down or the queue is full: nothing was published.
     pub(crate) fn publish(&mut self, audience: Audience<&str>, json: &[u8]) -> bool {
-        self.enqueue(audience, json, None).is_some()
+        let signed = self.bridge.key().is_some();
+        let make = |names: &Names, origin: &Origin<'_>| {
+            Publication::new(names, audience, origin, json, signed)
+        };
+        self.enqueue(make, None, Some(except_of(audience)))
+            .is_some()
+    }
+
+    /// Asks every node holding sessions of `user` to add them to `room`
+    /// (`join`) or remove them. `acked`: the publisher reports when Redis
+    /// accepted it, as for [`Link::publish_acked`]. `None` when the cluster
+    /// is down or the queue is full: nothing was published.
+    pub(crate) fn publish_membership(
+        &mut self,
+        user: &str,
+        room: &str,
+        join: bool,
+        acked: bool,
+    ) -> Option<Ticket> {
+        let signed = self.bridge.key().is_some();
+        let make = |names: &Names, origin: &Origin<'_>| {
+            Publication::membership(names, user, room, join, origin, signed)
+        };
+        let ack = acked.then(|| Instant::now() + PUBLISH_WAIT);
+        self.enqueue(make, ack, None).map(Ticket::Published)
     }
 
     /// Like [`Link::publish`], and the publisher reports when Redis
@@ -498,15 +618,21 @@ impl Link {
         json: &[u8],
     ) -> Option<Ticket> {
         let deadline = Instant::now() + PUBLISH_WAIT;
-        self.enqueue(audience, json, Some(deadline))
+        let signed = self.bridge.key().is_some();
+        let make = |names: &Names, origin: &Origin<'_>| {
+            Publication::new(names, audience, origin, json, signed)
+        };
+        self.enqueue(make, Some(deadline), Some(except_of(audience)))
             .map(Ticket::Published)
     }
 
+    /// Hands the next publication of this run (numbered in one sequence)
+    /// to the publisher, within the outbound byte budget.
     fn enqueue(
         &mut self,
-        audience: Audience<&str>,
-        json: &[u8],
+        make: impl FnOnce(&Names, &Origin<'_>) -> Publication,
         ack: Option<Instant>,
+        keep: Option<Option<crate::audience::SessionKey>>,
     ) -> Option<u64> {
         if !self.up() {
             return None;
@@ -518,7 +644,7 @@ impl Link {
             epoch: b.epoch,
             seq: self.seq,
         };
-        let publication = Publication::new(&b.names, audience, &origin, json, b.key().is_some());
+        let publication = make(&b.names, &origin);
         let bytes = publication.len();
         if !b.outbound.try_take(bytes) {
             b.stats.publish_refused.fetch_add(1, Ordering::Relaxed);
@@ -528,6 +654,7 @@ impl Link {
             publication,
             seq: self.seq,
             ack,
+            keep,
         };
         match self.jobs.try_send(job) {
             Ok(()) => Some(self.seq),
@@ -544,7 +671,6 @@ impl Link {
     /// channel to pin meanwhile, while the subscription is not confirmed
     /// and the cluster is up (down, the node serves its own sessions).
     pub(crate) fn want_user(&mut self, user: Option<&str>) -> Option<(Ticket, String)> {
-        self.presence_dirty = true;
         let user = user?;
         let channel = self.bridge.names.channel(Audience::User(user));
         let version = match self.users.get(user) {
@@ -557,7 +683,6 @@ impl Link {
     /// A session here joined `room`: receive that room's channel. Returns
     /// what the session's next message waits for, as [`Link::want_user`].
     pub(crate) fn want_room(&mut self, room: &str) -> Option<(Ticket, String)> {
-        self.presence_dirty = true;
         let channel = self.bridge.names.channel(Audience::room(room));
         let version = match self.rooms.get(room) {
             Some(version) => *version,
@@ -647,16 +772,33 @@ impl Link {
         }
     }
 
-    /// Something presence counts changed (a member joined or left).
-    pub(crate) fn changed(&mut self) {
-        self.presence_dirty = true;
+    /// A chat session or event stream of `user` (`None`: anonymous) was
+    /// added to the router: presence counts it (O(1)).
+    pub(crate) fn opened(&self, user: Option<&str>) {
+        self.bridge.pending().deltas.session(user, 1);
+    }
+
+    /// A session of `user` in `rooms` is about to leave the router:
+    /// presence forgets it (O(its rooms)).
+    pub(crate) fn closing<'a>(&self, user: Option<&str>, rooms: impl Iterator<Item = &'a str>) {
+        let mut pending = self.bridge.pending();
+        for room in rooms {
+            pending.deltas.member(user, room, -1);
+        }
+        pending.deltas.session(user, -1);
+    }
+
+    /// A session of `user` joined (`joined`) or left `room`: presence
+    /// follows (O(1)).
+    pub(crate) fn member(&self, user: Option<&str>, room: &str, joined: bool) {
+        let by = if joined { 1 } else { -1 };
+        self.bridge.pending().deltas.member(user, room, by);
     }
 
     /// A user's last session here closed, or a room's last member here
     /// left: its channel may be released at the next tick (unless someone
     /// came back by then).
     pub(crate) fn departed(&mut self) {
-        self.presence_dirty = true;
         self.departures = true;
     }
 
@@ -675,9 +817,9 @@ impl Link {
         interest.version
     }
 
-    /// Periodic work, when due (see [`Link::next_tick_ms`]): hands over the
-    /// presence entry when it changed and releases channels no local
-    /// session needs.
+    /// Periodic work, when due (see [`Link::next_tick_ms`]): releases
+    /// channels no local session needs, and hands over a snapshot of
+    /// presence if its deltas overflowed (the only walk of the router).
     pub(crate) fn tick(&mut self, now_ms: u64, router: &Router) {
         if !self.gate.is_empty() {
             self.gate.expire(now_ms, &mut self.settled);
@@ -689,13 +831,12 @@ impl Link {
         if std::mem::take(&mut self.departures) {
             self.release(router);
         }
-        if std::mem::take(&mut self.presence_dirty) {
-            let entry = view::encode_local(router);
-            *self
-                .bridge
-                .presence
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()) = Some(entry);
+        if self.bridge.pending().deltas.overflowed() {
+            let snapshot = presence::Counts::from_router(router);
+            *self.bridge.pending() = presence::Pending {
+                snapshot: Some(snapshot),
+                deltas: presence::Deltas::default(),
+            };
         }
     }
 
@@ -743,8 +884,6 @@ impl Link {
             }
         }
         if self.up() {
-            // A fresh Redis has no presence of ours: write it again.
-            self.presence_dirty = true;
             self.next_tick_ms = 0;
             if let Some(since) = self.outage_since.take() {
                 log::info!(
@@ -762,9 +901,9 @@ impl Link {
         self.bridge.inbound.give_back(bytes);
     }
 
-    /// Replaces the view of the other nodes.
-    pub(crate) fn on_view(&mut self, view: View) {
-        self.view = view;
+    /// Replaces the view of the other nodes; returns the one it replaced.
+    pub(crate) fn on_view(&mut self, view: View) -> View {
+        std::mem::replace(&mut self.view, view)
     }
 
     /// Removes this node's presence now (a graceful shutdown).
@@ -780,7 +919,7 @@ impl Link {
     pub(crate) fn render_metrics(&self, out: &mut String) {
         let s = &self.bridge.stats;
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let lines: [Single<'_>; 12] = [
+        let lines: [Single<'_>; 13] = [
             (
                 "wshub_cluster_up",
                 "gauge",
@@ -846,6 +985,12 @@ impl Link {
                 load(&s.receive_dropped),
             ),
             (
+                "wshub_cluster_presence_refused_total",
+                "counter",
+                "Other nodes' presence entries ignored: unsigned or forged with cluster.secret set, malformed, or past the bounds.",
+                load(&s.presence_refused),
+            ),
+            (
                 "wshub_cluster_waiting",
                 "gauge",
                 "Connects, joins and REST pushes waiting for Redis to confirm a subscription or publish.",
@@ -873,6 +1018,14 @@ impl Drop for Link {
                 let _ = thread.join();
             }
         }
+    }
+}
+
+/// The session a message for `audience` leaves out, if any.
+fn except_of(audience: Audience<&str>) -> Option<crate::audience::SessionKey> {
+    match audience {
+        Audience::Everyone { except } | Audience::Room { except, .. } => except,
+        Audience::User(_) => None,
     }
 }
 

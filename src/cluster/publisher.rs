@@ -1,5 +1,6 @@
 //! The publisher thread: owns one Redis connection, publishes what the loop
-//! queued, and keeps presence (this node's entry, the others' view).
+//! queued, and keeps presence: this node's counts (applying the loop's
+//! deltas, see [`super::presence`]) and entry, and the others' view.
 //!
 //! Batching: the thread blocks for the first queued message, then takes
 //! whatever else is already queued (up to `PIPELINE_MAX`) and sends them as
@@ -7,6 +8,9 @@
 //! pile up while a pipeline is in flight, so the next one carries them all;
 //! when idle, a lone message goes out at once. A batch that fails is dropped
 //! (counted), never re-sent: delivery stays at-most-once.
+//!
+//! With history on, each message is appended by `history`'s script
+//! instead of a bare PUBLISH (offset, stream entry and publish in one step).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
@@ -15,7 +19,9 @@ use std::time::{Duration, Instant};
 
 use redis::{Connection, RedisResult};
 
-use super::view::{Entry, View};
+use super::history;
+use super::presence::Counts;
+use super::view::{self, View};
 use super::wire::Publication;
 use super::{Bridge, Event, Job, Reporter, BACKOFF_MAX, BACKOFF_MIN, PIPELINE_MAX};
 
@@ -70,10 +76,11 @@ pub(super) fn run(bridge: &Bridge, mut reporter: Reporter, jobs: &Receiver<Job>)
                         publication.sign(key);
                     }
                 }
-                let result = publish(&mut con, &batch.publications);
+                let result = publish(bridge, &mut con, &mut batch);
                 let bytes = batch.publications.iter().map(Publication::len).sum();
                 bridge.outbound.give_back(bytes);
                 batch.publications.clear();
+                batch.keeps.clear();
                 let acked = batch.acked.take();
                 if let Some(upto) = acked {
                     let ok = result.is_ok();
@@ -111,14 +118,23 @@ pub(super) fn run(bridge: &Bridge, mut reporter: Reporter, jobs: &Receiver<Job>)
 /// number among them.
 struct Batch {
     publications: Vec<Publication>,
+    /// Per publication, whether it is kept in history (with the session
+    /// its node leaves out); `None`: only published.
+    keeps: Vec<Option<Option<crate::audience::SessionKey>>>,
     acked: Option<u64>,
+    /// New epochs for streams Redis does not know (history only).
+    random: std::hash::RandomState,
+    epochs: u64,
 }
 
 impl Default for Batch {
     fn default() -> Self {
         Batch {
             publications: Vec::with_capacity(PIPELINE_MAX),
+            keeps: Vec::with_capacity(PIPELINE_MAX),
             acked: None,
+            random: std::hash::RandomState::new(),
+            epochs: 0,
         }
     }
 }
@@ -135,6 +151,7 @@ fn take(bridge: &Bridge, first: Job, batch: &mut Batch, jobs: &Receiver<Job>) ->
                 publication,
                 seq,
                 ack,
+                keep,
             } => match ack {
                 Some(deadline) if deadline <= now => {
                     bridge.outbound.give_back(publication.len());
@@ -143,8 +160,12 @@ fn take(bridge: &Bridge, first: Job, batch: &mut Batch, jobs: &Receiver<Job>) ->
                 Some(_) => {
                     batch.acked = Some(seq);
                     batch.publications.push(publication);
+                    batch.keeps.push(keep);
                 }
-                None => batch.publications.push(publication),
+                None => {
+                    batch.publications.push(publication);
+                    batch.keeps.push(keep);
+                }
             },
             Job::Leave => return true,
         }
@@ -158,11 +179,42 @@ fn take(bridge: &Bridge, first: Job, batch: &mut Batch, jobs: &Receiver<Job>) ->
     }
 }
 
-fn publish(con: &mut Connection, batch: &[Publication]) -> RedisResult<()> {
+fn publish(bridge: &Bridge, con: &mut Connection, batch: &mut Batch) -> RedisResult<()> {
     let mut pipe = redis::pipe();
-    for publication in batch {
-        pipe.cmd("PUBLISH")
+    let Some(settings) = bridge.history else {
+        for publication in &batch.publications {
+            pipe.cmd("PUBLISH")
+                .arg(publication.channel())
+                .arg(publication.payload())
+                .ignore();
+        }
+        return pipe.query(con);
+    };
+    for (publication, keep) in batch.publications.iter().zip(&batch.keeps) {
+        let target = std::str::from_utf8(publication.channel())
+            .ok()
+            .and_then(|channel| bridge.names.target(channel));
+        let (Some(except), Some(target)) = (keep, target) else {
+            pipe.cmd("PUBLISH")
+                .arg(publication.channel())
+                .arg(publication.payload())
+                .ignore();
+            continue;
+        };
+        let (meta, stream) = history::keys(&bridge.names, target.as_deref());
+        batch.epochs += 1;
+        let epoch = history::new_epoch(&batch.random, batch.epochs);
+        pipe.cmd("EVAL")
+            .arg(history::APPEND_SCRIPT)
+            .arg(2)
+            .arg(meta)
+            .arg(stream)
+            .arg(epoch.as_str())
+            .arg(settings.size)
+            .arg(settings.ttl_ms)
+            .arg(settings.meta_ttl_ms)
             .arg(publication.channel())
+            .arg(history::except_text(*except))
             .arg(publication.payload())
             .ignore();
     }
@@ -211,9 +263,12 @@ fn remove_presence(bridge: &Bridge, con: &mut Connection) {
 /// What the presence side remembers between refreshes.
 #[derive(Default)]
 struct Presence {
-    /// Our entry from the loop, not yet written.
-    pending: Option<Vec<u8>>,
-    /// Our entry as last written; `fresh_connection` asks to write it again.
+    /// This node's presence, with every delta the loop handed over.
+    counts: Counts,
+    /// `counts` changed since `written` was encoded.
+    dirty: bool,
+    /// Our entry (signed) as last written; `fresh_connection` asks to write
+    /// it again.
     written: Option<Vec<u8>>,
     /// A new connection: write the entry even if unchanged.
     fresh_connection: bool,
@@ -244,20 +299,17 @@ impl Presence {
             .saturating_sub(bridge.refresh_period())
             .as_millis() as u64;
         let key = names.node_key(&bridge.node_id);
-        let fresh = bridge
-            .presence
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        if fresh.is_some() {
-            self.pending = fresh;
+        // Taken under the lock, applied and encoded outside it.
+        let pending = bridge.pending().take();
+        if let Some(pending) = pending {
+            self.dirty |= self.counts.apply(pending);
         }
-        let write = match self.pending.take() {
-            Some(entry) => Some(entry),
-            None if self.fresh_connection || self.written.is_none() => {
-                Some(self.written.clone().unwrap_or_else(|| EMPTY.to_vec()))
-            }
-            None => None,
+        let write = if self.dirty || self.written.is_none() {
+            Some(view::seal(&self.counts.encode(), bridge.key(), &key))
+        } else if self.fresh_connection {
+            self.written.clone()
+        } else {
+            None
         };
         let mut pipe = redis::pipe();
         match &write {
@@ -280,16 +332,8 @@ impl Presence {
             .arg(ttl_ms * 2)
             .ignore();
         pipe.cmd("SMEMBERS").arg(names.nodes_key());
-        let (first, locked, members): (redis::Value, i64, Vec<String>) = match pipe.query(con) {
-            Ok(replies) => replies,
-            Err(e) => {
-                // Not written: try again on the next connection.
-                if self.pending.is_none() {
-                    self.pending = write;
-                }
-                return Err(e);
-            }
-        };
+        // Not written on error: `dirty` or `fresh_connection` try again.
+        let (first, locked, members): (redis::Value, i64, Vec<String>) = pipe.query(con)?;
         self.fresh_connection = false;
         if locked != 1 && !self.lock_lost {
             log::error!(
@@ -299,10 +343,13 @@ impl Presence {
         }
         self.lock_lost = locked != 1;
         match write {
-            Some(entry) => self.written = Some(entry),
+            Some(entry) => {
+                self.written = Some(entry);
+                self.dirty = false;
+            }
             None if first == redis::Value::Int(0) => {
                 // Our key vanished (Redis restarted or evicted it): write again.
-                let entry = self.written.clone().unwrap_or_else(|| EMPTY.to_vec());
+                let entry = self.written.clone().unwrap_or_default();
                 redis::cmd("SET")
                     .arg(&key)
                     .arg(&entry)
@@ -316,20 +363,23 @@ impl Presence {
             .into_iter()
             .filter(|id| *id != bridge.node_id)
             .collect();
-        let entries: Vec<Option<Vec<u8>>> = if others.is_empty() {
-            Vec::new()
-        } else {
-            let keys: Vec<String> = others.iter().map(|id| names.node_key(id)).collect();
-            redis::cmd("MGET").arg(keys).query(con)?
-        };
+        let entries = read_entries(bridge, con, &others)?;
         let mut live = HashMap::with_capacity(others.len());
         let mut stale = Vec::new();
         for (id, entry) in others.into_iter().zip(entries) {
             match entry {
-                Some(raw) => {
+                Read::Entry(raw) => {
                     live.insert(id, raw);
                 }
-                None => stale.push(id),
+                Read::TooLarge => {
+                    bridge
+                        .stats
+                        .presence_refused
+                        .fetch_add(1, Ordering::Relaxed);
+                    // Live, but not in the view: an empty entry stands in.
+                    live.insert(id, Vec::new());
+                }
+                Read::Missing => stale.push(id),
             }
         }
         if !stale.is_empty() {
@@ -342,10 +392,17 @@ impl Presence {
         if live != self.seen {
             let mut nodes = Vec::with_capacity(live.len());
             for (id, raw) in &live {
-                match serde_json::from_slice::<Entry>(raw) {
+                if raw.is_empty() {
+                    continue;
+                }
+                match view::open(raw, bridge.key(), &names.node_key(id)) {
                     Ok(entry) => nodes.push((id.clone(), entry)),
-                    Err(_) => {
-                        bridge.stats.garbage.fetch_add(1, Ordering::Relaxed);
+                    Err(why) => {
+                        log::debug!("cluster: presence of node {id:?} ignored: {why:?}");
+                        bridge
+                            .stats
+                            .presence_refused
+                            .fetch_add(1, Ordering::Relaxed);
                     }
                 }
             }
@@ -378,5 +435,51 @@ impl Presence {
     }
 }
 
-/// The entry of a node without sessions.
-const EMPTY: &[u8] = br#"{"sessions":0,"users":{},"rooms":{}}"#;
+/// One other node's entry, as read.
+enum Read {
+    Entry(Vec<u8>),
+    /// Past [`view::MAX_ENTRY_BYTES`]: not read.
+    TooLarge,
+    /// Expired or removed: the node is gone.
+    Missing,
+}
+
+/// The entries of `others`, each read only when within
+/// [`view::MAX_ENTRY_BYTES`] (its length is asked first).
+fn read_entries(
+    bridge: &Bridge,
+    con: &mut Connection,
+    others: &[String],
+) -> RedisResult<Vec<Read>> {
+    if others.is_empty() {
+        return Ok(Vec::new());
+    }
+    let keys: Vec<String> = others.iter().map(|id| bridge.names.node_key(id)).collect();
+    let mut pipe = redis::pipe();
+    for key in &keys {
+        pipe.cmd("STRLEN").arg(key);
+    }
+    let lengths: Vec<usize> = pipe.query(con)?;
+    let wanted: Vec<&String> = keys
+        .iter()
+        .zip(&lengths)
+        .filter(|(_, len)| (1..=view::MAX_ENTRY_BYTES).contains(*len))
+        .map(|(key, _)| key)
+        .collect();
+    let mut got: std::vec::IntoIter<Option<Vec<u8>>> = if wanted.is_empty() {
+        Vec::new().into_iter()
+    } else {
+        redis::cmd("MGET")
+            .arg(wanted)
+            .query::<Vec<Option<Vec<u8>>>>(con)?
+            .into_iter()
+    };
+    Ok(lengths
+        .into_iter()
+        .map(|len| match len {
+            0 => Read::Missing,
+            len if len > view::MAX_ENTRY_BYTES => Read::TooLarge,
+            _ => got.next().flatten().map_or(Read::Missing, Read::Entry),
+        })
+        .collect())
+}

@@ -16,13 +16,21 @@
 //! (`Bridge::inbound`), and past that bound, or with the loop's queue
 //! full, a message is dropped and counted, so Redis never sees a slow
 //! subscriber (and never disconnects it at its output-buffer limit).
+//!
+//! With history on it also runs resume reads (`history::Reader`, on a
+//! second connection) and forwards each answer when its marker arrives on
+//! the subscription, so answers and live messages reach the loop in the
+//! order Redis ran them. Messages with a position are delivered on every
+//! node, this one included.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering;
+use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use redis::{PubSub, RedisResult};
 
+use super::history::{self, Read, Reader};
 use super::wire::{self, Garbage};
 use super::{Bridge, Event, Reporter, BACKOFF_MAX, BACKOFF_MIN, IO_TIMEOUT};
 use crate::audience::Audience;
@@ -39,12 +47,19 @@ const WARN_EVERY: Duration = Duration::from_secs(10);
 const MAX_RUNS: usize = 64;
 /// Sequence numbers remembered per run for duplicate detection.
 const WINDOW: usize = 1024;
+/// Resume reads run in one pipeline.
+const READS_MAX: usize = 256;
 
 /// The thread's body; returns when the node stops or the loop goes away.
-pub(super) fn run(bridge: &Bridge, mut reporter: Reporter) {
-    let mut state = Receiving::default();
+pub(super) fn run(bridge: &Bridge, mut reporter: Reporter, reads: &Receiver<Read>) {
+    let mut state = Receiving {
+        reader: bridge.history.map(|_| Reader::new(bridge)),
+        ..Receiving::default()
+    };
     let mut backoff = BACKOFF_MIN;
     while !bridge.stop.load(Ordering::Relaxed) {
+        // Reads asked for while down, or whose marker can no longer come.
+        fail_reads(bridge, &mut state, &reporter, reads);
         let mut con = match bridge.connect() {
             Ok(con) => con,
             Err(e) => {
@@ -57,7 +72,8 @@ pub(super) fn run(bridge: &Bridge, mut reporter: Reporter) {
             }
         };
         let mut pubsub = con.as_pubsub();
-        let version = match subscribe_all(bridge, &mut pubsub) {
+        let marker = state.reader.as_ref().map(|r| r.marker().to_owned());
+        let version = match subscribe_all(bridge, &mut pubsub, marker) {
             Ok(version) => version,
             Err(e) => {
                 reporter.failed(e.to_string());
@@ -72,7 +88,7 @@ pub(super) fn run(bridge: &Bridge, mut reporter: Reporter) {
         backoff = BACKOFF_MIN;
         reporter.connected();
         let _ = reporter.handle.send_from_bridge(Event::Subscribed(version));
-        match receive(bridge, &mut pubsub, &mut state, &reporter) {
+        match receive(bridge, &mut pubsub, &mut state, &reporter, reads) {
             Ok(Exit::Stop) => return,
             Err(e) => reporter.failed(e.to_string()),
         }
@@ -84,7 +100,59 @@ enum Exit {
 }
 
 /// Subscribes to the whole interest; returns the version it applied.
-fn subscribe_all(bridge: &Bridge, pubsub: &mut PubSub<'_>) -> RedisResult<u64> {
+/// Answers every read that cannot complete: queued ones, and those
+/// whose marker is lost with the subscription.
+fn fail_reads(bridge: &Bridge, state: &mut Receiving, reporter: &Reporter, reads: &Receiver<Read>) {
+    let Some(reader) = state.reader.as_mut() else {
+        return;
+    };
+    let mut ids = reader.fail_waiting(bridge);
+    ids.extend(reads.try_iter().map(|read| read.id));
+    for id in ids {
+        let _ = reporter.handle.try_send_from_bridge(Event::HistoryRead {
+            id,
+            result: Err("the cluster's connection to Redis failed".to_owned()),
+            bytes: 0,
+        });
+    }
+}
+
+/// Runs the reads queued since the last look, after the interest changes
+/// made before them (a join's room is subscribed before its read runs).
+fn run_reads(
+    bridge: &Bridge,
+    pubsub: &mut PubSub<'_>,
+    state: &mut Receiving,
+    reporter: &Reporter,
+    reads: &Receiver<Read>,
+) -> RedisResult<bool> {
+    let Some(reader) = state.reader.as_mut() else {
+        return Ok(false);
+    };
+    let batch: Vec<Read> = reads.try_iter().take(READS_MAX).collect();
+    if batch.is_empty() {
+        return Ok(false);
+    }
+    if bridge.interest_changed.swap(false, Ordering::Acquire) {
+        if let Some(version) = apply_interest(bridge, pubsub)? {
+            let _ = reporter.handle.send_from_bridge(Event::Subscribed(version));
+        }
+    }
+    for (id, result) in reader.run(bridge, batch) {
+        let _ = reporter.handle.try_send_from_bridge(Event::HistoryRead {
+            id,
+            result,
+            bytes: 0,
+        });
+    }
+    Ok(true)
+}
+
+fn subscribe_all(
+    bridge: &Bridge,
+    pubsub: &mut PubSub<'_>,
+    marker: Option<String>,
+) -> RedisResult<u64> {
     bridge.interest_changed.store(false, Ordering::Relaxed);
     let (mut channels, version): (Vec<String>, u64) = {
         let mut interest = bridge.interest();
@@ -92,6 +160,7 @@ fn subscribe_all(bridge: &Bridge, pubsub: &mut PubSub<'_>) -> RedisResult<u64> {
         (interest.wanted.iter().cloned().collect(), interest.version)
     };
     channels.push(bridge.names.channel(Audience::EVERYONE));
+    channels.extend(marker);
     pubsub.set_read_timeout(Some(IO_TIMEOUT))?;
     for chunk in channels.chunks(CHUNK) {
         pubsub.subscribe(chunk)?;
@@ -132,6 +201,7 @@ fn receive(
     pubsub: &mut PubSub<'_>,
     state: &mut Receiving,
     reporter: &Reporter,
+    reads: &Receiver<Read>,
 ) -> RedisResult<Exit> {
     let mut polling = false;
     loop {
@@ -158,6 +228,9 @@ fn receive(
             }
             polling = false;
         }
+        if run_reads(bridge, pubsub, state, reporter, reads)? {
+            polling = false;
+        }
         if !polling {
             pubsub.set_read_timeout(Some(POLL))?;
             polling = true;
@@ -169,6 +242,15 @@ fn receive(
         };
         let channel = message.get_channel_name();
         let payload = message.get_payload_bytes();
+        if let Some(event) = state.marker(channel, payload) {
+            let bytes = event_bytes(&event);
+            if reporter.handle.try_send_from_bridge(event).is_err() {
+                // The loop fails the read at its deadline.
+                bridge.inbound.give_back(bytes);
+                bridge.stats.receive_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            continue;
+        }
         if let Some(event) = state.accept(bridge, channel, payload) {
             let bytes = event_bytes(&event);
             if !bridge.inbound.try_take(bytes) {
@@ -190,7 +272,8 @@ fn receive(
 
 fn event_bytes(event: &Event) -> usize {
     match event {
-        Event::Deliver { json, .. } => json.len(),
+        Event::Deliver { json, .. } | Event::Kept { json, .. } => json.len(),
+        Event::HistoryRead { bytes, .. } => *bytes,
         _ => 0,
     }
 }
@@ -232,16 +315,35 @@ struct Receiving {
     windows: HashMap<String, Window>,
     garbage_since_warning: u64,
     last_warning: Option<Instant>,
+    /// With history on: resume reads waiting for their marker.
+    reader: Option<Reader>,
 }
 
 impl Receiving {
+    /// The answer a read marker releases (its bytes already taken from the
+    /// inbound budget); `None` for any other channel.
+    fn marker(&mut self, channel: &str, payload: &[u8]) -> Option<Event> {
+        let reader = self.reader.as_mut().filter(|r| r.marker() == channel)?;
+        let (id, result, bytes) = reader.on_marker(payload)?;
+        Some(Event::HistoryRead { id, result, bytes })
+    }
+
     /// The event for one message, or `None` when it is dropped.
     fn accept(&mut self, bridge: &Bridge, channel: &str, payload: &[u8]) -> Option<Event> {
         let Some(target) = bridge.names.target(channel) else {
             self.garbage(bridge, channel, "not a wshub channel");
             return None;
         };
-        let (origin, json) = match wire::decode(channel, payload, &bridge.rules) {
+        let kept = match history::split_kept(payload) {
+            Some(Ok(kept)) => Some(kept),
+            Some(Err(())) => {
+                self.garbage(bridge, channel, "bad wshubh position header");
+                return None;
+            }
+            None => None,
+        };
+        let envelope = kept.as_ref().map_or(payload, |k| k.envelope);
+        let (origin, body) = match wire::decode(channel, envelope, &bridge.rules) {
             Ok(decoded) => decoded,
             Err(why) => {
                 let why = match why {
@@ -254,7 +356,8 @@ impl Receiving {
                 return None;
             }
         };
-        if origin.node_id == bridge.node_id && origin.epoch == bridge.epoch {
+        let own = origin.node_id == bridge.node_id && origin.epoch == bridge.epoch;
+        if own && kept.is_none() {
             // Our own: delivered locally when it was published.
             return None;
         }
@@ -267,7 +370,39 @@ impl Receiving {
             return None;
         }
         bridge.stats.received.fetch_add(1, Ordering::Relaxed);
-        Some(Event::Deliver { target, json })
+        let json = match body {
+            wire::Body::Message(json) => json,
+            wire::Body::Membership { join, room } => {
+                return match (target, &kept) {
+                    (Audience::User(user), None) => Some(Event::Membership {
+                        user,
+                        room: room.to_owned(),
+                        join,
+                    }),
+                    _ => {
+                        self.garbage(bridge, channel, "a membership change not on a user channel");
+                        None
+                    }
+                };
+            }
+        };
+        let Some(kept) = kept else {
+            return Some(Event::Deliver { target, json });
+        };
+        // Only the sender's node knows the session it leaves out.
+        let except = kept.except.filter(|_| own);
+        let target = match target {
+            Audience::Everyone { .. } => Audience::Everyone { except },
+            Audience::Room { room, .. } => Audience::Room { room, except },
+            user => user,
+        };
+        Some(Event::Kept {
+            target,
+            json,
+            epoch: kept.epoch,
+            offset: kept.offset,
+            own,
+        })
     }
 
     /// Counts a malformed payload; warns at most once per `WARN_EVERY`.

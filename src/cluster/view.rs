@@ -1,16 +1,28 @@
 //! Presence: what one node tells the others it holds (sessions, users and
-//! room members, counted), and the [`View`] of the other live nodes that
-//! status, REST `sent` and the handle's queries add to the local figures.
+//! room members, counted, and which users are in which room), and the
+//! [`View`] of the other live nodes that status, REST `sent`, room listings,
+//! presence events and the handle's queries add to the local figures.
 //!
-//! Pure: the loop encodes its own entry from the router; the publisher
-//! thread parses the others' entries read from Redis into a `View`.
+//! Pure: the publisher thread encodes this node's entry (from the counts it
+//! keeps, see [`super::presence`]), signs it with `cluster.secret`, and
+//! parses the others' entries read from Redis, checked and bounded, into a
+//! `View`.
+//!
+//! Size: an entry grows with the node's users and rooms (one counter each)
+//! and with its distinct (room, user) pairs, of which it lists at most
+//! [`MAX_MEMBERS`]; past that it lists rooms in name order until the cap
+//! and says `members_truncated`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
+use super::wire::Key;
 use crate::audience::Audience;
-use crate::router::Router;
+
+/// Most (room, user) pairs one node publishes: a bound on its entry, and on
+/// what every other node holds for it.
+pub const MAX_MEMBERS: usize = 20_000;
 
 /// One node's presence entry, as stored in Redis.
 #[derive(Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -21,22 +33,91 @@ pub struct Entry {
     pub users: HashMap<String, usize>,
     /// Room → members.
     pub rooms: HashMap<String, usize>,
+    /// Room → its distinct users on that node (anonymous members are only
+    /// counted in `rooms`).
+    #[serde(default)]
+    pub members: HashMap<String, HashSet<String>>,
+    /// The node had more than [`MAX_MEMBERS`] pairs and listed only some.
+    #[serde(default)]
+    pub members_truncated: bool,
 }
 
-/// The JSON of this node's entry, from the router's indexes.
-pub fn encode_local(router: &Router) -> Vec<u8> {
-    #[derive(Serialize)]
-    struct Local<'a> {
-        sessions: usize,
-        users: BTreeMap<&'a str, usize>,
-        rooms: BTreeMap<&'a str, usize>,
-    }
-    let local = Local {
-        sessions: router.online_count(),
-        users: router.users_counted().collect(),
-        rooms: router.rooms_counted().collect(),
+/// Largest entry read from Redis (and so parsed): 64 MiB, eight times the
+/// entry of a node with 64,000 rooms of 128-byte names.
+pub const MAX_ENTRY_BYTES: usize = 64 << 20;
+/// Most sessions one entry may claim; every user's and room's count is
+/// within its `sessions`.
+pub const MAX_SESSIONS: usize = 1 << 24;
+
+/// What a signed entry starts with: `wshub-presence1 <mac>\n<json>`.
+const SEALED: &[u8] = b"wshub-presence1 ";
+
+/// Why another node's entry was ignored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// Not signed, or not with our key, while `cluster.secret` is set.
+    Unsigned,
+    /// Not an entry, or claiming more than the bounds allow.
+    Malformed,
+    /// Larger than [`MAX_ENTRY_BYTES`].
+    TooLarge,
+}
+
+/// The value stored under `key_name` for `json`: signed with `key`.
+pub fn seal(json: &[u8], key: Option<&Key>, key_name: &str) -> Vec<u8> {
+    let Some(key) = key else {
+        return json.to_vec();
     };
-    serde_json::to_vec(&local).unwrap_or_default()
+    let mac = key.presence_mac(key_name, json);
+    let mut sealed = Vec::with_capacity(SEALED.len() + mac.len() + 1 + json.len());
+    sealed.extend_from_slice(SEALED);
+    sealed.extend_from_slice(mac.as_bytes());
+    sealed.push(b'\n');
+    sealed.extend_from_slice(json);
+    sealed
+}
+
+/// Another node's entry as read from `key_name`: its MAC checked when
+/// `key` is set (an unsigned one is refused then), its counts held to the
+/// bounds.
+pub fn open(raw: &[u8], key: Option<&Key>, key_name: &str) -> Result<Entry, Refused> {
+    if raw.len() > MAX_ENTRY_BYTES {
+        return Err(Refused::TooLarge);
+    }
+    let json = match raw.strip_prefix(SEALED) {
+        Some(rest) => {
+            let newline = rest
+                .iter()
+                .position(|b| *b == b'\n')
+                .ok_or(Refused::Malformed)?;
+            let (mac, json) = (&rest[..newline], &rest[newline + 1..]);
+            if key.is_some_and(|key| !key.presence_ok(key_name, json, mac)) {
+                return Err(Refused::Unsigned);
+            }
+            json
+        }
+        None if key.is_some() => return Err(Refused::Unsigned),
+        None => raw,
+    };
+    let entry: Entry = serde_json::from_slice(json).map_err(|_| Refused::Malformed)?;
+    let within = |count: &usize| *count <= entry.sessions;
+    let pairs = entry
+        .members
+        .values()
+        .try_fold(0usize, |sum, users| sum.checked_add(users.len()));
+    let users = entry
+        .users
+        .values()
+        .try_fold(0usize, |sum, n| sum.checked_add(*n));
+    let bounded = entry.sessions <= MAX_SESSIONS
+        && users.is_some_and(|n| n <= entry.sessions)
+        && entry.rooms.values().all(within)
+        && pairs.is_some_and(|n| n <= MAX_MEMBERS);
+    if bounded {
+        Ok(entry)
+    } else {
+        Err(Refused::Malformed)
+    }
 }
 
 /// The other live nodes, as last read from Redis.
@@ -111,12 +192,59 @@ impl View {
         users.dedup();
         users
     }
+
+    /// Distinct users of `room` here (`local`) or on any other node, sorted.
+    pub fn merged_room_users<'a>(&'a self, room: &str, local: Vec<&'a str>) -> Vec<&'a str> {
+        let mut users = local;
+        for (_, entry) in &self.nodes {
+            users.extend(
+                entry
+                    .members
+                    .get(room)
+                    .into_iter()
+                    .flatten()
+                    .map(String::as_str),
+            );
+        }
+        users.sort_unstable();
+        users.dedup();
+        users
+    }
+
+    /// Whether some node listed only part of its room members.
+    pub fn members_truncated(&self) -> bool {
+        self.nodes.iter().any(|(_, e)| e.members_truncated)
+    }
+
+    /// Whether another node has a session of `user` in `room`.
+    pub fn user_in_room(&self, user: &str, room: &str) -> bool {
+        self.nodes
+            .iter()
+            .any(|(_, e)| e.members.get(room).is_some_and(|m| m.contains(user)))
+    }
+
+    /// The (room, user) pairs of the nodes in this view that are gone from
+    /// `next` and that no node of `next` holds: the users a vanished node
+    /// (dead, or shut down) took out of their rooms.
+    pub fn vanished<'a>(&'a self, next: &'a View) -> impl Iterator<Item = (&'a str, &'a str)> {
+        self.nodes
+            .iter()
+            .filter(|(id, _)| next.nodes.binary_search_by(|(n, _)| n.cmp(id)).is_err())
+            .flat_map(|(_, entry)| {
+                entry.members.iter().flat_map(|(room, users)| {
+                    users.iter().map(move |user| (room.as_str(), user.as_str()))
+                })
+            })
+            .filter(|(room, user)| !next.user_in_room(user, room))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::audience::SessionKey;
+    use crate::cluster::presence::Counts;
+    use crate::router::Router;
     use std::rc::Rc;
 
     fn entry(json: &str) -> Entry {
@@ -133,10 +261,21 @@ mod tests {
         router.add_session(key(1), Some(&Rc::from("amy")));
         router.add_session(key(2), Some(&Rc::from("amy")));
         router.add_session(key(3), None);
-        router.join(key(1), "r").expect("within the room cap");
-        router.join(key(3), "r").expect("within the room cap");
-        let json = String::from_utf8(encode_local(&router)).unwrap();
-        assert_eq!(json, r#"{"sessions":3,"users":{"amy":2},"rooms":{"r":2}}"#);
+        router
+            .join(key(1), Some("amy"), "r")
+            .expect("within the room cap");
+        router
+            .join(key(2), Some("amy"), "r")
+            .expect("within the room cap");
+        router.join(key(3), None, "r").expect("within the room cap");
+        router
+            .join(key(3), None, "anon")
+            .expect("within the room cap");
+        let json = String::from_utf8(Counts::from_router(&router).encode()).unwrap();
+        assert_eq!(
+            json,
+            r#"{"sessions":3,"users":{"amy":2},"rooms":{"anon":1,"r":3},"members":{"r":["amy"]}}"#
+        );
         assert_eq!(entry(&json).users["amy"], 2);
     }
 
@@ -158,5 +297,133 @@ mod tests {
         assert_eq!(view.addressed(&Audience::User("zed".into())), 0);
         assert_eq!(view.addressed(&Audience::room("r".into())), 2);
         assert_eq!(view.merged_users(vec!["cat", "amy"]), ["amy", "bob", "cat"]);
+    }
+
+    #[test]
+    fn room_members_merge_and_vanished_nodes_show_who_left() {
+        let before = View::new(vec![
+            (
+                "a".into(),
+                entry(
+                    r#"{"sessions":2,"users":{"amy":1,"bob":1},"rooms":{"r":2},"members":{"r":["amy","bob"]}}"#,
+                ),
+            ),
+            (
+                "b".into(),
+                entry(
+                    r#"{"sessions":1,"users":{"bob":1},"rooms":{"r":1},"members":{"r":["bob"]}}"#,
+                ),
+            ),
+        ]);
+        assert_eq!(
+            before.merged_room_users("r", vec!["cat"]),
+            ["amy", "bob", "cat"]
+        );
+        assert!(before.user_in_room("amy", "r") && !before.user_in_room("amy", "s"));
+        assert!(!before.members_truncated());
+        let after = View::new(vec![(
+            "b".into(),
+            entry(r#"{"sessions":1,"users":{"bob":1},"rooms":{"r":1},"members":{"r":["bob"]}}"#),
+        )]);
+        let gone: Vec<_> = before.vanished(&after).collect();
+        assert_eq!(gone, [("r", "amy")], "bob is still in r on b");
+        assert_eq!(after.vanished(&after).count(), 0);
+    }
+
+    #[test]
+    fn a_node_lists_at_most_max_members_pairs() {
+        let mut router = Router::with_limits(crate::router::Limits {
+            max_rooms_per_session: MAX_MEMBERS + 1,
+            ..Default::default()
+        });
+        let amy = Rc::from("amy");
+        let key = SessionKey {
+            index: 1,
+            generation: 1,
+        };
+        router.add_session(key, Some(&amy));
+        for i in 0..=MAX_MEMBERS {
+            router.join(key, Some("amy"), &format!("r{i:06}")).unwrap();
+        }
+        let entry: Entry = serde_json::from_slice(&Counts::from_router(&router).encode()).unwrap();
+        assert_eq!(entry.members.len(), MAX_MEMBERS);
+        assert!(entry.members_truncated);
+        assert_eq!(
+            entry.rooms.len(),
+            MAX_MEMBERS + 1,
+            "every room still counted"
+        );
+        let view = View::new(vec![("a".into(), entry)]);
+        assert!(view.members_truncated());
+    }
+
+    #[test]
+    fn with_a_secret_only_entries_signed_for_their_key_are_read() {
+        let json = br#"{"sessions":1,"users":{"amy":1},"rooms":{}}"#;
+        let key = Key::new(b"k");
+        let sealed = seal(json, Some(&key), "t:node:a");
+        assert_eq!(open(&sealed, Some(&key), "t:node:a").unwrap().sessions, 1);
+        // Without a secret, signed or not, the entry is read.
+        assert_eq!(open(&sealed, None, "t:node:a").unwrap().sessions, 1);
+        assert_eq!(open(json, None, "t:node:a").unwrap().sessions, 1);
+        for (raw, name, why) in [
+            (json.to_vec(), "t:node:a", "unsigned"),
+            (sealed.clone(), "t:node:fake", "moved to another node's key"),
+            (
+                seal(json, Some(&Key::new(b"other")), "t:node:a"),
+                "t:node:a",
+                "another key",
+            ),
+            (
+                [&sealed[..sealed.len() - 2], b"9}"].concat(),
+                "t:node:a",
+                "changed after signing",
+            ),
+        ] {
+            assert_eq!(
+                open(&raw, Some(&key), name),
+                Err(Refused::Unsigned),
+                "{why}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_entry_claiming_past_the_bounds_is_refused() {
+        let big = format!(
+            r#"{{"sessions":{},"users":{{}},"rooms":{{}}}}"#,
+            MAX_SESSIONS + 1
+        );
+        let many_members: Vec<String> = (0..=MAX_MEMBERS).map(|i| format!("u{i}")).collect();
+        let members = serde_json::json!({
+            "sessions": 1, "users": {}, "rooms": {}, "members": {"r": many_members}
+        })
+        .to_string();
+        for (raw, why) in [
+            (big.as_str(), "too many sessions"),
+            (
+                r#"{"sessions":1,"users":{"a":1,"b":1},"rooms":{}}"#,
+                "users past sessions",
+            ),
+            (
+                r#"{"sessions":1,"users":{},"rooms":{"r":2}}"#,
+                "a room past sessions",
+            ),
+            (
+                r#"{"sessions":1,"users":{"a":18446744073709551615,"b":2},"rooms":{}}"#,
+                "a sum that overflows",
+            ),
+            (members.as_str(), "too many pairs"),
+            ("[]", "not an entry"),
+            ("wshub-presence1 no newline", "a broken seal"),
+        ] {
+            assert_eq!(
+                open(raw.as_bytes(), None, "k"),
+                Err(Refused::Malformed),
+                "{why}"
+            );
+        }
+        let huge = vec![b' '; MAX_ENTRY_BYTES + 1];
+        assert_eq!(open(&huge, None, "k"), Err(Refused::TooLarge));
     }
 }

@@ -2,8 +2,11 @@
 //! around each message published for other nodes.
 //!
 //! Pure: names and bytes in, names and bytes out. The envelope is one header
-//! line, `wshub1 <node_id> <epoch> <seq>[ <mac>]`, then the message's JSON
-//! as clients receive it. `epoch` tells two runs of one `node_id` apart;
+//! line, `wshub1 <node_id> <epoch> <seq>[ <verb>][ <mac>]`, then the body:
+//! the message's JSON as clients receive it, or, for a membership change
+//! (REST `join` / `leave`, sent on the user's channel), `<verb>` is `join`
+//! or `leave` and the body is the room's name. `epoch` tells two runs of one
+//! `node_id` apart;
 //! `seq` grows by one per message a run publishes, so a receiver can drop
 //! a message it has already seen from that run. With `cluster.secret` set,
 //! `mac` is the HMAC-SHA256 (base64url) of the channel, the header before
@@ -22,6 +25,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use crate::audience::Audience;
+use crate::ids;
 use crate::message::{self, Outgoing};
 
 type HmacSha256 = Hmac<Sha256>;
@@ -44,6 +48,11 @@ impl Names {
         Names {
             prefix: prefix.to_owned(),
         }
+    }
+
+    /// The prefix every channel and key starts with.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
     }
 
     /// The channel a message for `audience` is published on (the sender a
@@ -131,7 +140,29 @@ impl Key {
         mac.update(json);
         mac
     }
+
+    /// The MAC (base64url) of a presence entry stored under `key_name`: it
+    /// names the node, so an entry cannot be copied to another node's key.
+    pub fn presence_mac(&self, key_name: &str, json: &[u8]) -> String {
+        let mac = self.mac(key_name.as_bytes(), PRESENCE, json);
+        URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+    }
+
+    /// Whether `mac` (base64url) is the MAC of a presence entry under
+    /// `key_name` (compared in constant time).
+    pub fn presence_ok(&self, key_name: &str, json: &[u8], mac: &[u8]) -> bool {
+        let Ok(mac) = URL_SAFE_NO_PAD.decode(mac) else {
+            return false;
+        };
+        self.mac(key_name.as_bytes(), PRESENCE, json)
+            .verify_slice(&mac)
+            .is_ok()
+    }
 }
+
+/// What a presence MAC signs besides the key name and the entry, so it is
+/// never valid as an envelope's.
+const PRESENCE: &[u8] = b"wshub-presence1";
 
 #[cold]
 fn unreachable_key() -> HmacSha256 {
@@ -160,11 +191,39 @@ impl Publication {
         json: &[u8],
         signed: bool,
     ) -> Self {
+        Self::envelope(names, audience, origin, None, json, signed)
+    }
+
+    /// Asks the nodes holding sessions of `user` to add them to `room`
+    /// (`join`) or remove them from it.
+    pub fn membership(
+        names: &Names,
+        user: &str,
+        room: &str,
+        join: bool,
+        origin: &Origin<'_>,
+        signed: bool,
+    ) -> Self {
+        let verb = if join { JOIN } else { LEAVE };
+        let audience = Audience::User(user);
+        Self::envelope(names, audience, origin, Some(verb), room.as_bytes(), signed)
+    }
+
+    fn envelope(
+        names: &Names,
+        audience: Audience<&str>,
+        origin: &Origin<'_>,
+        verb: Option<&str>,
+        body: &[u8],
+        signed: bool,
+    ) -> Self {
         let channel = names.channel_parts(audience);
-        // Three spaces, a newline, at most 20 digits per number, the MAC.
-        let header = MAGIC.len() + origin.node_id.len() + 2 * 20 + 4 + 1 + MAC_LEN;
+        // Three spaces, a newline, at most 20 digits per number, the verb
+        // and the MAC with a space before each.
+        let verb_len = verb.map_or(0, |v| 1 + v.len());
+        let header = MAGIC.len() + origin.node_id.len() + 2 * 20 + 4 + verb_len + 1 + MAC_LEN;
         let channel_len: usize = channel.iter().map(|part| part.len()).sum();
-        let mut bytes = Vec::with_capacity(channel_len + header + json.len());
+        let mut bytes = Vec::with_capacity(channel_len + header + body.len());
         for part in channel {
             bytes.extend_from_slice(part.as_bytes());
         }
@@ -175,6 +234,10 @@ impl Publication {
             "{MAGIC} {} {} {}",
             origin.node_id, origin.epoch, origin.seq
         );
+        if let Some(verb) = verb {
+            bytes.push(b' ');
+            bytes.extend_from_slice(verb.as_bytes());
+        }
         let mac_at = signed.then(|| {
             bytes.push(b' ');
             let at = bytes.len();
@@ -182,7 +245,7 @@ impl Publication {
             at
         });
         bytes.push(b'\n');
-        bytes.extend_from_slice(json);
+        bytes.extend_from_slice(body);
         Publication {
             bytes,
             channel_end,
@@ -226,6 +289,24 @@ impl Publication {
     }
 }
 
+/// The fifth header word of a membership change.
+const JOIN: &str = "join";
+const LEAVE: &str = "leave";
+
+/// What an envelope carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Body<'a> {
+    /// A message for the channel's audience, rebuilt as clients receive it.
+    Message(Vec<u8>),
+    /// Add (`join`) the channel's user's sessions to `room`, or remove them.
+    Membership {
+        /// Join or leave.
+        join: bool,
+        /// The room.
+        room: &'a str,
+    },
+}
+
 /// Why a payload on one of our channels was dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Garbage {
@@ -246,18 +327,20 @@ pub struct Rules {
     pub max_message_size: usize,
     /// `websocket.max_json_depth`.
     pub max_json_depth: usize,
+    /// `websocket.max_id_bytes`: of a membership change's room.
+    pub max_id_bytes: usize,
     /// `cluster.secret`: envelopes must carry its MAC.
     pub key: Option<Key>,
 }
 
-/// Splits a payload on `channel` into its origin and the message, checked
-/// (MAC when a key is set, shape, size) and rebuilt from the five keys
-/// clients receive.
+/// Splits a payload on `channel` into its origin and body, checked (MAC
+/// when a key is set, shape, size): a message is rebuilt from the five keys
+/// clients receive; a membership change must name a valid room.
 pub fn decode<'a>(
     channel: &str,
     payload: &'a [u8],
     rules: &Rules,
-) -> Result<(Origin<'a>, Vec<u8>), Garbage> {
+) -> Result<(Origin<'a>, Body<'a>), Garbage> {
     let newline = payload
         .iter()
         .position(|b| *b == b'\n')
@@ -269,8 +352,18 @@ pub fn decode<'a>(
     else {
         return Err(Garbage::Header);
     };
-    let mac = words.next();
-    if words.next().is_some() {
+    let mut next = words.next();
+    // A MAC is 43 characters, so it is never taken for a verb.
+    let verb = match next {
+        Some(JOIN) => Some(true),
+        Some(LEAVE) => Some(false),
+        _ => None,
+    };
+    if verb.is_some() {
+        next = words.next();
+    }
+    let mac = next;
+    if mac.is_some_and(|m| m.len() != MAC_LEN) || words.next().is_some() {
         return Err(Garbage::Header);
     }
     let origin = Origin {
@@ -278,7 +371,7 @@ pub fn decode<'a>(
         epoch: epoch.parse().map_err(|_| Garbage::Header)?,
         seq: seq.parse().map_err(|_| Garbage::Header)?,
     };
-    let json = &payload[newline + 1..];
+    let body = &payload[newline + 1..];
     if let Some(key) = &rules.key {
         let text = mac.ok_or(Garbage::Unsigned)?;
         let mac = URL_SAFE_NO_PAD
@@ -286,16 +379,23 @@ pub fn decode<'a>(
             .map_err(|_| Garbage::Unsigned)?;
         // The header before " <mac>" (the MAC is its last word).
         let signed_header = &header.as_bytes()[..header.len() - text.len() - 1];
-        key.mac(channel.as_bytes(), signed_header, json)
+        key.mac(channel.as_bytes(), signed_header, body)
             .verify_slice(&mac)
             .map_err(|_| Garbage::Unsigned)?;
     }
-    if json.len() > rules.max_message_size.saturating_mul(2) {
+    if let Some(join) = verb {
+        let room = std::str::from_utf8(body).map_err(|_| Garbage::Body)?;
+        if room.is_empty() || ids::check(room, rules.max_id_bytes).is_err() {
+            return Err(Garbage::Body);
+        }
+        return Ok((origin, Body::Membership { join, room }));
+    }
+    if body.len() > rules.max_message_size.saturating_mul(2) {
         // Not worth parsing: even rebuilt it cannot shrink under the bound
         // by half (only whitespace and extra keys go).
         return Err(Garbage::TooLarge);
     }
-    let message = message::parse_limited(json, rules.max_json_depth).map_err(|e| match e {
+    let message = message::parse_limited(body, rules.max_json_depth).map_err(|e| match e {
         message::MessageError::TooDeep { .. } => Garbage::TooLarge,
         _ => Garbage::Body,
     })?;
@@ -310,7 +410,7 @@ pub fn decode<'a>(
     if rebuilt.len() > rules.max_message_size {
         return Err(Garbage::TooLarge);
     }
-    Ok((origin, rebuilt))
+    Ok((origin, Body::Message(rebuilt)))
 }
 
 #[cfg(test)]
@@ -364,9 +464,12 @@ mod tests {
                 key: signed.then_some(key),
                 ..rules()
             };
-            let (origin, json) = decode("wshub:room:r", publication.payload(), &rules).unwrap();
+            let (origin, body) = decode("wshub:room:r", publication.payload(), &rules).unwrap();
             assert_eq!(origin, sent);
-            assert_eq!(json, br#"{"type":"chat","content":"a\nb"}"#);
+            assert_eq!(
+                body,
+                Body::Message(br#"{"type":"chat","content":"a\nb"}"#.to_vec())
+            );
         }
     }
 
@@ -374,6 +477,7 @@ mod tests {
         Rules {
             max_message_size: 64,
             max_json_depth: 4,
+            max_id_bytes: 8,
             key: None,
         }
     }
@@ -381,7 +485,11 @@ mod tests {
     #[test]
     fn what_arrives_is_rebuilt_and_held_to_the_bounds() {
         let rules = rules();
-        let decode = |payload: &[u8]| decode("wshub:all", payload, &rules).map(|(_, j)| j);
+        let decode = |payload: &[u8]| match decode("wshub:all", payload, &rules) {
+            Ok((_, Body::Message(json))) => Ok(json),
+            Ok((_, body)) => panic!("{body:?}"),
+            Err(e) => Err(e),
+        };
         // Extra keys and spacing go; the five keys stay, in one order.
         assert_eq!(
             decode(b"wshub1 n 1 1\n{ \"x\":1,\"content\":[1, 2],\"type\":\"t\",\"from\":\"f\"}")
@@ -445,8 +553,47 @@ mod tests {
     }
 
     #[test]
+    fn membership_changes_round_trip_signed_or_not() {
+        let sent = Origin {
+            node_id: "n1",
+            epoch: 7,
+            seq: 9,
+        };
+        let names = Names::new("wshub");
+        for (join, signed) in [(true, false), (false, false), (true, true)] {
+            let mut publication =
+                Publication::membership(&names, "amy", "r 1", join, &sent, signed);
+            assert_eq!(publication.channel(), b"wshub:user:amy");
+            let key = Key::new(b"k");
+            publication.sign(&key);
+            let rules = Rules {
+                key: signed.then_some(key),
+                ..rules()
+            };
+            let (origin, body) = decode("wshub:user:amy", publication.payload(), &rules).unwrap();
+            assert_eq!(origin, sent);
+            assert_eq!(body, Body::Membership { join, room: "r 1" });
+        }
+        // A forged membership change is refused like a forged message.
+        let forged = Publication::membership(&names, "amy", "r", true, &sent, false);
+        let rules = Rules {
+            key: Some(Key::new(b"k")),
+            ..rules()
+        };
+        assert_eq!(
+            decode("wshub:user:amy", forged.payload(), &rules).map(|_| ()),
+            Err(Garbage::Unsigned)
+        );
+    }
+
+    #[test]
     fn each_kind_of_garbage_is_refused() {
-        let cases: [(&[u8], Garbage); 7] = [
+        let cases: [(&[u8], Garbage); 12] = [
+            (b"wshub1 n1 7 1 kick\nr", Garbage::Header),
+            (b"wshub1 n1 7 1 join\nroom name too long", Garbage::Body),
+            (b"wshub1 n1 7 1 join\na\x07b", Garbage::Body),
+            (b"wshub1 n1 7 1 join\n", Garbage::Body),
+            (b"wshub1 n1 7 1 join x\nr", Garbage::Header),
             (b"hello", Garbage::Header),
             (b"{\"type\":\"x\"}", Garbage::Header),
             (b"wshub1 n1 7\n{\"type\":\"x\"}", Garbage::Header),

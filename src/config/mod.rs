@@ -27,8 +27,8 @@ use serde_norway::Value;
 
 use values::{
     parse_algorithms, parse_byte_rate, parse_client_ip_header, parse_count, parse_duration,
-    parse_events, parse_flag, parse_host, parse_http_url, parse_level, parse_name, parse_origins,
-    parse_path, parse_port, parse_prefix, parse_rate, parse_redis_url, parse_secret,
+    parse_events, parse_flag, parse_host, parse_http_url, parse_join_mode, parse_level, parse_name,
+    parse_origins, parse_path, parse_port, parse_prefix, parse_rate, parse_redis_url, parse_secret,
     parse_secret_url, parse_text, parse_trusted, parse_ttl,
 };
 
@@ -166,6 +166,8 @@ pub struct Config {
     pub tls: TlsConfig,
     /// `history:` — messages kept per audience for resuming sessions.
     pub history: HistoryConfig,
+    /// `rooms:` — who may join, presence events (PROTOCOL.md section 11).
+    pub rooms: RoomsConfig,
 }
 
 /// The YAML document: each section optional.
@@ -173,7 +175,7 @@ pub struct Config {
 #[serde(
     deny_unknown_fields,
     default,
-    expecting = "a mapping of sections (app, log, websocket, jwt, webhooks, cluster, tls, history)"
+    expecting = "a mapping of sections (app, log, websocket, jwt, webhooks, cluster, tls, history, rooms)"
 )]
 struct RawConfig {
     app: Option<RawApp>,
@@ -184,6 +186,7 @@ struct RawConfig {
     cluster: Option<RawCluster>,
     tls: Option<RawTls>,
     history: Option<RawHistory>,
+    rooms: Option<RawRooms>,
 }
 
 impl RawConfig {
@@ -197,6 +200,7 @@ impl RawConfig {
             cluster: self.cluster.unwrap_or_default().into_config(origin)?,
             tls: self.tls.unwrap_or_default().into_config(origin)?,
             history: self.history.unwrap_or_default().into_config(origin)?,
+            rooms: self.rooms.unwrap_or_default().into_config(origin)?,
         })
     }
 }
@@ -399,6 +403,31 @@ impl HistoryConfig {
     pub fn enabled(&self) -> bool {
         self.size > 0
     }
+}
+
+section! {
+    /// `rooms:` — who may join a room, and presence events.
+    pub struct RoomsConfig as "rooms", raw RawRooms, expecting "a mapping of rooms settings" {
+        /// Who may join a room: `open` (anyone), `claims` (the connect
+        /// token's `rooms` claim) or `token` (the claim, or a join token).
+        /// Default `open`; `claims` and `token` need a JWT key.
+        pub join: JoinMode = JoinMode::Open, parse parse_join_mode;
+        /// Members receive `joined` / `left` when a user's first session
+        /// enters a room or its last one leaves. Default `false`.
+        pub presence: bool = false, parse parse_flag;
+    }
+}
+
+/// `rooms.join`: who may join a room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum JoinMode {
+    /// Any session may join any room (the default).
+    #[default]
+    Open,
+    /// Only rooms the connect token's `rooms` claim grants.
+    Claims,
+    /// As `Claims`, or with a join token for that user and room.
+    Token,
 }
 
 impl TlsConfig {
@@ -623,13 +652,14 @@ impl Config {
                     .to_owned(),
             ));
         }
-        if self.history.enabled() && self.cluster.enabled() {
+        let jwt = &self.jwt;
+        let no_key = jwt.secret.is_empty() && jwt.public_key.is_empty() && jwt.jwks_url.is_empty();
+        if self.rooms.join != JoinMode::Open && no_key {
             return Err(invalid(
                 origin,
-                "history.size",
-                "history is not supported together with cluster.redis yet (a node alone \
-                 cannot vouch for what the others published); set 0 or leave cluster.redis \
-                 empty"
+                "rooms.join",
+                "claims and token need a JWT key (jwt.secret, jwt.public_key or jwt.jwks_url) \
+                 to check tokens with"
                     .to_owned(),
             ));
         }

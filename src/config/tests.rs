@@ -116,6 +116,10 @@ fn defaults_are_protocol_section_2() {
         cluster: ClusterConfig::default(),
         tls: TlsConfig::default(),
         history: HistoryConfig::default(),
+        rooms: RoomsConfig {
+            join: JoinMode::Open,
+            presence: false,
+        },
     };
     assert_eq!(Config::default(), expected);
     assert_eq!(parse(PROTOCOL_YAML), expected);
@@ -186,6 +190,7 @@ jwt:
   jwks_url: "https://idp.example/.well-known/jwks.json"
   issuer: "https://idp.example/"
   audience: "wshub"
+rooms: {join: token, presence: true}
 "#;
     let expected = Config {
         app: AppConfig {
@@ -242,6 +247,10 @@ jwt:
         cluster: ClusterConfig::default(),
         tls: TlsConfig::default(),
         history: HistoryConfig::default(),
+        rooms: RoomsConfig {
+            join: JoinMode::Token,
+            presence: true,
+        },
     };
     assert_eq!(parse(text), expected);
 }
@@ -271,12 +280,9 @@ fn history_section_defaults_off_and_checks_its_bounds() {
         error("history:\n  size: -1\n"),
         "config.yaml: history.size: expected a non-negative integer, got -1"
     );
-    assert_eq!(
-        error("history:\n  size: 10\ncluster:\n  redis: \"redis://127.0.0.1:6379/0\"\n"),
-        "config.yaml: history.size: history is not supported together with cluster.redis yet \
-         (a node alone cannot vouch for what the others published); set 0 or leave \
-         cluster.redis empty"
-    );
+    // In a cluster the streams live in Redis (README "History and resume").
+    let both = parse("history:\n  size: 10\ncluster:\n  redis: \"redis://127.0.0.1:6379/0\"\n");
+    assert!(both.history.enabled() && both.cluster.enabled());
     assert_eq!(
         error("history:\n  sizes: 1\n"),
         "config.yaml: unknown key \"history.sizes\""
@@ -400,7 +406,7 @@ fn wrong_types_are_named() {
             ),
             (
                 "just text\n",
-                r#"config.yaml: invalid type: string "just text", expected a mapping of sections (app, log, websocket, jwt, webhooks, cluster, tls, history)"#,
+                r#"config.yaml: invalid type: string "just text", expected a mapping of sections (app, log, websocket, jwt, webhooks, cluster, tls, history, rooms)"#,
             ),
             (
                 "websocket:\n  allowed_origins: https://a.example\n",
@@ -731,6 +737,40 @@ fn jwt_public_key_is_read_at_load() -> io::Result<()> {
         "{message}"
     );
     Ok(())
+}
+
+#[test]
+fn rooms_join_modes_and_their_key() {
+    assert_eq!(parse("").rooms.join, JoinMode::Open);
+    assert!(!parse("").rooms.presence);
+    let with_key = |mode: &str| parse(&format!("jwt: {{secret: s}}\nrooms: {{join: {mode}}}\n"));
+    assert_eq!(with_key("open").rooms.join, JoinMode::Open);
+    assert_eq!(with_key("claims").rooms.join, JoinMode::Claims);
+    assert_eq!(with_key("token").rooms.join, JoinMode::Token);
+    let jwks = "jwt: {algorithms: [RS256], jwks_url: \"https://idp.example/jwks\"}\nrooms: {join: claims}\n";
+    assert_eq!(
+        parse(jwks).rooms.join,
+        JoinMode::Claims,
+        "a JWKS is a key too"
+    );
+    for mode in ["claims", "token"] {
+        assert_eq!(
+            error(&format!("rooms:\n  join: {mode}\n")),
+            "config.yaml: rooms.join: claims and token need a JWT key (jwt.secret, jwt.public_key or jwt.jwks_url) to check tokens with"
+        );
+    }
+    assert_eq!(
+        error("rooms:\n  join: closed\n"),
+        "config.yaml: rooms.join: expected open, claims or token, got \"closed\""
+    );
+    assert_eq!(
+        error("rooms:\n  presence: 1\n"),
+        "config.yaml: rooms.presence: expected true or false, got 1"
+    );
+    assert_eq!(
+        error("rooms:\n  joins: open\n"),
+        "config.yaml: unknown key \"rooms.joins\""
+    );
 }
 
 #[test]

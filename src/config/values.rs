@@ -9,7 +9,7 @@ use std::time::Duration;
 use log::LevelFilter;
 use serde_norway::Value;
 
-use super::Secret;
+use super::{JoinMode, Secret};
 use crate::auth;
 use crate::client_ip::{ClientIpHeader, Trusted};
 
@@ -192,6 +192,16 @@ fn kind(v: &Value) -> &'static str {
         Value::Sequence(_) => "a list",
         Value::Mapping(_) => "a mapping",
         Value::Tagged(_) => "a tagged value",
+    }
+}
+
+/// `rooms.join`: `open`, `claims` or `token`.
+pub(super) fn parse_join_mode(v: &Value) -> Result<JoinMode, String> {
+    match v.as_str() {
+        Some("open") => Ok(JoinMode::Open),
+        Some("claims") => Ok(JoinMode::Claims),
+        Some("token") => Ok(JoinMode::Token),
+        _ => Err(format!("expected open, claims or token, got {}", shown(v))),
     }
 }
 

@@ -1,6 +1,7 @@
 //! src/demo/demo.js — wires the demo page (src/demo/index.html) to a
-//! WshubClient from /wshub.js, polls GET /api/ws/status and posts to
-//! /api/ws/broadcast. Touches only this page's DOM and this server.
+//! WshubClient from /wshub.js, polls GET /api/ws/status and the members of
+//! the selected room (GET /api/ws/rooms/R, again on each joined/left event)
+//! and posts to /api/ws/broadcast. Touches only this page's DOM and this server.
 //! Query parameters (used by tests/browser/): user, token, connect=1,
 //! base, cap, maxRejections, stableAfter (client options, milliseconds).
 import { WshubClient } from '/wshub.js';
@@ -65,6 +66,8 @@ function wire(c, user) {
   }));
   c.on('overflow', mine(({ dropped }) => logEvent(`offline queue full: dropped a "${dropped.type}" message`)));
   c.on('*', mine((msg) => addMessage('in', msg)));
+  c.on('joined', mine(() => pollMembers()));
+  c.on('left', mine(() => pollMembers()));
 }
 
 function renderState(state) {
@@ -111,6 +114,26 @@ function renderRooms() {
   const select = $('send-room');
   const selected = select.value;
   select.replaceChildren(...rooms.map((room) => new Option(room, room, false, room === selected)));
+  pollMembers();
+}
+
+/** Shows who is in the room selected under "To room" (the room you are in). */
+async function pollMembers() {
+  const room = $('send-room').value;
+  $('members-room').textContent = room ? `#${room}` : '(no room)';
+  if (!room) {
+    $('members').replaceChildren();
+    return;
+  }
+  try {
+    const res = await fetch(`/api/ws/rooms/${encodeURIComponent(room)}`, { headers: adminHeaders(), cache: 'no-store' });
+    if (!res.ok || $('send-room').value !== room) return;
+    const listing = await res.json();
+    const users = Array.isArray(listing.users) ? listing.users : [];
+    $('members').replaceChildren(...users.map((u) => chip(u)));
+  } catch {
+    // The status poll reports an unreachable server.
+  }
 }
 
 function roomAction(join) {
@@ -263,8 +286,12 @@ function start() {
   $('send-all').addEventListener('click', () => sendTo('all'));
   $('leave').addEventListener('click', () => roomAction(false));
   $('clear').addEventListener('click', () => $('messages').replaceChildren());
+  $('send-room').addEventListener('change', () => pollMembers());
   pollStatus();
-  setInterval(pollStatus, POLL_MS);
+  setInterval(() => {
+    pollStatus();
+    pollMembers();
+  }, POLL_MS);
   if (params.get('connect') === '1') connect();
   document.body.dataset.ready = '1';
 }

@@ -37,12 +37,17 @@ impl EventLoop {
             }
         };
         self.open_websockets -= 1;
-        let rooms = self.webhook_rooms_of(key);
+        let rooms = self.rooms_before_leaving(key, user.as_deref());
+        let webhook_rooms = self.webhook_rooms_of(key);
+        if let Some(link) = self.cluster.as_ref() {
+            link.closing(user.as_deref(), self.router.rooms_of(key).map(|r| &**r));
+        }
         let change = self.router.remove_session(key, user.as_deref());
-        self.webhook_disconnected(user.as_deref(), &rooms);
+        self.webhook_disconnected(user.as_deref(), &webhook_rooms);
         if let (Some(link), Change::LastMember) = (self.cluster.as_mut(), change) {
             link.departed();
         }
+        self.left_rooms(key, user.as_deref(), rooms);
         self.publish_online();
         info!(
             "disconnect user={} peer={client} reason={reason} online={}",

@@ -27,6 +27,9 @@ impl EventLoop {
     /// A handle or hook push: here, and to the other nodes when the
     /// cluster is up. Returns the sessions addressed (cluster-wide).
     pub(super) fn push(&mut self, target: &Audience<String>, json: &[u8]) -> usize {
+        if self.remote.is_some() {
+            return self.push_kept(target, json);
+        }
         let local = self.push_local(target, json);
         let Some(link) = self.cluster.as_mut() else {
             return local;
@@ -126,12 +129,16 @@ impl EventLoop {
         let Some(link) = self.cluster.as_ref() else {
             return false;
         };
-        self.sessions.get(index).is_some_and(|s| link.holds(s.key))
+        let remote = self.remote.as_ref();
+        self.sessions
+            .get(index)
+            .is_some_and(|s| link.holds(s.key) || remote.is_some_and(|r| r.holds(s.key)))
     }
 
     /// Acts on parked work the cluster confirmed or refused: opens the
     /// WebSocket or answers 503, lets a joined session go on, answers a
-    /// REST push (delivering it here first when Redis took it).
+    /// REST push or membership change (acting on it here first when Redis
+    /// took it).
     pub(super) fn settle_cluster(&mut self) {
         let Some(link) = self.cluster.as_mut() else {
             return;
@@ -167,7 +174,10 @@ impl EventLoop {
                     },
                     Outcome::Confirmed,
                 ) => {
-                    let local = self.push_local(&target, &json);
+                    let local = match self.remote {
+                        Some(_) => self.deliver_here(target.as_deref(), &json, true),
+                        None => self.push_local(&target, &json),
+                    };
                     let remote = self
                         .cluster
                         .as_ref()
@@ -176,7 +186,22 @@ impl EventLoop {
                     let response = Response::json(200, &json!({ "sent": local + remote }));
                     self.respond(index, &response, keep_alive);
                 }
-                (Held::Push { keep_alive, .. }, Outcome::Failed) => {
+                (
+                    Held::Membership {
+                        user,
+                        room,
+                        join,
+                        keep_alive,
+                    },
+                    Outcome::Confirmed,
+                ) => {
+                    let response = self.membership_settled(&user, &room, join);
+                    self.respond(index, &response, keep_alive);
+                }
+                (
+                    Held::Push { keep_alive, .. } | Held::Membership { keep_alive, .. },
+                    Outcome::Failed,
+                ) => {
                     let response = Response::error(503, "cluster unavailable");
                     self.respond(index, &response, keep_alive);
                 }
@@ -209,9 +234,27 @@ impl EventLoop {
                 link.delivered(json.len());
                 self.push_local(&target, &json);
             }
+            Event::Kept {
+                target,
+                json,
+                epoch,
+                offset,
+                own,
+            } => {
+                link.delivered(json.len());
+                self.on_kept(&target, &json, &epoch, offset, own);
+            }
+            Event::HistoryRead { id, result, bytes } => {
+                link.delivered(bytes);
+                self.on_history_read(id, result);
+            }
+            Event::Membership { user, room, join } => {
+                self.cluster_membership(&user, &room, join);
+            }
             Event::View(view) => {
-                link.on_view(view);
+                let old = link.on_view(view);
                 self.publish_online();
+                self.presence_after_view(&old);
             }
             Event::Link { side, state } => {
                 link.on_link(side, state);
@@ -257,6 +300,7 @@ impl EventLoop {
     pub(super) fn cluster_tick(&mut self) {
         if let Some(link) = self.cluster.as_mut() {
             link.tick(self.now_ms, &self.router);
+            self.remote_tick();
             self.settle_cluster();
         }
     }

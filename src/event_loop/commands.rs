@@ -37,6 +37,17 @@ impl EventLoop {
                 }
             }
             Command::DisconnectUser(user) => self.disconnect_user(&user),
+            Command::Membership {
+                user,
+                room,
+                join,
+                reply,
+            } => {
+                let changed = self.handle_membership(&user, &room, join);
+                if let Some(reply) = reply {
+                    let _ = reply.try_send(changed);
+                }
+            }
             Command::OnlineUsers(reply) => {
                 let _ = reply.try_send(self.online_users());
             }

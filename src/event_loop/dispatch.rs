@@ -19,7 +19,8 @@ use crate::message;
 use crate::metrics::HandshakeFailure;
 use crate::rate::{self, Bucket};
 use crate::rest::{self, Endpoint, Outcome, Upgrade};
-use crate::router::{Change, JoinError, Route};
+use crate::rooms::Grants;
+use crate::router::{JoinError, Route};
 use crate::session::{Next, Phase, Unit};
 
 impl EventLoop {
@@ -118,6 +119,9 @@ impl EventLoop {
                 if let Some(link) = self.cluster.as_ref() {
                     link.render_metrics(&mut text);
                 }
+                if let Some(remote) = self.remote.as_ref() {
+                    remote.render_metrics(&mut text);
+                }
                 if let Some(history) = self.history.as_ref() {
                     history.render_metrics(&mut text);
                 }
@@ -129,6 +133,12 @@ impl EventLoop {
             }
             Outcome::Push { target, json } => {
                 if let Some(response) = self.rest_push(index, target, json, keep_alive) {
+                    self.respond(index, &response, keep_alive);
+                }
+            }
+            Outcome::Membership { user, room, join } => {
+                if let Some(response) = self.rest_membership(index, (user, room, join), keep_alive)
+                {
                     self.respond(index, &response, keep_alive);
                 }
             }
@@ -205,15 +215,16 @@ impl EventLoop {
             now,
             &rules,
         );
+        // Kept compactly for the session (nothing in `open` mode); a
+        // stream's rooms (below) are checked against them too.
+        let grants = upgrade.claims.take().and_then(|c| self.rooms.grants(&c));
         self.open_websockets += 1;
         self.metrics.connections_total += 1;
         match upgrade.endpoint {
             Endpoint::Chat | Endpoint::Sse => {
                 self.router.add_session(key, user.as_ref());
-                if let Some(link) = self.cluster.as_mut() {
-                    // The entry may have been encoded while the upgrade
-                    // waited for its channel, before the session was here.
-                    link.changed();
+                if let Some(link) = self.cluster.as_ref() {
+                    link.opened(user.as_deref());
                 }
                 if upgrade.endpoint == Endpoint::Sse {
                     self.metrics.open_sse += 1;
@@ -235,7 +246,10 @@ impl EventLoop {
         }
         let stream = upgrade.stream.take().map(|open| *open).unwrap_or_default();
         for room in &stream.rooms {
-            self.join_room(index, room);
+            self.join_room(index, room, grants.as_deref());
+        }
+        if let Some(session) = self.sessions.get_mut(index) {
+            session.grant(grants);
         }
         if upgrade.endpoint == Endpoint::Sse {
             self.open_stream(index, stream.last_event_id.as_deref());
@@ -248,26 +262,29 @@ impl EventLoop {
     /// A session joins `room` as a WebSocket `join` message would make it
     /// (name bounds, `max_rooms_per_session`); a refused join is answered
     /// with the same error message. For the rooms an event stream names.
-    fn join_room(&mut self, index: usize, room: &str) {
+    /// `rooms.join` and `on_join` decide as for a `join` message.
+    fn join_room(&mut self, index: usize, room: &str, grants: Option<&Grants>) {
         let Some(session) = self.sessions.get(index) else {
             return;
         };
-        let key = session.key;
+        let (key, peer, client) = (session.key, session.peer(), session.client);
+        let user = session.user().cloned();
         let refused = |reason: &str| message::error_json(reason);
         let max = self.config.websocket.max_id_bytes;
         if let Err(e) = ids::check_fields([("room", Some(room))], max) {
             return self.reply(index, &refused(&e.to_string()));
         }
-        match self.router.join(key, room) {
-            Ok(Change::FirstMember) => {
-                // An event stream's rooms were subscribed before its
-                // response (see `hold_upgrade`): nothing to wait for here.
-                if let Some(link) = self.cluster.as_mut() {
-                    let _ = link.want_room(room);
-                }
-                self.webhook_room(room, Change::FirstMember);
-            }
-            Ok(_) => {}
+        let info = SessionInfo {
+            key,
+            user: user.as_deref(),
+            peer,
+            client,
+        };
+        if !self.admit_join(index, &info, room, grants, None) {
+            return;
+        }
+        match self.router.join(key, user.as_deref(), room) {
+            Ok(change) => self.member_changed(key, user.as_deref(), room, true, change, false),
             Err(JoinError::TooManyRooms) => self.reply(index, &refused("too many rooms")),
         }
     }
@@ -411,20 +428,15 @@ impl EventLoop {
         if self.hooks.on_message(&info, &message, &mut self.actions) == Verdict::Consume {
             return self.apply_actions();
         }
+        if message.kind == "join" && !self.may_join(index, &info, &message) {
+            return self.apply_actions();
+        }
         match self.router.route(key, user.as_deref(), &message) {
             Route::Reply(json) => self.reply(index, &json),
             Route::Done(change) => {
                 if let Some(room) = message.room() {
-                    self.webhook_room(room, change);
-                }
-                if let (Some(link), Some(room)) = (self.cluster.as_mut(), message.room()) {
-                    match change {
-                        Change::FirstMember | Change::Member if message.kind == "join" => {
-                            self.hold_after_join(index, room)
-                        }
-                        Change::LastMember => link.departed(),
-                        _ => link.changed(),
-                    }
+                    let joined = message.kind == "join";
+                    self.member_changed(key, user.as_deref(), room, joined, change, true);
                 }
                 if let ("join", Some(room)) = (&*message.kind, message.room()) {
                     self.joined(index, room, message.since);
@@ -432,8 +444,12 @@ impl EventLoop {
             }
             Route::Deliver(audience, json) => {
                 let min_bytes = self.config.websocket.compression_min_bytes;
-                self.deliver(audience, &mut Encoded::new(Kind::Text, &json, min_bytes));
-                self.relay_to_cluster(index, audience, &json);
+                if self.remote.is_some() {
+                    self.relay_kept(index, audience, &json);
+                } else {
+                    self.deliver(audience, &mut Encoded::new(Kind::Text, &json, min_bytes));
+                    self.relay_to_cluster(index, audience, &json);
+                }
             }
         }
         self.apply_actions();

@@ -20,6 +20,9 @@ impl EventLoop {
     /// After a chat upgrade that asked to recover: welcome, replay,
     /// `recovered` (only when `since` named a stream).
     pub(super) fn resume_session(&mut self, index: usize, user: Option<&str>, since: Since) {
+        if self.remote.is_some() {
+            return self.resume_remote(index, user, since);
+        }
         let now = self.now_ms;
         let Some(history) = self.history.as_mut() else {
             return;
@@ -52,6 +55,9 @@ impl EventLoop {
     /// the room, and with `since` gets what it missed there. Sessions that
     /// did not ask to recover see nothing new.
     pub(super) fn joined(&mut self, index: usize, room: &str, since: Option<&RawValue>) {
+        if self.remote.is_some() {
+            return self.joined_remote(index, room, since);
+        }
         let now = self.now_ms;
         let Some(history) = self.history.as_mut() else {
             return;

@@ -31,6 +31,7 @@ use crate::wheel::millis;
 use position::{Epoch, Kind, Position};
 
 pub(crate) mod position;
+pub(crate) mod remote;
 
 /// What each entry costs besides its frame bytes: the stream's slot for it
 /// (a shared pointer, 16 bytes), the node's order record (24 bytes) and the

@@ -53,7 +53,18 @@ impl Epoch {
         Epoch(out)
     }
 
-    fn as_str(&self) -> &str {
+    /// The epoch a server wrote (exactly [`EPOCH_LEN`] ASCII letters or
+    /// digits), read back from Redis; `None` for anything else.
+    pub(crate) fn from_text(text: &str) -> Option<Epoch> {
+        let bytes: [u8; EPOCH_LEN] = text.as_bytes().try_into().ok()?;
+        bytes
+            .iter()
+            .all(u8::is_ascii_alphanumeric)
+            .then_some(Epoch(bytes))
+    }
+
+    /// The epoch's text.
+    pub(crate) fn as_str(&self) -> &str {
         // Only ASCII digits and letters are ever stored.
         std::str::from_utf8(&self.0).unwrap_or_default()
     }
@@ -316,6 +327,9 @@ mod tests {
         assert_eq!(parsed.offset, 42);
         assert_eq!(text.len(), 2 + EPOCH_LEN + 3);
         assert!(!Epoch::from_bits(1).is(&parsed.epoch));
+        assert_eq!(Epoch::from_text(&parsed.epoch), Some(epoch));
+        assert_eq!(Epoch::from_text("abc"), None);
+        assert_eq!(Epoch::from_text("abcd-fgh"), None);
     }
 
     #[test]

@@ -16,6 +16,7 @@ use crate::transport::Socket;
 
 /// What one read from the socket gave.
 #[derive(Debug, PartialEq, Eq)]
+#[must_use = "a report the loop must apply"]
 pub(crate) enum ReadOutcome {
     /// `n` bytes arrived.
     Data(usize),
@@ -32,6 +33,7 @@ pub(crate) enum ReadOutcome {
 
 /// One read, and where its bytes went.
 #[derive(Debug)]
+#[must_use = "a report the loop must apply"]
 pub(crate) struct Received {
     pub outcome: io::Result<ReadOutcome>,
     /// The read filled all it asked for: the socket may hold more.

@@ -32,6 +32,7 @@ use crate::frame::{DecodeError, Decoder, Wire};
 use crate::http_slots::MAX_REQUESTS_PER_CONNECTION;
 use crate::outbound::Outbound;
 use crate::rest::Endpoint;
+use crate::rooms::Grants;
 use crate::transport::{Socket, Transport};
 use crate::wheel::{millis, TimerId};
 
@@ -87,6 +88,9 @@ pub(crate) enum Phase {
     Chat {
         /// User id, shared with the router's index.
         user: Option<Rc<str>>,
+        /// Rooms its connect token lets it join (`rooms.join: claims` or
+        /// `token`); `None` in `open` mode and without a grant.
+        grants: Option<Box<Grants>>,
         /// Asked to resume (`?recover=1` or `?since=`, history on): its
         /// messages carry their position. Kept in the phase, where the
         /// enum has room for it, so a session grows by nothing.
@@ -123,6 +127,7 @@ pub(crate) struct Closing {
 
 /// What the peer's FIN means in the current phase.
 #[derive(Debug, PartialEq, Eq)]
+#[must_use = "a report the loop must apply"]
 pub(crate) enum Eof {
     /// Closing already: write what is left, then drop.
     Flush,
@@ -134,6 +139,7 @@ pub(crate) enum Eof {
 
 /// Who left the indexes when an open session started closing.
 #[derive(Debug, PartialEq, Eq)]
+#[must_use = "a report the loop must apply"]
 pub(crate) enum Left {
     /// A chat session, with its user id.
     Chat(Option<Rc<str>>),
@@ -145,6 +151,7 @@ pub(crate) enum Left {
 
 /// What a session's timer found.
 #[derive(Debug, PartialEq, Eq)]
+#[must_use = "a report the loop must apply"]
 pub(crate) enum Fired {
     /// Nothing due yet: arm again for this loop-clock ms.
     Arm(u64),
@@ -301,6 +308,14 @@ impl<S: Socket> Session<S> {
     pub(crate) fn user(&self) -> Option<&Rc<str>> {
         match &self.phase {
             Phase::Chat { user, .. } | Phase::Sse { user } => user.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// The rooms a chat session's connect token granted.
+    pub(crate) fn grants(&self) -> Option<&Grants> {
+        match &self.phase {
+            Phase::Chat { grants, .. } => grants.as_deref(),
             _ => None,
         }
     }
@@ -463,6 +478,7 @@ impl<S: Socket> Session<S> {
             Endpoint::Chat => Phase::Chat {
                 user,
                 recovering: false,
+                grants: None,
             },
             Endpoint::Echo => Phase::Echo,
             Endpoint::Sse => {
@@ -473,6 +489,13 @@ impl<S: Socket> Session<S> {
         self.last_seen_ms = now;
         let period = rules.ping_period_ms;
         self.next_ping_ms = now + period - ping_jitter(self.key, period);
+    }
+
+    /// Keeps the rooms a chat session's connect token granted.
+    pub(crate) fn grant(&mut self, rooms: Option<Box<Grants>>) {
+        if let Phase::Chat { grants, .. } = &mut self.phase {
+            *grants = rooms;
+        }
     }
 
     /// An open session starts closing (with a default deadline, set by the

@@ -177,7 +177,7 @@ fn handshake_upgrades_and_the_first_frame_follows_in_the_same_read() {
         panic!("no frame")
     };
     assert_eq!(owned(unit), Seen::Text("hi".into()));
-    session.write(6, &rules);
+    let _ = session.write(6, &rules);
     assert!(written(&mut session).starts_with(b"HTTP/1.1 101 "));
 }
 
@@ -211,7 +211,7 @@ fn tls_handshake_and_a_request_over_the_session() {
         units.extend(seen);
         // Handshake records the socket did not take yet: the loop writes
         // them (the read reports `must_write`).
-        session.write(0, &rules());
+        let _ = session.write(0, &rules());
         let out = written(&mut session);
         if out.is_empty() && !tls_client.wants_write() {
             break;
@@ -233,7 +233,7 @@ fn tls_handshake_and_a_request_over_the_session() {
         1,
         &rules(),
     );
-    session.write(1, &rules());
+    let _ = session.write(1, &rules());
     let out = written(&mut session);
     let mut slice = &out[..];
     while !slice.is_empty() {
@@ -286,7 +286,7 @@ GET /api/ws/sta",
             None
         );
     }
-    session.write(3, &rules());
+    let _ = session.write(3, &rules());
     let out = String::from_utf8(written(&mut session)).unwrap();
     assert_eq!(out, response("a") + &response("b") + &response("c"));
 }
@@ -457,7 +457,7 @@ fn close_handshake_started_by_the_server_waits_for_the_answer_within_the_deadlin
     let mut session = open_echo(MockStream::default());
     assert_eq!(session.leave(), Some(Left::Echo));
     session.close(1001, "going away", 5_000);
-    session.write(1, &rules());
+    let _ = session.write(1, &rules());
     assert_eq!(&written(&mut session)[..4], &[0x88, 12, 0x03, 0xe9]);
     assert!(
         !session.socket_mut().shut_write,
@@ -469,7 +469,7 @@ fn close_handshake_started_by_the_server_waits_for_the_answer_within_the_deadlin
     feed(&mut session, &bytes);
     let (seen, _) = read_units(&mut session, 2);
     assert_eq!(seen, [Seen::Nothing, Seen::CloseAnswered]);
-    session.write(2, &rules());
+    let _ = session.write(2, &rules());
     assert!(session.socket_mut().shut_write);
     assert_eq!(
         session.on_timer(4_999, &rules(), &Heartbeat::default()),
@@ -550,7 +550,7 @@ fn a_slow_writer_is_bounded_then_stalled() {
 fn an_http_connection_without_a_whole_request_expires() {
     let mut session = plain(MockStream::default());
     feed(&mut session, b"GET / HT");
-    read_units(&mut session, 0);
+    let _ = read_units(&mut session, 0);
     let ping = Heartbeat::default();
     assert_eq!(session.on_timer(9_999, &rules(), &ping), Fired::Arm(10_000));
     assert_eq!(
@@ -674,7 +674,7 @@ fn an_event_stream_discards_input_beats_with_comments_and_ends_without_a_close_f
     );
     assert!(session.is_open() && session.is_sse() && !session.counted_http());
     assert_eq!(session.user().map(|u| &**u), Some("u1"));
-    session.write(0, &rules);
+    let _ = session.write(0, &rules);
     assert_eq!(written(&mut session), head);
     // Whatever the client sends now is not a request: it is dropped.
     feed(&mut session, b"GET /health HTTP/1.1\r\n\r\n");
@@ -692,14 +692,14 @@ fn an_event_stream_discards_input_beats_with_comments_and_ends_without_a_close_f
     ));
     let second = first + rules.ping_period_ms;
     assert_eq!(session.open_deadline(&rules), second);
-    session.write(first, &rules);
+    let _ = session.write(first, &rules);
     assert_eq!(written(&mut session), crate::sse::HEARTBEAT);
     assert!(matches!(
         session.on_timer(second, &rules, &beat),
         Fired::Ping(_)
     ));
     assert!(second > rules.pong_wait_ms);
-    session.write(second, &rules);
+    let _ = session.write(second, &rules);
     assert_eq!(written(&mut session), crate::sse::HEARTBEAT);
     // The server ends it: a comment, then FIN; no WebSocket Close frame.
     let mut bytes_out = 0;

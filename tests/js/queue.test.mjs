@@ -103,3 +103,36 @@ test('rooms are re-joined after every reconnect; left rooms are not', async () =
   assert.deepEqual([...client.rooms], ['lobby', 'r1']);
   assert.throws(() => client.join(''), TypeError);
 });
+
+test('join tokens go with the join and with every re-join; presence reaches on()', async () => {
+  const { client, clock, of } = await makeClient();
+  client.connect();
+  client.join('order:1', { token: 'T1' }); // before open
+  FakeWebSocket.last().open();
+  client.join('lobby');
+  const seen = [];
+  client.on('joined', (m) => seen.push(['joined', m.from, m.room]));
+  client.on('left', (m) => seen.push(['left', m.from, m.room]));
+  FakeWebSocket.last().receive({ type: 'joined', from: 'amy', room: 'lobby' });
+  FakeWebSocket.last().receive({ type: 'left', from: 'amy', room: 'lobby' });
+  assert.deepEqual(seen, [
+    ['joined', 'amy', 'lobby'],
+    ['left', 'amy', 'lobby'],
+  ]);
+  FakeWebSocket.last().end(1006);
+  clock.advance(of('reconnecting').at(-1).delay);
+  FakeWebSocket.last().open();
+  assert.deepEqual(FakeWebSocket.last().sent, [
+    { type: 'join', room: 'order:1', token: 'T1' },
+    { type: 'join', room: 'lobby' },
+  ]);
+  // Joining again without a token forgets it; leaving forgets it too.
+  client.join('order:1');
+  client.leave('lobby');
+  FakeWebSocket.last().end(1006);
+  clock.advance(of('reconnecting').at(-1).delay);
+  FakeWebSocket.last().open();
+  assert.deepEqual(FakeWebSocket.last().sent, [{ type: 'join', room: 'order:1' }]);
+  assert.throws(() => client.join('r', { token: '' }), TypeError);
+  assert.throws(() => client.join('r', { token: 5 }), TypeError);
+});

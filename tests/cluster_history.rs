@@ -1,0 +1,1104 @@
+//! History in a cluster (README "History and resume", docs/protocol.md
+//! section 12): real `wshub` processes over a private `redis-server` on a
+//! free loopback port (stopped by PID), real clients. Resume on another
+//! node (exact, in order, then `recovered`), the seam under continuous
+//! traffic, `ok:false` for an overflowed stream, entries past the ttl, a
+//! foreign position, a flushed Redis and a Redis that is down (a hung one:
+//! `ok:false` or 1013, never silence), room `since` across nodes, and
+//! the two-node chaos test in its short form: clients cut with TCP resets
+//! and resumed on the other node lose and repeat nothing.
+
+mod common;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{http, Client, WAIT};
+use serde_json::{json, Value};
+use socket2::SockRef;
+use tungstenite::protocol::WebSocket;
+use tungstenite::Message as WsMessage;
+
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").port()
+}
+
+fn scratch_dir() -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "wshub-chist-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+fn wait_for<T>(limit: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A private redis-server, stopped by PID on drop.
+struct Redis {
+    child: Option<Child>,
+    port: u16,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        let port = free_port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (apt-get install redis-server)");
+        let redis = Redis {
+            child: Some(child),
+            port,
+        };
+        wait_for(WAIT, "redis-server to listen", || {
+            TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        redis
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    fn query<T: redis::FromRedisValue>(&self, cmd: &mut redis::Cmd) -> redis::RedisResult<T> {
+        let client = redis::Client::open(self.url())?;
+        let mut con = client.get_connection_with_timeout(Duration::from_secs(2))?;
+        cmd.query(&mut con)
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// One `wshub` process with history on.
+struct Node {
+    child: Option<Child>,
+    addr: SocketAddr,
+    dir: PathBuf,
+}
+
+impl Node {
+    fn start(id: &str, redis: &Redis, size: usize) -> Node {
+        Node::start_ttl(id, redis, size, "2m")
+    }
+
+    fn start_ttl(id: &str, redis: &Redis, size: usize, ttl: &str) -> Node {
+        let dir = scratch_dir();
+        let port = free_port();
+        let config = dir.join("config.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "app:\n  host: \"127.0.0.1\"\n  port: {port}\n  demo: false\n\
+                 log:\n  level: info\n\
+                 websocket:\n  shutdown_timeout: 2s\n  max_connections: 2000\n\
+                 history:\n  size: {size}\n  ttl: {ttl}\n\
+                 cluster:\n  redis: \"{}\"\n  node_id: \"{id}\"\n  presence_ttl: 2s\n  channel_prefix: \"h\"\n  secret: \"s3cret\"\n",
+                redis.url()
+            ),
+        )
+        .expect("write config");
+        let child = Command::new(env!("CARGO_BIN_EXE_wshub"))
+            .arg("--config")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(File::create(dir.join("stderr.log")).expect("log file"))
+            .spawn()
+            .expect("start wshub");
+        let node = Node {
+            child: Some(child),
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            dir,
+        };
+        wait_for(WAIT, "the node to listen", || {
+            TcpStream::connect(node.addr).ok()
+        });
+        wait_for(WAIT, "the node to join", || node.healthy().then_some(()));
+        node
+    }
+
+    fn healthy(&self) -> bool {
+        http(self.addr, "GET", "/health?cluster=required", &[], "").0 == 200
+    }
+
+    fn post(&self, path: &str, body: Value) -> u16 {
+        http(self.addr, "POST", path, &[], &body.to_string()).0
+    }
+
+    fn broadcast(&self, n: u64) {
+        assert_eq!(
+            self.post("/api/ws/broadcast", json!({"type": "news", "content": n})),
+            200
+        );
+    }
+
+    fn send(&self, user: &str, n: u64) {
+        assert_eq!(
+            self.post(
+                "/api/ws/send",
+                json!({"type": "dm", "to": user, "content": n})
+            ),
+            200
+        );
+    }
+
+    fn to_room(&self, room: &str, n: u64) {
+        assert_eq!(
+            self.post(
+                "/api/ws/broadcast",
+                json!({"type": "talk", "room": room, "content": n})
+            ),
+            200
+        );
+    }
+
+    fn metric(&self, name: &str) -> u64 {
+        let (_, text) = http(self.addr, "GET", "/metrics", &[], "");
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no metric {name}"))
+    }
+
+    fn connect(&self, query: &str) -> Client {
+        let stream = TcpStream::connect(self.addr).expect("tcp connect");
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        let url = format!("ws://{}/api/ws/connect?{query}", self.addr);
+        let (ws, _) = tungstenite::client(url, stream).expect("websocket handshake");
+        Client { ws }
+    }
+
+    /// Connects with `query` and returns the client and its welcome.
+    fn welcome(&self, query: &str) -> (Client, Value) {
+        let mut client = self.connect(query);
+        let welcome = client.recv_json();
+        assert_eq!(welcome["type"], "welcome", "{welcome}");
+        (client, welcome)
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Reads until `recovered`; returns the messages before it and it.
+fn until_recovered(client: &mut Client) -> (Vec<Value>, Value) {
+    let mut before = Vec::new();
+    loop {
+        let v = client.recv_json();
+        if v["type"] == "recovered" {
+            return (before, v);
+        }
+        before.push(v);
+    }
+}
+
+/// Reads `n` messages.
+fn take(client: &mut Client, n: usize) -> Vec<Value> {
+    (0..n).map(|_| client.recv_json()).collect()
+}
+
+fn contents(messages: &[Value]) -> Vec<u64> {
+    messages
+        .iter()
+        .map(|m| m["content"].as_u64().unwrap_or(u64::MAX))
+        .collect()
+}
+
+fn split(pos: &Value) -> (String, String, u64) {
+    let text = pos
+        .as_str()
+        .unwrap_or_else(|| panic!("not a position: {pos}"));
+    let mut parts = text.splitn(3, ':');
+    let kind = parts.next().unwrap().to_owned();
+    let epoch = parts.next().unwrap().to_owned();
+    (kind, epoch, parts.next().unwrap().parse().unwrap())
+}
+
+fn offsets(messages: &[Value]) -> Vec<u64> {
+    messages.iter().map(|m| split(&m["pos"]).2).collect()
+}
+
+#[test]
+fn a_client_resumes_on_another_node_exactly_and_in_order() {
+    let redis = Redis::start();
+    let a = Node::start("a", &redis, 50);
+    let b = Node::start("b", &redis, 50);
+    let (mut ann, welcome) = a.welcome("user_id=ann&recover=1");
+    let (_, epoch_a, start_a) = split(&welcome["content"]["a"]);
+    let (_, epoch_u, start_u) = split(&welcome["content"]["u"]);
+    // A session that did not ask sees messages as without history.
+    let mut plain = a.connect("user_id=bob");
+    b.broadcast(1);
+    a.send("ann", 2);
+    let live = take(&mut ann, 2);
+    assert_eq!(contents(&live), [1, 2]);
+    assert_eq!(
+        split(&live[0]["pos"]),
+        ("a".into(), epoch_a.clone(), start_a + 1)
+    );
+    assert_eq!(
+        split(&live[1]["pos"]),
+        ("u".into(), epoch_u.clone(), start_u + 1)
+    );
+    let seen = plain.recv_json();
+    assert_eq!(seen, json!({"type": "news", "content": 1}), "no pos for it");
+    ann.close();
+    // Missed meanwhile, published on both nodes.
+    for n in 3..8 {
+        [&a, &b][n as usize % 2].broadcast(n);
+    }
+    for n in 8..11 {
+        [&a, &b][n as usize % 2].send("ann", n);
+    }
+    let since = format!("a:{epoch_a}:{},u:{epoch_u}:{}", start_a + 1, start_u + 1);
+    let (mut ann, welcome) = b.welcome(&format!("user_id=ann&since={since}"));
+    assert_eq!(split(&welcome["content"]["a"]).2, start_a + 6);
+    assert_eq!(split(&welcome["content"]["u"]).2, start_u + 4);
+    let (replayed, recovered) = until_recovered(&mut ann);
+    assert_eq!(contents(&replayed), [3, 4, 5, 6, 7, 8, 9, 10]);
+    assert_eq!(
+        offsets(&replayed),
+        [
+            start_a + 2,
+            start_a + 3,
+            start_a + 4,
+            start_a + 5,
+            start_a + 6,
+            start_u + 2,
+            start_u + 3,
+            start_u + 4
+        ]
+    );
+    assert_eq!(
+        recovered["content"],
+        json!({"a": {"ok": true, "replayed": 5}, "u": {"ok": true, "replayed": 3}})
+    );
+    // Then live traffic, from either node, continues the streams.
+    a.broadcast(11);
+    let next = ann.recv_json();
+    assert_eq!(next["content"], 11);
+    assert_eq!(split(&next["pos"]).2, start_a + 7);
+    assert!(ann.sync().is_empty(), "nothing repeated");
+    assert_eq!(b.metric("wshub_history_replayed_total"), 8);
+    assert_eq!(b.metric("wshub_history_resumes_ok_total"), 2);
+    // What Redis holds: one stream and one hash per audience.
+    let len: i64 = redis.query(redis::cmd("XLEN").arg("h:h:all")).unwrap();
+    assert_eq!(len, 7);
+    let ttl: i64 = redis
+        .query(redis::cmd("PTTL").arg("h:hm:user:ann"))
+        .unwrap();
+    assert!(ttl > 0, "the hash expires: {ttl}");
+}
+
+#[test]
+fn the_seam_under_continuous_traffic_loses_and_repeats_nothing() {
+    let redis = Redis::start();
+    let nodes = [
+        Node::start("a", &redis, 1000),
+        Node::start("b", &redis, 1000),
+    ];
+    let (mut client, welcome) = nodes[0].welcome("recover=1");
+    let (_, epoch, mut last) = split(&welcome["content"]["a"]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let addrs = [nodes[0].addr, nodes[1].addr];
+    let publisher = {
+        let (stop, sent) = (stop.clone(), sent.clone());
+        std::thread::spawn(move || {
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) && n < 1_000_000 {
+                n += 1;
+                let body = json!({"type": "news", "content": n}).to_string();
+                let (status, _) = http(
+                    addrs[n as usize % 2],
+                    "POST",
+                    "/api/ws/broadcast",
+                    &[],
+                    &body,
+                );
+                assert_eq!(status, 200);
+                sent.store(n, Ordering::Relaxed);
+            }
+        })
+    };
+    let mut received = Vec::new();
+    let started = Instant::now();
+    let mut reconnects = 0;
+    while started.elapsed() < Duration::from_secs(4) {
+        // A few live messages, then resume on the other node.
+        for m in take(&mut client, 5) {
+            let (_, e, offset) = split(&m["pos"]);
+            assert_eq!(e, epoch);
+            received.push((offset, m["content"].as_u64().unwrap()));
+            last = offset;
+        }
+        drop(client);
+        reconnects += 1;
+        let node = &nodes[reconnects % 2];
+        let (next, welcome) = node.welcome(&format!("since=a:{epoch}:{last}"));
+        client = next;
+        let (replayed, recovered) = until_recovered(&mut client);
+        assert_eq!(recovered["content"]["a"]["ok"], true, "{recovered}");
+        for m in &replayed {
+            received.push((split(&m["pos"]).2, m["content"].as_u64().unwrap()));
+        }
+        last = replayed.last().map_or(last, |m| split(&m["pos"]).2);
+        assert_eq!(
+            split(&welcome["content"]["a"]).2,
+            last,
+            "replayed up to the welcome"
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    publisher.join().unwrap();
+    let total = sent.load(Ordering::Relaxed);
+    while received.last().map_or(0, |r| r.1) < total {
+        let m = client.recv_json();
+        received.push((split(&m["pos"]).2, m["content"].as_u64().unwrap()));
+    }
+    assert!(reconnects >= 5, "only {reconnects} resumes");
+    // Offsets 1..=total, each once, in order, carrying message n at n.
+    let want: Vec<(u64, u64)> = (1..=total).map(|n| (n, n)).collect();
+    assert_eq!(received, want);
+}
+
+#[test]
+fn streams_that_cannot_be_vouched_for_answer_ok_false() {
+    let mut redis = Redis::start();
+    let a = Node::start("a", &redis, 5);
+    let b = Node::start("b", &redis, 5);
+    let (ann, welcome) = a.welcome("user_id=ann&recover=1");
+    let pos_a = welcome["content"]["a"].as_str().unwrap().to_owned();
+    let pos_u = welcome["content"]["u"].as_str().unwrap().to_owned();
+    ann.close();
+    let (bob, welcome) = b.welcome("user_id=bob&recover=1");
+    let bob_u = welcome["content"]["u"].as_str().unwrap().to_owned();
+    bob.close();
+    // Overflow: 10 broadcasts into a stream of 5.
+    for n in 1..=10 {
+        b.broadcast(n);
+    }
+    b.send("ann", 11);
+    let (mut ann, _) = b.welcome(&format!("user_id=ann&since={pos_a},{pos_u}"));
+    let (replayed, recovered) = until_recovered(&mut ann);
+    assert_eq!(
+        contents(&replayed),
+        [11],
+        "the user stream only: nothing partial"
+    );
+    assert_eq!(
+        recovered["content"],
+        json!({"a": {"ok": false, "replayed": 0}, "u": {"ok": true, "replayed": 1}})
+    );
+    ann.close();
+    // Foreign positions: another user's stream, an epoch no stream has.
+    let (mut ann, _) = a.welcome(&format!("user_id=ann&since={bob_u},a:zzzzzzzz:1"));
+    let (replayed, recovered) = until_recovered(&mut ann);
+    assert!(replayed.is_empty(), "{replayed:?}");
+    assert_eq!(
+        recovered["content"],
+        json!({"a": {"ok": false, "replayed": 0}, "u": {"ok": false, "replayed": 0}})
+    );
+    ann.close();
+    // A flushed Redis: every stream has a new epoch.
+    let (ann, welcome) = a.welcome("user_id=ann&recover=1");
+    let pos_u = welcome["content"]["u"].as_str().unwrap().to_owned();
+    ann.close();
+    let () = redis.query(&mut redis::cmd("FLUSHALL")).unwrap();
+    a.send("ann", 12);
+    let (mut ann, welcome) = b.welcome(&format!("user_id=ann&since={pos_u}"));
+    let (replayed, recovered) = until_recovered(&mut ann);
+    assert!(replayed.is_empty());
+    assert_eq!(
+        recovered["content"]["u"],
+        json!({"ok": false, "replayed": 0})
+    );
+    assert_ne!(split(&welcome["content"]["u"]).1, split(&json!(pos_u)).1);
+    ann.close();
+    let failed = a.metric("wshub_history_resumes_failed_total")
+        + b.metric("wshub_history_resumes_failed_total");
+    assert_eq!(failed, 4);
+    // Redis down: the resume answers ok:false at once, nothing else moves.
+    redis.stop();
+    wait_for(WAIT, "the node to see Redis gone", || {
+        (!a.healthy()).then_some(())
+    });
+    let (mut ann, welcome) = a.welcome(&format!("user_id=ann&since={pos_u}"));
+    assert_eq!(welcome["content"]["a"], "a:0:0", "{welcome}");
+    let (replayed, recovered) = until_recovered(&mut ann);
+    assert!(replayed.is_empty());
+    assert_eq!(
+        recovered["content"]["u"],
+        json!({"ok": false, "replayed": 0})
+    );
+    // Degraded as section 10 says: this node's sessions still get pushes.
+    assert_eq!(
+        a.post(
+            "/api/ws/send",
+            json!({"type": "dm", "to": "ann", "content": 13})
+        ),
+        503
+    );
+    let mut local = a.connect("user_id=cy");
+    a.connect("user_id=dee")
+        .send_json(json!({"type": "chat", "to": "cy", "content": 14}));
+    assert_eq!(local.recv_json()["content"], 14);
+}
+
+#[test]
+fn entries_older_than_the_ttl_answer_ok_false() {
+    let redis = Redis::start();
+    let a = Node::start_ttl("a", &redis, 10, "1s");
+    let b = Node::start_ttl("b", &redis, 10, "1s");
+    let (client, welcome) = a.welcome("recover=1");
+    let pos = welcome["content"]["a"].as_str().unwrap().to_owned();
+    client.close();
+    b.broadcast(1);
+    std::thread::sleep(Duration::from_millis(1300));
+    let (mut client, welcome) = b.welcome(&format!("since={pos}"));
+    let (replayed, recovered) = until_recovered(&mut client);
+    assert!(replayed.is_empty(), "{replayed:?}");
+    assert_eq!(
+        recovered["content"]["a"],
+        json!({"ok": false, "replayed": 0})
+    );
+    // From the welcome's position, within the ttl, the resume replays.
+    let pos = welcome["content"]["a"].as_str().unwrap().to_owned();
+    client.close();
+    a.broadcast(2);
+    let (mut client, _) = b.welcome(&format!("since={pos}"));
+    let (replayed, recovered) = until_recovered(&mut client);
+    assert_eq!(contents(&replayed), [2]);
+    assert_eq!(
+        recovered["content"]["a"],
+        json!({"ok": true, "replayed": 1})
+    );
+}
+
+#[test]
+fn a_room_resumes_with_since_on_another_node() {
+    let redis = Redis::start();
+    let a = Node::start("a", &redis, 50);
+    let b = Node::start("b", &redis, 50);
+    let (mut ann, _) = a.welcome("user_id=ann&recover=1");
+    ann.send_json(json!({"type": "join", "room": "lobby"}));
+    let welcome = ann.recv_json();
+    assert_eq!(welcome["type"], "welcome");
+    assert_eq!(welcome["room"], "lobby");
+    let (_, epoch, start) = split(&welcome["content"]["r"]);
+    assert!(ann.sync().is_empty());
+    b.to_room("lobby", 1);
+    let live = ann.recv_json();
+    assert_eq!(live["content"], 1);
+    assert_eq!(split(&live["pos"]), ("r".into(), epoch.clone(), start + 1));
+    ann.close();
+    for n in 2..=4 {
+        [&a, &b][n as usize % 2].to_room("lobby", n);
+    }
+    let (mut ann, _) = b.welcome("user_id=ann&recover=1");
+    let since = format!("r:{epoch}:{}", start + 1);
+    ann.send_json(json!({"type": "join", "room": "lobby", "since": since}));
+    let welcome = ann.recv_json();
+    assert_eq!(split(&welcome["content"]["r"]).2, start + 4);
+    let (replayed, recovered) = until_recovered(&mut ann);
+    assert_eq!(contents(&replayed), [2, 3, 4]);
+    assert_eq!(offsets(&replayed), [start + 2, start + 3, start + 4]);
+    assert!(replayed.iter().all(|m| m["room"] == "lobby"));
+    assert_eq!(recovered["room"], "lobby");
+    assert_eq!(recovered["content"], json!({"ok": true, "replayed": 3}));
+    // A member elsewhere talks: live after the replay, nothing repeated.
+    let (mut cy, _) = a.welcome("user_id=cy&recover=1");
+    cy.send_json(json!({"type": "join", "room": "lobby"}));
+    assert_eq!(cy.recv_json()["type"], "welcome");
+    assert!(cy.sync().is_empty());
+    cy.send_json(json!({"type": "talk", "room": "lobby", "content": 5}));
+    let next = ann.recv_json();
+    assert_eq!(next["content"], 5);
+    assert_eq!(split(&next["pos"]).2, start + 5);
+    assert!(ann.sync().is_empty());
+    // A position that is not a room's replays nothing.
+    let (mut dee, _) = b.welcome("user_id=dee&recover=1");
+    dee.send_json(json!({"type": "join", "room": "lobby", "since": format!("a:{epoch}:1")}));
+    assert_eq!(dee.recv_json()["type"], "welcome");
+    let (replayed, recovered) = until_recovered(&mut dee);
+    assert!(replayed.is_empty());
+    assert_eq!(recovered["content"], json!({"ok": false, "replayed": 0}));
+}
+
+#[test]
+fn a_hung_redis_answers_a_resume_with_ok_false_or_1013_never_silence() {
+    let redis = Redis::start();
+    let a = Node::start("a", &redis, 10);
+    let (client, welcome) = a.welcome("recover=1");
+    let pos = welcome["content"]["a"].as_str().unwrap().to_owned();
+    client.close();
+    let pid = redis.child.as_ref().map(|c| c.id()).unwrap() as libc::pid_t;
+    // SAFETY: kill(2) on the PID of a child we started and have not reaped.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let started = Instant::now();
+    let mut client = a.connect(&format!("since={pos}"));
+    // Either the node already knows Redis is gone (ok:false at once), or
+    // the read in flight fails and the session is closed to resume later.
+    let outcome = match client.ws.read().expect("read") {
+        WsMessage::Text(text) => {
+            let welcome: Value = serde_json::from_str(text.as_str()).unwrap();
+            assert_eq!(welcome["content"]["a"], "a:0:0", "{welcome}");
+            let (replayed, recovered) = until_recovered(&mut client);
+            assert!(replayed.is_empty());
+            assert_eq!(
+                recovered["content"]["a"],
+                json!({"ok": false, "replayed": 0})
+            );
+            "ok:false"
+        }
+        WsMessage::Close(Some(frame)) => {
+            assert_eq!(u16::from(frame.code), 1013, "{frame:?}");
+            "1013"
+        }
+        other => panic!("unexpected {other:?}"),
+    };
+    eprintln!("hung Redis: {outcome} after {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{outcome} after {:?}",
+        started.elapsed()
+    );
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    wait_for(WAIT, "the node to be back", || a.healthy().then_some(()));
+    a.broadcast(1);
+    let (mut client, _) = a.welcome(&format!("since={pos}"));
+    let (replayed, recovered) = until_recovered(&mut client);
+    assert_eq!(contents(&replayed), [1]);
+    assert_eq!(
+        recovered["content"]["a"],
+        json!({"ok": true, "replayed": 1})
+    );
+    assert!(a.metric("wshub_history_reads_failed_total") >= 1);
+}
+
+// ---- the two-node chaos test ------------------------------------------
+
+/// Clients in the short form (each a user, each in one of `ROOMS` rooms).
+const CHAOS_CLIENTS: usize = 40;
+const ROOMS: usize = 4;
+
+fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+#[derive(Default, Clone)]
+struct Track {
+    epoch: String,
+    last: u64,
+    known: bool,
+    resuming: bool,
+    welcome: Option<(String, u64)>,
+}
+
+#[derive(Default, Debug, Clone, Copy)]
+struct Tally {
+    received: u64,
+    lost: u64,
+    duplicated: u64,
+    misordered: u64,
+    wrong_content: u64,
+    declared_failed: u64,
+    replayed: u64,
+    reconnects: u64,
+    ended: u64,
+}
+
+impl Tally {
+    fn add(&mut self, o: &Tally) {
+        self.received += o.received;
+        self.lost += o.lost;
+        self.duplicated += o.duplicated;
+        self.misordered += o.misordered;
+        self.wrong_content += o.wrong_content;
+        self.declared_failed += o.declared_failed;
+        self.replayed += o.replayed;
+        self.reconnects += o.reconnects;
+        self.ended += o.ended;
+    }
+}
+
+fn split_text(pos: &str) -> Option<(&str, &str, u64)> {
+    let mut parts = pos.splitn(3, ':');
+    let (kind, epoch, offset) = (parts.next()?, parts.next()?, parts.next()?);
+    Some((kind, epoch, offset.parse().ok()?))
+}
+
+struct ChaosClient {
+    id: usize,
+    ws: Option<WebSocket<TcpStream>>,
+    tracks: [Track; 3],
+    tally: Tally,
+    connects: usize,
+}
+
+impl ChaosClient {
+    fn room(&self) -> String {
+        format!("room{}", self.id % ROOMS)
+    }
+
+    /// Connects to the node after the last one (resumes move across nodes).
+    fn connect(&mut self, addrs: &[SocketAddr; 2]) {
+        self.connects += 1;
+        let addr = addrs[(self.id + self.connects) % 2];
+        let mut path = format!("/api/ws/connect?user_id=c{}&recover=1", self.id);
+        let since: Vec<String> = self.tracks[..2]
+            .iter()
+            .zip(["a", "u"])
+            .filter(|(t, _)| t.known)
+            .map(|(t, kind)| format!("{kind}:{}:{}", t.epoch, t.last))
+            .collect();
+        if !since.is_empty() {
+            path.push_str(&format!("&since={}", since.join(",")));
+        }
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_nodelay(true).unwrap();
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        let (mut ws, _) =
+            tungstenite::client(format!("ws://{addr}{path}"), stream).expect("handshake");
+        let room_since = self.tracks[2]
+            .known
+            .then(|| format!("r:{}:{}", self.tracks[2].epoch, self.tracks[2].last));
+        let join = match &room_since {
+            Some(since) => json!({"type": "join", "room": self.room(), "since": since}),
+            None => json!({"type": "join", "room": self.room()}),
+        };
+        ws.send(WsMessage::text(join.to_string())).expect("join");
+        ws.get_ref().set_nonblocking(true).unwrap();
+        for (i, t) in self.tracks.iter_mut().enumerate() {
+            t.welcome = None;
+            t.resuming = t.known && (i < 2 || room_since.is_some());
+        }
+        self.ws = Some(ws);
+    }
+
+    fn cut(&mut self) {
+        if let Some(ws) = self.ws.take() {
+            let _ = SockRef::from(ws.get_ref()).set_linger(Some(Duration::ZERO));
+            drop(ws);
+            self.tally.reconnects += 1;
+        }
+    }
+
+    fn on_message(&mut self, m: &Value) {
+        let index = |kind: &str| match kind {
+            "a" => Some(0),
+            "u" => Some(1),
+            "r" => Some(2),
+            _ => None,
+        };
+        match m["type"].as_str() {
+            Some("welcome") => {
+                for pos in m["content"]
+                    .as_object()
+                    .into_iter()
+                    .flat_map(|o| o.values())
+                {
+                    let Some((kind, epoch, offset)) = pos.as_str().and_then(split_text) else {
+                        continue;
+                    };
+                    let Some(i) = index(kind) else {
+                        continue;
+                    };
+                    let t = &mut self.tracks[i];
+                    t.welcome = Some((epoch.to_owned(), offset));
+                    if !t.resuming {
+                        (t.epoch, t.last, t.known) = (epoch.to_owned(), offset, true);
+                    }
+                }
+            }
+            Some("recovered") => {
+                let results: Vec<(usize, &Value)> = if m["room"].is_string() {
+                    vec![(2, &m["content"])]
+                } else {
+                    ["a", "u"]
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, k)| !m["content"][**k].is_null())
+                        .map(|(i, k)| (i, &m["content"][*k]))
+                        .collect()
+                };
+                for (i, result) in results {
+                    let t = &mut self.tracks[i];
+                    t.resuming = false;
+                    let Some((epoch, offset)) = t.welcome.clone() else {
+                        self.tally.wrong_content += 1;
+                        continue;
+                    };
+                    if result["ok"] == true {
+                        self.tally.replayed += result["replayed"].as_u64().unwrap_or(0);
+                        if t.epoch != epoch || t.last != offset {
+                            self.tally.lost += offset.saturating_sub(t.last);
+                        }
+                    } else {
+                        self.tally.declared_failed += 1;
+                    }
+                    (t.epoch, t.last) = (epoch, offset);
+                }
+            }
+            Some(kind @ ("a" | "u" | "r")) => {
+                self.tally.received += 1;
+                let Some((pkind, epoch, offset)) = m["pos"].as_str().and_then(split_text) else {
+                    self.tally.wrong_content += 1;
+                    return;
+                };
+                let i = index(pkind).unwrap_or(0);
+                if pkind != kind
+                    || m["content"].as_u64() != Some(offset)
+                    || (kind == "r" && m["room"] != self.room().as_str())
+                {
+                    self.tally.wrong_content += 1;
+                }
+                let t = &mut self.tracks[i];
+                if !t.known || t.epoch != epoch {
+                    self.tally.wrong_content += 1;
+                    return;
+                }
+                if offset <= t.last {
+                    self.tally.duplicated += 1;
+                    return;
+                }
+                if offset > t.last + 1 {
+                    self.tally.lost += offset - t.last - 1;
+                    self.tally.misordered += 1;
+                }
+                t.last = offset;
+            }
+            _ => {}
+        }
+    }
+
+    fn poll(&mut self) -> Result<usize, ()> {
+        let Some(ws) = self.ws.as_mut() else {
+            return Err(());
+        };
+        let mut got = Vec::new();
+        let ended = loop {
+            match ws.read() {
+                Ok(WsMessage::Text(t)) => got.push(t.as_str().to_owned()),
+                Ok(WsMessage::Close(_)) => break true,
+                Ok(_) => {}
+                Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    break false
+                }
+                Err(_) => break true,
+            }
+        };
+        let n = got.len();
+        for text in got {
+            self.on_message(&serde_json::from_str(&text).unwrap_or(Value::Null));
+        }
+        if ended {
+            self.ws = None;
+            self.tally.reconnects += 1;
+            self.tally.ended += 1;
+            return Err(());
+        }
+        Ok(n)
+    }
+}
+
+/// Last offset published per stream: a, per user, per room. One
+/// publisher, each REST push answered (Redis took it) before the next, so
+/// stream offsets follow the publisher's numbering: the content is the log.
+struct Published {
+    all: AtomicU64,
+    users: Vec<AtomicU64>,
+    rooms: Vec<AtomicU64>,
+}
+
+fn chaos_publisher(
+    addrs: [SocketAddr; 2],
+    published: Arc<Published>,
+    stop: Arc<AtomicBool>,
+    rate: u64,
+) {
+    let mut rng = Rng(7);
+    let interval = Duration::from_secs_f64(1.0 / rate as f64);
+    let mut next = Instant::now();
+    let mut i = 0;
+    while !stop.load(Ordering::Relaxed) {
+        i += 1;
+        let addr = addrs[i % 2];
+        let (path, body) = match rng.below(4) {
+            0 => {
+                let n = published.all.load(Ordering::Relaxed) + 1;
+                ("/api/ws/broadcast", json!({"type": "a", "content": n}))
+            }
+            1 => {
+                let r = rng.below(ROOMS as u64) as usize;
+                let n = published.rooms[r].load(Ordering::Relaxed) + 1;
+                (
+                    "/api/ws/broadcast",
+                    json!({"type": "r", "room": format!("room{r}"), "content": n}),
+                )
+            }
+            _ => {
+                let u = rng.below(CHAOS_CLIENTS as u64) as usize;
+                let n = published.users[u].load(Ordering::Relaxed) + 1;
+                (
+                    "/api/ws/send",
+                    json!({"type": "u", "to": format!("c{u}"), "content": n}),
+                )
+            }
+        };
+        let (status, answer) = http(addr, "POST", path, &[], &body.to_string());
+        assert_eq!(status, 200, "{answer}");
+        let counter = match (body.get("room"), body.get("to")) {
+            (Some(room), _) => {
+                let r: usize = room.as_str().unwrap()[4..].parse().unwrap();
+                &published.rooms[r]
+            }
+            (_, Some(to)) => {
+                let u: usize = to.as_str().unwrap()[1..].parse().unwrap();
+                &published.users[u]
+            }
+            _ => &published.all,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        next += interval;
+        if let Some(wait) = next.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+    }
+}
+
+#[test]
+fn chaos_across_two_nodes_loses_and_repeats_nothing() {
+    let reconnect_target = env("WSHUB_CLUSTER_CHAOS_RECONNECTS", 400);
+    let rate = env("WSHUB_CLUSTER_CHAOS_RATE", 100);
+    let max_secs = env("WSHUB_CLUSTER_CHAOS_MAX_SECS", 15);
+    let cut_ms = env("WSHUB_CLUSTER_CHAOS_CUT_MS", 1000);
+    let redis = Redis::start();
+    let nodes = [
+        Node::start("a", &redis, 2000),
+        Node::start("b", &redis, 2000),
+    ];
+    let addrs = [nodes[0].addr, nodes[1].addr];
+    let published = Arc::new(Published {
+        all: AtomicU64::new(0),
+        users: (0..CHAOS_CLIENTS).map(|_| AtomicU64::new(0)).collect(),
+        rooms: (0..ROOMS).map(|_| AtomicU64::new(0)).collect(),
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let cuts = Arc::new(AtomicU64::new(0));
+    let draining = Arc::new(AtomicBool::new(false));
+    let ready = Arc::new(AtomicU64::new(0));
+    let results = Arc::new(Mutex::new(Vec::new()));
+    let started = Instant::now();
+    let workers: Vec<_> = (0..2)
+        .map(|w| {
+            let (published, cuts, draining, ready, results) = (
+                published.clone(),
+                cuts.clone(),
+                draining.clone(),
+                ready.clone(),
+                results.clone(),
+            );
+            std::thread::spawn(move || {
+                let mut rng = Rng(1000 + w as u64);
+                let mut clients: Vec<ChaosClient> = (w..CHAOS_CLIENTS)
+                    .step_by(2)
+                    .map(|id| ChaosClient {
+                        id,
+                        ws: None,
+                        tracks: Default::default(),
+                        tally: Tally::default(),
+                        connects: 0,
+                    })
+                    .collect();
+                for c in &mut clients {
+                    c.connect(&addrs);
+                }
+                let mut next_cut: Vec<Instant> = clients
+                    .iter()
+                    .map(|_| Instant::now() + Duration::from_millis(rng.below(2 * cut_ms)))
+                    .collect();
+                let mut counted = false;
+                let drain_deadline = Instant::now() + Duration::from_secs(60);
+                loop {
+                    let mut busy = 0;
+                    for (c, cut_at) in clients.iter_mut().zip(next_cut.iter_mut()) {
+                        match c.poll() {
+                            Ok(n) => busy += n,
+                            Err(()) => {
+                                c.connect(&addrs);
+                                busy += 1;
+                                continue;
+                            }
+                        }
+                        if !draining.load(Ordering::Relaxed)
+                            && *cut_at <= Instant::now()
+                            && c.tracks.iter().all(|t| t.known && !t.resuming)
+                        {
+                            *cut_at = Instant::now() + Duration::from_millis(rng.below(2 * cut_ms));
+                            c.cut();
+                            cuts.fetch_add(1, Ordering::Relaxed);
+                            c.connect(&addrs);
+                        }
+                    }
+                    if !counted && clients.iter().all(|c| c.tracks.iter().all(|t| t.known)) {
+                        counted = true;
+                        ready.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if draining.load(Ordering::Relaxed) {
+                        let done = clients.iter().all(|c| {
+                            let want = [
+                                published.all.load(Ordering::Relaxed),
+                                published.users[c.id].load(Ordering::Relaxed),
+                                published.rooms[c.id % ROOMS].load(Ordering::Relaxed),
+                            ];
+                            c.tracks
+                                .iter()
+                                .zip(want)
+                                .all(|(t, w)| !t.resuming && t.last >= w)
+                        });
+                        if done || Instant::now() > drain_deadline {
+                            break;
+                        }
+                    }
+                    if busy == 0 {
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                }
+                let mut out = Vec::new();
+                for c in clients {
+                    let want = [
+                        published.all.load(Ordering::Relaxed),
+                        published.users[c.id].load(Ordering::Relaxed),
+                        published.rooms[c.id % ROOMS].load(Ordering::Relaxed),
+                    ];
+                    let short: u64 = c
+                        .tracks
+                        .iter()
+                        .zip(want)
+                        .map(|(t, w)| w.saturating_sub(t.last))
+                        .sum();
+                    let mut tally = c.tally;
+                    tally.lost += short;
+                    out.push(tally);
+                }
+                results.lock().unwrap().extend(out);
+            })
+        })
+        .collect();
+    // Every client has its welcomes before traffic starts.
+    wait_for(Duration::from_secs(30), "every client's welcome", || {
+        (ready.load(Ordering::Relaxed) == 2).then_some(())
+    });
+    let publisher = {
+        let (published, stop) = (published.clone(), stop.clone());
+        std::thread::spawn(move || chaos_publisher(addrs, published, stop, rate))
+    };
+    let traffic_start = Instant::now();
+    while cuts.load(Ordering::Relaxed) < reconnect_target
+        && traffic_start.elapsed() < Duration::from_secs(max_secs)
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop.store(true, Ordering::Relaxed);
+    publisher.join().unwrap();
+    draining.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.join().unwrap();
+    }
+    let mut total = Tally::default();
+    for t in results.lock().unwrap().iter() {
+        total.add(t);
+    }
+    let report: HashMap<&str, Value> = HashMap::from([
+        ("reset_cuts", json!(cuts.load(Ordering::Relaxed))),
+        ("reconnects", json!(total.reconnects)),
+        ("server_ended", json!(total.ended)),
+        (
+            "published_all",
+            json!(published.all.load(Ordering::Relaxed)),
+        ),
+        ("received", json!(total.received)),
+        ("replayed", json!(total.replayed)),
+        ("declared_failed_streams", json!(total.declared_failed)),
+        ("lost", json!(total.lost)),
+        ("duplicated", json!(total.duplicated)),
+        ("misordered", json!(total.misordered)),
+        ("wrong_content", json!(total.wrong_content)),
+        ("total_secs", json!(started.elapsed().as_secs())),
+    ]);
+    eprintln!("cluster chaos: {}", serde_json::to_string(&report).unwrap());
+    assert!(
+        cuts.load(Ordering::Relaxed) >= reconnect_target.min(100),
+        "too few cuts: {report:?}"
+    );
+    assert!(total.replayed > 0, "nothing was ever replayed: {report:?}");
+    assert_eq!(
+        (
+            total.lost,
+            total.duplicated,
+            total.misordered,
+            total.wrong_content
+        ),
+        (0, 0, 0, 0),
+        "{report:?}"
+    );
+}
