@@ -32,7 +32,7 @@ cargo nextest run --no-fail-fast --run-ignored all -E "not $flood" || status=1
 cargo nextest run --no-fail-fast --run-ignored all --test cluster -E "$flood" || status=1
 cargo test --doc --quiet || status=1
 
-step "Fuzzing (proptest harnesses, bounded: ${WSHUB_FUZZ_SECS:=20} s per target)"
+step "Fuzzing (proptest harnesses, bounded: ${WSHUB_FUZZ_SECS:=10} s per target)"
 WSHUB_FUZZ_CASES=${WSHUB_FUZZ_CASES:-100000} WSHUB_FUZZ_SECS=$WSHUB_FUZZ_SECS \
   cargo nextest run --test fuzz --no-fail-fast || status=1
 
