@@ -12,7 +12,8 @@
 //! `--window W`, `--via ws|http` (sustained sender path), `--conns N1,N2`
 //! (connection counts instead of 10,000 and 19,000), `--compression` (clients
 //! offer permessage-deflate like a browser, and a `wshub-deflate` column runs
-//! the binary with `compression: true`), `--sse` (a `wshub-sse` column: the
+//! the binary with `compression: true`; with `--baseline` also a
+//! `wshub-base-deflate` column), `--sse` (a `wshub-sse` column: the
 //! same binary, its receivers Server-Sent Events streams instead of
 //! WebSockets), `--history` (a `wshub-history` column: the same binary with
 //! `history.size: 100`, its receivers not recovering: the cost of keeping
@@ -309,6 +310,9 @@ fn server_list(f: &Flags) -> Result<Vec<Flavor>> {
     }
     if f.baseline.is_some() {
         servers.push(Flavor::Baseline);
+        if f.compression {
+            servers.push(Flavor::BaselineDeflate);
+        }
     }
     // Node `ws` and rust-axum unless told otherwise (`--peer none`).
     let default_peers = ["node".to_string(), "rust".to_string()];

@@ -46,10 +46,13 @@ fn start(sessions: usize, missed: usize) -> Server {
     let dir = std::env::temp_dir().join(format!("wshub-resume-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("scratch dir");
     let config = dir.join("config.yaml");
+    // max_http_connections: all N upgrades are written at once, and past the
+    // default cap (1024 connections not yet upgraded) the server answers 503.
     std::fs::write(
         &config,
         format!(
-            "app:\n  host: \"127.0.0.1\"\n  port: {port}\nlog:\n  level: warn\nwebsocket:\n  max_connections: {}\n  message_buffer_size: {}\nhistory:\n  size: {}\n",
+            "app:\n  host: \"127.0.0.1\"\n  port: {port}\nlog:\n  level: warn\nwebsocket:\n  max_connections: {}\n  max_http_connections: {}\n  message_buffer_size: {}\nhistory:\n  size: {}\n",
+            sessions + 100,
             sessions + 100,
             missed + 64,
             missed + 50

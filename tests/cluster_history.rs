@@ -115,6 +115,11 @@ impl Node {
     }
 
     fn start_ttl(id: &str, redis: &Redis, size: usize, ttl: &str) -> Node {
+        Node::start_with(id, redis, size, ttl, "")
+    }
+
+    /// A node with more config lines (`extra`, whole sections).
+    fn start_with(id: &str, redis: &Redis, size: usize, ttl: &str, extra: &str) -> Node {
         let dir = scratch_dir();
         let port = free_port();
         let config = dir.join("config.yaml");
@@ -125,7 +130,7 @@ impl Node {
                  log:\n  level: info\n\
                  websocket:\n  shutdown_timeout: 2s\n  max_connections: 2000\n\
                  history:\n  size: {size}\n  ttl: {ttl}\n\
-                 cluster:\n  redis: \"{}\"\n  node_id: \"{id}\"\n  presence_ttl: 2s\n  channel_prefix: \"h\"\n  secret: \"s3cret\"\n",
+                 cluster:\n  redis: \"{}\"\n  node_id: \"{id}\"\n  presence_ttl: 2s\n  channel_prefix: \"h\"\n  secret: \"s3cret\"\n{extra}",
                 redis.url()
             ),
         )
@@ -613,6 +618,32 @@ fn a_hung_redis_answers_a_resume_with_ok_false_or_1013_never_silence() {
         json!({"ok": true, "replayed": 1})
     );
     assert!(a.metric("wshub_history_reads_failed_total") >= 1);
+}
+
+#[test]
+fn presence_events_arrive_once_and_are_not_kept() {
+    let redis = Redis::start();
+    let presence = "rooms:\n  presence: true\n";
+    let a = Node::start_with("a", &redis, 50, "2m", presence);
+    let b = Node::start_with("b", &redis, 50, "2m", presence);
+    let (mut watcher, _) = a.welcome("user_id=wat&recover=1");
+    watcher.send_json(json!({"type": "join", "room": "r"}));
+    assert_eq!(watcher.recv_json()["type"], "welcome");
+    assert!(watcher.sync().is_empty());
+    // A join on the watcher's node and one on the other: one event each.
+    for (node, user) in [(&a, "amy"), (&b, "bob")] {
+        let mut member = node.connect(&format!("user_id={user}"));
+        member.send_json(json!({"type": "join", "room": "r"}));
+        assert!(member.sync().is_empty());
+        assert_eq!(
+            watcher.recv_json(),
+            json!({"type": "joined", "from": user, "room": "r"})
+        );
+        std::mem::forget(member);
+    }
+    watcher.expect_silence(300);
+    let len: i64 = redis.query(redis::cmd("XLEN").arg("h:h:room:r")).unwrap();
+    assert_eq!(len, 0, "presence events are part of no stream");
 }
 
 // ---- the two-node chaos test ------------------------------------------

@@ -508,3 +508,29 @@ fn clients_may_not_send_welcome_or_recovered() {
     }
     assert!(other.sync().is_empty());
 }
+
+#[test]
+fn presence_events_reach_recovering_members_but_are_not_kept() {
+    let mut config = history_config(100);
+    config.rooms.presence = true;
+    let server = TestServer::start(config);
+    let (mut watcher, _) = connect(&server, "user_id=wat&recover=1");
+    watcher.send_json(json!({"type": "join", "room": "r"}));
+    let welcome = watcher.recv_json();
+    let room_pos = welcome["content"]["r"].as_str().unwrap().to_owned();
+    assert!(watcher.sync().is_empty());
+    let mut amy = server.connect(Some("amy"));
+    amy.send_json(json!({"type": "join", "room": "r"}));
+    // Part of no stream: no position, and nothing to replay.
+    assert_eq!(
+        watcher.recv_json(),
+        json!({"type": "joined", "from": "amy", "room": "r"})
+    );
+    watcher.close();
+    let (mut again, _) = connect(&server, "user_id=wat&recover=1");
+    again.send_json(json!({"type": "join", "room": "r", "since": room_pos}));
+    assert_eq!(again.recv_json()["content"]["r"], room_pos.as_str());
+    let (replayed, recovered) = until_recovered(&mut again);
+    assert!(replayed.is_empty(), "{replayed:?}");
+    assert_eq!(recovered["content"], json!({"ok": true, "replayed": 0}));
+}

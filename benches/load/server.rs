@@ -31,6 +31,9 @@ pub enum Flavor {
     /// Another wshub binary (`--baseline PATH`, e.g. a build of main), for
     /// before/after figures taken in the same run.
     Baseline,
+    /// The baseline binary with `websocket.compression: true` (`--baseline`
+    /// with `--compression`): before/after figures for compression too.
+    BaselineDeflate,
     /// The same binary with `websocket.compression: true` (`--compression`).
     WshubDeflate,
     /// The same binary and config, receivers over Server-Sent Events
@@ -54,6 +57,7 @@ impl Flavor {
         match self {
             Flavor::Wshub => "wshub",
             Flavor::Baseline => "wshub-base",
+            Flavor::BaselineDeflate => "wshub-base-deflate",
             Flavor::WshubDeflate => "wshub-deflate",
             Flavor::WshubSse => "wshub-sse",
             Flavor::WshubHistory => "wshub-history",
@@ -124,7 +128,7 @@ pub fn prepare(flavor: Flavor, paths: &Paths) -> Result<()> {
             Some(p) => Err(BenchError::Server(format!("wshub binary {} does not exist", p.display()))),
             None => Err(BenchError::Server("no wshub binary (run through `cargo bench` in the wshub crate or pass --wshub PATH)".into())),
         },
-        Flavor::Baseline => match &paths.baseline_bin {
+        Flavor::Baseline | Flavor::BaselineDeflate => match &paths.baseline_bin {
             Some(p) if p.exists() => Ok(()),
             Some(p) => Err(BenchError::Server(format!("baseline binary {} does not exist", p.display()))),
             None => Err(BenchError::Server("no baseline binary (--baseline PATH)".into())),
@@ -360,14 +364,15 @@ fn command(flavor: Flavor, paths: &Paths, port: u16) -> Result<Command> {
         | Flavor::WshubDeflate
         | Flavor::WshubSse
         | Flavor::WshubHistory
-        | Flavor::Baseline => {
+        | Flavor::Baseline
+        | Flavor::BaselineDeflate => {
             let bin = match flavor {
-                Flavor::Baseline => paths.baseline_bin.clone(),
+                Flavor::Baseline | Flavor::BaselineDeflate => paths.baseline_bin.clone(),
                 _ => paths.wshub_bin.clone(),
             }
             .ok_or_else(|| BenchError::Server(format!("no {} binary", flavor.name())))?;
             let cfg = paths.work_dir.join(format!("wshub-{port}.yaml"));
-            let compression = flavor == Flavor::WshubDeflate;
+            let compression = matches!(flavor, Flavor::WshubDeflate | Flavor::BaselineDeflate);
             let history = if flavor == Flavor::WshubHistory {
                 100
             } else {

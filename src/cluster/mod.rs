@@ -593,6 +593,16 @@ impl Link {
             .is_some()
     }
 
+    /// Like [`Link::publish`], for a message that is part of no stream
+    /// (presence events): never kept in history, even with history on.
+    pub(crate) fn publish_event(&mut self, audience: Audience<&str>, json: &[u8]) -> bool {
+        let signed = self.bridge.key().is_some();
+        let make = |names: &Names, origin: &Origin<'_>| {
+            Publication::new(names, audience, origin, json, signed)
+        };
+        self.enqueue(make, None, None).is_some()
+    }
+
     /// Asks every node holding sessions of `user` to add them to `room`
     /// (`join`) or remove them. `acked`: the publisher reports when Redis
     /// accepted it, as for [`Link::publish_acked`]. `None` when the cluster

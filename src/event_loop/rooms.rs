@@ -139,14 +139,20 @@ impl EventLoop {
         self.deliver_event(room, key, &json);
         if let Some(link) = self.cluster.as_mut() {
             // Down: the other nodes' members miss it, as any room message.
-            link.publish(Audience::room(room), &json);
+            // Part of no stream: never kept in history (docs/protocol.md 12).
+            link.publish_event(Audience::room(room), &json);
         }
     }
 
     fn deliver_event(&mut self, room: &str, except: Option<SessionKey>, json: &[u8]) {
         let min_bytes = self.config.websocket.compression_min_bytes;
         let audience = Audience::Room { room, except };
-        self.deliver(audience, &mut Encoded::new(Kind::Text, json, min_bytes));
+        // Part of no stream: never kept in history (docs/protocol.md 12).
+        self.fan_out(
+            audience,
+            &mut Encoded::new(Kind::Text, json, min_bytes),
+            None,
+        );
         self.metrics.presence_events += 1;
     }
 
