@@ -105,6 +105,7 @@ impl Outbound {
     }
 
     /// Whether a data frame of `len` bytes fits within the bounds.
+    #[inline]
     pub fn check_room(
         &self,
         len: usize,
@@ -122,6 +123,7 @@ impl Outbound {
 
     /// Queues a data frame past the bounds: for a final Close that must
     /// follow what is already queued, and for HTTP responses.
+    #[inline]
     pub fn push_unbounded(&mut self, frame: Wire) {
         if let Some(frame) = self.take_empty_slot(frame) {
             self.data_bytes += frame.len();

@@ -317,6 +317,8 @@ enum Job {
         keep: Option<Option<crate::audience::SessionKey>>,
     },
     Leave,
+    /// Wake the subscriber: the interest changed (see `Link::want`).
+    Nudge,
 }
 
 /// A reconnecting side's state, reported once per change.
@@ -840,7 +842,15 @@ impl Link {
         }
         interest.changed.insert(channel);
         interest.version += 1;
-        self.bridge.interest_changed.store(true, Ordering::Release);
+        // The subscriber sees the flag at its next look, which a blocking
+        // read with a 5 ms timeout makes 10-12 ms on a kernel with coarse
+        // timer ticks (measured, BENCHMARKS.md issue 20); a message on its
+        // own nudge channel wakes it at once. Once per change batch: the
+        // flag stays set until the subscriber takes the changes. A full
+        // queue only loses the shortcut.
+        if !self.bridge.interest_changed.swap(true, Ordering::Release) {
+            let _ = self.jobs.try_send(Job::Nudge);
+        }
         interest.version
     }
 

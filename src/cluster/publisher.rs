@@ -96,6 +96,17 @@ pub(super) fn run(bridge: &Bridge, mut reporter: Reporter, jobs: &Receiver<Job>)
                 }
                 bridge.stats.published.fetch_add(sent, Ordering::Relaxed);
             }
+            if std::mem::take(&mut batch.nudge) {
+                let channel = bridge.names.nudge_channel(&bridge.node_id);
+                if let Err(e) = redis::cmd("PUBLISH")
+                    .arg(channel)
+                    .arg("")
+                    .query::<i64>(&mut con)
+                {
+                    reporter.failed(e.to_string());
+                    break;
+                }
+            }
             if leave || bridge.stop.load(Ordering::Relaxed) {
                 remove_presence(bridge, &mut con);
                 return;
@@ -123,6 +134,8 @@ struct Batch {
     /// its node leaves out); `None`: only published.
     keeps: Vec<Option<Option<crate::audience::SessionKey>>>,
     acked: Option<u64>,
+    /// The subscriber is to be woken ([`Job::Nudge`]).
+    nudge: bool,
     /// New epochs for streams Redis does not know (history only).
     random: std::hash::RandomState,
     epochs: u64,
@@ -134,6 +147,7 @@ impl Default for Batch {
             publications: Vec::with_capacity(PIPELINE_MAX),
             keeps: Vec::with_capacity(PIPELINE_MAX),
             acked: None,
+            nudge: false,
             random: std::hash::RandomState::new(),
             epochs: 0,
         }
@@ -169,6 +183,7 @@ fn take(bridge: &Bridge, first: Job, batch: &mut Batch, jobs: &Receiver<Job>) ->
                 }
             },
             Job::Leave => return true,
+            Job::Nudge => batch.nudge = true,
         }
         if batch.publications.len() >= PIPELINE_MAX {
             return false;
@@ -240,7 +255,7 @@ fn wait_dropping(bridge: &Bridge, jobs: &Receiver<Job>, pause: Duration) -> bool
                 bridge.stats.dropped.fetch_add(1, Ordering::Relaxed);
             }
             Ok(Job::Leave) | Err(RecvTimeoutError::Disconnected) => return false,
-            Err(RecvTimeoutError::Timeout) => {}
+            Ok(Job::Nudge) | Err(RecvTimeoutError::Timeout) => {}
         }
     }
 }

@@ -54,6 +54,7 @@ const READS_MAX: usize = 256;
 pub(super) fn run(bridge: &Bridge, mut reporter: Reporter, reads: &Receiver<Read>) {
     let mut state = Receiving {
         reader: bridge.history.map(|_| Reader::new(bridge)),
+        nudge: bridge.names.nudge_channel(&bridge.node_id),
         ..Receiving::default()
     };
     let mut backoff = BACKOFF_MIN;
@@ -160,6 +161,7 @@ fn subscribe_all(
         (interest.wanted.iter().cloned().collect(), interest.version)
     };
     channels.push(bridge.names.channel(Audience::EVERYONE));
+    channels.push(bridge.names.nudge_channel(&bridge.node_id));
     channels.extend(marker);
     pubsub.set_read_timeout(Some(IO_TIMEOUT))?;
     for chunk in channels.chunks(CHUNK) {
@@ -242,6 +244,10 @@ fn receive(
         };
         let channel = message.get_channel_name();
         let payload = message.get_payload_bytes();
+        if channel == state.nudge {
+            // Only to wake this loop: the interest is read at its top.
+            continue;
+        }
         if let Some(event) = state.marker(channel, payload) {
             let bytes = event_bytes(&event);
             if reporter.handle.try_send_from_bridge(event).is_err() {
@@ -317,6 +323,8 @@ struct Receiving {
     last_warning: Option<Instant>,
     /// With history on: resume reads waiting for their marker.
     reader: Option<Reader>,
+    /// This node's nudge channel (see `Names::nudge_channel`).
+    nudge: String,
 }
 
 impl Receiving {

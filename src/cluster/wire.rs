@@ -101,6 +101,12 @@ impl Names {
     pub fn nodes_key(&self) -> String {
         format!("{}:nodes", self.prefix)
     }
+
+    /// The channel on which a node's publisher wakes its own subscriber
+    /// when the loop wants channels changed (an empty message).
+    pub fn nudge_channel(&self, node_id: &str) -> String {
+        format!("{}:nudge:{node_id}", self.prefix)
+    }
 }
 
 /// Who published a message: one run of one node.
