@@ -573,7 +573,12 @@ impl Link {
             streams,
         };
         match self.reads.try_send(read) {
-            Ok(()) => Some(self.next_read),
+            Ok(()) => {
+                // Woken now rather than at its next 10-12 ms poll (see
+                // `Link::want`); nudges queued together cost one PUBLISH.
+                let _ = self.jobs.try_send(Job::Nudge);
+                Some(self.next_read)
+            }
             Err(_) => None,
         }
     }
