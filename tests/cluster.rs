@@ -11,113 +11,14 @@ use std::fs::File;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use common::cluster::{free_port, redis_url, scratch_dir, wait_for, Redis};
 use common::{http, Client, WAIT};
 use serde_json::{json, Value};
 
 const PREFIX: &str = "t";
 const TTL_MS: u64 = 2000;
-
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").port()
-}
-
-fn scratch_dir() -> PathBuf {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "wshub-cluster-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&dir).expect("scratch dir");
-    dir
-}
-
-/// Polls `check` every 50 ms until it returns `Some`, for at most `limit`.
-fn wait_for<T>(limit: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// A private redis-server, stopped by PID on drop.
-struct Redis {
-    child: Option<Child>,
-    port: u16,
-}
-
-impl Redis {
-    fn start() -> Redis {
-        Redis::start_on(free_port())
-    }
-
-    fn start_on(port: u16) -> Redis {
-        Redis::start_with(port, &[])
-    }
-
-    fn start_with(port: u16, extra: &[&str]) -> Redis {
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(extra)
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server (apt-get install redis-server)");
-        let redis = Redis {
-            child: Some(child),
-            port,
-        };
-        wait_for(WAIT, "redis-server to listen", || {
-            TcpStream::connect(("127.0.0.1", port)).ok()
-        });
-        redis
-    }
-
-    fn url(port: u16) -> String {
-        format!("redis://127.0.0.1:{port}/0")
-    }
-
-    fn query<T: redis::FromRedisValue>(&self, cmd: &mut redis::Cmd) -> redis::RedisResult<T> {
-        let client = redis::Client::open(Redis::url(self.port))?;
-        let mut con = client.get_connection_with_timeout(Duration::from_secs(2))?;
-        cmd.query(&mut con)
-    }
-
-    /// Subscribers of one channel (PUBSUB NUMSUB).
-    fn subscribers(&self, channel: &str) -> i64 {
-        let reply: (String, i64) = self
-            .query(redis::cmd("PUBSUB").arg("NUMSUB").arg(channel))
-            .expect("PUBSUB NUMSUB");
-        reply.1
-    }
-
-    fn channels(&self) -> Vec<String> {
-        self.query(redis::cmd("PUBSUB").arg("CHANNELS"))
-            .expect("PUBSUB CHANNELS")
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 /// One `wshub` process with its own config and log file.
 struct Node {
@@ -134,7 +35,7 @@ impl Node {
 
     /// A node with its own `presence_ttl` and extra `cluster:` lines.
     fn start_with(id: &str, redis_port: u16, ttl_ms: u64, cluster_extra: &str) -> Node {
-        let dir = scratch_dir();
+        let dir = scratch_dir("cluster");
         let port = free_port();
         let config = dir.join("config.yaml");
         std::fs::write(
@@ -144,7 +45,7 @@ impl Node {
                  log:\n  level: info\n\
                  websocket:\n  shutdown_timeout: 2s\n\
                  cluster:\n  redis: \"{}\"\n  node_id: \"{id}\"\n  presence_ttl: {ttl_ms}ms\n  channel_prefix: \"{PREFIX}\"\n{cluster_extra}",
-                Redis::url(redis_port)
+                redis_url(redis_port)
             ),
         )
         .expect("write config");
@@ -622,7 +523,7 @@ fn the_embedding_handle_sees_and_reaches_the_whole_cluster() {
     let mut config = wshub::Config::default();
     config.app.host = "127.0.0.1".into();
     config.app.port = 0;
-    config.cluster.redis = Redis::url(redis.port).into();
+    config.cluster.redis = redis_url(redis.port).into();
     config.cluster.node_id = "embedded".into();
     config.cluster.presence_ttl = Duration::from_millis(TTL_MS);
     config.cluster.channel_prefix = PREFIX.into();
@@ -727,19 +628,6 @@ fn a_redis_that_refuses_commands_is_an_outage_with_backoff() {
     let log = node.log_text();
     assert_eq!(log.matches("cluster down").count(), 1, "{log}");
     assert!(log.contains("NOAUTH"), "{log}");
-}
-
-impl Redis {
-    /// SIGSTOP or SIGCONT: a hung Redis (connections stay open, nothing
-    /// answers) and its return.
-    fn signal(&self, signal: i32) {
-        if let Some(child) = self.child.as_ref() {
-            // SAFETY: kill(2) on the PID of a child we started and have not reaped.
-            unsafe {
-                libc::kill(child.id() as libc::pid_t, signal);
-            }
-        }
-    }
 }
 
 /// docs/protocol.md 10a: after the 101, and after the pong that follows a
@@ -965,7 +853,7 @@ impl Node {
 
 /// Publishes raw payloads on a channel, as anything with access to Redis could.
 fn forge(redis: &Redis, channel: &str, payloads: &[Vec<u8>]) {
-    let client = redis::Client::open(Redis::url(redis.port)).expect("client");
+    let client = redis::Client::open(redis_url(redis.port)).expect("client");
     let mut con = client
         .get_connection_with_timeout(Duration::from_secs(2))
         .expect("connect");
@@ -1024,7 +912,7 @@ fn forged_envelopes_are_rebuilt_bounded_and_silence_nobody() {
         (redis.subscribers("t:user:u") == 1).then_some(())
     });
     // Learn b's run from one of its real envelopes.
-    let client = redis::Client::open(Redis::url(redis.port)).expect("client");
+    let client = redis::Client::open(redis_url(redis.port)).expect("client");
     let mut con = client.get_connection().expect("connect");
     let mut spy = con.as_pubsub();
     spy.subscribe("t:user:u").expect("subscribe");
@@ -1128,7 +1016,7 @@ fn a_flood_from_redis_is_bounded_in_bytes_and_never_blocks() {
     let flood = std::thread::spawn({
         let port = redis.port;
         move || {
-            let redis = Redis { child: None, port };
+            let redis = Redis::attach(port);
             // In bursts of 3 MiB: Redis cuts off a subscriber that falls
             // 32 MiB behind, whatever it does (its own output-buffer limit).
             for _ in 0..3 {
@@ -1287,7 +1175,7 @@ fn presence_events_are_cluster_wide_and_per_user() {
 /// Writes a presence entry for `node_id` and lists it as live, as anything
 /// with access to Redis could.
 fn forge_presence(redis: &Redis, node_id: &str, entry: &[u8]) {
-    let client = redis::Client::open(Redis::url(redis.port)).expect("client");
+    let client = redis::Client::open(redis_url(redis.port)).expect("client");
     let mut con = client
         .get_connection_with_timeout(Duration::from_secs(2))
         .expect("connect");

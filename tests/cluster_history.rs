@@ -12,95 +12,19 @@ mod common;
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::cluster::{free_port, scratch_dir, wait_for, Redis};
 use common::{http, Client, WAIT};
 use serde_json::{json, Value};
 use socket2::SockRef;
 use tungstenite::protocol::WebSocket;
 use tungstenite::Message as WsMessage;
-
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").port()
-}
-
-fn scratch_dir() -> PathBuf {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "wshub-chist-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&dir).expect("scratch dir");
-    dir
-}
-
-fn wait_for<T>(limit: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// A private redis-server, stopped by PID on drop.
-struct Redis {
-    child: Option<Child>,
-    port: u16,
-}
-
-impl Redis {
-    fn start() -> Redis {
-        let port = free_port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server (apt-get install redis-server)");
-        let redis = Redis {
-            child: Some(child),
-            port,
-        };
-        wait_for(WAIT, "redis-server to listen", || {
-            TcpStream::connect(("127.0.0.1", port)).ok()
-        });
-        redis
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-
-    fn query<T: redis::FromRedisValue>(&self, cmd: &mut redis::Cmd) -> redis::RedisResult<T> {
-        let client = redis::Client::open(self.url())?;
-        let mut con = client.get_connection_with_timeout(Duration::from_secs(2))?;
-        cmd.query(&mut con)
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 /// One `wshub` process with history on.
 struct Node {
@@ -120,7 +44,7 @@ impl Node {
 
     /// A node with more config lines (`extra`, whole sections).
     fn start_with(id: &str, redis: &Redis, size: usize, ttl: &str, extra: &str) -> Node {
-        let dir = scratch_dir();
+        let dir = scratch_dir("chist");
         let port = free_port();
         let config = dir.join("config.yaml");
         std::fs::write(
@@ -575,9 +499,7 @@ fn a_hung_redis_answers_a_resume_with_ok_false_or_1013_never_silence() {
     let (client, welcome) = a.welcome("recover=1");
     let pos = welcome["content"]["a"].as_str().unwrap().to_owned();
     client.close();
-    let pid = redis.child.as_ref().map(|c| c.id()).unwrap() as libc::pid_t;
-    // SAFETY: kill(2) on the PID of a child we started and have not reaped.
-    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    redis.signal(libc::SIGSTOP);
     let started = Instant::now();
     let mut client = a.connect(&format!("since={pos}"));
     // Either the node already knows Redis is gone (ok:false at once), or
@@ -606,8 +528,7 @@ fn a_hung_redis_answers_a_resume_with_ok_false_or_1013_never_silence() {
         "{outcome} after {:?}",
         started.elapsed()
     );
-    // SAFETY: as above.
-    unsafe { libc::kill(pid, libc::SIGCONT) };
+    redis.signal(libc::SIGCONT);
     wait_for(WAIT, "the node to be back", || a.healthy().then_some(()));
     a.broadcast(1);
     let (mut client, _) = a.welcome(&format!("since={pos}"));

@@ -13,6 +13,7 @@ use tungstenite::Message as WsMessage;
 use wshub::{Config, Handle, Mode, Server};
 
 pub mod backend;
+pub mod cluster;
 pub mod tls;
 
 /// How long any single wait in a test may take before it fails.
