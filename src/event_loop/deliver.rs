@@ -13,10 +13,32 @@
 //! token (`stream.rs`), also built once.
 
 use super::EventLoop;
-use crate::audience::Audience;
-use crate::deflate::Encoded;
+use crate::audience::{Audience, SessionKey};
+use crate::deflate::{Codec, Encoded};
 use crate::frame::{Kind, Wire};
+use crate::history::remote::Remote;
 use crate::history::StreamRef;
+use crate::session::Session;
+
+/// One recipient of a fan-out, as its choice of frame sees it.
+pub(super) struct Recipient<'a> {
+    pub(super) key: SessionKey,
+    pub(super) session: &'a Session,
+    pub(super) codec: &'a mut Codec,
+    /// History in a cluster: whose reads are still pending.
+    pub(super) remote: Option<&'a Remote>,
+}
+
+/// What a recipient of a fan-out gets.
+pub(super) enum Pick {
+    /// This frame.
+    Queue(Wire),
+    /// Nothing now, and it counts as addressed: the message reaches it
+    /// later (history in a cluster: with its position, from Redis).
+    Later,
+    /// Nothing.
+    Skip,
+}
 
 impl EventLoop {
     /// Queues the same bytes to every session of the audience; returns how
@@ -54,13 +76,41 @@ impl EventLoop {
         message: &mut Encoded<'_>,
         mut stamped: Option<&mut Encoded<'_>>,
     ) -> usize {
+        let broadcast = !matches!(audience, Audience::User(_));
+        let (sent, _) = self.fan_out_with(audience, broadcast, |r| {
+            let session = r.session;
+            // An event stream with history on always gets the stamped
+            // form: its `id:` is how it resumes.
+            Pick::Queue(match stamped.as_deref_mut() {
+                Some(stamped) if session.is_sse() => stamped.sse(),
+                Some(stamped) if session.recovering() => {
+                    stamped.for_session(session.deflate_params(), r.codec)
+                }
+                _ if session.is_sse() => message.sse(),
+                _ => message.for_session(session.deflate_params(), r.codec),
+            })
+        });
+        sent
+    }
+
+    /// The one fan-out: `pick` chooses each recipient's frame (built once
+    /// per form and shared), which is queued and the recipient put in the
+    /// write backlog; recipients that cannot keep up are closed after the
+    /// walk. Returns (addressed, queued); `broadcast` counts one broadcast.
+    pub(super) fn fan_out_with(
+        &mut self,
+        audience: Audience<&str>,
+        broadcast: bool,
+        mut pick: impl FnMut(Recipient<'_>) -> Pick,
+    ) -> (usize, u64) {
         let rules = &self.rules;
         let sessions = &mut self.sessions;
         let backlog = &mut self.backlog;
         let slow = &mut self.slow;
         let codec = &mut self.codec;
         let bytes_out = &mut self.metrics.bytes_out;
-        let mut sent = 0;
+        let remote = self.remote.as_ref();
+        let (mut addressed, mut queued) = (0, 0u64);
         self.router.for_each_member(audience, |key| {
             let Some(session) = sessions.get_mut(key.index as usize) else {
                 return;
@@ -68,32 +118,37 @@ impl EventLoop {
             if session.key != key {
                 return;
             }
-            // An event stream with history on always gets the stamped
-            // form: its `id:` is how it resumes.
-            let wire = match stamped.as_deref_mut() {
-                Some(stamped) if session.is_sse() => stamped.sse(),
-                Some(stamped) if session.recovering() => {
-                    stamped.for_session(session.deflate_params(), codec)
+            let recipient = Recipient {
+                key,
+                session,
+                codec,
+                remote,
+            };
+            let wire = match pick(recipient) {
+                Pick::Queue(wire) => wire,
+                Pick::Later => {
+                    addressed += 1;
+                    return;
                 }
-                _ if session.is_sse() => message.sse(),
-                _ => message.for_session(session.deflate_params(), codec),
+                Pick::Skip => return,
             };
             match session.queue(wire, rules, bytes_out) {
                 Ok(()) => {
-                    sent += 1;
+                    addressed += 1;
+                    queued += 1;
                     backlog.insert(key.index as usize);
                 }
                 Err(_) => slow.push(key),
             }
         });
-        self.metrics.messages_out += sent as u64;
-        if !matches!(audience, Audience::User(_)) {
+        self.metrics.messages_out += queued;
+        if broadcast {
             self.metrics.broadcasts += 1;
         }
         for key in std::mem::take(&mut self.slow) {
             self.slow_consumer(key);
         }
-        sent
+        (addressed, queued)
     }
 
     pub(super) fn reply(&mut self, index: usize, json: &[u8]) {

@@ -23,6 +23,7 @@ use std::rc::Rc;
 
 use serde_json::value::RawValue;
 
+use super::deliver::Pick;
 use super::EventLoop;
 use crate::audience::Audience;
 use crate::cluster::history::{ReadResult, ReadStream, StreamRead};
@@ -151,58 +152,29 @@ impl EventLoop {
         mut stamped: Option<&mut Encoded<'_>>,
         echo_follows: bool,
     ) -> usize {
-        let rules = &self.rules;
-        let sessions = &mut self.sessions;
-        let backlog = &mut self.backlog;
-        let slow = &mut self.slow;
-        let codec = &mut self.codec;
-        let bytes_out = &mut self.metrics.bytes_out;
-        let remote = self.remote.as_ref();
-        let (mut addressed, mut queued) = (0, 0u64);
         let broadcast = plain.is_some() && !matches!(audience, Audience::User(_));
-        self.router.for_each_member(audience, |key| {
-            let Some(session) = sessions.get_mut(key.index as usize) else {
-                return;
-            };
-            if session.key != key {
-                return;
-            }
+        let (addressed, _) = self.fan_out_with(audience, broadcast, |r| {
+            let session = r.session;
             let wants_position = session.recovering() && !session.is_sse();
-            let use_stamped = match (wants_position, stamped.is_some()) {
-                (true, true) => {
-                    if remote.is_some_and(|r| r.skips(key, audience)) {
-                        return;
+            if wants_position {
+                if let Some(encoded) = stamped.as_deref_mut() {
+                    if r.remote.is_some_and(|remote| remote.skips(r.key, audience)) {
+                        return Pick::Skip;
                     }
-                    true
+                    return Pick::Queue(encoded.for_session(session.deflate_params(), r.codec));
                 }
-                (true, false) if echo_follows => {
-                    addressed += 1;
-                    return;
+                if echo_follows {
+                    return Pick::Later;
                 }
-                _ => false,
-            };
-            let wire = match (use_stamped, stamped.as_deref_mut(), plain.as_deref_mut()) {
-                (true, Some(encoded), _) => encoded.for_session(session.deflate_params(), codec),
-                (false, _, Some(encoded)) if session.is_sse() => encoded.sse(),
-                (false, _, Some(encoded)) => encoded.for_session(session.deflate_params(), codec),
-                _ => return,
-            };
-            match session.queue(wire, rules, bytes_out) {
-                Ok(()) => {
-                    addressed += 1;
-                    queued += 1;
-                    backlog.insert(key.index as usize);
+            }
+            match plain.as_deref_mut() {
+                Some(encoded) if session.is_sse() => Pick::Queue(encoded.sse()),
+                Some(encoded) => {
+                    Pick::Queue(encoded.for_session(session.deflate_params(), r.codec))
                 }
-                Err(_) => slow.push(key),
+                None => Pick::Skip,
             }
         });
-        self.metrics.messages_out += queued;
-        if broadcast {
-            self.metrics.broadcasts += 1;
-        }
-        for key in std::mem::take(&mut self.slow) {
-            self.slow_consumer(key);
-        }
         addressed
     }
 
