@@ -7,13 +7,12 @@
 
 mod common;
 
-use std::fs::File;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
-use common::cluster::{free_port, redis_url, scratch_dir, wait_for, Redis};
+use common::cluster::{free_port, redis_url, spawn_wshub, wait_for, Redis};
 use common::{http, Client, WAIT};
 use serde_json::{json, Value};
 
@@ -35,38 +34,21 @@ impl Node {
 
     /// A node with its own `presence_ttl` and extra `cluster:` lines.
     fn start_with(id: &str, redis_port: u16, ttl_ms: u64, cluster_extra: &str) -> Node {
-        let dir = scratch_dir("cluster");
-        let port = free_port();
-        let config = dir.join("config.yaml");
-        std::fs::write(
-            &config,
+        let node = spawn_wshub("cluster", |port| {
             format!(
                 "app:\n  host: \"127.0.0.1\"\n  port: {port}\n  demo: false\n\
                  log:\n  level: info\n\
                  websocket:\n  shutdown_timeout: 2s\n\
                  cluster:\n  redis: \"{}\"\n  node_id: \"{id}\"\n  presence_ttl: {ttl_ms}ms\n  channel_prefix: \"{PREFIX}\"\n{cluster_extra}",
                 redis_url(redis_port)
-            ),
-        )
-        .expect("write config");
-        let log = dir.join("stderr.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_wshub"))
-            .arg("--config")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(File::create(&log).expect("log file"))
-            .spawn()
-            .expect("start wshub");
-        let node = Node {
-            child: Some(child),
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            log,
-            dir,
-        };
-        wait_for(WAIT, "the node to listen", || {
-            TcpStream::connect(node.addr).ok()
+            )
         });
-        node
+        Node {
+            child: Some(node.child),
+            addr: node.addr,
+            log: node.dir.join("stderr.log"),
+            dir: node.dir,
+        }
     }
 
     fn get(&self, path: &str) -> (u16, Value) {

@@ -11,15 +11,14 @@
 mod common;
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::cluster::{free_port, scratch_dir, wait_for, Redis};
+use common::cluster::{spawn_wshub, wait_for, Redis};
 use common::{http, Client, WAIT};
 use serde_json::{json, Value};
 use socket2::SockRef;
@@ -44,11 +43,7 @@ impl Node {
 
     /// A node with more config lines (`extra`, whole sections).
     fn start_with(id: &str, redis: &Redis, size: usize, ttl: &str, extra: &str) -> Node {
-        let dir = scratch_dir("chist");
-        let port = free_port();
-        let config = dir.join("config.yaml");
-        std::fs::write(
-            &config,
+        let spawned = spawn_wshub("chist", |port| {
             format!(
                 "app:\n  host: \"127.0.0.1\"\n  port: {port}\n  demo: false\n\
                  log:\n  level: info\n\
@@ -56,24 +51,13 @@ impl Node {
                  history:\n  size: {size}\n  ttl: {ttl}\n\
                  cluster:\n  redis: \"{}\"\n  node_id: \"{id}\"\n  presence_ttl: 2s\n  channel_prefix: \"h\"\n  secret: \"s3cret\"\n{extra}",
                 redis.url()
-            ),
-        )
-        .expect("write config");
-        let child = Command::new(env!("CARGO_BIN_EXE_wshub"))
-            .arg("--config")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(File::create(dir.join("stderr.log")).expect("log file"))
-            .spawn()
-            .expect("start wshub");
-        let node = Node {
-            child: Some(child),
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            dir,
-        };
-        wait_for(WAIT, "the node to listen", || {
-            TcpStream::connect(node.addr).ok()
+            )
         });
+        let node = Node {
+            child: Some(spawned.child),
+            addr: spawned.addr,
+            dir: spawned.dir,
+        };
         wait_for(WAIT, "the node to join", || node.healthy().then_some(()));
         node
     }

@@ -8,14 +8,13 @@
 
 mod common;
 
-use std::fs::File;
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use common::backend::{Backend, Received, Reply};
-use common::cluster::{free_port, Redis};
+use common::cluster::{spawn_wshub, Redis};
 use common::{Client, WAIT};
 use serde_json::Value;
 
@@ -35,41 +34,20 @@ struct Node {
 
 impl Node {
     fn start(id: &str, redis: &Redis, hook_url: &str, offline_delay: &str) -> Node {
-        let dir = std::env::temp_dir().join(format!(
-            "wshub-cluster-webhooks-{}-{id}-{}",
-            std::process::id(),
-            free_port()
-        ));
-        std::fs::create_dir_all(&dir).expect("dir");
-        let port = free_port();
-        let config = dir.join("config.yaml");
-        std::fs::write(
-            &config,
+        let spawned = spawn_wshub("cluster-webhooks", |port| {
             format!(
                 "app:\n  host: \"127.0.0.1\"\n  port: {port}\n  demo: false\n\
                  websocket:\n  shutdown_timeout: 1s\n\
                  webhooks:\n  url: \"{hook_url}\"\n  secret: \"s\"\n  offline_delay: {offline_delay}\n\
-                 cluster:\n  redis: \"redis://127.0.0.1:{}/0\"\n  node_id: \"{id}\"\n  presence_ttl: 2s\n  channel_prefix: \"wh\"\n",
-                redis.port
-            ),
-        )
-        .expect("write config");
-        let child = Command::new(env!("CARGO_BIN_EXE_wshub"))
-            .arg("--config")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(File::create(dir.join("stderr.log")).expect("log"))
-            .spawn()
-            .expect("start wshub");
-        let node = Node {
-            child: Some(child),
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            dir,
-        };
-        wait_until(WAIT, "the node to listen", || {
-            TcpStream::connect(node.addr).is_ok()
+                 cluster:\n  redis: \"{}\"\n  node_id: \"{id}\"\n  presence_ttl: 2s\n  channel_prefix: \"wh\"\n",
+                redis.url()
+            )
         });
-        node
+        Node {
+            child: Some(spawned.child),
+            addr: spawned.addr,
+            dir: spawned.dir,
+        }
     }
 
     fn connect(&self, user: &str) -> Client {

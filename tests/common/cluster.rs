@@ -3,7 +3,8 @@
 //! what they need themselves), free ports, scratch directories and bounded
 //! polling. Each test file keeps its own `Node` (their configs differ).
 
-use std::net::{TcpListener, TcpStream};
+use std::fs::File;
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -39,6 +40,34 @@ pub fn wait_for<T>(limit: Duration, what: &str, mut check: impl FnMut() -> Optio
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// A `wshub` process started by [`spawn_wshub`].
+pub struct Spawned {
+    pub child: Child,
+    pub addr: SocketAddr,
+    /// Its scratch directory: `config.yaml` and `stderr.log`.
+    pub dir: PathBuf,
+}
+
+/// Starts the `wshub` binary on a free loopback port with the config
+/// `config(port)` writes, its stderr in `stderr.log` of a fresh scratch
+/// directory named after `tag`; returns once the port listens.
+pub fn spawn_wshub(tag: &str, config: impl FnOnce(u16) -> String) -> Spawned {
+    let dir = scratch_dir(tag);
+    let port = free_port();
+    let path = dir.join("config.yaml");
+    std::fs::write(&path, config(port)).expect("write config");
+    let child = Command::new(env!("CARGO_BIN_EXE_wshub"))
+        .arg("--config")
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(File::create(dir.join("stderr.log")).expect("log file"))
+        .spawn()
+        .expect("start wshub");
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    wait_for(WAIT, "the node to listen", || TcpStream::connect(addr).ok());
+    Spawned { child, addr, dir }
 }
 
 /// The URL of the Redis on `port`, database 0.
