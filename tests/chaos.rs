@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::chaos::{env, split_position, Rng, Tally, Track};
 use common::{test_config, TestServer};
 use serde_json::{json, Value};
 use socket2::{Domain, SockRef, Socket, Type};
@@ -34,79 +35,6 @@ const ROOMS: usize = 10;
 const WORKERS: usize = 8;
 /// Source addresses the clients spread over (127.0.0.1 ..= 127.0.0.N).
 const SOURCES: u8 = 8;
-
-fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// mulberry-style PRNG: reproducible and dependency-free.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-/// What one client knows of one stream.
-#[derive(Default, Clone)]
-struct Track {
-    epoch: String,
-    /// The last offset seen (the position to resume from).
-    last: u64,
-    known: bool,
-    /// Being resumed on this connection: wait for `recovered`.
-    resuming: bool,
-    /// This connection's welcome position.
-    welcome: Option<(String, u64)>,
-}
-
-#[derive(Default, Debug, Clone, Copy)]
-struct Tally {
-    received: u64,
-    lost: u64,
-    duplicated: u64,
-    misordered: u64,
-    wrong_content: u64,
-    declared_failed: u64,
-    resumed_ok: u64,
-    replayed: u64,
-    reconnects: u64,
-    /// Connections the server ended (e.g. 1013 when a worker fell behind).
-    ended: u64,
-}
-
-impl Tally {
-    fn add(&mut self, o: &Tally) {
-        self.received += o.received;
-        self.lost += o.lost;
-        self.duplicated += o.duplicated;
-        self.misordered += o.misordered;
-        self.wrong_content += o.wrong_content;
-        self.declared_failed += o.declared_failed;
-        self.resumed_ok += o.resumed_ok;
-        self.replayed += o.replayed;
-        self.reconnects += o.reconnects;
-        self.ended += o.ended;
-    }
-}
-
-fn split(pos: &str) -> Option<(&str, &str, u64)> {
-    let mut parts = pos.splitn(3, ':');
-    let (kind, epoch, offset) = (parts.next()?, parts.next()?, parts.next()?);
-    Some((kind, epoch, offset.parse().ok()?))
-}
 
 struct Client {
     id: usize,
@@ -192,7 +120,7 @@ impl Client {
                     .into_iter()
                     .flat_map(|o| o.values())
                 {
-                    let Some((kind, epoch, offset)) = pos.as_str().and_then(split) else {
+                    let Some((kind, epoch, offset)) = pos.as_str().and_then(split_position) else {
                         continue;
                     };
                     let Some(i) = Client::stream_index(kind) else {
@@ -238,7 +166,8 @@ impl Client {
             }
             Some(kind @ ("a" | "u" | "r")) => {
                 self.tally.received += 1;
-                let Some((pkind, epoch, offset)) = m["pos"].as_str().and_then(split) else {
+                let Some((pkind, epoch, offset)) = m["pos"].as_str().and_then(split_position)
+                else {
                     self.tally.wrong_content += 1;
                     return;
                 };

@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::chaos::{env, split_position, Rng, Tally, Track};
 use common::cluster::{spawn_wshub, wait_for, Redis};
 use common::{http, Client, WAIT};
 use serde_json::{json, Value};
@@ -557,71 +558,6 @@ fn presence_events_arrive_once_and_are_not_kept() {
 const CHAOS_CLIENTS: usize = 40;
 const ROOMS: usize = 4;
 
-fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-#[derive(Default, Clone)]
-struct Track {
-    epoch: String,
-    last: u64,
-    known: bool,
-    resuming: bool,
-    welcome: Option<(String, u64)>,
-}
-
-#[derive(Default, Debug, Clone, Copy)]
-struct Tally {
-    received: u64,
-    lost: u64,
-    duplicated: u64,
-    misordered: u64,
-    wrong_content: u64,
-    declared_failed: u64,
-    replayed: u64,
-    reconnects: u64,
-    ended: u64,
-}
-
-impl Tally {
-    fn add(&mut self, o: &Tally) {
-        self.received += o.received;
-        self.lost += o.lost;
-        self.duplicated += o.duplicated;
-        self.misordered += o.misordered;
-        self.wrong_content += o.wrong_content;
-        self.declared_failed += o.declared_failed;
-        self.replayed += o.replayed;
-        self.reconnects += o.reconnects;
-        self.ended += o.ended;
-    }
-}
-
-fn split_text(pos: &str) -> Option<(&str, &str, u64)> {
-    let mut parts = pos.splitn(3, ':');
-    let (kind, epoch, offset) = (parts.next()?, parts.next()?, parts.next()?);
-    Some((kind, epoch, offset.parse().ok()?))
-}
-
 struct ChaosClient {
     id: usize,
     ws: Option<WebSocket<TcpStream>>,
@@ -692,7 +628,7 @@ impl ChaosClient {
                     .into_iter()
                     .flat_map(|o| o.values())
                 {
-                    let Some((kind, epoch, offset)) = pos.as_str().and_then(split_text) else {
+                    let Some((kind, epoch, offset)) = pos.as_str().and_then(split_position) else {
                         continue;
                     };
                     let Some(i) = index(kind) else {
@@ -736,7 +672,8 @@ impl ChaosClient {
             }
             Some(kind @ ("a" | "u" | "r")) => {
                 self.tally.received += 1;
-                let Some((pkind, epoch, offset)) = m["pos"].as_str().and_then(split_text) else {
+                let Some((pkind, epoch, offset)) = m["pos"].as_str().and_then(split_position)
+                else {
                     self.tally.wrong_content += 1;
                     return;
                 };

@@ -13,6 +13,7 @@ use tungstenite::Message as WsMessage;
 use wshub::{Config, Handle, Mode, Server};
 
 pub mod backend;
+pub mod chaos;
 pub mod cluster;
 pub mod tls;
 
