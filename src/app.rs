@@ -9,7 +9,7 @@ use log::{info, warn};
 
 use crate::cli::{self, Command};
 use crate::config::{Config, ConfigSource};
-use crate::server::Mode;
+use crate::mode::Mode;
 use crate::server::Server;
 
 /// Runs a binary in `mode` with the process's arguments; returns its exit code.

@@ -20,18 +20,10 @@ use crate::handle::{self, Handle, Inbox};
 use crate::hooks::{Hooks, NoHooks};
 use crate::jwt::Verifier;
 use crate::metrics::Shared;
+use crate::mode::Mode;
 
 /// Commands a handle may queue before pushes fail with `QueueFull`.
 pub const COMMAND_QUEUE_CAPACITY: usize = 65_536;
-
-/// Which port the server was started on, which decides what it serves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// `wshub`: the app port; `/api/ws/*` only while `websocket.enable`.
-    Integrated,
-    /// `wshub-standalone`: the WebSocket port; `/api/ws/*` always.
-    Standalone,
-}
 
 /// Why the server could not start or stopped with an error.
 #[non_exhaustive]
@@ -243,7 +235,7 @@ impl Server {
                     &self.config.cluster,
                     &self.config.websocket,
                     &self.config.history,
-                    self.handle.clone(),
+                    Arc::new(self.handle.clone()),
                 )
                 .map_err(ServerError::Cluster)?,
             ),

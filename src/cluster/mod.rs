@@ -32,10 +32,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::audience::Audience;
 use crate::config::{ClusterConfig, HistoryConfig, WebSocketConfig};
-use crate::handle::Handle;
 use crate::metrics::{self, Single};
 use crate::router::Router;
 
+mod event;
 pub(crate) mod gate;
 pub(crate) mod history;
 mod presence;
@@ -44,6 +44,7 @@ mod subscriber;
 pub mod view;
 pub mod wire;
 
+pub(crate) use event::{Event, Refused, Side, ToLoop};
 use gate::{Gate, Outcome, Ticket, Waiter};
 use view::View;
 use wire::{Key, Names, Origin, Publication};
@@ -86,66 +87,11 @@ enum Kind {
     Room,
 }
 
-/// Which connection an [`Event::Link`] is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Side {
-    Publisher,
-    Subscriber,
-}
-
-/// What the bridge threads tell the loop.
-#[derive(Debug)]
-pub(crate) enum Event {
-    /// A message another node published for sessions here.
-    Deliver {
-        target: Audience<String>,
-        json: Vec<u8>,
-    },
-    /// With history on: a message for sessions here with its position in
-    /// its stream (from any node; `own`: from this one, whose sessions
-    /// that did not ask to recover already have it).
-    Kept {
-        target: Audience<String>,
-        json: Vec<u8>,
-        epoch: crate::history::position::Epoch,
-        offset: u64,
-        own: bool,
-    },
-    /// The answer to [`Link::read_history`], in stream order with the
-    /// live messages; `bytes` go back to the inbound budget once used.
-    HistoryRead {
-        id: u64,
-        result: history::ReadResult,
-        bytes: usize,
-    },
-    /// Another node asks to add `user`'s sessions here to `room` (REST
-    /// join), or to remove them (`join` false).
-    Membership {
-        user: String,
-        room: String,
-        join: bool,
-    },
-    /// A fresh view of the other nodes.
-    View(View),
-    /// A connection came up in a generation (see [`Bridge::generation`])
-    /// or went down (`Err` holds why).
-    Link {
-        side: Side,
-        state: Result<u64, String>,
-    },
-    /// Every interest change up to this version is applied: Redis sends
-    /// this node what is published on those channels from now on.
-    Subscribed(u64),
-    /// Redis accepted (`ok`) or refused every acknowledged publish up to
-    /// this sequence number.
-    Published { upto: u64, ok: bool },
-}
-
 /// What waits in the gate for the cluster (see [`gate`]).
 #[derive(Debug)]
 pub(crate) enum Held {
     /// A chat upgrade: its 101 and `on_connect` wait for the user's channel.
-    Upgrade(Box<crate::rest::Upgrade>),
+    Upgrade(Box<crate::upgrade::Upgrade>),
     /// A join: the session's next message waits for the room's channel.
     Join,
     /// A REST push, delivered here and answered once Redis accepted it.
@@ -324,7 +270,7 @@ enum Job {
 /// A reconnecting side's state, reported once per change.
 struct Reporter {
     side: Side,
-    handle: Handle,
+    handle: Arc<dyn ToLoop>,
     ready: Option<SyncSender<(Side, Result<u64, String>)>>,
     up: Option<bool>,
     /// The generation of this side's current connection.
@@ -422,7 +368,7 @@ impl Link {
         config: &ClusterConfig,
         ws: &WebSocketConfig,
         kept: &HistoryConfig,
-        handle: Handle,
+        handle: Arc<dyn ToLoop>,
     ) -> Result<Link, String> {
         let node_id = if config.node_id.is_empty() {
             default_node_id()

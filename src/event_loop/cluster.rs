@@ -75,7 +75,7 @@ impl EventLoop {
     pub(super) fn hold_upgrade(
         &mut self,
         index: usize,
-        upgrade: &mut Option<crate::rest::Upgrade>,
+        upgrade: &mut Option<crate::upgrade::Upgrade>,
     ) -> bool {
         let Some(link) = self.cluster.as_mut() else {
             return false;

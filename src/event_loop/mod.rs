@@ -56,10 +56,10 @@ use crate::hooks::{Actions, Hooks};
 use crate::http_slots::IdleHttp;
 use crate::jwt::Verifier;
 use crate::metrics::{Metrics, Shared};
+use crate::mode::Mode;
 use crate::rate::Bucket;
 use crate::rooms::Rooms;
 use crate::router::{Limits, Router};
-use crate::server::Mode;
 use crate::session::{Heartbeat, Rules, Session};
 
 use crate::wheel::{millis, Wheel};
