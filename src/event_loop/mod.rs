@@ -225,7 +225,13 @@ impl EventLoop {
             let bits = std::hash::BuildHasher::hash_one(&std::hash::RandomState::new(), start);
             crate::sse::marks::Marks::new(bits, millis(parts.config.history.ttl))
         });
-        let clients = Clients::from_config(&parts.config);
+        let app = &parts.config.app;
+        let clients = Clients::new(
+            app.trusted_proxies.clone(),
+            app.client_ip_header,
+            app.proxy_protocol,
+            parts.config.websocket.max_connections_per_ip,
+        );
         EventLoop {
             poll: parts.poll,
             listener: parts.listener,
