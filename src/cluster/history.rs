@@ -224,8 +224,8 @@ pub(crate) fn keys(names: &Names, audience: Audience<&str>) -> (String, String) 
 
 /// The cluster's event counter: a hash with its epoch (`e`) and the number
 /// of the last message kept in any stream (`g`). An event stream's `id:` is
-/// `<epoch>-<number>`, the same on every node (README "Server-Sent
-/// Events"). It never expires (one small key); a flushed Redis gives it a
+/// `<epoch>-<number>`, the same on every node (docs/sse.md).
+/// It never expires (one small key); a flushed Redis gives it a
 /// new epoch, and older tokens then cannot be vouched for.
 pub(crate) fn counter_key(names: &Names) -> String {
     format!("{}:hg", names.prefix())

@@ -1,4 +1,4 @@
-//! Event streams with history in a cluster (README "Server-Sent Events"):
+//! Event streams with history in a cluster (docs/sse.md):
 //! an event's `id:` is the cluster's counter at that message
 //! (`<epoch>-<number>`, assigned in Redis with its position and the same on
 //! every node, so still one event per fan-out), and a stream that opens
