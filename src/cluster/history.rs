@@ -691,14 +691,7 @@ mod tests {
         assert_eq!(kept.token, Some(format!("{e}-99").as_str()));
         assert_eq!(kept.envelope, b"wshub1 n 1 2\n{}");
         assert_eq!(parse_token(&format!("{e}-99")), Some((e, 99)));
-        for bad in [
-            "",
-            "-",
-            "x-1",
-            &format!("{e}-"),
-            &format!("{e}-+1"),
-            e,
-        ] {
+        for bad in ["", "-", "x-1", &format!("{e}-"), &format!("{e}-+1"), e] {
             assert_eq!(parse_token(bad), None, "{bad:?}");
         }
         let none = format!("wshubh {e} 1 -\nx");
