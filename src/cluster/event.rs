@@ -32,6 +32,8 @@ pub(crate) enum Event {
         epoch: Epoch,
         offset: u64,
         own: bool,
+        /// Its event-stream `id:` (`history::counter_key`).
+        token: Option<String>,
     },
     /// The answer to [`Link::read_history`], in stream order with the
     /// live messages; `bytes` go back to the inbound budget once used.

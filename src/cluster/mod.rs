@@ -487,7 +487,11 @@ impl Link {
     /// Asks the subscriber thread to read a resume's streams; returns the
     /// id its [`Event::HistoryRead`] will carry. `None` (nothing asked)
     /// while the cluster is down or the read queue is full.
-    pub(crate) fn read_history(&mut self, streams: Vec<history::ReadStream>) -> Option<u64> {
+    pub(crate) fn read_history(
+        &mut self,
+        streams: Vec<history::ReadStream>,
+        reads: history::ReadFor,
+    ) -> Option<u64> {
         if !self.up() || self.bridge.history.is_none() {
             return None;
         }
@@ -495,6 +499,7 @@ impl Link {
         let read = history::Read {
             id: self.next_read,
             streams,
+            reads,
         };
         match self.reads.try_send(read) {
             Ok(()) => {
