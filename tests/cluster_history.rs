@@ -1,4 +1,4 @@
-//! History in a cluster (README "History and resume", docs/protocol.md
+//! History in a cluster (docs/history.md, docs/protocol.md
 //! section 12): real `wshub` processes over a private `redis-server` on a
 //! free loopback port (stopped by PID), real clients. Resume on another
 //! node (exact, in order, then `recovered`), the seam under continuous
