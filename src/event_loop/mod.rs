@@ -27,6 +27,7 @@
 //! | (resume) | `resume.rs` | with history on: welcome, replay and `recovered` at upgrade and join | connections, hub |
 //! | (resume) | `remote.rs` | with history on in a cluster: positions from Redis, resume reads | connections, hub |
 //! | (resume) | `stream.rs` | with history on: an event stream's `id:` tokens, and its resume at open | connections, hub |
+//! | (resume) | `remote_stream.rs` | with history on in a cluster: an event stream's resume at open, read from Redis | connections, hub |
 //! | accept | `accept.rs` | takes new connections, evicts an idle one at `max_http_connections` | admission, connections, clock |
 //! | clients | `clients.rs` | who is behind a connection (proxies, PROXY header) and `max_connections_per_ip` | admission, connections |
 //! | commands | `commands.rs` | handle commands (bounded per pass), hook actions, signals, shutdown | lifecycle, then any |
@@ -99,6 +100,7 @@ mod dispatch;
 mod handshakes;
 mod read;
 mod remote;
+mod remote_stream;
 mod resume;
 mod rooms;
 mod stream;
