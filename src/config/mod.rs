@@ -34,7 +34,7 @@ use values::{
     parse_secret_url, parse_text, parse_trusted, parse_ttl,
 };
 
-use crate::client_ip::{ClientIpHeader, Trusted};
+pub use crate::client_ip::{ClientIpHeader, Trusted};
 
 mod values;
 
