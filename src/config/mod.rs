@@ -168,7 +168,7 @@ pub struct Config {
     pub tls: TlsConfig,
     /// `history:` — messages kept per audience for resuming sessions.
     pub history: HistoryConfig,
-    /// `rooms:` — who may join, presence events (PROTOCOL.md section 11).
+    /// `rooms:` — who may join, presence events (docs/protocol.md section 11).
     pub rooms: RoomsConfig,
 }
 
