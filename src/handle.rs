@@ -4,7 +4,10 @@
 //! bounded channel and wakes the loop through its `mio::Waker`; a burst of
 //! pushes costs one wake, because only the push that finds no wake pending
 //! makes the syscall. A full channel is an error the caller sees at once:
-//! nothing here blocks without a timeout.
+//! no call of a handle blocks without a timeout. The cluster's bridge
+//! threads reach the loop through the same queue (the `ToLoop` port is
+//! implemented here); their few control events wait for room instead, on
+//! the bridge's own threads.
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};

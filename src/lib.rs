@@ -69,7 +69,7 @@
 //! | --- | --- |
 //! | `server` | [`Server`]: bind, handles, hooks, signals, `run` |
 //! | `startup` | the binary's start: `config.yaml`, then the files it names (TLS pair, JWT key) read once into their runtime objects |
-//! | `event_loop` | the one thread, a file per step of a pass: poll, read, dispatch, deliver, accept, commands, timers, cluster, write, close |
+//! | `event_loop` | the one thread: its parts (setup, clock, admission, connections, hub, lifecycle), each owning its state, and a file per step of a pass: poll, read, dispatch, deliver, accept, commands, timers, cluster, write, close |
 //! | `session` | one connection as a state machine over its transport: phase, input, decoder, queue, deadlines; reports what happened, the loop applies it |
 //! | `transport` | the stream under a session: plain TCP or TLS; **a new transport is a variant of `transport::Transport`** |
 //! | `tls` | `tls.cert`/`tls.key` → a rustls server config; reload on SIGHUP |

@@ -1,9 +1,10 @@
 //! The public [`Server`]: binds the listener, hands out [`Handle`]s, and runs
 //! the event loop on the calling thread until a shutdown completes.
 //!
-//! Everything here happens before `run`: building the poll, the waker, the
-//! command channel and (optionally) the signal source. The loop itself lives
-//! in `event_loop`.
+//! Everything here happens before `run`: reading the files the config names
+//! (unless start-up did, see `crate::startup`), building the poll, the
+//! waker, the command channel and (optionally) the signal source. The loop
+//! itself lives in `event_loop`.
 
 use std::fmt;
 use std::io;
