@@ -35,7 +35,7 @@ use values::{
     parse_secret_url, parse_text, parse_trusted, parse_ttl,
 };
 
-use crate::client_ip::{ClientIpHeader, Trusted};
+pub use crate::client_ip::{ClientIpHeader, Trusted};
 
 mod values;
 
@@ -173,7 +173,7 @@ pub struct Config {
     pub tls: TlsConfig,
     /// `history:` — messages kept per audience for resuming sessions.
     pub history: HistoryConfig,
-    /// `rooms:` — who may join, presence events (PROTOCOL.md section 11).
+    /// `rooms:` — who may join, presence events (docs/protocol.md section 11).
     pub rooms: RoomsConfig,
 }
 
