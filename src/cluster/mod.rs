@@ -15,6 +15,7 @@
 //! | [`wire`] | channel and key names, the envelope around each message |
 //! | [`view`] | presence entries and the view of the other nodes |
 //! | `presence` | this node's presence: the loop's deltas, the publisher's counts |
+//! | `changes` | presence changes through Redis: the change log, following another node's |
 //! | `gate` | work waiting for a subscription or a publish to be confirmed |
 //! | `publisher` | the thread that publishes (pipelined) and keeps presence |
 //! | `subscriber` | the thread that subscribes and forwards what arrives |
@@ -36,6 +37,7 @@ use crate::handle::Handle;
 use crate::metrics::{self, Single};
 use crate::router::Router;
 
+mod changes;
 pub(crate) mod gate;
 pub(crate) mod history;
 mod presence;
