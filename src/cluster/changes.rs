@@ -38,7 +38,8 @@ pub const READ_COUNT: usize = 4096;
 /// at most `ARGV[2]` of them and `ARGV[3]` bytes in all, each as
 /// `{id, payload}`; an entry past the byte bound comes as `{id, 0}` and
 /// ends the reply, so a forged giant entry is never sent whole.
-pub const READ_SCRIPT: &str = "local r = redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', ARGV[2]) \
+pub const READ_SCRIPT: &str =
+    "local r = redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', ARGV[2]) \
 local out, total, max = {}, 0, tonumber(ARGV[3]) \
 for _, e in ipairs(r) do \
 local v = e[2][2] or '' \
@@ -242,7 +243,10 @@ impl Followed {
     /// Starts following from an entry read whole (already checked by
     /// [`super::view::open`]).
     pub fn new(at: Position, entry: Entry) -> Followed {
-        let users_total = entry.users.values().fold(0usize, |t, n| t.saturating_add(*n));
+        let users_total = entry
+            .users
+            .values()
+            .fold(0usize, |t, n| t.saturating_add(*n));
         let pairs = entry.members.values().map(|users| users.len()).sum();
         Followed {
             at,
@@ -274,7 +278,10 @@ impl Followed {
         // Copied here if the loop still holds the previous view.
         let entry = Arc::make_mut(&mut self.entry);
         entry.sessions = delta.sessions;
-        for (names, counts) in [(&delta.users, &mut entry.users), (&delta.rooms, &mut entry.rooms)] {
+        for (names, counts) in [
+            (&delta.users, &mut entry.users),
+            (&delta.rooms, &mut entry.rooms),
+        ] {
             for (name, now) in names {
                 if *now == 0 {
                     counts.remove(name);
@@ -366,7 +373,10 @@ pub fn logged(reply: &redis::Value) -> Vec<Logged> {
             _ => None,
         };
         out.push((seq.unwrap_or(u64::MAX), payload));
-        if out.last().is_some_and(|(seq, p)| *seq == u64::MAX || p.is_none()) {
+        if out
+            .last()
+            .is_some_and(|(seq, p)| *seq == u64::MAX || p.is_none())
+        {
             break;
         }
     }
@@ -409,7 +419,10 @@ mod tests {
     fn versions_and_stream_ids_round_trip() {
         let p = at(1_700_000_000_000_000_000, 42);
         assert_eq!(Position::parse(&p.version()), Some(p));
-        assert_eq!(Position::seq_of(Position::stream_id(42).as_bytes()), Some(42));
+        assert_eq!(
+            Position::seq_of(Position::stream_id(42).as_bytes()),
+            Some(42)
+        );
         for bad in ["", "1", "1.", ".1", "a.1", "1.-1", "1.2.3"] {
             assert_eq!(Position::parse(bad), None, "{bad}");
         }
@@ -431,7 +444,10 @@ mod tests {
             logged += 1000;
         }
         // Half of a 1 MiB entry, give or take one delta.
-        assert!((512 << 10..(512 << 10) + 1000).contains(&logged), "{logged}");
+        assert!(
+            (512 << 10..(512 << 10) + 1000).contains(&logged),
+            "{logged}"
+        );
         assert_eq!(log.seq(), seq);
         // Readers that read the first whole entry still find what followed.
         assert_eq!(log.written_whole(1 << 20, false), 1);
@@ -511,7 +527,11 @@ mod tests {
             ),
         ] {
             let mut followed = Followed::new(at(1, 1), entry(start));
-            assert_eq!(followed.apply(2, &delta(json)), Err(Refused::Malformed), "{why}");
+            assert_eq!(
+                followed.apply(2, &delta(json)),
+                Err(Refused::Malformed),
+                "{why}"
+            );
             assert_eq!(*followed.entry, entry(start), "{why}");
             assert_eq!(followed.at, at(1, 1), "{why}");
         }
@@ -544,7 +564,10 @@ mod tests {
         d.left.insert("r".into(), vec!["u0".into()]);
         d.joined.insert("s".into(), vec!["late".into()]);
         followed.apply(4, &d).unwrap();
-        assert_eq!(followed.entry.members["s"], HashSet::from(["late".to_owned()]));
+        assert_eq!(
+            followed.entry.members["s"],
+            HashSet::from(["late".to_owned()])
+        );
         assert_eq!(followed.entry.members["r"].len(), MAX_MEMBERS - 1);
     }
 
@@ -558,14 +581,54 @@ mod tests {
         assert_eq!(d.users["amy"], 1);
         assert_eq!(open_delta(&sealed, None, "t:plog:a", at(7, 3)).unwrap(), d);
         for (raw, log, place, refused, why) in [
-            (sealed.clone(), "t:plog:a", at(7, 4), Refused::Replayed, "another place"),
-            (sealed.clone(), "t:plog:a", at(8, 3), Refused::Replayed, "another run"),
-            (sealed.clone(), "t:plog:b", at(7, 3), Refused::Unsigned, "another node's log"),
-            (seal(&json, "7.3", None, "t:plog:a"), "t:plog:a", at(7, 3), Refused::Unsigned, "unsigned"),
-            (seal(&json, "7.3", Some(&Key::new(b"x")), "t:plog:a"), "t:plog:a", at(7, 3), Refused::Unsigned, "another key"),
-            (seal(b"[]", "7.3", Some(&key), "t:plog:a"), "t:plog:a", at(7, 3), Refused::Malformed, "not a change"),
+            (
+                sealed.clone(),
+                "t:plog:a",
+                at(7, 4),
+                Refused::Replayed,
+                "another place",
+            ),
+            (
+                sealed.clone(),
+                "t:plog:a",
+                at(8, 3),
+                Refused::Replayed,
+                "another run",
+            ),
+            (
+                sealed.clone(),
+                "t:plog:b",
+                at(7, 3),
+                Refused::Unsigned,
+                "another node's log",
+            ),
+            (
+                seal(&json, "7.3", None, "t:plog:a"),
+                "t:plog:a",
+                at(7, 3),
+                Refused::Unsigned,
+                "unsigned",
+            ),
+            (
+                seal(&json, "7.3", Some(&Key::new(b"x")), "t:plog:a"),
+                "t:plog:a",
+                at(7, 3),
+                Refused::Unsigned,
+                "another key",
+            ),
+            (
+                seal(b"[]", "7.3", Some(&key), "t:plog:a"),
+                "t:plog:a",
+                at(7, 3),
+                Refused::Malformed,
+                "not a change",
+            ),
         ] {
-            assert_eq!(open_delta(&raw, Some(&key), log, place), Err(refused), "{why}");
+            assert_eq!(
+                open_delta(&raw, Some(&key), log, place),
+                Err(refused),
+                "{why}"
+            );
         }
     }
 

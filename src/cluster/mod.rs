@@ -182,6 +182,9 @@ pub(crate) struct Stats {
     /// Other nodes' presence entries ignored: unsigned or forged (with
     /// `cluster.secret`), malformed, or past the bounds.
     presence_refused: AtomicU64,
+    /// Live nodes left out past the most one node follows (counted at
+    /// each refresh while there are too many).
+    nodes_refused: AtomicU64,
 }
 
 /// Bytes in flight one way between the loop and Redis, bounded.
@@ -971,7 +974,7 @@ impl Link {
     pub(crate) fn render_metrics(&self, out: &mut String) {
         let s = &self.bridge.stats;
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let lines: [Single<'_>; 13] = [
+        let lines: [Single<'_>; 14] = [
             (
                 "wshub_cluster_up",
                 "gauge",
@@ -1041,6 +1044,12 @@ impl Link {
                 "counter",
                 "Other nodes' presence entries ignored: unsigned or forged with cluster.secret set, malformed, or past the bounds.",
                 load(&s.presence_refused),
+            ),
+            (
+                "wshub_cluster_nodes_refused_total",
+                "counter",
+                "Live nodes in Redis left out of the view past the most a node follows (1000), at each refresh.",
+                load(&s.nodes_refused),
             ),
             (
                 "wshub_cluster_waiting",

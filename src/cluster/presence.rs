@@ -211,7 +211,11 @@ impl Counts {
         }
         let deltas = pending.deltas;
         if deltas.is_empty() {
-            return if whole { Applied::Whole } else { Applied::Nothing };
+            return if whole {
+                Applied::Whole
+            } else {
+                Applied::Nothing
+            };
         }
         let sessions_before = self.sessions;
         self.sessions = self

@@ -1,6 +1,7 @@
 //! The publisher thread: owns one Redis connection, publishes what the loop
 //! queued, and keeps presence: this node's counts (applying the loop's
-//! deltas, see [`super::presence`]) and entry, and the others' view.
+//! deltas, see [`super::presence`]), its change log and entry, and the
+//! others' view, following their logs (see [`super::changes`]).
 //!
 //! Batching: the thread blocks for the first queued message, then takes
 //! whatever else is already queued (up to `PIPELINE_MAX`) and sends them as
@@ -30,6 +31,25 @@ use super::{Bridge, Event, Job, Reporter, BACKOFF_MAX, BACKOFF_MIN, PIPELINE_MAX
 /// Most other nodes one node follows (a bound on what a forged node set
 /// costs); past it, nodes are left out and counted.
 const MAX_NODES: usize = 1000;
+/// Node ids looked at in the node set per refresh (ids without a presence
+/// key are removed as they are found, so a forged set shrinks).
+const NODES_SCANNED: usize = 10 * MAX_NODES;
+/// Lists at most `ARGV[2]` ids of the set `KEYS[1]` that have a presence
+/// key (`ARGV[1]` .. id), looking at no more than `ARGV[3]` of them and
+/// removing those without one; returns `{ids, live ids left out}`.
+const NODES_SCRIPT: &str = "local cap, budget = tonumber(ARGV[2]), tonumber(ARGV[3]) \
+local live, over, seen, cursor = {}, 0, 0, '0' \
+repeat \
+local r = redis.call('SSCAN', KEYS[1], cursor, 'COUNT', 100) \
+cursor = r[1] \
+for _, id in ipairs(r[2]) do \
+seen = seen + 1 \
+if redis.call('EXISTS', ARGV[1] .. id) == 1 then \
+if #live < cap then live[#live + 1] = id else over = over + 1 end \
+else redis.call('SREM', KEYS[1], id) end \
+end \
+until cursor == '0' or seen >= budget \
+return {live, over}";
 /// Longest idle wait before looking whether the other side saw a failure.
 const STALE_CHECK: Duration = Duration::from_millis(50);
 
@@ -315,6 +335,9 @@ struct Known {
     /// The version of its whole entry last refused: not read again until
     /// it changes.
     refused: Option<String>,
+    /// The sequence number of a change in its log last refused (counted
+    /// once).
+    bad_change: Option<u64>,
 }
 
 impl Presence {
@@ -387,10 +410,24 @@ impl Presence {
             .arg(names.nodes_key())
             .arg(ttl_ms * 2)
             .ignore();
-        pipe.cmd("SMEMBERS").arg(names.nodes_key());
+        pipe.cmd("EVAL")
+            .arg(NODES_SCRIPT)
+            .arg(1)
+            .arg(names.nodes_key())
+            .arg(names.node_key(""))
+            .arg(MAX_NODES + 1)
+            .arg(NODES_SCANNED);
         // On error the connection is made again, and a new connection
         // writes the entry whole: nothing is lost with a failed write.
-        let (first, locked, members): (redis::Value, i64, Vec<String>) = pipe.query(con)?;
+        let (first, locked, (members, left_out)): (redis::Value, i64, (Vec<String>, u64)) =
+            pipe.query(con)?;
+        if left_out > 0 {
+            log::debug!("cluster: {left_out} live nodes past {MAX_NODES} left out");
+            bridge
+                .stats
+                .nodes_refused
+                .fetch_add(left_out, Ordering::Relaxed);
+        }
         self.fresh_connection = false;
         if locked != 1 && !self.lock_lost {
             log::error!(
@@ -419,7 +456,9 @@ impl Presence {
             let nodes = self
                 .known
                 .iter()
-                .filter_map(|(id, known)| Some((id.clone(), known.followed.as_ref()?.entry.clone())))
+                .filter_map(|(id, known)| {
+                    Some((id.clone(), known.followed.as_ref()?.entry.clone()))
+                })
                 .collect();
             let _ = reporter
                 .handle
@@ -431,7 +470,13 @@ impl Presence {
     /// Adds writing our entry whole to `pipe` (at the log's sequence
     /// number), and trimming the log to what readers of the previous whole
     /// entry may still need.
-    fn write_whole(&mut self, bridge: &Bridge, pipe: &mut redis::Pipeline, fresh: bool, ttl_ms: u64) {
+    fn write_whole(
+        &mut self,
+        bridge: &Bridge,
+        pipe: &mut redis::Pipeline,
+        fresh: bool,
+        ttl_ms: u64,
+    ) {
         let names = &bridge.names;
         let key = names.node_key(&bridge.node_id);
         let at = Position {
@@ -455,7 +500,12 @@ impl Presence {
     /// the last change applied (one pipeline); then, in one `MGET`, the
     /// entries to read whole (new nodes, gaps) within
     /// [`view::MAX_ENTRY_BYTES`]. True when the view changed.
-    fn follow(&mut self, bridge: &Bridge, con: &mut Connection, others: &[String]) -> RedisResult<bool> {
+    fn follow(
+        &mut self,
+        bridge: &Bridge,
+        con: &mut Connection,
+        others: &[String],
+    ) -> RedisResult<bool> {
         let names = &bridge.names;
         let stats = &bridge.stats;
         let refused = |why: view::Refused, id: &str| {
@@ -466,7 +516,10 @@ impl Presence {
         for id in others {
             let key = names.node_key(id);
             pipe.cmd("STRLEN").arg(&key);
-            pipe.cmd("GETRANGE").arg(&key).arg(0).arg(view::HEADER_MAX - 1);
+            pipe.cmd("GETRANGE")
+                .arg(&key)
+                .arg(0)
+                .arg(view::HEADER_MAX - 1);
             if let Some(at) = self.at(id) {
                 pipe.cmd("EVAL")
                     .arg(changes::READ_SCRIPT)
@@ -529,19 +582,30 @@ impl Presence {
                             let applied = raw
                                 .as_deref()
                                 .ok_or(view::Refused::TooLarge)
-                                .and_then(|raw| changes::open_delta(raw, bridge.key(), &log_key, place))
+                                .and_then(|raw| {
+                                    changes::open_delta(raw, bridge.key(), &log_key, place)
+                                })
                                 .and_then(|delta| followed.apply(*seq, &delta));
                             if let Err(why) = applied {
-                                refused(why, id);
+                                // Counted once, however often it is met.
+                                if known.bad_change != Some(*seq) {
+                                    refused(why, id);
+                                    known.bad_change = Some(*seq);
+                                }
                                 failed = true;
                                 break;
                             }
+                            known.bad_change = None;
                         }
                         if !Arc::ptr_eq(&before, &followed.entry) {
                             changed = true;
                             self.retired.push(before);
                         }
-                        failed
+                        // Past a refused change, only a whole entry written
+                        // since helps; an older one would lose what was
+                        // applied (the node writes it whole again when its
+                        // own next change finds that place taken).
+                        failed && whole.seq > followed.at.seq
                     }
                 };
             }
@@ -578,18 +642,19 @@ impl Presence {
                     live.remove(&id);
                     continue;
                 };
-                let opened = view::open(&raw, bridge.key(), &names.node_key(&id)).and_then(|entry| {
-                    // The version read with the entry (it may have changed
-                    // since its header was read).
-                    let at = view::version(&raw)
-                        .and_then(Position::parse)
-                        .ok_or(view::Refused::Malformed)?;
-                    // A node writes its whole entry at growing versions.
-                    if self.newest.get(&id).is_some_and(|newest| at < *newest) {
-                        return Err(view::Refused::Replayed);
-                    }
-                    Ok(Followed::new(at, entry))
-                });
+                let opened =
+                    view::open(&raw, bridge.key(), &names.node_key(&id)).and_then(|entry| {
+                        // The version read with the entry (it may have changed
+                        // since its header was read).
+                        let at = view::version(&raw)
+                            .and_then(Position::parse)
+                            .ok_or(view::Refused::Malformed)?;
+                        // A node writes its whole entry at growing versions.
+                        if self.newest.get(&id).is_some_and(|newest| at < *newest) {
+                            return Err(view::Refused::Replayed);
+                        }
+                        Ok(Followed::new(at, entry))
+                    });
                 match opened {
                     Ok(followed) => {
                         self.newest.insert(id.clone(), followed.at);
