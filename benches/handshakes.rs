@@ -1,5 +1,5 @@
 //! What a TLS handshake flood does to an established chat client
-//! (`cargo bench --bench handshakes`; README "TLS", BENCHMARKS.md).
+//! (`cargo bench --bench handshakes`; docs/tls.md, BENCHMARKS.md).
 //!
 //! For an RSA 2048 and an ECDSA P-256 certificate (made by `openssl` now),
 //! starts the release `wshub` (or `--bin PATH`, e.g. a build of main) with

@@ -1,4 +1,4 @@
-//! The keys of `jwt.jwks_url` (README "Identity providers"): a parsed key
+//! The keys of `jwt.jwks_url` (docs/security.md): a parsed key
 //! set, and the thread that fetches it at start and keeps it fresh.
 //!
 //! The event loop never waits here: [`Jwks::snapshot`] clones an `Arc`

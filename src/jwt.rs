@@ -1,4 +1,4 @@
-//! JSON Web Token verification (README "Identity providers"): the
+//! JSON Web Token verification (docs/security.md): the
 //! `jsonwebtoken` crate checks signatures, algorithms, `iss` and `aud`; this
 //! file adapts it to our rules and picks the key.
 //!
@@ -136,7 +136,7 @@ impl Claims {
     }
 }
 
-/// What a join token (README "Rooms") grants: one room to one user.
+/// What a join token (docs/rooms.md) grants: one room to one user.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JoinGrant {
     /// Claim `room`.

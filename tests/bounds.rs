@@ -534,7 +534,7 @@ fn binary_frames_count_and_a_binary_flood_is_closed_with_1008() {
 fn compressed_messages_to_one_victim_cannot_outrun_its_link() {
     let mut config = test_config();
     config.websocket.compression = true;
-    // The README's production checklist.
+    // The production checklist (docs/security.md).
     config.websocket.max_message_size = 65536;
     config.websocket.max_buffered_bytes = 262_144;
     config.websocket.max_bytes_per_second = 16384;

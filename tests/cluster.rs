@@ -693,7 +693,7 @@ fn a_hung_redis_gets_honest_answers_and_health_does_not_cascade() {
     let stopped = Instant::now();
     // A push while Redis hangs: refused within about 1 s. (Written to the
     // hung Redis before its deadline, it may still go out when Redis
-    // resumes: at most once, see README.)
+    // resumes: at most once, see docs/cluster.md.)
     let started = Instant::now();
     let (code, body) = a.post("/api/ws/broadcast", json!({"type": "x", "content": 1}));
     let took = started.elapsed();
@@ -1249,7 +1249,7 @@ fn a_presence_entry_past_its_bounds_is_ignored() {
     assert_eq!(status["online_count"], 0, "{status}");
     assert_eq!(status["online_users"], json!([]), "{status}");
     // A well-formed entry within its bounds is what a node would write:
-    // without a secret it counts (README, "Cluster": use cluster.secret).
+    // without a secret it counts (docs/cluster.md: use cluster.secret).
     forge_presence(
         &redis,
         "plain",

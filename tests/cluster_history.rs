@@ -1,4 +1,4 @@
-//! History in a cluster (README "History and resume", docs/protocol.md
+//! History in a cluster (docs/history.md, docs/protocol.md
 //! section 12): real `wshub` processes over a private `redis-server` on a
 //! free loopback port (stopped by PID), real clients. Resume on another
 //! node (exact, in order, then `recovered`), the seam under continuous
@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use common::chaos::{env, split_position, Rng, Tally, Track};
 use common::cluster::{spawn_wshub, wait_for, Redis};
+use common::sse::{request, Item, Stream};
 use common::{http, Client, WAIT};
 use serde_json::{json, Value};
 use socket2::SockRef;
@@ -113,6 +114,14 @@ impl Node {
         Client { ws }
     }
 
+    /// Opens an event stream (`/api/ws/sse?<query>`) with `headers`.
+    fn sse(&self, query: &str, headers: &[(&str, &str)]) -> Stream<TcpStream> {
+        let path = format!("/api/ws/sse?{query}");
+        let stream = Stream::open(request(self.addr, &path, headers));
+        assert_eq!(stream.status, 200, "{path}");
+        stream
+    }
+
     /// Connects with `query` and returns the client and its welcome.
     fn welcome(&self, query: &str) -> (Client, Value) {
         let mut client = self.connect(query);
@@ -168,6 +177,28 @@ fn split(pos: &Value) -> (String, String, u64) {
 
 fn offsets(messages: &[Value]) -> Vec<u64> {
     messages.iter().map(|m| split(&m["pos"]).2).collect()
+}
+
+/// The next event of a stream (comments skipped): its name, id and JSON.
+fn next_event(stream: &mut Stream<TcpStream>) -> (String, Option<String>, Value) {
+    loop {
+        match stream.next_item() {
+            Some(Item::Event { name, id, data }) => {
+                let value = serde_json::from_str(&data)
+                    .unwrap_or_else(|e| panic!("not JSON ({e}): {data}"));
+                return (name, id, value);
+            }
+            Some(Item::Comment(_)) => continue,
+            None => panic!("stream ended while an event was expected"),
+        }
+    }
+}
+
+/// Waits until some node receives the room's channel.
+fn room_subscribed(redis: &Redis, room: &str) {
+    wait_for(WAIT, "the room's subscription", || {
+        (redis.subscribers(&format!("h:room:{room}")) > 0).then_some(())
+    });
 }
 
 #[test]
@@ -475,6 +506,218 @@ fn a_room_resumes_with_since_on_another_node() {
     let (replayed, recovered) = until_recovered(&mut dee);
     assert!(replayed.is_empty());
     assert_eq!(recovered["content"], json!({"ok": false, "replayed": 0}));
+}
+
+#[test]
+fn an_event_stream_resumes_on_another_node_exactly_and_in_order() {
+    let redis = Redis::start();
+    let a = Node::start("a", &redis, 50);
+    let b = Node::start("b", &redis, 50);
+    let query = "user_id=ann&rooms=lobby";
+    let mut sse = a.sse(query, &[]);
+    room_subscribed(&redis, "lobby");
+    b.broadcast(1);
+    a.send("ann", 2);
+    b.to_room("lobby", 3);
+    let mut ids = Vec::new();
+    for n in 1..=3 {
+        let (name, id, v) = next_event(&mut sse);
+        assert_eq!(name, "message");
+        assert_eq!(v["content"], n);
+        assert!(v["pos"].is_string(), "{v}");
+        ids.push(id.expect("a kept message has an id"));
+    }
+    ids.dedup();
+    assert_eq!(ids.len(), 3, "{ids:?}");
+    let token = sse.last_id.clone().unwrap();
+    drop(sse);
+    // Missed meanwhile, published on both nodes; and some that are not
+    // ann's (another user, another room).
+    a.broadcast(4);
+    b.send("ann", 5);
+    a.to_room("lobby", 6);
+    b.broadcast(7);
+    a.send("ann", 8);
+    b.to_room("lobby", 9);
+    a.send("bob", 90);
+    b.to_room("other", 91);
+    let mut back = b.sse(query, &[("Last-Event-ID", &token)]);
+    let replayed: Vec<Value> = (0..6)
+        .map(|_| {
+            let (name, id, v) = next_event(&mut back);
+            assert_eq!(name, "message", "no reset: {v}");
+            assert_eq!(id, None, "replayed events carry no id of their own");
+            v
+        })
+        .collect();
+    // Per stream, in stream order: everyone, the user, then the room.
+    assert_eq!(contents(&replayed), [4, 7, 5, 8, 6, 9]);
+    let kinds: Vec<String> = replayed.iter().map(|m| split(&m["pos"]).0).collect();
+    assert_eq!(kinds, ["a", "a", "u", "u", "r", "r"]);
+    for pair in offsets(&replayed).chunks(2) {
+        assert_eq!(pair[0] + 1, pair[1], "consecutive in its stream");
+    }
+    // Then live traffic from either node, with ids, nothing repeated.
+    a.broadcast(10);
+    let (_, id, v) = next_event(&mut back);
+    assert_eq!(v["content"], 10);
+    assert!(id.is_some_and(|id| id != token));
+    assert_eq!(b.metric("wshub_history_replayed_total"), 6);
+    assert_eq!(b.metric("wshub_history_resumes_ok_total"), 3);
+    // The token the stream holds now covers all of it: back on the first
+    // node, only what came after.
+    let token = back.last_id.clone().unwrap();
+    drop(back);
+    a.send("ann", 11);
+    let mut again = a.sse(&format!("{query}&last_event_id={token}"), &[]);
+    let (name, id, v) = next_event(&mut again);
+    assert_eq!((name.as_str(), id), ("message", None));
+    assert_eq!(v["content"], 11);
+    b.to_room("lobby", 12);
+    let (_, id, v) = next_event(&mut again);
+    assert_eq!(v["content"], 12);
+    assert!(id.is_some());
+}
+
+#[test]
+fn an_event_streams_seam_under_continuous_traffic_loses_and_repeats_nothing() {
+    let redis = Redis::start();
+    let nodes = [
+        Node::start("a", &redis, 1000),
+        Node::start("b", &redis, 1000),
+    ];
+    let query = "user_id=ann";
+    let mut sse = nodes[0].sse(query, &[]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let addrs = [nodes[0].addr, nodes[1].addr];
+    let publisher = {
+        let (stop, sent) = (stop.clone(), sent.clone());
+        std::thread::spawn(move || {
+            let mut n: u64 = 0;
+            while !stop.load(Ordering::Relaxed) && n < 1_000_000 {
+                n += 1;
+                // Odd to everyone, even to ann, from alternating nodes.
+                let (path, body) = if n % 2 == 1 {
+                    ("/api/ws/broadcast", json!({"type": "news", "content": n}))
+                } else {
+                    (
+                        "/api/ws/send",
+                        json!({"type": "dm", "to": "ann", "content": n}),
+                    )
+                };
+                let addr = addrs[(n / 2) as usize % 2];
+                let (status, _) = http(addr, "POST", path, &[], &body.to_string());
+                assert_eq!(status, 200);
+                sent.store(n, Ordering::Relaxed);
+            }
+        })
+    };
+    // The first message after the stream's first token: everything from
+    // there must arrive exactly once, in order.
+    let mut received: Vec<u64> = Vec::new();
+    let started = Instant::now();
+    let mut reconnects = 0;
+    while started.elapsed() < Duration::from_secs(4) {
+        // Past the replay (the live events carry ids), a few more, then
+        // resume on the other node.
+        let mut live = 0;
+        while live < 5 {
+            let (name, id, v) = next_event(&mut sse);
+            assert_eq!(name, "message", "no reset: {v}");
+            received.push(v["content"].as_u64().unwrap());
+            live += usize::from(id.is_some());
+        }
+        let token = sse.last_id.clone().unwrap();
+        drop(sse);
+        reconnects += 1;
+        sse = nodes[reconnects % 2].sse(query, &[("Last-Event-ID", &token)]);
+    }
+    stop.store(true, Ordering::Relaxed);
+    publisher.join().unwrap();
+    let total = sent.load(Ordering::Relaxed);
+    while received.last().is_none_or(|n| *n < total) {
+        let (_, _, v) = next_event(&mut sse);
+        received.push(v["content"].as_u64().unwrap());
+    }
+    assert!(reconnects >= 5, "only {reconnects} resumes");
+    // Per stream (a replay goes stream by stream): every message from the
+    // first one received, once, in order.
+    for parity in [1, 0] {
+        let got: Vec<u64> = received
+            .iter()
+            .copied()
+            .filter(|n| n % 2 == parity)
+            .collect();
+        let want: Vec<u64> = (got[0]..=total).filter(|n| n % 2 == parity).collect();
+        assert_eq!(got, want, "stream {}", ["u", "a"][parity as usize]);
+    }
+    let replayed = nodes[0].metric("wshub_history_replayed_total")
+        + nodes[1].metric("wshub_history_replayed_total");
+    eprintln!("{reconnects} resumes, {replayed} replayed, {total} sent");
+}
+
+#[test]
+fn event_streams_that_cannot_be_vouched_for_are_reset() {
+    let mut redis = Redis::start();
+    let a = Node::start("a", &redis, 3);
+    let b = Node::start("b", &redis, 3);
+    let query = "user_id=ann&rooms=lobby";
+    let mut sse = a.sse(query, &[]);
+    room_subscribed(&redis, "lobby");
+    b.broadcast(1);
+    assert_eq!(next_event(&mut sse).2["content"], 1);
+    let token = sse.last_id.clone().unwrap();
+    drop(sse);
+    // Five to ann, past the three kept; one to everyone: kept.
+    for n in 2..=6 {
+        a.send("ann", n);
+    }
+    b.broadcast(7);
+    let mut back = b.sse(query, &[("Last-Event-ID", &token)]);
+    let (name, id, v) = next_event(&mut back);
+    assert_eq!((name.as_str(), id), ("reset", None));
+    assert_eq!(v, json!({"streams": ["u"]}));
+    let (name, _, v) = next_event(&mut back);
+    assert_eq!(name, "message");
+    assert_eq!(v["content"], 7, "everyone's stream replayed whole");
+    a.to_room("lobby", 8);
+    assert_eq!(next_event(&mut back).2["content"], 8);
+    let token = back.last_id.clone().unwrap();
+    drop(back);
+    // Not a token of this cluster's counter: every stream is named.
+    for stranger in ["AAAAAAAA-1", "garbage", ""] {
+        let mut other = a.sse(query, &[("Last-Event-ID", stranger)]);
+        let (name, _, v) = next_event(&mut other);
+        assert_eq!(name, "reset", "{stranger:?}");
+        assert_eq!(v, json!({"streams": ["a", "u", "r:lobby"]}));
+    }
+    // A flushed Redis: the counter has a new epoch.
+    let () = redis.query(&mut redis::cmd("FLUSHALL")).unwrap();
+    a.broadcast(9);
+    let mut flushed = b.sse(query, &[("Last-Event-ID", &token)]);
+    let (name, _, v) = next_event(&mut flushed);
+    assert_eq!(name, "reset");
+    assert_eq!(v, json!({"streams": ["a", "u", "r:lobby"]}));
+    drop(flushed);
+    let failed = a.metric("wshub_history_resumes_failed_total")
+        + b.metric("wshub_history_resumes_failed_total");
+    assert_eq!(failed, 1 + 3 * 3 + 3);
+    // Redis down: reset at once, live messages on this node continue, and
+    // the id handed out resumes nothing later.
+    redis.stop();
+    wait_for(WAIT, "the node to see Redis gone", || {
+        (!a.healthy()).then_some(())
+    });
+    let mut down = a.sse(query, &[("Last-Event-ID", &token)]);
+    let (name, _, v) = next_event(&mut down);
+    assert_eq!(name, "reset");
+    assert_eq!(v, json!({"streams": ["a", "u", "r:lobby"]}));
+    a.connect("user_id=dee")
+        .send_json(json!({"type": "chat", "to": "ann", "content": 10}));
+    let (_, id, v) = next_event(&mut down);
+    assert_eq!((v["content"].as_u64(), id), (Some(10), None));
+    assert_eq!(down.last_id.as_deref(), Some("0-0"));
 }
 
 #[test]

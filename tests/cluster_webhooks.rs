@@ -1,4 +1,4 @@
-//! Webhooks across a cluster (README "Webhooks"): two real `wshub`
+//! Webhooks across a cluster (docs/webhooks.md): two real `wshub`
 //! processes over a private `redis-server` (started on a free loopback port
 //! and stopped by PID), both POSTing to one receiving server inside the
 //! test. Node "a" has the smaller id, so it is the one that reports.

@@ -1,4 +1,4 @@
-//! History and resume (README "History and resume"), one test per promise,
+//! History and resume (docs/history.md), one test per promise,
 //! over real sockets: welcome before the first message, positions only for
 //! sessions that asked, replay exact and in order, the seam under
 //! continuous traffic, `ok:false` (never a partial replay) for overflow,

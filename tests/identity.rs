@@ -1,5 +1,5 @@
-//! Black-box tests of identity-provider tokens (README "Identity
-//! providers"): every asymmetric algorithm with keys that `openssl` makes at
+//! Black-box tests of identity-provider tokens (docs/security.md,
+//! "Identity providers"): every asymmetric algorithm with keys that `openssl` makes at
 //! test time, HS384/HS512, JWKS served by a tiny HTTP server inside the test
 //! (with key rotation and an unreachable start), `iss`/`aud`, `alg: none`,
 //! algorithm confusion, oversized tokens and heads.

@@ -1,4 +1,4 @@
-//! Rooms people can trust (README "Rooms"): join modes with connect-token
+//! Rooms people can trust (docs/rooms.md): join modes with connect-token
 //! grants and join tokens, the `on_join` hook, server-side membership over
 //! REST and the handle, room listings and presence events, each over real
 //! sockets, bad input included.

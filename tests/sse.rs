@@ -7,10 +7,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
+use common::sse::{request, Item, Stream};
 use common::tls;
 use common::{http, test_config, TestServer, WAIT};
 use serde_json::{json, Value};
@@ -19,159 +20,6 @@ use wshub::{Config, Message};
 
 const SECRET: &str = "sse-jwt-secret-for-tests";
 const ADMIN: &str = "sse-admin-token";
-
-/// What one read of the stream gave: an event, or a comment line.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Item {
-    /// An event: its type (`message` unless named), its id and its data.
-    Event {
-        name: String,
-        id: Option<String>,
-        data: String,
-    },
-    /// A `:` line.
-    Comment(String),
-}
-
-/// A client of an event stream: the response head, then items as an
-/// `EventSource` parses them (the HTML standard's rules, simplified to LF).
-struct Stream<R: Read> {
-    reader: BufReader<R>,
-    status: u16,
-    headers: Vec<(String, String)>,
-    /// The id an `EventSource` would resume from (set by `id:` lines, even
-    /// in a block without data).
-    last_id: Option<String>,
-}
-
-impl<R: Read> Stream<R> {
-    /// Reads the head; the body is whatever follows.
-    fn open(stream: R) -> Stream<R> {
-        let mut reader = BufReader::new(stream);
-        let mut line = String::new();
-        reader.read_line(&mut line).expect("status line");
-        let status = line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("bad status line {line:?}"));
-        let mut headers = Vec::new();
-        loop {
-            let mut header = String::new();
-            reader.read_line(&mut header).expect("header");
-            let header = header.trim_end();
-            if header.is_empty() {
-                break;
-            }
-            let (name, value) = header.split_once(':').expect("header line");
-            headers.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
-        }
-        Stream {
-            reader,
-            status,
-            headers,
-            last_id: None,
-        }
-    }
-
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// The next event or comment; `None` at the end of the stream.
-    fn next_item(&mut self) -> Option<Item> {
-        let (mut name, mut id, mut data) = (None, None, Vec::<String>::new());
-        loop {
-            let mut line = String::new();
-            match self.reader.read_line(&mut line) {
-                Ok(0) => return None,
-                Ok(_) => {}
-                Err(e) => panic!("stream read failed: {e}"),
-            }
-            assert!(line.ends_with('\n'), "stream ended inside a line: {line:?}");
-            let line = line.trim_end_matches('\n');
-            if line.is_empty() {
-                if id.is_some() {
-                    self.last_id.clone_from(&id);
-                }
-                if data.is_empty() {
-                    name = None;
-                    id = None;
-                    continue;
-                }
-                return Some(Item::Event {
-                    name: name.unwrap_or_else(|| "message".to_owned()),
-                    id,
-                    data: data.join("\n"),
-                });
-            }
-            if let Some(text) = line.strip_prefix(':') {
-                if data.is_empty() && name.is_none() {
-                    return Some(Item::Comment(text.trim_start().to_owned()));
-                }
-                continue;
-            }
-            let (field, value) = line.split_once(':').unwrap_or((line, ""));
-            let value = value.strip_prefix(' ').unwrap_or(value);
-            match field {
-                "data" => data.push(value.to_owned()),
-                "event" => name = Some(value.to_owned()),
-                "id" => id = Some(value.to_owned()),
-                other => panic!("unexpected field {other:?}"),
-            }
-        }
-    }
-
-    /// The next event's data (comments skipped), as raw text.
-    fn next_data(&mut self) -> String {
-        loop {
-            match self.next_item() {
-                Some(Item::Event { data, .. }) => return data,
-                Some(Item::Comment(_)) => continue,
-                None => panic!("stream ended while an event was expected"),
-            }
-        }
-    }
-
-    fn next_json(&mut self) -> Value {
-        let data = self.next_data();
-        serde_json::from_str(&data).unwrap_or_else(|e| panic!("not JSON ({e}): {data}"))
-    }
-}
-
-impl Stream<TcpStream> {
-    fn set_timeout(&mut self, timeout: Duration) {
-        self.reader
-            .get_ref()
-            .set_read_timeout(Some(timeout))
-            .unwrap();
-    }
-
-    /// Reads until the server ends the stream; returns what came before.
-    fn read_to_end(&mut self) -> Vec<Item> {
-        let mut items = Vec::new();
-        while let Some(item) = self.next_item() {
-            items.push(item);
-        }
-        items
-    }
-}
-
-/// Sends a GET for `path` with `headers` on a fresh connection.
-fn request(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> TcpStream {
-    let mut stream = TcpStream::connect(addr).expect("connect");
-    stream.set_read_timeout(Some(WAIT)).unwrap();
-    let mut text = format!("GET {path} HTTP/1.1\r\nHost: test\r\nAccept: text/event-stream\r\n");
-    for (name, value) in headers {
-        text.push_str(&format!("{name}: {value}\r\n"));
-    }
-    text.push_str("\r\n");
-    stream.write_all(text.as_bytes()).unwrap();
-    stream
-}
 
 fn open(addr: SocketAddr, path: &str) -> Stream<TcpStream> {
     let stream = Stream::open(request(addr, path, &[]));

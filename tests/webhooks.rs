@@ -1,4 +1,4 @@
-//! Webhooks (README "Webhooks"), black-box: a real server POSTs to a
+//! Webhooks (docs/webhooks.md), black-box: a real server POSTs to a
 //! receiving HTTP server inside the test (loopback, no internet). Covers the
 //! signature, batching, one `user_online` for three tabs, `user_offline`
 //! after the delay and not before, no event for a quick reconnect, room

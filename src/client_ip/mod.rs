@@ -1,4 +1,4 @@
-//! The client's address behind proxies (README "Behind a proxy"): which
+//! The client's address behind proxies (docs/proxies.md): which
 //! peers are trusted (`app.trusted_proxies`), which header they speak
 //! (`app.client_ip_header`), the PROXY protocol header
 //! (`app.proxy_protocol`, in [`proxy`]) and the per-address connection

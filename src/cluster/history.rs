@@ -14,6 +14,12 @@
 //! flushed Redis) gets a new epoch from the next script that touches it:
 //! older positions then answer `ok:false`.
 //!
+//! One more hash, [`counter_key`], numbers every kept message cluster-wide
+//! (the same script assigns the number, keeps it in the entry and in its
+//! stream's hash, and publishes it in the header): that number is an event
+//! stream's `id:`, and [`EVENTS_SCRIPT`] resumes every stream of an event
+//! stream from it.
+//!
 //! A resume's read is one script too: per stream the epoch, the last offset
 //! and the entries after the client's position (all of them or none), then
 //! a marker published on this node's own channel. The reader (on the
@@ -33,23 +39,31 @@ use super::Bridge;
 use crate::audience::{Audience, SessionKey};
 use crate::history::position::{self, Epoch, Kind};
 
-/// Appends one envelope; see the module doc. KEYS: hash, stream. ARGV: a
-/// new epoch (used only when the hash is gone), size, ttl ms, meta_ttl ms,
-/// channel, except, envelope.
+/// Appends one envelope; see the module doc. KEYS: hash, stream, the
+/// cluster's event counter ([`counter_key`]). ARGV: a new epoch (used only
+/// when the hash is gone), size, ttl ms, meta_ttl ms, channel, except,
+/// envelope, a new counter epoch (used only when the counter is gone).
 pub(crate) const APPEND_SCRIPT: &str = r"
+local ge = redis.call('HGET', KEYS[3], 'e')
+if not ge then
+  ge = ARGV[8]
+  redis.call('HSET', KEYS[3], 'e', ge, 'g', 0)
+end
+local g = redis.call('HINCRBY', KEYS[3], 'g', 1)
 local e = redis.call('HGET', KEYS[1], 'e')
 if not e then
   e = ARGV[1]
   redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'e', e, 'o', 0)
+  redis.call('HSET', KEYS[1], 'e', e, 'o', 0, 'g0', g)
 end
 local o = redis.call('HINCRBY', KEYS[1], 'o', 1)
+redis.call('HSET', KEYS[1], 'gl', g)
 local t = redis.call('TIME')
 local ms = t[1] * 1000 + math.floor(t[2] / 1000)
-redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], o .. '-0', 't', ms, 'm', ARGV[7])
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], o .. '-0', 't', ms, 'm', ARGV[7], 'g', g)
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
-redis.call('PUBLISH', ARGV[5], 'wshubh ' .. e .. ' ' .. o .. ' ' .. ARGV[6] .. '\n' .. ARGV[7])
+redis.call('PUBLISH', ARGV[5], 'wshubh ' .. e .. ' ' .. o .. ' ' .. ARGV[6] .. ' ' .. ge .. '-' .. g .. '\n' .. ARGV[7])
 return o
 ";
 
@@ -97,11 +111,95 @@ redis.call('PUBLISH', ARGV[1], ARGV[2])
 return out
 ";
 
+/// Reads an event stream's resume from one token (`<counter epoch>-<n>`,
+/// the [`counter_key`] when the stream's client last heard of it): per
+/// stream, every entry appended after it. KEYS: the counter, then hash and
+/// stream per stream. ARGV: marker channel, marker, ttl ms, meta_ttl ms,
+/// most entries, a new counter epoch, the token's epoch ('' when the
+/// stream opens without one) and number, then per stream a new epoch.
+///
+/// A stream's hash remembers the counter when its epoch began (`g0`, set
+/// here for a hash that lacks it) and at its last append (`gl`); each entry
+/// its own (`g`). Within an epoch both grow with the offset, so the
+/// entries after the token are the newest ones down to the first entry at
+/// or before it. Vouched for (status 1) only when the epoch existed at the
+/// token (`g0` at or before it: no older epoch was lost since) and either
+/// nothing came since (`gl`), or those entries are whole: the entry just
+/// before them is still kept or they start at offset 1, none trimmed, the
+/// oldest within ttl. Returns `{counter epoch, counter, per stream {epoch,
+/// status, first offset, entries...}}`, status 0 (no token), 1 or -1.
+pub(crate) const EVENTS_SCRIPT: &str = r"
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local ge = redis.call('HGET', KEYS[1], 'e')
+if not ge then
+  ge = ARGV[6]
+  redis.call('HSET', KEYS[1], 'e', ge, 'g', 0)
+end
+local G = tonumber(redis.call('HGET', KEYS[1], 'g'))
+local asked = ARGV[7] ~= ''
+local tg = tonumber(ARGV[8])
+local valid = asked and ARGV[7] == ge and tg <= G
+local out = {ge, G}
+for i = 1, (#KEYS - 1) / 2 do
+  local meta, stream = KEYS[2 * i], KEYS[2 * i + 1]
+  local e = redis.call('HGET', meta, 'e')
+  if not e then
+    e = ARGV[8 + i]
+    redis.call('DEL', stream)
+    redis.call('HSET', meta, 'e', e, 'o', 0, 'g0', G)
+  end
+  redis.call('HSETNX', meta, 'g0', G)
+  redis.call('PEXPIRE', meta, ARGV[4])
+  local o = tonumber(redis.call('HGET', meta, 'o'))
+  local r = {e, 0, o + 1}
+  if asked then
+    r[2] = -1
+    local g0 = tonumber(redis.call('HGET', meta, 'g0'))
+    if valid and g0 <= tg then
+      local gl = tonumber(redis.call('HGET', meta, 'gl') or '0')
+      if gl <= tg then
+        r[2] = 1
+      else
+        local got = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', tonumber(ARGV[5]) + 1)
+        local n, whole = 0, false
+        for j = 1, #got do
+          local g = tonumber(got[j][2][6])
+          if not g then break end
+          if g <= tg then
+            whole = true
+            break
+          end
+          n = j
+        end
+        if n > 0 then
+          local first = tonumber(string.match(got[n][1], '^%d+'))
+          if first == 1 then whole = true end
+          local fresh = tonumber(got[n][2][2]) + tonumber(ARGV[3]) > now
+          if whole and fresh and o - first + 1 == n then
+            r[2] = 1
+            r[3] = first
+            for j = n, 1, -1 do r[#r + 1] = got[j][2][4] end
+          end
+        end
+      end
+    end
+  end
+  out[#out + 1] = r
+end
+redis.call('PUBLISH', ARGV[1], ARGV[2])
+return out
+";
+
 /// First word of a published envelope that carries its position.
 pub(crate) const KEPT_MAGIC: &str = "wshubh";
 
 /// Most streams read for one resume (`a`, `u`; or one room).
 const MAX_STREAMS: usize = 2;
+
+/// Most streams read for one event stream (everyone, its user, its rooms;
+/// `max_rooms_per_session` bounds the rooms well below this).
+const MAX_EVENT_STREAMS: usize = 1024;
 
 /// What the cluster's history is held to (from `history`).
 #[derive(Debug, Clone, Copy)]
@@ -122,6 +220,15 @@ pub(crate) fn keys(names: &Names, audience: Audience<&str>) -> (String, String) 
     // The channel is `<prefix>:<rest>`; keys insert `h` or `hm` after it.
     let rest = channel.get(prefix.len()..).unwrap_or_default();
     (format!("{prefix}:hm{rest}"), format!("{prefix}:h{rest}"))
+}
+
+/// The cluster's event counter: a hash with its epoch (`e`) and the number
+/// of the last message kept in any stream (`g`). An event stream's `id:` is
+/// `<epoch>-<number>`, the same on every node (docs/sse.md).
+/// It never expires (one small key); a flushed Redis gives it a
+/// new epoch, and older tokens then cannot be vouched for.
+pub(crate) fn counter_key(names: &Names) -> String {
+    format!("{}:hg", names.prefix())
 }
 
 /// The channel this node's read markers arrive on (one run of one node).
@@ -151,11 +258,15 @@ pub(crate) struct KeptHeader<'a> {
     pub offset: u64,
     /// The session the sender's node leaves out.
     pub except: Option<SessionKey>,
+    /// The counter's `<epoch>-<number>` for this message: an event
+    /// stream's `id:` ([`counter_key`]); `None` from a node that does not
+    /// send it.
+    pub token: Option<&'a str>,
     /// The envelope (`wshub1 …\n<json>`).
     pub envelope: &'a [u8],
 }
 
-/// Splits `wshubh <epoch> <offset> <except>\n<envelope>`; `None` when the
+/// Splits `wshubh <epoch> <offset> <except> [<token>]\n<envelope>`; `None` when the
 /// payload does not start that way (a plain envelope).
 pub(crate) fn split_kept(payload: &[u8]) -> Option<Result<KeptHeader<'_>, ()>> {
     let rest = payload
@@ -165,11 +276,18 @@ pub(crate) fn split_kept(payload: &[u8]) -> Option<Result<KeptHeader<'_>, ()>> {
         let newline = rest.iter().position(|b| *b == b'\n').ok_or(())?;
         let header = std::str::from_utf8(&rest[..newline]).map_err(|_| ())?;
         let mut words = header.split(' ');
-        let (Some(epoch), Some(offset), Some(except), None) =
-            (words.next(), words.next(), words.next(), words.next())
-        else {
+        let (Some(epoch), Some(offset), Some(except), token, None) = (
+            words.next(),
+            words.next(),
+            words.next(),
+            words.next(),
+            words.next(),
+        ) else {
             return Err(());
         };
+        if token.is_some_and(|token| parse_token(token).is_none()) {
+            return Err(());
+        }
         let epoch = Epoch::from_text(epoch).ok_or(())?;
         let offset = offset.parse().map_err(|_| ())?;
         let except = match except {
@@ -186,10 +304,22 @@ pub(crate) fn split_kept(payload: &[u8]) -> Option<Result<KeptHeader<'_>, ()>> {
             epoch,
             offset,
             except,
+            token,
             envelope: &rest[newline + 1..],
         })
     };
     Some(parse())
+}
+
+/// An event stream's token, `<counter epoch>-<number>`: the epoch's text
+/// and the number; `None` for anything else.
+pub(crate) fn parse_token(token: &str) -> Option<(&str, u64)> {
+    let (epoch, number) = token.trim().split_once('-')?;
+    Epoch::from_text(epoch)?;
+    if number.is_empty() || !number.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((epoch, number.parse().ok()?))
 }
 
 /// One stream a resume reads.
@@ -202,13 +332,27 @@ pub(crate) struct ReadStream {
     pub since: Option<(String, u64)>,
 }
 
+/// What a read is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ReadFor {
+    /// A WebSocket resume or join: each stream from its own position.
+    Positions,
+    /// An event stream: every stream of the connection from one token
+    /// (epoch text, number); `None` when it opens without one (only the
+    /// current token is wanted). The streams' `since` is not used.
+    Events(Option<(String, u64)>),
+}
+
 /// A resume's read, from the loop to the subscriber thread.
 #[derive(Debug)]
 pub(crate) struct Read {
     /// Names the answer.
     pub id: u64,
-    /// At most [`MAX_STREAMS`].
+    /// At most [`MAX_STREAMS`] for positions; an event stream's everyone,
+    /// user and rooms.
     pub streams: Vec<ReadStream>,
+    /// How the streams are read.
+    pub reads: ReadFor,
 }
 
 /// One stream's answer.
@@ -223,8 +367,17 @@ pub(crate) struct StreamRead {
     pub replay: Option<Vec<Vec<u8>>>,
 }
 
-/// A read's answer: one [`StreamRead`] per stream asked, or why it failed.
-pub(crate) type ReadResult = Result<Vec<StreamRead>, String>;
+/// A read's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Answer {
+    /// One per stream asked.
+    pub streams: Vec<StreamRead>,
+    /// An event stream's read: the current token (`<epoch>-<number>`).
+    pub token: Option<String>,
+}
+
+/// A read's answer, or why it failed.
+pub(crate) type ReadResult = Result<Answer, String>;
 
 /// The subscriber's side of resumes: a second connection for the reads,
 /// and the answers waiting for their marker.
@@ -271,7 +424,8 @@ impl Reader {
         for (read, answer) in reads.into_iter().zip(answers) {
             let result = parse_answer(bridge, &read, answer);
             let bytes = match &result {
-                Ok(streams) => streams
+                Ok(answer) => answer
+                    .streams
                     .iter()
                     .flat_map(|s| s.replay.iter().flatten())
                     .map(Vec::len)
@@ -284,8 +438,8 @@ impl Reader {
                 continue;
             }
             match result {
-                Ok(streams) => {
-                    self.waiting.insert(read.id, (Ok(streams), bytes));
+                Ok(answer) => {
+                    self.waiting.insert(read.id, (Ok(answer), bytes));
                 }
                 Err(why) => failed.push((read.id, Err(why))),
             }
@@ -312,13 +466,29 @@ impl Reader {
                 settings.meta_ttl_ms.to_string().into_bytes(),
                 settings.size.to_string().into_bytes(),
             ];
-            for stream in read.streams.iter().take(MAX_STREAMS) {
+            let script = match &read.reads {
+                ReadFor::Positions => READ_SCRIPT,
+                ReadFor::Events(since) => {
+                    keys.push(counter_key(&bridge.names));
+                    args.push(self.new_epoch().as_str().as_bytes().to_vec());
+                    let (epoch, number) = since.clone().unwrap_or_default();
+                    args.push(epoch.into_bytes());
+                    args.push(number.to_string().into_bytes());
+                    EVENTS_SCRIPT
+                }
+            };
+            let most = match read.reads {
+                ReadFor::Positions => MAX_STREAMS,
+                ReadFor::Events(_) => MAX_EVENT_STREAMS,
+            };
+            for stream in read.streams.iter().take(most) {
                 let (meta, entries) = keys_of(&bridge.names, &stream.audience);
                 keys.push(meta);
                 keys.push(entries);
-                self.epochs += 1;
-                let epoch = new_epoch(&self.random, self.epochs);
-                args.push(epoch.as_str().as_bytes().to_vec());
+                args.push(self.new_epoch().as_str().as_bytes().to_vec());
+                if read.reads != ReadFor::Positions {
+                    continue;
+                }
                 match &stream.since {
                     Some((epoch, offset)) => {
                         args.push(epoch.clone().into_bytes());
@@ -331,7 +501,7 @@ impl Reader {
                 }
             }
             pipe.cmd("EVAL")
-                .arg(READ_SCRIPT)
+                .arg(script)
                 .arg(keys.len())
                 .arg(keys)
                 .arg(args);
@@ -340,6 +510,11 @@ impl Reader {
             return Ok(Vec::new());
         };
         pipe.query(con)
+    }
+
+    fn new_epoch(&mut self) -> Epoch {
+        self.epochs += 1;
+        new_epoch(&self.random, self.epochs)
     }
 
     /// A marker arrived: the answer it releases, in stream order with the
@@ -377,7 +552,27 @@ fn parse_answer(bridge: &Bridge, read: &Read, answer: Value) -> ReadResult {
     let Value::Array(streams) = answer else {
         return Err(format!("unexpected reply to a read: {answer:?}"));
     };
-    if streams.len() != read.streams.len().min(MAX_STREAMS) {
+    let mut streams = streams.into_iter();
+    let (token, most) = match read.reads {
+        ReadFor::Positions => (None, MAX_STREAMS),
+        ReadFor::Events(_) => {
+            let epoch = match streams.next() {
+                Some(Value::BulkString(bytes)) => String::from_utf8(bytes).ok(),
+                _ => None,
+            };
+            let (Some(epoch), Some(Value::Int(number))) = (epoch, streams.next()) else {
+                return Err("an event stream's read lacks the counter".to_owned());
+            };
+            let token = format!("{epoch}-{number}");
+            if parse_token(&token).is_none() {
+                return Err(
+                    "the counter in Redis has an epoch this server does not write".to_owned(),
+                );
+            }
+            (Some(token), MAX_EVENT_STREAMS)
+        }
+    };
+    if streams.len() != read.streams.len().min(most) {
         return Err("a read's reply has the wrong number of streams".to_owned());
     }
     let mut out = Vec::with_capacity(streams.len());
@@ -395,17 +590,27 @@ fn parse_answer(bridge: &Bridge, read: &Read, answer: Value) -> ReadResult {
         let Some(epoch) = epoch else {
             return Err("a stream in Redis has an epoch this server does not write".to_owned());
         };
-        let (Some(Value::Int(last)), Some(Value::Int(status))) = (fields.next(), fields.next())
-        else {
+        // Positions: last offset, status; events: status, first offset.
+        let (Some(Value::Int(a)), Some(Value::Int(b))) = (fields.next(), fields.next()) else {
             return Err("a read's reply lacks the offset or status".to_owned());
         };
-        let last = u64::try_from(last).map_err(|_| "a negative offset in Redis".to_owned())?;
+        let (offset, status) = match read.reads {
+            ReadFor::Positions => (a, b),
+            ReadFor::Events(_) => (b, a),
+        };
+        let offset = u64::try_from(offset).map_err(|_| "a negative offset in Redis".to_owned())?;
+        let first = match read.reads {
+            ReadFor::Positions => asked.since.as_ref().map_or(0, |(_, offset)| *offset) + 1,
+            ReadFor::Events(_) => offset,
+        };
         let replay = match status {
-            1 => {
-                let first = asked.since.as_ref().map_or(0, |(_, offset)| *offset) + 1;
-                stamp_all(bridge, &asked.audience, &epoch, first, fields)
-            }
+            1 => stamp_all(bridge, &asked.audience, &epoch, first, fields),
             _ => None,
+        };
+        let last = match (&read.reads, &replay) {
+            (ReadFor::Positions, _) => offset,
+            (ReadFor::Events(_), Some(replay)) => first + replay.len() as u64 - 1,
+            (ReadFor::Events(_), None) => 0,
         };
         out.push(StreamRead {
             epoch,
@@ -413,7 +618,10 @@ fn parse_answer(bridge: &Bridge, read: &Read, answer: Value) -> ReadResult {
             replay,
         });
     }
-    Ok(out)
+    Ok(Answer {
+        streams: out,
+        token,
+    })
 }
 
 fn stamp_all(
@@ -478,6 +686,14 @@ mod tests {
             })
         );
         assert_eq!(kept.envelope, b"wshub1 n 1 2\n{}");
+        let with_token = format!("wshubh {e} 17 - {e}-99\nwshub1 n 1 2\n{{}}");
+        let kept = split_kept(with_token.as_bytes()).unwrap().unwrap();
+        assert_eq!(kept.token, Some(format!("{e}-99").as_str()));
+        assert_eq!(kept.envelope, b"wshub1 n 1 2\n{}");
+        assert_eq!(parse_token(&format!("{e}-99")), Some((e, 99)));
+        for bad in ["", "-", "x-1", &format!("{e}-"), &format!("{e}-+1"), e] {
+            assert_eq!(parse_token(bad), None, "{bad:?}");
+        }
         let none = format!("wshubh {e} 1 -\nx");
         assert_eq!(split_kept(none.as_bytes()).unwrap().unwrap().except, None);
         assert!(
@@ -489,6 +705,7 @@ mod tests {
             &format!("wshubh {e} x -\nx"),
             &format!("wshubh {e} 1 3\nx"),
             &format!("wshubh {e} 1 - extra\nx"),
+            &format!("wshubh {e} 1 - {e}-1 more\nx"),
             &format!("wshubh {e} 1 -"),
         ] {
             assert_eq!(split_kept(bad.as_bytes()), Some(Err(())), "{bad}");
@@ -497,8 +714,11 @@ mod tests {
 
     #[test]
     fn the_scripts_take_what_the_callers_pass() {
-        // APPEND: 2 keys, 7 args; READ: 5 args then 3 per stream.
-        assert!(APPEND_SCRIPT.contains("ARGV[7]") && !APPEND_SCRIPT.contains("ARGV[8]"));
+        // APPEND: 3 keys, 8 args; READ: 5 args then 3 per stream; EVENTS:
+        // 8 args then 1 per stream.
+        assert!(APPEND_SCRIPT.contains("ARGV[8]") && !APPEND_SCRIPT.contains("ARGV[9]"));
+        assert!(APPEND_SCRIPT.contains("KEYS[3]") && !APPEND_SCRIPT.contains("KEYS[4]"));
+        assert!(EVENTS_SCRIPT.contains("ARGV[8 + i]"));
         assert!(READ_SCRIPT.contains("local a = 5 + 3 * (i - 1)"));
         assert!(APPEND_SCRIPT.contains(KEPT_MAGIC));
         assert_eq!(except_text(None), "-");

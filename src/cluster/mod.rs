@@ -112,6 +112,8 @@ pub(crate) enum Event {
         epoch: crate::history::position::Epoch,
         offset: u64,
         own: bool,
+        /// Its event-stream `id:` (`history::counter_key`).
+        token: Option<String>,
     },
     /// The answer to [`Link::read_history`], in stream order with the
     /// live messages; `bytes` go back to the inbound budget once used.
@@ -568,7 +570,11 @@ impl Link {
     /// Asks the subscriber thread to read a resume's streams; returns the
     /// id its [`Event::HistoryRead`] will carry. `None` (nothing asked)
     /// while the cluster is down or the read queue is full.
-    pub(crate) fn read_history(&mut self, streams: Vec<history::ReadStream>) -> Option<u64> {
+    pub(crate) fn read_history(
+        &mut self,
+        streams: Vec<history::ReadStream>,
+        reads: history::ReadFor,
+    ) -> Option<u64> {
         if !self.up() || self.bridge.history.is_none() {
             return None;
         }
@@ -576,6 +582,7 @@ impl Link {
         let read = history::Read {
             id: self.next_read,
             streams,
+            reads,
         };
         match self.reads.try_send(read) {
             Ok(()) => {

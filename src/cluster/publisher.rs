@@ -244,11 +244,14 @@ fn publish(bridge: &Bridge, con: &mut Connection, batch: &mut Batch) -> RedisRes
         let (meta, stream) = history::keys(&bridge.names, target.as_deref());
         batch.epochs += 1;
         let epoch = history::new_epoch(&batch.random, batch.epochs);
+        batch.epochs += 1;
+        let counter_epoch = history::new_epoch(&batch.random, batch.epochs);
         pipe.cmd("EVAL")
             .arg(history::APPEND_SCRIPT)
-            .arg(2)
+            .arg(3)
             .arg(meta)
             .arg(stream)
+            .arg(history::counter_key(&bridge.names))
             .arg(epoch.as_str())
             .arg(settings.size)
             .arg(settings.ttl_ms)
@@ -256,6 +259,7 @@ fn publish(bridge: &Bridge, con: &mut Connection, batch: &mut Batch) -> RedisRes
             .arg(publication.channel())
             .arg(history::except_text(*except))
             .arg(publication.payload())
+            .arg(counter_epoch.as_str())
             .ignore();
     }
     pipe.query(con)

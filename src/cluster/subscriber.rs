@@ -410,6 +410,7 @@ impl Receiving {
             epoch: kept.epoch,
             offset: kept.offset,
             own,
+            token: kept.token.map(str::to_owned),
         })
     }
 

@@ -240,9 +240,10 @@ impl EventLoop {
                 epoch,
                 offset,
                 own,
+                token,
             } => {
                 link.delivered(json.len());
-                self.on_kept(&target, &json, &epoch, offset, own);
+                self.on_kept(&target, &json, &epoch, offset, own, token);
             }
             Event::HistoryRead { id, result, bytes } => {
                 link.delivered(bytes);

@@ -75,6 +75,7 @@ mod dispatch;
 mod handshakes;
 mod read;
 mod remote;
+mod remote_stream;
 mod resume;
 mod rooms;
 mod stream;

@@ -26,7 +26,7 @@ use serde_json::value::RawValue;
 use super::deliver::Pick;
 use super::EventLoop;
 use crate::audience::Audience;
-use crate::cluster::history::{ReadResult, ReadStream, StreamRead};
+use crate::cluster::history::{ReadFor, ReadResult, ReadStream, StreamRead};
 use crate::deflate::Encoded;
 use crate::frame::{self, Kind as FrameKind};
 use crate::history::position::{self, Epoch, Kind, Outcome, Position, Since};
@@ -92,7 +92,7 @@ impl EventLoop {
         let gapped: Vec<usize> = self
             .sessions
             .iter()
-            .filter(|(_, s)| s.is_open() && s.recovering() && !s.is_sse())
+            .filter(|(_, s)| s.is_open() && wants_position(s))
             .map(|(index, _)| index)
             .collect();
         if gapped.is_empty() {
@@ -118,6 +118,7 @@ impl EventLoop {
         epoch: &Epoch,
         offset: u64,
         own: bool,
+        token: Option<String>,
     ) {
         self.check_drops();
         let audience = target.as_deref();
@@ -130,7 +131,7 @@ impl EventLoop {
         let stamped = position::stamp(json, kind, room, epoch, offset);
         let mut stamped = stamped
             .as_deref()
-            .map(|s| Encoded::new(FrameKind::Text, s, min_bytes));
+            .map(|s| Encoded::new(FrameKind::Text, s, min_bytes).with_sse_id(token));
         if own {
             // The others here had it when it was published.
             self.fan_out_kept(audience, None, stamped.as_mut(), false);
@@ -155,11 +156,13 @@ impl EventLoop {
         let broadcast = plain.is_some() && !matches!(audience, Audience::User(_));
         let (addressed, _) = self.fan_out_with(audience, broadcast, |r| {
             let session = r.session;
-            let wants_position = session.recovering() && !session.is_sse();
-            if wants_position {
+            if wants_position(session) {
                 if let Some(encoded) = stamped.as_deref_mut() {
                     if r.remote.is_some_and(|remote| remote.skips(r.key, audience)) {
                         return Pick::Skip;
+                    }
+                    if session.is_sse() {
+                        return Pick::Queue(encoded.sse());
                     }
                     return Pick::Queue(encoded.for_session(session.deflate_params(), r.codec));
                 }
@@ -206,7 +209,7 @@ impl EventLoop {
             all: since.all,
             own,
         };
-        self.ask(index, key, streams, wanted);
+        self.ask(index, key, streams, wanted, ReadFor::Positions);
     }
 
     /// After a recovering session's join passed: ask Redis for the room's
@@ -237,23 +240,24 @@ impl EventLoop {
             room: Rc::from(room),
             since,
         };
-        self.ask(index, key, streams, wanted);
+        self.ask(index, key, streams, wanted, ReadFor::Positions);
     }
 
     /// Queues the read, or answers at once without Redis (down, or the
     /// read queue full): positions of an unknown epoch and `ok:false`.
-    fn ask(
+    pub(super) fn ask(
         &mut self,
         index: usize,
         key: crate::audience::SessionKey,
         streams: Vec<ReadStream>,
         wanted: Wanted,
+        reads: ReadFor,
     ) {
         let now = self.now_ms;
         let id = self
             .cluster
             .as_mut()
-            .and_then(|link| link.read_history(streams));
+            .and_then(|link| link.read_history(streams, reads));
         let Some(remote) = self.remote.as_mut() else {
             return;
         };
@@ -280,7 +284,12 @@ impl EventLoop {
             return;
         }
         match result {
-            Ok(reads) => self.answer(index, pending.wanted, Some(&reads)),
+            Ok(answer) => match pending.wanted {
+                Wanted::Events { resume, streams } => {
+                    self.answer_events(index, resume, &streams, Some(&answer));
+                }
+                wanted => self.answer(index, wanted, Some(&answer.streams)),
+            },
             Err(why) => self.read_failed(&pending, &why),
         }
         self.release_held(index);
@@ -339,6 +348,9 @@ impl EventLoop {
                 });
                 self.reply(index, &position::recovered_json(all, own));
             }
+            Wanted::Events { resume, streams } => {
+                self.answer_events(index, resume, &streams, None);
+            }
             Wanted::Room { room, since } => {
                 self.reply(
                     index,
@@ -351,6 +363,13 @@ impl EventLoop {
                 let outcome = self.replay_remote(index, read);
                 self.reply(index, &position::room_recovered_json(&room, outcome));
             }
+        }
+    }
+
+    /// Counts one stream's resume outcome.
+    pub(super) fn count_remote(&mut self, outcome: Outcome) {
+        if let Some(remote) = self.remote.as_mut() {
+            remote.count(outcome.ok, outcome.replayed);
         }
     }
 
@@ -380,9 +399,13 @@ impl EventLoop {
             }
             _ => Outcome::FAILED,
         };
-        if let Some(remote) = self.remote.as_mut() {
-            remote.count(outcome.ok, outcome.replayed);
-        }
+        self.count_remote(outcome);
         outcome
     }
+}
+
+/// Whether a session gets the stamped form of kept messages, from Redis:
+/// recovering chat sessions, and event streams (their `id:`).
+fn wants_position(session: &crate::session::Session) -> bool {
+    session.recovering() || session.is_sse()
 }

@@ -38,6 +38,9 @@ impl EventLoop {
     /// A stream just opened (its rooms joined): with history on, resume
     /// from `last_event_id` if given, then hand out the current token.
     pub(super) fn open_stream(&mut self, index: usize, last_event_id: Option<&str>) {
+        if self.remote.is_some() {
+            return self.open_stream_remote(index, last_event_id);
+        }
         let Some(marks) = self.sse_marks.as_ref() else {
             return;
         };
@@ -134,7 +137,7 @@ impl EventLoop {
     }
 
     /// Queues one event (checked to fit beforehand, or a small one).
-    fn queue_event(&mut self, index: usize, event: Wire) {
+    pub(super) fn queue_event(&mut self, index: usize, event: Wire) {
         let Some(session) = self.sessions.get_mut(index) else {
             return;
         };

@@ -40,6 +40,10 @@ pub(crate) enum Wanted {
         room: Rc<str>,
         since: Option<Option<Position>>,
     },
+    /// An event stream that opened: its current token, and with
+    /// `Last-Event-ID` (`resume`) what it missed on each of `streams`
+    /// (`a`, `u`, `r:<room>`, in the order read).
+    Events { resume: bool, streams: Vec<String> },
 }
 
 /// One resume waiting for Redis.
@@ -97,8 +101,10 @@ impl Remote {
     pub(crate) fn wait(&mut self, id: u64, key: SessionKey, now_ms: u64, wanted: Wanted) {
         let waits = self.waits.entry(key).or_default();
         match &wanted {
-            Wanted::Session { .. } => waits.whole += 1,
+            Wanted::Session { .. } | Wanted::Events { resume: true, .. } => waits.whole += 1,
             Wanted::Room { room, .. } => waits.rooms.push(room.clone()),
+            // Live messages reach it meanwhile: the token read covers them.
+            Wanted::Events { resume: false, .. } => {}
         }
         self.pending.insert(
             id,
@@ -115,7 +121,10 @@ impl Remote {
         let pending = self.pending.remove(&id)?;
         if let Some(waits) = self.waits.get_mut(&pending.key) {
             match &pending.wanted {
-                Wanted::Session { .. } => waits.whole = waits.whole.saturating_sub(1),
+                Wanted::Session { .. } | Wanted::Events { resume: true, .. } => {
+                    waits.whole = waits.whole.saturating_sub(1);
+                }
+                Wanted::Events { resume: false, .. } => {}
                 Wanted::Room { room, .. } => {
                     if let Some(at) = waits.rooms.iter().position(|r| r == room) {
                         waits.rooms.swap_remove(at);

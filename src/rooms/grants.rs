@@ -4,9 +4,9 @@
 //! allocation.
 //!
 //! The claim is an array of strings: exact names (`"team:42"`), prefixes
-//! ending in `*` (`"chat:*"`), or `"*"` for every room. Where the README
-//! leaves room: an entry with a `*` anywhere but at its end grants nothing;
-//! an entry longer than `max_id_bytes` (its `*` not counted) or holding a
+//! ending in `*` (`"chat:*"`), or `"*"` for every room. Our choices
+//! (docs/rooms.md): an entry with a `*` anywhere but at its end grants
+//! nothing; an entry longer than `max_id_bytes` (its `*` not counted) or holding a
 //! control character is ignored; a claim that is not an array of strings
 //! grants nothing at all, logged once per process.
 

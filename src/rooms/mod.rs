@@ -1,4 +1,4 @@
-//! Rooms people can trust (README "Rooms"): who may join a room, and the
+//! Rooms people can trust (docs/rooms.md): who may join a room, and the
 //! presence events members see.
 //!
 //! | module | holds |

@@ -1,4 +1,4 @@
-//! Webhooks (README "Webhooks"): the loop's side. Decides events from
+//! Webhooks (docs/webhooks.md): the loop's side. Decides events from
 //! presence changes, cheaply, and hands them to the `wshub-webhooks` thread
 //! with `try_send` on a bounded queue; the thread batches, signs and POSTs
 //! (see `sender`). Nothing here blocks or does I/O.

@@ -15,6 +15,7 @@ use wshub::{Config, Handle, Mode, Server};
 pub mod backend;
 pub mod chaos;
 pub mod cluster;
+pub mod sse;
 pub mod tls;
 
 /// How long any single wait in a test may take before it fails.
