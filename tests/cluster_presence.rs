@@ -194,7 +194,7 @@ fn wait_users(node: &Node, count: usize, users: &[&str], limit: Duration) {
 }
 
 /// Joins and leaves reach the other node, and cost Redis the change, not
-/// the entry: a 10-change churn on a node with a ~450 KB entry moves a few
+/// the entry: an 11-change churn on a node with a ~450 KB entry moves a few
 /// KB through Redis, where reading and writing the entry whole at each of
 /// the ~6 refreshes would be megabytes.
 #[test]
@@ -219,7 +219,9 @@ fn presence_changes_travel_as_changes_not_as_the_whole_entry() {
     let entry: usize = redis
         .query(redis::cmd("STRLEN").arg("t:node:a"))
         .expect("STRLEN");
-    assert!(entry > 400_000, "a large entry: {entry} bytes");
+    // At least two thirds of the ~450 KB: the joins after its last whole
+    // write (less than half of it) are in the log.
+    assert!(entry > 250_000, "a large entry: {entry} bytes");
     let kind: String = redis
         .query(redis::cmd("TYPE").arg("t:plog:a"))
         .expect("TYPE");

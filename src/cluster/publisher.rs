@@ -329,6 +329,16 @@ struct Presence {
     peers: BTreeSet<String>,
     /// Another run held our node_id lock at the last refresh (logged once).
     lock_lost: bool,
+    /// The hashes of the scripts loaded on this connection.
+    scripts: Scripts,
+}
+
+/// The hashes of [`NODES_SCRIPT`] and [`changes::READ_SCRIPT`] (`SCRIPT
+/// LOAD`), run with `EVALSHA`.
+#[derive(Default)]
+struct Scripts {
+    nodes: String,
+    read: String,
 }
 
 /// What this node knows of another one.
@@ -365,6 +375,18 @@ impl Presence {
         let key = names.node_key(&bridge.node_id);
         let log_key = names.log_key(&bridge.node_id);
         let fresh = self.fresh_connection;
+        if fresh {
+            // Run by their hash from now on: their text costs Redis once
+            // per connection (a Redis that forgot them fails the refresh,
+            // and the next connection loads them again).
+            let mut load = |script: &str| -> RedisResult<String> {
+                redis::cmd("SCRIPT").arg("LOAD").arg(script).query(con)
+            };
+            self.scripts = Scripts {
+                nodes: load(NODES_SCRIPT)?,
+                read: load(changes::READ_SCRIPT)?,
+            };
+        }
         let mut pipe = redis::pipe();
         if fresh {
             pipe.cmd("DEL").arg(&log_key).ignore();
@@ -414,8 +436,8 @@ impl Presence {
             .arg(names.nodes_key())
             .arg(ttl_ms * 2)
             .ignore();
-        pipe.cmd("EVAL")
-            .arg(NODES_SCRIPT)
+        pipe.cmd("EVALSHA")
+            .arg(&self.scripts.nodes)
             .arg(1)
             .arg(names.nodes_key())
             .arg(names.node_key(""))
@@ -525,8 +547,8 @@ impl Presence {
                 .arg(0)
                 .arg(view::HEADER_MAX - 1);
             if let Some(at) = self.at(id) {
-                pipe.cmd("EVAL")
-                    .arg(changes::READ_SCRIPT)
+                pipe.cmd("EVALSHA")
+                    .arg(&self.scripts.read)
                     .arg(1)
                     .arg(names.log_key(id))
                     .arg(format!("({}", Position::stream_id(at.seq)))
