@@ -40,16 +40,24 @@ impl Node {
     }
 
     fn start_ttl(id: &str, redis: &Redis, size: usize, ttl: &str) -> Node {
-        Node::start_with(id, redis, size, ttl, "")
+        Node::start_with(id, redis, size, ttl, "", "")
     }
 
-    /// A node with more config lines (`extra`, whole sections).
-    fn start_with(id: &str, redis: &Redis, size: usize, ttl: &str, extra: &str) -> Node {
+    /// A node with more config lines (`websocket`: keys of that section;
+    /// `extra`: keys of `cluster`, or whole sections).
+    fn start_with(
+        id: &str,
+        redis: &Redis,
+        size: usize,
+        ttl: &str,
+        websocket: &str,
+        extra: &str,
+    ) -> Node {
         let spawned = spawn_wshub("chist", |port| {
             format!(
                 "app:\n  host: \"127.0.0.1\"\n  port: {port}\n  demo: false\n\
                  log:\n  level: info\n\
-                 websocket:\n  shutdown_timeout: 2s\n  max_connections: 2000\n\
+                 websocket:\n  shutdown_timeout: 2s\n  max_connections: 2000\n{websocket}\
                  history:\n  size: {size}\n  ttl: {ttl}\n\
                  cluster:\n  redis: \"{}\"\n  node_id: \"{id}\"\n  presence_ttl: 2s\n  channel_prefix: \"h\"\n  secret: \"s3cret\"\n{extra}",
                 redis.url()
@@ -721,6 +729,66 @@ fn event_streams_that_cannot_be_vouched_for_are_reset() {
 }
 
 #[test]
+fn a_message_dropped_before_the_loop_closes_recovering_sessions_which_resume_it() {
+    let redis = Redis::start();
+    // Messages and queues of up to 2 and 4 MiB; b takes at most 1 MiB from
+    // Redis at a time: a larger message is dropped before its loop sees it.
+    let large = "  max_message_size: 2097152\n  max_buffered_bytes: 4194304\n";
+    let a = Node::start_with("a", &redis, 50, "2m", large, "");
+    let b = Node::start_with("b", &redis, 50, "2m", large, "  max_queue_bytes: 1048576\n");
+    let (mut ann, welcome) = b.welcome("user_id=ann&recover=1");
+    let (_, epoch, start) = split(&welcome["content"]["a"]);
+    let mut sse = b.sse("user_id=ann", &[]);
+    // Plain sessions are not closed: they never had positions.
+    let mut plain = b.connect("user_id=bob");
+    b.broadcast(1);
+    assert_eq!(ann.recv_json()["content"], 1);
+    assert_eq!(next_event(&mut sse).2["content"], 1);
+    assert_eq!(plain.recv_json()["content"], 1);
+    let token = sse.last_id.clone().unwrap();
+    let big = "x".repeat(1_200_000);
+    assert_eq!(
+        a.post("/api/ws/broadcast", json!({"type": "news", "content": big})),
+        200
+    );
+    a.broadcast(3);
+    // The next message b sees finds the gap: both recovering sessions end.
+    assert_eq!(ann.expect_close(), 1013);
+    let rest = sse.read_to_end();
+    assert_eq!(
+        rest.last(),
+        Some(&Item::Comment("missed a message, resume".into())),
+        "{rest:?}"
+    );
+    assert!(
+        !rest.iter().any(|item| matches!(item, Item::Event { .. })),
+        "nothing after the gap: {rest:?}"
+    );
+    assert_eq!(plain.recv_json()["content"], 3, "the plain one stays");
+    assert_eq!(b.metric("wshub_history_gap_closes_total"), 2);
+    // Both resume (on the other node: b's budget could not take the
+    // replay either) and get the missed message and the one after it.
+    let (mut ann, _) = a.welcome(&format!("user_id=ann&since=a:{epoch}:{}", start + 1));
+    let (replayed, recovered) = until_recovered(&mut ann);
+    assert_eq!(replayed.len(), 2);
+    assert_eq!(
+        replayed[0]["content"].as_str().map(str::len),
+        Some(big.len())
+    );
+    assert_eq!(replayed[1]["content"], 3);
+    assert_eq!(offsets(&replayed), [start + 2, start + 3]);
+    assert_eq!(
+        recovered["content"]["a"],
+        json!({"ok": true, "replayed": 2})
+    );
+    let mut back = a.sse("user_id=ann", &[("Last-Event-ID", &token)]);
+    let (name, _, first) = next_event(&mut back);
+    assert_eq!(name, "message");
+    assert_eq!(first["content"].as_str().map(str::len), Some(big.len()));
+    assert_eq!(next_event(&mut back).2["content"], 3);
+}
+
+#[test]
 fn a_hung_redis_answers_a_resume_with_ok_false_or_1013_never_silence() {
     let redis = Redis::start();
     let a = Node::start("a", &redis, 10);
@@ -773,8 +841,8 @@ fn a_hung_redis_answers_a_resume_with_ok_false_or_1013_never_silence() {
 fn presence_events_arrive_once_and_are_not_kept() {
     let redis = Redis::start();
     let presence = "rooms:\n  presence: true\n";
-    let a = Node::start_with("a", &redis, 50, "2m", presence);
-    let b = Node::start_with("b", &redis, 50, "2m", presence);
+    let a = Node::start_with("a", &redis, 50, "2m", "", presence);
+    let b = Node::start_with("b", &redis, 50, "2m", "", presence);
     let (mut watcher, _) = a.welcome("user_id=wat&recover=1");
     watcher.send_json(json!({"type": "join", "room": "r"}));
     assert_eq!(watcher.recv_json()["type"], "welcome");

@@ -534,3 +534,130 @@ fn presence_events_reach_recovering_members_but_are_not_kept() {
     assert!(replayed.is_empty(), "{replayed:?}");
     assert_eq!(recovered["content"], json!({"ok": true, "replayed": 0}));
 }
+
+/// Pushes `{"n": n, "pad": 16 KiB}` to `user` until no session of it is
+/// online any more (its queue overflowed and it was closed), then one
+/// more; returns how many were pushed.
+fn push_until_offline(server: &TestServer, user: &str) -> u64 {
+    let pad = "x".repeat(16 * 1024);
+    let push = |n: u64| {
+        let body = json!({"type": "dm", "to": user, "content": {"n": n, "pad": pad}});
+        let (status, text) = http(server.addr, "POST", "/api/ws/send", &[], &body.to_string());
+        assert_eq!(status, 200, "{text}");
+        serde_json::from_str::<Value>(&text).unwrap()["sent"].as_u64() == Some(0)
+    };
+    let deadline = Instant::now() + common::WAIT;
+    let mut pushed = 0;
+    loop {
+        pushed += 1;
+        if push(pushed) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still online after {pushed}");
+    }
+    pushed += 1;
+    push(pushed);
+    pushed
+}
+
+fn numbers(messages: &[Value]) -> Vec<u64> {
+    messages
+        .iter()
+        .map(|m| m["content"]["n"].as_u64().unwrap())
+        .collect()
+}
+
+#[test]
+fn a_session_whose_queue_overflows_is_closed_1013_and_resumes_what_it_missed() {
+    // History keeps it all (size 1000): the resume replays the rest. History
+    // keeps one (size 1): it cannot vouch for the rest, ok:false.
+    for size in [1000, 1] {
+        let mut config = history_config(size);
+        config.websocket.message_buffer_size = 8;
+        let server = TestServer::start(config);
+        let (mut slow, _) = connect(&server, "user_id=slow&recover=1");
+        // It reads nothing while the pushes fill the socket buffers and
+        // then its queue.
+        let pushed = push_until_offline(&server, "slow");
+        let mut got = Vec::new();
+        let code = loop {
+            match slow.ws.read().expect("read") {
+                tungstenite::Message::Text(text) => {
+                    got.push(serde_json::from_str::<Value>(text.as_str()).unwrap());
+                }
+                tungstenite::Message::Close(frame) => {
+                    break frame.map_or(1005, |f| u16::from(f.code));
+                }
+                _ => {}
+            }
+        };
+        assert_eq!(code, 1013, "closed as a slow consumer");
+        // What was queued arrived whole and in order; nothing after a gap.
+        let received = numbers(&got);
+        let m = received.len() as u64;
+        assert_eq!(received, (1..=m).collect::<Vec<_>>());
+        assert!(m >= 1 && pushed - m >= 2, "{m} of {pushed}");
+        let last = got.last().unwrap()["pos"].as_str().unwrap().to_owned();
+        assert_eq!(offset(&json!(last)), m);
+        let (mut back, _) = connect(&server, &format!("user_id=slow&since={last}"));
+        let (replayed, recovered) = until_recovered(&mut back);
+        if size == 1 {
+            assert!(replayed.is_empty());
+            assert_eq!(
+                recovered["content"],
+                json!({"u": {"ok": false, "replayed": 0}})
+            );
+        } else {
+            assert_eq!(numbers(&replayed), (m + 1..=pushed).collect::<Vec<_>>());
+            assert_eq!(
+                recovered["content"],
+                json!({"u": {"ok": true, "replayed": pushed - m}})
+            );
+        }
+        assert_eq!(metric(&server, "wshub_slow_consumer_closes_total"), 1);
+    }
+}
+
+#[test]
+fn an_event_stream_whose_queue_overflows_ends_and_resumes_what_it_missed() {
+    use common::sse::{request, Item, Stream};
+    let mut config = history_config(1000);
+    config.websocket.message_buffer_size = 8;
+    let server = TestServer::start(config);
+    let stream = request(server.addr, "/api/ws/sse?user_id=slow", &[]);
+    server.wait_online(1);
+    let pushed = push_until_offline(&server, "slow");
+    let mut stream = Stream::open(stream);
+    assert_eq!(stream.status, 200);
+    let items = stream.read_to_end();
+    assert_eq!(
+        items.last(),
+        Some(&Item::Comment("slow consumer".into())),
+        "the response ends, saying why"
+    );
+    let got: Vec<Value> = items
+        .iter()
+        .filter_map(|item| match item {
+            Item::Event { data, .. } => Some(serde_json::from_str(data).unwrap()),
+            Item::Comment(_) => None,
+        })
+        .collect();
+    let received = numbers(&got);
+    let m = received.len() as u64;
+    assert_eq!(received, (1..=m).collect::<Vec<_>>());
+    assert!(m >= 1 && pushed - m >= 2, "{m} of {pushed}");
+    let last = stream.last_id.clone().expect("events carry ids");
+    let mut back = Stream::open(request(
+        server.addr,
+        "/api/ws/sse?user_id=slow",
+        &[("Last-Event-ID", &last)],
+    ));
+    let replayed: Vec<Value> = (m + 1..=pushed).map(|_| back.next_json()).collect();
+    assert_eq!(numbers(&replayed), (m + 1..=pushed).collect::<Vec<_>>());
+    send(&server, "slow", 9999);
+    assert_eq!(
+        back.next_json()["content"],
+        9999,
+        "then live, nothing repeated"
+    );
+}
