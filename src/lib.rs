@@ -28,7 +28,7 @@
 //! | module | holds |
 //! | --- | --- |
 //! | [`server`] | the public [`Server`] and [`Mode`]: bind, handles, hooks, signals, `run` |
-//! | `event_loop` | the one thread, a file per step of a pass: poll, read, dispatch, deliver, accept, commands, timers, cluster, write, close |
+//! | `event_loop` | the one thread: parts that own its state (setup, clock, admission, connections, hub, lifecycle) and a file per step of a pass (poll, read, dispatch, deliver, accept, commands, timers, cluster, write, close) |
 //! | `session` | one connection as a state machine over its transport: phase, input, decoder, queue, deadlines; reports what happened, the loop applies it |
 //! | `transport` | the stream under a session: plain TCP or TLS; **a new transport is a variant of `transport::Transport`** |
 //! | `tls` | `tls.cert`/`tls.key` → a rustls server config; reload on SIGHUP |
@@ -76,6 +76,12 @@
 //!   output is reported); `add_session` in `event_loop/accept.rs` picks it
 //!   at accept.
 //!   Sessions, the router and the queues do not change.
+//! - **New state on the loop** (a feature's index, queue or counter): a
+//!   field of the part of `event_loop` that owns its kind (see the parts
+//!   table in that module: e.g. per-session state in the session, who
+//!   gets what in the hub, new-connection policy in admission), or its own
+//!   struct held by that part; the steps that need it borrow that part.
+//!   `EventLoop` itself gains no field.
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations, rust_2018_idioms, unused, dead_code)]
 

@@ -15,14 +15,14 @@ use crate::session::Left;
 impl EventLoop {
     /// Takes an open session out of every index (once); status changes now.
     fn unindex(&mut self, index: usize, reason: &CloseReason) {
-        let Some(session) = self.sessions.get_mut(index) else {
+        let Some(session) = self.conns.sessions.get_mut(index) else {
             return;
         };
         let (key, peer, client) = (session.key, session.peer(), session.client);
         let user = match session.leave() {
             None => return,
             Some(Left::Echo) => {
-                self.open_websockets -= 1;
+                self.conns.open_websockets -= 1;
                 self.metrics.open_echo -= 1;
                 return;
             }
@@ -35,20 +35,16 @@ impl EventLoop {
                 user
             }
         };
-        self.open_websockets -= 1;
-        let rooms = self.rooms_before_leaving(key, user.as_deref());
-        let webhook_rooms = self.webhook_rooms_of(key);
-        if let Some(link) = self.cluster.as_mut() {
-            link.closing(user.as_deref(), self.router.rooms_of(key).map(|r| &**r));
-        }
-        self.router.remove_session(key, user.as_deref());
-        self.webhook_disconnected(user.as_deref(), &webhook_rooms);
+        self.conns.open_websockets -= 1;
+        let rooms = self
+            .hub
+            .remove_session(key, user.as_deref(), self.clock.now_ms);
         self.left_rooms(key, user.as_deref(), rooms);
         self.publish_online();
         info!(
             "disconnect user={} peer={client} reason={reason} online={}",
             ids::shown(user.as_deref()),
-            self.router.online_count()
+            self.hub.router.online_count()
         );
         let info = SessionInfo {
             key,
@@ -62,7 +58,7 @@ impl EventLoop {
     /// The session started closing: write its Close now, and give up at
     /// `deadline`.
     fn closing_until(&mut self, index: usize, deadline: u64) {
-        self.mark_dirty(index);
+        self.conns.mark_dirty(index);
         self.arm(index, deadline);
     }
 
@@ -71,8 +67,8 @@ impl EventLoop {
         debug!("session {index}: {error}");
         let code = error.close_code();
         self.unindex(index, &CloseReason::Protocol(code));
-        let (now, rules) = (self.now_ms, self.rules);
-        let Some(session) = self.sessions.get_mut(index) else {
+        let (now, rules) = (self.clock.now_ms, self.setup.rules);
+        let Some(session) = self.conns.sessions.get_mut(index) else {
             return;
         };
         let deadline = session.fail(error, now, &rules);
@@ -90,11 +86,14 @@ impl EventLoop {
     ) {
         let shutdown = matches!(reason, CloseReason::Shutdown);
         self.unindex(index, &reason);
-        let deadline = match self.shutdown_deadline_ms {
+        let deadline = match self.life.shutdown_deadline_ms {
             Some(deadline) if shutdown => deadline,
-            _ => self.now_ms.saturating_add(self.rules.write_wait_ms),
+            _ => self
+                .clock
+                .now_ms
+                .saturating_add(self.setup.rules.write_wait_ms),
         };
-        let Some(session) = self.sessions.get_mut(index) else {
+        let Some(session) = self.conns.sessions.get_mut(index) else {
             return;
         };
         let sse = session.is_sse();
@@ -107,7 +106,7 @@ impl EventLoop {
 
     pub(super) fn slow_consumer(&mut self, key: SessionKey) {
         let index = key.index as usize;
-        let Some(session) = self.sessions.get(index) else {
+        let Some(session) = self.conns.sessions.get(index) else {
             return;
         };
         if session.key != key || !session.is_open() {
@@ -131,7 +130,7 @@ impl EventLoop {
 
     /// Over ten times `max_messages_per_second` for 5 s: Close 1008.
     pub(super) fn rate_limit_close(&mut self, index: usize) {
-        let Some(session) = self.sessions.get(index) else {
+        let Some(session) = self.conns.sessions.get(index) else {
             return;
         };
         warn!(
@@ -147,8 +146,8 @@ impl EventLoop {
     pub(super) fn peer_closed(&mut self, index: usize, close: Option<(u16, String)>) {
         let code = close.as_ref().map(|(code, _)| *code);
         self.unindex(index, &CloseReason::Client(code));
-        let (now, rules) = (self.now_ms, self.rules);
-        let Some(session) = self.sessions.get_mut(index) else {
+        let (now, rules) = (self.clock.now_ms, self.setup.rules);
+        let Some(session) = self.conns.sessions.get_mut(index) else {
             return;
         };
         let deadline = session.answer_close(code, now, &rules);
@@ -159,28 +158,16 @@ impl EventLoop {
     /// Drops the connection at the end of this pass.
     pub(super) fn kill(&mut self, index: usize, reason: CloseReason) {
         self.unindex(index, &reason);
-        if self.sessions.get_mut(index).is_some_and(|s| s.kill()) {
-            self.reap.push(index);
-        }
+        self.conns.kill(index);
     }
 
+    /// The sessions killed this pass leave the slab, their slot and
+    /// client count, and the wheel.
     pub(super) fn reap_closed(&mut self) {
-        for index in std::mem::take(&mut self.reap) {
-            self.backlog.remove(index);
-            if let Some(session) = self.sessions.try_remove(index) {
-                if session.counted_http() {
-                    self.http_connections -= 1;
-                }
-                self.release_client(&session);
-                if self.rates.remove(&index).is_some()
-                    && self.rates.capacity() > 64
-                    && self.rates.len() * 4 < self.rates.capacity()
-                {
-                    self.rates.shrink_to(self.rates.len() * 2);
-                }
-                if let Some((timer, _)) = session.timer {
-                    self.wheel.cancel(timer);
-                }
+        for index in self.conns.take_reaped() {
+            if let Some(mut session) = self.conns.remove(index) {
+                self.admission.release(&mut session);
+                self.clock.disarm(&session);
                 // Dropping the stream closes the descriptor, which also
                 // removes it from the poll.
             }

@@ -3,9 +3,7 @@
 //! `sent`, `online_count`) that add the other nodes' presence.
 //!
 //! Every function here is a no-op or the single-node path when
-//! `cluster.redis` is empty (`self.cluster` is `None`).
-
-use std::sync::atomic::Ordering;
+//! `cluster.redis` is empty (`self.hub.cluster` is `None`).
 
 use serde_json::json;
 
@@ -27,11 +25,11 @@ impl EventLoop {
     /// A handle or hook push: here, and to the other nodes when the
     /// cluster is up. Returns the sessions addressed (cluster-wide).
     pub(super) fn push(&mut self, target: &Audience<String>, json: &[u8]) -> usize {
-        if self.remote.is_some() {
+        if self.hub.remote.is_some() {
             return self.push_kept(target, json);
         }
         let local = self.push_local(target, json);
-        let Some(link) = self.cluster.as_mut() else {
+        let Some(link) = self.hub.cluster.as_mut() else {
             return local;
         };
         if !link.publish(target.as_deref(), json) {
@@ -51,20 +49,20 @@ impl EventLoop {
         json: Vec<u8>,
         keep_alive: bool,
     ) -> Option<Response> {
-        let Some(link) = self.cluster.as_mut() else {
+        let Some(link) = self.hub.cluster.as_mut() else {
             let sent = self.push_local(&target, &json);
             return Some(Response::json(200, &json!({ "sent": sent })));
         };
         let Some(ticket) = link.publish_acked(target.as_deref(), &json) else {
             return Some(Response::error(503, "cluster unavailable"));
         };
-        let session = self.sessions.get_mut(index)?;
+        let session = self.conns.sessions.get_mut(index)?;
         let what = Held::Push {
             target,
             json,
             keep_alive,
         };
-        link.park(self.now_ms, session.key, ticket, Vec::new(), what);
+        link.park(self.clock.now_ms, session.key, ticket, Vec::new(), what);
         None
     }
 
@@ -77,7 +75,7 @@ impl EventLoop {
         index: usize,
         upgrade: &mut Option<crate::rest::Upgrade>,
     ) -> bool {
-        let Some(link) = self.cluster.as_mut() else {
+        let Some(link) = self.hub.cluster.as_mut() else {
             return false;
         };
         let Some(parked) = upgrade.as_ref() else {
@@ -99,40 +97,35 @@ impl EventLoop {
         else {
             return false;
         };
-        let (Some(session), Some(parked)) = (self.sessions.get_mut(index), upgrade.take()) else {
+        let (Some(session), Some(parked)) = (self.conns.sessions.get_mut(index), upgrade.take())
+        else {
             return false;
         };
         let pins = wait.into_iter().map(|(_, channel)| channel).collect();
         let what = Held::Upgrade(Box::new(parked));
-        link.park(self.now_ms, session.key, ticket, pins, what);
+        link.park(self.clock.now_ms, session.key, ticket, pins, what);
         true
     }
 
     /// A session joined `room` here: its next message waits (session
     /// held) until the room's channel is confirmed.
     pub(super) fn hold_after_join(&mut self, index: usize, room: &str) {
-        let Some(link) = self.cluster.as_mut() else {
+        let Some(link) = self.hub.cluster.as_mut() else {
             return;
         };
         let Some((ticket, pin)) = link.want_room(room) else {
             return;
         };
-        let Some(session) = self.sessions.get_mut(index) else {
+        let Some(session) = self.conns.sessions.get_mut(index) else {
             return;
         };
-        link.park(self.now_ms, session.key, ticket, vec![pin], Held::Join);
-    }
-
-    /// Whether session `index` waits for the cluster: its input is then
-    /// neither read nor handled (what was read stays kept, in order).
-    pub(super) fn held(&self, index: usize) -> bool {
-        let Some(link) = self.cluster.as_ref() else {
-            return false;
-        };
-        let remote = self.remote.as_ref();
-        self.sessions
-            .get(index)
-            .is_some_and(|s| link.holds(s.key) || remote.is_some_and(|r| r.holds(s.key)))
+        link.park(
+            self.clock.now_ms,
+            session.key,
+            ticket,
+            vec![pin],
+            Held::Join,
+        );
     }
 
     /// Acts on parked work the cluster confirmed or refused: opens the
@@ -140,12 +133,13 @@ impl EventLoop {
     /// REST push or membership change (acting on it here first when Redis
     /// took it).
     pub(super) fn settle_cluster(&mut self) {
-        let Some(link) = self.cluster.as_mut() else {
+        let Some(link) = self.hub.cluster.as_mut() else {
             return;
         };
         for (waiter, outcome) in link.take_settled() {
             let index = waiter.key.index as usize;
             if !self
+                .conns
                 .sessions
                 .get(index)
                 .is_some_and(|s| s.key == waiter.key && !s.is_dead())
@@ -174,11 +168,12 @@ impl EventLoop {
                     },
                     Outcome::Confirmed,
                 ) => {
-                    let local = match self.remote {
+                    let local = match self.hub.remote {
                         Some(_) => self.deliver_here(target.as_deref(), &json, true),
                         None => self.push_local(&target, &json),
                     };
                     let remote = self
+                        .hub
                         .cluster
                         .as_ref()
                         .and_then(|link| link.view())
@@ -214,7 +209,7 @@ impl EventLoop {
     /// After a client message was delivered here: publish it for the
     /// other nodes, or tell the sender it stayed on this node.
     pub(super) fn relay_to_cluster(&mut self, index: usize, audience: Audience<&str>, json: &[u8]) {
-        let Some(link) = self.cluster.as_mut() else {
+        let Some(link) = self.hub.cluster.as_mut() else {
             return;
         };
         if !link.publish(audience, json) {
@@ -224,9 +219,9 @@ impl EventLoop {
 
     pub(super) fn on_cluster(&mut self, event: Event) {
         if let Event::View(view) = &event {
-            self.webhook_view(view);
+            self.hub.webhook_view(view, self.clock.now_ms);
         }
-        let Some(link) = self.cluster.as_mut() else {
+        let Some(link) = self.hub.cluster.as_mut() else {
             return;
         };
         match event {
@@ -268,7 +263,7 @@ impl EventLoop {
     }
 
     fn push_local(&mut self, target: &Audience<String>, json: &[u8]) -> usize {
-        let min_bytes = self.config.websocket.compression_min_bytes;
+        let min_bytes = self.setup.compression_min_bytes();
         self.deliver(
             target.as_deref(),
             &mut Encoded::new(Kind::Text, json, min_bytes),
@@ -278,29 +273,13 @@ impl EventLoop {
     /// Stores the open-session count that `Handle::online_count` reads:
     /// cluster-wide while the cluster is up.
     pub(super) fn publish_online(&mut self) {
-        let local = self.router.online_count();
-        let remote = self
-            .cluster
-            .as_ref()
-            .and_then(|link| link.view())
-            .map_or(0, |v| v.sessions());
-        self.shared.online.store(local + remote, Ordering::Relaxed);
-    }
-
-    /// Distinct user ids online on any live node, sorted.
-    pub(super) fn online_users(&self) -> Vec<String> {
-        let local = self.router.online_users();
-        let users = match self.cluster.as_ref().and_then(|link| link.view()) {
-            Some(view) => view.merged_users(local),
-            None => local,
-        };
-        users.into_iter().map(str::to_owned).collect()
+        self.life.publish_online(self.hub.online_count());
     }
 
     /// Presence, channel release: runs when the link's tick is due.
     pub(super) fn cluster_tick(&mut self) {
-        if let Some(link) = self.cluster.as_mut() {
-            link.tick(self.now_ms, &self.router);
+        if let Some(link) = self.hub.cluster.as_mut() {
+            link.tick(self.clock.now_ms, &self.hub.router);
             self.remote_tick();
             self.settle_cluster();
         }

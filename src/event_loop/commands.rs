@@ -1,10 +1,12 @@
 //! Commands: applies what handles and hooks asked for (pushes,
 //! disconnects, queries, shutdown), bounded per pass, and the signals
-//! (SIGINT/SIGTERM shut down, SIGHUP reloads the TLS pair).
+//! (SIGINT/SIGTERM shut down, SIGHUP reloads the TLS pair). The inbox,
+//! the signals and the shutdown deadline are `Lifecycle`'s; a shutdown
+//! stops `Admission` and closes every session.
 
 use log::info;
 
-use super::{EventLoop, ACTION_ROUNDS, COMMAND_BUDGET};
+use super::{EventLoop, ACTION_ROUNDS};
 use crate::audience::Audience;
 use crate::handle::Command;
 use crate::hooks::CloseReason;
@@ -12,16 +14,12 @@ use crate::session::Phase;
 use crate::wheel::millis;
 
 impl EventLoop {
+    /// Handle commands, at most a budget per pass (`Lifecycle`).
     pub(super) fn drain_commands(&mut self) {
-        self.inbox.rearm();
-        self.commands_left = false;
-        for _ in 0..COMMAND_BUDGET {
-            let Some(command) = self.inbox.next() else {
-                return;
-            };
+        self.life.start_commands();
+        while let Some(command) = self.life.next_command() {
             self.on_command(command);
         }
-        self.commands_left = true;
     }
 
     fn on_command(&mut self, command: Command) {
@@ -49,7 +47,7 @@ impl EventLoop {
                 }
             }
             Command::OnlineUsers(reply) => {
-                let _ = reply.try_send(self.online_users());
+                let _ = reply.try_send(self.hub.online_users());
             }
             Command::Shutdown => self.begin_shutdown(),
             Command::Cluster(event) => self.on_cluster(event),
@@ -72,7 +70,8 @@ impl EventLoop {
 
     fn disconnect_user(&mut self, user: &str) {
         let mut keys = Vec::new();
-        self.router
+        self.hub
+            .router
             .for_each_member(Audience::User(user), |key| keys.push(key));
         for key in keys {
             self.server_close(
@@ -85,24 +84,23 @@ impl EventLoop {
     }
 
     fn begin_shutdown(&mut self) {
-        if self.shutdown_deadline_ms.is_some() {
+        if self.life.shutting_down() {
             return;
         }
-        let timeout = millis(self.config.websocket.shutdown_timeout);
-        self.shutdown_deadline_ms = Some(self.now_ms + timeout);
-        self.accepting = false;
-        let _ = self.poll.registry().deregister(&mut self.listener);
-        if let Some(link) = self.cluster.as_mut() {
+        let timeout = millis(self.setup.config.websocket.shutdown_timeout);
+        self.life.shutdown_deadline_ms = Some(self.clock.now_ms + timeout);
+        self.admission.stop(self.poll.registry());
+        if let Some(link) = self.hub.cluster.as_mut() {
             // Other nodes drop this node's users now, not after presence_ttl.
             link.leave();
         }
         info!(
             "shutting down: closing {} WebSocket sessions",
-            self.open_websockets
+            self.conns.open_websockets
         );
-        let indexes: Vec<usize> = self.sessions.iter().map(|(i, _)| i).collect();
+        let indexes: Vec<usize> = self.conns.sessions.iter().map(|(i, _)| i).collect();
         for index in indexes {
-            match self.sessions.get(index).map(|s| s.phase()) {
+            match self.conns.sessions.get(index).map(|s| s.phase()) {
                 Some(Phase::Chat { .. } | Phase::Echo | Phase::Sse { .. }) => {
                     self.server_close(index, 1001, "server shutting down", CloseReason::Shutdown)
                 }
@@ -113,26 +111,17 @@ impl EventLoop {
     }
 
     pub(super) fn on_signals(&mut self) {
-        let mut count = 0;
-        let mut reload = false;
-        if let Some(signals) = self.signals.as_mut() {
-            for signal in signals.pending() {
-                match signal {
-                    signal_hook::consts::SIGHUP => reload = true,
-                    _ => count += 1,
-                }
-            }
-        }
-        if reload {
+        let signalled = self.life.signalled();
+        if signalled.reload {
             self.reload_tls();
         }
-        if count == 0 {
+        if signalled.stops == 0 {
             return;
         }
-        if self.shutdown_deadline_ms.is_some() || count > 1 {
+        if self.life.shutting_down() || signalled.stops > 1 {
             info!("second signal: exiting now");
-            self.shutdown_deadline_ms = Some(self.now_ms);
-            self.sessions.clear();
+            self.life.shutdown_deadline_ms = Some(self.clock.now_ms);
+            self.conns.sessions.clear();
             return;
         }
         info!("signal received: shutting down");
@@ -145,16 +134,16 @@ impl EventLoop {
     /// new pair; open ones keep theirs; a bad pair is logged and the old
     /// one kept.
     fn reload_tls(&mut self) {
-        if self.tls.is_none() {
+        if self.admission.tls.is_none() {
             return;
         }
-        match crate::tls::load(&self.config.tls) {
+        match crate::tls::load(&self.setup.config.tls) {
             Ok(Some(config)) => {
                 info!(
                     "SIGHUP: TLS certificate reloaded from {}",
-                    self.config.tls.cert
+                    self.setup.config.tls.cert
                 );
-                self.tls = Some(config);
+                self.admission.tls = Some(config);
             }
             Ok(None) => {}
             Err(e) => log::warn!("SIGHUP: {e}; keeping the previous certificate"),

@@ -12,13 +12,16 @@
 //! stamped form too, as one event whose `id:` is the message's resume
 //! token (`stream.rs`), also built once.
 
+use super::connections::Connections;
+use super::hub::Hub;
 use super::EventLoop;
 use crate::audience::{Audience, SessionKey};
 use crate::deflate::{Codec, Encoded};
 use crate::frame::{Kind, Wire};
 use crate::history::remote::Remote;
 use crate::history::StreamRef;
-use crate::session::Session;
+use crate::metrics::Metrics;
+use crate::session::{Rules, Session};
 
 /// One recipient of a fan-out, as its choice of frame sees it.
 pub(super) struct Recipient<'a> {
@@ -48,14 +51,15 @@ impl EventLoop {
     /// writes happen later, from the backlog (a recipient already waiting
     /// there takes this frame with the earlier ones).
     pub(super) fn deliver(&mut self, audience: Audience<&str>, message: &mut Encoded<'_>) -> usize {
-        let now = self.now_ms;
+        let now = self.clock.now_ms;
         let appended = self
+            .hub
             .history
             .as_mut()
             .and_then(|h| h.append(StreamRef::of(audience), message.payload(), now));
-        let min_bytes = self.config.websocket.compression_min_bytes;
+        let min_bytes = self.setup.compression_min_bytes();
         let id = match appended {
-            Some(_) => self.mark_kept(audience),
+            Some(_) => self.hub.mark_kept(audience, now),
             None => None,
         };
         let mut stamped = appended.as_ref().map(|a| {
@@ -101,54 +105,20 @@ impl EventLoop {
         &mut self,
         audience: Audience<&str>,
         broadcast: bool,
-        mut pick: impl FnMut(Recipient<'_>) -> Pick,
+        pick: impl FnMut(Recipient<'_>) -> Pick,
     ) -> (usize, u64) {
-        let rules = &self.rules;
-        let sessions = &mut self.sessions;
-        let backlog = &mut self.backlog;
-        let slow = &mut self.slow;
-        let codec = &mut self.codec;
-        let bytes_out = &mut self.metrics.bytes_out;
-        let remote = self.remote.as_ref();
-        let (mut addressed, mut queued) = (0, 0u64);
-        self.router.for_each_member(audience, |key| {
-            let Some(session) = sessions.get_mut(key.index as usize) else {
-                return;
-            };
-            if session.key != key {
-                return;
-            }
-            let recipient = Recipient {
-                key,
-                session,
-                codec,
-                remote,
-            };
-            let wire = match pick(recipient) {
-                Pick::Queue(wire) => wire,
-                Pick::Later => {
-                    addressed += 1;
-                    return;
-                }
-                Pick::Skip => return,
-            };
-            match session.queue(wire, rules, bytes_out) {
-                Ok(()) => {
-                    addressed += 1;
-                    queued += 1;
-                    backlog.insert(key.index as usize);
-                }
-                Err(_) => slow.push(key),
-            }
-        });
-        self.metrics.messages_out += queued;
-        if broadcast {
-            self.metrics.broadcasts += 1;
-        }
-        for key in std::mem::take(&mut self.slow) {
+        let counts = walk(
+            &mut self.conns,
+            &mut self.hub,
+            &self.setup.rules,
+            &mut self.metrics,
+            (audience, broadcast),
+            pick,
+        );
+        for key in std::mem::take(&mut self.conns.slow) {
             self.slow_consumer(key);
         }
-        (addressed, queued)
+        counts
     }
 
     pub(super) fn reply(&mut self, index: usize, json: &[u8]) {
@@ -158,31 +128,87 @@ impl EventLoop {
     /// Frames a message for one session (compressed if it negotiated that
     /// and the message is large enough) and queues it.
     pub(super) fn queue_message(&mut self, index: usize, kind: Kind, payload: &[u8]) {
-        let min_bytes = self.config.websocket.compression_min_bytes;
-        let Some(session) = self.sessions.get(index) else {
+        let min_bytes = self.setup.compression_min_bytes();
+        let Some(session) = self.conns.sessions.get(index) else {
             return;
         };
         let mut encoded = Encoded::new(kind, payload, min_bytes);
         let wire = if session.is_sse() {
             encoded.sse()
         } else {
-            encoded.for_session(session.deflate_params(), &mut self.codec)
+            encoded.for_session(session.deflate_params(), &mut self.hub.codec)
         };
         self.queue_data(index, wire);
     }
 
     /// Queues one data frame to one session, closing it if it cannot keep up.
     fn queue_data(&mut self, index: usize, wire: Wire) {
-        let Some(session) = self.sessions.get_mut(index) else {
+        let Some(session) = self.conns.sessions.get_mut(index) else {
             return;
         };
         let key = session.key;
-        match session.queue(wire, &self.rules, &mut self.metrics.bytes_out) {
+        match session.queue(wire, &self.setup.rules, &mut self.metrics.bytes_out) {
             Ok(()) => {
                 self.metrics.messages_out += 1;
-                self.mark_dirty(index);
+                self.conns.mark_dirty(index);
             }
             Err(_) => self.slow_consumer(key),
         }
     }
+}
+
+/// The walk of a fan-out, borrowing exactly what it touches: the router,
+/// the codec and the reads waiting for Redis (hub), the sessions, the
+/// backlog and the slow list (connections), the queue bounds and the
+/// counters. No socket is written and nothing is closed here.
+fn walk(
+    conns: &mut Connections,
+    hub: &mut Hub,
+    rules: &Rules,
+    metrics: &mut Metrics,
+    (audience, broadcast): (Audience<&str>, bool),
+    mut pick: impl FnMut(Recipient<'_>) -> Pick,
+) -> (usize, u64) {
+    let sessions = &mut conns.sessions;
+    let backlog = &mut conns.backlog;
+    let slow = &mut conns.slow;
+    let codec = &mut hub.codec;
+    let bytes_out = &mut metrics.bytes_out;
+    let remote = hub.remote.as_ref();
+    let (mut addressed, mut queued) = (0, 0u64);
+    hub.router.for_each_member(audience, |key| {
+        let Some(session) = sessions.get_mut(key.index as usize) else {
+            return;
+        };
+        if session.key != key {
+            return;
+        }
+        let recipient = Recipient {
+            key,
+            session,
+            codec,
+            remote,
+        };
+        let wire = match pick(recipient) {
+            Pick::Queue(wire) => wire,
+            Pick::Later => {
+                addressed += 1;
+                return;
+            }
+            Pick::Skip => return,
+        };
+        match session.queue(wire, rules, bytes_out) {
+            Ok(()) => {
+                addressed += 1;
+                queued += 1;
+                backlog.insert(key.index as usize);
+            }
+            Err(_) => slow.push(key),
+        }
+    });
+    metrics.messages_out += queued;
+    if broadcast {
+        metrics.broadcasts += 1;
+    }
+    (addressed, queued)
 }

@@ -4,12 +4,14 @@
 //! the write step: an answer to the session itself, or a fan-out through
 //! [`EventLoop::deliver`].
 
+use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use log::{debug, info};
 
 use super::EventLoop;
+use crate::audience::SessionKey;
 use crate::deflate::Encoded;
 use crate::frame::{self, DecodeError, Inbound, Kind};
 use crate::hooks::{CloseReason, SessionInfo, Verdict};
@@ -21,7 +23,7 @@ use crate::rate::{self, Bucket};
 use crate::rest::{self, Endpoint, Outcome, Upgrade};
 use crate::rooms::Grants;
 use crate::router::{JoinError, Route};
-use crate::session::{Next, Phase, Unit};
+use crate::session::{Next, Phase, Session, Unit};
 
 impl EventLoop {
     /// Acts on every complete unit at the start of `buf`; returns the bytes
@@ -29,14 +31,14 @@ impl EventLoop {
     pub(super) fn dispatch(&mut self, index: usize, buf: &mut [u8]) -> usize {
         let mut at = 0;
         while at < buf.len() {
-            if self.held(index) {
+            let Some(session) = self.conns.sessions.get_mut(index) else {
+                return buf.len();
+            };
+            if self.hub.holds(session.key) {
                 // Waiting for the cluster (cluster.rs): keep the rest.
                 return at;
             }
-            let Some(session) = self.sessions.get_mut(index) else {
-                return buf.len();
-            };
-            match session.next_unit(&mut buf[at..], &self.rules, self.now_ms) {
+            match session.next_unit(&mut buf[at..], &self.setup.rules, self.clock.now_ms) {
                 Next::Unit(consumed, unit) => {
                     at += consumed;
                     self.on_unit(index, unit);
@@ -55,7 +57,7 @@ impl EventLoop {
             Unit::Frame(inbound) => self.on_inbound(index, inbound),
             Unit::BadFrame(error) => self.protocol_close(index, &error),
             Unit::Nothing => {}
-            Unit::CloseAnswered => self.mark_dirty(index),
+            Unit::CloseAnswered => self.conns.mark_dirty(index),
             Unit::Broken => self.kill(index, CloseReason::Protocol(1002)),
         }
     }
@@ -78,16 +80,13 @@ impl EventLoop {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         let ctx = rest::Context {
-            config: &self.config,
-            mode: self.mode,
-            router: &self.router,
-            open_websockets: self.open_websockets,
+            config: &self.setup.config,
+            mode: self.setup.mode,
+            router: &self.hub.router,
+            open_websockets: self.conns.open_websockets,
             now_unix,
-            jwt: &self.jwt,
-            cluster: match self.cluster.as_ref() {
-                None => rest::Cluster::Off,
-                Some(link) => link.view().map_or(rest::Cluster::Down, rest::Cluster::Up),
-            },
+            jwt: &self.setup.jwt,
+            cluster: self.hub.rest_cluster(),
         };
         let keep_alive = request.keep_alive;
         if !request.upgrade_websocket {
@@ -103,7 +102,7 @@ impl EventLoop {
             Outcome::Respond(response) => self.respond(index, &response, keep_alive),
             Outcome::Refuse(response, why) => {
                 self.metrics.handshake_failed(why);
-                if let Some(session) = self.sessions.get(index) {
+                if let Some(session) = self.conns.sessions.get(index) {
                     let reason = String::from_utf8_lossy(&response.body);
                     info!(
                         "refused {} from {}: {} {reason}",
@@ -115,19 +114,8 @@ impl EventLoop {
             Outcome::Metrics => {
                 let mut text = self
                     .metrics
-                    .render(&self.shared, crate::alloc::heap_bytes());
-                if let Some(link) = self.cluster.as_ref() {
-                    link.render_metrics(&mut text);
-                }
-                if let Some(remote) = self.remote.as_ref() {
-                    remote.render_metrics(&mut text);
-                }
-                if let Some(history) = self.history.as_ref() {
-                    history.render_metrics(&mut text);
-                }
-                if let Some(webhooks) = self.webhooks.as_ref() {
-                    webhooks.render_metrics(&mut text);
-                }
+                    .render(self.life.shared(), crate::alloc::heap_bytes());
+                self.hub.render_metrics(&mut text);
                 let response = Response::raw(200, "text/plain; version=0.0.4", text.into_bytes());
                 self.respond(index, &response, keep_alive);
             }
@@ -147,8 +135,8 @@ impl EventLoop {
     }
 
     pub(super) fn respond(&mut self, index: usize, response: &Response, keep_alive: bool) {
-        let (now, rules) = (self.now_ms, self.rules);
-        let Some(session) = self.sessions.get_mut(index) else {
+        let (now, rules) = (self.clock.now_ms, self.setup.rules);
+        let Some(session) = self.conns.sessions.get_mut(index) else {
             return;
         };
         let mut keep = keep_alive && !response.close;
@@ -158,7 +146,7 @@ impl EventLoop {
             keep = false;
         }
         let closing = session.respond(response.to_bytes(keep), keep, now, &rules);
-        self.mark_dirty(index);
+        self.conns.mark_dirty(index);
         if let Some(deadline) = closing {
             self.arm(index, deadline);
         }
@@ -182,7 +170,7 @@ impl EventLoop {
 
     /// Runs `on_connect`, then writes the 101 and opens the session.
     pub(super) fn open_websocket(&mut self, index: usize, mut upgrade: Upgrade) {
-        let Some(session) = self.sessions.get(index) else {
+        let Some(session) = self.conns.sessions.get(index) else {
             return;
         };
         let (key, peer, client) = (session.key, session.peer(), session.client);
@@ -199,14 +187,12 @@ impl EventLoop {
                 return self.respond(index, &response, false);
             }
         }
-        let (now, rules) = (self.now_ms, self.rules);
-        let Some(session) = self.sessions.get_mut(index) else {
+        let (now, rules) = (self.clock.now_ms, self.setup.rules);
+        let Some(session) = self.conns.sessions.get_mut(index) else {
             return;
         };
         let user: Option<Rc<str>> = upgrade.user.as_deref().map(Rc::from);
-        if session.counted_http() {
-            self.http_connections -= 1;
-        }
+        self.admission.http_released(session);
         session.upgrade(
             upgrade.response,
             upgrade.endpoint,
@@ -217,13 +203,16 @@ impl EventLoop {
         );
         // Kept compactly for the session (nothing in `open` mode); a
         // stream's rooms (below) are checked against them too.
-        let grants = upgrade.claims.take().and_then(|c| self.rooms.grants(&c));
-        self.open_websockets += 1;
+        let grants = upgrade
+            .claims
+            .take()
+            .and_then(|c| self.hub.rooms.grants(&c));
+        self.conns.open_websockets += 1;
         self.metrics.connections_total += 1;
         match upgrade.endpoint {
             Endpoint::Chat | Endpoint::Sse => {
-                self.router.add_session(key, user.as_ref());
-                if let Some(link) = self.cluster.as_ref() {
+                self.hub.router.add_session(key, user.as_ref());
+                if let Some(link) = self.hub.cluster.as_ref() {
                     link.opened(user.as_deref());
                 }
                 if upgrade.endpoint == Endpoint::Sse {
@@ -231,12 +220,12 @@ impl EventLoop {
                 } else {
                     self.metrics.open_chat += 1;
                 }
-                self.webhook_connected(user.as_deref(), peer);
+                self.hub.webhook_connected(user.as_deref(), peer);
                 self.publish_online();
                 info!(
                     "connect user={} peer={client} online={}",
                     ids::shown(user.as_deref()),
-                    self.router.online_count()
+                    self.hub.router.online_count()
                 );
                 if let Some(since) = upgrade.resume.take() {
                     self.resume_session(index, user.as_deref(), *since);
@@ -248,13 +237,13 @@ impl EventLoop {
         for room in &stream.rooms {
             self.join_room(index, room, grants.as_deref());
         }
-        if let Some(session) = self.sessions.get_mut(index) {
+        if let Some(session) = self.conns.sessions.get_mut(index) {
             session.grant(grants);
         }
         if upgrade.endpoint == Endpoint::Sse {
             self.open_stream(index, stream.last_event_id.as_deref());
         }
-        self.mark_dirty(index);
+        self.conns.mark_dirty(index);
         self.rearm_open(index);
         self.apply_actions();
     }
@@ -264,13 +253,13 @@ impl EventLoop {
     /// with the same error message. For the rooms an event stream names.
     /// `rooms.join` and `on_join` decide as for a `join` message.
     fn join_room(&mut self, index: usize, room: &str, grants: Option<&Grants>) {
-        let Some(session) = self.sessions.get(index) else {
+        let Some(session) = self.conns.sessions.get(index) else {
             return;
         };
         let (key, peer, client) = (session.key, session.peer(), session.client);
         let user = session.user().cloned();
         let refused = |reason: &str| message::error_json(reason);
-        let max = self.config.websocket.max_id_bytes;
+        let max = self.setup.config.websocket.max_id_bytes;
         if let Err(e) = ids::check_fields([("room", Some(room))], max) {
             return self.reply(index, &refused(&e.to_string()));
         }
@@ -283,7 +272,7 @@ impl EventLoop {
         if !self.admit_join(index, &info, room, grants, None) {
             return;
         }
-        match self.router.join(key, user.as_deref(), room) {
+        match self.hub.router.join(key, user.as_deref(), room) {
             Ok(change) => self.member_changed(key, user.as_deref(), room, true, change, false),
             Err(JoinError::TooManyRooms) => self.reply(index, &refused("too many rooms")),
         }
@@ -295,9 +284,9 @@ impl EventLoop {
             Inbound::Binary(payload) => self.on_plain(index, Kind::Binary, payload.bytes()),
             Inbound::Ping(data) => {
                 let pong = frame::encode(Kind::Pong, data);
-                if let Some(session) = self.sessions.get_mut(index) {
+                if let Some(session) = self.conns.sessions.get_mut(index) {
                     session.queue_pong(pong);
-                    self.mark_dirty(index);
+                    self.conns.mark_dirty(index);
                 }
             }
             Inbound::Pong => {}
@@ -308,113 +297,97 @@ impl EventLoop {
         }
     }
 
-    /// An uncompressed data message: counted by the rate limits, then handled.
+    /// An uncompressed data message: counted by the rate limits, then
+    /// handled. The one lookup of its session on the way to the router.
     fn on_plain(&mut self, index: usize, kind: Kind, bytes: &[u8]) {
-        if self.rate_admit(index, bytes.len()).is_some() && self.rate_spend(index, bytes.len()) {
-            self.on_data(index, kind, bytes);
+        self.metrics.messages_in += 1;
+        let (limits, now) = (self.setup.rate_limits(), self.clock.now_ms);
+        let Some(session) = self.conns.sessions.get_mut(index) else {
+            return;
+        };
+        let refused = match rate_admit(session, limits, now, bytes.len()) {
+            rate::Verdict::Allow(_) if rate_spend(session, limits, bytes.len()) => None,
+            rate::Verdict::Allow(_) => Some(OverRate::Bytes),
+            rate::Verdict::Drop => Some(OverRate::Messages),
+            rate::Verdict::Close => Some(OverRate::Flood),
+        };
+        if let Some(over) = refused {
+            return self.over_rate(index, over);
         }
+        let sender = Sender::of(index, session);
+        self.on_data(&sender, kind, bytes);
     }
 
     /// A permessage-deflate message takes its rate-limit token first, then
     /// inflates within `max_message_size` and the bytes its session has
     /// left (both checked while inflating), and is handled like a plain one.
     fn on_compressed(&mut self, index: usize, text: bool, compressed: &[u8]) {
-        let Some(allowed) = self.rate_admit(index, compressed.len()) else {
+        self.metrics.messages_in += 1;
+        let (limits, now) = (self.setup.rate_limits(), self.clock.now_ms);
+        let Some(session) = self.conns.sessions.get_mut(index) else {
             return;
         };
-        let max = self.rules.max_message_size;
+        let allowed = match rate_admit(session, limits, now, compressed.len()) {
+            rate::Verdict::Allow(bytes) => bytes,
+            rate::Verdict::Drop => return self.over_rate(index, OverRate::Messages),
+            rate::Verdict::Close => return self.over_rate(index, OverRate::Flood),
+        };
+        let max = self.setup.rules.max_message_size;
         let limit = max.min(allowed);
-        let Some(session) = self.sessions.get_mut(index) else {
-            return;
-        };
-        let inflated = match session.inflate(&mut self.codec, text, compressed, limit) {
+        let inflated = match session.inflate(&mut self.hub.codec, text, compressed, limit) {
             Ok(bytes) => bytes,
             // Past the bytes left, not past the size limit: over the rate.
             Err(DecodeError::TooBig) if limit < max => {
-                self.rate_spend(index, limit.saturating_add(1));
+                if !rate_spend(session, limits, limit.saturating_add(1)) {
+                    self.over_rate(index, OverRate::Bytes);
+                }
                 return;
             }
             Err(error) => return self.protocol_close(index, &error),
         };
-        if self.rate_spend(index, inflated.len()) {
-            let kind = if text { Kind::Text } else { Kind::Binary };
-            self.on_data(index, kind, &inflated);
+        if !rate_spend(session, limits, inflated.len()) {
+            return self.over_rate(index, OverRate::Bytes);
         }
+        let sender = Sender::of(index, session);
+        let kind = if text { Kind::Text } else { Kind::Binary };
+        self.on_data(&sender, kind, &inflated);
     }
 
-    /// The session's bucket admits one data message of `wire` bytes as
-    /// received: `Some(bytes it may inflate to)`, or `None` when it was
-    /// dropped (with an error reply) or the session closed for flooding.
-    fn rate_admit(&mut self, index: usize, wire: usize) -> Option<usize> {
-        self.metrics.messages_in += 1;
-        let limits = self.rate_limits();
-        if limits.is_off() {
-            return Some(usize::MAX);
-        }
-        let now = self.now_ms;
-        let bucket = self.rates.entry(index).or_insert_with(|| Bucket::new(now));
-        match bucket.admit(now, limits, wire) {
-            rate::Verdict::Allow(bytes) => Some(bytes),
-            rate::Verdict::Drop => {
-                self.metrics.rate_limited_messages += 1;
-                self.reply(index, &message::error_json("rate limit exceeded"));
-                None
-            }
-            rate::Verdict::Close => {
-                self.rate_limit_close(index);
-                None
-            }
-        }
-    }
-
-    /// Charges an admitted message's (inflated) size; `false`: over
-    /// `max_bytes_per_second`, dropped with an error reply.
-    fn rate_spend(&mut self, index: usize, bytes: usize) -> bool {
-        let limits = self.rate_limits();
-        let Some(bucket) = self.rates.get_mut(&index) else {
-            return true;
-        };
-        if bucket.spend(limits, bytes) {
-            return true;
+    /// A message over the session's rate: dropped with an error reply, or
+    /// the session closed for flooding.
+    fn over_rate(&mut self, index: usize, over: OverRate) {
+        if over == OverRate::Flood {
+            return self.rate_limit_close(index);
         }
         self.metrics.rate_limited_messages += 1;
-        self.metrics.byte_limited_messages += 1;
-        self.reply(index, &message::error_json("rate limit exceeded"));
-        false
-    }
-
-    fn rate_limits(&self) -> rate::Limits {
-        let ws = &self.config.websocket;
-        rate::Limits {
-            messages: ws.max_messages_per_second,
-            bytes: ws.max_bytes_per_second as u64,
+        if over == OverRate::Bytes {
+            self.metrics.byte_limited_messages += 1;
         }
+        self.reply(index, &message::error_json("rate limit exceeded"));
     }
 
     /// A data message within the limits: echoed, routed, or refused.
-    fn on_data(&mut self, index: usize, kind: Kind, bytes: &[u8]) {
-        let echo = matches!(
-            self.sessions.get(index).map(|s| s.phase()),
-            Some(Phase::Echo)
-        );
+    fn on_data(&mut self, sender: &Sender, kind: Kind, bytes: &[u8]) {
         match kind {
-            _ if echo => self.queue_message(index, kind, bytes),
-            Kind::Text => self.on_chat_message(index, bytes),
+            _ if sender.echo => self.queue_message(sender.index, kind, bytes),
+            Kind::Text => self.on_chat_message(sender, bytes),
             _ => self.reply(
-                index,
+                sender.index,
                 &message::error_json("binary messages are not supported"),
             ),
         }
     }
 
-    fn on_chat_message(&mut self, index: usize, bytes: &[u8]) {
-        let max_depth = self.config.websocket.max_json_depth;
-        let Some(session) = self.sessions.get(index) else {
-            return;
-        };
-        let key = session.key;
-        let (peer, client) = (session.peer(), session.client);
-        let user = session.user().cloned();
+    fn on_chat_message(&mut self, sender: &Sender, bytes: &[u8]) {
+        let max_depth = self.setup.config.websocket.max_json_depth;
+        let Sender {
+            index,
+            key,
+            peer,
+            client,
+            ref user,
+            ..
+        } = *sender;
         let message = match message::parse_limited(bytes, max_depth) {
             Ok(message) => message,
             Err(e) => return self.reply(index, &message::error_json(&e.to_string())),
@@ -431,7 +404,7 @@ impl EventLoop {
         if message.kind == "join" && !self.may_join(index, &info, &message) {
             return self.apply_actions();
         }
-        match self.router.route(key, user.as_deref(), &message) {
+        match self.hub.router.route(key, user.as_deref(), &message) {
             Route::Reply(json) => self.reply(index, &json),
             Route::Done(change) => {
                 if let Some(room) = message.room() {
@@ -443,8 +416,8 @@ impl EventLoop {
                 }
             }
             Route::Deliver(audience, json) => {
-                let min_bytes = self.config.websocket.compression_min_bytes;
-                if self.remote.is_some() {
+                let min_bytes = self.setup.compression_min_bytes();
+                if self.hub.remote.is_some() {
                     self.relay_kept(index, audience, &json);
                 } else {
                     self.deliver(audience, &mut Encoded::new(Kind::Text, &json, min_bytes));
@@ -454,4 +427,61 @@ impl EventLoop {
         }
         self.apply_actions();
     }
+}
+
+/// Who sent a data message: read from its session once, on the way in.
+struct Sender {
+    index: usize,
+    key: SessionKey,
+    peer: SocketAddr,
+    client: IpAddr,
+    user: Option<Rc<str>>,
+    /// An echo session: the message goes back as it came.
+    echo: bool,
+}
+
+impl Sender {
+    fn of(index: usize, session: &Session) -> Sender {
+        Sender {
+            index,
+            key: session.key,
+            peer: session.peer(),
+            client: session.client,
+            user: session.user().cloned(),
+            echo: matches!(session.phase(), Phase::Echo),
+        }
+    }
+}
+
+/// Why a data message was refused by the rate limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OverRate {
+    /// Over `max_messages_per_second`: dropped.
+    Messages,
+    /// Over `max_bytes_per_second`: dropped.
+    Bytes,
+    /// Flooding for 5 s: the session closes (1008).
+    Flood,
+}
+
+/// The session's bucket admits one data message of `wire` bytes as
+/// received: `Allow(bytes it may inflate to)`. Without limits no bucket is
+/// made and everything is allowed.
+fn rate_admit(session: &mut Session, limits: rate::Limits, now: u64, wire: usize) -> rate::Verdict {
+    if limits.is_off() {
+        return rate::Verdict::Allow(usize::MAX);
+    }
+    let bucket = session
+        .rate
+        .get_or_insert_with(|| Box::new(Bucket::new(now)));
+    bucket.admit(now, limits, wire)
+}
+
+/// Charges an admitted message's (inflated) size; `false`: over
+/// `max_bytes_per_second`.
+fn rate_spend(session: &mut Session, limits: rate::Limits, bytes: usize) -> bool {
+    session
+        .rate
+        .as_mut()
+        .is_none_or(|bucket| bucket.spend(limits, bytes))
 }

@@ -9,16 +9,19 @@ use crate::session::{Eof, Phase, ReadOutcome};
 
 impl EventLoop {
     pub(super) fn on_session_event(&mut self, index: usize, event: &mio::event::Event) {
-        if !self.sessions.contains(index) {
+        let Some(session) = self.conns.sessions.get_mut(index) else {
             return;
-        }
+        };
         if (event.is_readable() || event.is_read_closed() || event.is_error())
-            && self.may_read_now(index)
+            && self
+                .admission
+                .handshakes
+                .may_read_now(session, &mut self.metrics)
         {
             self.on_readable(index, event.is_read_closed() || event.is_error());
         }
         if event.is_writable() {
-            self.schedule_write(index);
+            self.conns.schedule_write(index);
         }
     }
 
@@ -31,14 +34,7 @@ impl EventLoop {
     /// reported the peer's FIN (or an error), which must be read to the end
     /// because no further edge will announce it.
     fn on_readable(&mut self, index: usize, peer_closed: bool) {
-        loop {
-            let Some(session) = self.sessions.get(index) else {
-                return;
-            };
-            if session.is_dead() || session.is_paused() || self.held(index) {
-                return;
-            }
-            let (outcome, full) = self.read_once(index);
+        while let Some((outcome, full)) = self.read_once(index) {
             match outcome {
                 // A short read drained the socket: with edge-triggered epoll,
                 // any byte that arrives later raises a new event, so the
@@ -55,16 +51,17 @@ impl EventLoop {
     }
 
     /// One read, then every complete unit it finished is dispatched; the
-    /// session keeps only an unfinished rest.
-    fn read_once(&mut self, index: usize) -> (std::io::Result<ReadOutcome>, bool) {
-        let mut shared = std::mem::take(&mut self.read_buf);
-        let Some(session) = self.sessions.get_mut(index) else {
-            self.read_buf = shared;
-            return (Ok(ReadOutcome::WouldBlock), false);
-        };
+    /// session keeps only an unfinished rest. `None`: the session is not
+    /// read now (gone, dead, paused, or held for the cluster).
+    fn read_once(&mut self, index: usize) -> Option<(std::io::Result<ReadOutcome>, bool)> {
+        let session = self.conns.sessions.get_mut(index)?;
+        if session.is_dead() || session.is_paused() || self.hub.holds(session.key) {
+            return None;
+        }
+        let mut shared = std::mem::take(&mut self.conns.read_buf);
         let read = session.read(&mut shared);
         if read.must_write {
-            self.mark_dirty(index);
+            self.conns.mark_dirty(index);
         }
         if let Ok(ReadOutcome::Data(n)) = read.outcome {
             // Liveness is not refreshed by bytes, only by whole frames
@@ -72,27 +69,27 @@ impl EventLoop {
             self.metrics.bytes_in += n as u64;
             if read.into_shared {
                 let consumed = self.dispatch(index, &mut shared[..n]);
-                if let Some(session) = self.sessions.get_mut(index) {
+                if let Some(session) = self.conns.sessions.get_mut(index) {
                     session.keep_input(&shared[consumed..n]);
                 }
             } else {
                 self.dispatch_kept_input(index);
             }
         }
-        self.read_buf = shared;
-        (read.outcome, read.full)
+        self.conns.read_buf = shared;
+        Some((read.outcome, read.full))
     }
 
     /// Dispatches the session's own unfinished input (a large frame or
     /// request arriving in pieces is read in place, never copied back and
     /// forth).
     fn dispatch_kept_input(&mut self, index: usize) {
-        let Some(session) = self.sessions.get_mut(index) else {
+        let Some(session) = self.conns.sessions.get_mut(index) else {
             return;
         };
         let mut input = session.take_input();
         let consumed = self.dispatch(index, &mut input);
-        if let Some(session) = self.sessions.get_mut(index) {
+        if let Some(session) = self.conns.sessions.get_mut(index) {
             session.return_input(input, consumed);
         }
     }
@@ -101,10 +98,10 @@ impl EventLoop {
     /// read, then the socket, to its end (the edge that announced those
     /// bytes has passed).
     pub(super) fn release_held(&mut self, index: usize) {
-        let Some(session) = self.sessions.get(index) else {
+        let Some(session) = self.conns.sessions.get(index) else {
             return;
         };
-        if session.is_dead() || session.is_paused() || self.held(index) {
+        if session.is_dead() || session.is_paused() || self.hub.holds(session.key) {
             return;
         }
         if session.has_input() {
@@ -115,14 +112,14 @@ impl EventLoop {
 
     /// The peer's FIN: what it means depends on the session's phase.
     fn on_eof(&mut self, index: usize) {
-        let (now, rules) = (self.now_ms, self.rules);
-        let Some(session) = self.sessions.get_mut(index) else {
+        let (now, rules) = (self.clock.now_ms, self.setup.rules);
+        let Some(session) = self.conns.sessions.get_mut(index) else {
             return;
         };
         match session.on_eof(now, &rules) {
-            Eof::Flush => self.mark_dirty(index),
+            Eof::Flush => self.conns.mark_dirty(index),
             Eof::Closing(deadline) => {
-                self.mark_dirty(index);
+                self.conns.mark_dirty(index);
                 self.arm(index, deadline);
             }
             Eof::Drop => self.kill(index, CloseReason::Client(None)),
@@ -131,7 +128,7 @@ impl EventLoop {
 
     /// Reads again from sessions that were paused and have been drained.
     pub(super) fn resume_paused(&mut self) {
-        for index in std::mem::take(&mut self.resume) {
+        for index in std::mem::take(&mut self.conns.resume) {
             self.resume_reading(index);
         }
     }
@@ -140,7 +137,7 @@ impl EventLoop {
     /// taken its responses: first the requests already read, then the socket
     /// (to its end: the edge that announced those bytes has passed).
     fn resume_reading(&mut self, index: usize) {
-        let Some(session) = self.sessions.get(index) else {
+        let Some(session) = self.conns.sessions.get(index) else {
             return;
         };
         if session.is_paused() || !matches!(session.phase(), Phase::Http) {

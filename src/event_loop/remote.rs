@@ -14,7 +14,7 @@
 //! that fails or times out closes the session (1013) so its client
 //! resumes again; while Redis is down a resume answers `ok:false` at once.
 //!
-//! Nothing here runs unless `self.remote` is set (cluster and history on).
+//! Nothing here runs unless `self.hub.remote` is set (cluster and history on).
 //!
 //! [`Event::Kept`]: crate::cluster::Event::Kept
 //! [`Link::read_history`]: crate::cluster::Link::read_history
@@ -42,7 +42,7 @@ impl EventLoop {
     /// the sessions here that recover wait for it to come back with its
     /// position (down: everyone here gets it plain).
     pub(super) fn push_kept(&mut self, target: &Audience<String>, json: &[u8]) -> usize {
-        let Some(link) = self.cluster.as_mut() else {
+        let Some(link) = self.hub.cluster.as_mut() else {
             return 0;
         };
         let published = link.publish(target.as_deref(), json);
@@ -50,7 +50,7 @@ impl EventLoop {
         if !published {
             return local;
         }
-        let remote = self.cluster.as_ref().and_then(|link| link.view());
+        let remote = self.hub.cluster.as_ref().and_then(|link| link.view());
         local + remote.map_or(0, |v| v.addressed(target))
     }
 
@@ -58,6 +58,7 @@ impl EventLoop {
     /// and its sender is told when it stayed on this node.
     pub(super) fn relay_kept(&mut self, index: usize, audience: Audience<&str>, json: &[u8]) {
         let published = self
+            .hub
             .cluster
             .as_mut()
             .is_some_and(|link| link.publish(audience, json));
@@ -75,7 +76,7 @@ impl EventLoop {
         json: &[u8],
         published: bool,
     ) -> usize {
-        let min_bytes = self.config.websocket.compression_min_bytes;
+        let min_bytes = self.setup.compression_min_bytes();
         let mut plain = Encoded::new(FrameKind::Text, json, min_bytes);
         self.fan_out_kept(audience, Some(&mut plain), None, published)
     }
@@ -85,11 +86,21 @@ impl EventLoop {
     /// message would move their position past it. They are closed (1013)
     /// and resume, which replays it. Runs before each kept message.
     pub(super) fn check_drops(&mut self) {
-        let drops = self.cluster.as_ref().map_or(0, |link| link.receive_drops());
-        if !self.remote.as_mut().is_some_and(|r| r.dropped_since(drops)) {
+        let drops = self
+            .hub
+            .cluster
+            .as_ref()
+            .map_or(0, |link| link.receive_drops());
+        if !self
+            .hub
+            .remote
+            .as_mut()
+            .is_some_and(|r| r.dropped_since(drops))
+        {
             return;
         }
         let gapped: Vec<usize> = self
+            .conns
             .sessions
             .iter()
             .filter(|(_, s)| s.is_open() && wants_position(s))
@@ -102,7 +113,7 @@ impl EventLoop {
             "history: messages from Redis were dropped (queue full); closing {} recovering session(s) with 1013 so they resume",
             gapped.len()
         );
-        if let Some(remote) = self.remote.as_mut() {
+        if let Some(remote) = self.hub.remote.as_mut() {
             remote.stats.gap_closes += gapped.len() as u64;
         }
         for index in gapped {
@@ -127,7 +138,7 @@ impl EventLoop {
             Audience::User(_) => (Kind::User, None),
             Audience::Room { room, .. } => (Kind::Room, Some(room)),
         };
-        let min_bytes = self.config.websocket.compression_min_bytes;
+        let min_bytes = self.setup.compression_min_bytes();
         let stamped = position::stamp(json, kind, room, epoch, offset);
         let mut stamped = stamped
             .as_deref()
@@ -184,7 +195,7 @@ impl EventLoop {
     /// After a chat upgrade that asked to recover: ask Redis for the
     /// welcome's positions and the streams of `?since=`.
     pub(super) fn resume_remote(&mut self, index: usize, user: Option<&str>, since: Since) {
-        let Some(session) = self.sessions.get_mut(index) else {
+        let Some(session) = self.conns.sessions.get_mut(index) else {
             return;
         };
         session.set_recovering();
@@ -215,7 +226,7 @@ impl EventLoop {
     /// After a recovering session's join passed: ask Redis for the room's
     /// position and, with `since`, what the session missed there.
     pub(super) fn joined_remote(&mut self, index: usize, room: &str, since: Option<&RawValue>) {
-        let Some(session) = self.sessions.get(index) else {
+        let Some(session) = self.conns.sessions.get(index) else {
             return;
         };
         if !session.recovering() {
@@ -253,12 +264,13 @@ impl EventLoop {
         wanted: Wanted,
         reads: ReadFor,
     ) {
-        let now = self.now_ms;
+        let now = self.clock.now_ms;
         let id = self
+            .hub
             .cluster
             .as_mut()
             .and_then(|link| link.read_history(streams, reads));
-        let Some(remote) = self.remote.as_mut() else {
+        let Some(remote) = self.hub.remote.as_mut() else {
             return;
         };
         match id {
@@ -272,11 +284,12 @@ impl EventLoop {
 
     /// A read's answer, right after every live message it covers.
     pub(super) fn on_history_read(&mut self, id: u64, result: ReadResult) {
-        let Some(pending) = self.remote.as_mut().and_then(|r| r.take(id)) else {
+        let Some(pending) = self.hub.remote.as_mut().and_then(|r| r.take(id)) else {
             return;
         };
         let index = pending.key.index as usize;
         if !self
+            .conns
             .sessions
             .get(index)
             .is_some_and(|s| s.key == pending.key && s.is_open())
@@ -297,8 +310,8 @@ impl EventLoop {
 
     /// Reads that did not answer in time close their sessions.
     pub(super) fn remote_tick(&mut self) {
-        let now = self.now_ms;
-        let Some(remote) = self.remote.as_mut() else {
+        let now = self.clock.now_ms;
+        let Some(remote) = self.hub.remote.as_mut() else {
             return;
         };
         for pending in remote.expired(now) {
@@ -309,11 +322,12 @@ impl EventLoop {
     /// The session missed live messages while its read waited and cannot
     /// be told which: it is closed (1013) and its client resumes again.
     fn read_failed(&mut self, pending: &Pending, why: &str) {
-        if let Some(remote) = self.remote.as_mut() {
+        if let Some(remote) = self.hub.remote.as_mut() {
             remote.stats.reads_failed += 1;
         }
         let index = pending.key.index as usize;
         if !self
+            .conns
             .sessions
             .get(index)
             .is_some_and(|s| s.key == pending.key && s.is_open())
@@ -368,7 +382,7 @@ impl EventLoop {
 
     /// Counts one stream's resume outcome.
     pub(super) fn count_remote(&mut self, outcome: Outcome) {
-        if let Some(remote) = self.remote.as_mut() {
+        if let Some(remote) = self.hub.remote.as_mut() {
             remote.count(outcome.ok, outcome.replayed);
         }
     }
@@ -377,18 +391,18 @@ impl EventLoop {
     /// bounds); counts the outcome.
     fn replay_remote(&mut self, index: usize, read: Option<&StreamRead>) -> Outcome {
         let frames = read.and_then(|r| r.replay.as_ref());
-        let outcome = match (frames, self.sessions.get_mut(index)) {
+        let outcome = match (frames, self.conns.sessions.get_mut(index)) {
             (Some(frames), Some(session)) => {
                 let bytes = frames.iter().map(|f| f.len() + 14).sum();
                 // One more for the `recovered` that follows.
-                if session.has_room(frames.len() + 1, bytes, &self.rules) {
+                if session.has_room(frames.len() + 1, bytes, &self.setup.rules) {
                     for json in frames {
                         let wire = frame::encode(FrameKind::Text, json);
                         // Room was checked for all of them together.
-                        let _ = session.queue(wire, &self.rules, &mut self.metrics.bytes_out);
+                        let _ = session.queue(wire, &self.setup.rules, &mut self.metrics.bytes_out);
                     }
                     self.metrics.messages_out += frames.len() as u64;
-                    self.mark_dirty(index);
+                    self.conns.mark_dirty(index);
                     Outcome {
                         ok: true,
                         replayed: frames.len(),

@@ -33,7 +33,7 @@ impl EventLoop {
     /// A stream just opened (its rooms joined) with history in Redis: ask
     /// for the current token and, with `last_event_id`, what it missed.
     pub(super) fn open_stream_remote(&mut self, index: usize, last_event_id: Option<&str>) {
-        let Some(session) = self.sessions.get(index) else {
+        let Some(session) = self.conns.sessions.get(index) else {
             return;
         };
         let key = session.key;
@@ -49,7 +49,7 @@ impl EventLoop {
             });
             names.push("u".to_owned());
         }
-        for room in self.router.rooms_of(key) {
+        for room in self.hub.router.rooms_of(key) {
             streams.push(ReadStream {
                 audience: Audience::room(room.to_string()),
                 since: None,
@@ -100,8 +100,12 @@ impl EventLoop {
             });
             let fits = |events: &[Wire]| {
                 let more: usize = events.iter().map(|e| e.len()).sum();
-                self.sessions.get(index).is_some_and(|s| {
-                    s.has_room(replay.len() + events.len() + 2, bytes + more, &self.rules)
+                self.conns.sessions.get(index).is_some_and(|s| {
+                    s.has_room(
+                        replay.len() + events.len() + 2,
+                        bytes + more,
+                        &self.setup.rules,
+                    )
                 })
             };
             match events {

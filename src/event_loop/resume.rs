@@ -20,14 +20,14 @@ impl EventLoop {
     /// After a chat upgrade that asked to recover: welcome, replay,
     /// `recovered` (only when `since` named a stream).
     pub(super) fn resume_session(&mut self, index: usize, user: Option<&str>, since: Since) {
-        if self.remote.is_some() {
+        if self.hub.remote.is_some() {
             return self.resume_remote(index, user, since);
         }
-        let now = self.now_ms;
-        let Some(history) = self.history.as_mut() else {
+        let now = self.clock.now_ms;
+        let Some(history) = self.hub.history.as_mut() else {
             return;
         };
-        let Some(session) = self.sessions.get_mut(index) else {
+        let Some(session) = self.conns.sessions.get_mut(index) else {
             return;
         };
         session.set_recovering();
@@ -55,14 +55,19 @@ impl EventLoop {
     /// the room, and with `since` gets what it missed there. Sessions that
     /// did not ask to recover see nothing new.
     pub(super) fn joined(&mut self, index: usize, room: &str, since: Option<&RawValue>) {
-        if self.remote.is_some() {
+        if self.hub.remote.is_some() {
             return self.joined_remote(index, room, since);
         }
-        let now = self.now_ms;
-        let Some(history) = self.history.as_mut() else {
+        let now = self.clock.now_ms;
+        let Some(history) = self.hub.history.as_mut() else {
             return;
         };
-        if !self.sessions.get(index).is_some_and(|s| s.recovering()) {
+        if !self
+            .conns
+            .sessions
+            .get(index)
+            .is_some_and(|s| s.recovering())
+        {
             return;
         }
         let current = history.position(StreamRef::Room(room), now);
@@ -88,20 +93,21 @@ impl EventLoop {
         stream: StreamRef<'_>,
         since: Option<&Position>,
     ) -> Outcome {
-        let now = self.now_ms;
-        let Some(history) = self.history.as_mut() else {
+        let now = self.clock.now_ms;
+        let Some(history) = self.hub.history.as_mut() else {
             return Outcome::FAILED;
         };
         let frames = since.and_then(|p| history.replay(stream, p, now));
-        let outcome = match (frames, self.sessions.get_mut(index)) {
+        let outcome = match (frames, self.conns.sessions.get_mut(index)) {
             (Some(frames), Some(session)) => {
                 let bytes = frames.iter().map(|f| f.len()).sum();
                 // One more for the `recovered` that follows.
-                if session.has_room(frames.len() + 1, bytes, &self.rules) {
+                if session.has_room(frames.len() + 1, bytes, &self.setup.rules) {
                     let replayed = frames.len();
                     for frame in frames {
                         // Room was checked for all of them together.
-                        let _ = session.queue(frame, &self.rules, &mut self.metrics.bytes_out);
+                        let _ =
+                            session.queue(frame, &self.setup.rules, &mut self.metrics.bytes_out);
                     }
                     self.metrics.messages_out += replayed as u64;
                     Outcome { ok: true, replayed }

@@ -37,14 +37,15 @@ impl EventLoop {
         let Some(room) = message.room() else {
             return true;
         };
-        if ids::check(room, self.config.websocket.max_id_bytes).is_err() {
+        if ids::check(room, self.setup.config.websocket.max_id_bytes).is_err() {
             return true;
         }
         // The grants stay in the session: checked here, before the hook
         // (which needs the loop mutably) runs.
-        let admitted = self.rooms.mode() == JoinMode::Open || {
-            let grants = self.sessions.get(index).and_then(|s| s.grants());
-            self.rooms
+        let admitted = self.hub.rooms.mode() == JoinMode::Open || {
+            let grants = self.conns.sessions.get(index).and_then(|s| s.grants());
+            self.hub
+                .rooms
                 .admits(grants, info.user, room, message.token(), unix_now())
         };
         self.decide(index, info, room, admitted)
@@ -60,8 +61,9 @@ impl EventLoop {
         grants: Option<&Grants>,
         token: Option<&str>,
     ) -> bool {
-        let admitted = self.rooms.mode() == JoinMode::Open
+        let admitted = self.hub.rooms.mode() == JoinMode::Open
             || self
+                .hub
                 .rooms
                 .admits(grants, info.user, room, token, unix_now());
         self.decide(index, info, room, admitted)
@@ -96,7 +98,7 @@ impl EventLoop {
         if change == Change::Unchanged {
             return;
         }
-        if let Some(link) = self.cluster.as_mut() {
+        if let Some(link) = self.hub.cluster.as_mut() {
             link.member(user, room, joined);
             match change {
                 Change::FirstMember | Change::Member if joined => {
@@ -110,7 +112,7 @@ impl EventLoop {
                 _ => {}
             }
         }
-        self.webhook_room(room, change);
+        self.hub.webhook_room(room, change, self.clock.now_ms);
         let event = if joined { Event::Joined } else { Event::Left };
         self.presence(Some(key), user, room, event);
     }
@@ -122,22 +124,15 @@ impl EventLoop {
         let Some(user) = user else {
             return;
         };
-        if !self.rooms.presence()
-            || self.shutdown_deadline_ms.is_some()
-            || self.router.user_in_room(user, room, key)
-        {
-            return;
-        }
-        let link = self.cluster.as_ref();
-        if link
-            .and_then(|l| l.view())
-            .is_some_and(|v| v.user_in_room(user, room))
+        if !self
+            .hub
+            .presence_due(key, user, room, self.life.shutting_down())
         {
             return;
         }
         let json = event.json(room, user);
         self.deliver_event(room, key, &json);
-        if let Some(link) = self.cluster.as_mut() {
+        if let Some(link) = self.hub.cluster.as_mut() {
             // Down: the other nodes' members miss it, as any room message.
             // Part of no stream: never kept in history (docs/protocol.md 12).
             link.publish_event(Audience::room(room), &json);
@@ -145,7 +140,7 @@ impl EventLoop {
     }
 
     fn deliver_event(&mut self, room: &str, except: Option<SessionKey>, json: &[u8]) {
-        let min_bytes = self.config.websocket.compression_min_bytes;
+        let min_bytes = self.setup.compression_min_bytes();
         let audience = Audience::Room { room, except };
         // Part of no stream: never kept in history (docs/protocol.md 12).
         self.fan_out(
@@ -154,15 +149,6 @@ impl EventLoop {
             None,
         );
         self.metrics.presence_events += 1;
-    }
-
-    /// The rooms a session is in, before it leaves them all (closing):
-    /// empty unless presence events are on and it has a user.
-    pub(super) fn rooms_before_leaving(&self, key: SessionKey, user: Option<&str>) -> Vec<Rc<str>> {
-        if !self.rooms.presence() || user.is_none() {
-            return Vec::new();
-        }
-        self.router.rooms_of(key).cloned().collect()
     }
 
     /// After a session of `user` closed: `left` for each of `rooms` it was
@@ -186,21 +172,21 @@ impl EventLoop {
         keep_alive: bool,
     ) -> Option<Response> {
         let (user, room, join) = membership;
-        let Some(link) = self.cluster.as_mut() else {
+        let Some(link) = self.hub.cluster.as_mut() else {
             let local = self.apply_membership(&user, &room, join);
             return Some(Response::json(200, &json!({ "sessions": local })));
         };
         let Some(ticket) = link.publish_membership(&user, &room, join, true) else {
             return Some(Response::error(503, "cluster unavailable"));
         };
-        let session = self.sessions.get_mut(index)?;
+        let session = self.conns.sessions.get_mut(index)?;
         let what = Held::Membership {
             user,
             room,
             join,
             keep_alive,
         };
-        link.park(self.now_ms, session.key, ticket, Vec::new(), what);
+        link.park(self.clock.now_ms, session.key, ticket, Vec::new(), what);
         None
     }
 
@@ -208,24 +194,25 @@ impl EventLoop {
     /// the sessions changed cluster-wide.
     pub(super) fn membership_settled(&mut self, user: &str, room: &str, join: bool) -> Response {
         let local = self.apply_membership(user, room, join);
-        let remote = remote_sessions(self.cluster.as_ref().and_then(|l| l.view()), user);
+        let remote = remote_sessions(self.hub.cluster.as_ref().and_then(|l| l.view()), user);
         Response::json(200, &json!({ "sessions": local + remote }))
     }
 
     /// The handle's `join` / `leave`: like REST, but a cluster that is down
     /// leaves it to this node (as the handle's pushes do).
     pub(super) fn handle_membership(&mut self, user: &str, room: &str, join: bool) -> usize {
-        let max = self.config.websocket.max_id_bytes;
+        let max = self.setup.config.websocket.max_id_bytes;
         let fields = [("user", Some(user)), ("room", Some(room))];
         if user.is_empty() || room.is_empty() || ids::check_fields(fields, max).is_err() {
             log::debug!("handle membership refused: invalid user or room");
             return 0;
         }
         let published = self
+            .hub
             .cluster
             .as_mut()
             .is_some_and(|link| link.publish_membership(user, room, join, false).is_some());
-        let remote = match self.cluster.as_ref() {
+        let remote = match self.hub.cluster.as_ref() {
             Some(link) if published => remote_sessions(link.view(), user),
             _ => 0,
         };
@@ -235,7 +222,7 @@ impl EventLoop {
     /// Another node's REST or handle membership change, for the sessions
     /// of `user` here.
     pub(super) fn cluster_membership(&mut self, user: &str, room: &str, join: bool) {
-        let max = self.config.websocket.max_id_bytes;
+        let max = self.setup.config.websocket.max_id_bytes;
         if ids::check(user, max).is_ok() && ids::check(room, max).is_ok() {
             self.apply_membership(user, room, join);
         }
@@ -246,12 +233,13 @@ impl EventLoop {
     /// how many changed.
     fn apply_membership(&mut self, user: &str, room: &str, join: bool) -> usize {
         let mut keys = Vec::new();
-        self.router
+        self.hub
+            .router
             .for_each_member(Audience::User(user), |key| keys.push(key));
         let mut changed = 0;
         for key in keys {
             let change = if join {
-                match self.router.join(key, Some(user), room) {
+                match self.hub.router.join(key, Some(user), room) {
                     Ok(change) => change,
                     Err(JoinError::TooManyRooms) => {
                         self.metrics.joins_skipped_full += 1;
@@ -259,7 +247,7 @@ impl EventLoop {
                     }
                 }
             } else {
-                self.router.leave(key, room)
+                self.hub.router.leave(key, room)
             };
             if change != Change::Unchanged {
                 changed += 1;
@@ -273,13 +261,13 @@ impl EventLoop {
     /// out of rooms with members here get `left` (each node tells its own
     /// members, so nothing is published).
     pub(super) fn presence_after_view(&mut self, old: &View) {
-        if !self.rooms.presence() || self.shutdown_deadline_ms.is_some() {
+        if !self.hub.rooms.presence() || self.life.shutdown_deadline_ms.is_some() {
             return;
         }
-        let Some(view) = self.cluster.as_ref().and_then(|link| link.view()) else {
+        let Some(view) = self.hub.cluster.as_ref().and_then(|link| link.view()) else {
             return;
         };
-        let router = &self.router;
+        let router = &self.hub.router;
         let gone: Vec<(String, String)> = old
             .vanished(view)
             .filter(|(room, user)| {

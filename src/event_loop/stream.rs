@@ -8,40 +8,21 @@
 //! All of it is queued in the pass that opens the stream, before any later
 //! delivery can reach it.
 
-use std::rc::Rc;
-
 use super::EventLoop;
-use crate::audience::Audience;
 use crate::frame::Wire;
 use crate::history::position::{Outcome, Position};
 use crate::history::StreamRef;
-use crate::sse::marks::{Since, Stream};
+use crate::sse::marks::Since;
 use crate::sse::{self};
 
 impl EventLoop {
-    /// Marks the message just kept in history for `audience`; returns the
-    /// token its event carries. `None` while history is off.
-    pub(super) fn mark_kept(&mut self, audience: Audience<&str>) -> Option<String> {
-        let now = self.now_ms;
-        let (marks, history) = (self.sse_marks.as_mut()?, self.history.as_mut()?);
-        let stream = StreamRef::of(audience);
-        let position = history.position(stream, now);
-        let named = match stream {
-            StreamRef::All => Stream::All,
-            StreamRef::User(user) => Stream::User(Rc::from(user)),
-            StreamRef::Room(room) => Stream::Room(Rc::from(room)),
-        };
-        let seq = marks.record(named, &position, now);
-        Some(marks.token(seq))
-    }
-
     /// A stream just opened (its rooms joined): with history on, resume
     /// from `last_event_id` if given, then hand out the current token.
     pub(super) fn open_stream(&mut self, index: usize, last_event_id: Option<&str>) {
-        if self.remote.is_some() {
+        if self.hub.remote.is_some() {
             return self.open_stream_remote(index, last_event_id);
         }
-        let Some(marks) = self.sse_marks.as_ref() else {
+        let Some(marks) = self.hub.sse_marks.as_ref() else {
             return;
         };
         let current = marks.current();
@@ -54,11 +35,11 @@ impl EventLoop {
     /// Replays what the stream's client missed since `token`, all of a
     /// stream or none of it; names the others in one `event: reset`.
     fn resume_stream(&mut self, index: usize, token: &str) {
-        let now = self.now_ms;
+        let now = self.clock.now_ms;
         let (Some(marks), Some(history), Some(session)) = (
-            self.sse_marks.as_ref(),
-            self.history.as_mut(),
-            self.sessions.get(index),
+            self.hub.sse_marks.as_ref(),
+            self.hub.history.as_mut(),
+            self.conns.sessions.get(index),
         ) else {
             return;
         };
@@ -69,7 +50,7 @@ impl EventLoop {
             streams.push(('u', Some(user.clone())));
         }
         let key = session.key;
-        for room in self.router.rooms_of(key) {
+        for room in self.hub.router.rooms_of(key) {
             streams.push(('r', Some(room.clone())));
         }
         let mut replay: Vec<Wire> = Vec::new();
@@ -101,10 +82,10 @@ impl EventLoop {
             let fits = |events: &[Wire]| {
                 let more: usize = events.iter().map(|e| e.len()).sum();
                 session_fits(
-                    self.sessions.get(index),
+                    self.conns.sessions.get(index),
                     replay.len() + events.len() + 2,
                     bytes + more,
-                    &self.rules,
+                    &self.setup.rules,
                 )
             };
             match events {
@@ -138,17 +119,17 @@ impl EventLoop {
 
     /// Queues one event (checked to fit beforehand, or a small one).
     pub(super) fn queue_event(&mut self, index: usize, event: Wire) {
-        let Some(session) = self.sessions.get_mut(index) else {
+        let Some(session) = self.conns.sessions.get_mut(index) else {
             return;
         };
         let key = session.key;
         if session
-            .queue(event, &self.rules, &mut self.metrics.bytes_out)
+            .queue(event, &self.setup.rules, &mut self.metrics.bytes_out)
             .is_err()
         {
             self.slow_consumer(key);
         }
-        self.mark_dirty(index);
+        self.conns.mark_dirty(index);
     }
 }
 

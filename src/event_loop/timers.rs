@@ -1,8 +1,7 @@
-//! Timers: one wheel entry per session, re-armed lazily (a later deadline
-//! leaves the earlier entry in place; it fires, finds nothing due and arms
-//! again). On fire the session says which of its deadlines passed
-//! (`Session::on_timer`); this file applies that: arm again, write a Ping,
-//! or drop the connection.
+//! Timers: the wheel is the clock's (`clock.rs`); when a session's entry
+//! fires, the session says which of its deadlines passed
+//! (`Session::on_timer`) and this step applies that: arm again, write a
+//! Ping, or drop the connection. History and stream marks expire here too.
 
 use log::debug;
 
@@ -14,58 +13,40 @@ use crate::session::{Expiry, Fired};
 impl EventLoop {
     /// Makes sure the session's timer fires no later than `at_ms`.
     pub(super) fn arm(&mut self, index: usize, at_ms: u64) {
-        let Some(session) = self.sessions.get_mut(index) else {
-            return;
-        };
-        if let Some((timer, armed_at)) = session.timer {
-            if armed_at <= at_ms {
-                return;
-            }
-            self.wheel.cancel(timer);
+        if let Some(session) = self.conns.sessions.get_mut(index) {
+            self.clock.arm(session, at_ms);
         }
-        let timer = self.wheel.insert(at_ms, session.key);
-        session.timer = Some((timer, at_ms));
     }
 
     /// Arms an open session for its next Ping, silence or stall deadline.
     pub(super) fn rearm_open(&mut self, index: usize) {
-        if let Some(session) = self.sessions.get(index) {
-            let at = session.open_deadline(&self.rules);
-            self.arm(index, at);
+        if let Some(session) = self.conns.sessions.get_mut(index) {
+            let at = session.open_deadline(&self.setup.rules);
+            self.clock.arm(session, at);
         }
     }
 
     pub(super) fn fire_timers(&mut self) {
-        if let Some(history) = self.history.as_mut() {
-            history.tick(self.now_ms);
+        self.hub.expire(self.clock.now_ms);
+        let (now, rules) = (self.clock.now_ms, self.setup.rules);
+        let due = self.clock.take_due();
+        for &key in &due {
+            let Some(session) = self.conns.get_key(key) else {
+                continue;
+            };
+            session.timer = None;
+            let fired = session.on_timer(now, &rules, &self.hub.heartbeat);
+            self.on_timer(key.index as usize, fired);
         }
-        if let Some(marks) = self.sse_marks.as_mut() {
-            marks.tick(self.now_ms);
-        }
-        let mut due = std::mem::take(&mut self.due);
-        self.wheel.poll(self.now_ms, &mut due);
-        for key in due.drain(..) {
-            let index = key.index as usize;
-            match self.sessions.get_mut(index) {
-                Some(session) if session.key == key => {
-                    session.timer = None;
-                    self.on_timer(index);
-                }
-                _ => {}
-            }
-        }
-        self.due = due;
+        self.clock.done(due);
     }
 
-    fn on_timer(&mut self, index: usize) {
-        let (now, rules) = (self.now_ms, self.rules);
-        let Some(session) = self.sessions.get_mut(index) else {
-            return;
-        };
-        match session.on_timer(now, &rules, &self.heartbeat) {
+    /// Applies what the session's timer found.
+    fn on_timer(&mut self, index: usize, fired: Fired) {
+        match fired {
             Fired::Arm(at) => self.arm(index, at),
             Fired::Ping(at) => {
-                self.schedule_write(index);
+                self.conns.schedule_write(index);
                 self.arm(index, at);
             }
             Fired::Expired(Expiry::Handshake { partial }) => {

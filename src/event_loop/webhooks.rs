@@ -8,13 +8,14 @@
 //! name; a change in the view counts only when this node does not hold it.
 //! The view is read through [`remote_user`] and [`remote_room`] and diffed
 //! in [`view_changed`] only, so a different presence model touches just
-//! these functions.
+//! these functions. All of it is the hub's (`impl Hub`): the router, the
+//! link and the webhooks; the loop hands in its clock.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::rc::Rc;
 
-use super::EventLoop;
+use super::hub::Hub;
 use crate::cluster::view::View;
 use crate::cluster::Link;
 use crate::router::{Change, Router};
@@ -32,7 +33,7 @@ fn remote_room(cluster: Option<&Link>, room: &str) -> bool {
         .is_some_and(|v| v.has_room(room))
 }
 
-impl EventLoop {
+impl Hub {
     /// A chat or SSE session of `user` was added to the router.
     pub(super) fn webhook_connected(&mut self, user: Option<&str>, peer: SocketAddr) {
         let (Some(webhooks), Some(user)) = (self.webhooks.as_mut(), user) else {
@@ -44,19 +45,24 @@ impl EventLoop {
     }
 
     /// A session left the router; `rooms` are the rooms it was in.
-    pub(super) fn webhook_disconnected(&mut self, user: Option<&str>, rooms: &[Rc<str>]) {
+    pub(super) fn webhook_disconnected(
+        &mut self,
+        user: Option<&str>,
+        rooms: &[Rc<str>],
+        now_ms: u64,
+    ) {
         let Some(webhooks) = self.webhooks.as_mut() else {
             return;
         };
         let cluster = self.cluster.as_ref();
         if let Some(user) = user {
             if self.router.user_sessions(user) == 0 && !remote_user(cluster, user) {
-                webhooks.user_absent(user, self.now_ms);
+                webhooks.user_absent(user, now_ms);
             }
         }
         for room in rooms {
             if self.router.room_size(room) == 0 && !remote_room(cluster, room) {
-                webhooks.room_absent(room, self.now_ms);
+                webhooks.room_absent(room, now_ms);
             }
         }
     }
@@ -71,7 +77,7 @@ impl EventLoop {
     }
 
     /// A join or leave changed `room` on this node.
-    pub(super) fn webhook_room(&mut self, room: &str, change: Change) {
+    pub(super) fn webhook_room(&mut self, room: &str, change: Change, now_ms: u64) {
         let Some(webhooks) = self.webhooks.as_mut() else {
             return;
         };
@@ -80,38 +86,33 @@ impl EventLoop {
         }
         match change {
             Change::FirstMember => webhooks.room_present(room),
-            Change::LastMember => webhooks.room_absent(room, self.now_ms),
+            Change::LastMember => webhooks.room_absent(room, now_ms),
             Change::Member | Change::Unchanged => {}
         }
     }
 
     /// Offline deadlines that are due: reported if still absent everywhere.
-    pub(super) fn webhook_tick(&mut self) {
+    pub(super) fn webhook_tick(&mut self, now_ms: u64) {
         let Some(webhooks) = self.webhooks.as_mut() else {
             return;
         };
         let (router, cluster) = (&self.router, self.cluster.as_ref());
         webhooks.fire_due(
-            self.now_ms,
+            now_ms,
             |user| router.user_sessions(user) == 0 && !remote_user(cluster, user),
             |room| router.room_size(room) == 0 && !remote_room(cluster, room),
         );
     }
 
-    /// When the next offline deadline is due.
-    pub(super) fn webhook_deadline(&self) -> Option<u64> {
-        self.webhooks.as_ref().and_then(Webhooks::next_deadline)
-    }
-
     /// A new view of the other nodes is about to replace the current one.
-    pub(super) fn webhook_view(&mut self, new: &View) {
+    pub(super) fn webhook_view(&mut self, new: &View, now_ms: u64) {
         let Some(webhooks) = self.webhooks.as_mut() else {
             return;
         };
         let Some(link) = self.cluster.as_ref() else {
             return;
         };
-        view_changed(webhooks, &self.router, link, new, self.now_ms);
+        view_changed(webhooks, &self.router, link, new, now_ms);
     }
 }
 

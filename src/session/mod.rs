@@ -31,6 +31,7 @@ use crate::deflate::Params;
 use crate::frame::{DecodeError, Decoder, Wire};
 use crate::http_slots::MAX_REQUESTS_PER_CONNECTION;
 use crate::outbound::Outbound;
+use crate::rate::Bucket;
 use crate::rest::Endpoint;
 use crate::rooms::Grants;
 use crate::transport::{Socket, Transport};
@@ -194,6 +195,24 @@ impl Default for Heartbeat {
     }
 }
 
+/// Loop-clock ms since when a pending write has made no progress, or
+/// none: an `Option<u64>` in 8 bytes instead of 16 (the loop clock never
+/// reaches `u64::MAX`), which pays for the pointer to the rate buckets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stalled(u64);
+
+impl Stalled {
+    const NOT: Stalled = Stalled(u64::MAX);
+
+    fn since(now: u64) -> Stalled {
+        Stalled(now.min(u64::MAX - 1))
+    }
+
+    fn get(self) -> Option<u64> {
+        (self != Stalled::NOT).then_some(self.0)
+    }
+}
+
 /// One connection.
 #[derive(Debug)]
 pub(crate) struct Session<S = TcpStream> {
@@ -228,7 +247,7 @@ pub(crate) struct Session<S = TcpStream> {
     /// Loop-clock ms when the next Ping is due.
     next_ping_ms: u64,
     /// Loop-clock ms since when a pending write has made no progress.
-    stalled_since_ms: Option<u64>,
+    stalled_since_ms: Stalled,
     /// WRITABLE interest is registered (only while output is pending).
     writable_interest: bool,
     /// Reading is paused: the session owes more than `max_buffered_bytes`
@@ -247,6 +266,11 @@ pub(crate) struct Session<S = TcpStream> {
     pub dirty: bool,
     /// The loop's bookkeeping: its handshake read waits for a later pass.
     pub handshake_waiting: bool,
+    /// The loop's bookkeeping: its rate buckets (`crate::rate`), only
+    /// while `max_messages_per_second` or `max_bytes_per_second` is set
+    /// and once it sent something; out of line, so an idle session pays
+    /// one pointer for them.
+    pub rate: Option<Box<Bucket>>,
 }
 
 impl<S: Socket> Session<S> {
@@ -273,7 +297,7 @@ impl<S: Socket> Session<S> {
             out: Outbound::default(),
             last_seen_ms: now_ms,
             next_ping_ms: u64::MAX,
-            stalled_since_ms: None,
+            stalled_since_ms: Stalled::NOT,
             writable_interest: false,
             paused: false,
             counted_http: true,
@@ -282,6 +306,7 @@ impl<S: Socket> Session<S> {
             timer: None,
             dirty: false,
             handshake_waiting: false,
+            rate: None,
         }
     }
 
@@ -348,6 +373,7 @@ impl<S: Socket> Session<S> {
     }
 
     /// Still counted against `max_http_connections`.
+    #[cfg(test)]
     pub(crate) fn counted_http(&self) -> bool {
         self.counted_http
     }
@@ -429,7 +455,7 @@ impl<S: Socket> Session<S> {
         if !self.sse {
             next = next.min(self.last_seen_ms.saturating_add(rules.pong_wait_ms));
         }
-        if let Some(stalled) = self.stalled_since_ms {
+        if let Some(stalled) = self.stalled_since_ms.get() {
             next = next.min(stalled.saturating_add(rules.write_wait_ms));
         }
         next
@@ -596,7 +622,7 @@ impl<S: Socket> Session<S> {
                 // Responses still going out: the request deadline waits for
                 // them to finish, and a client that takes none of them for
                 // `write_wait` is closed, as after the upgrade.
-                match self.stalled_since_ms {
+                match self.stalled_since_ms.get() {
                     Some(since) if now >= since.saturating_add(write_wait) => {
                         Fired::Expired(Expiry::WriteStalled)
                     }
@@ -619,6 +645,7 @@ impl<S: Socket> Session<S> {
                 }
                 if self
                     .stalled_since_ms
+                    .get()
                     .is_some_and(|s| now >= s.saturating_add(write_wait))
                 {
                     return Fired::Expired(Expiry::WriteStalled);

@@ -6,7 +6,7 @@ use std::io;
 
 use mio::Interest;
 
-use super::{Phase, Rules, Session};
+use super::{Phase, Rules, Session, Stalled};
 use crate::frame::Wire;
 use crate::outbound::{Flushed, Overflow};
 use crate::transport::Socket;
@@ -97,7 +97,7 @@ impl<S: Socket> Session<S> {
         };
         match flushed {
             Flushed::Drained => {
-                self.stalled_since_ms = None;
+                self.stalled_since_ms = Stalled::NOT;
                 if matches!(self.phase, Phase::Http) {
                     // The next request's deadline runs from the end of this response.
                     self.last_seen_ms = now;
@@ -113,8 +113,8 @@ impl<S: Socket> Session<S> {
                     self.paused = false;
                     wrote.resume = true;
                 }
-                if bytes > 0 || self.stalled_since_ms.is_none() {
-                    self.stalled_since_ms = Some(now);
+                if bytes > 0 || self.stalled_since_ms.get().is_none() {
+                    self.stalled_since_ms = Stalled::since(now);
                 }
                 if !std::mem::replace(&mut self.writable_interest, true) {
                     wrote.interest = Some(Interest::READABLE | Interest::WRITABLE);
