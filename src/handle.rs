@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::audience::Audience;
+use crate::cluster::{Event, Refused, ToLoop};
 use crate::message::{self, Message};
 use crate::metrics::Shared;
 
@@ -38,7 +39,7 @@ pub(crate) enum Command {
     OnlineUsers(SyncSender<Vec<String>>),
     Shutdown,
     /// From the cluster's bridge threads.
-    Cluster(crate::cluster::Event),
+    Cluster(Event),
 }
 
 /// Why a handle call failed.
@@ -235,26 +236,6 @@ impl Handle {
         })
     }
 
-    /// For the cluster's bridge threads' control events (link state, view,
-    /// confirmations: few and small): waits while the queue is full
-    /// instead of failing. Fails once the loop is gone.
-    pub(crate) fn send_from_bridge(&self, event: crate::cluster::Event) -> Result<(), HandleError> {
-        self.enqueue(|sender| {
-            sender
-                .send(Command::Cluster(event))
-                .map_err(|_| HandleError::Closed)
-        })
-    }
-
-    /// For a message from another node: never waits (the subscriber must
-    /// keep reading its Redis connection); `QueueFull` drops it.
-    pub(crate) fn try_send_from_bridge(
-        &self,
-        event: crate::cluster::Event,
-    ) -> Result<(), HandleError> {
-        self.send(Command::Cluster(event))
-    }
-
     fn send(&self, command: Command) -> Result<(), HandleError> {
         self.enqueue(|sender| {
             sender.try_send(command).map_err(|e| match e {
@@ -280,6 +261,29 @@ impl Handle {
             return Err(HandleError::Closed);
         }
         Ok(())
+    }
+}
+
+/// The bridge threads reach the loop through the same queue and waker.
+impl ToLoop for Handle {
+    fn send_from_bridge(&self, event: Event) -> Result<(), Refused> {
+        self.enqueue(|sender| {
+            sender
+                .send(Command::Cluster(event))
+                .map_err(|_| HandleError::Closed)
+        })
+        .map_err(refused)
+    }
+
+    fn try_send_from_bridge(&self, event: Event) -> Result<(), Refused> {
+        self.send(Command::Cluster(event)).map_err(refused)
+    }
+}
+
+fn refused(e: HandleError) -> Refused {
+    match e {
+        HandleError::QueueFull => Refused::Full,
+        _ => Refused::Gone,
     }
 }
 

@@ -20,18 +20,11 @@ use crate::handle::{self, Handle, Inbox};
 use crate::hooks::{Hooks, NoHooks};
 use crate::jwt::Verifier;
 use crate::metrics::Shared;
+use crate::mode::Mode;
+use crate::startup::{Built, FileError};
 
 /// Commands a handle may queue before pushes fail with `QueueFull`.
 pub const COMMAND_QUEUE_CAPACITY: usize = 65_536;
-
-/// Which port the server was started on, which decides what it serves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// `wshub`: the app port; `/api/ws/*` only while `websocket.enable`.
-    Integrated,
-    /// `wshub-standalone`: the WebSocket port; `/api/ws/*` always.
-    Standalone,
-}
 
 /// Why the server could not start or stopped with an error.
 #[non_exhaustive]
@@ -116,6 +109,16 @@ impl fmt::Debug for Server {
 impl Server {
     /// Binds `app.host` on `app.port` (integrated) or `websocket.port` (standalone).
     pub fn bind(config: Config, mode: Mode) -> Result<Server, ServerError> {
+        Server::bind_built(config, mode, None)
+    }
+
+    /// [`Server::bind`] with the config's files already read at load
+    /// (`None`: read them now).
+    pub(crate) fn bind_built(
+        config: Config,
+        mode: Mode,
+        built: Option<Built>,
+    ) -> Result<Server, ServerError> {
         let port = match mode {
             Mode::Integrated => config.app.port,
             Mode::Standalone => config.websocket.port,
@@ -131,7 +134,7 @@ impl Server {
             .next()
             .ok_or_else(|| bind_error(io::ErrorKind::AddrNotAvailable.into()))?;
         let listener = bind_listener(resolved, config.app.reuse_port).map_err(bind_error)?;
-        Server::with_listener(listener, config, mode)
+        Server::with_listener(listener, config, mode, built)
     }
 
     /// Uses an already bound listener (tests bind port 0; supervisors pass sockets).
@@ -143,16 +146,22 @@ impl Server {
         listener
             .set_nonblocking(true)
             .map_err(io_error("set listener non-blocking"))?;
-        Server::with_listener(TcpListener::from_std(listener), config, mode)
+        Server::with_listener(TcpListener::from_std(listener), config, mode, None)
     }
 
     fn with_listener(
         mut listener: TcpListener,
         config: Config,
         mode: Mode,
+        built: Option<Built>,
     ) -> Result<Server, ServerError> {
-        let tls = crate::tls::load(&config.tls).map_err(ServerError::Tls)?;
-        let jwt = Verifier::from_config(&config.jwt).map_err(ServerError::Jwt)?;
+        let Built { tls, jwt } = match built {
+            Some(built) => built,
+            None => Built::from_config(&config).map_err(|e| match e {
+                FileError::Tls(e) => ServerError::Tls(e),
+                FileError::Jwt(e) => ServerError::Jwt(e),
+            })?,
+        };
         let local_addr = listener
             .local_addr()
             .map_err(io_error("read listener address"))?;
@@ -243,7 +252,7 @@ impl Server {
                     &self.config.cluster,
                     &self.config.websocket,
                     &self.config.history,
-                    self.handle.clone(),
+                    Arc::new(self.handle.clone()),
                 )
                 .map_err(ServerError::Cluster)?,
             ),

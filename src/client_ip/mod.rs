@@ -25,7 +25,6 @@ pub mod proxy;
 pub use headers::{walk_forwarded, walk_x_forwarded_for, walk_x_real_ip};
 pub use limit::PerIp;
 
-use crate::config::Config;
 use crate::http::Request;
 
 /// What the event loop keeps for client addresses: the policy read from
@@ -43,13 +42,20 @@ pub struct Clients {
 }
 
 impl Clients {
-    /// The policy in `config`, with no connection counted yet.
-    pub fn from_config(config: &Config) -> Clients {
+    /// The policy of `app.trusted_proxies`, `app.client_ip_header` and
+    /// `app.proxy_protocol`, with at most `max_per_ip` connections per
+    /// address (`websocket.max_connections_per_ip`) and none counted yet.
+    pub fn new(
+        trusted: Trusted,
+        header: ClientIpHeader,
+        proxy_protocol: bool,
+        max_per_ip: usize,
+    ) -> Clients {
         Clients {
-            trusted: config.app.trusted_proxies.clone(),
-            header: config.app.client_ip_header,
-            proxy_protocol: config.app.proxy_protocol,
-            per_ip: PerIp::new(config.websocket.max_connections_per_ip),
+            trusted,
+            header,
+            proxy_protocol,
+            per_ip: PerIp::new(max_per_ip),
         }
     }
 

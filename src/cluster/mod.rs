@@ -7,13 +7,16 @@
 //! channels it needs in a shared interest set that the subscriber thread
 //! applies, and records what changed in its presence (O(1) per change)
 //! for the publisher thread, which keeps and writes the entry. The threads
-//! answer through the loop's own command queue and waker ([`crate::handle`]):
+//! answer through the loop's own command queue and waker (the [`ToLoop`]
+//! port, which the server's `Handle` fills):
 //! messages from other nodes, the view of the other nodes, link up or down.
 //!
 //! | module | holds |
 //! | --- | --- |
 //! | [`wire`] | channel and key names, the envelope around each message |
 //! | [`view`] | presence entries and the view of the other nodes |
+//! | `event` | what the bridge threads tell the loop, and the port they tell it through |
+//! | `channels` | which user and room channels this node receives, and when it lets go |
 //! | `presence` | this node's presence: the loop's deltas, the publisher's counts |
 //! | `changes` | presence changes through Redis: the change log, following another node's |
 //! | `gate` | work waiting for a subscription or a publish to be confirmed |
@@ -24,7 +27,7 @@
 //! Nothing here runs when `cluster.redis` is empty: the loop holds no
 //! `Link` then, and its hot path is what it was.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -33,11 +36,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::audience::Audience;
 use crate::config::{ClusterConfig, HistoryConfig, WebSocketConfig};
-use crate::handle::Handle;
 use crate::metrics::{self, Single};
 use crate::router::Router;
 
 mod changes;
+mod channels;
+mod event;
 pub(crate) mod gate;
 pub(crate) mod history;
 mod presence;
@@ -46,6 +50,8 @@ mod subscriber;
 pub mod view;
 pub mod wire;
 
+use channels::{Channels, Interest, Kind};
+pub(crate) use event::{Event, Refused, Side, ToLoop};
 use gate::{Gate, Outcome, Ticket, Waiter};
 use view::View;
 use wire::{Key, Names, Origin, Publication};
@@ -81,75 +87,11 @@ const LOCK_TTL: Duration = Duration::from_millis(1700);
 /// How long a stopping node waits for its threads (presence removal).
 const STOP_WAIT: Duration = Duration::from_secs(2);
 
-/// Whose channel a subscription is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Kind {
-    User,
-    Room,
-}
-
-/// Which connection an [`Event::Link`] is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Side {
-    Publisher,
-    Subscriber,
-}
-
-/// What the bridge threads tell the loop.
-#[derive(Debug)]
-pub(crate) enum Event {
-    /// A message another node published for sessions here.
-    Deliver {
-        target: Audience<String>,
-        json: Vec<u8>,
-    },
-    /// With history on: a message for sessions here with its position in
-    /// its stream (from any node; `own`: from this one, whose sessions
-    /// that did not ask to recover already have it).
-    Kept {
-        target: Audience<String>,
-        json: Vec<u8>,
-        epoch: crate::history::position::Epoch,
-        offset: u64,
-        own: bool,
-        /// Its event-stream `id:` (`history::counter_key`).
-        token: Option<String>,
-    },
-    /// The answer to [`Link::read_history`], in stream order with the
-    /// live messages; `bytes` go back to the inbound budget once used.
-    HistoryRead {
-        id: u64,
-        result: history::ReadResult,
-        bytes: usize,
-    },
-    /// Another node asks to add `user`'s sessions here to `room` (REST
-    /// join), or to remove them (`join` false).
-    Membership {
-        user: String,
-        room: String,
-        join: bool,
-    },
-    /// A fresh view of the other nodes.
-    View(View),
-    /// A connection came up in a generation (see [`Bridge::generation`])
-    /// or went down (`Err` holds why).
-    Link {
-        side: Side,
-        state: Result<u64, String>,
-    },
-    /// Every interest change up to this version is applied: Redis sends
-    /// this node what is published on those channels from now on.
-    Subscribed(u64),
-    /// Redis accepted (`ok`) or refused every acknowledged publish up to
-    /// this sequence number.
-    Published { upto: u64, ok: bool },
-}
-
 /// What waits in the gate for the cluster (see [`gate`]).
 #[derive(Debug)]
 pub(crate) enum Held {
     /// A chat upgrade: its 101 and `on_connect` wait for the user's channel.
-    Upgrade(Box<crate::rest::Upgrade>),
+    Upgrade(Box<crate::upgrade::Upgrade>),
     /// A join: the session's next message waits for the room's channel.
     Join,
     /// A REST push, delivered here and answered once Redis accepted it.
@@ -221,15 +163,6 @@ impl Budget {
                 Some(used.saturating_sub(n))
             });
     }
-}
-
-/// Which channels this node needs. The loop writes, the subscriber applies.
-#[derive(Debug, Default)]
-struct Interest {
-    wanted: HashSet<String>,
-    changed: HashSet<String>,
-    /// Bumped by every change: the subscriber confirms versions.
-    version: u64,
 }
 
 /// What the loop and both threads share.
@@ -331,7 +264,7 @@ enum Job {
 /// A reconnecting side's state, reported once per change.
 struct Reporter {
     side: Side,
-    handle: Handle,
+    handle: Arc<dyn ToLoop>,
     ready: Option<SyncSender<(Side, Result<u64, String>)>>,
     up: Option<bool>,
     /// The generation of this side's current connection.
@@ -400,12 +333,8 @@ pub(crate) struct Link {
     outage_since: Option<Instant>,
     address: String,
     view: View,
-    /// User and room channels wanted, with the interest version that
-    /// asked for them (confirmed once the subscriber reports it).
-    users: HashMap<String, u64>,
-    rooms: HashMap<String, u64>,
-    /// Channels kept while a waiter for them is parked.
-    pins: HashMap<String, usize>,
+    /// The user and room channels wanted, pinned and leaving.
+    channels: Channels,
     gate: Gate<Held>,
     /// The sessions whose input waits in the gate.
     held: HashSet<crate::audience::SessionKey>,
@@ -413,10 +342,6 @@ pub(crate) struct Link {
     settled: Vec<(Waiter<Held>, Outcome)>,
     /// Waiters refused (timeout, failed publish, outage), for `/metrics`.
     refused: u64,
-    /// Users and rooms whose channel may no longer be needed (a last
-    /// session or member left, a pin dropped): looked at, and only they,
-    /// at the next tick. Never more than the names this node held.
-    leaving: HashSet<(Kind, String)>,
     next_tick_ms: u64,
 }
 
@@ -429,7 +354,7 @@ impl Link {
         config: &ClusterConfig,
         ws: &WebSocketConfig,
         kept: &HistoryConfig,
-        handle: Handle,
+        handle: Arc<dyn ToLoop>,
     ) -> Result<Link, String> {
         let node_id = if config.node_id.is_empty() {
             default_node_id()
@@ -508,14 +433,11 @@ impl Link {
             outage_since: None,
             address,
             view: View::default(),
-            users: HashMap::new(),
-            rooms: HashMap::new(),
-            pins: HashMap::new(),
+            channels: Channels::default(),
             gate: Gate::default(),
             settled: Vec::new(),
             held: HashSet::new(),
             refused: 0,
-            leaving: HashSet::new(),
             next_tick_ms: 0,
         };
         let deadline = Instant::now() + STARTUP_WAIT;
@@ -705,8 +627,8 @@ impl Link {
     pub(crate) fn want_user(&mut self, user: Option<&str>) -> Option<(Ticket, String)> {
         let user = user?;
         let channel = self.bridge.names.channel(Audience::User(user));
-        let version = match self.users.get(user) {
-            Some(version) => *version,
+        let version = match self.channels.version(Kind::User, user) {
+            Some(version) => version,
             None => self.subscribe(Kind::User, user, channel.clone()),
         };
         self.wait_for(version, channel)
@@ -716,8 +638,8 @@ impl Link {
     /// what the session's next message waits for, as [`Link::want_user`].
     pub(crate) fn want_room(&mut self, room: &str) -> Option<(Ticket, String)> {
         let channel = self.bridge.names.channel(Audience::room(room));
-        let version = match self.rooms.get(room) {
-            Some(version) => *version,
+        let version = match self.channels.version(Kind::Room, room) {
+            Some(version) => version,
             None => self.subscribe(Kind::Room, room, channel.clone()),
         };
         self.wait_for(version, channel)
@@ -727,11 +649,7 @@ impl Link {
     /// and records the version that confirms it.
     fn subscribe(&mut self, kind: Kind, name: &str, channel: String) -> u64 {
         let version = self.want(channel, true);
-        let versions = match kind {
-            Kind::User => &mut self.users,
-            Kind::Room => &mut self.rooms,
-        };
-        versions.insert(name.to_owned(), version);
+        self.channels.wanted(kind, name, version);
         version
     }
 
@@ -755,9 +673,7 @@ impl Link {
             Ticket::Subscribed(_) => SUBSCRIBE_WAIT,
             Ticket::Published(_) => PUBLISH_WAIT,
         };
-        for channel in &pins {
-            *self.pins.entry(channel.clone()).or_default() += 1;
-        }
+        self.channels.pin(&pins);
         self.held.insert(key);
         self.gate.park(Waiter {
             ticket,
@@ -782,21 +698,14 @@ impl Link {
                 self.refused += 1;
             }
             for channel in &waiter.pins {
-                if let Some(count) = self.pins.get_mut(channel) {
-                    *count -= 1;
-                    if *count == 0 {
-                        self.pins.remove(channel);
-                        // Its session may never have opened: look again.
-                        match self.bridge.names.target(channel) {
-                            Some(Audience::User(user)) => {
-                                self.leaving.insert((Kind::User, user));
-                            }
-                            Some(Audience::Room { room, .. }) => {
-                                self.leaving.insert((Kind::Room, room));
-                            }
-                            _ => {}
-                        }
-                    }
+                if !self.channels.unpin(channel) {
+                    continue;
+                }
+                // Its session may never have opened: look again.
+                match self.bridge.names.target(channel) {
+                    Some(Audience::User(user)) => self.channels.look_at(Kind::User, user),
+                    Some(Audience::Room { room, .. }) => self.channels.look_at(Kind::Room, room),
+                    _ => {}
                 }
             }
         }
@@ -825,13 +734,11 @@ impl Link {
         let mut pending = self.bridge.pending();
         for room in rooms {
             pending.deltas.member(user, room, -1);
-            if self.rooms.contains_key(room) {
-                self.leaving.insert((Kind::Room, room.to_owned()));
-            }
+            self.channels.may_leave(Kind::Room, room);
         }
         pending.deltas.session(user, -1);
-        if let Some(user) = user.filter(|u| self.users.contains_key(*u)) {
-            self.leaving.insert((Kind::User, user.to_owned()));
+        if let Some(user) = user {
+            self.channels.may_leave(Kind::User, user);
         }
     }
 
@@ -845,20 +752,14 @@ impl Link {
     /// A room's last member here left: its channel may be released at the
     /// next tick (unless someone came back by then).
     pub(crate) fn departed(&mut self, room: &str) {
-        self.leaving.insert((Kind::Room, room.to_owned()));
+        self.channels.look_at(Kind::Room, room.to_owned());
     }
 
     /// Changes the interest; returns the version the subscriber will
     /// confirm once the change is applied.
     fn want(&self, channel: String, wanted: bool) -> u64 {
         let mut interest = self.bridge.interest();
-        if wanted {
-            interest.wanted.insert(channel.clone());
-        } else {
-            interest.wanted.remove(&channel);
-        }
-        interest.changed.insert(channel);
-        interest.version += 1;
+        let version = interest.change(channel, wanted);
         // The subscriber sees the flag at its next look, which a blocking
         // read with a 5 ms timeout makes 10-12 ms on a kernel with coarse
         // timer ticks (measured, BENCHMARKS.md issue 20); a message on its
@@ -868,7 +769,7 @@ impl Link {
         if !self.bridge.interest_changed.swap(true, Ordering::Release) {
             let _ = self.jobs.try_send(Job::Nudge);
         }
-        interest.version
+        version
     }
 
     /// Periodic work, when due (see [`Link::next_tick_ms`]): releases
@@ -882,7 +783,7 @@ impl Link {
             return;
         }
         self.next_tick_ms = now_ms + crate::wheel::millis(self.bridge.refresh_period()) / 2;
-        if !self.leaving.is_empty() {
+        if self.channels.has_leaving() {
             self.release(router);
         }
         if self.bridge.pending().deltas.overflowed() {
@@ -894,31 +795,19 @@ impl Link {
         }
     }
 
-    /// Lets go of the channels of `leaving` that no local session needs
-    /// and no waiter pins (a pinned one is looked at again when its pin
-    /// drops): O(names that left), never a walk of every channel.
+    /// Unsubscribes the channels that no local session needs any more
+    /// (see [`Channels::release`]).
     fn release(&mut self, router: &Router) {
-        for (kind, name) in std::mem::take(&mut self.leaving) {
-            let (needed, versions, audience) = match kind {
-                Kind::User => (
-                    router.user_sessions(&name) > 0,
-                    &mut self.users,
-                    Audience::User(name.as_str()),
-                ),
-                Kind::Room => (
-                    router.room_size(&name) > 0,
-                    &mut self.rooms,
-                    Audience::room(name.as_str()),
-                ),
-            };
-            if needed || !versions.contains_key(&name) {
-                continue;
-            }
-            let channel = self.bridge.names.channel(audience);
-            if self.pins.contains_key(&channel) {
-                continue;
-            }
-            versions.remove(&name);
+        let needed = |kind, name: &str| match kind {
+            Kind::User => router.user_sessions(name) > 0,
+            Kind::Room => router.room_size(name) > 0,
+        };
+        let names = &self.bridge.names;
+        let channel = |kind, name: &str| match kind {
+            Kind::User => names.channel(Audience::User(name)),
+            Kind::Room => names.channel(Audience::room(name)),
+        };
+        for channel in self.channels.release(needed, channel) {
             self.want(channel, false);
         }
     }

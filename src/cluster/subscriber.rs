@@ -265,7 +265,7 @@ fn receive(
             }
             match reporter.handle.try_send_from_bridge(event) {
                 Ok(()) => {}
-                Err(crate::handle::HandleError::QueueFull) => {
+                Err(super::Refused::Full) => {
                     bridge.inbound.give_back(bytes);
                     bridge.stats.receive_dropped.fetch_add(1, Ordering::Relaxed);
                 }

@@ -11,14 +11,16 @@
 //! settings struct derives `Debug`.
 //!
 //! Raw input never leaves this module: every value is checked here, so the
-//! rest of the server can trust a `Config` without re-validating it. Touches
-//! the file system only in [`Config::load`]; everything else is pure. The
-//! leaf checks live in `values`; they use `crate::auth` to check
+//! rest of the server can trust a `Config` without re-validating it. Plain
+//! values and pure: reading `config.yaml` and the files it names
+//! ([`Config::load`]) is `crate::startup`'s, and `crate::tls`, `crate::jwt`
+//! and `crate::client_ip` turn their sections into runtime objects. The
+//! leaf checks live in `values`; they use `crate::origin` to check
 //! `allowed_origins` entries, so an entry that could never match is refused.
 
 use std::fmt;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -369,7 +371,8 @@ section! {
 
 section! {
     /// `tls:` — certificate and key files; both empty: plain TCP. The files
-    /// are read by `crate::tls` at [`Config::load`], at bind and on SIGHUP.
+    /// are read by `crate::tls` once at start (at config load in the
+    /// binary, at bind when embedding) and again on SIGHUP.
     pub struct TlsConfig as "tls", raw RawTls, expecting "a mapping of tls settings" {
         /// PEM certificate chain file, leaf first. Default `""`.
         pub cert: String = String::new(), parse parse_path;
@@ -470,6 +473,7 @@ impl ClusterConfig {
     }
 }
 
+/// Where a configuration came from, for the caller to log once its
 /// logger (whose level the config decides) is running.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConfigSource {
@@ -569,44 +573,6 @@ impl Config {
         let config = raw.into_config(origin)?;
         config.check_consistency(origin)?;
         Ok(config)
-    }
-
-    /// Load the configuration. `Some(path)`: that file must exist.
-    /// `None`: [`DEFAULT_CONFIG_PATH`] if it exists, else built-in defaults.
-    ///
-    /// Logs nothing: the caller logs the returned [`ConfigSource`] once its
-    /// logger runs at the configured level.
-    pub fn load(explicit: Option<&Path>) -> Result<(Config, ConfigSource), ConfigError> {
-        Config::load_from(explicit, Path::new(DEFAULT_CONFIG_PATH))
-    }
-
-    /// [`Config::load`] with the default path passed in, so tests need not
-    /// depend on the working directory.
-    fn load_from(
-        explicit: Option<&Path>,
-        default: &Path,
-    ) -> Result<(Config, ConfigSource), ConfigError> {
-        let path = explicit.unwrap_or(default);
-        let origin = path.display().to_string();
-        let text = match std::fs::read_to_string(path) {
-            Ok(text) => text,
-            Err(e) if explicit.is_none() && e.kind() == io::ErrorKind::NotFound => {
-                return Ok((Config::default(), ConfigSource::BuiltInDefaults));
-            }
-            Err(source) => {
-                return Err(ConfigError::Read {
-                    file: origin,
-                    source,
-                })
-            }
-        };
-        let config = Config::from_yaml_str(&text, &origin)?;
-        // The files behind the names are checked now, so a bad pair is a
-        // config error before anything else starts.
-        crate::tls::load(&config.tls).map_err(|e| invalid(&origin, e.key, e.message))?;
-        crate::jwt::Verifier::from_config(&config.jwt)
-            .map_err(|e| invalid(&origin, e.key, e.message))?;
-        Ok((config, ConfigSource::File(path.to_path_buf())))
     }
 
     /// The level to log at: `RUST_LOG`, when it is a plain level name

@@ -1,5 +1,7 @@
 //! The configuration's unit tests: defaults, every key, every error message.
 
+use std::path::Path;
+
 use super::*;
 
 fn parse(text: &str) -> Config {

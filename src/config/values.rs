@@ -10,8 +10,8 @@ use log::LevelFilter;
 use serde_norway::Value;
 
 use super::{JoinMode, Secret};
-use crate::auth;
 use crate::client_ip::{ClientIpHeader, Trusted};
+use crate::origin;
 
 /// Durations above this are refused: the event loop adds them to `Instant`s,
 /// and an absurd value would overflow instead of meaning "never".
@@ -343,7 +343,7 @@ pub(super) fn parse_origins(v: &Value) -> Result<Vec<String>, String> {
         .iter()
         .enumerate()
         .map(|(i, item)| match item.as_str() {
-            Some(s) if auth::origin_entry_valid(s) => Ok(s.to_owned()),
+            Some(s) if origin::entry_valid(s) => Ok(s.to_owned()),
             _ => Err(format!(
                 "item {i}: expected an origin such as \"https://example.com:8443\" \
                  (scheme://host[:port], no path) or \"null\", got {}",

@@ -78,7 +78,12 @@ impl Admission {
             http_full: false,
             idle_http: IdleHttp::default(),
             handshakes: Handshakes::default(),
-            clients: Clients::from_config(config),
+            clients: Clients::new(
+                config.app.trusted_proxies.clone(),
+                config.app.client_ip_header,
+                config.app.proxy_protocol,
+                config.websocket.max_connections_per_ip,
+            ),
             tls,
         }
     }

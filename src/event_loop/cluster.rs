@@ -73,7 +73,7 @@ impl EventLoop {
     pub(super) fn hold_upgrade(
         &mut self,
         index: usize,
-        upgrade: &mut Option<crate::rest::Upgrade>,
+        upgrade: &mut Option<crate::upgrade::Upgrade>,
     ) -> bool {
         let Some(link) = self.hub.cluster.as_mut() else {
             return false;

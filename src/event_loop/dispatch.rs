@@ -20,10 +20,11 @@ use crate::ids;
 use crate::message;
 use crate::metrics::HandshakeFailure;
 use crate::rate::{self, Bucket};
-use crate::rest::{self, Endpoint, Outcome, Upgrade};
+use crate::rest::{self, Outcome};
 use crate::rooms::Grants;
 use crate::router::{JoinError, Route};
 use crate::session::{Next, Phase, Session, Unit};
+use crate::upgrade::{Endpoint, Upgrade};
 
 impl EventLoop {
     /// Acts on every complete unit at the start of `buf`; returns the bytes

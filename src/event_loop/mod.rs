@@ -70,8 +70,8 @@ use crate::handle::Inbox;
 use crate::hooks::{Actions, Hooks};
 use crate::jwt::Verifier;
 use crate::metrics::{Metrics, Shared};
+use crate::mode::Mode;
 use crate::router::Limits;
-use crate::server::Mode;
 use crate::session::Rules;
 
 use admission::Admission;

@@ -4,7 +4,7 @@
 
 use crate::config::Config;
 use crate::jwt::Verifier;
-use crate::server::Mode;
+use crate::mode::Mode;
 use crate::session::Rules;
 
 /// Read-only for the whole run.

@@ -32,9 +32,9 @@ use crate::frame::{DecodeError, Decoder, Wire};
 use crate::http_slots::MAX_REQUESTS_PER_CONNECTION;
 use crate::outbound::Outbound;
 use crate::rate::Bucket;
-use crate::rest::Endpoint;
 use crate::rooms::Grants;
 use crate::transport::{Socket, Transport};
+use crate::upgrade::Endpoint;
 use crate::wheel::{millis, TimerId};
 
 mod input;
