@@ -172,12 +172,7 @@ impl EventLoop {
                         Some(_) => self.deliver_here(target.as_deref(), &json, true),
                         None => self.push_local(&target, &json),
                     };
-                    let remote = self
-                        .hub
-                        .cluster
-                        .as_ref()
-                        .and_then(|link| link.view())
-                        .map_or(0, |v| v.addressed(&target));
+                    let remote = self.hub.addressed_elsewhere(&target);
                     let response = Response::json(200, &json!({ "sent": local + remote }));
                     self.respond(index, &response, keep_alive);
                 }
@@ -278,8 +273,7 @@ impl EventLoop {
 
     /// Presence, channel release: runs when the link's tick is due.
     pub(super) fn cluster_tick(&mut self) {
-        if let Some(link) = self.hub.cluster.as_mut() {
-            link.tick(self.clock.now_ms, &self.hub.router);
+        if self.hub.cluster_tick(self.clock.now_ms) {
             self.remote_tick();
             self.settle_cluster();
         }

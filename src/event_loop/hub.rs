@@ -129,6 +129,25 @@ impl Hub {
         local + remote
     }
 
+    /// Sessions of `target` on the other live nodes, as the view counts
+    /// them (0 while the cluster is off or down).
+    pub(super) fn addressed_elsewhere(&self, target: &Audience<String>) -> usize {
+        self.cluster
+            .as_ref()
+            .and_then(|link| link.view())
+            .map_or(0, |v| v.addressed(target))
+    }
+
+    /// The link's periodic work (presence, channel release); `false`
+    /// without a cluster.
+    pub(super) fn cluster_tick(&mut self, now_ms: u64) -> bool {
+        let Some(link) = self.cluster.as_mut() else {
+            return false;
+        };
+        link.tick(now_ms, &self.router);
+        true
+    }
+
     /// Distinct user ids online on any live node, sorted.
     pub(super) fn online_users(&self) -> Vec<String> {
         let local = self.router.online_users();

@@ -50,8 +50,7 @@ impl EventLoop {
         if !published {
             return local;
         }
-        let remote = self.hub.cluster.as_ref().and_then(|link| link.view());
-        local + remote.map_or(0, |v| v.addressed(target))
+        local + self.hub.addressed_elsewhere(target)
     }
 
     /// A client's message with history in Redis: as [`Self::push_kept`],
