@@ -24,15 +24,16 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use serde_json::value::RawValue;
 use wshub::config::{Config, JoinMode};
-use wshub::deflate::{Codec, Encoded, Params};
-use wshub::frame::{self, Decoder, Inbound, Kind, Step, Wire};
-use wshub::http::{self, Method, Response};
-use wshub::jwt::Verifier;
-use wshub::message::{self, Outgoing};
-use wshub::outbound::{Flushed, Outbound};
-use wshub::rooms::Rooms;
-use wshub::router::{Route, Router};
-use wshub::{Audience, SessionKey};
+use wshub::internals::deflate::{Codec, Encoded, Params};
+use wshub::internals::frame::{self, Decoder, Inbound, Kind, Step, Wire};
+use wshub::internals::http::{self, Method, Response};
+use wshub::internals::jwt::Verifier;
+use wshub::internals::message::{self, Outgoing};
+use wshub::internals::outbound::{Flushed, Outbound};
+use wshub::internals::rooms::Rooms;
+use wshub::internals::router::{Route, Router};
+use wshub::internals::Audience;
+use wshub::SessionKey;
 
 /// Counts allocations (not bytes), so a bench can show a path makes none.
 struct CountingCalls;
@@ -695,7 +696,7 @@ fn room_joins(c: &mut Criterion) {
     // A realistic claim: 20 exact rooms and 4 prefixes.
     let mut entries: Vec<String> = (0..20).map(|i| format!("team:{i:03}")).collect();
     entries.extend(["chat:*", "order:77*", "support:*", "news:*"].map(str::to_owned));
-    let connect = wshub::jwt::sign_hs256(
+    let connect = wshub::internals::jwt::sign_hs256(
         &serde_json::json!({"sub": "amy", "rooms": entries}),
         b"bench-key",
     );
@@ -716,7 +717,7 @@ fn room_joins(c: &mut Criterion) {
     let grants = claims
         .grants(&connect_claims)
         .expect("the claim grants rooms");
-    let join_token = wshub::jwt::sign_hs256(
+    let join_token = wshub::internals::jwt::sign_hs256(
         &serde_json::json!({"sub": "amy", "room": "order:1", "exp": NOW + 60}),
         b"bench-key",
     );
@@ -803,8 +804,8 @@ fn quick() -> Criterion {
 /// connection pays, and one admit/release of `max_connections_per_ip`.
 fn client_addresses(c: &mut Criterion) {
     use std::net::IpAddr;
-    use wshub::client_ip::proxy::{self, Parsed};
-    use wshub::client_ip::{ClientIpHeader, Clients, PerIp, Trusted};
+    use wshub::internals::client_ip::proxy::{self, Parsed};
+    use wshub::internals::client_ip::{ClientIpHeader, Clients, PerIp, Trusted};
 
     let mut group = c.benchmark_group("client_ip");
     let trusted = Trusted::parse(&["10.0.0.0/8", "172.16.0.0/12", "fd00::/8"]).expect("blocks");

@@ -1,10 +1,10 @@
-//! Criterion benches for `wshub::wheel`: the timer operations the event loop
+//! Criterion benches for the timer wheel (`src/wheel.rs`): the timer operations the event loop
 //! runs per session (arm/cancel, fire, lazy re-arm). CPU only, no I/O.
 
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use wshub::wheel::Wheel;
+use wshub::internals::wheel::Wheel;
 
 /// The loop's tick (loop-clock milliseconds) and slot count.
 const TICK_MS: u64 = 10;

@@ -27,8 +27,8 @@ use std::process::ExitCode;
 
 use serde::Serialize;
 use serde_json::json;
-use wshub::http::{Method, Request, Response};
 use wshub::{Actions, Config, Hooks, Message, Mode, Server};
+use wshub::{Method, Request, Response};
 
 /// One order of the toy shop.
 #[derive(Debug, Clone, Serialize)]

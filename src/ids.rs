@@ -30,7 +30,7 @@ impl fmt::Display for IdError {
 
 /// Checks one user id or room name against the bound and the control
 /// characters. Only ASCII controls are refused (C1 controls in UTF-8 are two
-/// bytes that a log line shows escaped anyway, see [`Escaped`]).
+/// bytes that a log line shows escaped anyway, see `Escaped`).
 pub fn check(id: &str, max_bytes: usize) -> Result<(), IdError> {
     if id.bytes().any(|b| b < 0x20 || b == 0x7f) {
         return Err(IdError::ControlCharacter);

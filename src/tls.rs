@@ -3,7 +3,8 @@
 //! and 1.3, ALPN `http/1.1`), with errors that name the key at fault.
 //!
 //! Reads the two files and nothing else; the connections themselves are
-//! [`crate::transport`]'s. Called at config load, at bind and on SIGHUP: a
+//! [`crate::transport`]'s. Called once at start (by `crate::startup` when
+//! the binary loads its config, at bind when embedding) and on SIGHUP: a
 //! reload builds a new config that only new connections use.
 
 use std::fmt;

@@ -13,8 +13,8 @@ use common::*;
 use serde_json::json;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::CloseFrame;
-use wshub::message::Incoming;
-use wshub::server::COMMAND_QUEUE_CAPACITY;
+use wshub::Incoming;
+use wshub::COMMAND_QUEUE_CAPACITY;
 use wshub::{
     Actions, CloseReason, Handle, HandleError, Hooks, Message, Mode, SessionInfo, SessionKey,
     Verdict,

@@ -26,11 +26,11 @@ use proptest::test_runner::{Config as ProptestConfig, RngSeed, TestCaseResult, T
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use serde_json::Value;
-use wshub::frame::{Decoder, Inbound, Step};
-use wshub::http::{find_head_end, parse_head};
-use wshub::message::{self, Incoming, MessageError};
-use wshub::router::{Route, Router};
-use wshub::Audience;
+use wshub::internals::frame::{Decoder, Inbound, Step};
+use wshub::internals::http::{find_head_end, parse_head};
+use wshub::internals::message::{self, Incoming, MessageError};
+use wshub::internals::router::{Route, Router};
+use wshub::internals::Audience;
 use wshub::{Config, SessionKey};
 
 use common::{http, test_config, upgrade_request, TestServer};
@@ -401,9 +401,9 @@ fn http_valid_heads_parse_and_their_prefixes_are_partial() {
             let line_end = head.iter().position(|&b| b == b' ').unwrap_or(0);
             let method = std::str::from_utf8(&head[..line_end]).unwrap_or("");
             let method_matches = match &request.method {
-                wshub::http::Method::Get => method == "GET",
-                wshub::http::Method::Post => method == "POST",
-                wshub::http::Method::Other(m) => m == method,
+                wshub::internals::http::Method::Get => method == "GET",
+                wshub::internals::http::Method::Post => method == "POST",
+                wshub::internals::http::Method::Other(m) => m == method,
             };
             prop_assert!(method_matches, "{:?} for {}", request.method, method);
             // The body does not change what the head says.
@@ -1328,7 +1328,8 @@ fn check_route(message: &Incoming<'_>, sender: u32, joined: &[&str]) -> TestCase
                     .into_iter()
                     .flatten()
                     .any(|id| {
-                        wshub::ids::check(id, Config::default().websocket.max_id_bytes).is_err()
+                        wshub::internals::ids::check(id, Config::default().websocket.max_id_bytes)
+                            .is_err()
                     });
                 prop_assert!(
                     ["join", "leave", "error", "pong"].contains(&&*message.kind)
@@ -1604,8 +1605,9 @@ fn hop() -> impl Strategy<Value = Hop> {
     ]
 }
 
-fn walk_trusted() -> wshub::client_ip::Trusted {
-    wshub::client_ip::Trusted::parse(&["10.0.0.0/8", "2001:db8:ffff::/48", "127.0.0.2"]).unwrap()
+fn walk_trusted() -> wshub::internals::client_ip::Trusted {
+    wshub::internals::client_ip::Trusted::parse(&["10.0.0.0/8", "2001:db8:ffff::/48", "127.0.0.2"])
+        .unwrap()
 }
 
 /// The contract, literally: from the peer leftwards, skip trusted hops;
@@ -1655,7 +1657,7 @@ fn forwarded_text(hop: &Hop, extra: bool) -> String {
 /// forwarding header is never read from an untrusted peer.
 #[test]
 fn client_ip_header_walks_match_the_right_to_left_model() {
-    use wshub::client_ip::{client_address, ClientIpHeader};
+    use wshub::internals::client_ip::{client_address, ClientIpHeader};
     let strategy = (
         proptest::collection::vec(hop(), 0..10),
         any::<bool>(),
@@ -1728,7 +1730,7 @@ const FORWARDING_DICTIONARY: &[&[u8]] = &[
 /// peer or an address written somewhere in the value.
 #[test]
 fn client_ip_header_walks_survive_arbitrary_values() {
-    use wshub::client_ip::{client_address, ClientIpHeader};
+    use wshub::internals::client_ip::{client_address, ClientIpHeader};
     let strategy = (
         proptest::collection::vec(hop(), 0..6),
         proptest::collection::vec(mutation(FORWARDING_DICTIONARY), 0..6),
@@ -1853,7 +1855,7 @@ const PROXY_DICTIONARY: &[&[u8]] = &[
 /// saw or than the bound, and more bytes never change a verdict.
 #[test]
 fn proxy_header_parser_is_total_and_split_stable() {
-    use wshub::client_ip::proxy::{parse, Parsed, MAX_HEADER};
+    use wshub::internals::client_ip::proxy::{parse, Parsed, MAX_HEADER};
     let strategy = (
         proxy_header(),
         proptest::collection::vec(any::<u8>(), 0..32),
@@ -1918,7 +1920,7 @@ fn room_op() -> impl Strategy<Value = RoomOp> {
 #[test]
 fn rooms_join_leave_sequences_match_a_model() {
     use std::collections::{BTreeMap, BTreeSet};
-    use wshub::router::{Change, JoinError, Limits};
+    use wshub::internals::router::{Change, JoinError, Limits};
     const MAX_ROOMS: usize = 3;
     let strategy = proptest::collection::vec(room_op(), 0..200);
     fuzz("rooms_join_leave", strategy, true, |ops| {
@@ -2125,7 +2127,7 @@ fn offer_input() -> impl Strategy<Value = String> {
 #[test]
 fn deflate_offers_are_declined_or_answered_without_context_takeover() {
     fuzz("deflate_negotiate", offer_input(), true, |header| {
-        let Some(agreement) = wshub::deflate::negotiate(&header) else {
+        let Some(agreement) = wshub::internals::deflate::negotiate(&header) else {
             return Ok(());
         };
         let response = &agreement.response;
@@ -2170,7 +2172,7 @@ fn deflate_inflate_holds_its_limit_on_any_input() {
         strategy,
         true,
         |(plain, mutations, max)| {
-            let mut codec = wshub::deflate::Codec::default();
+            let mut codec = wshub::internals::deflate::Codec::default();
             let mut bytes = codec
                 .compress(&plain)
                 .map(<[u8]>::to_vec)
@@ -2184,10 +2186,10 @@ fn deflate_inflate_holds_its_limit_on_any_input() {
                         prop_assert_eq!(out, plain);
                     }
                 }
-                Err(wshub::deflate::InflateError::TooBig) => {
+                Err(wshub::internals::deflate::InflateError::TooBig) => {
                     prop_assert!(!valid || plain.len() > max);
                 }
-                Err(wshub::deflate::InflateError::Corrupt(_)) => prop_assert!(!valid),
+                Err(wshub::internals::deflate::InflateError::Corrupt(_)) => prop_assert!(!valid),
             }
             Ok(())
         },

@@ -23,7 +23,7 @@ use common::{
 };
 use serde_json::{json, Value};
 use tungstenite::Message as WsMessage;
-use wshub::jwt::sign_hs256;
+use wshub::internals::jwt::sign_hs256;
 use wshub::Config;
 
 #[global_allocator]

@@ -421,7 +421,7 @@ fn unreachable_jwks_refuses_until_the_keys_load() {
     // HS256 with the secret does not depend on the JWKS.
     assert_accepted_as(
         &server,
-        &wshub::jwt::sign_hs256(&json!({"id": "h"}), b"still-works"),
+        &wshub::internals::jwt::sign_hs256(&json!({"id": "h"}), b"still-works"),
         "h",
     );
     let listener = TcpListener::bind(("127.0.0.1", port)).expect("rebind the JWKS port");

@@ -14,7 +14,7 @@ use common::*;
 use serde_json::json;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::CloseFrame;
-use wshub::message::Incoming;
+use wshub::Incoming;
 use wshub::{Actions, Hooks, Message, Mode, SessionInfo, Verdict};
 
 // ---- a parser for the Prometheus text format ----

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, Socket, Type};
-use wshub::client_ip::{ClientIpHeader, Trusted};
+use wshub::config::{ClientIpHeader, Trusted};
 use wshub::{Actions, Config, Hooks, Mode, SessionInfo};
 
 use common::tls::{client_config, make_cert, temp_dir};

@@ -12,7 +12,7 @@ use base64::Engine as _;
 use common::{http, test_config, Client, TestServer};
 use serde_json::{json, Value};
 use wshub::config::JoinMode;
-use wshub::jwt::sign_hs256;
+use wshub::internals::jwt::sign_hs256;
 use wshub::{Actions, Admission, Config, Hooks, Mode, SessionInfo};
 
 const SECRET: &str = "rooms-secret";

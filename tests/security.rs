@@ -2,7 +2,7 @@
 //! on connect, the admin token on the push API, the Origin allow-list, the
 //! upgrade rejection order, and that no secret reaches a log line.
 //!
-//! Tokens are made here with `wshub::jwt::sign_hs256` or signed by hand with
+//! Tokens are made here with `wshub::internals::jwt::sign_hs256` or signed by hand with
 //! `hmac`/`sha2`, so a bug shared by the server's signer and verifier cannot
 //! hide the algorithm-confusion cases. Every refusal asserts the exact status
 //! and the exact JSON body. Touches only servers it starts: in-process ones
@@ -23,7 +23,7 @@ use serde_json::{json, Value};
 use sha2::Sha256;
 use tungstenite::client::IntoClientRequest;
 use tungstenite::http::{HeaderName, HeaderValue};
-use wshub::jwt::sign_hs256;
+use wshub::internals::jwt::sign_hs256;
 use wshub::Config;
 
 const SECRET: &str = "jwt-secret-Qx7-for-tests";

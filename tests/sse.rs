@@ -15,7 +15,7 @@ use common::sse::{request, Item, Stream};
 use common::tls;
 use common::{http, test_config, TestServer, WAIT};
 use serde_json::{json, Value};
-use wshub::jwt::sign_hs256;
+use wshub::internals::jwt::sign_hs256;
 use wshub::{Config, Message};
 
 const SECRET: &str = "sse-jwt-secret-for-tests";

@@ -4,5 +4,5 @@
 static ALLOCATOR: wshub::alloc::Counting = wshub::alloc::Counting;
 
 fn main() -> std::process::ExitCode {
-    wshub::app::main(wshub::Mode::Integrated)
+    wshub::internals::main(wshub::Mode::Integrated)
 }

@@ -29,7 +29,7 @@ impl Key {
     }
 }
 
-/// Open connections per [`Key`]; `max` 0 is off and counts nothing.
+/// Open connections per `Key`; `max` 0 is off and counts nothing.
 #[derive(Debug, Default)]
 pub struct PerIp {
     max: usize,

@@ -17,6 +17,7 @@
 //! | [`view`] | presence entries and the view of the other nodes |
 //! | `event` | what the bridge threads tell the loop, and the port they tell it through |
 //! | `channels` | which user and room channels this node receives, and when it lets go |
+//! | `sides` | whether the node is up: each connection's generation |
 //! | `presence` | this node's presence: the loop's deltas, the publisher's counts |
 //! | `changes` | presence changes through Redis: the change log, following another node's |
 //! | `gate` | work waiting for a subscription or a publish to be confirmed |
@@ -46,6 +47,7 @@ pub(crate) mod gate;
 pub(crate) mod history;
 mod presence;
 mod publisher;
+mod sides;
 mod subscriber;
 pub mod view;
 pub mod wire;
@@ -53,6 +55,7 @@ pub mod wire;
 use channels::{Channels, Interest, Kind};
 pub(crate) use event::{Event, Refused, Side, ToLoop};
 use gate::{Gate, Outcome, Ticket, Waiter};
+use sides::Sides;
 use view::View;
 use wire::{Key, Names, Origin, Publication};
 
@@ -327,9 +330,8 @@ pub(crate) struct Link {
     threads: Vec<JoinHandle<()>>,
     done: Receiver<()>,
     seq: u64,
-    /// Generation of each side's working connection, `None` while down.
-    publisher: Option<u64>,
-    subscriber: Option<u64>,
+    /// Each side's working connection.
+    sides: Sides,
     outage_since: Option<Instant>,
     address: String,
     view: View,
@@ -428,8 +430,7 @@ impl Link {
             threads: threads.into_iter().flatten().collect(),
             done,
             seq: 0,
-            publisher: None,
-            subscriber: None,
+            sides: Sides::default(),
             outage_since: None,
             address,
             view: View::default(),
@@ -470,7 +471,7 @@ impl Link {
 
     /// Both connections are up: the node is part of the cluster.
     pub(crate) fn up(&self) -> bool {
-        self.publisher.is_some() && self.publisher == self.subscriber
+        self.sides.up()
     }
 
     /// This node's id in presence.
@@ -817,10 +818,7 @@ impl Link {
     pub(crate) fn on_link(&mut self, side: Side, state: Result<u64, String>) -> bool {
         let was_up = self.up();
         let generation = state.as_ref().ok().copied();
-        match side {
-            Side::Publisher => self.publisher = generation,
-            Side::Subscriber => self.subscriber = generation,
-        }
+        self.sides.set(side, generation);
         if was_up && !self.up() {
             // Nothing parked will be confirmed now: refuse it at once.
             self.gate.fail_all(&mut self.settled);
@@ -859,8 +857,7 @@ impl Link {
 
     /// Removes this node's presence now (a graceful shutdown).
     pub(crate) fn leave(&mut self) {
-        self.publisher = None;
-        self.subscriber = None;
+        self.sides.clear();
         self.gate.fail_all(&mut self.settled);
         self.view = View::default();
         let _ = self.jobs.try_send(Job::Leave);

@@ -5,7 +5,8 @@
 //! checks a YAML value. The macro writes the public struct, its `Default`,
 //! the raw struct that mirrors the YAML (unknown keys refused) and the
 //! conversion that names the failing key. **A new key is one line** in its
-//! section's block (plus a row in README's config table); a new section is
+//! section's block (plus a row in docs/configuration.md, which a unit test
+//! checks); a new section is
 //! one `section!` block and one line in each of [`Config`] and `RawConfig`.
 //! Secrets are [`Secret`], whose `Debug` never shows the value, so every
 //! settings struct derives `Debug`.
@@ -34,7 +35,7 @@ use values::{
     parse_secret_url, parse_text, parse_trusted, parse_ttl,
 };
 
-use crate::client_ip::{ClientIpHeader, Trusted};
+pub use crate::client_ip::{ClientIpHeader, Trusted};
 
 mod values;
 
@@ -135,6 +136,10 @@ macro_rules! section {
         }
 
         impl $raw {
+            /// Every key of the section, dotted as users write it.
+            #[cfg(test)]
+            const KEYS: &'static [&'static str] = &[$(concat!($key, ".", stringify!($field))),*];
+
             fn into_config(self, origin: &str) -> Result<$name, ConfigError> {
                 let mut section = $name::default();
                 $(
@@ -168,7 +173,7 @@ pub struct Config {
     pub tls: TlsConfig,
     /// `history:` — messages kept per audience for resuming sessions.
     pub history: HistoryConfig,
-    /// `rooms:` — who may join, presence events (PROTOCOL.md section 11).
+    /// `rooms:` — who may join, presence events (docs/protocol.md section 11).
     pub rooms: RoomsConfig,
 }
 
@@ -192,6 +197,25 @@ struct RawConfig {
 }
 
 impl RawConfig {
+    /// Every key of every section (docs/configuration.md has a row for each).
+    #[cfg(test)]
+    fn keys() -> impl Iterator<Item = &'static str> {
+        [
+            RawApp::KEYS,
+            RawLog::KEYS,
+            RawWebSocket::KEYS,
+            RawJwt::KEYS,
+            RawWebhooks::KEYS,
+            RawCluster::KEYS,
+            RawTls::KEYS,
+            RawHistory::KEYS,
+            RawRooms::KEYS,
+        ]
+        .into_iter()
+        .flatten()
+        .copied()
+    }
+
     fn into_config(self, origin: &str) -> Result<Config, ConfigError> {
         Ok(Config {
             app: self.app.unwrap_or_default().into_config(origin)?,
@@ -318,7 +342,7 @@ section! {
 }
 
 section! {
-    /// `jwt:` — token checks on connect (README "Identity providers").
+    /// `jwt:` — token checks on connect (docs/security.md).
     /// Tokens are looked at once any key is set: `secret`, `public_key` or
     /// `jwks_url`.
     pub struct JwtConfig as "jwt", raw RawJwt, expecting "a mapping of jwt settings" {
@@ -383,7 +407,7 @@ section! {
 
 section! {
     /// `history:` — what is kept so a session can resume without losing
-    /// messages (README "History and resume"). Off while `size` is 0.
+    /// messages (docs/history.md). Off while `size` is 0.
     pub struct HistoryConfig as "history", raw RawHistory,
         expecting "a mapping of history settings"
     {
@@ -441,7 +465,7 @@ impl TlsConfig {
 }
 
 section! {
-    /// `webhooks:` — presence events POSTed to your backend (README "Webhooks").
+    /// `webhooks:` — presence events POSTed to your backend (docs/webhooks.md).
     pub struct WebhooksConfig as "webhooks", raw RawWebhooks,
         expecting "a mapping of webhooks settings"
     {

@@ -282,7 +282,7 @@ fn history_section_defaults_off_and_checks_its_bounds() {
         error("history:\n  size: -1\n"),
         "config.yaml: history.size: expected a non-negative integer, got -1"
     );
-    // In a cluster the streams live in Redis (README "History and resume").
+    // In a cluster the streams live in Redis (docs/history.md).
     let both = parse("history:\n  size: 10\ncluster:\n  redis: \"redis://127.0.0.1:6379/0\"\n");
     assert!(both.history.enabled() && both.cluster.enabled());
     assert_eq!(
@@ -909,4 +909,26 @@ fn client_address_keys() {
         error("websocket:\n  max_connections_per_ip: -1\n"),
         "config.yaml: websocket.max_connections_per_ip: expected a non-negative integer, got -1"
     );
+}
+
+#[test]
+fn every_key_has_a_row_in_docs_configuration_and_every_row_is_a_key() {
+    let docs = include_str!("../../docs/configuration.md");
+    let rows: Vec<&str> = docs
+        .lines()
+        .filter_map(|line| line.strip_prefix("| `"))
+        .filter_map(|rest| rest.split_once('`').map(|(key, _)| key))
+        .collect();
+    let keys: Vec<&str> = RawConfig::keys().collect();
+    let undocumented: Vec<&&str> = keys.iter().filter(|k| !rows.contains(k)).collect();
+    assert!(
+        undocumented.is_empty(),
+        "keys without a row in docs/configuration.md: {undocumented:?}"
+    );
+    let unknown: Vec<&&str> = rows.iter().filter(|r| !keys.contains(r)).collect();
+    assert!(
+        unknown.is_empty(),
+        "rows in docs/configuration.md that are no key: {unknown:?}"
+    );
+    assert!(keys.len() > 50, "only {} keys found", keys.len());
 }

@@ -23,7 +23,7 @@ use crate::frame::{self, Kind, Wire};
 
 mod negotiate;
 
-pub use negotiate::{negotiate, Agreement, Params, MAX_WINDOW_BITS};
+pub use negotiate::{negotiate, Params, MAX_WINDOW_BITS};
 
 /// The empty stored block a sync flush ends with; RFC 7692 7.2.1 strips it
 /// from every message and the receiver appends it back.
