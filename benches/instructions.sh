@@ -8,6 +8,11 @@
 #
 #   bash benches/instructions.sh target/release/wshub /tmp/wshub-main   # N=1000 M=30
 #   N=2000 M=10 bash benches/instructions.sh target/release/wshub
+#   HISTORY=100 bash benches/instructions.sh target/release/wshub  # history.size 100
+#   KEEP=/tmp/cg bash benches/instructions.sh ...   # keep callgrind.out.<k> there
+#
+# The cost of one broadcast is the difference of two runs with different M
+# over their difference in M (connects and start-up cancel out).
 #
 # Loopback only; bounded (the client gives up after 600 s); stops only the
 # server it started, by PID.
@@ -16,7 +21,12 @@ N=${N:-1000}
 M=${M:-30}
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
+HISTORY=${HISTORY:-0}
+KEEP=${KEEP:-}
 printf 'app:\n  host: "127.0.0.1"\n  port: "18931"\nlog:\n  level: warn\n' >"$dir/config.yaml"
+if [ "$HISTORY" -gt 0 ]; then
+  printf 'history:\n  size: %d\n' "$HISTORY" >>"$dir/config.yaml"
+fi
 cat >"$dir/drive.py" <<'PY'
 import base64, os, selectors, socket, sys, time
 N, M, PORT = int(sys.argv[1]), int(sys.argv[2]), 18931
@@ -79,5 +89,11 @@ for bin in "$@"; do
   kill -INT "$pid"
   wait "$pid" || true
   total=$(sed -n 's/.*Collected : //p' "$dir/log")
-  echo "$bin: $total instructions ($N sessions, $M broadcasts)"
+  echo "$bin: $total instructions ($N sessions, $M broadcasts, history.size $HISTORY)"
+  if [ -n "$KEEP" ]; then
+    mkdir -p "$KEEP"
+    k=$(ls "$KEEP" | wc -l)
+    cp "$dir/out" "$KEEP/callgrind.out.$k"
+    echo "  kept as $KEEP/callgrind.out.$k"
+  fi
 done

@@ -170,7 +170,11 @@ pub fn query_param(target: &str, name: &str) -> Result<Option<String>, QueryErro
     let query = query.split_once('#').map_or(query, |(q, _)| q);
     for pair in query.split('&') {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        if key != name && percent_decode(key).ok().as_deref() != Some(name.as_bytes()) {
+        // Only a key with an escape can decode to another text: the others
+        // are compared as they are, without decoding (an allocation each).
+        let escaped = key.contains(['%', '+']);
+        if key != name && !(escaped && percent_decode(key).ok().as_deref() == Some(name.as_bytes()))
+        {
             continue;
         }
         let bytes = percent_decode(value).map_err(|()| QueryError::BadEscape(name.to_owned()))?;

@@ -661,3 +661,22 @@ fn an_event_stream_whose_queue_overflows_ends_and_resumes_what_it_missed() {
         "then live, nothing repeated"
     );
 }
+
+#[test]
+fn escaped_recover_and_since_keys_still_resume() {
+    let server = TestServer::start(history_config(10));
+    // `%72ecover` is `recover`, `%73ince` is `since`.
+    let (first, welcome) = connect(&server, "%72ecover=1");
+    let a = welcome["content"]["a"].as_str().unwrap().to_owned();
+    first.close();
+    server.wait_online(0);
+    broadcast(&server, 1);
+    let (mut back, _) = connect(&server, &format!("%73ince={a}"));
+    let (replayed, recovered) = until_recovered(&mut back);
+    assert_eq!(contents(&replayed), [1]);
+    assert_eq!(recovered["content"]["a"]["ok"], true);
+    // Neither named: nothing new, as with history off.
+    let mut plain = server.connect_path("/api/ws/connect?user_id=recovery");
+    broadcast(&server, 2);
+    assert_eq!(plain.recv_json(), json!({"type": "news", "content": 2}));
+}

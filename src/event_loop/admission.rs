@@ -19,7 +19,6 @@ use log::{info, warn};
 use mio::net::{TcpListener, TcpStream};
 use slab::Slab;
 
-use super::clients::Admitted;
 use super::handshakes::Handshakes;
 use crate::audience::SessionKey;
 use crate::client_ip::limit::Key;
@@ -323,4 +322,18 @@ fn is_transient_accept_error(e: &io::Error) -> bool {
             | io::ErrorKind::ConnectionAborted
             | io::ErrorKind::ConnectionReset
     )
+}
+
+/// What a new connection must do before its client is known (applied to
+/// the session by `clients.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Admitted {
+    /// The client is the peer and is not counted (the limit is off).
+    Uncounted,
+    /// The client is the peer and was counted.
+    Counted,
+    /// Read the PROXY header first.
+    AwaitProxyHeader,
+    /// A trusted proxy: the client comes with each request head.
+    AwaitHead,
 }

@@ -1,4 +1,4 @@
-//! Client addresses on connections (README "Behind a proxy"): where the
+//! Client addresses on connections (docs/proxies.md): where the
 //! loop learns who is behind a connection and applies
 //! `max_connections_per_ip`, using the pure policy in `crate::client_ip`.
 //!
@@ -23,25 +23,12 @@
 
 use log::debug;
 
-use super::admission::TOO_MANY;
+use super::admission::{Admitted, TOO_MANY};
 use super::EventLoop;
 use crate::hooks::CloseReason;
 use crate::http::{Request, Response};
 use crate::metrics::HandshakeFailure;
 use crate::session::Session;
-
-/// What a new connection must do before its client is known.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Admitted {
-    /// The client is the peer and is not counted (the limit is off).
-    Uncounted,
-    /// The client is the peer and was counted.
-    Counted,
-    /// Read the PROXY header first.
-    AwaitProxyHeader,
-    /// A trusted proxy: the client comes with each request head.
-    AwaitHead,
-}
 
 impl Admitted {
     /// Sets up a new session accordingly.
