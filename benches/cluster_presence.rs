@@ -7,7 +7,7 @@
 //!
 //! Prints: node a's and b's loop busy share (`wshub_loop_iteration_seconds
 //! _sum` over the window), the victim's ping p50/p99, node a's presence
-//! entry size, and the bytes through Redis (INFO `total_net_input_bytes` +
+//! entry size, each node's loop and publisher thread CPU, and the bytes through Redis (INFO `total_net_input_bytes` +
 //! `total_net_output_bytes`) per second and per presence refresh (500 ms).
 //! `--binary PATH` runs another build of wshub (to compare with an older
 //! one); `--hz 0` measures an idle cluster. Without `--bench` (as `cargo
@@ -332,11 +332,12 @@ fn main() -> io::Result<()> {
     );
     let bytes0 = redis_bytes(&mut con)?;
     let (pid_a, pid_b) = (a_process.child.id(), b_process.child.id());
-    let cpu_now = || -> io::Result<[f64; 3]> {
+    let cpu_now = || -> io::Result<[f64; 4]> {
         Ok([
             thread_cpu(pid_a, None)?,
             thread_cpu(pid_a, Some("wshub-cluster-p"))?,
             thread_cpu(pid_b, None)?,
+            thread_cpu(pid_b, Some("wshub-cluster-p"))?,
         ])
     };
     let cpu0 = cpu_now()?;
@@ -401,8 +402,8 @@ fn main() -> io::Result<()> {
         pings.len()
     );
     println!(
-        "  CPU: node a's loop thread {:.1} %, its publisher thread {:.1} %, node b's loop thread {:.1} %",
-        cpu[0], cpu[1], cpu[2]
+        "  CPU: node a's loop thread {:.1} %, its publisher thread {:.1} %, node b's loop thread {:.1} %, its publisher thread {:.1} %",
+        cpu[0], cpu[1], cpu[2], cpu[3]
     );
     println!(
         "  through Redis: {:.3} MiB/s, {:.1} KiB per 500 ms refresh period",

@@ -19,6 +19,7 @@
 //! | `channels` | which user and room channels this node receives, and when it lets go |
 //! | `sides` | whether the node is up: each connection's generation |
 //! | `presence` | this node's presence: the loop's deltas, the publisher's counts |
+//! | `changes` | presence changes through Redis: the change log, following another node's |
 //! | `gate` | work waiting for a subscription or a publish to be confirmed |
 //! | `publisher` | the thread that publishes (pipelined) and keeps presence |
 //! | `subscriber` | the thread that subscribes and forwards what arrives |
@@ -39,6 +40,7 @@ use crate::config::{ClusterConfig, HistoryConfig, WebSocketConfig};
 use crate::metrics::{self, Single};
 use crate::router::Router;
 
+mod changes;
 mod channels;
 mod event;
 pub(crate) mod gate;
@@ -127,6 +129,9 @@ pub(crate) struct Stats {
     /// Other nodes' presence entries ignored: unsigned or forged (with
     /// `cluster.secret`), malformed, or past the bounds.
     presence_refused: AtomicU64,
+    /// Live nodes left out past the most one node follows (counted at
+    /// each refresh while there are too many).
+    nodes_refused: AtomicU64,
 }
 
 /// Bytes in flight one way between the loop and Redis, bounded.
@@ -862,7 +867,7 @@ impl Link {
     pub(crate) fn render_metrics(&self, out: &mut String) {
         let s = &self.bridge.stats;
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let lines: [Single<'_>; 13] = [
+        let lines: [Single<'_>; 14] = [
             (
                 "wshub_cluster_up",
                 "gauge",
@@ -932,6 +937,12 @@ impl Link {
                 "counter",
                 "Other nodes' presence entries ignored: unsigned or forged with cluster.secret set, malformed, or past the bounds.",
                 load(&s.presence_refused),
+            ),
+            (
+                "wshub_cluster_nodes_refused_total",
+                "counter",
+                "Live nodes in Redis left out of the view past the most a node follows (1000), at each refresh.",
+                load(&s.nodes_refused),
             ),
             (
                 "wshub_cluster_waiting",

@@ -1,7 +1,9 @@
 //! This node's presence, kept incrementally: the loop records what each
 //! open, close, join and leave changed in [`Deltas`] (O(1) per change, no
 //! walk of the router), and the publisher thread applies them to its
-//! [`Counts`], the state its entry is encoded from (see [`super::view`]).
+//! [`Counts`], the state its entry is encoded from (see [`super::view`]),
+//! getting back the new values of the names that changed, which go to the
+//! node's change log (see [`super::changes`]).
 //!
 //! Bounded: pending deltas coalesce per user, room and (room, user) pair,
 //! so they never hold more names than changed since the publisher last
@@ -17,6 +19,7 @@ use serde::Serialize;
 
 use crate::router::Router;
 
+use super::changes::Delta;
 use super::view::MAX_MEMBERS;
 
 /// Most distinct names (users, rooms, pairs) pending at once; past it the
@@ -135,6 +138,17 @@ impl Pending {
     }
 }
 
+/// What applying the loop's changes made of this node's presence.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// Nothing changed.
+    Nothing,
+    /// What changed, for the log.
+    Delta(Delta),
+    /// A snapshot replaced everything: the entry is written whole.
+    Whole,
+}
+
 /// This node's presence as the publisher keeps it.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Counts {
@@ -187,26 +201,38 @@ impl Counts {
         }
     }
 
-    /// Applies `pending` (a snapshot replaces everything first); true when
-    /// something changed.
-    pub fn apply(&mut self, pending: Pending) -> bool {
-        let mut changed = false;
+    /// Applies `pending` (a snapshot replaces everything first): what
+    /// changed, as the new values of the names that changed, for the log.
+    pub fn apply(&mut self, pending: Pending) -> Applied {
+        let mut whole = false;
         if let Some(snapshot) = pending.snapshot {
-            changed = *self != snapshot;
+            whole = *self != snapshot;
             *self = snapshot;
         }
         let deltas = pending.deltas;
         if deltas.is_empty() {
-            return changed;
+            return if whole {
+                Applied::Whole
+            } else {
+                Applied::Nothing
+            };
         }
+        let sessions_before = self.sessions;
         self.sessions = self
             .sessions
             .saturating_add_signed(deltas.sessions as isize);
-        for (user, by) in &deltas.users {
-            add(&mut self.users, user, *by);
-        }
-        for (room, by) in &deltas.rooms {
-            add(&mut self.rooms, room, *by);
+        let mut delta = Delta {
+            sessions: self.sessions,
+            ..Delta::default()
+        };
+        for (names, counts, changed) in [
+            (&deltas.users, &mut self.users, &mut delta.users),
+            (&deltas.rooms, &mut self.rooms, &mut delta.rooms),
+        ] {
+            for (name, by) in names {
+                add(counts, name, *by);
+                changed.insert(name.clone(), counts.get(name).copied().unwrap_or(0));
+            }
         }
         for (room, users) in &deltas.members {
             let listed = match self.members.get_mut(room.as_str()) {
@@ -214,13 +240,26 @@ impl Counts {
                 None => self.members.entry(room.clone()).or_default(),
             };
             for (user, by) in users {
+                let before = listed.contains_key(user);
                 add(listed, user, *by);
+                let change = match (before, listed.contains_key(user)) {
+                    (false, true) => &mut delta.joined,
+                    (true, false) => &mut delta.left,
+                    _ => continue,
+                };
+                change.entry(room.clone()).or_default().push(user.clone());
             }
             if listed.is_empty() {
                 self.members.remove(room.as_str());
             }
         }
-        true
+        if whole {
+            Applied::Whole
+        } else if delta.is_empty(sessions_before) {
+            Applied::Nothing
+        } else {
+            Applied::Delta(delta)
+        }
     }
 
     /// The JSON entry (see [`super::view::Entry`]): counts, and each room's
@@ -284,7 +323,7 @@ mod tests {
         counts.apply(Pending {
             snapshot: None,
             deltas,
-        })
+        }) != Applied::Nothing
     }
 
     #[test]
@@ -378,7 +417,10 @@ mod tests {
         pending.deltas = Deltas::default();
         pending.deltas.session(None, 1);
         let mut counts = Counts::default();
-        assert!(counts.apply(pending.take().expect("a snapshot is ready")));
+        assert_eq!(
+            counts.apply(pending.take().expect("a snapshot is ready")),
+            Applied::Whole
+        );
         assert_eq!(counts.sessions, 2);
         assert_eq!(counts.rooms["late"], 1);
         assert!(pending.take().is_none(), "taken once");

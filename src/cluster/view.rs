@@ -26,7 +26,7 @@ use crate::audience::Audience;
 pub const MAX_MEMBERS: usize = 20_000;
 
 /// One node's presence entry, as stored in Redis.
-#[derive(Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Entry {
     /// Open chat sessions, anonymous ones included.
     pub sessions: usize,
@@ -67,6 +67,9 @@ pub enum Refused {
     Malformed,
     /// Larger than [`MAX_ENTRY_BYTES`].
     TooLarge,
+    /// Older than what this node already read from that node: a signed
+    /// entry or change written again by someone else.
+    Replayed,
 }
 
 /// The value stored under `key_name` for `json`: a header line with
@@ -104,10 +107,14 @@ pub fn version(head: &[u8]) -> Option<&str> {
     header.split(' ').nth(1).filter(|v| !v.is_empty())
 }
 
-/// Another node's entry as read from `key_name`: its MAC checked when
-/// `key` is set (an unsigned one is refused then), its counts held to the
-/// bounds.
-pub fn open(raw: &[u8], key: Option<&Key>, key_name: &str) -> Result<Entry, Refused> {
+/// The version and JSON of a value sealed under `key_name` (an entry, or
+/// a change in a log, see [`super::changes`]): its MAC checked when `key`
+/// is set (an unsigned one is refused then).
+pub fn unseal<'a>(
+    raw: &'a [u8],
+    key: Option<&Key>,
+    key_name: &str,
+) -> Result<(&'a str, &'a [u8]), Refused> {
     if raw.len() > MAX_ENTRY_BYTES {
         return Err(Refused::TooLarge);
     }
@@ -124,6 +131,14 @@ pub fn open(raw: &[u8], key: Option<&Key>, key_name: &str) -> Result<Entry, Refu
     } else if !(2..=3).contains(&words.len()) {
         return Err(Refused::Malformed);
     }
+    Ok((words.get(1).copied().unwrap_or_default(), json))
+}
+
+/// Another node's entry as read from `key_name`: its MAC checked when
+/// `key` is set (an unsigned one is refused then), its counts held to the
+/// bounds.
+pub fn open(raw: &[u8], key: Option<&Key>, key_name: &str) -> Result<Entry, Refused> {
+    let (_, json) = unseal(raw, key, key_name)?;
     let entry: Entry = serde_json::from_slice(json).map_err(|_| Refused::Malformed)?;
     let within = |count: &usize| *count <= entry.sessions;
     let pairs = entry

@@ -92,6 +92,12 @@ impl Names {
         format!("{}:node:{node_id}", self.prefix)
     }
 
+    /// The stream of one node's presence changes since its entry was last
+    /// written whole (see `changes`; expires with the entry).
+    pub fn log_key(&self, node_id: &str) -> String {
+        format!("{}:plog:{node_id}", self.prefix)
+    }
+
     /// The key a live node holds so no second node runs with its id.
     pub fn lock_key(&self, node_id: &str) -> String {
         format!("{}:lock:{node_id}", self.prefix)
@@ -441,6 +447,8 @@ mod tests {
         assert_eq!(names.target("wshub:user:"), None);
         assert_eq!(names.target("wshub:nodes"), None);
         assert_eq!(names.node_key("n1"), "wshub:node:n1");
+        assert_eq!(names.log_key("n1"), "wshub:plog:n1");
+        assert_eq!(names.target("wshub:plog:n1"), None);
     }
 
     #[test]
