@@ -66,15 +66,12 @@ impl Node {
     }
 
     fn metric(&self, name: &str) -> u64 {
-        let (_, text) = http(self.addr, "GET", "/metrics", &[], "");
-        text.lines()
-            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or_else(|| panic!("no metric {name}"))
+        common::cluster::metric(self.addr, name)
     }
 
     /// Part of the cluster: `/health?cluster=required` answers 200.
     fn healthy(&self) -> bool {
-        self.get("/health?cluster=required").0 == 200
+        common::cluster::cluster_healthy(self.addr)
     }
 
     fn connect(&self, user: Option<&str>) -> Client {

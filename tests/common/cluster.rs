@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use super::WAIT;
+use super::{http, WAIT};
 
 /// A loopback port nobody listens on right now.
 pub fn free_port() -> u16 {
@@ -162,4 +162,17 @@ impl Drop for Redis {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// A counter or gauge from a node's `/metrics` (panics when it is absent).
+pub fn metric(addr: SocketAddr, name: &str) -> u64 {
+    let (_, text) = http(addr, "GET", "/metrics", &[], "");
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no metric {name}"))
+}
+
+/// Part of the cluster: `/health?cluster=required` answers 200.
+pub fn cluster_healthy(addr: SocketAddr) -> bool {
+    http(addr, "GET", "/health?cluster=required", &[], "").0 == 200
 }
