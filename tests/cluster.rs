@@ -1255,20 +1255,6 @@ fn a_presence_entry_past_its_bounds_is_ignored() {
     wait_status(&[&a], 1, &["zed"], 2, Duration::from_secs(4));
 }
 
-/// Redis's INFO counter `field` (bytes in or out since it started).
-fn redis_stat(redis: &Redis, field: &str) -> u64 {
-    let info: String = redis.query(redis::cmd("INFO").arg("stats")).expect("INFO");
-    info.lines()
-        .find_map(|l| {
-            l.strip_prefix(field)?
-                .strip_prefix(':')?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or_else(|| panic!("no {field} in INFO"))
-}
-
 /// Issue 19, finding 6: a node reads another node's entry again only when
 /// its version changed; an idle cluster with a large entry costs Redis
 /// headers, not the entry, every refresh.
@@ -1300,9 +1286,9 @@ fn an_unchanged_presence_entry_is_not_read_again() {
     assert!(entry > 200_000, "a large entry: {entry} bytes");
     // Idle: a extends its key, b looks at the header, every 500 ms.
     std::thread::sleep(Duration::from_millis(1000));
-    let before = redis_stat(&redis, "total_net_output_bytes");
+    let before = redis.stat("total_net_output_bytes");
     std::thread::sleep(Duration::from_millis(3000));
-    let idle = redis_stat(&redis, "total_net_output_bytes") - before;
+    let idle = redis.stat("total_net_output_bytes") - before;
     // Reading the entry at each of the ~6 refreshes would be 1.5 MB.
     assert!(idle < 100_000, "{idle} bytes out of Redis in 3 s idle");
     // A change is read.

@@ -126,21 +126,7 @@ fn rooms(client: &mut Client, kind: &str, names: impl Iterator<Item = String>) {
 
 /// Redis's bytes in and out since it started.
 fn redis_bytes(redis: &Redis) -> u64 {
-    let info: String = redis.query(redis::cmd("INFO").arg("stats")).expect("INFO");
-    ["total_net_input_bytes", "total_net_output_bytes"]
-        .iter()
-        .map(|field| {
-            info.lines()
-                .find_map(|l| {
-                    l.strip_prefix(field)?
-                        .strip_prefix(':')?
-                        .trim()
-                        .parse::<u64>()
-                        .ok()
-                })
-                .unwrap_or_else(|| panic!("no {field} in INFO"))
-        })
-        .sum()
+    redis.stat("total_net_input_bytes") + redis.stat("total_net_output_bytes")
 }
 
 /// One entry of a change log as XRANGE gives it: id and fields.

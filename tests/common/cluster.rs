@@ -134,6 +134,20 @@ impl Redis {
         reply.1
     }
 
+    /// A counter of `INFO stats` (e.g. `total_net_output_bytes`).
+    pub fn stat(&self, field: &str) -> u64 {
+        let info: String = self.query(redis::cmd("INFO").arg("stats")).expect("INFO");
+        info.lines()
+            .find_map(|l| {
+                l.strip_prefix(field)?
+                    .strip_prefix(':')?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or_else(|| panic!("no {field} in INFO"))
+    }
+
     pub fn channels(&self) -> Vec<String> {
         self.query(redis::cmd("PUBSUB").arg("CHANNELS"))
             .expect("PUBSUB CHANNELS")

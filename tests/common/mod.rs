@@ -237,8 +237,8 @@ pub fn read_response(reader: &mut impl BufRead) -> (u16, String) {
     (status, body)
 }
 
-/// Status, lower-cased headers and body of one response.
-pub fn read_full_response(reader: &mut impl BufRead) -> (u16, Vec<(String, String)>, String) {
+/// Status and lower-cased headers of one response head.
+pub fn read_head(reader: &mut impl BufRead) -> (u16, Vec<(String, String)>) {
     let mut line = String::new();
     reader.read_line(&mut line).expect("status line");
     let status: u16 = line
@@ -247,7 +247,6 @@ pub fn read_full_response(reader: &mut impl BufRead) -> (u16, Vec<(String, Strin
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("bad status line {line:?}"));
     let mut headers = Vec::new();
-    let mut length = 0;
     loop {
         let mut header = String::new();
         reader.read_line(&mut header).expect("header");
@@ -256,13 +255,19 @@ pub fn read_full_response(reader: &mut impl BufRead) -> (u16, Vec<(String, Strin
             break;
         }
         if let Some((name, value)) = header.split_once(':') {
-            let (name, value) = (name.trim().to_ascii_lowercase(), value.trim().to_owned());
-            if name == "content-length" {
-                length = value.parse().unwrap();
-            }
-            headers.push((name, value));
+            headers.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
         }
     }
+    (status, headers)
+}
+
+/// Status, lower-cased headers and body of one response.
+pub fn read_full_response(reader: &mut impl BufRead) -> (u16, Vec<(String, String)>, String) {
+    let (status, headers) = read_head(reader);
+    let length = headers
+        .iter()
+        .find(|(name, _)| name == "content-length")
+        .map_or(0, |(_, value)| value.parse().unwrap());
     let mut body = vec![0; length];
     reader.read_exact(&mut body).expect("body");
     (

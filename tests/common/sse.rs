@@ -38,24 +38,7 @@ impl<R: Read> Stream<R> {
     /// Reads the head; the body is whatever follows.
     pub fn open(stream: R) -> Stream<R> {
         let mut reader = BufReader::new(stream);
-        let mut line = String::new();
-        reader.read_line(&mut line).expect("status line");
-        let status = line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("bad status line {line:?}"));
-        let mut headers = Vec::new();
-        loop {
-            let mut header = String::new();
-            reader.read_line(&mut header).expect("header");
-            let header = header.trim_end();
-            if header.is_empty() {
-                break;
-            }
-            let (name, value) = header.split_once(':').expect("header line");
-            headers.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
-        }
+        let (status, headers) = super::read_head(&mut reader);
         Stream {
             reader,
             status,
