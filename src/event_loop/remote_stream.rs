@@ -23,10 +23,10 @@
 use crate::audience::Audience;
 use crate::cluster::history::{self, Answer, ReadFor, ReadStream};
 use crate::frame::Wire;
-use crate::history::position::Outcome;
 use crate::history::remote::{Wanted, UNKNOWN_EPOCH};
 use crate::sse;
 
+use super::stream::Replay;
 use super::EventLoop;
 
 impl EventLoop {
@@ -85,52 +85,18 @@ impl EventLoop {
         if !resume {
             return self.queue_event(index, id);
         }
-        let mut replay: Vec<Wire> = Vec::new();
-        let mut bytes = 0;
-        let mut lost: Vec<&str> = Vec::new();
+        let mut replay = Replay::default();
         for (i, name) in names.iter().enumerate() {
             let frames = answer
                 .and_then(|a| a.streams.get(i))
                 .and_then(|read| read.replay.as_ref());
-            let events: Option<Vec<Wire>> = frames.map(|frames| {
-                frames
-                    .iter()
-                    .map(|json| sse::event(json))
-                    .collect::<Vec<_>>()
-            });
-            let fits = |events: &[Wire]| {
-                let more: usize = events.iter().map(|e| e.len()).sum();
-                self.conns.sessions.get(index).is_some_and(|s| {
-                    s.has_room(
-                        replay.len() + events.len() + 2,
-                        bytes + more,
-                        &self.setup.rules,
-                    )
-                })
-            };
-            match events {
-                Some(events) if fits(&events) => {
-                    self.count_remote(Outcome {
-                        ok: true,
-                        replayed: events.len(),
-                    });
-                    bytes += events.iter().map(|e| e.len()).sum::<usize>();
-                    replay.extend(events);
-                }
-                _ => {
-                    self.count_remote(Outcome::FAILED);
-                    lost.push(name);
-                }
-            }
+            let events: Option<Vec<Wire>> =
+                frames.map(|frames| frames.iter().map(|json| sse::event(json)).collect());
+            let session = self.conns.sessions.get(index);
+            let outcome = replay.offer(session, &self.setup.rules, events, || name.clone());
+            self.count_remote(outcome);
         }
-        if !lost.is_empty() {
-            let json = serde_json::json!({ "streams": lost }).to_string();
-            self.queue_event(index, sse::named_event("reset", json.as_bytes()));
-        }
-        self.metrics.messages_out += replay.len() as u64;
-        for event in replay {
-            self.queue_event(index, event);
-        }
+        self.queue_replay(index, replay);
         self.queue_event(index, id);
     }
 }

@@ -12,6 +12,7 @@ use super::EventLoop;
 use crate::frame::Wire;
 use crate::history::position::{Outcome, Position};
 use crate::history::StreamRef;
+use crate::session::{Rules, Session};
 use crate::sse::marks::Since;
 use crate::sse::{self};
 
@@ -53,9 +54,7 @@ impl EventLoop {
         for room in self.hub.router.rooms_of(key) {
             streams.push(('r', Some(room.clone())));
         }
-        let mut replay: Vec<Wire> = Vec::new();
-        let mut bytes = 0;
-        let mut lost: Vec<String> = Vec::new();
+        let mut replay = Replay::default();
         for (kind, name) in streams {
             let name = name.as_deref();
             let since = seq.map_or(Since::Lost, |seq| marks.since(seq, kind, name));
@@ -79,42 +78,28 @@ impl EventLoop {
                     .map(|f| sse::frame_payload(f).map(sse::event))
                     .collect()
             });
-            let fits = |events: &[Wire]| {
-                let more: usize = events.iter().map(|e| e.len()).sum();
-                session_fits(
-                    self.conns.sessions.get(index),
-                    replay.len() + events.len() + 2,
-                    bytes + more,
-                    &self.setup.rules,
-                )
-            };
-            match events {
-                Some(events) if fits(&events) => {
-                    history.count(Outcome {
-                        ok: true,
-                        replayed: events.len(),
-                    });
-                    bytes += events.iter().map(|e| e.len()).sum::<usize>();
-                    replay.extend(events);
+            let session = self.conns.sessions.get(index);
+            history.count(replay.offer(session, &self.setup.rules, events, || {
+                match (kind, name) {
+                    ('r', Some(room)) => format!("r:{room}"),
+                    _ => kind.to_string(),
                 }
-                _ => {
-                    history.count(Outcome::FAILED);
-                    lost.push(match (kind, name) {
-                        ('r', Some(room)) => format!("r:{room}"),
-                        _ => kind.to_string(),
-                    });
-                }
-            }
+            }));
         }
-        if !lost.is_empty() {
-            let json = serde_json::json!({ "streams": lost }).to_string();
+        self.queue_replay(index, replay);
+    }
+
+    /// Queues a resume's `event: reset` (if a stream was lost), then its
+    /// replayed events.
+    pub(super) fn queue_replay(&mut self, index: usize, replay: Replay) {
+        if !replay.lost.is_empty() {
+            let json = serde_json::json!({ "streams": replay.lost }).to_string();
             self.queue_event(index, sse::named_event("reset", json.as_bytes()));
         }
-        let replayed = replay.len();
-        for event in replay {
+        self.metrics.messages_out += replay.events.len() as u64;
+        for event in replay.events {
             self.queue_event(index, event);
         }
-        self.metrics.messages_out += replayed as u64;
     }
 
     /// Queues one event (checked to fit beforehand, or a small one).
@@ -133,12 +118,48 @@ impl EventLoop {
     }
 }
 
-/// Whether `count` more events of `bytes` fit the session's queue bounds.
-fn session_fits(
-    session: Option<&crate::session::Session>,
-    count: usize,
+/// A stream's resume being put together (on one node or from Redis): per
+/// stream, its whole replay when it fits the session's queue bounds with
+/// what came before, or nothing and its name in `lost`.
+#[derive(Default)]
+pub(super) struct Replay {
+    events: Vec<Wire>,
     bytes: usize,
-    rules: &crate::session::Rules,
-) -> bool {
-    session.is_some_and(|s| s.has_room(count, bytes, rules))
+    lost: Vec<String>,
+}
+
+impl Replay {
+    /// Offers one stream's events (`None`: they cannot be vouched for);
+    /// returns the outcome to count.
+    pub(super) fn offer(
+        &mut self,
+        session: Option<&Session>,
+        rules: &Rules,
+        events: Option<Vec<Wire>>,
+        name: impl FnOnce() -> String,
+    ) -> Outcome {
+        let fits = |events: &[Wire]| {
+            let more: usize = events.iter().map(|e| e.len()).sum();
+            // Two more: the `reset` and the `id:` line that follow.
+            session.is_some_and(|s| {
+                s.has_room(
+                    self.events.len() + events.len() + 2,
+                    self.bytes + more,
+                    rules,
+                )
+            })
+        };
+        match events {
+            Some(events) if fits(&events) => {
+                self.bytes += events.iter().map(|e| e.len()).sum::<usize>();
+                let replayed = events.len();
+                self.events.extend(events);
+                Outcome { ok: true, replayed }
+            }
+            _ => {
+                self.lost.push(name());
+                Outcome::FAILED
+            }
+        }
+    }
 }
