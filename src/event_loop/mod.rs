@@ -243,9 +243,11 @@ impl EventLoop {
             self.cluster_tick();
             // Disconnect hooks run wherever a session closes (a peer's Close,
             // a timer, a handle command): what they asked for applies here.
+            self.close_ended();
             self.apply_actions();
             // write, close
             self.write_pass();
+            self.close_ended();
             self.reap_closed();
             self.metrics.iteration(pass_start.elapsed());
             if self.finished() {

@@ -27,9 +27,9 @@ use crate::history::remote::{Wanted, UNKNOWN_EPOCH};
 use crate::sse;
 
 use super::stream::Replay;
-use super::EventLoop;
+use super::deliver::Delivery;
 
-impl EventLoop {
+impl Delivery<'_> {
     /// A stream just opened (its rooms joined) with history in Redis: ask
     /// for the current token and, with `last_event_id`, what it missed.
     pub(super) fn open_stream_remote(&mut self, index: usize, last_event_id: Option<&str>) {
