@@ -124,13 +124,7 @@ impl Delivery<'_> {
         let Some(session) = self.conns.sessions.get_mut(index) else {
             return;
         };
-        link.park(
-            self.now_ms,
-            session.key,
-            ticket,
-            vec![pin],
-            Held::Join,
-        );
+        link.park(self.now_ms, session.key, ticket, vec![pin], Held::Join);
     }
 
     /// After a client message was delivered here: publish it for the

@@ -2,7 +2,7 @@
 //! requests go to `rest` (or the hooks), upgrades open a WebSocket, frames
 //! go to the router (chat) or back (echo); what they produce is queued for
 //! the write step: an answer to the session itself, or a fan-out through
-//! [`EventLoop::deliver`].
+//! `Delivery::deliver` (`deliver.rs`).
 
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
@@ -129,7 +129,9 @@ impl EventLoop {
                 }
             }
             Outcome::Membership { user, room, join } => {
-                if let Some(response) = self.delivery().rest_membership(index, (user, room, join), keep_alive)
+                if let Some(response) =
+                    self.delivery()
+                        .rest_membership(index, (user, room, join), keep_alive)
                 {
                     self.respond(index, &response, keep_alive);
                 }
@@ -232,7 +234,8 @@ impl EventLoop {
                     self.hub.router.online_count()
                 );
                 if let Some(since) = upgrade.resume.take() {
-                    self.delivery().resume_session(index, user.as_deref(), *since);
+                    self.delivery()
+                        .resume_session(index, user.as_deref(), *since);
                 }
             }
             Endpoint::Echo => self.metrics.open_echo += 1,
@@ -245,7 +248,8 @@ impl EventLoop {
             session.grant(grants);
         }
         if upgrade.endpoint == Endpoint::Sse {
-            self.delivery().open_stream(index, stream.last_event_id.as_deref());
+            self.delivery()
+                .open_stream(index, stream.last_event_id.as_deref());
         }
         self.conns.mark_dirty(index);
         self.rearm_open(index);
@@ -277,8 +281,13 @@ impl EventLoop {
             return;
         }
         match self.hub.router.join(key, user.as_deref(), room) {
-            Ok(change) => self.delivery().member_changed(key, user.as_deref(), room, true, change, false),
-            Err(JoinError::TooManyRooms) => self.delivery().reply(index, &refused("too many rooms")),
+            Ok(change) => {
+                self.delivery()
+                    .member_changed(key, user.as_deref(), room, true, change, false)
+            }
+            Err(JoinError::TooManyRooms) => {
+                self.delivery().reply(index, &refused("too many rooms"))
+            }
         }
     }
 
@@ -367,7 +376,8 @@ impl EventLoop {
         if over == OverRate::Bytes {
             self.metrics.byte_limited_messages += 1;
         }
-        self.delivery().reply(index, &message::error_json("rate limit exceeded"));
+        self.delivery()
+            .reply(index, &message::error_json("rate limit exceeded"));
     }
 
     /// A data message within the limits: echoed, routed, or refused.
@@ -394,7 +404,11 @@ impl EventLoop {
         } = *sender;
         let message = match message::parse_limited(bytes, max_depth) {
             Ok(message) => message,
-            Err(e) => return self.delivery().reply(index, &message::error_json(&e.to_string())),
+            Err(e) => {
+                return self
+                    .delivery()
+                    .reply(index, &message::error_json(&e.to_string()))
+            }
         };
         let info = SessionInfo {
             key,
@@ -413,7 +427,14 @@ impl EventLoop {
             Route::Done(change) => {
                 if let Some(room) = message.room() {
                     let joined = message.kind == "join";
-                    self.delivery().member_changed(key, user.as_deref(), room, joined, change, true);
+                    self.delivery().member_changed(
+                        key,
+                        user.as_deref(),
+                        room,
+                        joined,
+                        change,
+                        true,
+                    );
                 }
                 if let ("join", Some(room)) = (&*message.kind, message.room()) {
                     self.delivery().joined(index, room, message.since);
@@ -424,7 +445,8 @@ impl EventLoop {
                 if self.hub.remote.is_some() {
                     self.delivery().relay_kept(index, audience, &json);
                 } else {
-                    self.delivery().deliver(audience, &mut Encoded::new(Kind::Text, &json, min_bytes));
+                    self.delivery()
+                        .deliver(audience, &mut Encoded::new(Kind::Text, &json, min_bytes));
                     self.delivery().relay_to_cluster(index, audience, &json);
                 }
             }

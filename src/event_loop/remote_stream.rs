@@ -26,8 +26,8 @@ use crate::frame::Wire;
 use crate::history::remote::{Wanted, UNKNOWN_EPOCH};
 use crate::sse;
 
-use super::stream::Replay;
 use super::deliver::Delivery;
+use super::stream::Replay;
 
 impl Delivery<'_> {
     /// A stream just opened (its rooms joined) with history in Redis: ask

@@ -131,10 +131,7 @@ impl Delivery<'_> {
         let Some(user) = user else {
             return;
         };
-        if !self
-            .hub
-            .presence_due(key, user, room, self.shutting_down)
-        {
+        if !self.hub.presence_due(key, user, room, self.shutting_down) {
             return;
         }
         let json = event.json(room, user);
