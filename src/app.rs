@@ -12,7 +12,6 @@ use crate::cli::{self, Command};
 use crate::config::{Config, ConfigSource, DEFAULT_CONFIG_PATH};
 use crate::mode::Mode;
 use crate::server::Server;
-use crate::startup::{self, Loaded};
 
 /// Runs a binary in `mode` with the process's arguments; returns its exit code.
 pub fn main(mode: Mode) -> ExitCode {
@@ -46,11 +45,7 @@ pub fn main(mode: Mode) -> ExitCode {
         }
     };
     let default = Path::new(DEFAULT_CONFIG_PATH);
-    let Loaded {
-        config,
-        source,
-        built,
-    } = match startup::load(config_path.as_deref(), default) {
+    let (config, source) = match Config::load_from(config_path.as_deref(), default) {
         Ok(loaded) => loaded,
         Err(e) => {
             eprintln!("{e}");
@@ -68,8 +63,7 @@ pub fn main(mode: Mode) -> ExitCode {
     }
     raise_descriptor_limit();
     warn_if_push_api_open(&config, mode);
-    let server =
-        Server::bind_built(config, mode, Some(built)).and_then(Server::shutdown_on_signals);
+    let server = Server::bind(config, mode).and_then(Server::shutdown_on_signals);
     match server.and_then(Server::run) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

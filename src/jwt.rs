@@ -3,9 +3,11 @@
 //! file adapts it to our rules and picks the key.
 //!
 //! The verifier is built once from `jwt:` at start (reading `public_key`
-//! then, never on the loop) and cloned cheaply; keys from `jwks_url` arrive
-//! through `jwks`, whose snapshot [`Verifier::verify`] reads under a
-//! short lock. Touches nothing else. No clock: callers pass `now_unix`.
+//! then, never on the loop, through the config's `Files`: not again at
+//! bind if `Config::load` read it) and cloned cheaply; keys from
+//! `jwks_url` arrive through `jwks`, whose snapshot [`Verifier::verify`]
+//! reads under a short lock. Touches nothing else. No clock: callers pass
+//! `now_unix`.
 //!
 //! Our rules, where the crate or RFC 7519 leave room (unchanged from the
 //! HS256-only verifier this replaces):
@@ -32,6 +34,7 @@ use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
 use serde_json::{Map, Value};
 
 use crate::config::JwtConfig;
+use crate::files::Files;
 use crate::jwks::Jwks;
 
 /// Clock skew tolerated on `exp` and `nbf`, in seconds (the contract allows at most 60).
@@ -174,6 +177,12 @@ impl Verifier {
     /// Builds the verifier, reading `public_key` now. Starts no thread:
     /// [`Verifier::start_refresh`] does, once the server runs.
     pub fn from_config(config: &JwtConfig) -> Result<Verifier, KeyError> {
+        Verifier::build(config, &mut Files::default())
+    }
+
+    /// [`Verifier::from_config`], reading `public_key` through `files`:
+    /// not again if `files` read it before.
+    pub(crate) fn build(config: &JwtConfig, files: &mut Files) -> Result<Verifier, KeyError> {
         let algorithms = parse_algorithms(&config.algorithms)?;
         let secret = (!config.secret.is_empty())
             .then(|| DecodingKey::from_secret(config.secret.expose().as_bytes()))
@@ -184,7 +193,7 @@ impl Verifier {
             })?;
         let public_key = match config.public_key.as_str() {
             "" => None,
-            path => Some(load_public_key(path)?),
+            path => Some(load_public_key(path, files)?),
         };
         let jwks = (!config.jwks_url.is_empty()).then(|| Arc::new(Jwks::new(&config.jwks_url)));
         let has = |family| algorithms.iter().any(|a| a.family() == family);
@@ -428,12 +437,14 @@ fn parse_algorithms(names: &[String]) -> Result<Vec<Algorithm>, KeyError> {
 }
 
 /// Reads a PEM public key (RSA, EC or Ed25519); its type decides its family.
-fn load_public_key(path: &str) -> Result<DecodingKey, KeyError> {
+fn load_public_key(path: &str, files: &mut Files) -> Result<DecodingKey, KeyError> {
     let error = |message: String| KeyError {
         key: "jwt.public_key",
         message,
     };
-    let pem = std::fs::read(path).map_err(|e| error(format!("cannot read {path}: {e}")))?;
+    let pem = files
+        .read(path)
+        .map_err(|e| error(format!("cannot read {path}: {e}")))?;
     DecodingKey::from_rsa_pem(&pem)
         .or_else(|_| DecodingKey::from_ec_pem(&pem))
         .or_else(|_| DecodingKey::from_ed_pem(&pem))

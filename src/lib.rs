@@ -32,7 +32,8 @@
 //!   [`ServerError`] (with [`TlsError`] and [`KeyError`] for the files a
 //!   config names) why it could not start or stopped.
 //! - [`Config`] holds every setting with its default;
-//!   [`Config::load`] reads `config.yaml` ([`ConfigError`] names the file
+//!   [`Config::load`] reads `config.yaml` and the files it names, once:
+//!   the server builds from what it read ([`ConfigError`] names the file
 //!   and key at fault). Its sections and their value types are in
 //!   [`config`].
 //! - [`Handle`] pushes to a user, a room or everyone, moves a user's
@@ -68,7 +69,8 @@
 //! | module | holds |
 //! | --- | --- |
 //! | `server` | [`Server`]: bind, handles, hooks, signals, `run` |
-//! | `startup` | the binary's start: `config.yaml`, then the files it names (TLS pair, JWT key) read once into their runtime objects |
+//! | `startup` | [`Config::load`]: `config.yaml`, then the files it names (TLS pair, JWT key), checked by building their runtime objects; the server builds them again from the bytes read |
+//! | `files` | what a config's files held, read once and kept by path ([`Config::files`]) |
 //! | `event_loop` | the one thread: its parts (setup, clock, admission, connections, hub, lifecycle), each owning its state, and a file per step of a pass: poll, read, dispatch, deliver, accept, commands, timers, cluster, write, close |
 //! | `session` | one connection as a state machine over its transport: phase, input, decoder, queue, deadlines; reports what happened, the loop applies it |
 //! | `transport` | the stream under a session: plain TCP or TLS; **a new transport is a variant of `transport::Transport`** |
@@ -132,6 +134,7 @@ pub(crate) mod cluster;
 pub mod config;
 pub(crate) mod deflate;
 mod event_loop;
+pub(crate) mod files;
 pub(crate) mod frame;
 pub(crate) mod handle;
 pub(crate) mod history;

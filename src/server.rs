@@ -1,10 +1,11 @@
 //! The public [`Server`]: binds the listener, hands out [`Handle`]s, and runs
 //! the event loop on the calling thread until a shutdown completes.
 //!
-//! Everything here happens before `run`: reading the files the config names
-//! (unless start-up did, see `crate::startup`), building the poll, the
-//! waker, the command channel and (optionally) the signal source. The loop
-//! itself lives in `event_loop`.
+//! Everything here happens before `run`: building what the files the
+//! config names hold (from the bytes `Config::load` read, else reading
+//! them now, see `crate::startup`), the poll, the waker, the command
+//! channel and (optionally) the signal source. The loop itself lives in
+//! `event_loop`.
 
 use std::fmt;
 use std::io;
@@ -109,17 +110,11 @@ impl fmt::Debug for Server {
 
 impl Server {
     /// Binds `app.host` on `app.port` (integrated) or `websocket.port` (standalone).
+    ///
+    /// The files the config names (`tls.cert`, `tls.key`,
+    /// `jwt.public_key`) are used as [`Config::load`] read them (see
+    /// [`Config::files`]); a file it did not read is read now.
     pub fn bind(config: Config, mode: Mode) -> Result<Server, ServerError> {
-        Server::bind_built(config, mode, None)
-    }
-
-    /// [`Server::bind`] with the config's files already read at load
-    /// (`None`: read them now).
-    pub(crate) fn bind_built(
-        config: Config,
-        mode: Mode,
-        built: Option<Built>,
-    ) -> Result<Server, ServerError> {
         let port = match mode {
             Mode::Integrated => config.app.port,
             Mode::Standalone => config.websocket.port,
@@ -135,10 +130,11 @@ impl Server {
             .next()
             .ok_or_else(|| bind_error(io::ErrorKind::AddrNotAvailable.into()))?;
         let listener = bind_listener(resolved, config.app.reuse_port).map_err(bind_error)?;
-        Server::with_listener(listener, config, mode, built)
+        Server::with_listener(listener, config, mode)
     }
 
-    /// Uses an already bound listener (tests bind port 0; supervisors pass sockets).
+    /// Uses an already bound listener (tests bind port 0; supervisors pass
+    /// sockets). Reads the config's files as [`Server::bind`] does.
     pub fn from_listener(
         listener: StdListener,
         config: Config,
@@ -147,22 +143,21 @@ impl Server {
         listener
             .set_nonblocking(true)
             .map_err(io_error("set listener non-blocking"))?;
-        Server::with_listener(TcpListener::from_std(listener), config, mode, None)
+        Server::with_listener(TcpListener::from_std(listener), config, mode)
     }
 
     fn with_listener(
         mut listener: TcpListener,
-        config: Config,
+        mut config: Config,
         mode: Mode,
-        built: Option<Built>,
     ) -> Result<Server, ServerError> {
-        let Built { tls, jwt } = match built {
-            Some(built) => built,
-            None => Built::from_config(&config).map_err(|e| match e {
-                FileError::Tls(e) => ServerError::Tls(e),
-                FileError::Jwt(e) => ServerError::Jwt(e),
-            })?,
-        };
+        // Taken out, not cloned: the running server keeps no copy of the
+        // key files, and a SIGHUP reload reads them afresh.
+        let mut files = std::mem::take(&mut config.files);
+        let Built { tls, jwt } = Built::from_config(&config, &mut files).map_err(|e| match e {
+            FileError::Tls(e) => ServerError::Tls(e),
+            FileError::Jwt(e) => ServerError::Jwt(e),
+        })?;
         let local_addr = listener
             .local_addr()
             .map_err(io_error("read listener address"))?;

@@ -3,19 +3,22 @@
 //! and 1.3, ALPN `http/1.1`), with errors that name the key at fault.
 //!
 //! Reads the two files and nothing else; the connections themselves are
-//! [`crate::transport`]'s. Called once at start (by `crate::startup` when
-//! the binary loads its config, at bind when embedding) and on SIGHUP: a
-//! reload builds a new config that only new connections use.
+//! [`crate::transport`]'s. Built once at start ([`build`], reading through
+//! the config's [`Files`]: `Config::load` reads the pair and the server
+//! builds from what it read; a config made in code has them read at bind)
+//! and on SIGHUP ([`load`], which reads both files again): a reload builds
+//! a new config that only new connections use.
 
 use std::fmt;
 use std::sync::Arc;
 
 use rustls::crypto::ring;
 use rustls::ServerConfig;
-use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::pem::{self, PemObject};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::config::TlsConfig;
+use crate::files::Files;
 
 /// Why a certificate and key could not be used.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,8 +37,18 @@ impl fmt::Display for TlsError {
 
 impl std::error::Error for TlsError {}
 
-/// The server config for `tls`, or `None` when TLS is off (both keys empty).
+/// The server config for `tls`, or `None` when TLS is off (both keys
+/// empty), from both files as they are now (a SIGHUP reload).
 pub fn load(tls: &TlsConfig) -> Result<Option<Arc<ServerConfig>>, TlsError> {
+    build(tls, &mut Files::default())
+}
+
+/// [`load`], reading the files through `files`: one it read before is not
+/// read again.
+pub(crate) fn build(
+    tls: &TlsConfig,
+    files: &mut Files,
+) -> Result<Option<Arc<ServerConfig>>, TlsError> {
     if tls.cert.is_empty() && tls.key.is_empty() {
         return Ok(None);
     }
@@ -50,11 +63,15 @@ pub fn load(tls: &TlsConfig) -> Result<Option<Arc<ServerConfig>>, TlsError> {
             message: "tls.cert and tls.key must be set together".to_owned(),
         });
     }
-    let certs = read_certs(&tls.cert)?;
-    let private_key = PrivateKeyDer::from_pem_file(&tls.key).map_err(|e| TlsError {
-        key: "tls.key",
-        message: format!("cannot read a PEM private key from {:?}: {e}", tls.key),
-    })?;
+    let certs = read_certs(&tls.cert, files)?;
+    let private_key = files
+        .read(&tls.key)
+        .map_err(pem::Error::Io)
+        .and_then(|pem| PrivateKeyDer::from_pem_slice(&pem))
+        .map_err(|e| TlsError {
+            key: "tls.key",
+            message: format!("cannot read a PEM private key from {:?}: {e}", tls.key),
+        })?;
     let provider = Arc::new(ring::default_provider());
     let builder = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
@@ -82,13 +99,15 @@ pub fn load(tls: &TlsConfig) -> Result<Option<Arc<ServerConfig>>, TlsError> {
     Ok(Some(Arc::new(config)))
 }
 
-fn read_certs(path: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+fn read_certs(path: &str, files: &mut Files) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let error = |message: String| TlsError {
         key: "tls.cert",
         message,
     };
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| error(format!("cannot read {path:?}: {e}")))?
+    let pem = files
+        .read(path)
+        .map_err(|e| error(format!("cannot read {path:?}: {}", pem::Error::Io(e))))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| error(format!("bad PEM certificate in {path:?}: {e}")))?;
     if certs.is_empty() {

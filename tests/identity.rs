@@ -221,6 +221,61 @@ fn every_asymmetric_algorithm_with_a_public_key_file() {
 }
 
 #[test]
+fn config_load_reads_the_public_key_once_and_the_server_checks_with_it() {
+    let dir = key_dir("once");
+    let first = make_key(&dir, "first", "ed25519");
+    let second = make_key(&dir, "second", "ed25519");
+    let live = dir.join("live.pub.pem");
+    std::fs::copy(&first.public, &live).expect("copy key");
+    let yaml = dir.join("config.yaml");
+    std::fs::write(
+        &yaml,
+        format!(
+            "app: {{host: 127.0.0.1, port: 0}}\nwebsocket: {{port: 0, echo: true}}\njwt: {{algorithms: [EdDSA], public_key: \"{}\"}}\n",
+            live.display()
+        ),
+    )
+    .expect("write config");
+    let (loaded, _) = Config::load(Some(&yaml)).expect("load");
+    let claims = json!({"sub": "alice", "exp": now() + 300});
+    let by_first = sign(Algorithm::EdDSA, None, &claims, &first.signer());
+    let by_second = sign(Algorithm::EdDSA, None, &claims, &second.signer());
+    // The key changes between the load and the bind: the server checks
+    // with the key the load read, not the file as it is now.
+    std::fs::copy(&second.public, &live).expect("replace key");
+    {
+        let server = TestServer::start(loaded.clone());
+        assert_accepted_as(&server, &by_first, "alice");
+        assert_refused(&server, &by_second, "invalid token signature");
+    }
+    // The same settings made in code: the file is read at bind.
+    let in_code = jwt_config(&["EdDSA"], |c| {
+        c.jwt.public_key = live.display().to_string();
+    });
+    assert_eq!(in_code, loaded, "the same settings");
+    {
+        let server = TestServer::start(in_code.clone());
+        assert_accepted_as(&server, &by_second, "alice");
+        assert_refused(&server, &by_first, "invalid token signature");
+    }
+    // Gone after the load: the loaded config still starts, the one made
+    // in code cannot.
+    std::fs::remove_file(&live).expect("remove key");
+    let server = TestServer::start(loaded);
+    assert_accepted_as(&server, &by_first, "alice");
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let error = wshub::Server::from_listener(listener, in_code, wshub::Mode::Integrated)
+        .err()
+        .map(|e| e.to_string());
+    assert!(
+        error
+            .as_deref()
+            .is_some_and(|e| e.starts_with("config: jwt.public_key: cannot read")),
+        "{error:?}"
+    );
+}
+
+#[test]
 fn hs384_and_hs512_with_the_secret() {
     let config = jwt_config(&["HS384", "HS512"], |c| c.jwt.secret = "hs-secret".into());
     let server = TestServer::start(config);

@@ -9,10 +9,12 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener as StdListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::tls::{self, TestCert};
 use common::{test_config, TestServer, WAIT};
+use rustls::pki_types::CertificateDer;
 use serde_json::json;
 use tungstenite::Message as WsMessage;
 use wshub::{Config, Mode};
@@ -192,6 +194,85 @@ fn bad_pairs_are_config_errors_naming_the_key() {
         .map(|e| e.to_string());
     assert!(
         error.as_deref().is_some_and(|e| e.contains("tls.key")),
+        "{error:?}"
+    );
+}
+
+/// The certificate a server built from `config` presents, served through
+/// `Server::from_listener` (`TestServer`) or, with `bind`, `Server::bind`.
+fn served_cert(
+    config: Config,
+    bind: bool,
+    client: &Arc<rustls::ClientConfig>,
+) -> CertificateDer<'static> {
+    let server = if bind {
+        let server = wshub::Server::bind(config, Mode::Integrated).expect("bind");
+        TestServer::run(server)
+    } else {
+        TestServer::start(config)
+    };
+    let stream = tls::connect(server.addr, client).expect("handshake");
+    tls::peer_cert(&stream)
+}
+
+#[test]
+fn config_load_reads_the_pair_once_and_the_server_serves_what_it_read() {
+    let dir = tls::temp_dir("once");
+    let first = make(&dir, "first");
+    let second = make(&dir, "second");
+    let live_cert = dir.join("live.cert.pem");
+    let live_key = dir.join("live.key.pem");
+    let copy = |from: &TestCert| {
+        std::fs::copy(&from.cert, &live_cert).expect("copy cert");
+        std::fs::copy(&from.key, &live_key).expect("copy key");
+    };
+    copy(&first);
+    let yaml = dir.join("config.yaml");
+    std::fs::write(
+        &yaml,
+        format!(
+            "app: {{host: 127.0.0.1, port: 0}}\nwebsocket: {{port: 0, echo: true}}\ntls: {{cert: \"{}\", key: \"{}\"}}\n",
+            live_cert.display(),
+            live_key.display()
+        ),
+    )
+    .expect("write config");
+    let (loaded, _) = Config::load(Some(&yaml)).expect("load");
+    // A rotation between the load and the bind: the server must use the
+    // pair the load read and checked, not read the files again.
+    copy(&second);
+    let both = tls::client_config(&[&first, &second]);
+    for bind in [false, true] {
+        assert_eq!(
+            served_cert(loaded.clone(), bind, &both),
+            first.der,
+            "bind: {bind}"
+        );
+    }
+    // A config made in code names files nobody read yet: read at bind.
+    let mut in_code = test_config();
+    in_code.tls = loaded.tls.clone();
+    assert_eq!(in_code, loaded, "the same settings");
+    assert_eq!(served_cert(in_code.clone(), false, &both), second.der);
+    // A path changed after the load names another file: read at bind.
+    let mut moved = loaded.clone();
+    moved.tls.cert = second.cert.to_string_lossy().into_owned();
+    moved.tls.key = second.key.to_string_lossy().into_owned();
+    assert_eq!(served_cert(moved, false, &both), second.der);
+
+    // Gone after the load: the loaded config still starts, one made in
+    // code cannot.
+    std::fs::remove_file(&live_cert).expect("remove cert");
+    std::fs::remove_file(&live_key).expect("remove key");
+    assert_eq!(served_cert(loaded, false, &both), first.der);
+    let listener = StdListener::bind("127.0.0.1:0").expect("bind");
+    let error = wshub::Server::from_listener(listener, in_code, Mode::Integrated)
+        .err()
+        .map(|e| e.to_string());
+    assert!(
+        error
+            .as_deref()
+            .is_some_and(|e| e.starts_with("config: tls.cert: cannot read")),
         "{error:?}"
     );
 }

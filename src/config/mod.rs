@@ -14,8 +14,10 @@
 //! Raw input never leaves this module: every value is checked here, so the
 //! rest of the server can trust a `Config` without re-validating it. Plain
 //! values and pure: reading `config.yaml` and the files it names
-//! ([`Config::load`]) is `crate::startup`'s, and `crate::tls`, `crate::jwt`
-//! and `crate::client_ip` turn their sections into runtime objects. The
+//! ([`Config::load`]) is `crate::startup`'s, which leaves the files'
+//! contents in [`Config::files`] (a `crate::files` leaf) so nothing reads
+//! them twice, and `crate::tls`, `crate::jwt` and `crate::client_ip` turn
+//! their sections into runtime objects. The
 //! leaf checks live in `values`; they use `crate::origin` to check
 //! `allowed_origins` entries, so an entry that could never match is refused.
 
@@ -36,6 +38,7 @@ use values::{
 };
 
 pub use crate::client_ip::{ClientIpHeader, Trusted};
+pub use crate::files::Files;
 
 mod values;
 
@@ -175,6 +178,13 @@ pub struct Config {
     pub history: HistoryConfig,
     /// `rooms:` — who may join, presence events (docs/protocol.md section 11).
     pub rooms: RoomsConfig,
+    /// Not a section: what [`Config::load`] read of the files named above,
+    /// so that the server builds from it rather than reading them again
+    /// (docs/embedding.md, "When the files are read"). Empty in a config
+    /// made in code or by [`Config::from_yaml_str`]; `==` ignores it.
+    /// Public because a private field would forbid `Config { app,
+    /// ..Config::default() }` outside this crate.
+    pub files: Files,
 }
 
 /// The YAML document: each section optional.
@@ -227,6 +237,7 @@ impl RawConfig {
             tls: self.tls.unwrap_or_default().into_config(origin)?,
             history: self.history.unwrap_or_default().into_config(origin)?,
             rooms: self.rooms.unwrap_or_default().into_config(origin)?,
+            files: Files::default(),
         })
     }
 }

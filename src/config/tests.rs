@@ -122,6 +122,7 @@ fn defaults_are_protocol_section_2() {
             join: JoinMode::Open,
             presence: false,
         },
+        files: Files::default(),
     };
     assert_eq!(Config::default(), expected);
     assert_eq!(parse(PROTOCOL_YAML), expected);
@@ -253,6 +254,7 @@ rooms: {join: token, presence: true}
             join: JoinMode::Token,
             presence: true,
         },
+        files: Files::default(),
     };
     assert_eq!(parse(text), expected);
 }

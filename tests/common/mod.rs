@@ -55,7 +55,11 @@ impl TestServer {
     ) -> TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
         let server = Server::from_listener(listener, config, mode).expect("server");
-        let server = customise(server);
+        TestServer::run(customise(server))
+    }
+
+    /// Runs a server bound some other way (`Server::bind`, ...).
+    pub fn run(server: Server) -> TestServer {
         let addr = server.local_addr();
         let handle = server.handle();
         let thread = std::thread::spawn(move || server.run());
