@@ -15,11 +15,12 @@ use log::{debug, warn};
 use mio::net::TcpStream;
 use mio::{Interest, Token};
 
-use super::{EventLoop, FIRST_SESSION};
+use super::upkeep::Upkeep;
+use super::FIRST_SESSION;
 use crate::hooks::CloseReason;
 use crate::transport::Transport;
 
-impl EventLoop {
+impl Upkeep<'_> {
     pub(super) fn accept_all(&mut self) {
         while let Some((stream, peer)) = self.admission.accept(self.clock.now_ms) {
             self.add_session(stream, peer);
@@ -31,13 +32,13 @@ impl EventLoop {
             let scratch = &mut self.conns.read_buf;
             return self
                 .admission
-                .refuse_http_connection(stream, peer, &mut self.metrics, scratch);
+                .refuse_http_connection(stream, peer, self.metrics, scratch);
         }
         self.admission.http_has_room();
         let scratch = &mut self.conns.read_buf;
         let Some(admitted) = self
             .admission
-            .admit(&mut stream, peer, &mut self.metrics, scratch)
+            .admit(&mut stream, peer, self.metrics, scratch)
         else {
             return;
         };
@@ -59,10 +60,9 @@ impl EventLoop {
         let mut transport = Transport::new(stream, tls);
         let index = self.conns.next_index();
         let token = Token(FIRST_SESSION + index);
-        if let Err(e) =
-            self.poll
-                .registry()
-                .register(transport.socket_mut(), token, Interest::READABLE)
+        if let Err(e) = self
+            .registry
+            .register(transport.socket_mut(), token, Interest::READABLE)
         {
             warn!("cannot register connection from {peer}: {e}");
             return;
@@ -103,7 +103,7 @@ impl EventLoop {
             self.admission.http_released(session);
             self.metrics.http_evictions += 1;
             // Never upgraded, so no hook hears the reason.
-            self.kill(index, CloseReason::Server);
+            self.conns.drop_session(index, CloseReason::Server);
             return true;
         }
     }

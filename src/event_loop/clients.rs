@@ -24,7 +24,7 @@
 use log::debug;
 
 use super::admission::{Admitted, TOO_MANY};
-use super::EventLoop;
+use super::upkeep::Upkeep;
 use crate::hooks::CloseReason;
 use crate::http::{Request, Response};
 use crate::metrics::HandshakeFailure;
@@ -41,7 +41,7 @@ impl Admitted {
     }
 }
 
-impl EventLoop {
+impl Upkeep<'_> {
     /// A whole PROXY header was read: the client is its source, unless
     /// that is a trusted proxy forwarding in a header.
     pub(super) fn on_proxy_header(&mut self, index: usize) {
@@ -62,7 +62,7 @@ impl EventLoop {
         if let Some(session) = self.conns.sessions.get(index) {
             debug!("peer={}: {why}: closed", session.peer());
         }
-        self.kill(index, CloseReason::Server);
+        self.conns.drop_session(index, CloseReason::Server);
     }
 
     /// A request head from a trusted proxy names the client: take it, and
@@ -92,7 +92,7 @@ impl EventLoop {
             let response = Response::error(503, TOO_MANY).closing();
             self.respond(index, &response, false);
         } else {
-            self.kill(index, CloseReason::Server);
+            self.conns.drop_session(index, CloseReason::Server);
         }
         false
     }

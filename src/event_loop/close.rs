@@ -60,7 +60,7 @@ impl EventLoop {
     /// `deadline`.
     fn closing_until(&mut self, index: usize, deadline: u64) {
         self.conns.mark_dirty(index);
-        self.arm(index, deadline);
+        self.upkeep().arm(index, deadline);
     }
 
     /// A protocol violation: Close with the RFC's code, then half-close.
@@ -114,6 +114,7 @@ impl EventLoop {
                 match why {
                     Ending::SlowConsumer => self.slow_consumer(key),
                     Ending::Resume(text) => self.resume_close(key, text),
+                    Ending::Drop(reason) => self.drop_ended(key, reason),
                 }
             }
         }
@@ -130,6 +131,14 @@ impl EventLoop {
             .is_some_and(|s| s.key == key && s.is_open())
         {
             self.server_close(index, 1013, text, CloseReason::Server);
+        }
+    }
+
+    /// A connection a step dropped while it was open.
+    fn drop_ended(&mut self, key: SessionKey, reason: CloseReason) {
+        let index = key.index as usize;
+        if self.conns.sessions.get(index).is_some_and(|s| s.key == key) {
+            self.kill(index, reason);
         }
     }
 

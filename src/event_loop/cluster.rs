@@ -174,7 +174,7 @@ impl EventLoop {
                 (Held::Upgrade(_), Outcome::Failed) => {
                     log::warn!("session {index}: the user's channel was not subscribed in time; answered 503");
                     let response = Response::error(503, "cluster unavailable").closing();
-                    self.respond(index, &response, false);
+                    self.upkeep().respond(index, &response, false);
                 }
                 (Held::Join, Outcome::Confirmed) => {}
                 (Held::Join, Outcome::Failed) => {
@@ -195,7 +195,7 @@ impl EventLoop {
                     };
                     let remote = self.hub.addressed_elsewhere(&target);
                     let response = Response::json(200, &json!({ "sent": local + remote }));
-                    self.respond(index, &response, keep_alive);
+                    self.upkeep().respond(index, &response, keep_alive);
                 }
                 (
                     Held::Membership {
@@ -207,14 +207,14 @@ impl EventLoop {
                     Outcome::Confirmed,
                 ) => {
                     let response = self.delivery().membership_settled(&user, &room, join);
-                    self.respond(index, &response, keep_alive);
+                    self.upkeep().respond(index, &response, keep_alive);
                 }
                 (
                     Held::Push { keep_alive, .. } | Held::Membership { keep_alive, .. },
                     Outcome::Failed,
                 ) => {
                     let response = Response::error(503, "cluster unavailable");
-                    self.respond(index, &response, keep_alive);
+                    self.upkeep().respond(index, &response, keep_alive);
                 }
             }
             self.close_ended();

@@ -20,6 +20,7 @@ use super::write::backlog::Backlog;
 use super::write::trim::Trim;
 use super::{FIRST_SESSION, WRITE_BUDGET};
 use crate::audience::SessionKey;
+use crate::hooks::CloseReason;
 use crate::session::{AfterWrite, Rules, Session};
 use crate::transport::Transport;
 
@@ -58,13 +59,16 @@ pub(super) struct Connections {
 /// Why a delivery step ended a session. Closing runs hooks, presence and
 /// the cluster, so the step that delivers only asks for it; the session
 /// takes no more data meanwhile (`Session::queue`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Ending {
     /// Its queue was full: a slow consumer (1013; an event stream ends).
     SlowConsumer,
     /// It missed a message it cannot be told of: closed with 1013 and this
     /// text, so its client resumes.
     Resume(&'static str),
+    /// Its connection is dropped without a closing handshake (a timeout,
+    /// a failed write): see [`Connections::drop_session`].
+    Drop(CloseReason),
 }
 
 impl Connections {
@@ -89,6 +93,21 @@ impl Connections {
         if let Some(session) = self.sessions.get_mut(index) {
             session.end_data();
             self.ending.push((session.key, why));
+        }
+    }
+
+    /// Drops the connection: at once when it is not open (never upgraded,
+    /// or closing: it is in no index), else ended and left to the close
+    /// step, which takes it out of the indexes first (presence, hooks, the
+    /// cluster hear of it).
+    pub(super) fn drop_session(&mut self, index: usize, reason: CloseReason) {
+        match self.sessions.get_mut(index) {
+            Some(session) if session.is_open() => {
+                session.end_data();
+                self.ending.push((session.key, Ending::Drop(reason)));
+            }
+            Some(_) => self.kill(index),
+            None => {}
         }
     }
 

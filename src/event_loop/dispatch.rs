@@ -72,12 +72,12 @@ impl EventLoop {
         }
         debug!("session {index}: {error}");
         let response = Response::error(error.status(), &error.to_string()).closing();
-        self.respond(index, &response, false);
+        self.upkeep().respond(index, &response, false);
     }
 
     fn on_request(&mut self, index: usize, request: &http::Request, body: &[u8]) {
         self.metrics.http_requests += 1;
-        if !self.client_from_request(index, request) {
+        if !self.upkeep().client_from_request(index, request) {
             return;
         }
         let now_unix = SystemTime::now()
@@ -95,7 +95,7 @@ impl EventLoop {
         let keep_alive = request.keep_alive;
         if !request.upgrade_websocket {
             if let Some(response) = self.hooks.on_request(request, body, &mut self.actions) {
-                self.respond(index, &response, keep_alive);
+                self.upkeep().respond(index, &response, keep_alive);
                 return self.apply_actions();
             }
         }
@@ -103,7 +103,7 @@ impl EventLoop {
         // refused: answer and close it.
         let keep_alive = keep_alive && !request.upgrade_websocket;
         match rest::handle(request, body, &ctx) {
-            Outcome::Respond(response) => self.respond(index, &response, keep_alive),
+            Outcome::Respond(response) => self.upkeep().respond(index, &response, keep_alive),
             Outcome::Refuse(response, why) => {
                 self.metrics.handshake_failed(why);
                 if let Some(session) = self.conns.sessions.get(index) {
@@ -113,7 +113,7 @@ impl EventLoop {
                         request.path, session.client, response.status
                     );
                 }
-                self.respond(index, &response, keep_alive);
+                self.upkeep().respond(index, &response, keep_alive);
             }
             Outcome::Metrics => {
                 let mut text = self
@@ -121,11 +121,11 @@ impl EventLoop {
                     .render(self.life.shared(), crate::alloc::heap_bytes());
                 self.hub.render_metrics(&mut text);
                 let response = Response::raw(200, "text/plain; version=0.0.4", text.into_bytes());
-                self.respond(index, &response, keep_alive);
+                self.upkeep().respond(index, &response, keep_alive);
             }
             Outcome::Push { target, json } => {
                 if let Some(response) = self.delivery().rest_push(index, target, json, keep_alive) {
-                    self.respond(index, &response, keep_alive);
+                    self.upkeep().respond(index, &response, keep_alive);
                 }
             }
             Outcome::Membership { user, room, join } => {
@@ -133,28 +133,10 @@ impl EventLoop {
                     self.delivery()
                         .rest_membership(index, (user, room, join), keep_alive)
                 {
-                    self.respond(index, &response, keep_alive);
+                    self.upkeep().respond(index, &response, keep_alive);
                 }
             }
             Outcome::Upgrade(upgrade) => self.upgrade(index, upgrade),
-        }
-    }
-
-    pub(super) fn respond(&mut self, index: usize, response: &Response, keep_alive: bool) {
-        let (now, rules) = (self.clock.now_ms, self.setup.rules);
-        let Some(session) = self.conns.sessions.get_mut(index) else {
-            return;
-        };
-        let mut keep = keep_alive && !response.close;
-        if keep && !session.count_request() {
-            // At most 1000 requests per connection: slots turn over.
-            self.metrics.http_request_cap_closes += 1;
-            keep = false;
-        }
-        let closing = session.respond(response.to_bytes(keep), keep, now, &rules);
-        self.conns.mark_dirty(index);
-        if let Some(deadline) = closing {
-            self.arm(index, deadline);
         }
     }
 
@@ -190,7 +172,7 @@ impl EventLoop {
             if let Err(reason) = self.hooks.on_connect(&info, &mut self.actions) {
                 self.metrics.handshake_failed(HandshakeFailure::Hook);
                 let response = Response::error(403, &reason).closing();
-                return self.respond(index, &response, false);
+                return self.upkeep().respond(index, &response, false);
             }
         }
         let (now, rules) = (self.clock.now_ms, self.setup.rules);
@@ -252,7 +234,7 @@ impl EventLoop {
                 .open_stream(index, stream.last_event_id.as_deref());
         }
         self.conns.mark_dirty(index);
-        self.rearm_open(index);
+        self.upkeep().rearm_open(index);
         self.apply_actions();
     }
 

@@ -12,42 +12,50 @@
 //!
 //! [`EventLoop`] ties them with the poll, the metrics and the hooks. A
 //! method that touches one part lives on that part. The steps of a pass
-//! are of two kinds, and the compiler holds each to its kind:
+//! are of three kinds, and the compiler holds each to its kind:
 //!
 //! - **Delivering steps** work through [`Delivery`](deliver::Delivery): the
 //!   connections, the hub, the setup and the metrics, with the pass's time
 //!   and whether a shutdown began as values. They queue frames, read and
-//!   write history, park work for the cluster, and change membership; they
-//!   cannot run a hook, close a session, or touch admission, the poll or
-//!   the wheel. A session they cannot serve they *end*
-//!   ([`Ending`](connections::Ending)): it takes no more data at once, so
-//!   its client never gets a message after one it missed, and the close
-//!   step closes it when the step that ended it is over.
-//! - **The loop's steps** (`impl EventLoop`) read sockets, run hooks,
-//!   apply what a session or a part reported, and close sessions. Closing
-//!   one runs `on_disconnect`, presence and the cluster, so these borrow the
-//!   whole loop; each lists below the parts it touches.
+//!   write history, park work for the cluster, and change membership.
+//! - **Upkeep steps** work through [`Upkeep`](upkeep::Upkeep): admission,
+//!   the connections, the clock, the setup, the metrics, the poll's
+//!   registry and the heartbeat. They accept, learn the client behind a
+//!   connection, fire session timers, answer HTTP and write.
+//! - **The loop's steps** (`impl EventLoop`) read sockets and dispatch
+//!   what arrived, run hooks, apply handle commands and cluster events,
+//!   and close sessions. Closing one runs `on_disconnect`, presence and the
+//!   cluster, so these borrow the whole loop.
+//!
+//! Neither view can run a hook or close an open session (it is in the
+//! router's indexes). A session a delivering or upkeep step cannot serve
+//! it *ends* ([`Ending`](connections::Ending)): it takes no more data at
+//! once, so its client never gets a message after one it missed, and the
+//! close step closes it when the step that ended it is over (after each
+//! request or frame, each handle command, and twice a pass). A connection
+//! that is not open is dropped on the spot.
 //!
 //! | step | file | what it does | parts |
 //! | --- | --- | --- | --- |
 //! | poll | `mod.rs` | waits for readiness, at most until the next deadline | all (deadlines) |
-//! | read | `read.rs` | drains ready sockets through their sessions | loop: connections, hub (held sessions), then dispatch |
-//! | (handshakes) | `handshakes.rs` | TLS handshake reads: a budget per pass, the rest wait in order | loop: admission, connections, then read |
-//! | dispatch | `dispatch.rs` | acts on each complete unit: REST, upgrade, frames → rate limits → hooks → router → delivery | loop: all but lifecycle's inbox |
+//! | read | `read.rs` | drains ready sockets through their sessions, then dispatches | loop |
+//! | (handshakes) | `handshakes.rs` | TLS handshake reads: a budget per pass, the rest wait in order | loop (they read) |
+//! | dispatch | `dispatch.rs` | acts on each complete unit: REST, upgrade, frames → rate limits → hooks → router → delivery | loop |
 //! | deliver | `deliver.rs` | queues a frame built once to one session or an audience; the fan-out walk | `Delivery` |
 //! | (resume) | `resume.rs` | with history on: welcome, replay and `recovered` at upgrade and join | `Delivery` |
 //! | (resume) | `remote.rs` | with history on in a cluster: positions from Redis, resume reads | `Delivery` |
 //! | (resume) | `stream.rs` | with history on: an event stream's `id:` tokens, and its resume at open | `Delivery` |
 //! | (resume) | `remote_stream.rs` | with history on in a cluster: an event stream's resume at open, read from Redis | `Delivery` |
-//! | rooms | `rooms.rs` | membership (REST, handle, other nodes), presence events | `Delivery`; the join check runs `on_join`: loop |
+//! | rooms | `rooms.rs` | membership (REST, handle, other nodes), presence events; the join check | `Delivery`; the join check runs `on_join`: loop |
 //! | cluster | `cluster.rs` | pushes and client messages to the other nodes, holds | `Delivery`; settling what Redis confirmed and messages from it: loop |
-//! | accept | `accept.rs` | takes new connections, evicts an idle one at `max_http_connections` | loop: admission, connections, clock, poll |
-//! | clients | `clients.rs` | who is behind a connection (proxies, PROXY header) and `max_connections_per_ip` | loop: admission, connections |
-//! | commands | `commands.rs` | handle commands (bounded per pass), hook actions, signals, shutdown | loop: lifecycle, then any |
-//! | timers | `timers.rs` | applies what each due session timer found; history expiry | loop: clock, connections, hub |
+//! | accept | `accept.rs` | takes new connections, evicts an idle one at `max_http_connections` | `Upkeep` |
+//! | clients | `clients.rs` | who is behind a connection (proxies, PROXY header) and `max_connections_per_ip` | `Upkeep` |
+//! | commands | `commands.rs` | handle commands (bounded per pass), hook actions, signals, shutdown | loop |
+//! | timers | `timers.rs` | applies what each due session timer found (history expires just before: `Hub::expire`) | `Upkeep` |
 //! | webhooks | `webhooks.rs` | presence changes for the backend (`impl Hub`) | hub |
-//! | write | `write/` | answers first, then a bounded share of the fan-out backlog | loop: connections, then admission, clock |
-//! | close | `close.rs` | closes what delivering steps ended; leaving the indexes, closing handshakes, reaping | loop: all |
+//! | write | `write/` | answers first, then a bounded share of the fan-out backlog | `Upkeep` |
+//! | (answers) | `upkeep.rs` | an HTTP answer, a session's timer | `Upkeep` |
+//! | close | `close.rs` | closes what the views ended; leaving the indexes, closing handshakes, reaping | loop |
 //!
 //! A [`Session`](crate::session::Session) makes its own phase changes and reports them as values;
 //! these files apply the reports to the parts (router, poll registration,
@@ -116,6 +124,7 @@ mod resume;
 mod rooms;
 mod stream;
 mod timers;
+mod upkeep;
 mod webhooks;
 mod write;
 
@@ -242,14 +251,15 @@ impl EventLoop {
             self.resume_paused();
             // accept
             if self.admission.accept_due(listener_ready, self.clock.now_ms) {
-                self.accept_all();
+                self.upkeep().accept_all();
             }
             // commands
             if commands {
                 self.drain_commands();
             }
             // timers, cluster
-            self.fire_timers();
+            self.hub.expire(self.clock.now_ms);
+            self.upkeep().fire_timers();
             self.hub.webhook_tick(self.clock.now_ms);
             self.cluster_tick();
             // Disconnect hooks run wherever a session closes (a peer's Close,
@@ -257,7 +267,7 @@ impl EventLoop {
             self.close_ended();
             self.apply_actions();
             // write, close
-            self.write_pass();
+            self.upkeep().write_pass();
             self.close_ended();
             self.reap_closed();
             self.metrics.iteration(pass_start.elapsed());

@@ -43,8 +43,10 @@ impl EventLoop {
                 Ok(ReadOutcome::Data(_)) if full || peer_closed => continue,
                 Ok(ReadOutcome::Data(_)) | Ok(ReadOutcome::WouldBlock) => return,
                 Ok(ReadOutcome::Eof) => return self.on_eof(index),
-                Ok(ReadOutcome::Proxied) => self.on_proxy_header(index),
-                Ok(ReadOutcome::NotProxied(why)) => return self.refuse_proxy_header(index, why),
+                Ok(ReadOutcome::Proxied) => self.upkeep().on_proxy_header(index),
+                Ok(ReadOutcome::NotProxied(why)) => {
+                    return self.upkeep().refuse_proxy_header(index, why)
+                }
                 Err(e) => return self.kill(index, CloseReason::Io(e.to_string())),
             }
         }
@@ -120,7 +122,7 @@ impl EventLoop {
             Eof::Flush => self.conns.mark_dirty(index),
             Eof::Closing(deadline) => {
                 self.conns.mark_dirty(index);
-                self.arm(index, deadline);
+                self.upkeep().arm(index, deadline);
             }
             Eof::Drop => self.kill(index, CloseReason::Client(None)),
         }

@@ -8,14 +8,15 @@
 //!
 //! [`Connections`]: super::connections::Connections
 
-use super::{EventLoop, WRITE_BUDGET};
+use super::upkeep::Upkeep;
+use super::WRITE_BUDGET;
 use crate::hooks::CloseReason;
 use crate::session::AfterWrite;
 
 pub(super) mod backlog;
 pub(super) mod trim;
 
-impl EventLoop {
+impl Upkeep<'_> {
     /// This pass's writes: every dirty session, then the next [`WRITE_BUDGET`]
     /// sessions of the backlog. Each writes everything the session has
     /// queued, in batches (one `writev` per [`crate::outbound::MAX_BATCH`]
@@ -42,7 +43,7 @@ impl EventLoop {
             index,
             self.clock.now_ms,
             &self.setup.rules,
-            self.poll.registry(),
+            self.registry,
             &mut self.metrics.bytes_out,
         ) else {
             return;
@@ -50,8 +51,10 @@ impl EventLoop {
         match then {
             AfterWrite::Idle => self.admission.http_idle(&self.conns.sessions, index),
             AfterWrite::Waiting { stall_deadline } => self.arm(index, stall_deadline),
-            AfterWrite::Finished => self.kill(index, CloseReason::Finished),
-            AfterWrite::Failed(e) => self.kill(index, CloseReason::Io(e.to_string())),
+            AfterWrite::Finished => self.conns.drop_session(index, CloseReason::Finished),
+            AfterWrite::Failed(e) => self
+                .conns
+                .drop_session(index, CloseReason::Io(e.to_string())),
         }
     }
 }
