@@ -40,6 +40,11 @@ pub enum Overflow {
     Messages,
     /// `max_buffered_bytes` would be exceeded.
     Bytes,
+    /// The session is being ended (a frame it had to take did not fit, or
+    /// it missed one): it takes no more data, so a client never gets a
+    /// message after one it missed. Only a session says this; a queue
+    /// alone knows the two bounds.
+    Ending,
 }
 
 /// How a flush ended.

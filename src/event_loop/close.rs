@@ -5,6 +5,7 @@
 
 use log::{debug, info, warn};
 
+use super::connections::Ending;
 use super::EventLoop;
 use crate::audience::SessionKey;
 use crate::frame::DecodeError;
@@ -39,7 +40,7 @@ impl EventLoop {
         let rooms = self
             .hub
             .remove_session(key, user.as_deref(), self.clock.now_ms);
-        self.left_rooms(key, user.as_deref(), rooms);
+        self.delivery().left_rooms(key, user.as_deref(), rooms);
         self.publish_online();
         info!(
             "disconnect user={} peer={client} reason={reason} online={}",
@@ -104,7 +105,35 @@ impl EventLoop {
         self.closing_until(index, deadline);
     }
 
-    pub(super) fn slow_consumer(&mut self, key: SessionKey) {
+    /// Closes the sessions the last steps ended ([`Ending`]): closing runs
+    /// hooks, presence and the cluster, which a delivering step may not.
+    /// Presence sent here can end more sessions; each closes once.
+    pub(super) fn close_ended(&mut self) {
+        while !self.conns.ending.is_empty() {
+            for (key, why) in std::mem::take(&mut self.conns.ending) {
+                match why {
+                    Ending::SlowConsumer => self.slow_consumer(key),
+                    Ending::Resume(text) => self.resume_close(key, text),
+                }
+            }
+        }
+    }
+
+    /// A session that missed a message it cannot be told of (history in a
+    /// cluster): 1013, and its client resumes.
+    fn resume_close(&mut self, key: SessionKey, text: &str) {
+        let index = key.index as usize;
+        if self
+            .conns
+            .sessions
+            .get(index)
+            .is_some_and(|s| s.key == key && s.is_open())
+        {
+            self.server_close(index, 1013, text, CloseReason::Server);
+        }
+    }
+
+    fn slow_consumer(&mut self, key: SessionKey) {
         let index = key.index as usize;
         let Some(session) = self.conns.sessions.get(index) else {
             return;

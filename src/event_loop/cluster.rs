@@ -4,9 +4,14 @@
 //!
 //! Every function here is a no-op or the single-node path when
 //! `cluster.redis` is empty (`self.hub.cluster` is `None`).
+//!
+//! Pushes, relays and holds only deliver and park, through the
+//! [`Delivery`] parts; settling what the cluster confirmed opens sessions,
+//! answers requests and reads held input, which is the loop's.
 
 use serde_json::json;
 
+use super::deliver::Delivery;
 use super::EventLoop;
 use crate::audience::Audience;
 use crate::cluster::gate::{Outcome, Ticket};
@@ -21,7 +26,7 @@ const LOCAL_ONLY: &str = "cluster unavailable: delivered on this node only";
 /// What a session is told when its room's channel was not confirmed.
 const JOINED_LOCALLY: &str = "cluster unavailable: room joined on this node only";
 
-impl EventLoop {
+impl Delivery<'_> {
     /// A handle or hook push: here, and to the other nodes when the
     /// cluster is up. Returns the sessions addressed (cluster-wide).
     pub(super) fn push(&mut self, target: &Audience<String>, json: &[u8]) -> usize {
@@ -62,7 +67,7 @@ impl EventLoop {
             json,
             keep_alive,
         };
-        link.park(self.clock.now_ms, session.key, ticket, Vec::new(), what);
+        link.park(self.now_ms, session.key, ticket, Vec::new(), what);
         None
     }
 
@@ -103,7 +108,7 @@ impl EventLoop {
         };
         let pins = wait.into_iter().map(|(_, channel)| channel).collect();
         let what = Held::Upgrade(Box::new(parked));
-        link.park(self.clock.now_ms, session.key, ticket, pins, what);
+        link.park(self.now_ms, session.key, ticket, pins, what);
         true
     }
 
@@ -119,15 +124,30 @@ impl EventLoop {
         let Some(session) = self.conns.sessions.get_mut(index) else {
             return;
         };
-        link.park(
-            self.clock.now_ms,
-            session.key,
-            ticket,
-            vec![pin],
-            Held::Join,
-        );
+        link.park(self.now_ms, session.key, ticket, vec![pin], Held::Join);
     }
 
+    /// After a client message was delivered here: publish it for the
+    /// other nodes, or tell the sender it stayed on this node.
+    pub(super) fn relay_to_cluster(&mut self, index: usize, audience: Audience<&str>, json: &[u8]) {
+        let Some(link) = self.hub.cluster.as_mut() else {
+            return;
+        };
+        if !link.publish(audience, json) {
+            self.reply(index, &message::error_json(LOCAL_ONLY));
+        }
+    }
+
+    pub(super) fn push_local(&mut self, target: &Audience<String>, json: &[u8]) -> usize {
+        let min_bytes = self.setup.compression_min_bytes();
+        self.deliver(
+            target.as_deref(),
+            &mut Encoded::new(Kind::Text, json, min_bytes),
+        )
+    }
+}
+
+impl EventLoop {
     /// Acts on parked work the cluster confirmed or refused: opens the
     /// WebSocket or answers 503, lets a joined session go on, answers a
     /// REST push or membership change (acting on it here first when Redis
@@ -158,7 +178,8 @@ impl EventLoop {
                 }
                 (Held::Join, Outcome::Confirmed) => {}
                 (Held::Join, Outcome::Failed) => {
-                    self.reply(index, &message::error_json(JOINED_LOCALLY));
+                    self.delivery()
+                        .reply(index, &message::error_json(JOINED_LOCALLY));
                 }
                 (
                     Held::Push {
@@ -169,8 +190,8 @@ impl EventLoop {
                     Outcome::Confirmed,
                 ) => {
                     let local = match self.hub.remote {
-                        Some(_) => self.deliver_here(target.as_deref(), &json, true),
-                        None => self.push_local(&target, &json),
+                        Some(_) => self.delivery().deliver_here(target.as_deref(), &json, true),
+                        None => self.delivery().push_local(&target, &json),
                     };
                     let remote = self.hub.addressed_elsewhere(&target);
                     let response = Response::json(200, &json!({ "sent": local + remote }));
@@ -185,7 +206,7 @@ impl EventLoop {
                     },
                     Outcome::Confirmed,
                 ) => {
-                    let response = self.membership_settled(&user, &room, join);
+                    let response = self.delivery().membership_settled(&user, &room, join);
                     self.respond(index, &response, keep_alive);
                 }
                 (
@@ -196,20 +217,10 @@ impl EventLoop {
                     self.respond(index, &response, keep_alive);
                 }
             }
+            self.close_ended();
             self.release_held(index);
         }
         self.apply_actions();
-    }
-
-    /// After a client message was delivered here: publish it for the
-    /// other nodes, or tell the sender it stayed on this node.
-    pub(super) fn relay_to_cluster(&mut self, index: usize, audience: Audience<&str>, json: &[u8]) {
-        let Some(link) = self.hub.cluster.as_mut() else {
-            return;
-        };
-        if !link.publish(audience, json) {
-            self.reply(index, &message::error_json(LOCAL_ONLY));
-        }
     }
 
     pub(super) fn on_cluster(&mut self, event: Event) {
@@ -222,7 +233,7 @@ impl EventLoop {
         match event {
             Event::Deliver { target, json } => {
                 link.delivered(json.len());
-                self.push_local(&target, &json);
+                self.delivery().push_local(&target, &json);
             }
             Event::Kept {
                 target,
@@ -233,19 +244,23 @@ impl EventLoop {
                 token,
             } => {
                 link.delivered(json.len());
-                self.on_kept(&target, &json, &epoch, offset, own, token);
+                self.delivery()
+                    .on_kept(&target, &json, &epoch, offset, own, token);
             }
             Event::HistoryRead { id, result, bytes } => {
                 link.delivered(bytes);
-                self.on_history_read(id, result);
+                if let Some(index) = self.delivery().on_history_read(id, result) {
+                    self.close_ended();
+                    self.release_held(index);
+                }
             }
             Event::Membership { user, room, join } => {
-                self.cluster_membership(&user, &room, join);
+                self.delivery().cluster_membership(&user, &room, join);
             }
             Event::View(view) => {
                 let old = link.on_view(view);
                 self.publish_online();
-                self.presence_after_view(&old);
+                self.delivery().presence_after_view(&old);
             }
             Event::Link { side, state } => {
                 link.on_link(side, state);
@@ -257,14 +272,6 @@ impl EventLoop {
         self.settle_cluster();
     }
 
-    fn push_local(&mut self, target: &Audience<String>, json: &[u8]) -> usize {
-        let min_bytes = self.setup.compression_min_bytes();
-        self.deliver(
-            target.as_deref(),
-            &mut Encoded::new(Kind::Text, json, min_bytes),
-        )
-    }
-
     /// Stores the open-session count that `Handle::online_count` reads:
     /// cluster-wide while the cluster is up.
     pub(super) fn publish_online(&mut self) {
@@ -274,7 +281,7 @@ impl EventLoop {
     /// Presence, channel release: runs when the link's tick is due.
     pub(super) fn cluster_tick(&mut self) {
         if self.hub.cluster_tick(self.clock.now_ms) {
-            self.remote_tick();
+            self.delivery().remote_tick();
             self.settle_cluster();
         }
     }

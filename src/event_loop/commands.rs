@@ -29,7 +29,7 @@ impl EventLoop {
                 json,
                 reply,
             } => {
-                let sent = self.push(&target, &json);
+                let sent = self.delivery().push(&target, &json);
                 if let Some(reply) = reply {
                     let _ = reply.try_send(sent);
                 }
@@ -41,7 +41,7 @@ impl EventLoop {
                 join,
                 reply,
             } => {
-                let changed = self.handle_membership(&user, &room, join);
+                let changed = self.delivery().handle_membership(&user, &room, join);
                 if let Some(reply) = reply {
                     let _ = reply.try_send(changed);
                 }
@@ -52,6 +52,7 @@ impl EventLoop {
             Command::Shutdown => self.begin_shutdown(),
             Command::Cluster(event) => self.on_cluster(event),
         }
+        self.close_ended();
     }
 
     /// Runs what hooks asked for, after the event that ran them. An action

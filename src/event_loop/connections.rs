@@ -4,8 +4,8 @@
 //! one shared read buffer, which sessions owe their own client an answer
 //! this pass (`dirty`), which wait in the write backlog (`write/backlog.rs`)
 //! and which are written this turn, the sessions to resume reading, to
-//! reap at the end of the pass, or to close as slow consumers after a
-//! fan-out, and the count of open WebSocket sessions.
+//! reap at the end of the pass, or to close once the step that found them
+//! ends ([`Ending`]), and the count of open WebSocket sessions.
 //!
 //! A session's own state (phase, queues, deadlines, its rate buckets)
 //! lives in the session; this part only keeps the lists that point at
@@ -46,12 +46,25 @@ pub(super) struct Connections {
     trim: Trim,
     /// Sessions dropped at the end of this pass.
     reap: Vec<usize>,
-    /// Recipients a fan-out found unable to keep up, closed after it.
-    pub(super) slow: Vec<SessionKey>,
+    /// Sessions a delivery step ended (they take no more data), closed by
+    /// the close step when that step is over (`close.rs`).
+    pub(super) ending: Vec<(SessionKey, Ending)>,
     /// Paused sessions whose client has taken its responses: read on next pass.
     pub(super) resume: Vec<usize>,
     /// Upgraded sessions (chat, echo, event streams) not yet closing.
     pub(super) open_websockets: usize,
+}
+
+/// Why a delivery step ended a session. Closing runs hooks, presence and
+/// the cluster, so the step that delivers only asks for it; the session
+/// takes no more data meanwhile (`Session::queue`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Ending {
+    /// Its queue was full: a slow consumer (1013; an event stream ends).
+    SlowConsumer,
+    /// It missed a message it cannot be told of: closed with 1013 and this
+    /// text, so its client resumes.
+    Resume(&'static str),
 }
 
 impl Connections {
@@ -65,9 +78,17 @@ impl Connections {
             turn: Vec::with_capacity(WRITE_BUDGET),
             trim: Trim::default(),
             reap: Vec::new(),
-            slow: Vec::new(),
+            ending: Vec::new(),
             resume: Vec::new(),
             open_websockets: 0,
+        }
+    }
+
+    /// Ends `index`'s data now and asks the close step to close it.
+    pub(super) fn end(&mut self, index: usize, why: Ending) {
+        if let Some(session) = self.sessions.get_mut(index) {
+            session.end_data();
+            self.ending.push((session.key, why));
         }
     }
 

@@ -3,7 +3,16 @@
 //! recipient and no socket write: the frame is built once (plain,
 //! compressed once, or as a Server-Sent Event) and shared,
 //! and the recipients join the write backlog. A recipient that cannot keep
-//! up is closed (1013; an event stream's response ends).
+//! up takes no more data and is closed (1013; an event stream's response
+//! ends) by the close step once this one is over ([`Ending`]).
+//!
+//! [`Delivery`] is the view every delivering step works through (this file,
+//! `resume.rs`, `stream.rs`, `remote.rs`, `remote_stream.rs`, the
+//! membership and presence of `rooms.rs`, the pushes and holds of
+//! `cluster.rs`): connections, hub, setup and metrics, the loop clock's
+//! time and whether a shutdown began. It cannot run a hook, close a
+//! session, or touch admission, the poll or the wheel: the compiler
+//! holds these steps to that.
 //!
 //! With history on, each delivery is also appended once to its audience's
 //! stream; sessions that asked to recover get that stamped form (with
@@ -12,8 +21,9 @@
 //! stamped form too, as one event whose `id:` is the message's resume
 //! token (`stream.rs`), also built once.
 
-use super::connections::Connections;
+use super::connections::{Connections, Ending};
 use super::hub::Hub;
+use super::setup::Setup;
 use super::EventLoop;
 use crate::audience::{Audience, SessionKey};
 use crate::deflate::{Codec, Encoded};
@@ -21,6 +31,7 @@ use crate::frame::{Kind, Wire};
 use crate::history::remote::Remote;
 use crate::history::StreamRef;
 use crate::metrics::Metrics;
+use crate::outbound::Overflow;
 use crate::session::{Rules, Session};
 
 /// One recipient of a fan-out, as its choice of frame sees it.
@@ -43,7 +54,39 @@ pub(super) enum Pick {
     Skip,
 }
 
+/// The parts a delivery touches, borrowed from the loop for one step
+/// ([`EventLoop::delivery`]).
+pub(super) struct Delivery<'a> {
+    /// The sessions, their queues and the write backlog; sessions to end.
+    pub(super) conns: &'a mut Connections,
+    /// The router, history, the cluster link, webhooks, the codec.
+    pub(super) hub: &'a mut Hub,
+    /// The queue bounds and the config.
+    pub(super) setup: &'a Setup,
+    /// The counters.
+    pub(super) metrics: &'a mut Metrics,
+    /// The loop clock, this pass.
+    pub(super) now_ms: u64,
+    /// A shutdown began: presence is quiet.
+    pub(super) shutting_down: bool,
+}
+
 impl EventLoop {
+    /// The delivering parts, for one step. What it ended, the close step
+    /// closes (`EventLoop::close_ended`).
+    pub(super) fn delivery(&mut self) -> Delivery<'_> {
+        Delivery {
+            conns: &mut self.conns,
+            hub: &mut self.hub,
+            setup: &self.setup,
+            metrics: &mut self.metrics,
+            now_ms: self.clock.now_ms,
+            shutting_down: self.life.shutting_down(),
+        }
+    }
+}
+
+impl Delivery<'_> {
     /// Queues the same bytes to every session of the audience; returns how
     /// many sessions got them. No allocation or JSON work per recipient.
     /// Each recipient gets the plain frame or the compressed one for its
@@ -51,7 +94,7 @@ impl EventLoop {
     /// writes happen later, from the backlog (a recipient already waiting
     /// there takes this frame with the earlier ones).
     pub(super) fn deliver(&mut self, audience: Audience<&str>, message: &mut Encoded<'_>) -> usize {
-        let now = self.clock.now_ms;
+        let now = self.now_ms;
         let appended = self
             .hub
             .history
@@ -99,26 +142,22 @@ impl EventLoop {
 
     /// The one fan-out: `pick` chooses each recipient's frame (built once
     /// per form and shared), which is queued and the recipient put in the
-    /// write backlog; recipients that cannot keep up are closed after the
-    /// walk. Returns (addressed, queued); `broadcast` counts one broadcast.
+    /// write backlog; recipients that cannot keep up are ended. Returns
+    /// (addressed, queued); `broadcast` counts one broadcast.
     pub(super) fn fan_out_with(
         &mut self,
         audience: Audience<&str>,
         broadcast: bool,
         pick: impl FnMut(Recipient<'_>) -> Pick,
     ) -> (usize, u64) {
-        let counts = walk(
-            &mut self.conns,
-            &mut self.hub,
+        walk(
+            self.conns,
+            self.hub,
             &self.setup.rules,
-            &mut self.metrics,
+            self.metrics,
             (audience, broadcast),
             pick,
-        );
-        for key in std::mem::take(&mut self.conns.slow) {
-            self.slow_consumer(key);
-        }
-        counts
+        )
     }
 
     pub(super) fn reply(&mut self, index: usize, json: &[u8]) {
@@ -141,26 +180,26 @@ impl EventLoop {
         self.queue_data(index, wire);
     }
 
-    /// Queues one data frame to one session, closing it if it cannot keep up.
+    /// Queues one data frame to one session, ending it if it cannot keep up.
     fn queue_data(&mut self, index: usize, wire: Wire) {
         let Some(session) = self.conns.sessions.get_mut(index) else {
             return;
         };
-        let key = session.key;
         match session.queue(wire, &self.setup.rules, &mut self.metrics.bytes_out) {
             Ok(()) => {
                 self.metrics.messages_out += 1;
                 self.conns.mark_dirty(index);
             }
-            Err(_) => self.slow_consumer(key),
+            Err(Overflow::Ending) => {}
+            Err(_) => self.conns.end(index, Ending::SlowConsumer),
         }
     }
 }
 
 /// The walk of a fan-out, borrowing exactly what it touches: the router,
 /// the codec and the reads waiting for Redis (hub), the sessions, the
-/// backlog and the slow list (connections), the queue bounds and the
-/// counters. No socket is written and nothing is closed here.
+/// backlog and the sessions to end (connections), the queue bounds and
+/// the counters. No socket is written and nothing is closed here.
 fn walk(
     conns: &mut Connections,
     hub: &mut Hub,
@@ -171,7 +210,7 @@ fn walk(
 ) -> (usize, u64) {
     let sessions = &mut conns.sessions;
     let backlog = &mut conns.backlog;
-    let slow = &mut conns.slow;
+    let ending = &mut conns.ending;
     let codec = &mut hub.codec;
     let bytes_out = &mut metrics.bytes_out;
     let remote = hub.remote.as_ref();
@@ -203,7 +242,10 @@ fn walk(
                 queued += 1;
                 backlog.insert(key.index as usize);
             }
-            Err(_) => slow.push(key),
+            // Already ending: the close step was asked once.
+            Err(Overflow::Ending) => {}
+            // `queue` ended the session's data: it takes nothing more.
+            Err(_) => ending.push((key, Ending::SlowConsumer)),
         }
     });
     metrics.messages_out += queued;

@@ -2,7 +2,7 @@
 //! requests go to `rest` (or the hooks), upgrades open a WebSocket, frames
 //! go to the router (chat) or back (echo); what they produce is queued for
 //! the write step: an answer to the session itself, or a fan-out through
-//! [`EventLoop::deliver`].
+//! `Delivery::deliver` (`deliver.rs`).
 
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
@@ -43,6 +43,9 @@ impl EventLoop {
                 Next::Unit(consumed, unit) => {
                     at += consumed;
                     self.on_unit(index, unit);
+                    // What the unit's deliveries ended closes before the next
+                    // unit is read (the session read may be one of them).
+                    self.close_ended();
                 }
                 Next::Incomplete | Next::Paused => return at,
                 Next::Discard => return buf.len(),
@@ -121,12 +124,14 @@ impl EventLoop {
                 self.respond(index, &response, keep_alive);
             }
             Outcome::Push { target, json } => {
-                if let Some(response) = self.rest_push(index, target, json, keep_alive) {
+                if let Some(response) = self.delivery().rest_push(index, target, json, keep_alive) {
                     self.respond(index, &response, keep_alive);
                 }
             }
             Outcome::Membership { user, room, join } => {
-                if let Some(response) = self.rest_membership(index, (user, room, join), keep_alive)
+                if let Some(response) =
+                    self.delivery()
+                        .rest_membership(index, (user, room, join), keep_alive)
                 {
                     self.respond(index, &response, keep_alive);
                 }
@@ -158,7 +163,7 @@ impl EventLoop {
         if upgrade
             .as_ref()
             .is_some_and(|u| u.endpoint != Endpoint::Echo)
-            && self.hold_upgrade(index, &mut upgrade)
+            && self.delivery().hold_upgrade(index, &mut upgrade)
         {
             // Answered once the user's (and an event stream's rooms')
             // channels are subscribed (cluster.rs).
@@ -229,7 +234,8 @@ impl EventLoop {
                     self.hub.router.online_count()
                 );
                 if let Some(since) = upgrade.resume.take() {
-                    self.resume_session(index, user.as_deref(), *since);
+                    self.delivery()
+                        .resume_session(index, user.as_deref(), *since);
                 }
             }
             Endpoint::Echo => self.metrics.open_echo += 1,
@@ -242,7 +248,8 @@ impl EventLoop {
             session.grant(grants);
         }
         if upgrade.endpoint == Endpoint::Sse {
-            self.open_stream(index, stream.last_event_id.as_deref());
+            self.delivery()
+                .open_stream(index, stream.last_event_id.as_deref());
         }
         self.conns.mark_dirty(index);
         self.rearm_open(index);
@@ -262,7 +269,7 @@ impl EventLoop {
         let refused = |reason: &str| message::error_json(reason);
         let max = self.setup.config.websocket.max_id_bytes;
         if let Err(e) = ids::check_fields([("room", Some(room))], max) {
-            return self.reply(index, &refused(&e.to_string()));
+            return self.delivery().reply(index, &refused(&e.to_string()));
         }
         let info = SessionInfo {
             key,
@@ -274,8 +281,13 @@ impl EventLoop {
             return;
         }
         match self.hub.router.join(key, user.as_deref(), room) {
-            Ok(change) => self.member_changed(key, user.as_deref(), room, true, change, false),
-            Err(JoinError::TooManyRooms) => self.reply(index, &refused("too many rooms")),
+            Ok(change) => {
+                self.delivery()
+                    .member_changed(key, user.as_deref(), room, true, change, false)
+            }
+            Err(JoinError::TooManyRooms) => {
+                self.delivery().reply(index, &refused("too many rooms"))
+            }
         }
     }
 
@@ -364,15 +376,16 @@ impl EventLoop {
         if over == OverRate::Bytes {
             self.metrics.byte_limited_messages += 1;
         }
-        self.reply(index, &message::error_json("rate limit exceeded"));
+        self.delivery()
+            .reply(index, &message::error_json("rate limit exceeded"));
     }
 
     /// A data message within the limits: echoed, routed, or refused.
     fn on_data(&mut self, sender: &Sender, kind: Kind, bytes: &[u8]) {
         match kind {
-            _ if sender.echo => self.queue_message(sender.index, kind, bytes),
+            _ if sender.echo => self.delivery().queue_message(sender.index, kind, bytes),
             Kind::Text => self.on_chat_message(sender, bytes),
-            _ => self.reply(
+            _ => self.delivery().reply(
                 sender.index,
                 &message::error_json("binary messages are not supported"),
             ),
@@ -391,7 +404,11 @@ impl EventLoop {
         } = *sender;
         let message = match message::parse_limited(bytes, max_depth) {
             Ok(message) => message,
-            Err(e) => return self.reply(index, &message::error_json(&e.to_string())),
+            Err(e) => {
+                return self
+                    .delivery()
+                    .reply(index, &message::error_json(&e.to_string()))
+            }
         };
         let info = SessionInfo {
             key,
@@ -406,23 +423,31 @@ impl EventLoop {
             return self.apply_actions();
         }
         match self.hub.router.route(key, user.as_deref(), &message) {
-            Route::Reply(json) => self.reply(index, &json),
+            Route::Reply(json) => self.delivery().reply(index, &json),
             Route::Done(change) => {
                 if let Some(room) = message.room() {
                     let joined = message.kind == "join";
-                    self.member_changed(key, user.as_deref(), room, joined, change, true);
+                    self.delivery().member_changed(
+                        key,
+                        user.as_deref(),
+                        room,
+                        joined,
+                        change,
+                        true,
+                    );
                 }
                 if let ("join", Some(room)) = (&*message.kind, message.room()) {
-                    self.joined(index, room, message.since);
+                    self.delivery().joined(index, room, message.since);
                 }
             }
             Route::Deliver(audience, json) => {
                 let min_bytes = self.setup.compression_min_bytes();
                 if self.hub.remote.is_some() {
-                    self.relay_kept(index, audience, &json);
+                    self.delivery().relay_kept(index, audience, &json);
                 } else {
-                    self.deliver(audience, &mut Encoded::new(Kind::Text, &json, min_bytes));
-                    self.relay_to_cluster(index, audience, &json);
+                    self.delivery()
+                        .deliver(audience, &mut Encoded::new(Kind::Text, &json, min_bytes));
+                    self.delivery().relay_to_cluster(index, audience, &json);
                 }
             }
         }

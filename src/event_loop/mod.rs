@@ -6,37 +6,48 @@
 //! | setup | `setup.rs` | what the server started with: config, session rules, mode, JWT verifier (read-only) |
 //! | clock | `clock.rs` | the loop clock (`now_ms`), the timer wheel, the sessions due this pass |
 //! | admission | `admission.rs` | the listener and its back-off, `max_http_connections` and the idle pre-upgrade list, client addresses and `max_connections_per_ip`, the TLS handshake budget, the TLS config |
-//! | connections | `connections.rs` | the session slab (each session with its own rate buckets), the shared read buffer, the lists of sessions to write (dirty, backlog, turn), to resume, to reap, slow consumers, the open count |
+//! | connections | `connections.rs` | the session slab (each session with its own rate buckets), the shared read buffer, the lists of sessions to write (dirty, backlog, turn), to resume, to reap, to close once a delivering step is over (ended), the open count |
 //! | hub | `hub.rs` | router, rooms and presence, history, stream marks, reads waiting for Redis, the cluster link, webhooks, the codec and heartbeat |
 //! | lifecycle | `lifecycle.rs` | the handles' inbox, what they read without asking, signals, the shutdown deadline |
 //!
 //! [`EventLoop`] ties them with the poll, the metrics and the hooks. A
-//! method that touches one part lives on that part; a step that joins
-//! parts is an `impl EventLoop` method in its step file, or a function
-//! that takes the parts it touches (e.g. the fan-out walk in `deliver.rs`
-//! takes `&mut Connections, &mut Hub`), so what each step may touch shows
-//! in its signature. Each step of a pass has its file:
+//! method that touches one part lives on that part. The steps of a pass
+//! are of two kinds, and the compiler holds each to its kind:
+//!
+//! - **Delivering steps** work through [`Delivery`](deliver::Delivery): the
+//!   connections, the hub, the setup and the metrics, with the pass's time
+//!   and whether a shutdown began as values. They queue frames, read and
+//!   write history, park work for the cluster, and change membership; they
+//!   cannot run a hook, close a session, or touch admission, the poll or
+//!   the wheel. A session they cannot serve they *end*
+//!   ([`Ending`](connections::Ending)): it takes no more data at once, so
+//!   its client never gets a message after one it missed, and the close
+//!   step closes it when the step that ended it is over.
+//! - **The loop's steps** (`impl EventLoop`) read sockets, run hooks,
+//!   apply what a session or a part reported, and close sessions. Closing
+//!   one runs `on_disconnect`, presence and the cluster, so these borrow the
+//!   whole loop; each lists below the parts it touches.
 //!
 //! | step | file | what it does | parts |
 //! | --- | --- | --- | --- |
 //! | poll | `mod.rs` | waits for readiness, at most until the next deadline | all (deadlines) |
-//! | read | `read.rs` | drains ready sockets through their sessions | connections, hub (held sessions) |
-//! | (handshakes) | `handshakes.rs` | TLS handshake reads: a budget per pass, the rest wait in order | admission, connections |
-//! | dispatch | `dispatch.rs` | acts on each complete unit: REST, upgrade, frames → rate limits → router → queues | all but lifecycle |
-//! | deliver | `deliver.rs` | queues a frame built once to one session or an audience; the fan-out walk | connections, hub |
-//! | (resume) | `resume.rs` | with history on: welcome, replay and `recovered` at upgrade and join | connections, hub |
-//! | (resume) | `remote.rs` | with history on in a cluster: positions from Redis, resume reads | connections, hub |
-//! | (resume) | `stream.rs` | with history on: an event stream's `id:` tokens, and its resume at open | connections, hub |
-//! | (resume) | `remote_stream.rs` | with history on in a cluster: an event stream's resume at open, read from Redis | connections, hub |
-//! | accept | `accept.rs` | takes new connections, evicts an idle one at `max_http_connections` | admission, connections, clock |
-//! | clients | `clients.rs` | who is behind a connection (proxies, PROXY header) and `max_connections_per_ip` | admission, connections |
-//! | commands | `commands.rs` | handle commands (bounded per pass), hook actions, signals, shutdown | lifecycle, then any |
-//! | timers | `timers.rs` | applies what each due session timer found; history expiry | clock, connections, hub |
-//! | cluster | `cluster.rs` | pushes and messages to and from the other nodes, sessions held for Redis | hub, connections |
-//! | rooms | `rooms.rs` | who may join, server-side membership, presence events | hub, connections |
+//! | read | `read.rs` | drains ready sockets through their sessions | loop: connections, hub (held sessions), then dispatch |
+//! | (handshakes) | `handshakes.rs` | TLS handshake reads: a budget per pass, the rest wait in order | loop: admission, connections, then read |
+//! | dispatch | `dispatch.rs` | acts on each complete unit: REST, upgrade, frames → rate limits → hooks → router → delivery | loop: all but lifecycle's inbox |
+//! | deliver | `deliver.rs` | queues a frame built once to one session or an audience; the fan-out walk | `Delivery` |
+//! | (resume) | `resume.rs` | with history on: welcome, replay and `recovered` at upgrade and join | `Delivery` |
+//! | (resume) | `remote.rs` | with history on in a cluster: positions from Redis, resume reads | `Delivery` |
+//! | (resume) | `stream.rs` | with history on: an event stream's `id:` tokens, and its resume at open | `Delivery` |
+//! | (resume) | `remote_stream.rs` | with history on in a cluster: an event stream's resume at open, read from Redis | `Delivery` |
+//! | rooms | `rooms.rs` | membership (REST, handle, other nodes), presence events | `Delivery`; the join check runs `on_join`: loop |
+//! | cluster | `cluster.rs` | pushes and client messages to the other nodes, holds | `Delivery`; settling what Redis confirmed and messages from it: loop |
+//! | accept | `accept.rs` | takes new connections, evicts an idle one at `max_http_connections` | loop: admission, connections, clock, poll |
+//! | clients | `clients.rs` | who is behind a connection (proxies, PROXY header) and `max_connections_per_ip` | loop: admission, connections |
+//! | commands | `commands.rs` | handle commands (bounded per pass), hook actions, signals, shutdown | loop: lifecycle, then any |
+//! | timers | `timers.rs` | applies what each due session timer found; history expiry | loop: clock, connections, hub |
 //! | webhooks | `webhooks.rs` | presence changes for the backend (`impl Hub`) | hub |
-//! | write | `write/` | answers first, then a bounded share of the fan-out backlog | connections, then admission, clock |
-//! | close | `close.rs` | leaving the indexes, closing handshakes, reaping | all |
+//! | write | `write/` | answers first, then a bounded share of the fan-out backlog | loop: connections, then admission, clock |
+//! | close | `close.rs` | closes what delivering steps ended; leaving the indexes, closing handshakes, reaping | loop: all |
 //!
 //! A [`Session`](crate::session::Session) makes its own phase changes and reports them as values;
 //! these files apply the reports to the parts (router, poll registration,
@@ -243,9 +254,11 @@ impl EventLoop {
             self.cluster_tick();
             // Disconnect hooks run wherever a session closes (a peer's Close,
             // a timer, a handle command): what they asked for applies here.
+            self.close_ended();
             self.apply_actions();
             // write, close
             self.write_pass();
+            self.close_ended();
             self.reap_closed();
             self.metrics.iteration(pass_start.elapsed());
             if self.finished() {

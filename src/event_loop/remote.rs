@@ -23,21 +23,20 @@ use std::rc::Rc;
 
 use serde_json::value::RawValue;
 
-use super::deliver::Pick;
-use super::EventLoop;
+use super::connections::Ending;
+use super::deliver::{Delivery, Pick};
 use crate::audience::Audience;
 use crate::cluster::history::{ReadFor, ReadResult, ReadStream, StreamRead};
 use crate::deflate::Encoded;
 use crate::frame::{self, Kind as FrameKind};
 use crate::history::position::{self, Epoch, Kind, Outcome, Position, Since};
 use crate::history::remote::{Pending, Wanted, UNKNOWN_EPOCH};
-use crate::hooks::CloseReason;
 use crate::message;
 
 /// What a client is told when its message reached this node only.
 const LOCAL_ONLY: &str = "cluster unavailable: delivered on this node only";
 
-impl EventLoop {
+impl Delivery<'_> {
     /// A handle or hook push with history in Redis: published first, so
     /// the sessions here that recover wait for it to come back with its
     /// position (down: everyone here gets it plain).
@@ -116,7 +115,8 @@ impl EventLoop {
             remote.stats.gap_closes += gapped.len() as u64;
         }
         for index in gapped {
-            self.server_close(index, 1013, "missed a message, resume", CloseReason::Server);
+            self.conns
+                .end(index, Ending::Resume("missed a message, resume"));
         }
     }
 
@@ -263,7 +263,7 @@ impl EventLoop {
         wanted: Wanted,
         reads: ReadFor,
     ) {
-        let now = self.clock.now_ms;
+        let now = self.now_ms;
         let id = self
             .hub
             .cluster
@@ -282,10 +282,11 @@ impl EventLoop {
     }
 
     /// A read's answer, right after every live message it covers.
-    pub(super) fn on_history_read(&mut self, id: u64, result: ReadResult) {
-        let Some(pending) = self.hub.remote.as_mut().and_then(|r| r.take(id)) else {
-            return;
-        };
+    /// Returns the session whose hold ends (once what this ended is
+    /// closed, its input is read again: `EventLoop::release_held`).
+    #[must_use = "the session's hold ends: its input must be read again"]
+    pub(super) fn on_history_read(&mut self, id: u64, result: ReadResult) -> Option<usize> {
+        let pending = self.hub.remote.as_mut().and_then(|r| r.take(id))?;
         let index = pending.key.index as usize;
         if !self
             .conns
@@ -293,7 +294,7 @@ impl EventLoop {
             .get(index)
             .is_some_and(|s| s.key == pending.key && s.is_open())
         {
-            return;
+            return None;
         }
         match result {
             Ok(answer) => match pending.wanted {
@@ -304,12 +305,12 @@ impl EventLoop {
             },
             Err(why) => self.read_failed(&pending, &why),
         }
-        self.release_held(index);
+        Some(index)
     }
 
     /// Reads that did not answer in time close their sessions.
     pub(super) fn remote_tick(&mut self) {
-        let now = self.clock.now_ms;
+        let now = self.now_ms;
         let Some(remote) = self.hub.remote.as_mut() else {
             return;
         };
@@ -319,7 +320,8 @@ impl EventLoop {
     }
 
     /// The session missed live messages while its read waited and cannot
-    /// be told which: it is closed (1013) and its client resumes again.
+    /// be told which: it is ended, then closed (1013), and its client
+    /// resumes again.
     fn read_failed(&mut self, pending: &Pending, why: &str) {
         if let Some(remote) = self.hub.remote.as_mut() {
             remote.stats.reads_failed += 1;
@@ -334,7 +336,7 @@ impl EventLoop {
             return;
         }
         log::warn!("session {index}: history read failed ({why}); closing with 1013");
-        self.server_close(index, 1013, "history unavailable", CloseReason::Server);
+        self.conns.end(index, Ending::Resume("history unavailable"));
     }
 
     /// Welcome, replay and `recovered` for what was asked; `reads` `None`:

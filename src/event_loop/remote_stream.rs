@@ -26,10 +26,10 @@ use crate::frame::Wire;
 use crate::history::remote::{Wanted, UNKNOWN_EPOCH};
 use crate::sse;
 
+use super::deliver::Delivery;
 use super::stream::Replay;
-use super::EventLoop;
 
-impl EventLoop {
+impl Delivery<'_> {
     /// A stream just opened (its rooms joined) with history in Redis: ask
     /// for the current token and, with `last_event_id`, what it missed.
     pub(super) fn open_stream_remote(&mut self, index: usize, last_event_id: Option<&str>) {

@@ -12,18 +12,18 @@
 
 use serde_json::value::RawValue;
 
-use super::EventLoop;
+use super::deliver::Delivery;
 use crate::history::position::{self, Kind, Outcome, Position, Since};
 use crate::history::StreamRef;
 
-impl EventLoop {
+impl Delivery<'_> {
     /// After a chat upgrade that asked to recover: welcome, replay,
     /// `recovered` (only when `since` named a stream).
     pub(super) fn resume_session(&mut self, index: usize, user: Option<&str>, since: Since) {
         if self.hub.remote.is_some() {
             return self.resume_remote(index, user, since);
         }
-        let now = self.clock.now_ms;
+        let now = self.now_ms;
         let Some(history) = self.hub.history.as_mut() else {
             return;
         };
@@ -58,7 +58,7 @@ impl EventLoop {
         if self.hub.remote.is_some() {
             return self.joined_remote(index, room, since);
         }
-        let now = self.clock.now_ms;
+        let now = self.now_ms;
         let Some(history) = self.hub.history.as_mut() else {
             return;
         };
@@ -93,7 +93,7 @@ impl EventLoop {
         stream: StreamRef<'_>,
         since: Option<&Position>,
     ) -> Outcome {
-        let now = self.clock.now_ms;
+        let now = self.now_ms;
         let Some(history) = self.hub.history.as_mut() else {
             return Outcome::FAILED;
         };

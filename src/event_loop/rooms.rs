@@ -4,12 +4,17 @@
 //!
 //! With `rooms.join: open`, no hook and `rooms.presence: false`, a join
 //! costs what it did before: one hook call that allows, no allocation.
+//!
+//! The join check runs the `on_join` hook, so it is the loop's
+//! (`impl EventLoop`); membership and presence only deliver, so they work
+//! through the [`Delivery`] parts.
 
 use std::rc::Rc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::json;
 
+use super::deliver::Delivery;
 use super::EventLoop;
 use crate::audience::{Audience, SessionKey};
 use crate::cluster::view::View;
@@ -76,11 +81,13 @@ impl EventLoop {
             admitted && self.hooks.on_join(info, room, &mut self.actions) == Admission::Allow;
         if !allowed {
             self.metrics.joins_refused += 1;
-            self.reply(index, &rooms::refused(room));
+            self.delivery().reply(index, &rooms::refused(room));
         }
         allowed
     }
+}
 
+impl Delivery<'_> {
     /// A session of `user` joined (`joined`) or left `room` with `change`:
     /// the cluster's channels and presence follow, and so do the events.
     /// With `hold`, a joining session's next message waits until the
@@ -112,7 +119,7 @@ impl EventLoop {
                 _ => {}
             }
         }
-        self.hub.webhook_room(room, change, self.clock.now_ms);
+        self.hub.webhook_room(room, change, self.now_ms);
         let event = if joined { Event::Joined } else { Event::Left };
         self.presence(Some(key), user, room, event);
     }
@@ -124,10 +131,7 @@ impl EventLoop {
         let Some(user) = user else {
             return;
         };
-        if !self
-            .hub
-            .presence_due(key, user, room, self.life.shutting_down())
-        {
+        if !self.hub.presence_due(key, user, room, self.shutting_down) {
             return;
         }
         let json = event.json(room, user);
@@ -162,7 +166,7 @@ impl EventLoop {
     /// `POST /api/ws/join` / `leave`: every session of `user` here, and the
     /// other nodes asked to do the same. In a cluster the answer waits
     /// until Redis took the change (`None`: parked, see
-    /// [`EventLoop::membership_settled`]); 503 if it cannot be published,
+    /// [`Delivery::membership_settled`]); 503 if it cannot be published,
     /// and then nothing changes here either (so a retry does not act twice
     /// here only).
     pub(super) fn rest_membership(
@@ -186,7 +190,7 @@ impl EventLoop {
             join,
             keep_alive,
         };
-        link.park(self.clock.now_ms, session.key, ticket, Vec::new(), what);
+        link.park(self.now_ms, session.key, ticket, Vec::new(), what);
         None
     }
 
@@ -261,7 +265,7 @@ impl EventLoop {
     /// out of rooms with members here get `left` (each node tells its own
     /// members, so nothing is published).
     pub(super) fn presence_after_view(&mut self, old: &View) {
-        if !self.hub.rooms.presence() || self.life.shutdown_deadline_ms.is_some() {
+        if !self.hub.rooms.presence() || self.shutting_down {
             return;
         }
         let Some(view) = self.hub.cluster.as_ref().and_then(|link| link.view()) else {

@@ -8,15 +8,17 @@
 //! All of it is queued in the pass that opens the stream, before any later
 //! delivery can reach it.
 
-use super::EventLoop;
+use super::connections::Ending;
+use super::deliver::Delivery;
 use crate::frame::Wire;
 use crate::history::position::{Outcome, Position};
 use crate::history::StreamRef;
+use crate::outbound::Overflow;
 use crate::session::{Rules, Session};
 use crate::sse::marks::Since;
 use crate::sse::{self};
 
-impl EventLoop {
+impl Delivery<'_> {
     /// A stream just opened (its rooms joined): with history on, resume
     /// from `last_event_id` if given, then hand out the current token.
     pub(super) fn open_stream(&mut self, index: usize, last_event_id: Option<&str>) {
@@ -36,7 +38,7 @@ impl EventLoop {
     /// Replays what the stream's client missed since `token`, all of a
     /// stream or none of it; names the others in one `event: reset`.
     fn resume_stream(&mut self, index: usize, token: &str) {
-        let now = self.clock.now_ms;
+        let now = self.now_ms;
         let (Some(marks), Some(history), Some(session)) = (
             self.hub.sse_marks.as_ref(),
             self.hub.history.as_mut(),
@@ -107,12 +109,9 @@ impl EventLoop {
         let Some(session) = self.conns.sessions.get_mut(index) else {
             return;
         };
-        let key = session.key;
-        if session
-            .queue(event, &self.setup.rules, &mut self.metrics.bytes_out)
-            .is_err()
-        {
-            self.slow_consumer(key);
+        match session.queue(event, &self.setup.rules, &mut self.metrics.bytes_out) {
+            Ok(()) | Err(Overflow::Ending) => {}
+            Err(_) => self.conns.end(index, Ending::SlowConsumer),
         }
         self.conns.mark_dirty(index);
     }

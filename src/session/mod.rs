@@ -260,6 +260,9 @@ pub(crate) struct Session<S = TcpStream> {
     /// An event stream: messages go out as events, and it ends without a
     /// Close frame (kept through `Closing`, unlike the phase).
     sse: bool,
+    /// Takes no more data frames: one did not fit, or it missed one, and
+    /// the loop closes it at the end of the step (see [`Session::queue`]).
+    ending: bool,
     /// The loop's bookkeeping: the session's one wheel timer and its deadline.
     pub timer: Option<(TimerId, u64)>,
     /// The loop's bookkeeping: already in this pass's list of answers to write.
@@ -303,6 +306,7 @@ impl<S: Socket> Session<S> {
             counted_http: true,
             requests: 0,
             sse: false,
+            ending: false,
             timer: None,
             dirty: false,
             handshake_waiting: false,
@@ -428,7 +432,8 @@ impl<S: Socket> Session<S> {
     /// Whether `count` more data frames of `bytes` in all fit the queue's
     /// bounds (a replay is queued whole or not at all).
     pub(crate) fn has_room(&self, count: usize, bytes: usize, rules: &Rules) -> bool {
-        self.out.queued_messages() + count <= rules.message_buffer_size
+        !self.ending
+            && self.out.queued_messages() + count <= rules.message_buffer_size
             && (count == 0 || self.out.queued_bytes() + bytes <= rules.max_buffered_bytes)
     }
 

@@ -48,12 +48,19 @@ impl<S: Socket> Session<S> {
     /// 300 broadcasts pipelined into one pass (default bounds; see the
     /// event loop's module doc). What that early write sent is added to
     /// `bytes_out`.
+    ///
+    /// A frame that still does not fit ends the session's data: it refuses
+    /// every later one ([`Overflow::Ending`]) until the loop closes it, so
+    /// its client never gets a message after one it missed.
     pub(crate) fn queue(
         &mut self,
         frame: Wire,
         rules: &Rules,
         bytes_out: &mut u64,
     ) -> Result<(), Overflow> {
+        if self.ending {
+            return Err(Overflow::Ending);
+        }
         let (max_messages, max_bytes) = (rules.message_buffer_size, rules.max_buffered_bytes);
         if self
             .out
@@ -67,7 +74,15 @@ impl<S: Socket> Session<S> {
         if let Ok((_, written)) = self.flush() {
             *bytes_out += written as u64;
         }
-        self.out.push_data(frame, max_messages, max_bytes)
+        let queued = self.out.push_data(frame, max_messages, max_bytes);
+        self.ending |= queued.is_err();
+        queued
+    }
+
+    /// The session takes no more data frames (it is about to be closed:
+    /// see [`Session::queue`]); answers and its Close still go out.
+    pub(crate) fn end_data(&mut self) {
+        self.ending = true;
     }
 
     /// Queues a Pong (ahead of data; only the most recent ones are kept).

@@ -720,3 +720,46 @@ fn an_event_stream_discards_input_beats_with_comments_and_ends_without_a_close_f
         AfterWrite::Finished
     ));
 }
+
+#[test]
+fn a_session_whose_queue_overflowed_takes_no_more_data_until_closed() {
+    // A recipient that missed a frame must not get a later one (its client
+    // would resume after the one it missed): the loop closes it when the
+    // delivering step is over, and meanwhile every data frame is refused,
+    // even one that would fit again.
+    let mut session = open_echo(MockStream::default());
+    session.socket_mut().capacity = Some(0);
+    let rules = rules();
+    let frame: Wire = crate::frame::encode(Kind::Text, b"x");
+    let mut bytes_out = 0;
+    // The first frame waits in flight, `message_buffer_size` behind it.
+    for _ in 0..=rules.message_buffer_size {
+        session
+            .queue(frame.clone(), &rules, &mut bytes_out)
+            .unwrap();
+    }
+    assert_eq!(
+        session.queue(frame.clone(), &rules, &mut bytes_out),
+        Err(Overflow::Messages)
+    );
+    // The socket takes everything now: there would be room again.
+    session.socket_mut().capacity = None;
+    let _ = session.write(100, &rules);
+    assert_eq!(session.out().queued_messages(), 0);
+    assert_eq!(
+        session.queue(frame.clone(), &rules, &mut bytes_out),
+        Err(Overflow::Ending)
+    );
+    assert!(!session.has_room(1, 1, &rules), "a replay is refused too");
+    // Its Close still goes out.
+    let _ = session.close(1013, "slow consumer", 1_000);
+    assert!(!session.out().is_empty());
+
+    // Ended without an overflow (it missed a message another way).
+    let mut session = open_echo(MockStream::default());
+    session.end_data();
+    assert_eq!(
+        session.queue(frame, &rules, &mut bytes_out),
+        Err(Overflow::Ending)
+    );
+}
