@@ -182,8 +182,8 @@ pub struct Config {
     /// so that the server builds from it rather than reading them again
     /// (docs/embedding.md, "When the files are read"). Empty in a config
     /// made in code or by [`Config::from_yaml_str`]; `==` ignores it.
-    /// Public because a private field would forbid `Config { app,
-    /// ..Config::default() }` outside this crate.
+    // Public because a private field would forbid `Config { app,
+    // ..Config::default() }` outside this crate.
     pub files: Files,
 }
 
