@@ -71,7 +71,7 @@
 //! | `server` | [`Server`]: bind, handles, hooks, signals, `run` |
 //! | `startup` | [`Config::load`]: `config.yaml`, then the files it names (TLS pair, JWT key), checked by building their runtime objects; the server builds them again from the bytes read |
 //! | `files` | what a config's files held, read once and kept by path ([`Config::files`]) |
-//! | `event_loop` | the one thread: its parts (setup, clock, admission, connections, hub, lifecycle), each owning its state, and a file per step of a pass: poll, read, dispatch, deliver, accept, commands, timers, cluster, write, close |
+//! | `event_loop` | the one thread: its parts (setup, clock, admission, connections, hub, lifecycle), each owning its state, and a file per step of a pass: poll, read, dispatch, deliver, accept, commands, timers, cluster, write, close; steps that deliver borrow the parts through `Delivery`, steps that keep connections going through `Upkeep` |
 //! | `session` | one connection as a state machine over its transport: phase, input, decoder, queue, deadlines; reports what happened, the loop applies it |
 //! | `transport` | the stream under a session: plain TCP or TLS; **a new transport is a variant of `transport::Transport`** |
 //! | `tls` | `tls.cert`/`tls.key` → a rustls server config; reload on SIGHUP |
@@ -121,6 +121,13 @@
 //!   output is reported); `add_session` in `event_loop/accept.rs` picks it
 //!   at accept.
 //!   Sessions, the router and the queues do not change.
+//! - **New per-connection or per-message state** (a rate, a flag, a
+//!   counter): a session's own state goes in the session; what the loop
+//!   keeps goes in the one part that owns its kind (table in
+//!   `event_loop/mod.rs`). A step that only delivers works through
+//!   `Delivery`, one that keeps connections going through `Upkeep`: if the
+//!   new state is not in its view, the compiler says so, and the choice of
+//!   part is made there, not by a field added to the loop.
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations, rust_2018_idioms, unused, dead_code)]
 
