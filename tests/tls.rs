@@ -7,7 +7,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener as StdListener, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -217,16 +217,14 @@ fn served_cert(
 
 #[test]
 fn config_load_reads_the_pair_once_and_the_server_serves_what_it_read() {
-    let dir = tls::temp_dir("once");
-    let first = make(&dir, "first");
-    let second = make(&dir, "second");
-    let live_cert = dir.join("live.cert.pem");
-    let live_key = dir.join("live.key.pem");
-    let copy = |from: &TestCert| {
-        std::fs::copy(&from.cert, &live_cert).expect("copy cert");
-        std::fs::copy(&from.key, &live_key).expect("copy key");
-    };
-    copy(&first);
+    let Rotation {
+        dir,
+        first,
+        second,
+        live_cert,
+        live_key,
+    } = Rotation::new("once");
+    let copy = |from: &TestCert| Rotation::install(from, &live_cert, &live_key);
     let yaml = dir.join("config.yaml");
     std::fs::write(
         &yaml,
@@ -316,16 +314,14 @@ impl Process {
 
 #[test]
 fn sighup_reloads_the_pair_for_new_connections_and_keeps_a_bad_one_out() {
-    let dir = tls::temp_dir("reload");
-    let first = make(&dir, "first");
-    let second = make(&dir, "second");
-    let live_cert = dir.join("live.cert.pem");
-    let live_key = dir.join("live.key.pem");
-    let copy = |from: &TestCert| {
-        std::fs::copy(&from.cert, &live_cert).expect("copy cert");
-        std::fs::copy(&from.key, &live_key).expect("copy key");
-    };
-    copy(&first);
+    let Rotation {
+        dir,
+        first,
+        second,
+        live_cert,
+        live_key,
+    } = Rotation::new("reload");
+    let copy = |from: &TestCert| Rotation::install(from, &live_cert, &live_key);
     let port = StdListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("free port")
@@ -387,4 +383,38 @@ fn sighup_reloads_the_pair_for_new_connections_and_keeps_a_bad_one_out() {
 
 fn make(dir: &Path, name: &str) -> TestCert {
     tls::make_cert(dir, name)
+}
+
+/// Two certificate pairs and the files a config names, which a test
+/// rotates between them; they start as the first pair.
+struct Rotation {
+    dir: PathBuf,
+    first: TestCert,
+    second: TestCert,
+    live_cert: PathBuf,
+    live_key: PathBuf,
+}
+
+impl Rotation {
+    fn new(name: &str) -> Rotation {
+        let dir = tls::temp_dir(name);
+        let first = make(&dir, "first");
+        let second = make(&dir, "second");
+        let live_cert = dir.join("live.cert.pem");
+        let live_key = dir.join("live.key.pem");
+        Rotation::install(&first, &live_cert, &live_key);
+        Rotation {
+            dir,
+            first,
+            second,
+            live_cert,
+            live_key,
+        }
+    }
+
+    /// Puts `pair` in the named files.
+    fn install(pair: &TestCert, live_cert: &Path, live_key: &Path) {
+        std::fs::copy(&pair.cert, live_cert).expect("copy cert");
+        std::fs::copy(&pair.key, live_key).expect("copy key");
+    }
 }
