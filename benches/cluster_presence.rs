@@ -15,10 +15,15 @@
 //! end, also on failure; every wait is bounded; traffic stays on 127.0.0.1.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+#[path = "support/process.rs"]
+mod process;
+
+use process::{free_port, Process};
 
 /// Longest any single wait may take.
 const WAIT: Duration = Duration::from_secs(180);
@@ -50,26 +55,6 @@ fn options() -> Options {
     }
 }
 
-/// A child process killed by PID on drop.
-struct Process {
-    child: Child,
-    dir: Option<PathBuf>,
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if let Some(dir) = &self.dir {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-    }
-}
-
-fn free_port() -> io::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 fn wait_listening(addr: SocketAddr) -> io::Result<()> {
     let deadline = Instant::now() + WAIT;
     while TcpStream::connect(addr).is_err() {
@@ -88,7 +73,7 @@ fn start_redis(port: u16) -> io::Result<Process> {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
-    let redis = Process { child, dir: None };
+    let redis = Process::new(child, None);
     wait_listening(SocketAddr::from(([127, 0, 0, 1], port)))?;
     Ok(redis)
 }
@@ -119,10 +104,7 @@ fn start_node(
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()?;
-    let node = Process {
-        child,
-        dir: Some(dir),
-    };
+    let node = Process::new(child, Some(dir));
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     wait_listening(addr)?;
     Ok((node, addr))
@@ -331,7 +313,7 @@ fn main() -> io::Result<()> {
         metric(b, "wshub_loop_iteration_seconds_sum")?,
     );
     let bytes0 = redis_bytes(&mut con)?;
-    let (pid_a, pid_b) = (a_process.child.id(), b_process.child.id());
+    let (pid_a, pid_b) = (a_process.id(), b_process.id());
     let cpu_now = || -> io::Result<[f64; 4]> {
         Ok([
             thread_cpu(pid_a, None)?,

@@ -13,12 +13,17 @@
 //! Bounded: fixed durations, every process stopped by PID.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+#[path = "support/process.rs"]
+mod process;
+
+use process::{free_port, Process};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
@@ -27,20 +32,13 @@ use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 type Error = Box<dyn std::error::Error>;
 
 struct Server {
-    child: Child,
+    process: Process,
     addr: SocketAddr,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Server {
     fn start(bin: &Path, dir: &Path, cert: &Path, key: &Path) -> Result<Server, Error> {
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = free_port()?;
         let yaml = format!(
             "app:\n  host: 127.0.0.1\n  port: {port}\nlog:\n  level: error\n\
              tls:\n  cert: \"{}\"\n  key: \"{}\"\n",
@@ -57,7 +55,7 @@ impl Server {
             .stderr(Stdio::null())
             .spawn()?;
         let server = Server {
-            child,
+            process: Process::new(child, None),
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
         };
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -72,7 +70,7 @@ impl Server {
 
     /// User + system CPU seconds so far.
     fn cpu_seconds(&self) -> f64 {
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())) else {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", self.process.id())) else {
             return 0.0;
         };
         let fields: Vec<&str> = stat

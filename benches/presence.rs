@@ -15,9 +15,14 @@
 //! 127.0.0.1.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+#[path = "support/process.rs"]
+mod process;
+
+use process::{free_port, Process};
 
 const ROOM: &str = "big";
 /// Longest any single wait may take.
@@ -61,23 +66,14 @@ fn options() -> Options {
     options
 }
 
-/// The server child, killed by PID on drop.
 struct Server {
-    child: Child,
+    /// Stopped by its PID when the server is dropped.
+    _process: Process,
     addr: SocketAddr,
-    dir: std::path::PathBuf,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 fn start_server(sessions: usize) -> io::Result<Server> {
-    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = free_port()?;
     let dir = std::env::temp_dir().join(format!("wshub-presence-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let config = dir.join("config.yaml");
@@ -100,9 +96,8 @@ fn start_server(sessions: usize) -> io::Result<Server> {
         .stderr(Stdio::inherit())
         .spawn()?;
     let server = Server {
-        child,
+        _process: Process::new(child, Some(dir)),
         addr: SocketAddr::from(([127, 0, 0, 1], port)),
-        dir,
     };
     let deadline = Instant::now() + WAIT;
     while TcpStream::connect(server.addr).is_err() {

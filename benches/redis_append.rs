@@ -20,11 +20,19 @@
 //! `cargo test --benches` runs it) it is a smoke run of 2,000 messages.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+#[path = "support/args.rs"]
+mod args;
+#[path = "support/process.rs"]
+mod process;
+
+use args::value_of;
+use process::{free_port, Process};
 
 const PIPELINE: usize = 256;
 const CHANNEL: &str = "b:all";
@@ -41,25 +49,13 @@ fn append_script() -> &'static str {
 }
 
 struct RedisServer {
-    child: Child,
+    /// Stopped by its PID when the server is dropped.
+    _process: Process,
     port: u16,
-    dir: std::path::PathBuf,
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        // Stops exactly this PID.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 fn start_redis() -> RedisServer {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port");
+    let port = free_port().expect("free port");
     let dir = std::env::temp_dir().join(format!("wshub-redis-append-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("scratch dir");
     let child = Command::new("taskset")
@@ -72,7 +68,10 @@ fn start_redis() -> RedisServer {
         .stderr(Stdio::null())
         .spawn()
         .expect("start redis-server (apt-get install redis-server)");
-    let server = RedisServer { child, port, dir };
+    let server = RedisServer {
+        _process: Process::new(child, Some(dir)),
+        port,
+    };
     let deadline = Instant::now() + Duration::from_secs(10);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline, "redis-server did not listen");
@@ -238,15 +237,6 @@ fn measure(con: &mut redis::Connection, way: Way, messages: usize, envelope: &[u
         rtt_p50_us: rtts[rtts.len() / 2].as_secs_f64() * 1e6,
         rtt_p99_us: rtts[rtts.len() * 99 / 100].as_secs_f64() * 1e6,
     }
-}
-
-fn value_of(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 fn main() {

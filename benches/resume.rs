@@ -18,9 +18,17 @@
 //! a smoke run of 200 sessions.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+#[path = "support/args.rs"]
+mod args;
+#[path = "support/process.rs"]
+mod process;
+
+use args::value_of;
+use process::{free_port, Process};
 
 use socket2::{Domain, SockRef, Socket, Type};
 use tungstenite::protocol::WebSocket;
@@ -29,25 +37,12 @@ const WORKERS: usize = 8;
 const SOURCES: usize = 8;
 
 struct Server {
-    child: Child,
+    process: Process,
     addr: SocketAddr,
-    dir: std::path::PathBuf,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        // Kills exactly this PID.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 fn start(sessions: usize, missed: usize) -> Server {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port");
+    let port = free_port().expect("free port");
     let dir = std::env::temp_dir().join(format!("wshub-resume-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("scratch dir");
     let config = dir.join("config.yaml");
@@ -72,13 +67,14 @@ fn start(sessions: usize, missed: usize) -> Server {
         .stderr(Stdio::null())
         .spawn()
         .expect("start wshub");
+    let process = Process::new(child, Some(dir));
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while TcpStream::connect(addr).is_err() {
         assert!(Instant::now() < deadline, "wshub did not listen");
         std::thread::sleep(Duration::from_millis(20));
     }
-    Server { child, addr, dir }
+    Server { process, addr }
 }
 
 fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> String {
@@ -384,16 +380,6 @@ struct Figures {
     client_cpu: Duration,
 }
 
-/// `--name N` from the command line, or `default`.
-fn value_of(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn run(sessions: usize, missed: usize) -> Figures {
     let server = start(sessions, missed);
     let addr = server.addr;
@@ -442,11 +428,11 @@ fn run(sessions: usize, missed: usize) -> Figures {
     let held = metric(addr, "wshub_history_bytes");
     // Everyone resumes at once.
     let window = value_of("--window", 1000);
-    let before = sched_of(server.child.id());
+    let before = sched_of(server.process.id());
     let start = Instant::now();
     let (mut times, client_cpu) = resume_all(addr, since, missed, window);
     let all = start.elapsed();
-    let server = sched_of(server.child.id()) - before;
+    let server = sched_of(server.process.id()) - before;
     assert_eq!(times.len(), sessions, "sessions not fully recovered");
     times.sort();
     let replayed = metric(addr, "wshub_history_replayed_total");

@@ -12,11 +12,16 @@
 //! one does, after traffic too).
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+#[path = "support/process.rs"]
+mod process;
+
+use process::{free_port, Process};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
@@ -43,16 +48,10 @@ trait ReadWrite: Read + Write {}
 impl<T: Read + Write> ReadWrite for T {}
 
 struct Server {
-    child: Child,
+    /// Stopped by its PID when the server is dropped.
+    _process: Process,
     addr: SocketAddr,
     tls: Option<Arc<ClientConfig>>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Server {
@@ -66,7 +65,7 @@ impl Server {
         tls: Option<(&Path, &Path)>,
         websocket: &str,
     ) -> Result<Server, Error> {
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = free_port()?;
         let mut yaml = format!(
             "app:\n  host: 127.0.0.1\n  port: {port}\nlog:\n  level: warn\nwebsocket:\n  max_connections: 20000\n  max_http_connections: 20000\n{websocket}"
         );
@@ -95,7 +94,7 @@ impl Server {
             None => None,
         };
         let server = Server {
-            child,
+            _process: Process::new(child, None),
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             tls: client,
         };

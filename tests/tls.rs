@@ -217,29 +217,23 @@ fn served_cert(
 
 #[test]
 fn config_load_reads_the_pair_once_and_the_server_serves_what_it_read() {
-    let Rotation {
-        dir,
-        first,
-        second,
-        live_cert,
-        live_key,
-    } = Rotation::new("once");
-    let copy = |from: &TestCert| Rotation::install(from, &live_cert, &live_key);
+    let rotation = Rotation::new("once");
+    let (dir, first, second) = (&rotation.dir, &rotation.first, &rotation.second);
     let yaml = dir.join("config.yaml");
     std::fs::write(
         &yaml,
         format!(
             "app: {{host: 127.0.0.1, port: 0}}\nwebsocket: {{port: 0, echo: true}}\ntls: {{cert: \"{}\", key: \"{}\"}}\n",
-            live_cert.display(),
-            live_key.display()
+            rotation.live_cert.display(),
+            rotation.live_key.display()
         ),
     )
     .expect("write config");
     let (loaded, _) = Config::load(Some(&yaml)).expect("load");
     // A rotation between the load and the bind: the server must use the
     // pair the load read and checked, not read the files again.
-    copy(&second);
-    let both = tls::client_config(&[&first, &second]);
+    rotation.install(second);
+    let both = tls::client_config(&[first, second]);
     for bind in [false, true] {
         assert_eq!(
             served_cert(loaded.clone(), bind, &both),
@@ -260,8 +254,8 @@ fn config_load_reads_the_pair_once_and_the_server_serves_what_it_read() {
 
     // Gone after the load: the loaded config still starts, one made in
     // code cannot.
-    std::fs::remove_file(&live_cert).expect("remove cert");
-    std::fs::remove_file(&live_key).expect("remove key");
+    std::fs::remove_file(&rotation.live_cert).expect("remove cert");
+    std::fs::remove_file(&rotation.live_key).expect("remove key");
     assert_eq!(served_cert(loaded, false, &both), first.der);
     let listener = StdListener::bind("127.0.0.1:0").expect("bind");
     let error = wshub::Server::from_listener(listener, in_code, Mode::Integrated)
@@ -314,14 +308,8 @@ impl Process {
 
 #[test]
 fn sighup_reloads_the_pair_for_new_connections_and_keeps_a_bad_one_out() {
-    let Rotation {
-        dir,
-        first,
-        second,
-        live_cert,
-        live_key,
-    } = Rotation::new("reload");
-    let copy = |from: &TestCert| Rotation::install(from, &live_cert, &live_key);
+    let rotation = Rotation::new("reload");
+    let (dir, first, second) = (&rotation.dir, &rotation.first, &rotation.second);
     let port = StdListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("free port")
@@ -331,8 +319,8 @@ fn sighup_reloads_the_pair_for_new_connections_and_keeps_a_bad_one_out() {
         &config,
         format!(
             "app:\n  host: 127.0.0.1\n  port: {port}\ntls:\n  cert: \"{}\"\n  key: \"{}\"\n",
-            live_cert.display(),
-            live_key.display()
+            rotation.live_cert.display(),
+            rotation.live_key.display()
         ),
     )
     .expect("write config");
@@ -351,12 +339,12 @@ fn sighup_reloads_the_pair_for_new_connections_and_keeps_a_bad_one_out() {
         log,
     };
     process.wait_log("listening");
-    let both = tls::client_config(&[&first, &second]);
+    let both = tls::client_config(&[first, second]);
     let old = tls::connect(process.addr, &both).expect("handshake");
     assert_eq!(tls::peer_cert(&old), first.der);
     let mut old_ws = tls::wss(process.addr, &both, "/api/ws/connect?user_id=old");
 
-    copy(&second);
+    rotation.install(second);
     process.hangup();
     process.wait_log("TLS certificate reloaded");
     let new = tls::connect(process.addr, &both).expect("handshake after reload");
@@ -373,7 +361,7 @@ fn sighup_reloads_the_pair_for_new_connections_and_keeps_a_bad_one_out() {
     assert_eq!(recv_json(&mut old_ws)["content"], 1);
 
     // A bad pair: logged, and the previous one stays.
-    std::fs::copy(&first.key, &live_key).expect("mismatched key");
+    std::fs::copy(&first.key, &rotation.live_key).expect("mismatched key");
     process.hangup();
     process.wait_log("keeping the previous certificate");
     let after_bad = tls::connect(process.addr, &both).expect("handshake after a bad reload");
@@ -402,19 +390,20 @@ impl Rotation {
         let second = make(&dir, "second");
         let live_cert = dir.join("live.cert.pem");
         let live_key = dir.join("live.key.pem");
-        Rotation::install(&first, &live_cert, &live_key);
-        Rotation {
+        let rotation = Rotation {
             dir,
             first,
             second,
             live_cert,
             live_key,
-        }
+        };
+        rotation.install(&rotation.first);
+        rotation
     }
 
     /// Puts `pair` in the named files.
-    fn install(pair: &TestCert, live_cert: &Path, live_key: &Path) {
-        std::fs::copy(&pair.cert, live_cert).expect("copy cert");
-        std::fs::copy(&pair.key, live_key).expect("copy key");
+    fn install(&self, pair: &TestCert) {
+        std::fs::copy(&pair.cert, &self.live_cert).expect("copy cert");
+        std::fs::copy(&pair.key, &self.live_key).expect("copy key");
     }
 }
