@@ -78,11 +78,7 @@ impl Node {
         let path = user.map_or("/api/ws/connect".to_owned(), |u| {
             format!("/api/ws/connect?user_id={u}")
         });
-        let stream = TcpStream::connect(self.addr).expect("tcp connect");
-        stream.set_read_timeout(Some(WAIT)).unwrap();
-        let url = format!("ws://{}{path}", self.addr);
-        let (ws, _) = tungstenite::client(url, stream).expect("websocket handshake");
-        Client { ws }
+        common::connect_at(self.addr, &path)
     }
 
     fn log_text(&self) -> String {

@@ -112,11 +112,7 @@ impl Node {
     }
 
     fn connect(&self, query: &str) -> Client {
-        let stream = TcpStream::connect(self.addr).expect("tcp connect");
-        stream.set_read_timeout(Some(WAIT)).unwrap();
-        let url = format!("ws://{}/api/ws/connect?{query}", self.addr);
-        let (ws, _) = tungstenite::client(url, stream).expect("websocket handshake");
-        Client { ws }
+        common::connect_at(self.addr, &format!("/api/ws/connect?{query}"))
     }
 
     /// Opens an event stream (`/api/ws/sse?<query>`) with `headers`.

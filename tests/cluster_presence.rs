@@ -14,7 +14,7 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Child;
 use std::time::Duration;
@@ -76,11 +76,7 @@ impl Node {
     }
 
     fn connect(&self, user: &str) -> Client {
-        let stream = TcpStream::connect(self.addr).expect("tcp connect");
-        stream.set_read_timeout(Some(WAIT)).unwrap();
-        let url = format!("ws://{}/api/ws/connect?user_id={user}", self.addr);
-        let (ws, _) = tungstenite::client(url, stream).expect("websocket handshake");
-        Client { ws }
+        common::connect_at(self.addr, &format!("/api/ws/connect?user_id={user}"))
     }
 
     /// Sends `signal` without waiting (SIGSTOP / SIGCONT pause and resume).

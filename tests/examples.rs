@@ -91,11 +91,7 @@ impl Example {
     }
 
     fn connect(&self, user: &str) -> Client {
-        let stream = TcpStream::connect(self.addr).expect("tcp connect");
-        stream.set_read_timeout(Some(WAIT)).unwrap();
-        let url = format!("ws://{}/api/ws/connect?user_id={user}", self.addr);
-        let (ws, _) = tungstenite::client(url, stream).expect("websocket handshake");
-        Client { ws }
+        common::connect_at(self.addr, &format!("/api/ws/connect?user_id={user}"))
     }
 
     fn log_text(&self) -> String {

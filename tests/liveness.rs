@@ -1509,11 +1509,7 @@ impl Binary {
     }
 
     fn connect(&self, path: &str) -> Client {
-        let stream = TcpStream::connect(self.addr).expect("connect");
-        stream.set_read_timeout(Some(WAIT)).expect("timeout");
-        let url = format!("ws://{}{path}", self.addr);
-        let (ws, _) = tungstenite::client(url, stream).expect("websocket handshake");
-        Client { ws }
+        common::connect_at(self.addr, path)
     }
 
     fn sigterm(&self) {

@@ -84,10 +84,7 @@ impl TestServer {
     }
 
     pub fn connect_path(&self, path: &str) -> Client {
-        let stream = TcpStream::connect(self.addr).expect("tcp connect");
-        stream.set_read_timeout(Some(WAIT)).unwrap();
-        let (ws, _) = tungstenite::client(self.url(path), stream).expect("websocket handshake");
-        Client { ws }
+        connect_at(self.addr, path)
     }
 
     /// Waits until `/api/ws/status` shows `count` sessions.
@@ -125,6 +122,17 @@ impl Drop for TestServer {
             let _ = thread.join();
         }
     }
+}
+
+/// Opens a WebSocket to `path` (with its query) on the server at `addr`,
+/// reads time out after [`WAIT`]: what every test's server or node
+/// connects through.
+pub fn connect_at(addr: SocketAddr, path: &str) -> Client {
+    let stream = TcpStream::connect(addr).expect("tcp connect");
+    stream.set_read_timeout(Some(WAIT)).expect("read timeout");
+    let (ws, _) =
+        tungstenite::client(format!("ws://{addr}{path}"), stream).expect("websocket handshake");
+    Client { ws }
 }
 
 /// A tungstenite client over a blocking socket with a read timeout.
